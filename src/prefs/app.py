@@ -1,0 +1,114 @@
+"""The application factory: wiring only."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from uuid import UUID
+
+from litestar import Litestar, Request
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from prefs import db
+from prefs.auth import Customer, TokenVerifier
+from prefs.crypto import Vault
+from prefs.customers.api import MeController
+from prefs.customers.service import require_customer_id
+from prefs.errors import exception_handlers
+from prefs.health.api import HealthController
+from prefs.preferences.api import PreferencesController
+from prefs.settings import Settings, load
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def _lifespan(settings: Settings) -> Any:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if settings.database_url is None:
+            raise RuntimeError("no database URL: start the service with `prefs serve`")
+        app.state.pool = await db.create_pool(
+            settings.database_url, settings.pool_min_size, settings.pool_max_size
+        )
+        try:
+            yield
+        finally:
+            await app.state.pool.close()
+
+    return lifespan
+
+
+async def provide_conn(state: State) -> AsyncIterator[db.Connection]:
+    async with state.pool.acquire() as conn:
+        yield conn
+
+
+def provide_vault(state: State) -> Vault:
+    vault: Vault = state.vault
+    return vault
+
+
+def provide_customer(request: Request[Any, Any, Any]) -> Customer:
+    customer: Customer = request.state.customer
+    return customer
+
+
+async def provide_customer_id(conn: db.Connection, customer: Customer) -> UUID:
+    return await require_customer_id(conn, customer.subject_hashes)
+
+
+async def require_json_body(request: Request[Any, Any, Any]) -> None:
+    """Bodies must be JSON (415 otherwise); body-less POSTs need no content type."""
+    if request.method not in BODY_METHODS:
+        return
+    has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+    if not has_body:
+        return
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise HTTPException(status_code=415, detail="Send the body as application/json.")
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """The prefs ASGI application."""
+    settings = settings or load()
+    vault = Vault.from_settings(settings.master_keys, settings.index_keys)
+    state = State(
+        {
+            "settings": settings,
+            "vault": vault,
+            "verifier": TokenVerifier(settings, vault.index),
+            "schema_head": db.head_revision(),
+        }
+    )
+    return Litestar(
+        route_handlers=[HealthController, MeController, PreferencesController],
+        dependencies={
+            "conn": Provide(provide_conn),
+            "vault": Provide(provide_vault, sync_to_thread=False),
+            "customer": Provide(provide_customer, sync_to_thread=False),
+            "customer_id": Provide(provide_customer_id),
+        },
+        state=state,
+        lifespan=[_lifespan(settings)],
+        exception_handlers=exception_handlers(),
+        before_request=require_json_body,
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="prefs",
+            version="1.0.0",
+            description="The customer's own preference locker.",
+            components=Components(
+                security_schemes={
+                    "customer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT"),
+                    "api_key": SecurityScheme(type="http", scheme="bearer", description="pos_, ptn_ or ins_ key"),
+                }
+            ),
+        ),
+        debug=False,
+    )

@@ -1,0 +1,185 @@
+"""Principals and guards: customers by bearer JWT, tills, partners and insights by API key."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException
+from litestar.handlers.base import BaseRouteHandler
+
+from prefs.crypto import BlindIndex
+from prefs.settings import DEV_AUDIENCE, DEV_ISSUER, Settings
+
+ALGORITHMS = ("EdDSA", "ES256", "RS256")
+DEV_KID = "prefs-dev-1"
+LEEWAY_SECONDS = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    """A signed-in customer, known to the service only by keyed hashes of (issuer, subject)."""
+
+    subject_hashes: tuple[bytes, ...]  # one per index-key version, primary first
+    index_version: int
+
+    @property
+    def subject_hash(self) -> bytes:
+        return self.subject_hashes[0]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key as presented; verified against the credentials table by the service."""
+
+    kind: str
+    secret: str
+
+
+class DevIssuer:
+    """The embedded development token issuer: an Ed25519 key kept under the data dir."""
+
+    def __init__(self, key_path: Path) -> None:
+        if not key_path.exists():
+            key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            pem = Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            try:
+                fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(pem)
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        assert isinstance(key, Ed25519PrivateKey)
+        self._key = key
+        public = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key()))
+        self.public_jwk: dict[str, Any] = {**public, "kid": DEV_KID, "alg": "EdDSA", "use": "sig"}
+
+    def mint(self, subject: str, ttl_seconds: int = 3600) -> str:
+        now = int(time.time())
+        claims = {"iss": DEV_ISSUER, "aud": DEV_AUDIENCE, "sub": subject,
+                  "iat": now, "nbf": now, "exp": now + ttl_seconds, "jti": uuid.uuid4().hex}
+        return jwt.encode(claims, self._key, algorithm="EdDSA", headers={"kid": DEV_KID})
+
+
+class _Issuer:
+    def __init__(self, name: str, audience: str, keys: jwt.PyJWKSet | jwt.PyJWKClient) -> None:
+        self.name = name
+        self.audience = audience
+        self.keys = keys
+
+    async def key_for(self, kid: str | None) -> jwt.PyJWK | None:
+        if isinstance(self.keys, jwt.PyJWKClient):
+            if kid is None:
+                return None
+            try:
+                return await asyncio.to_thread(self.keys.get_signing_key, kid)
+            except jwt.PyJWKClientError:
+                return None
+        candidates = [k for k in self.keys.keys if k.key_id == kid or (kid is None and len(self.keys.keys) == 1)]
+        return candidates[0] if candidates else None
+
+
+def _load_jwks(source: str) -> jwt.PyJWKSet | jwt.PyJWKClient:
+    if source.startswith(("https://", "http://")):
+        return jwt.PyJWKClient(source, cache_jwk_set=True, lifespan=300, timeout=5)
+    return jwt.PyJWKSet.from_json(Path(source).read_text())
+
+
+class TokenVerifier:
+    """Verifies customer bearer tokens from the configured issuer and, in development, the dev issuer."""
+
+    def __init__(self, settings: Settings, index: BlindIndex) -> None:
+        self.index = index
+        self.issuers: dict[str, _Issuer] = {}
+        self.dev_issuer: DevIssuer | None = None
+        if settings.jwt_issuer and settings.jwt_jwks and settings.jwt_audience:
+            self.issuers[settings.jwt_issuer] = _Issuer(
+                settings.jwt_issuer, settings.jwt_audience, _load_jwks(settings.jwt_jwks)
+            )
+        if settings.dev_issuer:
+            self.dev_issuer = DevIssuer(settings.dev_issuer_key_path)
+            self.issuers[DEV_ISSUER] = _Issuer(
+                DEV_ISSUER, DEV_AUDIENCE, jwt.PyJWKSet([self.dev_issuer.public_jwk])
+            )
+
+    async def verify(self, token: str) -> Customer:
+        """The customer a token speaks for, or NotAuthorizedException with a generic reason."""
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise NotAuthorizedException("The bearer token is malformed.") from None
+        alg = header.get("alg")
+        issuer = self.issuers.get(str(unverified.get("iss")))
+        if alg not in ALGORITHMS or issuer is None:
+            raise NotAuthorizedException("The bearer token is not from an accepted issuer.")
+        key = await issuer.key_for(header.get("kid"))
+        if key is None or key.algorithm_name != alg:
+            raise NotAuthorizedException("The bearer token is signed with an unknown key.")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=issuer.audience,
+                issuer=issuer.name,
+                leeway=LEEWAY_SECONDS,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise NotAuthorizedException("The bearer token has expired.") from None
+        except jwt.PyJWTError:
+            raise NotAuthorizedException("The bearer token is not valid.") from None
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not subject:
+            raise NotAuthorizedException("The bearer token has no subject.")
+        hashes = tuple(
+            self.index.subject(issuer.name, subject, version) for version in self.index.versions
+        )
+        return Customer(subject_hashes=hashes, index_version=self.index.primary)
+
+
+def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise NotAuthorizedException("A bearer token is required.")
+    return credentials.strip()
+
+
+async def customer_guard(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
+    """Admit requests that carry a valid customer token; remember who it speaks for."""
+    token = _bearer(connection)
+    if token.startswith(("pos_", "ptn_", "ins_")):
+        raise NotAuthorizedException("This endpoint needs a customer token, not an API key.")
+    verifier: TokenVerifier = connection.app.state.verifier
+    connection.state.customer = await verifier.verify(token)
+
+
+def api_key_guard(kind: str) -> Any:
+    """A guard admitting requests whose bearer is an API key of ``kind`` (checked fully in SQL)."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        secret = _bearer(connection)
+        if not secret.startswith(f"{kind}_") or len(secret) > 128:
+            raise NotAuthorizedException(f"This endpoint needs a {kind}_ API key.")
+        connection.state.api_key = ApiKey(kind=kind, secret=secret)
+
+    return guard

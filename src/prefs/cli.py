@@ -1,0 +1,123 @@
+"""The `prefs` command: serve, migrate, tokens, credentials and key operations."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from prefs import db
+from prefs.settings import Settings, SettingsError, load
+
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    try:
+        return load()
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+
+
+class Database:
+    """The configured database, or the embedded one under the data dir (started on demand)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.embedded: db.EmbeddedPostgres | None = None
+
+    def __enter__(self) -> str:
+        if self.settings.database_url:
+            return self.settings.database_url
+        self.embedded = db.EmbeddedPostgres(self.settings.data_dir / "pg")
+        return self.embedded.start()
+
+    def __exit__(self, *_: object) -> None:
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+def _run(url: str, action: Callable[[Any], Awaitable[T]]) -> T:
+    async def main() -> T:
+        conn = await db.connect(url)
+        try:
+            return await action(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(main())
+
+
+@click.group()
+def main() -> None:
+    """prefs — the customer's own preference locker."""
+    logging.basicConfig(
+        level=os.environ.get("PREFS_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s %(message)s"
+    )
+    for noisy in ("pgserver", "alembic.runtime.plugins"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+def serve(host: str, port: int, workers: int) -> None:
+    """Serve the API and the web page (on an embedded PostgreSQL unless PREFS_DATABASE_URL is set)."""
+    import uvicorn
+
+    settings = _settings()
+    with Database(settings) as url:
+        db.migrate(url)
+        settings = load({**os.environ, "PREFS_DATABASE_URL": url})
+        base = f"http://{host}:{port}"
+        click.echo(f"prefs ({settings.env}) listening on {base}")
+        click.echo(f"  database: {'embedded PostgreSQL in ' + str(settings.data_dir / 'pg') if not os.environ.get('PREFS_DATABASE_URL') else 'PREFS_DATABASE_URL'}")
+        if settings.dev_issuer:
+            click.echo("  a development customer token: uv run prefs token --subject alice")
+        sys.stdout.flush()
+        if workers == 1:
+            from prefs.app import create_app
+
+            config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning",
+                                    access_log=False, lifespan="on")
+        else:
+            os.environ["PREFS_DATABASE_URL"] = url
+            config = uvicorn.Config("prefs.app:create_app", factory=True, host=host, port=port,
+                                    workers=workers, log_level="warning", access_log=False)
+        server = uvicorn.Server(config)
+        if workers == 1:
+            server.run()
+        else:
+            from uvicorn.supervisors import Multiprocess
+
+            sock = config.bind_socket()
+            Multiprocess(config, target=server.run, sockets=[sock]).run()
+    click.echo("prefs stopped")
+
+
+@main.command()
+def migrate() -> None:
+    """Upgrade the database schema to the newest revision."""
+    with Database(_settings()) as url:
+        db.migrate(url)
+        click.echo(f"schema at {db.head_revision()}")
+
+
+@main.command()
+@click.option("--subject", required=True, help="The customer's subject (any stable name).")
+@click.option("--ttl", default=3600, show_default=True, type=click.IntRange(60, 86_400 * 7),
+              help="Seconds until the token expires.")
+def token(subject: str, ttl: int) -> None:
+    """Print a signed customer token from the development issuer (development only)."""
+    from prefs.auth import DevIssuer
+
+    settings = _settings()
+    if not settings.dev_issuer:
+        raise click.ClickException("the development issuer is disabled in production")
+    click.echo(DevIssuer(settings.dev_issuer_key_path).mint(subject, ttl))

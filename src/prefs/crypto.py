@@ -1,0 +1,291 @@
+"""Keyrings, envelope encryption, blind indexes and pairwise references.
+
+Knows nothing of HTTP or SQL. Two independent keyrings:
+
+* the master keyring (``PREFS_MASTER_KEYS``) wraps one random 256-bit data key per customer;
+  the data key encrypts that customer's fields;
+* the index keyring (``PREFS_INDEX_KEY``) derives the HMAC keys for blind indexes (cards,
+  checkout codes, subjects), pairwise partner references and the consent-ledger MAC.
+
+Both are written ``VERSION:BASE64KEY[,VERSION:BASE64KEY...]`` with the primary first.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import struct
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+FORMAT_V1 = 0x01
+_HEADER = struct.Struct(">BI")  # format byte, key generation / master key version
+_NONCE_BYTES = 12
+_TAG_BYTES = 16
+_MIN_LENGTH = _HEADER.size + _NONCE_BYTES + _TAG_BYTES
+DATA_KEY_BYTES = 32
+
+
+class KeyringError(ValueError):
+    """A keyring setting cannot be parsed; the message names the setting, never a key."""
+
+
+class DecryptionError(Exception):
+    """Any ciphertext that does not authenticate: tampered, moved, truncated or unknown key."""
+
+    def __init__(self) -> None:
+        super().__init__("ciphertext rejected")
+
+
+@dataclass(frozen=True, slots=True)
+class Keyring:
+    """Versioned 256-bit keys; the first one given is the primary."""
+
+    primary: int
+    keys: dict[int, bytes]
+
+    @classmethod
+    def parse(cls, setting: str, name: str) -> Keyring:
+        keys: dict[int, bytes] = {}
+        order: list[int] = []
+        for entry in filter(None, (part.strip() for part in setting.split(","))):
+            version_text, sep, key_text = entry.partition(":")
+            if not sep or not version_text.isdigit():
+                raise KeyringError(f"{name}: each entry must be VERSION:BASE64KEY")
+            try:
+                key = base64.urlsafe_b64decode(key_text + "=" * (-len(key_text) % 4))
+            except (binascii.Error, ValueError):
+                raise KeyringError(f"{name}: key {version_text} is not base64") from None
+            if len(key) != 32:
+                raise KeyringError(f"{name}: key {version_text} must be 32 bytes")
+            version = int(version_text)
+            if version in keys or version < 1:
+                raise KeyringError(f"{name}: version {version} is repeated or below 1")
+            keys[version] = key
+            order.append(version)
+        if not order:
+            raise KeyringError(f"{name}: no key given")
+        return cls(primary=order[0], keys=keys)
+
+    def __repr__(self) -> str:
+        return f"Keyring(primary={self.primary}, versions={sorted(self.keys)})"
+
+
+def _aad(*parts: bytes) -> bytes:
+    """Unambiguous associated data: each part length-prefixed."""
+    return b"".join(struct.pack(">H", len(part)) + part for part in parts)
+
+
+def _seal(aead: AESGCM, version: int, plaintext: bytes, aad: bytes) -> bytes:
+    nonce = os.urandom(_NONCE_BYTES)
+    header = _HEADER.pack(FORMAT_V1, version)
+    return header + nonce + aead.encrypt(nonce, plaintext, header + aad)
+
+
+def _header(blob: bytes) -> int:
+    """The key version of a v1 blob, or DecryptionError for anything else."""
+    if len(blob) < _MIN_LENGTH:
+        raise DecryptionError
+    fmt, version = _HEADER.unpack_from(blob)
+    if fmt != FORMAT_V1:
+        raise DecryptionError
+    return int(version)
+
+
+def _open(aead: AESGCM, blob: bytes, aad: bytes) -> bytes:
+    nonce = blob[_HEADER.size : _HEADER.size + _NONCE_BYTES]
+    try:
+        return aead.decrypt(nonce, blob[_HEADER.size + _NONCE_BYTES :], blob[: _HEADER.size] + aad)
+    except InvalidTag:
+        raise DecryptionError from None
+
+
+@dataclass(frozen=True, slots=True)
+class FieldAddress:
+    """Where a ciphertext lives; it decrypts nowhere else."""
+
+    customer_id: uuid.UUID
+    table: str
+    column: str
+    row_id: str
+
+    def aad(self) -> bytes:
+        return _aad(
+            b"prefs.field.v1",
+            self.customer_id.bytes,
+            self.table.encode(),
+            self.column.encode(),
+            self.row_id.encode(),
+        )
+
+
+class DataKey:
+    """A customer's unwrapped data key: encrypts and decrypts that customer's fields."""
+
+    __slots__ = ("_aead", "customer_id", "generation")
+
+    def __init__(self, customer_id: uuid.UUID, generation: int, key: bytes) -> None:
+        self.customer_id = customer_id
+        self.generation = generation
+        self._aead = AESGCM(key)
+
+    def encrypt(self, plaintext: bytes, table: str, column: str, row_id: object) -> bytes:
+        address = FieldAddress(self.customer_id, table, column, str(row_id))
+        return _seal(self._aead, self.generation, plaintext, address.aad())
+
+    def decrypt(self, blob: bytes, table: str, column: str, row_id: object) -> bytes:
+        if _header(blob) != self.generation:
+            raise DecryptionError
+        return _open(self._aead, blob, FieldAddress(self.customer_id, table, column, str(row_id)).aad())
+
+    def __repr__(self) -> str:
+        return f"DataKey(customer_id={self.customer_id}, generation={self.generation})"
+
+
+class Envelope:
+    """Wraps and unwraps per-customer data keys under the master keyring."""
+
+    def __init__(self, master: Keyring, cache_size: int = 4096) -> None:
+        self.master = master
+        self._cache: OrderedDict[bytes, DataKey] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _wrap_aad(customer_id: uuid.UUID, generation: int, master_version: int) -> bytes:
+        return _aad(
+            b"prefs.data-key.v1",
+            customer_id.bytes,
+            struct.pack(">II", generation, master_version),
+        )
+
+    def new_data_key(self, customer_id: uuid.UUID, generation: int = 1) -> tuple[DataKey, bytes]:
+        """A fresh random data key and its wrapping under the primary master key."""
+        key = os.urandom(DATA_KEY_BYTES)
+        return DataKey(customer_id, generation, key), self.wrap(customer_id, generation, key)
+
+    def wrap(self, customer_id: uuid.UUID, generation: int, key: bytes) -> bytes:
+        version = self.master.primary
+        aad = self._wrap_aad(customer_id, generation, version)
+        return _seal(AESGCM(self.master.keys[version]), version, key, aad)
+
+    @staticmethod
+    def master_version(wrapped: bytes) -> int:
+        return _header(wrapped)
+
+    def _unwrap_key(self, customer_id: uuid.UUID, generation: int, wrapped: bytes) -> bytes:
+        version = _header(wrapped)
+        master_key = self.master.keys.get(version)
+        if master_key is None:
+            raise DecryptionError
+        aad = self._wrap_aad(customer_id, generation, version)
+        key = _open(AESGCM(master_key), wrapped, aad)
+        if len(key) != DATA_KEY_BYTES:
+            raise DecryptionError
+        return key
+
+    def unwrap(self, customer_id: uuid.UUID, generation: int, wrapped: bytes) -> DataKey:
+        """The data key inside ``wrapped``; cached by the exact wrapped bytes."""
+        cache_key = customer_id.bytes + struct.pack(">I", generation) + wrapped
+        with self._lock:
+            cached = self._cache.get(cache_key)
+            if cached is not None:
+                self._cache.move_to_end(cache_key)
+                return cached
+        data_key = DataKey(customer_id, generation, self._unwrap_key(customer_id, generation, wrapped))
+        with self._lock:
+            self._cache[cache_key] = data_key
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return data_key
+
+    def rewrap(self, customer_id: uuid.UUID, generation: int, wrapped: bytes) -> bytes:
+        """The same data key wrapped under the current primary master key."""
+        return self.wrap(customer_id, generation, self._unwrap_key(customer_id, generation, wrapped))
+
+    def forget(self, customer_id: uuid.UUID) -> None:
+        """Drop every cached data key of a customer (erasure)."""
+        prefix = customer_id.bytes
+        with self._lock:
+            for cache_key in [k for k in self._cache if k.startswith(prefix)]:
+                del self._cache[cache_key]
+
+
+class BlindIndex:
+    """Keyed HMAC lookups, under keys derived from the index keyring only."""
+
+    PURPOSES = ("card", "checkout-code", "subject", "pairwise", "ledger")
+
+    def __init__(self, index: Keyring) -> None:
+        self.index = index
+        self._keys = {
+            (purpose, version): HKDF(
+                algorithm=hashes.SHA256(),
+                length=32,
+                salt=b"prefs.blind-index.v1",
+                info=purpose.encode(),
+            ).derive(key)
+            for version, key in index.keys.items()
+            for purpose in self.PURPOSES
+        }
+
+    @property
+    def primary(self) -> int:
+        return self.index.primary
+
+    @property
+    def versions(self) -> list[int]:
+        """Every version, primary first: the order in which lookups try them."""
+        return [self.index.primary, *sorted(v for v in self.index.keys if v != self.index.primary)]
+
+    def digest(self, purpose: str, value: bytes, version: int | None = None) -> bytes:
+        key = self._keys[(purpose, self.index.primary if version is None else version)]
+        return hmac.new(key, value, hashlib.sha256).digest()
+
+    def all_digests(self, purpose: str, value: bytes) -> list[bytes]:
+        """The digest under every index key version (for lookups during a rotation)."""
+        return [self.digest(purpose, value, version) for version in self.versions]
+
+    def card(self, card: str, version: int | None = None) -> bytes:
+        return self.digest("card", card.encode(), version)
+
+    def subject(self, issuer: str, subject: str, version: int | None = None) -> bytes:
+        return self.digest("subject", issuer.encode() + b"\x00" + subject.encode(), version)
+
+    def checkout_code(self, code: str, version: int | None = None) -> bytes:
+        return self.digest("checkout-code", code.encode(), version)
+
+    def pairwise(self, partner_id: uuid.UUID, customer_id: uuid.UUID) -> str:
+        """A partner's own stable reference for a customer; unlinkable across partners."""
+        raw = self.digest("pairwise", partner_id.bytes + customer_id.bytes)
+        return base64.urlsafe_b64encode(raw[:18]).decode()
+
+
+def api_key_hash(api_key: str) -> bytes:
+    """API keys are 256-bit random secrets: a plain SHA-256 is a sufficient verifier."""
+    return hashlib.sha256(api_key.encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Vault:
+    """The two keyrings in use: data-key envelopes and blind indexes."""
+
+    envelope: Envelope
+    index: BlindIndex
+
+    @classmethod
+    def from_settings(cls, master_keys: str, index_keys: str) -> Vault:
+        return cls(
+            envelope=Envelope(Keyring.parse(master_keys, "PREFS_MASTER_KEYS")),
+            index=BlindIndex(Keyring.parse(index_keys, "PREFS_INDEX_KEY")),
+        )

@@ -1,0 +1,53 @@
+"""HTTP for the customer's own profile: /v1/me."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from litestar import Controller, Response, get, patch, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+
+from prefs.auth import Customer, customer_guard
+from prefs.crypto import Vault
+from prefs.customers import service
+from prefs.customers.schemas import Enrolment, Profile, ProfileUpdate
+from prefs.db import Connection
+
+
+class MeController(Controller):
+    path = "/v1/me"
+    tags = ["customer"]
+    guards = [customer_guard]
+
+    @post("/", responses={200: None})
+    async def enrol(
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        customer: NamedDependency[Customer],
+        data: JSONBody[Enrolment | None] = None,
+    ) -> Response[Profile]:
+        """Enrol the signed-in customer (201), or return the existing enrolment (200)."""
+        card = data.card if data is not None else None
+        profile, created = await service.enrol(
+            conn, vault, customer.subject_hashes, customer.index_version, card
+        )
+        return Response(profile, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
+
+    @get("/")
+    async def read(
+        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
+        customer_id: NamedDependency[UUID],
+    ) -> Profile:
+        """The customer's profile, with the loyalty card decrypted."""
+        return await service.profile(conn, vault, customer_id)
+
+    @patch("/")
+    async def update(
+        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
+        customer_id: NamedDependency[UUID], data: JSONBody[ProfileUpdate],
+    ) -> Profile:
+        """Set or clear the loyalty card."""
+        return await service.set_card(conn, vault, customer_id, data.card)

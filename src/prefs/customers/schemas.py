@@ -1,0 +1,26 @@
+"""The customer's own profile."""
+
+from datetime import datetime
+from uuid import UUID
+
+import msgspec
+
+from prefs.text import Card
+
+
+class Enrolment(msgspec.Struct, forbid_unknown_fields=True):
+    card: Card | None = None
+
+
+class ProfileUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """Set the loyalty card, or clear it with null."""
+
+    card: Card | None
+
+
+class Profile(msgspec.Struct, kw_only=True):
+    id: UUID
+    card: str | None
+    preferences: int
+    created_at: datetime
+    updated_at: datetime

@@ -1,0 +1,164 @@
+"""Database lifecycle: the embedded PostgreSQL, the asyncpg pool and migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+
+log = logging.getLogger("prefs.db")
+
+Pool = asyncpg.Pool
+Connection = asyncpg.Connection
+
+
+def asyncpg_dsn(url: str) -> str:
+    """Accept SQLAlchemy-style URLs too (``postgresql+asyncpg://``)."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme.split('+')[0]}{sep}{rest}" if sep else url
+
+
+def sqlalchemy_url(url: str) -> str:
+    return "postgresql+asyncpg://" + asyncpg_dsn(url).partition("://")[2]
+
+
+class EmbeddedPostgres:
+    """A real PostgreSQL server shipped as a Python package (pgserver), kept under ``pgdata``."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+        self._server: Any = None
+
+    def start(self) -> str:
+        """Start (or attach to) the server; returns its connection URL."""
+        runtime = self.pgdata.parent / "run"
+        runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+        runtime.chmod(0o700)
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
+        import pgserver
+
+        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        return str(self._server.get_uri())
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda value: b"\x01" + msgspec.json.encode(value),
+        decoder=lambda data: msgspec.json.decode(data[1:]),
+        schema="pg_catalog",
+        format="binary",
+    )
+
+
+async def create_pool(url: str, min_size: int, max_size: int) -> asyncpg.Pool:
+    """A pool whose connections speak jsonb through msgspec."""
+    pool = await asyncpg.create_pool(
+        asyncpg_dsn(url),
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        command_timeout=30,
+        max_inactive_connection_lifetime=300,
+    )
+    assert pool is not None
+    return pool
+
+
+async def connect(url: str) -> asyncpg.Connection:
+    """One connection outside the pool (commands and tests)."""
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    await _init_connection(conn)
+    return conn
+
+
+@asynccontextmanager
+async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """One connection from the pool with a transaction open around it."""
+    async with pool.acquire() as conn, conn.transaction():
+        yield conn
+
+
+def migrations_dir() -> Path:
+    """The alembic scripts: shipped inside the package, or beside it in a source checkout."""
+    packaged = Path(__file__).parent / "migrations"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "migrations"
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["database_url"] = sqlalchemy_url(url)
+    return config
+
+
+def run_sql(script: str) -> None:
+    """Run a plain-SQL migration script on alembic's asyncpg connection.
+
+    ``op.execute`` goes through a prepared statement, which holds one command; asyncpg's
+    simple-query path runs a whole script inside alembic's transaction.
+    """
+    from alembic import op
+    from sqlalchemy.util import await_
+
+    driver = op.get_bind().connection.driver_connection
+    assert driver is not None
+    await_(driver.execute(script))
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Upgrade the schema to ``revision`` (blocking; run it outside an event loop)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    from alembic import command
+
+    command.downgrade(alembic_config(url), revision)
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory(str(migrations_dir())).get_current_head()
+    assert head is not None
+    return head
+
+
+async def schema_at_head(conn: asyncpg.Connection, head: str) -> bool:
+    try:
+        current = await conn.fetchval("SELECT version_num FROM alembic_version")
+    except asyncpg.UndefinedTableError:
+        return False
+    return bool(current == head)
+
+
+async def wait_until_reachable(url: str, timeout: float = 30.0) -> None:
+    """Retry a connection until the server answers (start-up races with a restarting server)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            conn = await asyncpg.connect(asyncpg_dsn(url), timeout=5)
+        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+        else:
+            await conn.close()
+            return

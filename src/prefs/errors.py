@@ -1,0 +1,187 @@
+"""Domain exceptions and the one mapping of every error to problem+json (RFC 9457).
+
+Messages never carry personal data or secrets: they name fields and rules, not values.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import msgspec
+
+if TYPE_CHECKING:
+    from litestar import Request, Response
+    from litestar.types import ExceptionHandlersMap
+
+log = logging.getLogger("prefs.errors")
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class Problem(Exception):
+    """A domain error with its HTTP status; raised by services, shaped by ``problem_response``."""
+
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra
+
+
+class InvalidInput(Problem):
+    status, slug, title = 400, "invalid-input", "Invalid input"
+
+
+class NotFound(Problem):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class NotEnrolled(Problem):
+    status, slug, title = 404, "not-enrolled", "Not enrolled"
+
+
+class Conflict(Problem):
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class LimitReached(Problem):
+    status, slug, title = 409, "limit-reached", "Limit reached"
+
+
+class PreconditionFailed(Problem):
+    status, slug, title = 412, "stale-version", "Version does not match"
+
+
+class PreconditionRequired(Problem):
+    status, slug, title = 428, "if-match-required", "If-Match required"
+
+
+class IdempotencyMismatch(Problem):
+    status, slug, title = 422, "idempotency-key-reused", "Idempotency-Key reused with another body"
+
+
+class TooManyRequests(Problem):
+    status, slug, title = 429, "too-many-requests", "Too many requests"
+
+
+class Unavailable(Problem):
+    status, slug, title = 503, "unavailable", "Service unavailable"
+
+
+class ProblemBody(msgspec.Struct, omit_defaults=True):
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+    errors: list[dict[str, Any]] | None = None
+    retry_after: int | None = None
+
+
+_TITLES = {
+    400: ("bad-request", "Bad request"),
+    401: ("unauthenticated", "Authentication required"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    413: ("body-too-large", "Request body too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    429: ("too-many-requests", "Too many requests"),
+    500: ("internal-error", "Internal error"),
+    503: ("unavailable", "Service unavailable"),
+}
+
+DATABASE_DOWN = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+
+
+def problem_response(
+    status: int,
+    detail: str | None,
+    *,
+    slug: str | None = None,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> Response[bytes]:
+    from litestar import Response
+
+    default_slug, default_title = _TITLES.get(status, ("error", "Error"))
+    body = ProblemBody(
+        type=f"urn:prefs:problem:{slug or default_slug}",
+        title=title or default_title,
+        status=status,
+        detail=detail,
+        errors=errors,
+    )
+    return Response(
+        msgspec.json.encode(body), status_code=status, media_type=PROBLEM_JSON, headers=headers
+    )
+
+
+def _domain(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    assert isinstance(exc, Problem)
+    return problem_response(
+        exc.status, exc.detail, slug=exc.slug, title=exc.title, headers=exc.headers,
+        errors=exc.extra.get("errors"),
+    )
+
+
+def _http(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    from litestar.exceptions import HTTPException, ValidationException
+
+    assert isinstance(exc, HTTPException)
+    errors = None
+    detail = exc.detail
+    if isinstance(exc, ValidationException):
+        detail = "The request does not match the schema: see errors."
+        extra = exc.extra if isinstance(exc.extra, list) else []
+        errors = [
+            {k: v for k, v in item.items() if k in ("message", "key", "source")}
+            for item in extra
+            if isinstance(item, dict)
+        ] or [{"message": exc.detail}]
+    headers = dict(exc.headers or {})
+    if exc.status_code == 401:
+        headers.setdefault("WWW-Authenticate", 'Bearer realm="prefs"')
+    return problem_response(exc.status_code, detail, headers=headers, errors=errors)
+
+
+def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.warning("database unavailable: %s on %s", type(exc).__name__, request.scope.get("path"))
+    return problem_response(
+        503, "The database is not reachable right now; retry shortly.", headers={"Retry-After": "2"}
+    )
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    if isinstance(exc, DATABASE_DOWN):
+        return _database_down(request, exc)
+    log.error("unhandled %s on %s %s", type(exc).__name__, request.method,
+              request.scope.get("path"), exc_info=exc)
+    return problem_response(500, "Something went wrong on our side.")
+
+
+def exception_handlers() -> ExceptionHandlersMap:
+    from litestar.exceptions import HTTPException
+
+    return {
+        Problem: _domain,
+        HTTPException: _http,
+        asyncpg.PostgresConnectionError: _database_down,
+        asyncpg.CannotConnectNowError: _database_down,
+        asyncpg.InterfaceError: _database_down,
+        ConnectionError: _database_down,
+        Exception: _unexpected,
+    }

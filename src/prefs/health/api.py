@@ -1,0 +1,42 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Response, get
+from litestar.datastructures import State
+
+from prefs import db
+from prefs.errors import DATABASE_DOWN
+
+
+class Health(msgspec.Struct):
+    status: str
+    database: str | None = None
+    schema: str | None = None
+
+
+class HealthController(Controller):
+    path = "/health"
+    tags = ["operations"]
+
+    @get("/live")
+    async def live(self) -> Health:
+        """The process answers."""
+        return Health(status="ok")
+
+    @get("/ready", responses={503: None})
+    async def ready(self, state: State) -> Response[Health]:
+        """The database answers and its schema is at the head revision."""
+        pool: Any = state.pool
+        try:
+            async with pool.acquire(timeout=2) as conn:
+                at_head = await db.schema_at_head(conn, state.schema_head)
+        except DATABASE_DOWN:
+            return Response(Health(status="unavailable", database="unreachable"), status_code=503,
+                            headers={"Retry-After": "2"})
+        if not at_head:
+            return Response(Health(status="unavailable", database="ok", schema="behind"), status_code=503)
+        return Response(Health(status="ok", database="ok", schema="head"))

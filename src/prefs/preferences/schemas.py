@@ -1,0 +1,66 @@
+"""Preference shapes: what customers send and what they get back."""
+
+from datetime import date, datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from prefs.text import AttributeName, AttributeValue, Label, Note, ProductName, Sku
+
+Status = Literal["available", "discontinued"]
+Rank = Annotated[int, Meta(ge=1, le=500)]
+Purchases = Annotated[int, Meta(ge=0, le=1_000_000)]
+Attributes = Annotated[dict[AttributeName, AttributeValue], Meta(max_length=32)]
+
+MAX_PREFERENCES = 500
+
+
+class Product(msgspec.Struct, forbid_unknown_fields=True):
+    sku: Sku
+    name: ProductName
+    brand: Label | None = None
+    category: Label | None = None
+
+
+class PreferenceCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    product: Product
+    attributes: Attributes = msgspec.field(default_factory=dict)
+    note: Note | None = None
+    rank: Rank | None = None
+    status: Status = "available"
+    purchases: Purchases = 0
+    last_purchased_on: date | None = None
+
+
+class PreferenceUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Only the fields present change; ``note`` and ``last_purchased_on`` may be set to null."""
+
+    product: Product | UnsetType = UNSET
+    attributes: Attributes | UnsetType = UNSET
+    note: Note | None | UnsetType = UNSET
+    rank: Rank | UnsetType = UNSET
+    status: Status | UnsetType = UNSET
+    purchases: Purchases | UnsetType = UNSET
+    last_purchased_on: date | None | UnsetType = UNSET
+
+
+class Preference(msgspec.Struct, kw_only=True):
+    id: UUID
+    product: Product
+    attributes: dict[str, str]
+    note: str | None
+    rank: int
+    status: Status
+    purchases: int
+    last_purchased_on: date | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class PreferenceList(msgspec.Struct):
+    items: list[Preference]
+    count: int
+    limit: int = MAX_PREFERENCES

@@ -1,0 +1,204 @@
+"""A customer's preferences: encrypted content, plaintext order and status, optimistic versions."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+import msgspec
+from msgspec import UNSET
+
+from prefs.crypto import DataKey, Vault
+from prefs.customers.service import data_key
+from prefs.errors import LimitReached, NotFound, PreconditionFailed
+from prefs.preferences.schemas import (
+    MAX_PREFERENCES,
+    Preference,
+    PreferenceCreate,
+    PreferenceUpdate,
+    Product,
+)
+
+TABLE = "preferences"
+_attributes = msgspec.json.Decoder(dict[str, str])
+_product = msgspec.json.Decoder(Product)
+
+
+def _seal(key: DataKey, preference_id: uuid.UUID, column: str, value: Any) -> bytes:
+    return key.encrypt(msgspec.json.encode(value), TABLE, column, preference_id)
+
+
+def decrypt_product(key: DataKey, preference_id: uuid.UUID, blob: bytes) -> Product:
+    return _product.decode(key.decrypt(blob, TABLE, "product", preference_id))
+
+
+def decrypt_attributes(key: DataKey, preference_id: uuid.UUID, blob: bytes) -> dict[str, str]:
+    return _attributes.decode(key.decrypt(blob, TABLE, "attributes", preference_id))
+
+
+def decrypt_note(key: DataKey, preference_id: uuid.UUID, blob: bytes | None) -> str | None:
+    if blob is None:
+        return None
+    note: str = msgspec.json.decode(key.decrypt(blob, TABLE, "note", preference_id))
+    return note
+
+
+def _preference(key: DataKey, row: Mapping[str, Any]) -> Preference:
+    pid = row["preference_id"]
+    return Preference(
+        id=pid,
+        product=decrypt_product(key, pid, row["product_ct"]),
+        attributes=decrypt_attributes(key, pid, row["attributes_ct"]),
+        note=decrypt_note(key, pid, row["note_ct"]),
+        rank=row["rank"],
+        status=row["status"],
+        purchases=row["purchases"],
+        last_purchased_on=row["last_purchased_on"],
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+COLUMNS = """preference_id, rank, status, purchases, last_purchased_on, version,
+             product_ct, attributes_ct, note_ct, created_at, updated_at"""
+LIST = f"SELECT {COLUMNS} FROM preferences WHERE customer_id = $1 ORDER BY rank"
+GET = f"SELECT {COLUMNS} FROM preferences WHERE customer_id = $1 AND preference_id = $2"
+GET_FOR_UPDATE = GET + " FOR UPDATE"
+LOCK_CUSTOMER = "SELECT 1 FROM customers WHERE customer_id = $1 FOR UPDATE"
+COUNT = "SELECT count(*) FROM preferences WHERE customer_id = $1"
+
+
+async def list_preferences(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID) -> list[Preference]:
+    """Every preference of the customer, in the customer's own order."""
+    rows = await conn.fetch(LIST, customer_id)
+    if not rows:
+        return []
+    key = await data_key(conn, vault, customer_id)
+    return [_preference(key, row) for row in rows]
+
+
+async def get_preference(
+    conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, preference_id: uuid.UUID
+) -> Preference:
+    row = await conn.fetchrow(GET, customer_id, preference_id)
+    if row is None:
+        raise NotFound("No such preference.")
+    return _preference(await data_key(conn, vault, customer_id), row)
+
+
+SHIFT_DOWN_FROM = "UPDATE preferences SET rank = rank + 1 WHERE customer_id = $1 AND rank >= $2"
+INSERT = f"""
+INSERT INTO preferences (customer_id, preference_id, rank, status, purchases, last_purchased_on,
+                         product_ct, attributes_ct, note_ct)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+RETURNING {COLUMNS}
+"""
+
+
+async def create_preference(
+    conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, data: PreferenceCreate
+) -> Preference:
+    """Add a preference at ``rank`` (default: last), moving the ones below it down."""
+    async with conn.transaction():
+        await conn.execute(LOCK_CUSTOMER, customer_id)
+        count: int = await conn.fetchval(COUNT, customer_id)
+        if count >= MAX_PREFERENCES:
+            raise LimitReached(f"A customer keeps at most {MAX_PREFERENCES} preferences.")
+        rank = min(data.rank or count + 1, count + 1)
+        if rank <= count:
+            await conn.execute(SHIFT_DOWN_FROM, customer_id, rank)
+        key = await data_key(conn, vault, customer_id)
+        pid = uuid.uuid4()
+        row = await conn.fetchrow(
+            INSERT, customer_id, pid, rank, data.status, data.purchases, data.last_purchased_on,
+            _seal(key, pid, "product", data.product),
+            _seal(key, pid, "attributes", data.attributes),
+            None if data.note is None else _seal(key, pid, "note", data.note),
+        )
+        assert row is not None
+        return _preference(key, row)
+
+
+MOVE_UP = """UPDATE preferences SET rank = rank + 1
+             WHERE customer_id = $1 AND rank >= $2 AND rank < $3"""
+MOVE_DOWN = """UPDATE preferences SET rank = rank - 1
+               WHERE customer_id = $1 AND rank > $2 AND rank <= $3"""
+UPDATE = f"""
+UPDATE preferences SET rank = $3, status = $4, purchases = $5, last_purchased_on = $6,
+       product_ct = $7, attributes_ct = $8, note_ct = $9, version = version + 1, updated_at = now()
+WHERE customer_id = $1 AND preference_id = $2
+RETURNING {COLUMNS}
+"""
+
+
+def _check_version(row: Mapping[str, Any], expected: int | None) -> None:
+    if expected is not None and row["version"] != expected:
+        raise PreconditionFailed(
+            f"The preference changed since you read it: it is now at version {row['version']}.",
+            headers={"ETag": f'"{row["version"]}"'},
+        )
+
+
+async def _move(conn: asyncpg.Connection, customer_id: uuid.UUID, old: int, new: int) -> None:
+    if new < old:
+        await conn.execute(MOVE_UP, customer_id, new, old)
+    elif new > old:
+        await conn.execute(MOVE_DOWN, customer_id, old, new)
+
+
+async def update_preference(
+    conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, preference_id: uuid.UUID,
+    data: PreferenceUpdate, expected_version: int | None,
+) -> Preference:
+    """Apply the fields given, if the stored version is still ``expected_version``."""
+    async with conn.transaction():
+        await conn.execute(LOCK_CUSTOMER, customer_id)
+        row = await conn.fetchrow(GET_FOR_UPDATE, customer_id, preference_id)
+        if row is None:
+            raise NotFound("No such preference.")
+        _check_version(row, expected_version)
+        key = await data_key(conn, vault, customer_id)
+        rank = row["rank"]
+        if data.rank is not UNSET:
+            count: int = await conn.fetchval(COUNT, customer_id)
+            rank = min(data.rank, count)
+            await _move(conn, customer_id, row["rank"], rank)
+        product_ct = row["product_ct"] if data.product is UNSET else _seal(key, preference_id, "product", data.product)
+        attributes_ct = (
+            row["attributes_ct"] if data.attributes is UNSET
+            else _seal(key, preference_id, "attributes", data.attributes)
+        )
+        note_ct = row["note_ct"]
+        if data.note is not UNSET:
+            note_ct = None if data.note is None else _seal(key, preference_id, "note", data.note)
+        updated = await conn.fetchrow(
+            UPDATE, customer_id, preference_id, rank,
+            row["status"] if data.status is UNSET else data.status,
+            row["purchases"] if data.purchases is UNSET else data.purchases,
+            row["last_purchased_on"] if data.last_purchased_on is UNSET else data.last_purchased_on,
+            product_ct, attributes_ct, note_ct,
+        )
+        assert updated is not None
+        return _preference(key, updated)
+
+
+DELETE = "DELETE FROM preferences WHERE customer_id = $1 AND preference_id = $2"
+CLOSE_GAP = "UPDATE preferences SET rank = rank - 1 WHERE customer_id = $1 AND rank > $2"
+
+
+async def delete_preference(
+    conn: asyncpg.Connection, customer_id: uuid.UUID, preference_id: uuid.UUID,
+    expected_version: int | None,
+) -> None:
+    """Delete one preference and close the gap it leaves in the order."""
+    async with conn.transaction():
+        await conn.execute(LOCK_CUSTOMER, customer_id)
+        row = await conn.fetchrow(GET_FOR_UPDATE, customer_id, preference_id)
+        if row is None:
+            raise NotFound("No such preference.")
+        _check_version(row, expected_version)
+        await conn.execute(DELETE, customer_id, preference_id)
+        await conn.execute(CLOSE_GAP, customer_id, row["rank"])

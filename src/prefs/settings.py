@@ -1,0 +1,143 @@
+"""Environment → one frozen settings object, read once at start."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+Environment = Literal["development", "production"]
+DEV_ISSUER = "prefs-dev"
+DEV_AUDIENCE = "prefs"
+
+
+class SettingsError(Exception):
+    """The environment cannot make a working service; the message is one line saying why."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    env: Environment
+    data_dir: Path
+    database_url: str | None
+    master_keys: str
+    index_keys: str
+    jwt_issuer: str | None
+    jwt_audience: str | None
+    jwt_jwks: str | None
+    dev_issuer: bool
+    controller: str = "prefs"
+    k_anonymity: int = 10
+    checkout_code_ttl_seconds: int = 300
+    idempotency_ttl_seconds: int = 86_400
+    access_log_retention_days: int = 400
+    pool_min_size: int = 2
+    pool_max_size: int = 16
+    max_body_bytes: int = 65_536
+    lookup_misses_per_minute_per_key: int = 30
+    lookup_misses_per_minute_per_store: int = 120
+
+    @property
+    def dev_issuer_key_path(self) -> Path:
+        return self.data_dir / "dev-issuer.pem"
+
+
+def _int(environ: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}")
+    return value
+
+
+def _new_keyring_entry(version: int) -> str:
+    return f"{version}:{base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()}"
+
+
+def _dev_secret(data_dir: Path, name: str) -> str:
+    """Read a development key file, creating it (owner-only) on first use."""
+    path = data_dir / name
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data_dir.chmod(0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(_new_keyring_entry(1) + "\n")
+    return path.read_text().strip()
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from the environment; development fills in keys under the data dir."""
+    environ = os.environ if environ is None else environ
+    env = environ.get("PREFS_ENV", "development")
+    if env not in ("development", "production"):
+        raise SettingsError("PREFS_ENV must be 'development' or 'production'")
+    data_dir = Path(environ.get("PREFS_DATA_DIR", ".prefs")).resolve()
+    database_url = environ.get("PREFS_DATABASE_URL") or None
+    master_keys = environ.get("PREFS_MASTER_KEYS") or None
+    index_keys = environ.get("PREFS_INDEX_KEY") or None
+    jwt_issuer = environ.get("PREFS_JWT_ISSUER") or None
+    jwt_audience = environ.get("PREFS_JWT_AUDIENCE") or None
+    jwt_jwks = environ.get("PREFS_JWT_JWKS") or None
+
+    if env == "production":
+        missing = [
+            name
+            for name, value in (
+                ("PREFS_DATABASE_URL", database_url),
+                ("PREFS_MASTER_KEYS", master_keys),
+                ("PREFS_INDEX_KEY", index_keys),
+                ("PREFS_JWT_ISSUER", jwt_issuer),
+                ("PREFS_JWT_AUDIENCE", jwt_audience),
+                ("PREFS_JWT_JWKS", jwt_jwks),
+            )
+            if value is None
+        ]
+        if missing:
+            raise SettingsError(
+                "production needs " + ", ".join(missing) + " (see README, section Settings)"
+            )
+    else:
+        master_keys = master_keys or _dev_secret(data_dir, "master.keys")
+        index_keys = index_keys or _dev_secret(data_dir, "index.key")
+
+    if (jwt_issuer is None) != (jwt_jwks is None) or (jwt_issuer and not jwt_audience):
+        raise SettingsError(
+            "PREFS_JWT_ISSUER, PREFS_JWT_AUDIENCE and PREFS_JWT_JWKS must be set together"
+        )
+    assert master_keys is not None and index_keys is not None
+
+    k_anonymity = _int(environ, "PREFS_K_ANONYMITY", 10, minimum=2)
+    pool_min = _int(environ, "PREFS_POOL_MIN_SIZE", 2, minimum=1)
+    return Settings(
+        env=env,  # type: ignore[arg-type]
+        data_dir=data_dir,
+        database_url=database_url,
+        master_keys=master_keys,
+        index_keys=index_keys,
+        jwt_issuer=jwt_issuer,
+        jwt_audience=jwt_audience,
+        jwt_jwks=jwt_jwks,
+        dev_issuer=env == "development",
+        controller=environ.get("PREFS_CONTROLLER", "prefs"),
+        k_anonymity=k_anonymity,
+        checkout_code_ttl_seconds=_int(environ, "PREFS_CHECKOUT_CODE_TTL", 300, minimum=30),
+        idempotency_ttl_seconds=_int(environ, "PREFS_IDEMPOTENCY_TTL", 86_400, minimum=60),
+        access_log_retention_days=_int(environ, "PREFS_ACCESS_LOG_RETENTION_DAYS", 400, minimum=1),
+        pool_min_size=pool_min,
+        pool_max_size=_int(environ, "PREFS_POOL_MAX_SIZE", 16, minimum=pool_min),
+        max_body_bytes=_int(environ, "PREFS_MAX_BODY_BYTES", 65_536, minimum=1024),
+        lookup_misses_per_minute_per_key=_int(environ, "PREFS_LOOKUP_MISSES_PER_KEY", 30, minimum=1),
+        lookup_misses_per_minute_per_store=_int(
+            environ, "PREFS_LOOKUP_MISSES_PER_STORE", 120, minimum=1
+        ),
+    )
