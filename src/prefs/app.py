@@ -9,7 +9,7 @@ from uuid import UUID
 
 from litestar import Litestar, Request
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
@@ -58,7 +58,9 @@ def provide_customer(request: Request[Any, Any, Any]) -> Customer:
     return customer
 
 
-async def provide_customer_id(conn: db.Connection, customer: Customer) -> UUID:
+async def provide_customer_id(
+    conn: NamedDependency[db.Connection], customer: NamedDependency[Customer]
+) -> UUID:
     return await require_customer_id(conn, customer.subject_hashes)
 
 
