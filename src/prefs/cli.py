@@ -121,3 +121,16 @@ def token(subject: str, ttl: int) -> None:
     if not settings.dev_issuer:
         raise click.ClickException("the development issuer is disabled in production")
     click.echo(DevIssuer(settings.dev_issuer_key_path).mint(subject, ttl))
+
+
+@main.command()
+@click.option("--output", type=click.Path(dir_okay=False), default="openapi/openapi.json", show_default=True)
+def openapi(output: str) -> None:
+    """Write the OpenAPI document generated from the app."""
+    from pathlib import Path
+
+    from prefs.app import create_app
+    from prefs.openapi import render
+
+    Path(output).write_text(render(create_app()))
+    click.echo(f"wrote {output}")

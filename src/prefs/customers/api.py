@@ -6,6 +6,7 @@ from uuid import UUID
 
 from litestar import Controller, Response, get, patch, post
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
@@ -21,7 +22,7 @@ class MeController(Controller):
     tags = ["customer"]
     guards = [customer_guard]
 
-    @post("/", responses={200: None})
+    @post("/", responses={200: ResponseSpec(Profile, description="Already enrolled")})
     async def enrol(
         self,
         conn: NamedDependency[Connection],

@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, Response, get
 from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
 
 from prefs import db
 from prefs.errors import DATABASE_DOWN
@@ -27,7 +28,7 @@ class HealthController(Controller):
         """The process answers."""
         return Health(status="ok")
 
-    @get("/ready", responses={503: None})
+    @get("/ready", responses={503: ResponseSpec(Health, description="Not ready")})
     async def ready(self, state: State) -> Response[Health]:
         """The database answers and its schema is at the head revision."""
         pool: Any = state.pool
