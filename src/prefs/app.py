@@ -17,10 +17,15 @@ from litestar.openapi.spec import Components, SecurityScheme
 from prefs import db
 from prefs.auth import Customer, TokenVerifier
 from prefs.crypto import Vault
+from prefs.access_log.api import AccessLogController
+from prefs.checkout.api import CheckoutCodesController
+from prefs.consents.api import ConsentsController
 from prefs.customers.api import MeController
 from prefs.customers.service import require_customer_id
 from prefs.errors import exception_handlers
 from prefs.health.api import HealthController
+from prefs.pos.api import PosController
+from prefs.pos.service import MissThrottle
 from prefs.preferences.api import PreferencesController
 from prefs.settings import Settings, load
 
@@ -86,10 +91,21 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "vault": vault,
             "verifier": TokenVerifier(settings, vault.index),
             "schema_head": db.head_revision(),
+            "lookup_throttle": MissThrottle(
+                settings.lookup_misses_per_minute_per_key, settings.lookup_misses_per_minute_per_store
+            ),
         }
     )
     return Litestar(
-        route_handlers=[HealthController, MeController, PreferencesController],
+        route_handlers=[
+            HealthController,
+            MeController,
+            PreferencesController,
+            ConsentsController,
+            CheckoutCodesController,
+            AccessLogController,
+            PosController,
+        ],
         dependencies={
             "conn": Provide(provide_conn),
             "vault": Provide(provide_vault, sync_to_thread=False),

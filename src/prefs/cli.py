@@ -134,3 +134,83 @@ def openapi(output: str) -> None:
 
     Path(output).write_text(render(create_app()))
     click.echo(f"wrote {output}")
+
+
+@main.group()
+def credentials() -> None:
+    """Create, list and revoke API keys for tills, partners and insights."""
+
+
+@credentials.command("create")
+@click.option("--kind", type=click.Choice(["pos", "partner", "insights"]), required=True)
+@click.option("--name", required=True, help="Display name customers see in their access log.")
+@click.option("--store", help="The store a till key belongs to (pos only).")
+@click.option("--description", help="What the partner does (partner only).")
+def credentials_create(kind: str, name: str, store: str | None, description: str | None) -> None:
+    """Create a key; it is printed once and stored only as a hash."""
+    from prefs.credentials import service
+    from prefs.errors import Problem
+
+    async def action(conn: Any) -> tuple[Any, str]:
+        return await service.create(conn, kind, name, store=store, description=description)  # type: ignore[arg-type]
+
+    with Database(_settings()) as url:
+        try:
+            credential, api_key = _run(url, action)
+        except Problem as problem:
+            raise click.ClickException(problem.detail) from None
+    click.echo(f"id:      {credential.id}")
+    if credential.partner_id:
+        click.echo(f"partner: {credential.partner_id}")
+    click.echo(f"key:     {api_key}")
+    click.echo("The key is shown only this once: store it in the till or partner system now.")
+
+
+@credentials.command("list")
+def credentials_list() -> None:
+    """List keys (never the keys themselves)."""
+    from prefs.credentials import service
+
+    with Database(_settings()) as url:
+        rows = _run(url, service.list_all)
+    for c in rows:
+        state = f"revoked {c.revoked_at:%Y-%m-%d %H:%M}" if c.revoked_at else "active"
+        where = f"store {c.store}" if c.store else (f"partner {c.partner_id}" if c.partner_id else "")
+        click.echo(f"{c.id}  {c.kind:<8} {state:<24} {c.name}  {where}".rstrip())
+
+
+@credentials.command("revoke")
+@click.argument("credential_id", type=click.UUID)
+def credentials_revoke(credential_id: Any) -> None:
+    """Revoke a key: refused from its next request on."""
+    from prefs.credentials import service
+    from prefs.errors import Problem
+
+    with Database(_settings()) as url:
+        try:
+            credential = _run(url, lambda conn: service.revoke(conn, credential_id))
+        except Problem as problem:
+            raise click.ClickException(problem.detail) from None
+    click.echo(f"revoked {credential.id} ({credential.kind}, {credential.name})")
+
+
+@main.group()
+def consent() -> None:
+    """Consent ledger operations."""
+
+
+@consent.command("verify")
+def consent_verify() -> None:
+    """Check every customer's consent chain; name any customer whose chain was altered."""
+    from prefs.consents import ledger
+    from prefs.crypto import Vault
+
+    settings = _settings()
+    vault = Vault.from_settings(settings.master_keys, settings.index_keys)
+    with Database(settings) as url:
+        checked, faults = _run(url, lambda conn: ledger.verify_all(conn, vault.index))
+    for fault in faults:
+        click.echo(f"ALTERED customer {fault.customer_id} at record {fault.seq}: {fault.reason}")
+    click.echo(f"{checked} chains checked, {len(faults)} altered")
+    if faults:
+        sys.exit(1)

@@ -1,0 +1,103 @@
+"""Reading the access log: newest first, in words a person understands."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from prefs.access_log.schemas import AccessLogPage, DisclosedPreference, Disclosure, Viewer
+from prefs.crypto import DecryptionError, Vault
+from prefs.customers.service import data_key
+from prefs.errors import InvalidInput
+from prefs.preferences.service import decrypt_product
+
+FIELD_WORDS = {"product": "which products", "attributes": "your sizes and details",
+               "note": "your notes"}
+PURPOSE_WORDS = {"checkout": "at checkout", "reorder": "to fulfil a reorder",
+                 "partner-read": "to prepare an order for you"}
+VIA_WORDS = {"card": "using your loyalty card", "code": "using a checkout code you showed",
+             "reference": "as a partner you chose", "reorder": "from a reorder you placed"}
+
+
+def encode_cursor(at: datetime, disclosure_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(f"{at.isoformat()}|{disclosure_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        at, _, ident = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(at), uuid.UUID(ident)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInput("after must be the `next` value of a previous page.") from None
+
+
+def _list_words(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def summary(row: Mapping[str, Any], names: list[str | None]) -> str:
+    """E.g. "Store 0421, Till 3, saw your sizes and details for Classic Chino at checkout"."""
+    who = row["actor_name"]
+    if row["store"]:
+        who = f"Store {row['store']}, {who}"
+    seen = _list_words([FIELD_WORDS.get(f, f) for f in row["fields"]]) if row["fields"] else "nothing"
+    known = [n for n in names if n]
+    if not names:
+        what = "no preferences"
+    elif known and len(known) == len(names):
+        what = _list_words(known[:3] + ([f"{len(known) - 3} more"] if len(known) > 3 else []))
+    else:
+        what = f"{len(names)} preference{'s' if len(names) != 1 else ''}"
+    purpose = PURPOSE_WORDS.get(row["purpose"], row["purpose"])
+    via = VIA_WORDS.get(row["via"], "")
+    return f"{who} saw {seen} for {what} {purpose}, {via}.".replace(" ,", ",").replace(", .", ".")
+
+
+PAGE = """
+SELECT disclosure_id, at, actor_kind, credential_id, actor_name, store, partner_id, purpose, via,
+       preference_ids, fields
+FROM access_log
+WHERE customer_id = $1 AND ($2::timestamptz IS NULL OR (at, disclosure_id) < ($2, $3))
+ORDER BY at DESC, disclosure_id DESC
+LIMIT $4
+"""
+NAMES = """
+SELECT preference_id, product_ct FROM preferences
+WHERE customer_id = $1 AND preference_id = ANY($2::uuid[])
+"""
+
+
+async def page(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, limit: int,
+               after: str | None) -> AccessLogPage:
+    """One page of disclosures, newest first; ``after`` is the previous page's ``next``."""
+    at, ident = decode_cursor(after) if after else (None, None)
+    rows = await conn.fetch(PAGE, customer_id, at, ident, limit + 1)
+    more, rows = len(rows) > limit, rows[:limit]
+    wanted = list({pid for row in rows for pid in row["preference_ids"]})
+    names: dict[uuid.UUID, str] = {}
+    if wanted:
+        key = await data_key(conn, vault, customer_id)
+        for pref in await conn.fetch(NAMES, customer_id, wanted):
+            try:
+                names[pref["preference_id"]] = decrypt_product(key, pref["preference_id"], pref["product_ct"]).name
+            except DecryptionError:
+                continue
+    items = []
+    for row in rows:
+        shown = [names.get(pid) for pid in row["preference_ids"]]
+        items.append(Disclosure(
+            id=row["disclosure_id"], at=row["at"],
+            who=Viewer(kind=row["actor_kind"], id=row["credential_id"], name=row["actor_name"],
+                       store=row["store"], partner_id=row["partner_id"]),
+            purpose=row["purpose"], via=row["via"], fields=list(row["fields"]),
+            preferences=[DisclosedPreference(id=pid, name=names.get(pid)) for pid in row["preference_ids"]],
+            summary=summary(row, shown),
+        ))
+    next_cursor = encode_cursor(rows[-1]["at"], rows[-1]["disclosure_id"]) if more else None
+    return AccessLogPage(items=items, next=next_cursor)

@@ -1,0 +1,32 @@
+"""HTTP for checkout codes: /v1/me/checkout-codes."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from litestar import Controller, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
+from litestar.status_codes import HTTP_201_CREATED
+
+from prefs.auth import customer_guard
+from prefs.checkout import service
+from prefs.checkout.schemas import CheckoutCode, CheckoutCodeRequest
+from prefs.crypto import Vault
+from prefs.db import Connection
+
+
+class CheckoutCodesController(Controller):
+    path = "/v1/me/checkout-codes"
+    tags = ["checkout"]
+    guards = [customer_guard]
+
+    @post("/", status_code=HTTP_201_CREATED)
+    async def create(
+        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
+        customer_id: NamedDependency[UUID], data: JSONBody[CheckoutCodeRequest],
+    ) -> CheckoutCode:
+        """A code to show at the till, revealing only the fields chosen, for a few minutes."""
+        return await service.create(conn, vault.index, customer_id, data,
+                                    state.settings.checkout_code_ttl_seconds)

@@ -1,0 +1,23 @@
+"""Checkout codes: what the customer asks for and gets."""
+
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+import msgspec
+from msgspec import Meta
+
+from prefs.consents.schemas import Fields, PreferenceIds
+
+
+class CheckoutCodeRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    fields: Fields
+    preferences: Literal["all"] | PreferenceIds = "all"
+    ttl_seconds: Annotated[int, Meta(ge=30, le=900)] | None = None
+
+
+class CheckoutCode(msgspec.Struct, kw_only=True):
+    code: str
+    expires_at: datetime
+    fields: list[str]
+    preferences: Literal["all"] | list[UUID]

@@ -1,0 +1,70 @@
+"""HTTP for consent: /v1/me/consents."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from litestar import Controller, delete, get, put
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.status_codes import HTTP_200_OK
+
+from prefs.auth import customer_guard
+from prefs.consents import ledger, service
+from prefs.consents.schemas import Audience, ConsentChange, ConsentGrant, ConsentList, LedgerPage
+from prefs.crypto import Vault
+from prefs.db import Connection
+from prefs.errors import InvalidInput
+
+Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Records per page")]
+Before = Annotated[str | None, QueryParameter(max_length=20, description="The `next` of the previous page")]
+
+
+class ConsentsController(Controller):
+    path = "/v1/me/consents"
+    tags = ["consents"]
+    guards = [customer_guard]
+
+    @get("/")
+    async def list_all(
+        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
+        customer_id: NamedDependency[UUID],
+    ) -> ConsentList:
+        """The grants in force. Nothing is shared until granted."""
+        items = await service.list_consents(conn, vault.index, state.settings.controller, customer_id)
+        return ConsentList(items=items)
+
+    @get("/history")
+    async def history(
+        self, conn: NamedDependency[Connection], customer_id: NamedDependency[UUID],
+        limit: Limit = 50, before: Before = None,
+    ) -> LedgerPage:
+        """Every consent change, newest first, each with its receipt and ledger hashes."""
+        if before is not None and not (before.isascii() and before.isdigit()):
+            raise InvalidInput("before must be the `next` value of a previous page.")
+        before_seq = int(before) if before else 2**62
+        items = await ledger.history(conn, customer_id, before_seq, limit)
+        more = len(items) == limit and items[-1].seq > 1
+        return LedgerPage(items=items, next=str(items[-1].seq) if more else None)
+
+    @put("/{audience:str}", status_code=HTTP_200_OK)
+    async def grant(
+        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
+        customer_id: NamedDependency[UUID], audience: FromPath[Audience], data: JSONBody[ConsentGrant],
+    ) -> ConsentChange:
+        """Grant or change consent for `pos`, `insights` or `partner:<id>`; returns the receipt."""
+        return await service.grant(conn, vault.index, state.settings.controller, customer_id,
+                                   audience, data)
+
+    @delete("/{audience:str}", status_code=HTTP_200_OK)
+    async def withdraw(
+        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
+        customer_id: NamedDependency[UUID], audience: FromPath[Audience],
+    ) -> ConsentChange:
+        """Withdraw consent; the next request from that audience sees nothing."""
+        return await service.withdraw(conn, vault.index, state.settings.controller, customer_id,
+                                      audience)
+
+

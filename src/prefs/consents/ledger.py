@@ -1,0 +1,133 @@
+"""The per-customer, append-only, hash-chained consent ledger.
+
+Each record's hash is an HMAC (under a key derived from the index keyring) over the customer,
+the sequence number, the previous record's hash and the receipt's canonical JSON; the customer
+row keeps the head (sequence and hash), so a removed last record is detected too.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from prefs.consents.schemas import LedgerEntry, Receipt
+from prefs.crypto import BlindIndex
+
+GENESIS = bytes(32)
+
+
+def canonical(receipt: Receipt | dict[str, Any]) -> bytes:
+    """Sorted-key JSON: the same bytes from the struct and from its stored jsonb."""
+    as_builtins = msgspec.to_builtins(receipt) if isinstance(receipt, Receipt) else receipt
+    return msgspec.json.encode(as_builtins, order="sorted")
+
+
+def record_hash(index: BlindIndex, version: int, customer_id: uuid.UUID, seq: int,
+                prev_hash: bytes, body: bytes) -> bytes:
+    message = customer_id.bytes + seq.to_bytes(8, "big") + prev_hash + body
+    return index.digest("ledger", message, version)
+
+
+LOCK_HEAD = "SELECT ledger_seq, ledger_head FROM customers WHERE customer_id = $1 FOR UPDATE"
+INSERT = """
+INSERT INTO consent_ledger (customer_id, seq, receipt_id, recorded_at, audience, state, receipt,
+                            mac_version, prev_hash, hash)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+"""
+MOVE_HEAD = "UPDATE customers SET ledger_seq = $2, ledger_head = $3 WHERE customer_id = $1"
+
+
+async def append(conn: asyncpg.Connection, index: BlindIndex, receipt: Receipt) -> LedgerEntry:
+    """Append one receipt to its principal's chain (call inside a transaction)."""
+    customer_id = receipt.principal
+    head = await conn.fetchrow(LOCK_HEAD, customer_id)
+    assert head is not None
+    seq = head["ledger_seq"] + 1
+    prev_hash = head["ledger_head"] or GENESIS
+    body = msgspec.to_builtins(receipt)
+    digest = record_hash(index, index.primary, customer_id, seq, prev_hash, canonical(body))
+    await conn.execute(INSERT, customer_id, seq, receipt.receipt_id, receipt.timestamp,
+                       receipt.audience, receipt.state, body, index.primary, prev_hash, digest)
+    await conn.execute(MOVE_HEAD, customer_id, seq, digest)
+    return LedgerEntry(seq=seq, recorded_at=receipt.timestamp, receipt=receipt,
+                       prev_hash=prev_hash.hex(), hash=digest.hex())
+
+
+HISTORY = """
+SELECT seq, recorded_at, receipt, prev_hash, hash FROM consent_ledger
+WHERE customer_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3
+"""
+
+
+async def history(conn: asyncpg.Connection, customer_id: uuid.UUID, before_seq: int,
+                  limit: int) -> list[LedgerEntry]:
+    """Ledger records, newest first, with sequence numbers below ``before_seq``."""
+    rows = await conn.fetch(HISTORY, customer_id, before_seq, limit)
+    return [
+        LedgerEntry(seq=row["seq"], recorded_at=row["recorded_at"],
+                    receipt=msgspec.convert(row["receipt"], Receipt),
+                    prev_hash=row["prev_hash"].hex(), hash=row["hash"].hex())
+        for row in rows
+    ]
+
+
+@dataclass(frozen=True)
+class ChainFault:
+    customer_id: uuid.UUID
+    seq: int
+    reason: str
+
+
+CHAIN = """
+SELECT seq, receipt, mac_version, prev_hash, hash FROM consent_ledger
+WHERE customer_id = $1 ORDER BY seq
+"""
+HEADS = "SELECT customer_id, ledger_seq, ledger_head FROM customers WHERE customer_id > $1 ORDER BY customer_id LIMIT $2"
+ORPHANS = """
+SELECT DISTINCT l.customer_id FROM consent_ledger l
+LEFT JOIN customers c USING (customer_id) WHERE c.customer_id IS NULL
+"""
+
+
+async def verify_customer(conn: asyncpg.Connection, index: BlindIndex, customer_id: uuid.UUID,
+                          head_seq: int, head_hash: bytes | None) -> ChainFault | None:
+    """The first fault in one customer's chain, or None when it verifies."""
+    prev_hash, expected_seq = GENESIS, 1
+    for row in await conn.fetch(CHAIN, customer_id):
+        if row["seq"] != expected_seq:
+            return ChainFault(customer_id, expected_seq, "a record is missing")
+        if row["prev_hash"] != prev_hash:
+            return ChainFault(customer_id, row["seq"], "the link to the previous record is broken")
+        if row["mac_version"] not in index.index.keys:
+            return ChainFault(customer_id, row["seq"], "the record's key version is unknown")
+        digest = record_hash(index, row["mac_version"], customer_id, row["seq"], prev_hash,
+                             canonical(row["receipt"]))
+        if digest != row["hash"]:
+            return ChainFault(customer_id, row["seq"], "the record was altered")
+        prev_hash, expected_seq = row["hash"], expected_seq + 1
+    if expected_seq - 1 != head_seq or (head_seq and prev_hash != head_hash):
+        return ChainFault(customer_id, expected_seq, "the chain does not end at the recorded head")
+    return None
+
+
+async def verify_all(conn: asyncpg.Connection, index: BlindIndex, batch: int = 500) -> tuple[int, list[ChainFault]]:
+    """Verify every customer's chain; returns how many were checked and the faults found."""
+    faults: list[ChainFault] = []
+    checked, after = 0, uuid.UUID(int=0)
+    while True:
+        heads = await conn.fetch(HEADS, after, batch)
+        if not heads:
+            break
+        for head in heads:
+            fault = await verify_customer(conn, index, head["customer_id"], head["ledger_seq"], head["ledger_head"])
+            if fault is not None:
+                faults.append(fault)
+            checked += 1
+        after = heads[-1]["customer_id"]
+    for row in await conn.fetch(ORPHANS):
+        faults.append(ChainFault(row["customer_id"], 0, "records exist for a customer who is not enrolled"))
+    return checked, faults

@@ -1,0 +1,208 @@
+"""Granting, changing, withdrawing and expiring consent; every change is a ledger receipt."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from prefs.consents import ledger
+from prefs.consents.schemas import (
+    Consent,
+    ConsentChange,
+    ConsentGrant,
+    Controller,
+    Purpose,
+    Receipt,
+    Recipient,
+    State,
+)
+from prefs.crypto import BlindIndex
+from prefs.errors import InvalidInput, NotFound
+
+# What each audience does with what it is shown, named with W3C DPV purposes.
+PURPOSES = {
+    "pos": ("Recognise you at the till and show your preferences at checkout",
+            ["ServicePersonalisation"]),
+    "partner": ("Let a partner you chose make or supply your items again",
+                ["CustomerOrderManagement", "ServiceProvision"]),
+    "insights": ("Count, anonymously, how many people want a discontinued product back",
+                 ["ImproveExistingProductsAndServices"]),
+}
+# The personal-data categories (DPV-PD) behind each field a grant can name.
+PII_CATEGORIES = {"product": "PurchasesAndSpendingHabit", "attributes": "PhysicalCharacteristic",
+                  "note": "Preference"}
+
+
+def audience_kind(audience: str) -> str:
+    return audience.split(":", 1)[0]
+
+
+PARTNER = "SELECT name FROM partners WHERE partner_id = $1 AND retired_at IS NULL"
+
+
+async def recipient(conn: asyncpg.Connection, audience: str) -> Recipient:
+    """Who an audience is; unknown or retired partners are a 404."""
+    kind = audience_kind(audience)
+    if kind == "pos":
+        return Recipient(kind="pos", name="Store tills at checkout")
+    if kind == "insights":
+        return Recipient(kind="insights", name="Merchandising (anonymous counts only)")
+    try:
+        partner_id = uuid.UUID(audience.split(":", 1)[1])
+    except ValueError:
+        raise NotFound("No such partner.") from None
+    name = await conn.fetchval(PARTNER, partner_id)
+    if name is None:
+        raise NotFound("No such partner.")
+    return Recipient(kind="partner", name=name, id=partner_id)
+
+
+def _receipt(customer_id: uuid.UUID, audience: str, who: Recipient, controller: str, state: State,
+             fields: list[str], preferences: Any, expires_at: datetime | None) -> Receipt:
+    text, dpv = PURPOSES[who.kind]
+    return Receipt(
+        receipt_id=uuid.uuid4(),
+        timestamp=datetime.now(UTC),
+        collection_method="self-service" if state != "ConsentExpired" else "expiry",
+        principal=customer_id,
+        controller=Controller(name=controller),
+        audience=audience,
+        recipient=who,
+        purposes=[Purpose(purpose=text, dpv=dpv, consent_type="EXPLICIT", primary_purpose=True,
+                          termination=expires_at.isoformat() if expires_at else "until withdrawn",
+                          third_party_disclosure=who.kind == "partner")],
+        pii_categories=[PII_CATEGORIES[f] for f in fields],
+        fields=fields,
+        preferences=preferences,
+        expires_at=expires_at,
+        state=state,
+    )
+
+
+def _consent(row: Mapping[str, Any], who: str) -> Consent:
+    ids = row["preference_ids"]
+    return Consent(audience=row["audience"], recipient=who, fields=list(row["fields"]),
+                   preferences="all" if ids is None else list(ids), expires_at=row["expires_at"],
+                   granted_at=row["granted_at"], updated_at=row["updated_at"],
+                   receipt_id=row["receipt_id"])
+
+
+LIST = """
+SELECT g.audience, g.fields, g.preference_ids, g.expires_at, g.granted_at, g.updated_at, g.receipt_id,
+       p.name AS partner_name
+FROM consents g
+LEFT JOIN partners p ON g.audience = 'partner:' || p.partner_id::text
+WHERE g.customer_id = $1 AND (g.expires_at IS NULL OR g.expires_at > now())
+ORDER BY g.audience
+"""
+
+
+async def list_consents(conn: asyncpg.Connection, index: BlindIndex, controller: str,
+                        customer_id: uuid.UUID) -> list[Consent]:
+    """The live grants (expired ones are recorded as expired first)."""
+    await expire_due(conn, index, controller, customer_id)
+    consents = []
+    for row in await conn.fetch(LIST, customer_id):
+        kind = audience_kind(row["audience"])
+        name = row["partner_name"] if kind == "partner" else (await recipient(conn, row["audience"])).name
+        consents.append(_consent(row, name or "A partner that has left"))
+    return consents
+
+
+OWNED = "SELECT preference_id FROM preferences WHERE customer_id = $1 AND preference_id = ANY($2::uuid[])"
+UPSERT = """
+INSERT INTO consents (customer_id, audience, fields, preference_ids, expires_at, receipt_id)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (customer_id, audience) DO UPDATE
+SET fields = EXCLUDED.fields, preference_ids = EXCLUDED.preference_ids,
+    expires_at = EXCLUDED.expires_at, receipt_id = EXCLUDED.receipt_id, updated_at = now(),
+    granted_at = CASE WHEN consents.expires_at IS NOT NULL AND consents.expires_at <= now()
+                      THEN now() ELSE consents.granted_at END
+RETURNING audience, fields, preference_ids, expires_at, granted_at, updated_at, receipt_id
+"""
+
+
+async def grant(conn: asyncpg.Connection, index: BlindIndex, controller: str,
+                customer_id: uuid.UUID, audience: str, data: ConsentGrant) -> ConsentChange:
+    """Give or change consent for one audience."""
+    who = await recipient(conn, audience)
+    if data.expires_at is not None:
+        if data.expires_at.tzinfo is None:
+            raise InvalidInput("expires_at needs a time zone, e.g. 2027-01-01T00:00:00Z.",
+                               errors=[{"key": "expires_at", "source": "body", "message": "needs a time zone"}])
+        if data.expires_at <= datetime.now(UTC):
+            raise InvalidInput("expires_at must be in the future.",
+                               errors=[{"key": "expires_at", "source": "body", "message": "in the past"}])
+    fields = sorted(set(data.fields), key=["product", "attributes", "note"].index)
+    ids: list[uuid.UUID] | None = None
+    if data.preferences != "all":
+        ids = sorted(set(data.preferences))
+        owned = {row["preference_id"] for row in await conn.fetch(OWNED, customer_id, ids)}
+        if len(owned) != len(ids):
+            raise InvalidInput("preferences names ids that are not among your preferences.",
+                               errors=[{"key": "preferences", "source": "body", "message": "unknown preference ids"}])
+    async with conn.transaction():
+        receipt = _receipt(customer_id, audience, who, controller, "ConsentGiven", fields,
+                           "all" if ids is None else ids, data.expires_at)
+        entry = await ledger.append(conn, index, receipt)
+        row = await conn.fetchrow(UPSERT, customer_id, audience, fields, ids, data.expires_at,
+                                  receipt.receipt_id)
+        assert row is not None
+        return ConsentChange(consent=_consent(row, who.name), receipt=receipt, ledger=entry)
+
+
+REMOVE = """
+DELETE FROM consents WHERE customer_id = $1 AND audience = $2
+RETURNING fields, preference_ids, expires_at
+"""
+
+
+async def withdraw(conn: asyncpg.Connection, index: BlindIndex, controller: str,
+                   customer_id: uuid.UUID, audience: str) -> ConsentChange:
+    """Withdraw consent: effective for the very next request, recorded in the ledger."""
+    async with conn.transaction():
+        await expire_due(conn, index, controller, customer_id, audience)
+        row = await conn.fetchrow(REMOVE, customer_id, audience)
+        if row is None:
+            raise NotFound("There is no consent in force for this audience.")
+        try:
+            who = await recipient(conn, audience)
+        except NotFound:
+            who = Recipient(kind="partner", name="A partner that has left")
+        ids = row["preference_ids"]
+        receipt = _receipt(customer_id, audience, who, controller, "ConsentWithdrawn",
+                           list(row["fields"]), "all" if ids is None else list(ids), row["expires_at"])
+        entry = await ledger.append(conn, index, receipt)
+        return ConsentChange(consent=None, receipt=receipt, ledger=entry)
+
+
+DUE = """
+DELETE FROM consents
+WHERE expires_at <= now() AND ($1::uuid IS NULL OR customer_id = $1)
+      AND ($2::text IS NULL OR audience = $2)
+RETURNING customer_id, audience, fields, preference_ids, expires_at
+"""
+
+
+async def expire_due(conn: asyncpg.Connection, index: BlindIndex, controller: str,
+                     customer_id: uuid.UUID | None = None, audience: str | None = None) -> int:
+    """Record every grant past its expiry as ConsentExpired and remove it; returns how many.
+
+    Lookups already ignore expired grants; this writes them into the ledger.
+    """
+    async with conn.transaction():
+        rows = await conn.fetch(DUE, customer_id, audience)
+        for row in rows:
+            try:
+                who = await recipient(conn, row["audience"])
+            except NotFound:
+                who = Recipient(kind="partner", name="A partner that has left")
+            ids = row["preference_ids"]
+            receipt = _receipt(row["customer_id"], row["audience"], who, controller, "ConsentExpired",
+                               list(row["fields"]), "all" if ids is None else list(ids), row["expires_at"])
+            await ledger.append(conn, index, receipt)
+        return len(rows)

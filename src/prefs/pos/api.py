@@ -1,0 +1,40 @@
+"""HTTP for the store till: POST /v1/pos/lookup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, post
+from litestar.datastructures import State
+from litestar.params import JSONBody
+from litestar.status_codes import HTTP_200_OK
+
+from prefs.auth import api_key_guard
+from prefs.checkout.service import normalise_code
+from prefs.customers.service import normalise_card
+from prefs.errors import InvalidInput
+from prefs.pos import service
+from prefs.pos.schemas import LookupRequest, LookupResult
+
+
+class PosController(Controller):
+    path = "/v1/pos"
+    tags = ["till"]
+    guards = [api_key_guard("pos")]
+
+    @post("/lookup", status_code=HTTP_200_OK)
+    async def lookup(
+        self, request: Request[Any, Any, Any], state: State, data: JSONBody[LookupRequest]
+    ) -> LookupResult:
+        """A customer's ranked preferences, with only the fields they granted.
+
+        Unknown card, expired or unknown code, erased customer and missing consent all answer
+        the same 404.
+        """
+        if (data.card is None) == (data.code is None):
+            raise InvalidInput("Send exactly one of card or code.")
+        card = normalise_card(data.card) if data.card is not None else None
+        code = normalise_code(data.code) if data.code is not None else None
+        async with state.pool.acquire() as conn:
+            return await service.lookup(conn, state.vault, state.lookup_throttle,
+                                        request.state.api_key.secret, card, code)
