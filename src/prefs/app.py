@@ -10,7 +10,7 @@ from uuid import UUID
 from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
@@ -23,10 +23,14 @@ from prefs.consents.api import ConsentsController
 from prefs.customers.api import MeController
 from prefs.customers.service import require_customer_id
 from prefs.errors import exception_handlers
+from prefs.credentials import service as credentials
 from prefs.health.api import HealthController
+from prefs.insights.api import InsightsController
+from prefs.partners.api import PartnersController
 from prefs.pos.api import PosController
 from prefs.pos.service import MissThrottle
 from prefs.preferences.api import PreferencesController
+from prefs.reorders.api import CustomerReordersController, PartnerController
 from prefs.settings import Settings, load
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -69,6 +73,17 @@ async def provide_customer_id(
     return await require_customer_id(conn, customer.subject_hashes)
 
 
+async def provide_credential(
+    conn: NamedDependency[db.Connection], request: Request[Any, Any, Any]
+) -> credentials.Credential:
+    """The live credential behind the request's API key (checked on every request)."""
+    api_key = request.state.api_key
+    credential = await credentials.verify(conn, api_key.kind, api_key.secret)
+    if credential is None:
+        raise NotAuthorizedException("The API key is not valid.")
+    return credential
+
+
 async def require_json_body(request: Request[Any, Any, Any]) -> None:
     """Bodies must be JSON (415 otherwise); body-less POSTs need no content type."""
     if request.method not in BODY_METHODS:
@@ -105,12 +120,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
             CheckoutCodesController,
             AccessLogController,
             PosController,
+            CustomerReordersController,
+            PartnersController,
+            PartnerController,
+            InsightsController,
         ],
         dependencies={
             "conn": Provide(provide_conn),
             "vault": Provide(provide_vault, sync_to_thread=False),
             "customer": Provide(provide_customer, sync_to_thread=False),
             "customer_id": Provide(provide_customer_id),
+            "credential": Provide(provide_credential),
         },
         state=state,
         lifespan=[_lifespan(settings)],

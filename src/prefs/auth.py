@@ -173,13 +173,21 @@ async def customer_guard(
     connection.state.customer = await verifier.verify(token)
 
 
+API_KEY_PREFIX = {"pos": "pos_", "partner": "ptn_", "insights": "ins_"}
+
+
 def api_key_guard(kind: str) -> Any:
-    """A guard admitting requests whose bearer is an API key of ``kind`` (checked fully in SQL)."""
+    """A guard admitting requests whose bearer looks like an API key of ``kind``.
+
+    The key itself is verified against the credentials table on every request (no cache), so a
+    revoked key fails at once.
+    """
+    prefix = API_KEY_PREFIX[kind]
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         secret = _bearer(connection)
-        if not secret.startswith(f"{kind}_") or len(secret) > 128:
-            raise NotAuthorizedException(f"This endpoint needs a {kind}_ API key.")
+        if not secret.startswith(prefix) or len(secret) > 128:
+            raise NotAuthorizedException(f"This endpoint needs a {prefix} API key.")
         connection.state.api_key = ApiKey(kind=kind, secret=secret)
 
     return guard

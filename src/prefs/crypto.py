@@ -34,6 +34,8 @@ _NONCE_BYTES = 12
 _TAG_BYTES = 16
 _MIN_LENGTH = _HEADER.size + _NONCE_BYTES + _TAG_BYTES
 DATA_KEY_BYTES = 32
+_MAX_VERSION = 0xFFFFFFFF  # the header holds it in four bytes
+_URLSAFE = str.maketrans("-_", "+/")
 
 
 class KeyringError(ValueError):
@@ -59,18 +61,19 @@ class Keyring:
         keys: dict[int, bytes] = {}
         order: list[int] = []
         for entry in filter(None, (part.strip() for part in setting.split(","))):
-            version_text, sep, key_text = entry.partition(":")
-            if not sep or not version_text.isdigit():
+            version_text, sep, key_text = (part.strip() for part in entry.partition(":"))
+            if not sep or not version_text.isascii() or not version_text.isdigit():
                 raise KeyringError(f"{name}: each entry must be VERSION:BASE64KEY")
             try:
-                key = base64.urlsafe_b64decode(key_text + "=" * (-len(key_text) % 4))
+                padded = key_text.translate(_URLSAFE) + "=" * (-len(key_text) % 4)
+                key = base64.b64decode(padded, validate=True)  # strict: no stray characters
             except (binascii.Error, ValueError):
                 raise KeyringError(f"{name}: key {version_text} is not base64") from None
             if len(key) != 32:
                 raise KeyringError(f"{name}: key {version_text} must be 32 bytes")
             version = int(version_text)
-            if version in keys or version < 1:
-                raise KeyringError(f"{name}: version {version} is repeated or below 1")
+            if version in keys or not 1 <= version <= _MAX_VERSION:
+                raise KeyringError(f"{name}: version {version} is repeated or out of range")
             keys[version] = key
             order.append(version)
         if not order:
@@ -221,10 +224,31 @@ class Envelope:
                 del self._cache[cache_key]
 
 
+class ServiceCipher:
+    """Encrypts service-owned (not customer-owned) data under a key derived from the master keyring."""
+
+    def __init__(self, master: Keyring, purpose: str) -> None:
+        self.master = master
+        self._aead = {
+            version: AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=b"prefs.service.v1",
+                                 info=purpose.encode()).derive(key))
+            for version, key in master.keys.items()
+        }
+
+    def encrypt(self, plaintext: bytes, context: bytes) -> bytes:
+        return _seal(self._aead[self.master.primary], self.master.primary, plaintext, _aad(context))
+
+    def decrypt(self, blob: bytes, context: bytes) -> bytes:
+        aead = self._aead.get(_header(blob))
+        if aead is None:
+            raise DecryptionError
+        return _open(aead, blob, _aad(context))
+
+
 class BlindIndex:
     """Keyed HMAC lookups, under keys derived from the index keyring only."""
 
-    PURPOSES = ("card", "checkout-code", "subject", "pairwise", "ledger")
+    PURPOSES = ("card", "checkout-code", "subject", "pairwise", "ledger", "demand", "demand-group")
 
     def __init__(self, index: Keyring) -> None:
         self.index = index
@@ -282,10 +306,13 @@ class Vault:
 
     envelope: Envelope
     index: BlindIndex
+    demand_labels: ServiceCipher
 
     @classmethod
     def from_settings(cls, master_keys: str, index_keys: str) -> Vault:
+        master = Keyring.parse(master_keys, "PREFS_MASTER_KEYS")
         return cls(
-            envelope=Envelope(Keyring.parse(master_keys, "PREFS_MASTER_KEYS")),
+            envelope=Envelope(master),
             index=BlindIndex(Keyring.parse(index_keys, "PREFS_INDEX_KEY")),
+            demand_labels=ServiceCipher(master, "demand-labels"),
         )

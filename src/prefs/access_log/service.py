@@ -12,10 +12,11 @@ from typing import Any
 import asyncpg
 
 from prefs.access_log.schemas import AccessLogPage, DisclosedPreference, Disclosure, Viewer
+from prefs.credentials.service import Credential
 from prefs.crypto import DecryptionError, Vault
 from prefs.customers.service import data_key
 from prefs.errors import InvalidInput
-from prefs.preferences.service import decrypt_product
+from prefs.preferences.sealed import decrypt_product
 
 FIELD_WORDS = {"product": "which products", "attributes": "your sizes and details",
                "note": "your notes"}
@@ -101,3 +102,25 @@ async def page(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, l
         ))
     next_cursor = encode_cursor(rows[-1]["at"], rows[-1]["disclosure_id"]) if more else None
     return AccessLogPage(items=items, next=next_cursor)
+
+
+RECORD = """
+INSERT INTO access_log (customer_id, actor_kind, credential_id, actor_name, store, partner_id,
+                        purpose, via, preference_ids, fields)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+"""
+
+
+async def record(conn: asyncpg.Connection, who: Credential, purpose: str, via: str,
+                 disclosures: list[tuple[uuid.UUID, list[uuid.UUID], list[str]]]) -> None:
+    """Log disclosures to a credential's holder: (customer, preferences, fields) each.
+
+    Call inside the transaction that reads what is disclosed, so no answer leaves without its
+    record.
+    """
+    if disclosures:
+        await conn.executemany(RECORD, [
+            (customer_id, who.kind, who.id, who.name, who.store, who.partner_id, purpose, via,
+             preference_ids, fields)
+            for customer_id, preference_ids, fields in disclosures
+        ])

@@ -33,17 +33,18 @@ class ConsentsController(Controller):
         customer_id: NamedDependency[UUID],
     ) -> ConsentList:
         """The grants in force. Nothing is shared until granted."""
-        items = await service.list_consents(conn, vault.index, state.settings.controller, customer_id)
+        items = await service.list_consents(conn, vault, state.settings.controller, customer_id)
         return ConsentList(items=items)
 
     @get("/history")
     async def history(
-        self, conn: NamedDependency[Connection], customer_id: NamedDependency[UUID],
-        limit: Limit = 50, before: Before = None,
+        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
+        customer_id: NamedDependency[UUID], limit: Limit = 50, before: Before = None,
     ) -> LedgerPage:
         """Every consent change, newest first, each with its receipt and ledger hashes."""
         if before is not None and not (before.isascii() and before.isdigit()):
             raise InvalidInput("before must be the `next` value of a previous page.")
+        await service.expire_due(conn, vault, state.settings.controller, customer_id)
         before_seq = int(before) if before else 2**62
         items = await ledger.history(conn, customer_id, before_seq, limit)
         more = len(items) == limit and items[-1].seq > 1
@@ -55,7 +56,7 @@ class ConsentsController(Controller):
         customer_id: NamedDependency[UUID], audience: FromPath[Audience], data: JSONBody[ConsentGrant],
     ) -> ConsentChange:
         """Grant or change consent for `pos`, `insights` or `partner:<id>`; returns the receipt."""
-        return await service.grant(conn, vault.index, state.settings.controller, customer_id,
+        return await service.grant(conn, vault, state.settings.controller, customer_id,
                                    audience, data)
 
     @delete("/{audience:str}", status_code=HTTP_200_OK)
@@ -64,7 +65,7 @@ class ConsentsController(Controller):
         customer_id: NamedDependency[UUID], audience: FromPath[Audience],
     ) -> ConsentChange:
         """Withdraw consent; the next request from that audience sees nothing."""
-        return await service.withdraw(conn, vault.index, state.settings.controller, customer_id,
+        return await service.withdraw(conn, vault, state.settings.controller, customer_id,
                                       audience)
 
 

@@ -29,6 +29,7 @@ class Consent(msgspec.Struct, kw_only=True):
     granted_at: datetime
     updated_at: datetime
     receipt_id: UUID
+    reference: str | None = None
 
 
 class ConsentList(msgspec.Struct):

@@ -20,7 +20,9 @@ from prefs.consents.schemas import (
     Recipient,
     State,
 )
-from prefs.crypto import BlindIndex
+from prefs.crypto import Vault
+from prefs.insights import service as insights
+from prefs.reorders import service as reorders
 from prefs.errors import InvalidInput, NotFound
 
 # What each audience does with what it is shown, named with W3C DPV purposes.
@@ -101,15 +103,33 @@ ORDER BY g.audience
 """
 
 
-async def list_consents(conn: asyncpg.Connection, index: BlindIndex, controller: str,
+async def _after_change(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID,
+                        audience: str, live: bool) -> None:
+    """What a grant or its end changes elsewhere: partner references, reorders, demand counts."""
+    kind = audience_kind(audience)
+    if kind == "insights":
+        await insights.refresh(conn, vault, customer_id)
+    elif kind == "partner":
+        partner_id = uuid.UUID(audience.split(":", 1)[1])
+        if live:
+            await reorders.ensure_ref(conn, vault.index, partner_id, customer_id)
+        else:
+            await reorders.cancel_requested_for_partner(conn, customer_id, partner_id)
+
+
+async def list_consents(conn: asyncpg.Connection, vault: Vault, controller: str,
                         customer_id: uuid.UUID) -> list[Consent]:
     """The live grants (expired ones are recorded as expired first)."""
-    await expire_due(conn, index, controller, customer_id)
+    await expire_due(conn, vault, controller, customer_id)
     consents = []
     for row in await conn.fetch(LIST, customer_id):
         kind = audience_kind(row["audience"])
         name = row["partner_name"] if kind == "partner" else (await recipient(conn, row["audience"])).name
-        consents.append(_consent(row, name or "A partner that has left"))
+        consent = _consent(row, name or "A partner that has left")
+        if kind == "partner":
+            consent.reference = await conn.fetchval(
+                reorders.REF, uuid.UUID(row["audience"].split(":", 1)[1]), customer_id)
+        consents.append(consent)
     return consents
 
 
@@ -126,7 +146,7 @@ RETURNING audience, fields, preference_ids, expires_at, granted_at, updated_at, 
 """
 
 
-async def grant(conn: asyncpg.Connection, index: BlindIndex, controller: str,
+async def grant(conn: asyncpg.Connection, vault: Vault, controller: str,
                 customer_id: uuid.UUID, audience: str, data: ConsentGrant) -> ConsentChange:
     """Give or change consent for one audience."""
     who = await recipient(conn, audience)
@@ -146,12 +166,14 @@ async def grant(conn: asyncpg.Connection, index: BlindIndex, controller: str,
             raise InvalidInput("preferences names ids that are not among your preferences.",
                                errors=[{"key": "preferences", "source": "body", "message": "unknown preference ids"}])
     async with conn.transaction():
+        await expire_due(conn, vault, controller, customer_id, audience)
         receipt = _receipt(customer_id, audience, who, controller, "ConsentGiven", fields,
                            "all" if ids is None else ids, data.expires_at)
-        entry = await ledger.append(conn, index, receipt)
+        entry = await ledger.append(conn, vault.index, receipt)
         row = await conn.fetchrow(UPSERT, customer_id, audience, fields, ids, data.expires_at,
                                   receipt.receipt_id)
         assert row is not None
+        await _after_change(conn, vault, customer_id, audience, live=True)
         return ConsentChange(consent=_consent(row, who.name), receipt=receipt, ledger=entry)
 
 
@@ -161,11 +183,11 @@ RETURNING fields, preference_ids, expires_at
 """
 
 
-async def withdraw(conn: asyncpg.Connection, index: BlindIndex, controller: str,
+async def withdraw(conn: asyncpg.Connection, vault: Vault, controller: str,
                    customer_id: uuid.UUID, audience: str) -> ConsentChange:
     """Withdraw consent: effective for the very next request, recorded in the ledger."""
     async with conn.transaction():
-        await expire_due(conn, index, controller, customer_id, audience)
+        await expire_due(conn, vault, controller, customer_id, audience)
         row = await conn.fetchrow(REMOVE, customer_id, audience)
         if row is None:
             raise NotFound("There is no consent in force for this audience.")
@@ -176,7 +198,8 @@ async def withdraw(conn: asyncpg.Connection, index: BlindIndex, controller: str,
         ids = row["preference_ids"]
         receipt = _receipt(customer_id, audience, who, controller, "ConsentWithdrawn",
                            list(row["fields"]), "all" if ids is None else list(ids), row["expires_at"])
-        entry = await ledger.append(conn, index, receipt)
+        entry = await ledger.append(conn, vault.index, receipt)
+        await _after_change(conn, vault, customer_id, audience, live=False)
         return ConsentChange(consent=None, receipt=receipt, ledger=entry)
 
 
@@ -188,7 +211,7 @@ RETURNING customer_id, audience, fields, preference_ids, expires_at
 """
 
 
-async def expire_due(conn: asyncpg.Connection, index: BlindIndex, controller: str,
+async def expire_due(conn: asyncpg.Connection, vault: Vault, controller: str,
                      customer_id: uuid.UUID | None = None, audience: str | None = None) -> int:
     """Record every grant past its expiry as ConsentExpired and remove it; returns how many.
 
@@ -204,5 +227,6 @@ async def expire_due(conn: asyncpg.Connection, index: BlindIndex, controller: st
             ids = row["preference_ids"]
             receipt = _receipt(row["customer_id"], row["audience"], who, controller, "ConsentExpired",
                                list(row["fields"]), "all" if ids is None else list(ids), row["expires_at"])
-            await ledger.append(conn, index, receipt)
+            await ledger.append(conn, vault.index, receipt)
+            await _after_change(conn, vault, row["customer_id"], row["audience"], live=False)
         return len(rows)

@@ -4,9 +4,8 @@ from typing import Literal
 from uuid import UUID
 
 import msgspec
-from msgspec import UNSET, UnsetType
 
-from prefs.preferences.schemas import Product, Status
+from prefs.preferences.schemas import SharedPreference
 from prefs.text import Card
 
 
@@ -15,17 +14,6 @@ class LookupRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     card: Card | None = None
     code: Card | None = None
-
-
-class SharedPreference(msgspec.Struct, kw_only=True):
-    """A preference as an audience sees it: fields not granted are absent."""
-
-    id: UUID
-    rank: int
-    status: Status
-    product: Product | UnsetType = UNSET
-    attributes: dict[str, str] | UnsetType = UNSET
-    note: str | None | UnsetType = UNSET
 
 
 class LookupResult(msgspec.Struct, kw_only=True):

@@ -6,15 +6,15 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
-from prefs.crypto import DataKey, Vault, api_key_hash
+from prefs.crypto import Vault, api_key_hash
 from prefs.errors import NotFound, Problem, TooManyRequests
-from prefs.pos.schemas import LookupResult, SharedPreference
-from prefs.preferences.service import decrypt_attributes, decrypt_note, decrypt_product
+from prefs.pos.schemas import LookupResult
+from prefs.preferences.sealed import SHOWN, shared_view
 
 
 class InvalidApiKey(Problem):
@@ -23,7 +23,7 @@ class InvalidApiKey(Problem):
 
 NOT_FOUND = "No customer preferences can be shown for this card or code."
 
-LOOKUP = """
+LOOKUP = f"""
 WITH cred AS (
     SELECT credential_id, display_name, store FROM credentials
     WHERE key_hash = $1 AND kind = 'pos' AND revoked_at IS NULL
@@ -38,18 +38,11 @@ WITH cred AS (
     FROM checkout_codes k
     WHERE k.code_hash = ANY($3::bytea[]) AND k.expires_at > now() AND EXISTS (SELECT 1 FROM cred)
     LIMIT 1
-), shown AS (
-    SELECT p.preference_id, p.rank, p.status,
-           CASE WHEN 'product' = ANY(hit.fields) THEN p.product_ct END AS product_ct,
-           CASE WHEN 'attributes' = ANY(hit.fields) THEN p.attributes_ct END AS attributes_ct,
-           CASE WHEN 'note' = ANY(hit.fields) THEN p.note_ct END AS note_ct
-    FROM hit JOIN preferences p ON p.customer_id = hit.customer_id
-    WHERE hit.preference_ids IS NULL OR p.preference_id = ANY(hit.preference_ids)
-), logged AS (
+), shown AS ({SHOWN}), logged AS (
     INSERT INTO access_log (customer_id, actor_kind, credential_id, actor_name, store, purpose, via,
                             preference_ids, fields)
     SELECT hit.customer_id, 'pos', cred.credential_id, cred.display_name, cred.store, 'checkout',
-           hit.via, coalesce((SELECT array_agg(preference_id ORDER BY rank) FROM shown), '{}'),
+           hit.via, coalesce((SELECT array_agg(preference_id ORDER BY rank) FROM shown), '{{}}'),
            hit.fields
     FROM hit CROSS JOIN cred
     RETURNING disclosure_id
@@ -102,18 +95,6 @@ class MissThrottle:
             self.windows[key] = (start, count + 1) if now - start < self.WINDOW else (now, 1)
 
 
-def _shared(key: DataKey, row: Mapping[str, Any]) -> SharedPreference:
-    pid = row["preference_id"]
-    shared = SharedPreference(id=pid, rank=row["rank"], status=row["status"])
-    if row["product_ct"] is not None:
-        shared.product = decrypt_product(key, pid, row["product_ct"])
-    if row["attributes_ct"] is not None:
-        shared.attributes = decrypt_attributes(key, pid, row["attributes_ct"])
-    if row["note_ct"] is not None or "note" in row["fields"]:
-        shared.note = decrypt_note(key, pid, row["note_ct"])
-    return shared
-
-
 async def lookup(conn: asyncpg.Connection, vault: Vault, throttle: MissThrottle, api_key: str,
                  card: str | None, code: str | None) -> LookupResult:
     """Disclose the granted fields of a customer's ranked preferences to a till, and log it."""
@@ -133,6 +114,6 @@ async def lookup(conn: asyncpg.Connection, vault: Vault, throttle: MissThrottle,
     return LookupResult(
         via=first["via"],
         fields=list(first["fields"]),
-        preferences=[_shared(data_key, row) for row in rows if row["preference_id"] is not None],
+        preferences=[shared_view(data_key, row) for row in rows if row["preference_id"] is not None],
         disclosure_id=first["disclosure_id"],
     )

@@ -86,8 +86,9 @@ class PreferencesController(Controller):
 
     @delete("/{preference_id:uuid}")
     async def remove(
-        self, conn: NamedDependency[Connection], customer_id: NamedDependency[UUID],
+        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
+        customer_id: NamedDependency[UUID],
         preference_id: FromPath[UUID], if_match: IfMatch = None,
     ) -> None:
         """Delete a preference; needs If-Match."""
-        await service.delete_preference(conn, customer_id, preference_id, expected_version(if_match))
+        await service.delete_preference(conn, vault, customer_id, preference_id, expected_version(if_match))

@@ -60,6 +60,17 @@ class Preference(msgspec.Struct, kw_only=True):
     updated_at: datetime
 
 
+class SharedPreference(msgspec.Struct, kw_only=True):
+    """A preference as an audience sees it: fields not granted are absent."""
+
+    id: UUID
+    rank: int
+    status: Status
+    product: Product | UnsetType = UNSET
+    attributes: dict[str, str] | UnsetType = UNSET
+    note: str | None | UnsetType = UNSET
+
+
 class PreferenceList(msgspec.Struct):
     items: list[Preference]
     count: int

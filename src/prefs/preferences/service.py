@@ -7,43 +7,24 @@ from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
-import msgspec
 from msgspec import UNSET
 
 from prefs.crypto import DataKey, Vault
+from prefs.preferences.sealed import (
+    decrypt_attributes,
+    decrypt_note,
+    decrypt_product,
+    seal,
+)
 from prefs.customers.service import data_key
+from prefs.insights import service as insights
 from prefs.errors import LimitReached, NotFound, PreconditionFailed
 from prefs.preferences.schemas import (
     MAX_PREFERENCES,
     Preference,
     PreferenceCreate,
     PreferenceUpdate,
-    Product,
 )
-
-TABLE = "preferences"
-_attributes = msgspec.json.Decoder(dict[str, str])
-_product = msgspec.json.Decoder(Product)
-
-
-def _seal(key: DataKey, preference_id: uuid.UUID, column: str, value: Any) -> bytes:
-    return key.encrypt(msgspec.json.encode(value), TABLE, column, preference_id)
-
-
-def decrypt_product(key: DataKey, preference_id: uuid.UUID, blob: bytes) -> Product:
-    return _product.decode(key.decrypt(blob, TABLE, "product", preference_id))
-
-
-def decrypt_attributes(key: DataKey, preference_id: uuid.UUID, blob: bytes) -> dict[str, str]:
-    return _attributes.decode(key.decrypt(blob, TABLE, "attributes", preference_id))
-
-
-def decrypt_note(key: DataKey, preference_id: uuid.UUID, blob: bytes | None) -> str | None:
-    if blob is None:
-        return None
-    note: str = msgspec.json.decode(key.decrypt(blob, TABLE, "note", preference_id))
-    return note
-
 
 def _preference(key: DataKey, row: Mapping[str, Any]) -> Preference:
     pid = row["preference_id"]
@@ -114,11 +95,12 @@ async def create_preference(
         pid = uuid.uuid4()
         row = await conn.fetchrow(
             INSERT, customer_id, pid, rank, data.status, data.purchases, data.last_purchased_on,
-            _seal(key, pid, "product", data.product),
-            _seal(key, pid, "attributes", data.attributes),
-            None if data.note is None else _seal(key, pid, "note", data.note),
+            seal(key, pid, "product", data.product),
+            seal(key, pid, "attributes", data.attributes),
+            None if data.note is None else seal(key, pid, "note", data.note),
         )
         assert row is not None
+        await insights.refresh(conn, vault, customer_id)
         return _preference(key, row)
 
 
@@ -166,14 +148,14 @@ async def update_preference(
             count: int = await conn.fetchval(COUNT, customer_id)
             rank = min(data.rank, count)
             await _move(conn, customer_id, row["rank"], rank)
-        product_ct = row["product_ct"] if data.product is UNSET else _seal(key, preference_id, "product", data.product)
+        product_ct = row["product_ct"] if data.product is UNSET else seal(key, preference_id, "product", data.product)
         attributes_ct = (
             row["attributes_ct"] if data.attributes is UNSET
-            else _seal(key, preference_id, "attributes", data.attributes)
+            else seal(key, preference_id, "attributes", data.attributes)
         )
         note_ct = row["note_ct"]
         if data.note is not UNSET:
-            note_ct = None if data.note is None else _seal(key, preference_id, "note", data.note)
+            note_ct = None if data.note is None else seal(key, preference_id, "note", data.note)
         updated = await conn.fetchrow(
             UPDATE, customer_id, preference_id, rank,
             row["status"] if data.status is UNSET else data.status,
@@ -182,6 +164,7 @@ async def update_preference(
             product_ct, attributes_ct, note_ct,
         )
         assert updated is not None
+        await insights.refresh(conn, vault, customer_id)
         return _preference(key, updated)
 
 
@@ -190,7 +173,7 @@ CLOSE_GAP = "UPDATE preferences SET rank = rank - 1 WHERE customer_id = $1 AND r
 
 
 async def delete_preference(
-    conn: asyncpg.Connection, customer_id: uuid.UUID, preference_id: uuid.UUID,
+    conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, preference_id: uuid.UUID,
     expected_version: int | None,
 ) -> None:
     """Delete one preference and close the gap it leaves in the order."""
@@ -202,3 +185,4 @@ async def delete_preference(
         _check_version(row, expected_version)
         await conn.execute(DELETE, customer_id, preference_id)
         await conn.execute(CLOSE_GAP, customer_id, row["rank"])
+        await insights.refresh(conn, vault, customer_id)

@@ -1,0 +1,30 @@
+"""HTTP for merchandising insights: GET /v1/insights/discontinued-demand."""
+
+from __future__ import annotations
+
+from litestar import Controller, get
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+
+from prefs.auth import api_key_guard
+from prefs.consents.service import expire_due
+from prefs.credentials.service import Credential
+from prefs.crypto import Vault
+from prefs.db import Connection
+from prefs.insights import service
+from prefs.insights.schemas import DiscontinuedDemand
+
+
+class InsightsController(Controller):
+    path = "/v1/insights"
+    tags = ["insights"]
+    guards = [api_key_guard("insights")]
+
+    @get("/discontinued-demand")
+    async def discontinued_demand(
+        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
+        credential: NamedDependency[Credential],
+    ) -> DiscontinuedDemand:
+        """Per discontinued product and size, how many opted-in customers want it again (≥ k only)."""
+        await expire_due(conn, vault, state.settings.controller)
+        return await service.discontinued_demand(conn, vault, state.settings.k_anonymity)

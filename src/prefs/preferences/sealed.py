@@ -1,0 +1,62 @@
+"""The one place preference fields are sealed and opened, and shown to an audience."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from prefs.crypto import DataKey
+from prefs.preferences.schemas import Product, SharedPreference
+
+TABLE = "preferences"
+_attributes = msgspec.json.Decoder(dict[str, str])
+_product = msgspec.json.Decoder(Product)
+
+
+def seal(key: DataKey, preference_id: uuid.UUID, column: str, value: Any) -> bytes:
+    return key.encrypt(msgspec.json.encode(value), TABLE, column, preference_id)
+
+
+def decrypt_product(key: DataKey, preference_id: uuid.UUID, blob: bytes) -> Product:
+    return _product.decode(key.decrypt(blob, TABLE, "product", preference_id))
+
+
+def decrypt_attributes(key: DataKey, preference_id: uuid.UUID, blob: bytes) -> dict[str, str]:
+    return _attributes.decode(key.decrypt(blob, TABLE, "attributes", preference_id))
+
+
+def decrypt_note(key: DataKey, preference_id: uuid.UUID, blob: bytes | None) -> str | None:
+    if blob is None:
+        return None
+    note: str = msgspec.json.decode(key.decrypt(blob, TABLE, "note", preference_id))
+    return note
+
+
+
+def shared_view(key: DataKey, row: Mapping[str, Any]) -> SharedPreference:
+    """A preference as an audience sees it; the query left non-granted ciphertexts NULL."""
+    pid = row["preference_id"]
+    shared = SharedPreference(id=pid, rank=row["rank"], status=row["status"])
+    if row["product_ct"] is not None:
+        shared.product = decrypt_product(key, pid, row["product_ct"])
+    if row["attributes_ct"] is not None:
+        shared.attributes = decrypt_attributes(key, pid, row["attributes_ct"])
+    if row["note_ct"] is not None or "note" in row["fields"]:
+        shared.note = decrypt_note(key, pid, row["note_ct"])
+    return shared
+
+
+# The granted columns of the preferences a grant covers, for a CTE named ``hit`` that carries
+# customer_id, fields and preference_ids (NULL meaning all).
+SHOWN = """
+    SELECT p.preference_id, p.rank, p.status,
+           CASE WHEN 'product' = ANY(hit.fields) THEN p.product_ct END AS product_ct,
+           CASE WHEN 'attributes' = ANY(hit.fields) THEN p.attributes_ct END AS attributes_ct,
+           CASE WHEN 'note' = ANY(hit.fields) THEN p.note_ct END AS note_ct
+    FROM hit JOIN preferences p ON p.customer_id = hit.customer_id
+    WHERE hit.preference_ids IS NULL OR p.preference_id = ANY(hit.preference_ids)
+"""
+

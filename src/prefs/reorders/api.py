@@ -1,0 +1,132 @@
+"""HTTP for reorders: the customer's side under /v1/me, the partner's under /v1/partner."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+
+from prefs.auth import api_key_guard, customer_guard
+from prefs.credentials.service import Credential
+from prefs.crypto import Vault
+from prefs.db import Connection
+from prefs.preferences.schemas import SharedPreference
+from prefs.reorders import idempotency, service
+from prefs.reorders.schemas import (
+    PartnerFeed,
+    PartnerRef,
+    PartnerReorder,
+    PartnerReorderCreate,
+    Reorder,
+    ReorderCreate,
+    ReorderList,
+    StatusChange,
+)
+
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(name="Idempotency-Key", description="Required: a unique key per reorder."),
+]
+Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Items per page")]
+After = Annotated[str | None, QueryParameter(max_length=200, description="The `next` of the previous page")]
+
+
+def _answer(answer: idempotency.Answer) -> Response[Any]:
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
+    return Response(answer.body, status_code=answer.status, media_type="application/json",
+                    headers=headers)
+
+
+class CustomerReordersController(Controller):
+    path = "/v1/me"
+    tags = ["reorders"]
+    guards = [customer_guard]
+
+    @post("/preferences/{preference_id:uuid}/reorders", status_code=HTTP_201_CREATED)
+    async def create(
+        self, request: Request[Any, Any, Any], conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault], state: State, customer_id: NamedDependency[UUID],
+        preference_id: FromPath[UUID], data: JSONBody[ReorderCreate],
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[Reorder]:
+        """Reorder a preference (even a discontinued one) from the store or a consented partner."""
+        key = idempotency.check_key(idempotency_key)
+
+        async def create() -> tuple[UUID, int, bytes]:
+            reorder = await service.create_for_customer(conn, vault, customer_id, preference_id, data)
+            return customer_id, HTTP_201_CREATED, msgspec.json.encode(reorder)
+
+        fingerprint = idempotency.request_fingerprint("POST", request.url.path, msgspec.json.encode(data))
+        answer = await idempotency.once(conn, vault, f"customer:{customer_id}", key, fingerprint,
+                                        state.settings.idempotency_ttl_seconds, create)
+        return _answer(answer)
+
+    @get("/reorders")
+    async def list_all(
+        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
+        customer_id: NamedDependency[UUID], limit: Limit = 50, after: After = None,
+    ) -> ReorderList:
+        """The customer's reorders and their states, newest first."""
+        return await service.list_for_customer(conn, vault, customer_id, limit, after)
+
+    @post("/reorders/{reorder_id:uuid}/cancel", status_code=HTTP_200_OK)
+    async def cancel(
+        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
+        customer_id: NamedDependency[UUID], reorder_id: FromPath[UUID],
+    ) -> Reorder:
+        """Cancel a reorder nobody has accepted yet (409 afterwards)."""
+        return await service.cancel(conn, vault, customer_id, reorder_id)
+
+
+class PartnerController(Controller):
+    path = "/v1/partner"
+    tags = ["partner"]
+    guards = [api_key_guard("partner")]
+
+    @get("/reorders")
+    async def feed(
+        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
+        credential: NamedDependency[Credential], limit: Limit = 50, after: After = None,
+    ) -> PartnerFeed:
+        """Reorders addressed to this partner, oldest first; poll again with `next`."""
+        return await service.feed(conn, vault, credential, after, limit)
+
+    @post("/reorders/{reorder_id:uuid}/status", status_code=HTTP_200_OK)
+    async def set_status(
+        self, conn: NamedDependency[Connection], credential: NamedDependency[Credential],
+        reorder_id: FromPath[UUID], data: JSONBody[StatusChange],
+    ) -> PartnerReorder:
+        """accepted → fulfilled, or declined; repeating the current state is a no-op."""
+        return await service.set_status(conn, credential, reorder_id, data.state)
+
+    @post("/reorders", status_code=HTTP_201_CREATED)
+    async def create(
+        self, request: Request[Any, Any, Any], conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault], state: State, credential: NamedDependency[Credential],
+        data: JSONBody[PartnerReorderCreate], idempotency_key: IdempotencyKey = None,
+    ) -> Response[PartnerReorder]:
+        """Place a reorder for a customer who lets this partner see that preference."""
+        key = idempotency.check_key(idempotency_key)
+
+        async def create() -> tuple[UUID, int, bytes]:
+            customer_id, reorder = await service.create_for_partner(conn, vault, credential, data)
+            return customer_id, HTTP_201_CREATED, msgspec.json.encode(reorder)
+
+        fingerprint = idempotency.request_fingerprint("POST", request.url.path, msgspec.json.encode(data))
+        answer = await idempotency.once(conn, vault, f"partner:{credential.partner_id}", key,
+                                        fingerprint, state.settings.idempotency_ttl_seconds, create)
+        return _answer(answer)
+
+    @get("/customers/{ref:str}/preferences")
+    async def preferences(
+        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
+        credential: NamedDependency[Credential], ref: FromPath[PartnerRef],
+    ) -> list[SharedPreference]:
+        """A consenting customer's granted preferences (404 without a live grant)."""
+        return await service.partner_preferences(conn, vault, credential, ref)

@@ -1,0 +1,381 @@
+"""Reorders: placed by customers or by partners they consented to, pulled by partners.
+
+Each reorder keeps an encrypted snapshot of exactly what was disclosed when it was placed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from prefs.access_log import service as access_log
+from prefs.access_log.service import decode_cursor, encode_cursor
+from prefs.credentials.service import Credential
+from prefs.crypto import BlindIndex, DataKey, Vault
+from prefs.customers.service import data_key
+from prefs.errors import Conflict, InvalidInput, NotFound
+from prefs.preferences.schemas import SharedPreference
+from prefs.preferences.service import GET as GET_PREFERENCE
+from prefs.preferences.sealed import (
+    SHOWN,
+    decrypt_attributes,
+    decrypt_note,
+    decrypt_product,
+    shared_view,
+)
+from prefs.reorders.schemas import (
+    PartnerFeed,
+    PartnerReorder,
+    PartnerReorderCreate,
+    Reorder,
+    ReorderCreate,
+    ReorderList,
+    Snapshot,
+)
+
+ALL_FIELDS = ["product", "attributes", "note"]
+LIVE = ("requested", "accepted")
+# (from, to) moves a partner may make; repeating the current state is a no-op.
+PARTNER_MOVES = {("requested", "accepted"), ("accepted", "fulfilled"), ("requested", "declined"),
+                 ("accepted", "declined")}
+_snapshot = msgspec.json.Decoder(Snapshot)
+
+
+def partner_id_of(audience_or_fulfiller: str) -> uuid.UUID:
+    return uuid.UUID(audience_or_fulfiller.split(":", 1)[1])
+
+
+GRANT = """
+SELECT fields, preference_ids FROM consents
+WHERE customer_id = $1 AND audience = $2 AND (expires_at IS NULL OR expires_at > now())
+"""
+PARTNER_EXISTS = "SELECT 1 FROM partners WHERE partner_id = $1 AND retired_at IS NULL"
+
+
+async def partner_grant(conn: asyncpg.Connection, customer_id: uuid.UUID, partner_id: uuid.UUID,
+                        preference_id: uuid.UUID) -> list[str] | None:
+    """The fields a live grant to the partner reveals of this preference, or None."""
+    row = await conn.fetchrow(GRANT, customer_id, f"partner:{partner_id}")
+    if row is None:
+        return None
+    if row["preference_ids"] is not None and preference_id not in row["preference_ids"]:
+        return None
+    return list(row["fields"])
+
+
+REF = "SELECT ref FROM partner_refs WHERE partner_id = $1 AND customer_id = $2"
+ADD_REF = """
+INSERT INTO partner_refs (partner_id, ref, customer_id) VALUES ($1, $2, $3)
+ON CONFLICT DO NOTHING
+"""
+
+
+async def ensure_ref(conn: asyncpg.Connection, index: BlindIndex, partner_id: uuid.UUID,
+                     customer_id: uuid.UUID) -> str:
+    """The partner's own stable reference for the customer (kept, so key rotation keeps it)."""
+    ref: str | None = await conn.fetchval(REF, partner_id, customer_id)
+    if ref is None:
+        await conn.execute(ADD_REF, partner_id, index.pairwise(partner_id, customer_id), customer_id)
+        ref = await conn.fetchval(REF, partner_id, customer_id)
+    assert ref is not None
+    return ref
+
+
+def _snapshot_of(key: DataKey, row: Mapping[str, Any], fields: list[str]) -> Snapshot:
+    pid = row["preference_id"]
+    snap = Snapshot()
+    if "product" in fields:
+        snap.product = decrypt_product(key, pid, row["product_ct"])
+    if "attributes" in fields:
+        snap.attributes = decrypt_attributes(key, pid, row["attributes_ct"])
+    if "note" in fields:
+        snap.note = decrypt_note(key, pid, row["note_ct"])
+    return snap
+
+
+INSERT = """
+INSERT INTO reorders (customer_id, reorder_id, preference_id, fulfiller, partner_id, origin,
+                      quantity, state, fields, snapshot_ct)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 'requested', $8, $9)
+RETURNING reorder_id, preference_id, fulfiller, origin, quantity, state, fields, snapshot_ct,
+          created_at, updated_at
+"""
+
+
+async def _insert(conn: asyncpg.Connection, key: DataKey, preference: Mapping[str, Any],
+                  fulfiller: str, partner_id: uuid.UUID | None, origin: str, quantity: int,
+                  fields: list[str]) -> tuple[Mapping[str, Any], Snapshot]:
+    reorder_id = uuid.uuid4()
+    snap = _snapshot_of(key, preference, fields)
+    sealed = key.encrypt(msgspec.json.encode(snap), "reorders", "snapshot", reorder_id)
+    row = await conn.fetchrow(INSERT, key.customer_id, reorder_id, preference["preference_id"],
+                              fulfiller, partner_id, origin, quantity, fields, sealed)
+    assert row is not None
+    return row, snap
+
+
+def _reorder(row: Mapping[str, Any], snap: Snapshot | None) -> Reorder:
+    return Reorder(id=row["reorder_id"], preference_id=row["preference_id"],
+                   fulfiller=row["fulfiller"], origin=row["origin"], quantity=row["quantity"],
+                   state=row["state"], fields=list(row["fields"]), item=snap,
+                   created_at=row["created_at"], updated_at=row["updated_at"])
+
+
+async def create_for_customer(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID,
+                              preference_id: uuid.UUID, data: ReorderCreate) -> Reorder:
+    """Reorder a preference from the store, or from a partner the customer granted consent to."""
+    preference = await conn.fetchrow(GET_PREFERENCE, customer_id, preference_id)
+    if preference is None:
+        raise NotFound("No such preference.")
+    partner_id: uuid.UUID | None = None
+    fields = ALL_FIELDS
+    if data.fulfiller != "store":
+        partner_id = partner_id_of(data.fulfiller)
+        if await conn.fetchval(PARTNER_EXISTS, partner_id) is None:
+            raise NotFound("No such partner.")
+        granted = await partner_grant(conn, customer_id, partner_id, preference_id)
+        if granted is None:
+            raise Conflict(
+                "To reorder through this partner, first let it see this preference: "
+                f"PUT /v1/me/consents/partner:{partner_id}."
+            )
+        fields = granted
+        await ensure_ref(conn, vault.index, partner_id, customer_id)
+    key = await data_key(conn, vault, customer_id)
+    row, snap = await _insert(conn, key, preference, data.fulfiller, partner_id, "customer",
+                              data.quantity, fields)
+    return _reorder(row, snap)
+
+
+CUSTOMER_REFS = "SELECT customer_id FROM partner_refs WHERE partner_id = $1 AND ref = $2"
+
+
+async def _consenting_customer(conn: asyncpg.Connection, partner_id: uuid.UUID, ref: str) -> uuid.UUID:
+    """The customer behind a partner's reference, if they grant that partner consent now."""
+    customer_id: uuid.UUID | None = await conn.fetchval(CUSTOMER_REFS, partner_id, ref)
+    if customer_id is None or await conn.fetchrow(GRANT, customer_id, f"partner:{partner_id}") is None:
+        raise NotFound("No such customer reference.")
+    return customer_id
+
+
+def _partner_view(row: Mapping[str, Any], ref: str | None, snap: Snapshot | None) -> PartnerReorder:
+    return PartnerReorder(id=row["reorder_id"], customer=ref or "erased",
+                          preference_id=row["preference_id"], origin=row["origin"],
+                          quantity=row["quantity"], state=row["state"], fields=list(row["fields"]),
+                          item=snap if row["state"] in LIVE else None,
+                          created_at=row["created_at"], updated_at=row["updated_at"])
+
+
+async def create_for_partner(conn: asyncpg.Connection, vault: Vault, partner: Credential,
+                             data: PartnerReorderCreate) -> tuple[uuid.UUID, PartnerReorder]:
+    """A partner places a reorder for a customer who lets it see that preference."""
+    assert partner.partner_id is not None
+    customer_id = await _consenting_customer(conn, partner.partner_id, data.customer)
+    fields = await partner_grant(conn, customer_id, partner.partner_id, data.preference)
+    preference = await conn.fetchrow(GET_PREFERENCE, customer_id, data.preference)
+    if fields is None or preference is None:
+        raise NotFound("No such preference for this customer reference.")
+    key = await data_key(conn, vault, customer_id)
+    row, snap = await _insert(conn, key, preference, f"partner:{partner.partner_id}",
+                              partner.partner_id, "partner", data.quantity, fields)
+    await access_log.record(conn, partner, "reorder", "reference",
+                            [(customer_id, [data.preference], fields)])
+    return customer_id, _partner_view(row, data.customer, snap)
+
+
+def _open_snapshot(key: DataKey | None, row: Mapping[str, Any]) -> Snapshot | None:
+    if key is None or row["snapshot_ct"] is None:
+        return None
+    return _snapshot.decode(key.decrypt(row["snapshot_ct"], "reorders", "snapshot", row["reorder_id"]))
+
+
+CUSTOMER_PAGE = """
+SELECT reorder_id, preference_id, fulfiller, origin, quantity, state, fields, snapshot_ct,
+       created_at, updated_at
+FROM reorders
+WHERE customer_id = $1 AND ($2::timestamptz IS NULL OR (created_at, reorder_id) < ($2, $3))
+ORDER BY created_at DESC, reorder_id DESC LIMIT $4
+"""
+
+
+async def list_for_customer(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID,
+                            limit: int, after: str | None) -> ReorderList:
+    """The customer's reorders, newest first."""
+    at, ident = decode_cursor(after) if after else (None, None)
+    rows = await conn.fetch(CUSTOMER_PAGE, customer_id, at, ident, limit + 1)
+    more, rows = len(rows) > limit, rows[:limit]
+    key = await data_key(conn, vault, customer_id) if rows else None
+    items = [_reorder(row, _open_snapshot(key, row)) for row in rows]
+    next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["reorder_id"]) if more else None
+    return ReorderList(items=items, next=next_cursor)
+
+
+CANCEL = """
+UPDATE reorders SET state = 'cancelled', updated_at = now()
+WHERE customer_id = $1 AND reorder_id = $2 AND state = 'requested'
+RETURNING reorder_id, preference_id, fulfiller, origin, quantity, state, fields, snapshot_ct,
+          created_at, updated_at
+"""
+ONE = """
+SELECT reorder_id, preference_id, fulfiller, origin, quantity, state, fields, snapshot_ct,
+       created_at, updated_at
+FROM reorders WHERE customer_id = $1 AND reorder_id = $2
+"""
+
+
+async def cancel(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID,
+                 reorder_id: uuid.UUID) -> Reorder:
+    """Cancel a reorder nobody has accepted yet; cancelling twice is a no-op."""
+    row = await conn.fetchrow(CANCEL, customer_id, reorder_id)
+    if row is None:
+        row = await conn.fetchrow(ONE, customer_id, reorder_id)
+        if row is None:
+            raise NotFound("No such reorder.")
+        if row["state"] != "cancelled":
+            raise Conflict(f"This reorder is {row['state']} and can no longer be cancelled.")
+    key = await data_key(conn, vault, customer_id)
+    return _reorder(row, _open_snapshot(key, row))
+
+
+def encode_feed_cursor(xid: str, reorder_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(f"{xid}:{reorder_id}".encode()).decode().rstrip("=")
+
+
+def decode_feed_cursor(cursor: str | None) -> tuple[str, uuid.UUID]:
+    if not cursor:
+        return "0", uuid.UUID(int=0)
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        xid, _, ident = raw.partition(":")
+        if not xid.isascii() or not xid.isdigit() or len(xid) > 20:
+            raise ValueError(xid)
+        return xid, uuid.UUID(ident)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInput("after must be the `next` value of a previous page.") from None
+
+
+FEED = """
+SELECT r.customer_id, r.reorder_id, r.preference_id, r.origin, r.quantity, r.state, r.fields,
+       r.snapshot_ct, r.created_at, r.updated_at, r.feed_xid::text AS xid, pr.ref,
+       k.generation, k.wrapped
+FROM reorders r
+LEFT JOIN partner_refs pr ON pr.partner_id = r.partner_id AND pr.customer_id = r.customer_id
+LEFT JOIN customer_keys k ON k.customer_id = r.customer_id
+WHERE r.partner_id = $1 AND (r.feed_xid, r.reorder_id) > ($2::text::xid8, $3::uuid)
+  AND r.feed_xid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY r.feed_xid, r.reorder_id
+LIMIT $4
+"""
+
+
+async def feed(conn: asyncpg.Connection, vault: Vault, partner: Credential, after: str | None,
+               limit: int) -> PartnerFeed:
+    """The next reorders addressed to this partner, in commit-safe order.
+
+    Only reorders created by transactions older than every transaction still running are
+    returned, so one that commits late can never land behind a cursor already handed out.
+    """
+    assert partner.partner_id is not None
+    xid, ident = decode_feed_cursor(after)
+    async with conn.transaction():
+        rows = await conn.fetch(FEED, partner.partner_id, xid, ident, limit)
+        items, disclosed = [], []
+        for row in rows:
+            snap = None
+            if row["state"] in LIVE and row["wrapped"] is not None:
+                key = vault.envelope.unwrap(row["customer_id"], row["generation"], row["wrapped"])
+                snap = _open_snapshot(key, row)
+                disclosed.append((row["customer_id"], [row["preference_id"]], list(row["fields"])))
+            items.append(_partner_view(row, row["ref"], snap))
+        await access_log.record(conn, partner, "reorder", "reorder", disclosed)
+    next_cursor = encode_feed_cursor(rows[-1]["xid"], rows[-1]["reorder_id"]) if rows else (
+        after or encode_feed_cursor(xid, ident))
+    return PartnerFeed(items=items, next=next_cursor)
+
+
+FOR_PARTNER = """
+SELECT r.customer_id, r.reorder_id, r.preference_id, r.origin, r.quantity, r.state, r.fields,
+       r.snapshot_ct, r.created_at, r.updated_at, pr.ref
+FROM reorders r
+LEFT JOIN partner_refs pr ON pr.partner_id = r.partner_id AND pr.customer_id = r.customer_id
+WHERE r.reorder_id = $1 AND r.partner_id = $2
+FOR UPDATE OF r
+"""
+MOVE = """
+UPDATE reorders SET state = $3, updated_at = now() WHERE customer_id = $1 AND reorder_id = $2
+RETURNING reorder_id, preference_id, origin, quantity, state, fields, created_at, updated_at
+"""
+
+
+async def set_status(conn: asyncpg.Connection, partner: Credential, reorder_id: uuid.UUID,
+                     state: str) -> PartnerReorder:
+    """Move a reorder on (accepted → fulfilled, or declined); repeating a state is a no-op.
+
+    The answer carries no item details: partners read those from the feed.
+    """
+    async with conn.transaction():
+        row = await conn.fetchrow(FOR_PARTNER, reorder_id, partner.partner_id)
+        if row is None:
+            raise NotFound("No such reorder.")
+        if row["state"] != state:
+            if (row["state"], state) not in PARTNER_MOVES:
+                raise Conflict(f"A {row['state']} reorder cannot become {state}.")
+            moved = await conn.fetchrow(MOVE, row["customer_id"], reorder_id, state)
+            assert moved is not None
+            row = {**dict(row), **dict(moved)}
+        view = _partner_view(row, row["ref"], None)
+        view.item = None
+        return view
+
+
+PARTNER_PREFERENCES = f"""
+WITH target AS (
+    SELECT customer_id FROM partner_refs WHERE partner_id = $1 AND ref = $2
+), hit AS (
+    SELECT g.customer_id, g.fields, g.preference_ids
+    FROM target JOIN consents g ON g.customer_id = target.customer_id AND g.audience = $3
+    WHERE g.expires_at IS NULL OR g.expires_at > now()
+), shown AS ({SHOWN})
+SELECT hit.customer_id, hit.fields, k.generation, k.wrapped,
+       shown.preference_id, shown.rank, shown.status, shown.product_ct, shown.attributes_ct,
+       shown.note_ct
+FROM hit
+JOIN customer_keys k ON k.customer_id = hit.customer_id
+LEFT JOIN shown ON true
+ORDER BY shown.rank
+"""
+
+
+async def partner_preferences(conn: asyncpg.Connection, vault: Vault, partner: Credential,
+                              ref: str) -> list[SharedPreference]:
+    """The granted fields of the granted preferences of a consenting customer, logged."""
+    assert partner.partner_id is not None
+    async with conn.transaction():
+        rows = await conn.fetch(PARTNER_PREFERENCES, partner.partner_id, ref,
+                                f"partner:{partner.partner_id}")
+        if not rows:
+            raise NotFound("No such customer reference.")
+        first = rows[0]
+        key = vault.envelope.unwrap(first["customer_id"], first["generation"], first["wrapped"])
+        shown = [shared_view(key, row) for row in rows if row["preference_id"] is not None]
+        await access_log.record(conn, partner, "partner-read", "reference",
+                                [(first["customer_id"], [p.id for p in shown], list(first["fields"]))])
+        return shown
+
+
+CLOSE_REQUESTED = """
+UPDATE reorders SET state = 'cancelled', updated_at = now()
+WHERE customer_id = $1 AND partner_id = $2 AND state = 'requested'
+"""
+
+
+async def cancel_requested_for_partner(conn: asyncpg.Connection, customer_id: uuid.UUID,
+                                       partner_id: uuid.UUID) -> None:
+    """After consent to a partner ends, its not-yet-accepted reorders are cancelled."""
+    await conn.execute(CLOSE_REQUESTED, customer_id, partner_id)
