@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,6 +33,8 @@ from prefs.pos.api import PosController
 from prefs.pos.service import MissThrottle
 from prefs.preferences.api import PreferencesController
 from prefs.reorders.api import CustomerReordersController, PartnerController
+from prefs.retention import service as retention
+from prefs.rights.api import ExportController
 from prefs.settings import Settings, load
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -44,9 +48,16 @@ def _lifespan(settings: Settings) -> Any:
         app.state.pool = await db.create_pool(
             settings.database_url, settings.pool_min_size, settings.pool_max_size
         )
+        purger = asyncio.create_task(retention.run_periodically(
+            app.state.pool, app.state.vault, settings.controller,
+            settings.access_log_retention_days, settings.purge_interval_seconds,
+        ))
         try:
             yield
         finally:
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
             await app.state.pool.close()
 
     return lifespan
@@ -70,7 +81,7 @@ def provide_customer(request: Request[Any, Any, Any]) -> Customer:
 async def provide_customer_id(
     conn: NamedDependency[db.Connection], customer: NamedDependency[Customer]
 ) -> UUID:
-    return await require_customer_id(conn, customer.subject_hashes)
+    return await require_customer_id(conn, customer.subject_hashes, customer.index_version)
 
 
 async def provide_credential(
@@ -124,6 +135,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             PartnersController,
             PartnerController,
             InsightsController,
+            ExportController,
         ],
         dependencies={
             "conn": Provide(provide_conn),

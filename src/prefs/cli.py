@@ -214,3 +214,113 @@ def consent_verify() -> None:
     click.echo(f"{checked} chains checked, {len(faults)} altered")
     if faults:
         sys.exit(1)
+
+
+def _vault(settings: Settings) -> Any:
+    from prefs.crypto import Vault
+
+    return Vault.from_settings(settings.master_keys, settings.index_keys)
+
+
+@main.group()
+def keys() -> None:
+    """Master-key and index-key rotation."""
+
+
+@keys.command("rotate")
+@click.option("--batch", default=500, show_default=True, type=click.IntRange(1, 10_000))
+def keys_rotate(batch: int) -> None:
+    """Rewrap every data key under the primary PREFS_MASTER_KEYS version (resumable, online)."""
+    from prefs.keys import service
+
+    settings = _settings()
+    vault = _vault(settings)
+    with Database(settings) as url:
+        done = _run(url, lambda conn: service.rotate(
+            conn, vault, batch, lambda n: click.echo(f"  rewrapped {n} data keys so far")))
+    click.echo(f"rotation complete: {done} data keys rewrapped under version {vault.envelope.master.primary}")
+
+
+@keys.command("status")
+def keys_status() -> None:
+    """How many wraps, blind indexes and ledger records each key version holds."""
+    from prefs.keys import service
+
+    settings = _settings()
+    vault = _vault(settings)
+    with Database(settings) as url:
+        state = _run(url, lambda conn: service.status(conn, vault))
+    click.echo(f"master keys: primary v{state.master_primary}")
+    for version, count in state.wraps_by_master_version.items():
+        click.echo(f"  v{version}: {count} data keys wrapped")
+    for version in state.retired_master_versions:
+        click.echo(f"  v{version}: retired")
+    click.echo(f"index keys: primary v{state.index_primary}")
+    for label, counts in (("cards", state.cards_by_index_version),
+                          ("subjects", state.subjects_by_index_version),
+                          ("ledger records", state.ledger_records_by_index_version)):
+        for version, count in counts.items():
+            click.echo(f"  v{version}: {count} {label}")
+
+
+@keys.command("retire")
+@click.argument("version", type=int)
+def keys_retire(version: int) -> None:
+    """Mark a master-key version retired; refused while any data key is still wrapped under it."""
+    from prefs.errors import Problem
+    from prefs.keys import service
+
+    settings = _settings()
+    vault = _vault(settings)
+    with Database(settings) as url:
+        try:
+            _run(url, lambda conn: service.retire(conn, vault, version))
+        except Problem as problem:
+            raise click.ClickException(problem.detail) from None
+    click.echo(f"master key v{version} retired: remove it from PREFS_MASTER_KEYS")
+
+
+@keys.command("reindex")
+def keys_reindex() -> None:
+    """After adding a new PREFS_INDEX_KEY version: recompute blind indexes under every version."""
+    from prefs.keys import service
+
+    settings = _settings()
+    vault = _vault(settings)
+    with Database(settings) as url:
+        done = _run(url, lambda conn: service.reindex(
+            conn, vault, progress=lambda n: click.echo(f"  indexed {n} cards so far")))
+    click.echo(f"reindex complete: {done} cards indexed under versions {vault.index.versions}")
+
+
+@main.group()
+def erasures() -> None:
+    """Erasure tombstones."""
+
+
+@erasures.command("replay")
+def erasures_replay() -> None:
+    """Re-apply recorded erasures (run it after restoring a backup)."""
+    from prefs.rights import service
+
+    settings = _settings()
+    vault = _vault(settings)
+    with Database(settings) as url:
+        count = _run(url, lambda conn: service.replay_erasures(conn, vault))
+    click.echo(f"{count} customers erased again")
+
+
+@main.command()
+def purge() -> None:
+    """Purge expired checkout codes, idempotency records and old access-log entries."""
+    from prefs.retention import service
+
+    settings = _settings()
+    vault = _vault(settings)
+    with Database(settings) as url:
+        purged = _run(url, lambda conn: service.purge(
+            conn, vault, settings.controller, settings.access_log_retention_days))
+    if purged is None:
+        click.echo("another purge is running; nothing done")
+        return
+    click.echo(", ".join(f"{name}: {count}" for name, count in purged.items()))

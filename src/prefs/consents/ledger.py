@@ -8,6 +8,7 @@ row keeps the head (sequence and hash), so a removed last record is detected too
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,13 +67,13 @@ WHERE customer_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3
 async def history(conn: asyncpg.Connection, customer_id: uuid.UUID, before_seq: int,
                   limit: int) -> list[LedgerEntry]:
     """Ledger records, newest first, with sequence numbers below ``before_seq``."""
-    rows = await conn.fetch(HISTORY, customer_id, before_seq, limit)
-    return [
-        LedgerEntry(seq=row["seq"], recorded_at=row["recorded_at"],
-                    receipt=msgspec.convert(row["receipt"], Receipt),
-                    prev_hash=row["prev_hash"].hex(), hash=row["hash"].hex())
-        for row in rows
-    ]
+    return [entry_from_row(row) for row in await conn.fetch(HISTORY, customer_id, before_seq, limit)]
+
+
+def entry_from_row(row: Mapping[str, Any]) -> LedgerEntry:
+    return LedgerEntry(seq=row["seq"], recorded_at=row["recorded_at"],
+                       receipt=msgspec.convert(row["receipt"], Receipt),
+                       prev_hash=row["prev_hash"].hex(), hash=row["hash"].hex())
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,8 @@ class ChainFault:
 
 
 CHAIN = """
-SELECT seq, receipt, mac_version, prev_hash, hash FROM consent_ledger
-WHERE customer_id = $1 ORDER BY seq
+SELECT seq, receipt_id, recorded_at, audience, state, receipt, mac_version, prev_hash, hash
+FROM consent_ledger WHERE customer_id = $1 ORDER BY seq
 """
 HEADS = "SELECT customer_id, ledger_seq, ledger_head FROM customers WHERE customer_id > $1 ORDER BY customer_id LIMIT $2"
 ORPHANS = """
@@ -108,6 +109,12 @@ async def verify_customer(conn: asyncpg.Connection, index: BlindIndex, customer_
                              canonical(row["receipt"]))
         if digest != row["hash"]:
             return ChainFault(customer_id, row["seq"], "the record was altered")
+        receipt = msgspec.convert(row["receipt"], Receipt)
+        if (row["receipt_id"], row["recorded_at"], row["audience"], row["state"]) != (
+            receipt.receipt_id, receipt.timestamp, receipt.audience, receipt.state
+        ):
+            return ChainFault(customer_id, row["seq"],
+                              "the record's columns disagree with its receipt")
         prev_hash, expected_seq = row["hash"], expected_seq + 1
     if expected_seq - 1 != head_seq or (head_seq and prev_hash != head_hash):
         return ChainFault(customer_id, expected_seq, "the chain does not end at the recorded head")

@@ -47,16 +47,18 @@ PARTNER = "SELECT name FROM partners WHERE partner_id = $1 AND retired_at IS NUL
 
 
 async def recipient(conn: asyncpg.Connection, audience: str) -> Recipient:
-    """Who an audience is; unknown or retired partners are a 404."""
-    kind = audience_kind(audience)
-    if kind == "pos":
+    """Who an audience is; unknown audiences and unknown or retired partners are a 404."""
+    if audience == "pos":
         return Recipient(kind="pos", name="Store tills at checkout")
-    if kind == "insights":
+    if audience == "insights":
         return Recipient(kind="insights", name="Merchandising (anonymous counts only)")
+    kind, _, partner = audience.partition(":")
     try:
-        partner_id = uuid.UUID(audience.split(":", 1)[1])
+        partner_id = uuid.UUID(partner) if kind == "partner" else None
     except ValueError:
-        raise NotFound("No such partner.") from None
+        partner_id = None
+    if partner_id is None or str(partner_id) != partner:  # only the canonical form is stored
+        raise NotFound("No such audience or partner.")
     name = await conn.fetchval(PARTNER, partner_id)
     if name is None:
         raise NotFound("No such partner.")
@@ -85,7 +87,7 @@ def _receipt(customer_id: uuid.UUID, audience: str, who: Recipient, controller: 
     )
 
 
-def _consent(row: Mapping[str, Any], who: str) -> Consent:
+def consent_view(row: Mapping[str, Any], who: str) -> Consent:
     ids = row["preference_ids"]
     return Consent(audience=row["audience"], recipient=who, fields=list(row["fields"]),
                    preferences="all" if ids is None else list(ids), expires_at=row["expires_at"],
@@ -125,7 +127,7 @@ async def list_consents(conn: asyncpg.Connection, vault: Vault, controller: str,
     for row in await conn.fetch(LIST, customer_id):
         kind = audience_kind(row["audience"])
         name = row["partner_name"] if kind == "partner" else (await recipient(conn, row["audience"])).name
-        consent = _consent(row, name or "A partner that has left")
+        consent = consent_view(row, name or "A partner that has left")
         if kind == "partner":
             consent.reference = await conn.fetchval(
                 reorders.REF, uuid.UUID(row["audience"].split(":", 1)[1]), customer_id)
@@ -174,7 +176,7 @@ async def grant(conn: asyncpg.Connection, vault: Vault, controller: str,
                                   receipt.receipt_id)
         assert row is not None
         await _after_change(conn, vault, customer_id, audience, live=True)
-        return ConsentChange(consent=_consent(row, who.name), receipt=receipt, ledger=entry)
+        return ConsentChange(consent=consent_view(row, who.name), receipt=receipt, ledger=entry)
 
 
 REMOVE = """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from litestar import Controller, Response, get, patch, post
+from litestar import Controller, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
@@ -14,6 +14,7 @@ from prefs.auth import Customer, customer_guard
 from prefs.crypto import Vault
 from prefs.customers import service
 from prefs.customers.schemas import Enrolment, Profile, ProfileUpdate
+from prefs.rights import service as rights
 from prefs.db import Connection
 
 
@@ -52,3 +53,11 @@ class MeController(Controller):
     ) -> Profile:
         """Set or clear the loyalty card."""
         return await service.set_card(conn, vault, customer_id, data.card)
+
+    @delete("/")
+    async def erase(
+        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
+        customer_id: NamedDependency[UUID],
+    ) -> None:
+        """Erase everything: the data key is destroyed with the rows (crypto-shredding)."""
+        await rights.erase(conn, vault, customer_id)

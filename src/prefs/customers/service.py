@@ -27,32 +27,57 @@ def normalise_card(raw: str) -> str:
 
 
 FIND_CUSTOMER = """
-SELECT customer_id FROM customer_subjects WHERE subject_hash = ANY($1::bytea[]) LIMIT 1
+SELECT customer_id, subject_hash FROM customer_subjects WHERE subject_hash = ANY($1::bytea[])
+ORDER BY array_position($1::bytea[], subject_hash) LIMIT 1
+"""
+REHASH_SUBJECT = """
+INSERT INTO customer_subjects (subject_hash, index_version, customer_id) VALUES ($1, $2, $3)
+ON CONFLICT (subject_hash) DO NOTHING
 """
 
 
-async def find_customer_id(conn: asyncpg.Connection, subject_hashes: tuple[bytes, ...]) -> uuid.UUID | None:
-    """The customer a subject belongs to, looking under every index-key version."""
-    found: uuid.UUID | None = await conn.fetchval(FIND_CUSTOMER, list(subject_hashes))
-    return found
+async def find_customer_id(conn: asyncpg.Connection, subject_hashes: tuple[bytes, ...],
+                           index_version: int | None = None) -> uuid.UUID | None:
+    """The customer a subject belongs to, looking under every index-key version (primary first).
+
+    A subject found only under an older index key gets its primary-key hash added, so after an
+    index-key rotation customers move over as they sign in (subjects are never stored in clear,
+    so they cannot be rehashed in bulk).
+    """
+    row = await conn.fetchrow(FIND_CUSTOMER, list(subject_hashes))
+    if row is None:
+        return None
+    customer_id: uuid.UUID = row["customer_id"]
+    if index_version is not None and row["subject_hash"] != subject_hashes[0]:
+        await conn.execute(REHASH_SUBJECT, subject_hashes[0], index_version, customer_id)
+    return customer_id
 
 
-async def require_customer_id(conn: asyncpg.Connection, subject_hashes: tuple[bytes, ...]) -> uuid.UUID:
-    customer_id = await find_customer_id(conn, subject_hashes)
+async def require_customer_id(conn: asyncpg.Connection, subject_hashes: tuple[bytes, ...],
+                              index_version: int | None = None) -> uuid.UUID:
+    customer_id = await find_customer_id(conn, subject_hashes, index_version)
     if customer_id is None:
         raise NotEnrolled("Enrol first with POST /v1/me.")
     return customer_id
 
 
-DATA_KEY = "SELECT generation, wrapped FROM customer_keys WHERE customer_id = $1"
+DATA_KEY = "SELECT generation, master_version, wrapped FROM customer_keys WHERE customer_id = $1"
+REWRAP = """
+UPDATE customer_keys SET wrapped = $3, master_version = $4, rewrapped_at = now()
+WHERE customer_id = $1 AND wrapped = $2
+"""
 
 
 async def data_key(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID) -> DataKey:
-    """The customer's unwrapped data key."""
+    """The customer's unwrapped data key; a wrap under an old master key is rewrapped on the way."""
     row = await conn.fetchrow(DATA_KEY, customer_id)
     if row is None:
         raise NotEnrolled("Enrol first with POST /v1/me.")
-    return vault.envelope.unwrap(customer_id, row["generation"], row["wrapped"])
+    key = vault.envelope.unwrap(customer_id, row["generation"], row["wrapped"])
+    if row["master_version"] != vault.envelope.master.primary:
+        rewrapped = vault.envelope.rewrap(customer_id, row["generation"], row["wrapped"])
+        await conn.execute(REWRAP, customer_id, row["wrapped"], rewrapped, vault.envelope.master.primary)
+    return key
 
 
 CLAIM_SUBJECT = """

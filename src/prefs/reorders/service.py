@@ -120,7 +120,7 @@ async def _insert(conn: asyncpg.Connection, key: DataKey, preference: Mapping[st
     return row, snap
 
 
-def _reorder(row: Mapping[str, Any], snap: Snapshot | None) -> Reorder:
+def reorder_view(row: Mapping[str, Any], snap: Snapshot | None) -> Reorder:
     return Reorder(id=row["reorder_id"], preference_id=row["preference_id"],
                    fulfiller=row["fulfiller"], origin=row["origin"], quantity=row["quantity"],
                    state=row["state"], fields=list(row["fields"]), item=snap,
@@ -150,7 +150,7 @@ async def create_for_customer(conn: asyncpg.Connection, vault: Vault, customer_i
     key = await data_key(conn, vault, customer_id)
     row, snap = await _insert(conn, key, preference, data.fulfiller, partner_id, "customer",
                               data.quantity, fields)
-    return _reorder(row, snap)
+    return reorder_view(row, snap)
 
 
 CUSTOMER_REFS = "SELECT customer_id FROM partner_refs WHERE partner_id = $1 AND ref = $2"
@@ -189,7 +189,7 @@ async def create_for_partner(conn: asyncpg.Connection, vault: Vault, partner: Cr
     return customer_id, _partner_view(row, data.customer, snap)
 
 
-def _open_snapshot(key: DataKey | None, row: Mapping[str, Any]) -> Snapshot | None:
+def open_snapshot(key: DataKey | None, row: Mapping[str, Any]) -> Snapshot | None:
     if key is None or row["snapshot_ct"] is None:
         return None
     return _snapshot.decode(key.decrypt(row["snapshot_ct"], "reorders", "snapshot", row["reorder_id"]))
@@ -211,7 +211,7 @@ async def list_for_customer(conn: asyncpg.Connection, vault: Vault, customer_id:
     rows = await conn.fetch(CUSTOMER_PAGE, customer_id, at, ident, limit + 1)
     more, rows = len(rows) > limit, rows[:limit]
     key = await data_key(conn, vault, customer_id) if rows else None
-    items = [_reorder(row, _open_snapshot(key, row)) for row in rows]
+    items = [reorder_view(row, open_snapshot(key, row)) for row in rows]
     next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["reorder_id"]) if more else None
     return ReorderList(items=items, next=next_cursor)
 
@@ -240,7 +240,7 @@ async def cancel(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID,
         if row["state"] != "cancelled":
             raise Conflict(f"This reorder is {row['state']} and can no longer be cancelled.")
     key = await data_key(conn, vault, customer_id)
-    return _reorder(row, _open_snapshot(key, row))
+    return reorder_view(row, open_snapshot(key, row))
 
 
 def encode_feed_cursor(xid: str, reorder_id: uuid.UUID) -> str:
@@ -290,7 +290,7 @@ async def feed(conn: asyncpg.Connection, vault: Vault, partner: Credential, afte
             snap = None
             if row["state"] in LIVE and row["wrapped"] is not None:
                 key = vault.envelope.unwrap(row["customer_id"], row["generation"], row["wrapped"])
-                snap = _open_snapshot(key, row)
+                snap = open_snapshot(key, row)
                 disclosed.append((row["customer_id"], [row["preference_id"]], list(row["fields"])))
             items.append(_partner_view(row, row["ref"], snap))
         await access_log.record(conn, partner, "reorder", "reorder", disclosed)

@@ -1,0 +1,144 @@
+"""Key management: master-key rotation and retirement, index-key rotation."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncpg
+
+from prefs.crypto import Vault
+from prefs.errors import Conflict
+from prefs.insights import service as insights
+from prefs.retention.service import ORPHAN_GROUPS
+
+BATCH = """
+SELECT customer_id, generation, wrapped FROM customer_keys
+WHERE master_version <> $1
+ORDER BY customer_id
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+REWRAP = """
+UPDATE customer_keys SET wrapped = $3, master_version = $4, rewrapped_at = now()
+WHERE customer_id = $1 AND wrapped = $2
+"""
+
+
+async def rotate(conn: asyncpg.Connection, vault: Vault, batch_size: int = 500,
+                 progress: Callable[[int], None] | None = None) -> int:
+    """Rewrap every data key not under the primary master key, batch by batch.
+
+    Safe while serving and beside other rotations: each batch locks its rows with SKIP LOCKED,
+    and each write is a compare-and-set on the old wrap. Resumable: it only ever looks at what is
+    left. Data ciphertexts are untouched. Returns how many keys this run rewrapped.
+    """
+    primary = vault.envelope.master.primary
+    done = 0
+    while True:
+        async with conn.transaction():
+            rows = await conn.fetch(BATCH, primary, batch_size)
+            if not rows:
+                return done
+            for row in rows:
+                rewrapped = vault.envelope.rewrap(row["customer_id"], row["generation"], row["wrapped"])
+                status = await conn.execute(REWRAP, row["customer_id"], row["wrapped"], rewrapped, primary)
+                done += status.endswith(" 1")
+        if progress is not None:
+            progress(done)
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    master_primary: int
+    wraps_by_master_version: dict[int, int]
+    retired_master_versions: list[int]
+    index_primary: int
+    cards_by_index_version: dict[int, int]
+    subjects_by_index_version: dict[int, int]
+    ledger_records_by_index_version: dict[int, int]
+
+
+WRAPS = "SELECT master_version, count(*) FROM customer_keys GROUP BY 1 ORDER BY 1"
+RETIRED = "SELECT version FROM retired_master_keys ORDER BY 1"
+CARDS = "SELECT index_version, count(*) FROM card_index GROUP BY 1 ORDER BY 1"
+SUBJECTS = "SELECT index_version, count(*) FROM customer_subjects GROUP BY 1 ORDER BY 1"
+LEDGER = "SELECT mac_version, count(*) FROM consent_ledger GROUP BY 1 ORDER BY 1"
+
+
+async def status(conn: asyncpg.Connection, vault: Vault) -> KeyStatus:
+    async def counts(sql: str) -> dict[int, int]:
+        return {row[0]: row[1] for row in await conn.fetch(sql)}
+
+    return KeyStatus(
+        master_primary=vault.envelope.master.primary,
+        wraps_by_master_version=await counts(WRAPS),
+        retired_master_versions=[row[0] for row in await conn.fetch(RETIRED)],
+        index_primary=vault.index.primary,
+        cards_by_index_version=await counts(CARDS),
+        subjects_by_index_version=await counts(SUBJECTS),
+        ledger_records_by_index_version=await counts(LEDGER),
+    )
+
+
+IN_USE = "SELECT count(*) FROM customer_keys WHERE master_version = $1"
+LABELS_IN_USE = """
+SELECT count(*) FROM demand_groups WHERE substring(label_ct FROM 2 FOR 4) = int4send($1)
+"""
+RETIRE = "INSERT INTO retired_master_keys (version) VALUES ($1) ON CONFLICT DO NOTHING"
+
+
+async def retire(conn: asyncpg.Connection, vault: Vault, version: int) -> None:
+    """Record a master-key version as retired; refused while anything is still wrapped under it."""
+    if version == vault.envelope.master.primary:
+        raise Conflict(f"Version {version} is the primary master key; make another key primary first.")
+    wraps = await conn.fetchval(IN_USE, version)
+    labels = await conn.fetchval(LABELS_IN_USE, version)
+    if wraps or labels:
+        raise Conflict(f"Version {version} still wraps {wraps} data keys and {labels} demand labels: "
+                       "run `prefs keys rotate` first.")
+    await conn.execute(RETIRE, version)
+
+
+CARDS_TO_INDEX = """
+SELECT c.customer_id, c.card_ct FROM customers c
+WHERE c.card_ct IS NOT NULL AND c.customer_id > $1 ORDER BY c.customer_id LIMIT $2
+"""
+ADD_CARD = """
+INSERT INTO card_index (card_hash, index_version, customer_id) VALUES ($1, $2, $3)
+ON CONFLICT (card_hash) DO NOTHING
+"""
+DROP_OLD_CARDS = "DELETE FROM card_index WHERE NOT (index_version = ANY($1::int[]))"
+INSIGHTS_GRANTS = "SELECT customer_id FROM consents WHERE audience = 'insights'"
+
+
+async def reindex(conn: asyncpg.Connection, vault: Vault, batch_size: int = 500,
+                  progress: Callable[[int], None] | None = None) -> int:
+    """After a new index key: write card blind indexes under every configured index version
+    (lookups try them all, so cards keep working throughout), then drop versions no longer
+    configured, and recount demand under the new key. Returns how many cards were indexed.
+    """
+    from prefs.customers.service import data_key
+
+    done, after = 0, uuid.UUID(int=0)
+    while True:
+        rows = await conn.fetch(CARDS_TO_INDEX, after, batch_size)
+        if not rows:
+            break
+        async with conn.transaction():
+            for row in rows:
+                key = await data_key(conn, vault, row["customer_id"])
+                card = key.decrypt(row["card_ct"], "customers", "card", row["customer_id"]).decode()
+                for version in vault.index.versions:
+                    await conn.execute(ADD_CARD, vault.index.card(card, version), version, row["customer_id"])
+        done += len(rows)
+        after = rows[-1]["customer_id"]
+        if progress is not None:
+            progress(done)
+    await conn.execute(DROP_OLD_CARDS, vault.index.versions)
+    for row in await conn.fetch(INSIGHTS_GRANTS):
+        async with conn.transaction():
+            await insights.refresh(conn, vault, row["customer_id"])
+    await conn.execute(ORPHAN_GROUPS)
+    return done

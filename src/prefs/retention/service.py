@@ -1,0 +1,60 @@
+"""Retention: what expires is purged, by `prefs purge` and periodically by the service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import asyncpg
+
+from prefs.consents.service import expire_due
+from prefs.crypto import Vault
+from prefs.errors import DATABASE_DOWN
+from prefs.reorders.idempotency import purge_expired as purge_idempotency
+
+log = logging.getLogger("prefs.retention")
+
+LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('prefs.purge'))"
+CODES = "DELETE FROM checkout_codes WHERE expires_at <= now()"
+ACCESS_LOG = "DELETE FROM access_log WHERE at < now() - make_interval(days => $1)"
+ORPHAN_GROUPS = """
+DELETE FROM demand_groups g WHERE NOT EXISTS
+    (SELECT 1 FROM demand_contributions c WHERE c.group_hash = g.group_hash)
+"""
+
+
+def _count(status: str) -> int:
+    return int(status.split()[-1])
+
+
+async def purge(conn: asyncpg.Connection, vault: Vault, controller: str,
+                access_log_days: int) -> dict[str, int] | None:
+    """Purge expired checkout codes, idempotency records and access-log entries older than the
+    retention period, and record expired consents. None when another purge is running."""
+    async with conn.transaction():
+        if not await conn.fetchval(LOCK):
+            return None
+        return {
+            "consents_expired": await expire_due(conn, vault, controller),
+            "checkout_codes": _count(await conn.execute(CODES)),
+            "idempotency_keys": await purge_idempotency(conn),
+            "access_log": _count(await conn.execute(ACCESS_LOG, access_log_days)),
+            "demand_groups": _count(await conn.execute(ORPHAN_GROUPS)),
+        }
+
+
+async def run_periodically(pool: Any, vault: Vault, controller: str, access_log_days: int,
+                           interval: float) -> None:
+    """The service's own purge loop (one purge at a time across all workers)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with pool.acquire() as conn:
+                purged = await purge(conn, vault, controller, access_log_days)
+            if purged and any(purged.values()):
+                log.info("purged %s", purged)
+        except DATABASE_DOWN as error:
+            log.warning("purge skipped: database unavailable (%s)", type(error).__name__)
+        except asyncpg.PostgresError as error:
+            log.error("purge failed: %s", type(error).__name__)

@@ -1,0 +1,35 @@
+"""HTTP for the customer's rights: the export; erasure is DELETE /v1/me (customers/api.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import UUID
+
+from litestar import Controller, get
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.response import Stream
+
+from prefs.auth import customer_guard
+from prefs.rights import service
+
+
+class ExportController(Controller):
+    path = "/v1/me/export"
+    tags = ["customer"]
+    guards = [customer_guard]
+
+    @get("/", media_type="application/json")
+    async def export(self, state: State, customer_id: NamedDependency[UUID]) -> Stream:
+        """Everything held about you, decrypted, in one JSON document (streamed)."""
+        pool: Any = state.pool
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async with pool.acquire() as conn:
+                async for chunk in service.export(conn, state.vault, state.settings.controller, customer_id):
+                    yield chunk
+
+        return Stream(chunks(), media_type="application/json",
+                      headers={"Content-Disposition": 'attachment; filename="prefs-export.json"',
+                               "Cache-Control": "no-store"})

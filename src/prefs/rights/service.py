@@ -1,0 +1,182 @@
+"""Customers' rights: the export of everything held, and erasure by crypto-shredding."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from prefs.access_log import service as access_log
+from prefs.consents import ledger
+from prefs.consents import service as consents
+from prefs.crypto import Vault
+from prefs.customers.service import data_key, profile
+from prefs.preferences.service import list_preferences
+from prefs.reorders import service as reorders
+
+EXPORT_SCHEMA_VERSION = 1
+BATCH = 500
+
+# -- erasure ---------------------------------------------------------------------------------
+
+LOCK = "SELECT created_at FROM customers WHERE customer_id = $1 FOR UPDATE"
+TOMBSTONES = """
+INSERT INTO erasures (subject_hash, index_version, erased_at)
+SELECT subject_hash, index_version, now() FROM customer_subjects WHERE customer_id = $1
+ON CONFLICT DO NOTHING
+"""
+CLOSE_ACCEPTED = """
+UPDATE reorders SET state = 'cancelled', snapshot_ct = NULL, updated_at = now()
+WHERE customer_id = $1 AND state = 'accepted'
+"""
+SHRED = [
+    "DELETE FROM customer_keys WHERE customer_id = $1",
+    "DELETE FROM customer_subjects WHERE customer_id = $1",
+    "DELETE FROM card_index WHERE customer_id = $1",
+    "DELETE FROM checkout_codes WHERE customer_id = $1",
+    "DELETE FROM consents WHERE customer_id = $1",
+    "DELETE FROM consent_ledger WHERE customer_id = $1",
+    "DELETE FROM preferences WHERE customer_id = $1",
+    # what is left of the reorders: the ones a partner had accepted, now closed and unreadable
+    "DELETE FROM reorders WHERE customer_id = $1 AND snapshot_ct IS NOT NULL",
+    "DELETE FROM partner_refs WHERE customer_id = $1",
+    "DELETE FROM idempotency_keys WHERE customer_id = $1",
+    "DELETE FROM access_log WHERE customer_id = $1",
+    "DELETE FROM customers WHERE customer_id = $1",
+]
+FORGET_DEMAND = "DELETE FROM demand_contributions WHERE pseudonym = ANY($1::bytea[])"
+
+
+async def erase(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, *,
+                tombstone: bool = True) -> bool:
+    """Destroy the customer's data key and every row about them, in one transaction.
+
+    Reorders a partner had accepted stay, closed as cancelled and without their snapshot; any
+    copy of a ciphertext elsewhere can no longer be read, because the key is gone.
+    Returns False when there was no such customer.
+    """
+    async with conn.transaction():
+        if await conn.fetchrow(LOCK, customer_id) is None:
+            return False
+        await conn.execute("SET LOCAL prefs.erasure = 'on'")
+        if tombstone:
+            await conn.execute(TOMBSTONES, customer_id)
+        await conn.execute(CLOSE_ACCEPTED, customer_id)
+        await conn.execute(FORGET_DEMAND, vault.index.all_digests("demand", customer_id.bytes))
+        for statement in SHRED:
+            await conn.execute(statement, customer_id)
+    vault.envelope.forget(customer_id)
+    return True
+
+
+REPLAYABLE = """
+SELECT DISTINCT s.customer_id
+FROM erasures e
+JOIN customer_subjects s ON s.subject_hash = e.subject_hash
+JOIN customers c ON c.customer_id = s.customer_id
+WHERE c.created_at <= e.erased_at
+"""
+
+
+async def replay_erasures(conn: asyncpg.Connection, vault: Vault) -> int:
+    """Erase again every customer a tombstone names who enrolled before that erasure
+    (e.g. after restoring an older backup); returns how many were erased."""
+    erased = 0
+    for row in await conn.fetch(REPLAYABLE):
+        erased += await erase(conn, vault, row["customer_id"], tombstone=False)
+    return erased
+
+
+# -- export ----------------------------------------------------------------------------------
+
+CODES = """
+SELECT fields, preference_ids, created_at, expires_at FROM checkout_codes
+WHERE customer_id = $1 AND expires_at > now() ORDER BY created_at, code_hash
+"""
+REORDERS = """
+SELECT reorder_id, preference_id, fulfiller, origin, quantity, state, fields, snapshot_ct,
+       created_at, updated_at
+FROM reorders WHERE customer_id = $1 ORDER BY created_at, reorder_id
+"""
+ACCESS = """
+SELECT disclosure_id, at, actor_kind, credential_id, actor_name, store, partner_id, purpose, via,
+       preference_ids, fields
+FROM access_log WHERE customer_id = $1 ORDER BY at, disclosure_id
+"""
+LEDGER = """
+SELECT seq, recorded_at, receipt, prev_hash, hash FROM consent_ledger
+WHERE customer_id = $1 ORDER BY seq
+"""
+REFS = """
+SELECT r.partner_id, p.name, r.ref FROM partner_refs r JOIN partners p USING (partner_id)
+WHERE r.customer_id = $1 ORDER BY r.partner_id
+"""
+
+_encode = msgspec.json.Encoder(order="sorted")
+
+
+def _json(value: Any) -> bytes:
+    return _encode.encode(value)
+
+
+async def _array(cursor: Any, render: Any) -> AsyncIterator[bytes]:
+    """A JSON array streamed from a server-side cursor, BATCH rows at a time."""
+    yield b"["
+    first = True
+    while rows := await cursor.fetch(BATCH):
+        for row in rows:
+            yield (b"" if first else b",") + _json(render(row))
+            first = False
+    yield b"]"
+
+
+async def export(conn: asyncpg.Connection, vault: Vault, controller: str,
+                 customer_id: uuid.UUID) -> AsyncIterator[bytes]:
+    """Everything held about the customer, decrypted, as one JSON document in chunks.
+
+    Runs in one repeatable-read snapshot; the long lists (reorders, ledger, access log) are read
+    through server-side cursors so memory stays flat however much there is.
+    """
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        key = await data_key(conn, vault, customer_id)
+        me = await profile(conn, vault, customer_id)
+        yield b'{"schema_version":' + _json(EXPORT_SCHEMA_VERSION)
+        yield b',"controller":' + _json(controller)
+        yield b',"profile":' + _json(me)
+        yield b',"preferences":' + _json(await list_preferences(conn, vault, customer_id))
+        live = await conn.fetch(consents.LIST, customer_id)
+        yield b',"consents":' + _json([consents.consent_view(row, row["partner_name"] or row["audience"]) for row in live])
+        yield b',"partner_references":' + _json([dict(row) for row in await conn.fetch(REFS, customer_id)])
+        yield b',"consent_ledger":'
+        async for chunk in _array(await conn.cursor(LEDGER, customer_id), ledger.entry_from_row):
+            yield chunk
+        codes = await conn.fetch(CODES, customer_id)
+        yield b',"checkout_codes_in_force":' + _json([
+            {"fields": list(r["fields"]), "preferences": "all" if r["preference_ids"] is None else list(r["preference_ids"]),
+             "created_at": r["created_at"], "expires_at": r["expires_at"],
+             "code": "not stored: only a keyed hash is kept"}
+            for r in codes
+        ])
+        yield b',"reorders":'
+        async for chunk in _array(await conn.cursor(REORDERS, customer_id),
+                                  lambda row: reorders.reorder_view(row, reorders.open_snapshot(key, row))):
+            yield chunk
+        yield b',"access_log":'
+        async for chunk in _array(await conn.cursor(ACCESS, customer_id), _disclosure):
+            yield chunk
+        yield b"}"
+
+
+def _disclosure(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["disclosure_id"], "at": row["at"],
+        "who": {"kind": row["actor_kind"], "id": row["credential_id"], "name": row["actor_name"],
+                "store": row["store"], "partner_id": row["partner_id"]},
+        "purpose": row["purpose"], "via": row["via"], "fields": list(row["fields"]),
+        "preferences": list(row["preference_ids"]),
+        "summary": access_log.summary(row, [None] * len(row["preference_ids"])),
+    }
+
