@@ -35,6 +35,7 @@ from prefs.preferences.api import PreferencesController
 from prefs.reorders.api import CustomerReordersController, PartnerController
 from prefs.retention import service as retention
 from prefs.rights.api import ExportController
+from prefs.web.api import route_handlers as web_routes
 from prefs.settings import Settings, load
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -136,6 +137,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             PartnerController,
             InsightsController,
             ExportController,
+            *web_routes(settings),
         ],
         dependencies={
             "conn": Provide(provide_conn),

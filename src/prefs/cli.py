@@ -76,10 +76,14 @@ def serve(host: str, port: int, workers: int) -> None:
         db.migrate(url)
         settings = load({**os.environ, "PREFS_DATABASE_URL": url})
         base = f"http://{host}:{port}"
+        demo = _demo(settings, url)
         click.echo(f"prefs ({settings.env}) listening on {base}")
+        click.echo(f"  web page: {base}/")
         click.echo(f"  database: {'embedded PostgreSQL in ' + str(settings.data_dir / 'pg') if not os.environ.get('PREFS_DATABASE_URL') else 'PREFS_DATABASE_URL'}")
         if settings.dev_issuer:
             click.echo("  a development customer token: uv run prefs token --subject alice")
+        if demo is not None:
+            _print_demo(demo, base)
         sys.stdout.flush()
         if workers == 1:
             from prefs.app import create_app
@@ -99,6 +103,29 @@ def serve(host: str, port: int, workers: int) -> None:
             sock = config.bind_socket()
             Multiprocess(config, target=server.run, sockets=[sock]).run()
     click.echo("prefs stopped")
+
+
+def _demo(settings: Settings, url: str) -> Any:
+    """Development only: make sure the demo customer, till and partner exist."""
+    if not settings.dev_issuer:
+        return None
+    from prefs.crypto import Vault
+    from prefs.web.demo import ensure_demo
+
+    vault = Vault.from_settings(settings.master_keys, settings.index_keys)
+    return _run(url, lambda conn: ensure_demo(conn, vault, settings))
+
+
+def _print_demo(demo: Any, base: str) -> None:
+    click.echo(f"  demo customer: sign in on the page, or: uv run prefs token --subject {demo.subject}")
+    if demo.till_key:
+        click.echo(f"  demo till key: {demo.till_key}")
+        if demo.card:
+            click.echo(f"  look the demo customer up as a till:\n    curl -s -X POST {base}/v1/pos/lookup "
+                       f"-H 'Authorization: Bearer {demo.till_key}' -H 'Content-Type: application/json' "
+                       f"-d '{{\"card\": \"{demo.card}\"}}'")
+    if demo.partner_key:
+        click.echo(f"  demo partner key: {demo.partner_key}")
 
 
 @main.command()

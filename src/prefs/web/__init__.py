@@ -1,0 +1,1 @@
+"""The self-service web page, served at / (static assets, no build step)."""
