@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,7 +13,7 @@ from uuid import UUID
 from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.exceptions import NotAuthorizedException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
@@ -25,8 +26,10 @@ from prefs.consents.api import ConsentsController
 from prefs.customers.api import MeController
 from prefs.customers.service import require_customer_id
 from prefs.errors import exception_handlers
+from prefs.http import require_json_body
+from prefs.observability import ObservabilityMiddleware, configure_logging
 from prefs.credentials import service as credentials
-from prefs.health.api import HealthController
+from prefs.health.api import HealthController, MetricsController
 from prefs.insights.api import InsightsController
 from prefs.partners.api import PartnersController
 from prefs.pos.api import PosController
@@ -37,9 +40,6 @@ from prefs.retention import service as retention
 from prefs.rights.api import ExportController
 from prefs.web.api import route_handlers as web_routes
 from prefs.settings import Settings, load
-
-BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-
 
 def _lifespan(settings: Settings) -> Any:
     @asynccontextmanager
@@ -96,21 +96,12 @@ async def provide_credential(
     return credential
 
 
-async def require_json_body(request: Request[Any, Any, Any]) -> None:
-    """Bodies must be JSON (415 otherwise); body-less POSTs need no content type."""
-    if request.method not in BODY_METHODS:
-        return
-    has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
-    if not has_body:
-        return
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "application/json" and not media_type.endswith("+json"):
-        raise HTTPException(status_code=415, detail="Send the body as application/json.")
-
-
 def create_app(settings: Settings | None = None) -> Litestar:
     """The prefs ASGI application."""
     settings = settings or load()
+    if os.environ.get("PREFS_WORKER_LOGGING") == "1":
+        configure_logging(os.environ.get("PREFS_LOG_LEVEL", "INFO"),
+                          json_lines=os.environ.get("PREFS_LOG_FORMAT", "json") == "json")
     vault = Vault.from_settings(settings.master_keys, settings.index_keys)
     state = State(
         {
@@ -126,6 +117,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[
             HealthController,
+            MetricsController,
             MeController,
             PreferencesController,
             ConsentsController,
@@ -149,6 +141,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         state=state,
         lifespan=[_lifespan(settings)],
         exception_handlers=exception_handlers(),
+        middleware=[ObservabilityMiddleware()],
         before_request=require_json_body,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
@@ -162,5 +155,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 }
             ),
         ),
+        logging_config=None,
         debug=False,
     )

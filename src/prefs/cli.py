@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
+import shutil
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -56,11 +56,10 @@ def _run(url: str, action: Callable[[Any], Awaitable[T]]) -> T:
 @click.group()
 def main() -> None:
     """prefs — the customer's own preference locker."""
-    logging.basicConfig(
-        level=os.environ.get("PREFS_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s %(message)s"
-    )
-    for noisy in ("pgserver", "alembic.runtime.plugins"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from prefs.observability import configure_logging
+
+    configure_logging(os.environ.get("PREFS_LOG_LEVEL", "INFO"),
+                      json_lines=os.environ.get("PREFS_LOG_FORMAT", "json") == "json")
 
 
 @main.command()
@@ -88,20 +87,19 @@ def serve(host: str, port: int, workers: int) -> None:
         if workers == 1:
             from prefs.app import create_app
 
-            config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning",
-                                    access_log=False, lifespan="on")
+            uvicorn.Server(uvicorn.Config(
+                create_app(settings), host=host, port=port, log_config=None, access_log=False,
+                lifespan="on", timeout_graceful_shutdown=30,
+            )).run()
         else:
             os.environ["PREFS_DATABASE_URL"] = url
-            config = uvicorn.Config("prefs.app:create_app", factory=True, host=host, port=port,
-                                    workers=workers, log_level="warning", access_log=False)
-        server = uvicorn.Server(config)
-        if workers == 1:
-            server.run()
-        else:
-            from uvicorn.supervisors import Multiprocess
-
-            sock = config.bind_socket()
-            Multiprocess(config, target=server.run, sockets=[sock]).run()
+            metrics_dir = settings.data_dir / "metrics"
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            metrics_dir.mkdir(parents=True, mode=0o700)
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+            os.environ["PREFS_WORKER_LOGGING"] = "1"  # spawned workers set up the same JSON logs
+            uvicorn.run("prefs.app:create_app", factory=True, host=host, port=port, workers=workers,
+                        log_config=None, access_log=False, timeout_graceful_shutdown=30)
     click.echo("prefs stopped")
 
 

@@ -98,7 +98,7 @@ _TITLES = {
 
 DATABASE_DOWN = (
     asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown, starting up
     asyncpg.InterfaceError,
     ConnectionError,
     OSError,
@@ -180,7 +180,7 @@ def exception_handlers() -> ExceptionHandlersMap:
         Problem: _domain,
         HTTPException: _http,
         asyncpg.PostgresConnectionError: _database_down,
-        asyncpg.CannotConnectNowError: _database_down,
+        asyncpg.exceptions.OperatorInterventionError: _database_down,
         asyncpg.InterfaceError: _database_down,
         ConnectionError: _database_down,
         Exception: _unexpected,

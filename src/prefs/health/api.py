@@ -11,6 +11,7 @@ from litestar.openapi import ResponseSpec
 
 from prefs import db
 from prefs.errors import DATABASE_DOWN
+from prefs.observability import render_metrics
 
 
 class Health(msgspec.Struct):
@@ -41,3 +42,14 @@ class HealthController(Controller):
         if not at_head:
             return Response(Health(status="unavailable", database="ok", schema="behind"), status_code=503)
         return Response(Health(status="ok", database="ok", schema="head"))
+
+
+class MetricsController(Controller):
+    path = "/metrics"
+    tags = ["operations"]
+
+    @get("/", media_type="text/plain")
+    async def metrics(self, state: State) -> Response[bytes]:
+        """Prometheus metrics: request latency per route, statuses, pool use, lookups, disclosures."""
+        body, content_type = render_metrics(getattr(state, "pool", None))
+        return Response(body, media_type=content_type)

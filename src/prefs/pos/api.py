@@ -12,7 +12,8 @@ from litestar.status_codes import HTTP_200_OK
 from prefs.auth import api_key_guard
 from prefs.checkout.service import normalise_code
 from prefs.customers.service import normalise_card
-from prefs.errors import InvalidInput
+from prefs.errors import InvalidInput, Problem
+from prefs.observability import DISCLOSURES, LOOKUPS
 from prefs.pos import service
 from prefs.pos.schemas import LookupRequest, LookupResult
 
@@ -35,6 +36,14 @@ class PosController(Controller):
             raise InvalidInput("Send exactly one of card or code.")
         card = normalise_card(data.card) if data.card is not None else None
         code = normalise_code(data.code) if data.code is not None else None
-        async with state.pool.acquire() as conn:
-            return await service.lookup(conn, state.vault, state.lookup_throttle,
-                                        request.state.api_key.secret, card, code)
+        via = "card" if card is not None else "code"
+        try:
+            async with state.pool.acquire() as conn:
+                result = await service.lookup(conn, state.vault, state.lookup_throttle,
+                                              request.state.api_key.secret, card, code)
+        except Problem as problem:
+            LOOKUPS.labels(via, problem.slug).inc()
+            raise
+        LOOKUPS.labels(via, "found").inc()
+        DISCLOSURES.labels("pos").inc()
+        return result

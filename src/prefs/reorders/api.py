@@ -16,6 +16,7 @@ from prefs.auth import api_key_guard, customer_guard
 from prefs.credentials.service import Credential
 from prefs.crypto import Vault
 from prefs.db import Connection
+from prefs.observability import DISCLOSURES
 from prefs.preferences.schemas import SharedPreference
 from prefs.reorders import idempotency, service
 from prefs.reorders.schemas import (
@@ -95,7 +96,9 @@ class PartnerController(Controller):
         credential: NamedDependency[Credential], limit: Limit = 50, after: After = None,
     ) -> PartnerFeed:
         """Reorders addressed to this partner, oldest first; poll again with `next`."""
-        return await service.feed(conn, vault, credential, after, limit)
+        page = await service.feed(conn, vault, credential, after, limit)
+        DISCLOSURES.labels("partner").inc(sum(item.item is not None for item in page.items))
+        return page
 
     @post("/reorders/{reorder_id:uuid}/status", status_code=HTTP_200_OK)
     async def set_status(
@@ -129,4 +132,6 @@ class PartnerController(Controller):
         credential: NamedDependency[Credential], ref: FromPath[PartnerRef],
     ) -> list[SharedPreference]:
         """A consenting customer's granted preferences (404 without a live grant)."""
-        return await service.partner_preferences(conn, vault, credential, ref)
+        shown = await service.partner_preferences(conn, vault, credential, ref)
+        DISCLOSURES.labels("partner").inc()
+        return shown

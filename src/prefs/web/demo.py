@@ -2,12 +2,67 @@
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
+import uuid
 from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
 
 import asyncpg
+import msgspec
 
+from prefs.credentials import service as credentials
 from prefs.crypto import Vault
-from prefs.settings import Settings
+from prefs.customers import service as customers
+from prefs.preferences import service as preferences
+from prefs.preferences.schemas import PreferenceCreate
+from prefs.settings import DEV_ISSUER, Settings
+
+DEMO_SUBJECT = "demo@prefs.example"
+DEMO_FILE = "demo.json"
+TILL_NAME, TILL_STORE = "Till 1", "0001"
+PARTNER_NAME = "Stitch & Co. tailors"
+PARTNER_DESCRIPTION = (
+    "Made-to-order tailors: they cut a discontinued pattern again, in your exact size."
+)
+HINT = (
+    "the till lookup answers 404 until the demo customer lets tills see their preferences: "
+    "sign in on the page, open Sharing and share with 'At the till' (or make a checkout code "
+    "under 'At the till' and look that up instead)"
+)
+
+EXAMPLES: list[dict[str, Any]] = [
+    {
+        "product": {"sku": "CL-CHINO-3434", "name": "Classic Chino", "brand": "Acme",
+                    "category": "trousers"},
+        "attributes": {"waist": "34", "leg": "34", "colour": "khaki", "fit": "regular"},
+        "note": "The old cut, before they changed the pockets.",
+        "status": "discontinued", "purchases": 6, "last_purchased_on": date(2023, 9, 14),
+    },
+    {
+        "product": {"sku": "OX-SHIRT-42", "name": "Oxford Shirt", "brand": "Acme",
+                    "category": "shirts"},
+        "attributes": {"size": "L", "collar": "42", "sleeve": "long", "colour": "light blue",
+                       "fit": "slim"},
+        "status": "available", "purchases": 3, "last_purchased_on": date(2025, 3, 2),
+    },
+    {
+        "product": {"sku": "DB-BOOT-11", "name": "Desert Boot", "brand": "Clarks",
+                    "category": "shoes"},
+        "attributes": {"size": "11", "width": "wide", "colour": "sand"},
+        "note": "Half a size up in winter, for thick socks.",
+        "status": "available", "purchases": 2,
+    },
+    {
+        "product": {"sku": "MR-CREW-L", "name": "Merino Crew Jumper", "brand": "Fjell",
+                    "category": "knitwear"},
+        "attributes": {"size": "L", "colour": "navy"},
+        "status": "available", "purchases": 1,
+    },
+]
 
 
 @dataclass(frozen=True)
@@ -16,8 +71,81 @@ class Demo:
     till_key: str | None
     partner_key: str | None
     card: str | None
+    partner_id: uuid.UUID | None = None
+    hint: str | None = HINT
+
+
+LOCK = "SELECT pg_advisory_xact_lock(hashtext('prefs.web.demo'))"
+PARTNER_BY_NAME = """
+SELECT partner_id FROM partners WHERE name = $1 AND retired_at IS NULL
+ORDER BY partner_id LIMIT 1
+"""
+
+
+def _read_keys(path: Path) -> dict[str, str]:
+    try:
+        kept = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {k: v for k, v in kept.items() if isinstance(v, str)} if isinstance(kept, dict) else {}
+
+
+def _write_keys(path: Path, keys: dict[str, str]) -> None:
+    """Keys are shown only once, so keep them, readable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    scratch = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(keys, handle, indent=2)
+        handle.write("\n")
+    os.replace(scratch, path)
+
+
+async def _till_key(conn: asyncpg.Connection, kept: str | None) -> str:
+    if kept and await credentials.verify(conn, "pos", kept) is not None:
+        return kept
+    _, key = await credentials.create(conn, "pos", TILL_NAME, store=TILL_STORE)
+    return key
+
+
+async def _partner_key(conn: asyncpg.Connection, kept: str | None) -> tuple[str, uuid.UUID]:
+    if kept:
+        credential = await credentials.verify(conn, "partner", kept)
+        if credential is not None and credential.partner_id is not None:
+            return kept, credential.partner_id
+    partner_id = await conn.fetchval(PARTNER_BY_NAME, PARTNER_NAME)
+    credential, key = await credentials.create(
+        conn, "partner", PARTNER_NAME, partner_id=partner_id, description=PARTNER_DESCRIPTION
+    )
+    assert credential.partner_id is not None
+    return key, credential.partner_id
+
+
+async def _demo_customer(conn: asyncpg.Connection, vault: Vault, card: str) -> None:
+    """Enrol the demo customer with the example preferences, unless they are enrolled."""
+    hashes = tuple(vault.index.subject(DEV_ISSUER, DEMO_SUBJECT, v) for v in vault.index.versions)
+    if await customers.find_customer_id(conn, hashes) is not None:
+        return
+    profile, _ = await customers.enrol(conn, vault, hashes, vault.index.primary, card)
+    for example in EXAMPLES:
+        data = msgspec.convert(example, PreferenceCreate)
+        await preferences.create_preference(conn, vault, profile.id, data)
 
 
 async def ensure_demo(conn: asyncpg.Connection, vault: Vault, settings: Settings) -> Demo | None:
     """Create the demo data once (keys kept under the data dir); None outside development."""
-    return None
+    if not settings.dev_issuer:
+        return None
+    path = settings.data_dir / DEMO_FILE
+    async with conn.transaction():
+        await conn.execute(LOCK)
+        kept = _read_keys(path)
+        till_key = await _till_key(conn, kept.get("till_key"))
+        partner_key, partner_id = await _partner_key(conn, kept.get("partner_key"))
+        card = kept.get("card") or "".join(str(secrets.randbelow(10)) for _ in range(16))
+        keys = {"till_key": till_key, "partner_key": partner_key, "card": card}
+        if keys != kept:
+            _write_keys(path, keys)
+        await _demo_customer(conn, vault, card)
+    return Demo(subject=DEMO_SUBJECT, till_key=till_key, partner_key=partner_key, card=card,
+                partner_id=partner_id)

@@ -1,0 +1,117 @@
+"""Metrics (Prometheus), request ids and structured JSON logs.
+
+Logs carry ids, routes, statuses and timings — never bodies, tokens, keys or personal data.
+With several worker processes, metrics are aggregated through PROMETHEUS_MULTIPROC_DIR.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import os
+import re
+import time
+import traceback
+import uuid
+from typing import Any
+
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import disable_created_metrics
+from prometheus_client import multiprocess as prometheus_multiprocess
+
+disable_created_metrics()
+
+REQUESTS = Counter("prefs_http_requests", "HTTP requests answered", ["method", "route", "status"])
+LATENCY = Histogram(
+    "prefs_http_request_duration_seconds", "Time to answer an HTTP request", ["method", "route"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+LOOKUPS = Counter("prefs_pos_lookups", "Till lookups by outcome", ["via", "outcome"])
+DISCLOSURES = Counter("prefs_disclosures", "Disclosures recorded in access logs", ["to"])
+POOL_SIZE = Gauge("prefs_db_pool_connections", "Connections open in the pool", multiprocess_mode="livesum")
+POOL_IDLE = Gauge("prefs_db_pool_idle_connections", "Idle connections in the pool", multiprocess_mode="livesum")
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class ObservabilityMiddleware(ASGIMiddleware):
+    """Gives each request an id (X-Request-ID, echoed back) and records its status and latency."""
+
+    scopes = (ScopeType.HTTP,)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
+        rid = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        token = request_id.set(rid)
+        start = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await next_app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("path_template") or "unmatched"
+            method = scope["method"]
+            REQUESTS.labels(method, route, str(status)).inc()
+            LATENCY.labels(method, route).observe(time.perf_counter() - start)
+            request_id.reset(token)
+
+
+def render_metrics(pool: Any) -> tuple[bytes, str]:
+    """The Prometheus exposition text, across all worker processes when there are several."""
+    if pool is not None:
+        POOL_SIZE.set(pool.get_size())
+        POOL_IDLE.set(pool.get_idle_size())
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id (and exception type)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "request_id": request_id.get(),
+        }
+        if record.exc_info and record.exc_info[0] is not None:
+            # frames only: an exception's message may quote a value, and values stay out of logs
+            entry["exception"] = record.exc_info[0].__name__
+            entry["trace"] = "".join(traceback.format_tb(record.exc_info[2]))
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
+    """Root logging to stderr, JSON lines by default (PREFS_LOG_FORMAT=text for people)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    handler.formatter.converter = time.gmtime  # type: ignore[union-attr]
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("pgserver", "alembic.runtime.plugins"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
