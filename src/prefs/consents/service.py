@@ -205,10 +205,14 @@ async def withdraw(conn: asyncpg.Connection, vault: Vault, controller: str,
         return ConsentChange(consent=None, receipt=receipt, ledger=entry)
 
 
+DUE_CUSTOMERS = """
+SELECT DISTINCT customer_id FROM consents
+WHERE expires_at <= now() AND ($1::text IS NULL OR audience = $1)
+"""
+LOCK_HEAD = "SELECT 1 FROM customers WHERE customer_id = $1 FOR UPDATE"
 DUE = """
 DELETE FROM consents
-WHERE expires_at <= now() AND ($1::uuid IS NULL OR customer_id = $1)
-      AND ($2::text IS NULL OR audience = $2)
+WHERE expires_at <= now() AND customer_id = $1 AND ($2::text IS NULL OR audience = $2)
 RETURNING customer_id, audience, fields, preference_ids, expires_at
 """
 
@@ -219,7 +223,13 @@ async def expire_due(conn: asyncpg.Connection, vault: Vault, controller: str,
 
     Lookups already ignore expired grants; this writes them into the ledger.
     """
+    if customer_id is None:
+        return sum([await expire_due(conn, vault, controller, row["customer_id"], audience)
+                    for row in await conn.fetch(DUE_CUSTOMERS, audience)])
     async with conn.transaction():
+        # Every consent change locks the customer's ledger head before any consent row (grant
+        # and withdraw start here): one lock order, so concurrent changes cannot deadlock.
+        await conn.execute(LOCK_HEAD, customer_id)
         rows = await conn.fetch(DUE, customer_id, audience)
         for row in rows:
             try:

@@ -104,7 +104,8 @@ async def lookup(conn: asyncpg.Connection, vault: Vault, throttle: MissThrottle,
     code_hashes: Sequence[bytes] = vault.index.all_digests("checkout-code", code.encode()) if code else ()
     rows = await conn.fetch(LOOKUP, key_hash, card_hashes, code_hashes)
     if not rows:
-        raise InvalidApiKey("The API key is not valid.")
+        raise InvalidApiKey("The API key is not valid.",
+                            headers={"WWW-Authenticate": 'Bearer realm="prefs"'})
     first = rows[0]
     if first["customer_id"] is None:
         throttle.miss(key_hash, first["store"])

@@ -13,6 +13,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from prefs.auth import api_key_guard, customer_guard
+from prefs.consents.service import expire_due
 from prefs.credentials.service import Credential
 from prefs.crypto import Vault
 from prefs.db import Connection
@@ -42,6 +43,10 @@ def _answer(answer: idempotency.Answer) -> Response[Any]:
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
     return Response(answer.body, status_code=answer.status, media_type="application/json",
                     headers=headers)
+
+
+def _audience(partner: Credential) -> str:
+    return f"partner:{partner.partner_id}"
 
 
 class CustomerReordersController(Controller):
@@ -92,20 +97,23 @@ class PartnerController(Controller):
 
     @get("/reorders")
     async def feed(
-        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
+        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
         credential: NamedDependency[Credential], limit: Limit = 50, after: After = None,
     ) -> PartnerFeed:
         """Reorders addressed to this partner, oldest first; poll again with `next`."""
+        await expire_due(conn, vault, state.settings.controller, audience=_audience(credential))
         page = await service.feed(conn, vault, credential, after, limit)
         DISCLOSURES.labels("partner").inc(sum(item.item is not None for item in page.items))
         return page
 
     @post("/reorders/{reorder_id:uuid}/status", status_code=HTTP_200_OK)
     async def set_status(
-        self, conn: NamedDependency[Connection], credential: NamedDependency[Credential],
-        reorder_id: FromPath[UUID], data: JSONBody[StatusChange],
+        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
+        credential: NamedDependency[Credential], reorder_id: FromPath[UUID],
+        data: JSONBody[StatusChange],
     ) -> PartnerReorder:
         """accepted → fulfilled, or declined; repeating the current state is a no-op."""
+        await expire_due(conn, vault, state.settings.controller, audience=_audience(credential))
         return await service.set_status(conn, credential, reorder_id, data.state)
 
     @post("/reorders", status_code=HTTP_201_CREATED)

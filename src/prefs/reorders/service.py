@@ -51,9 +51,11 @@ def partner_id_of(audience_or_fulfiller: str) -> uuid.UUID:
     return uuid.UUID(audience_or_fulfiller.split(":", 1)[1])
 
 
+# FOR SHARE: a withdrawal waits for a reorder being placed under the grant, then cancels it.
 GRANT = """
 SELECT fields, preference_ids FROM consents
 WHERE customer_id = $1 AND audience = $2 AND (expires_at IS NULL OR expires_at > now())
+FOR SHARE
 """
 PARTNER_EXISTS = "SELECT 1 FROM partners WHERE partner_id = $1 AND retired_at IS NULL"
 
