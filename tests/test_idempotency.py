@@ -6,7 +6,7 @@ import asyncio
 import uuid
 
 from prefs.reorders import idempotency
-from tests.conftest import bearer
+from tests.conftest import CHINOS, bearer
 from tests.partner_steps import (
     PROBLEM_JSON,
     grant,
@@ -222,3 +222,29 @@ async def test_stored_answers_are_encrypted(client, conn, new_customer):
     assert stored
     for plaintext in ("Classic Chino", "CL-CHINO-3434", "khaki", "pockets"):
         assert plaintext.encode() not in stored
+
+
+
+async def test_a_partner_replay_after_withdrawal_shows_nothing(client, new_customer, conn):
+    from prefs.credentials import service as credentials
+
+    cred, key = await credentials.create(conn, "partner", "Replay Tailors")
+    alice = await new_customer()
+    pref = (await client.post("/v1/me/preferences", headers=alice.headers, json=CHINOS)).json()
+    audience = f"partner:{cred.partner_id}"
+    await client.put(f"/v1/me/consents/{audience}", headers=alice.headers, json={"fields": ["product"]})
+    consents = (await client.get("/v1/me/consents", headers=alice.headers)).json()["items"]
+    ref = next(c["reference"] for c in consents if c["audience"] == audience)
+    body = {"customer": ref, "preference": pref["id"], "quantity": 1}
+    headers = {**bearer(key), "Idempotency-Key": "replay-after-withdrawal"}
+    first = await client.post("/v1/partner/reorders", headers=headers, json=body)
+    assert first.status_code == 201, first.text
+    await client.delete(f"/v1/me/consents/{audience}", headers=alice.headers)
+    replay = await client.post("/v1/partner/reorders", headers=headers, json=body)
+    stranger = await client.post(
+        "/v1/partner/reorders", headers={**bearer(key), "Idempotency-Key": "unknown-ref"},
+        json={**body, "customer": "unknown-ref"},
+    )
+    assert replay.status_code == stranger.status_code == 404
+    assert replay.content == stranger.content
+    assert replay.headers.get("Idempotent-Replayed") is None

@@ -130,8 +130,13 @@ class PartnerController(Controller):
             return customer_id, HTTP_201_CREATED, msgspec.json.encode(reorder)
 
         fingerprint = idempotency.request_fingerprint("POST", request.url.path, msgspec.json.encode(data))
+        async def may_replay(customer_id: UUID) -> None:
+            assert credential.partner_id is not None
+            await service.require_partner_grant(conn, credential.partner_id, customer_id)
+
         answer = await idempotency.once(conn, vault, f"partner:{credential.partner_id}", key,
-                                        fingerprint, state.settings.idempotency_ttl_seconds, create)
+                                        fingerprint, state.settings.idempotency_ttl_seconds, create,
+                                        may_replay)
         return _answer(answer)
 
     @get("/customers/{ref:str}/preferences")

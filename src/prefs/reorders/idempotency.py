@@ -57,11 +57,16 @@ WHERE owner = $1 AND key = $2
 """
 
 Create = Callable[[], Awaitable[tuple[uuid.UUID, int, bytes]]]
+MayReplay = Callable[[uuid.UUID], Awaitable[None]]
 
 
 async def once(conn: asyncpg.Connection, vault: Vault, owner: str, key: str, fingerprint: bytes,
-               ttl_seconds: int, create: Create) -> Answer:
-    """Run ``create`` once per (owner, key); later calls get the first answer back."""
+               ttl_seconds: int, create: Create, may_replay: MayReplay | None = None) -> Answer:
+    """Run ``create`` once per (owner, key); later calls get the first answer back.
+
+    ``may_replay`` (given the customer) raises when the stored answer may no longer be shown,
+    e.g. to a partner whose consent was withdrawn since.
+    """
     async with conn.transaction():
         await conn.execute(FORGET_EXPIRED, owner, key)
         if await conn.fetchval(CLAIM, owner, key, fingerprint, float(ttl_seconds)) is None:
@@ -70,6 +75,8 @@ async def once(conn: asyncpg.Connection, vault: Vault, owner: str, key: str, fin
                 raise Conflict("A request with this Idempotency-Key is still being processed.")
             if row["request_hash"] != fingerprint:
                 raise IdempotencyMismatch("This Idempotency-Key was used with a different request.")
+            if may_replay is not None:
+                await may_replay(row["customer_id"])
             customer_key = await data_key(conn, vault, row["customer_id"])
             body = customer_key.decrypt(row["response_ct"], "idempotency_keys", "response", f"{owner}/{key}")
             return Answer(status=row["status"], body=body, replayed=True)

@@ -166,6 +166,13 @@ async def _consenting_customer(conn: asyncpg.Connection, partner_id: uuid.UUID, 
     return customer_id
 
 
+async def require_partner_grant(conn: asyncpg.Connection, partner_id: uuid.UUID,
+                                customer_id: uuid.UUID) -> None:
+    """404 (as for an unknown reference) unless the customer grants the partner consent now."""
+    if await conn.fetchrow(GRANT, customer_id, f"partner:{partner_id}") is None:
+        raise NotFound("No such customer reference.")
+
+
 def _partner_view(row: Mapping[str, Any], ref: str | None, snap: Snapshot | None) -> PartnerReorder:
     return PartnerReorder(id=row["reorder_id"], customer=ref or "erased",
                           preference_id=row["preference_id"], origin=row["origin"],
