@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 import msgspec
@@ -17,6 +17,8 @@ log = logging.getLogger("prefs.db")
 
 Pool = asyncpg.Pool
 Connection = asyncpg.Connection
+# A fetched row, or a plain mapping standing in for one.
+Row: TypeAlias = "asyncpg.Record | Mapping[str, Any]"
 
 
 def asyncpg_dsn(url: str) -> str:

@@ -25,12 +25,12 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
-from prometheus_client import disable_created_metrics
 from prometheus_client import multiprocess as prometheus_multiprocess
 
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REQUESTS = Counter("prefs_http_requests", "HTTP requests answered", ["method", "route", "status"])
 LATENCY = Histogram(
@@ -69,7 +69,7 @@ class ObservabilityMiddleware(ASGIMiddleware):
             await next_app(scope, receive, send_with_id)
         finally:
             route = scope.get("path_template") or "unmatched"
-            method = scope["method"]
+            method = scope["method"]  # type: ignore[typeddict-item]
             REQUESTS.labels(method, route, str(status)).inc()
             LATENCY.labels(method, route).observe(time.perf_counter() - start)
             request_id.reset(token)
@@ -82,7 +82,7 @@ def render_metrics(pool: Any) -> tuple[bytes, str]:
         POOL_IDLE.set(pool.get_idle_size())
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        prometheus_multiprocess.MultiProcessCollector(registry)
+        prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
 

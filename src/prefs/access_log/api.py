@@ -14,17 +14,21 @@ from prefs.access_log.schemas import AccessLogPage
 from prefs.auth import customer_guard
 from prefs.crypto import Vault
 from prefs.db import Connection
+from prefs.errors import problems
+from prefs.http import STRING_WHEN_SENT
 
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Disclosures per page")]
-After = Annotated[str | None, QueryParameter(max_length=200, description="The `next` of the previous page")]
+After = Annotated[str | None, QueryParameter(max_length=200, description="The `next` of the previous page",
+                                             schema_extra=STRING_WHEN_SENT)]
 
 
 class AccessLogController(Controller):
     path = "/v1/me/access-log"
     tags = ["access log"]
     guards = [customer_guard]
+    security = [{"customer": []}]
 
-    @get("/")
+    @get("/", responses=problems(400, 401, 404, 503))
     async def read(
         self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
         customer_id: NamedDependency[UUID], limit: Limit = 50, after: After = None,

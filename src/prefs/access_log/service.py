@@ -5,9 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 
@@ -15,6 +13,7 @@ from prefs.access_log.schemas import AccessLogPage, DisclosedPreference, Disclos
 from prefs.credentials.service import Credential
 from prefs.crypto import DecryptionError, Vault
 from prefs.customers.service import data_key
+from prefs.db import Row
 from prefs.errors import InvalidInput
 from prefs.preferences.sealed import decrypt_product
 
@@ -42,7 +41,7 @@ def _list_words(words: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
-def summary(row: Mapping[str, Any], names: list[str | None]) -> str:
+def summary(row: Row, names: list[str | None]) -> str:
     """E.g. "Store 0421, Till 3, saw your sizes and details for Classic Chino at checkout"."""
     who = row["actor_name"]
     if row["store"]:

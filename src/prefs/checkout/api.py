@@ -15,14 +15,18 @@ from prefs.checkout import service
 from prefs.checkout.schemas import CheckoutCode, CheckoutCodeRequest
 from prefs.crypto import Vault
 from prefs.db import Connection
+from prefs.errors import problems
+from prefs.http import declared_body
 
 
 class CheckoutCodesController(Controller):
     path = "/v1/me/checkout-codes"
     tags = ["checkout"]
     guards = [customer_guard]
+    security = [{"customer": []}]
 
-    @post("/", status_code=HTTP_201_CREATED)
+    @post("/", status_code=HTTP_201_CREATED, operation_class=declared_body(CheckoutCodeRequest),
+          responses=problems(400, 401, 404, 413, 415, 503))
     async def create(
         self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
         customer_id: NamedDependency[UUID], data: JSONBody[CheckoutCodeRequest],

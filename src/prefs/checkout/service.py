@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from prefs.checkout.schemas import CheckoutCode, CheckoutCodeRequest
-from prefs.consents.service import OWNED
+from prefs.consents.service import chosen
 from prefs.crypto import BlindIndex
 from prefs.errors import InvalidInput
 
@@ -38,14 +38,7 @@ VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (code_hash) DO NOTHING RETURNING cod
 async def create(conn: asyncpg.Connection, index: BlindIndex, customer_id: uuid.UUID,
                  data: CheckoutCodeRequest, default_ttl: int) -> CheckoutCode:
     """A fresh random code revealing ``data.fields`` of the chosen preferences until it expires."""
-    fields = sorted(set(data.fields), key=["product", "attributes", "note"].index)
-    ids: list[uuid.UUID] | None = None
-    if data.preferences != "all":
-        ids = sorted(set(data.preferences))
-        owned = await conn.fetch(OWNED, customer_id, ids)
-        if len(owned) != len(ids):
-            raise InvalidInput("preferences names ids that are not among your preferences.",
-                               errors=[{"key": "preferences", "source": "body", "message": "unknown preference ids"}])
+    fields, ids = await chosen(conn, customer_id, data.fields, data.preferences)
     expires_at = datetime.now(UTC) + timedelta(seconds=data.ttl_seconds or default_ttl)
     while True:
         code = "".join(secrets.choice(ALPHABET) for _ in range(LENGTH))

@@ -8,7 +8,7 @@ from uuid import UUID
 from litestar import Controller, delete, get, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK
 
 from prefs.auth import customer_guard
@@ -16,18 +16,26 @@ from prefs.consents import ledger, service
 from prefs.consents.schemas import Audience, ConsentChange, ConsentGrant, ConsentList, LedgerPage
 from prefs.crypto import Vault
 from prefs.db import Connection
-from prefs.errors import InvalidInput
+from prefs.errors import InvalidInput, problems
+from prefs.http import STRING_WHEN_SENT, constraints_of, declared_body
 
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Records per page")]
-Before = Annotated[str | None, QueryParameter(max_length=20, description="The `next` of the previous page")]
+Before = Annotated[str | None, QueryParameter(max_length=18, pattern=r"^[0-9]{1,18}$",
+                                              description="The `next` of the previous page",
+                                              schema_extra=STRING_WHEN_SENT)]
+AudienceParameter = Annotated[Audience, PathParameter(
+    **constraints_of(Audience), description="`pos`, `insights` or `partner:<partner id>`")]
+EXPIRING = {"properties": {"expires_at": {"anyOf": [{"type": "string", "format": "date-time"},
+                                                    {"type": "null"}]}}}
 
 
 class ConsentsController(Controller):
     path = "/v1/me/consents"
     tags = ["consents"]
     guards = [customer_guard]
+    security = [{"customer": []}]
 
-    @get("/")
+    @get("/", responses=problems(401, 404, 503))
     async def list_all(
         self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
         customer_id: NamedDependency[UUID],
@@ -36,7 +44,7 @@ class ConsentsController(Controller):
         items = await service.list_consents(conn, vault, state.settings.controller, customer_id)
         return ConsentList(items=items)
 
-    @get("/history")
+    @get("/history", responses=problems(400, 401, 404, 503))
     async def history(
         self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
         customer_id: NamedDependency[UUID], limit: Limit = 50, before: Before = None,
@@ -50,19 +58,21 @@ class ConsentsController(Controller):
         more = len(items) == limit and items[-1].seq > 1
         return LedgerPage(items=items, next=str(items[-1].seq) if more else None)
 
-    @put("/{audience:str}", status_code=HTTP_200_OK)
+    @put("/{audience:str}", status_code=HTTP_200_OK, operation_class=declared_body(
+        ConsentGrant, refine=EXPIRING), responses=problems(400, 401, 404, 413, 415, 503))
     async def grant(
         self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
-        customer_id: NamedDependency[UUID], audience: FromPath[Audience], data: JSONBody[ConsentGrant],
+        customer_id: NamedDependency[UUID], audience: AudienceParameter,
+        data: JSONBody[ConsentGrant],
     ) -> ConsentChange:
         """Grant or change consent for `pos`, `insights` or `partner:<id>`; returns the receipt."""
         return await service.grant(conn, vault, state.settings.controller, customer_id,
                                    audience, data)
 
-    @delete("/{audience:str}", status_code=HTTP_200_OK)
+    @delete("/{audience:str}", status_code=HTTP_200_OK, responses=problems(400, 401, 404, 503))
     async def withdraw(
         self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
-        customer_id: NamedDependency[UUID], audience: FromPath[Audience],
+        customer_id: NamedDependency[UUID], audience: AudienceParameter,
     ) -> ConsentChange:
         """Withdraw consent; the next request from that audience sees nothing."""
         return await service.withdraw(conn, vault, state.settings.controller, customer_id,

@@ -8,7 +8,6 @@ row keeps the head (sequence and hash), so a removed last record is detected too
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +16,7 @@ import msgspec
 
 from prefs.consents.schemas import LedgerEntry, Receipt
 from prefs.crypto import BlindIndex
+from prefs.db import Row
 
 GENESIS = bytes(32)
 
@@ -70,7 +70,7 @@ async def history(conn: asyncpg.Connection, customer_id: uuid.UUID, before_seq: 
     return [entry_from_row(row) for row in await conn.fetch(HISTORY, customer_id, before_seq, limit)]
 
 
-def entry_from_row(row: Mapping[str, Any]) -> LedgerEntry:
+def entry_from_row(row: Row) -> LedgerEntry:
     return LedgerEntry(seq=row["seq"], recorded_at=row["recorded_at"],
                        receipt=msgspec.convert(row["receipt"], Receipt),
                        prev_hash=row["prev_hash"].hex(), hash=row["hash"].hex())

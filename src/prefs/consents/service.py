@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,9 +21,10 @@ from prefs.consents.schemas import (
     State,
 )
 from prefs.crypto import Vault
+from prefs.db import Row
+from prefs.errors import InvalidInput, NotFound
 from prefs.insights import service as insights
 from prefs.reorders import service as reorders
-from prefs.errors import InvalidInput, NotFound
 
 # What each audience does with what it is shown, named with W3C DPV purposes.
 PURPOSES = {
@@ -87,7 +88,7 @@ def _receipt(customer_id: uuid.UUID, audience: str, who: Recipient, controller: 
     )
 
 
-def consent_view(row: Mapping[str, Any], who: str) -> Consent:
+def consent_view(row: Row, who: str) -> Consent:
     ids = row["preference_ids"]
     return Consent(audience=row["audience"], recipient=who, fields=list(row["fields"]),
                    preferences="all" if ids is None else list(ids), expires_at=row["expires_at"],
@@ -136,6 +137,24 @@ async def list_consents(conn: asyncpg.Connection, vault: Vault, controller: str,
 
 
 OWNED = "SELECT preference_id FROM preferences WHERE customer_id = $1 AND preference_id = ANY($2::uuid[])"
+FIELD_ORDER = ["product", "attributes", "note"]
+
+
+async def chosen(conn: asyncpg.Connection, customer_id: uuid.UUID, fields: Sequence[str],
+                 preferences: Sequence[uuid.UUID] | str) -> tuple[list[str], list[uuid.UUID] | None]:
+    """Fields in canonical order, and the chosen preference ids (None for "all"), which must
+    all be the customer's own."""
+    ordered = sorted(set(fields), key=FIELD_ORDER.index)
+    if isinstance(preferences, str):
+        return ordered, None
+    ids = sorted(set(preferences))
+    owned = await conn.fetch(OWNED, customer_id, ids)
+    if len(owned) != len(ids):
+        raise InvalidInput("preferences names ids that are not among your preferences.",
+                           errors=[{"key": "preferences", "source": "body", "message": "unknown preference ids"}])
+    return ordered, ids
+
+
 UPSERT = """
 INSERT INTO consents (customer_id, audience, fields, preference_ids, expires_at, receipt_id)
 VALUES ($1, $2, $3, $4, $5, $6)
@@ -159,14 +178,7 @@ async def grant(conn: asyncpg.Connection, vault: Vault, controller: str,
         if data.expires_at <= datetime.now(UTC):
             raise InvalidInput("expires_at must be in the future.",
                                errors=[{"key": "expires_at", "source": "body", "message": "in the past"}])
-    fields = sorted(set(data.fields), key=["product", "attributes", "note"].index)
-    ids: list[uuid.UUID] | None = None
-    if data.preferences != "all":
-        ids = sorted(set(data.preferences))
-        owned = {row["preference_id"] for row in await conn.fetch(OWNED, customer_id, ids)}
-        if len(owned) != len(ids):
-            raise InvalidInput("preferences names ids that are not among your preferences.",
-                               errors=[{"key": "preferences", "source": "body", "message": "unknown preference ids"}])
+    fields, ids = await chosen(conn, customer_id, data.fields, data.preferences)
     async with conn.transaction():
         await expire_due(conn, vault, controller, customer_id, audience)
         receipt = _receipt(customer_id, audience, who, controller, "ConsentGiven", fields,

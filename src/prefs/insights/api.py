@@ -11,6 +11,7 @@ from prefs.consents.service import expire_due
 from prefs.credentials.service import Credential
 from prefs.crypto import Vault
 from prefs.db import Connection
+from prefs.errors import problems
 from prefs.insights import service
 from prefs.insights.schemas import DiscontinuedDemand
 
@@ -19,8 +20,9 @@ class InsightsController(Controller):
     path = "/v1/insights"
     tags = ["insights"]
     guards = [api_key_guard("insights")]
+    security = [{"api_key": []}]
 
-    @get("/discontinued-demand")
+    @get("/discontinued-demand", responses=problems(401, 503))
     async def discontinued_demand(
         self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
         credential: NamedDependency[Credential],

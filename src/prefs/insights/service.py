@@ -15,8 +15,8 @@ import msgspec
 from prefs.crypto import Vault
 from prefs.customers.service import data_key
 from prefs.insights.schemas import DemandGroup, DiscontinuedDemand
-from prefs.preferences.sealed import decrypt_attributes, decrypt_product
 from prefs.preferences.schemas import Product
+from prefs.preferences.sealed import decrypt_attributes, decrypt_product
 
 SIZE_KEYS = frozenset({"size", "waist", "leg", "inseam", "length", "chest", "neck", "collar",
                        "sleeve", "shoe", "width", "hip", "cup", "fit"})

@@ -12,18 +12,29 @@ from litestar.status_codes import HTTP_200_OK
 from prefs.auth import api_key_guard
 from prefs.checkout.service import normalise_code
 from prefs.customers.service import normalise_card
-from prefs.errors import InvalidInput, Problem
+from prefs.errors import InvalidInput, Problem, problems
+from prefs.http import CARD_NUMBER, CHECKOUT_CODE, declared_body
 from prefs.observability import DISCLOSURES, LOOKUPS
 from prefs.pos import service
 from prefs.pos.schemas import LookupRequest, LookupResult
+
+CARD_OR_CODE = {
+    "properties": {"card": {"anyOf": [CARD_NUMBER, {"type": "null"}]},
+                   "code": {"anyOf": [CHECKOUT_CODE, {"type": "null"}]}},
+    "oneOf": [{"required": ["card"], "properties": {"card": {"type": "string"}}},
+              {"required": ["code"], "properties": {"code": {"type": "string"}}}],
+}
 
 
 class PosController(Controller):
     path = "/v1/pos"
     tags = ["till"]
     guards = [api_key_guard("pos")]
+    security = [{"api_key": []}]
 
-    @post("/lookup", status_code=HTTP_200_OK)
+    @post("/lookup", status_code=HTTP_200_OK,
+          operation_class=declared_body(LookupRequest, refine=CARD_OR_CODE),
+          responses=problems(400, 401, 404, 413, 415, 429, 503))
     async def lookup(
         self, request: Request[Any, Any, Any], state: State, data: JSONBody[LookupRequest]
     ) -> LookupResult:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
 from prefs.crypto import DataKey
+from prefs.db import Row
 from prefs.preferences.schemas import Product, SharedPreference
 
 TABLE = "preferences"
@@ -36,7 +36,7 @@ def decrypt_note(key: DataKey, preference_id: uuid.UUID, blob: bytes | None) -> 
 
 
 
-def shared_view(key: DataKey, row: Mapping[str, Any]) -> SharedPreference:
+def shared_view(key: DataKey, row: Row) -> SharedPreference:
     """A preference as an audience sees it; the query left non-granted ciphertexts NULL."""
     pid = row["preference_id"]
     shared = SharedPreference(id=pid, rank=row["rank"], status=row["status"])

@@ -9,7 +9,7 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from prefs.auth import api_key_guard, customer_guard
@@ -17,6 +17,8 @@ from prefs.consents.service import expire_due
 from prefs.credentials.service import Credential
 from prefs.crypto import Vault
 from prefs.db import Connection
+from prefs.errors import problems
+from prefs.http import STRING_WHEN_SENT, constraints_of, declared_body
 from prefs.observability import DISCLOSURES
 from prefs.preferences.schemas import SharedPreference
 from prefs.reorders import idempotency, service
@@ -33,10 +35,15 @@ from prefs.reorders.schemas import (
 
 IdempotencyKey = Annotated[
     str | None,
-    HeaderParameter(name="Idempotency-Key", description="Required: a unique key per reorder."),
+    HeaderParameter(name="Idempotency-Key", required=True, pattern=f"^{idempotency.KEY_PATTERN.pattern}$",
+                    description="A unique key per reorder: 1 to 200 printable ASCII characters.",
+                    schema_extra=STRING_WHEN_SENT),
 ]
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Items per page")]
-After = Annotated[str | None, QueryParameter(max_length=200, description="The `next` of the previous page")]
+After = Annotated[str | None, QueryParameter(max_length=200, description="The `next` of the previous page",
+                                             schema_extra=STRING_WHEN_SENT)]
+Reference = Annotated[PartnerRef, PathParameter(**constraints_of(PartnerRef),
+                                                description="The customer's reference for this partner")]
 
 
 def _answer(answer: idempotency.Answer) -> Response[Any]:
@@ -53,8 +60,11 @@ class CustomerReordersController(Controller):
     path = "/v1/me"
     tags = ["reorders"]
     guards = [customer_guard]
+    security = [{"customer": []}]
 
-    @post("/preferences/{preference_id:uuid}/reorders", status_code=HTTP_201_CREATED)
+    @post("/preferences/{preference_id:uuid}/reorders", status_code=HTTP_201_CREATED,
+          operation_class=declared_body(ReorderCreate),
+          responses=problems(400, 401, 404, 409, 413, 415, 422, 503))
     async def create(
         self, request: Request[Any, Any, Any], conn: NamedDependency[Connection],
         vault: NamedDependency[Vault], state: State, customer_id: NamedDependency[UUID],
@@ -73,7 +83,7 @@ class CustomerReordersController(Controller):
                                         state.settings.idempotency_ttl_seconds, create)
         return _answer(answer)
 
-    @get("/reorders")
+    @get("/reorders", responses=problems(400, 401, 404, 503))
     async def list_all(
         self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
         customer_id: NamedDependency[UUID], limit: Limit = 50, after: After = None,
@@ -81,7 +91,8 @@ class CustomerReordersController(Controller):
         """The customer's reorders and their states, newest first."""
         return await service.list_for_customer(conn, vault, customer_id, limit, after)
 
-    @post("/reorders/{reorder_id:uuid}/cancel", status_code=HTTP_200_OK)
+    @post("/reorders/{reorder_id:uuid}/cancel", status_code=HTTP_200_OK,
+          responses=problems(401, 404, 409, 503))
     async def cancel(
         self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
         customer_id: NamedDependency[UUID], reorder_id: FromPath[UUID],
@@ -94,8 +105,9 @@ class PartnerController(Controller):
     path = "/v1/partner"
     tags = ["partner"]
     guards = [api_key_guard("partner")]
+    security = [{"api_key": []}]
 
-    @get("/reorders")
+    @get("/reorders", responses=problems(400, 401, 503))
     async def feed(
         self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
         credential: NamedDependency[Credential], limit: Limit = 50, after: After = None,
@@ -106,7 +118,9 @@ class PartnerController(Controller):
         DISCLOSURES.labels("partner").inc(sum(item.item is not None for item in page.items))
         return page
 
-    @post("/reorders/{reorder_id:uuid}/status", status_code=HTTP_200_OK)
+    @post("/reorders/{reorder_id:uuid}/status", status_code=HTTP_200_OK,
+          operation_class=declared_body(StatusChange),
+          responses=problems(400, 401, 404, 409, 413, 415, 503))
     async def set_status(
         self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
         credential: NamedDependency[Credential], reorder_id: FromPath[UUID],
@@ -116,7 +130,8 @@ class PartnerController(Controller):
         await expire_due(conn, vault, state.settings.controller, audience=_audience(credential))
         return await service.set_status(conn, credential, reorder_id, data.state)
 
-    @post("/reorders", status_code=HTTP_201_CREATED)
+    @post("/reorders", status_code=HTTP_201_CREATED, operation_class=declared_body(PartnerReorderCreate),
+          responses=problems(400, 401, 404, 409, 413, 415, 422, 503))
     async def create(
         self, request: Request[Any, Any, Any], conn: NamedDependency[Connection],
         vault: NamedDependency[Vault], state: State, credential: NamedDependency[Credential],
@@ -139,10 +154,10 @@ class PartnerController(Controller):
                                         may_replay)
         return _answer(answer)
 
-    @get("/customers/{ref:str}/preferences")
+    @get("/customers/{ref:str}/preferences", responses=problems(400, 401, 404, 503))
     async def preferences(
         self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
-        credential: NamedDependency[Credential], ref: FromPath[PartnerRef],
+        credential: NamedDependency[Credential], ref: Reference,
     ) -> list[SharedPreference]:
         """A consenting customer's granted preferences (404 without a live grant)."""
         shown = await service.partner_preferences(conn, vault, credential, ref)

@@ -8,8 +8,6 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from collections.abc import Mapping
-from typing import Any
 
 import asyncpg
 import msgspec
@@ -19,9 +17,9 @@ from prefs.access_log.service import decode_cursor, encode_cursor
 from prefs.credentials.service import Credential
 from prefs.crypto import BlindIndex, DataKey, Vault
 from prefs.customers.service import data_key
+from prefs.db import Row
 from prefs.errors import Conflict, InvalidInput, NotFound
 from prefs.preferences.schemas import SharedPreference
-from prefs.preferences.service import GET as GET_PREFERENCE
 from prefs.preferences.sealed import (
     SHOWN,
     decrypt_attributes,
@@ -29,6 +27,7 @@ from prefs.preferences.sealed import (
     decrypt_product,
     shared_view,
 )
+from prefs.preferences.service import GET as GET_PREFERENCE
 from prefs.reorders.schemas import (
     PartnerFeed,
     PartnerReorder,
@@ -89,7 +88,7 @@ async def ensure_ref(conn: asyncpg.Connection, index: BlindIndex, partner_id: uu
     return ref
 
 
-def _snapshot_of(key: DataKey, row: Mapping[str, Any], fields: list[str]) -> Snapshot:
+def _snapshot_of(key: DataKey, row: Row, fields: list[str]) -> Snapshot:
     pid = row["preference_id"]
     snap = Snapshot()
     if "product" in fields:
@@ -110,9 +109,9 @@ RETURNING reorder_id, preference_id, fulfiller, origin, quantity, state, fields,
 """
 
 
-async def _insert(conn: asyncpg.Connection, key: DataKey, preference: Mapping[str, Any],
+async def _insert(conn: asyncpg.Connection, key: DataKey, preference: Row,
                   fulfiller: str, partner_id: uuid.UUID | None, origin: str, quantity: int,
-                  fields: list[str]) -> tuple[Mapping[str, Any], Snapshot]:
+                  fields: list[str]) -> tuple[Row, Snapshot]:
     reorder_id = uuid.uuid4()
     snap = _snapshot_of(key, preference, fields)
     sealed = key.encrypt(msgspec.json.encode(snap), "reorders", "snapshot", reorder_id)
@@ -122,7 +121,7 @@ async def _insert(conn: asyncpg.Connection, key: DataKey, preference: Mapping[st
     return row, snap
 
 
-def reorder_view(row: Mapping[str, Any], snap: Snapshot | None) -> Reorder:
+def reorder_view(row: Row, snap: Snapshot | None) -> Reorder:
     return Reorder(id=row["reorder_id"], preference_id=row["preference_id"],
                    fulfiller=row["fulfiller"], origin=row["origin"], quantity=row["quantity"],
                    state=row["state"], fields=list(row["fields"]), item=snap,
@@ -173,7 +172,7 @@ async def require_partner_grant(conn: asyncpg.Connection, partner_id: uuid.UUID,
         raise NotFound("No such customer reference.")
 
 
-def _partner_view(row: Mapping[str, Any], ref: str | None, snap: Snapshot | None) -> PartnerReorder:
+def _partner_view(row: Row, ref: str | None, snap: Snapshot | None) -> PartnerReorder:
     return PartnerReorder(id=row["reorder_id"], customer=ref or "erased",
                           preference_id=row["preference_id"], origin=row["origin"],
                           quantity=row["quantity"], state=row["state"], fields=list(row["fields"]),
@@ -198,7 +197,7 @@ async def create_for_partner(conn: asyncpg.Connection, vault: Vault, partner: Cr
     return customer_id, _partner_view(row, data.customer, snap)
 
 
-def open_snapshot(key: DataKey | None, row: Mapping[str, Any]) -> Snapshot | None:
+def open_snapshot(key: DataKey | None, row: Row) -> Snapshot | None:
     if key is None or row["snapshot_ct"] is None:
         return None
     return _snapshot.decode(key.decrypt(row["snapshot_ct"], "reorders", "snapshot", row["reorder_id"]))
@@ -337,8 +336,9 @@ async def set_status(conn: asyncpg.Connection, partner: Credential, reorder_id: 
                 raise Conflict(f"A {row['state']} reorder cannot become {state}.")
             moved = await conn.fetchrow(MOVE, row["customer_id"], reorder_id, state)
             assert moved is not None
-            row = {**dict(row), **dict(moved)}
-        view = _partner_view(row, row["ref"], None)
+            view = _partner_view({**dict(row), **dict(moved)}, row["ref"], None)
+        else:
+            view = _partner_view(row, row["ref"], None)
         view.item = None
         return view
 
