@@ -124,6 +124,8 @@ def _print_demo(demo: Any, base: str) -> None:
                        f"-d '{{\"card\": \"{demo.card}\"}}'")
     if demo.partner_key:
         click.echo(f"  demo partner key: {demo.partner_key}")
+    if getattr(demo, "hint", None):
+        click.echo(f"  note: {demo.hint}")
 
 
 @main.command()

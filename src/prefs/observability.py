@@ -42,12 +42,14 @@ DISCLOSURES = Counter("prefs_disclosures", "Disclosures recorded in access logs"
 POOL_SIZE = Gauge("prefs_db_pool_connections", "Connections open in the pool", multiprocess_mode="livesum")
 POOL_IDLE = Gauge("prefs_db_pool_idle_connections", "Idle connections in the pool", multiprocess_mode="livesum")
 
+SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"))
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class ObservabilityMiddleware(ASGIMiddleware):
-    """Gives each request an id (X-Request-ID, echoed back) and records its status and latency."""
+    """Gives each request an id (X-Request-ID, echoed back), adds the security headers every
+    answer carries, and records its status and latency."""
 
     scopes = (ScopeType.HTTP,)
 
@@ -62,7 +64,10 @@ class ObservabilityMiddleware(ASGIMiddleware):
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers += [h for h in SECURITY_HEADERS if h[0] not in present]
+                message["headers"] = [*headers, (b"x-request-id", rid.encode())]
             await send(message)
 
         try:

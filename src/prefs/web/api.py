@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from litestar import Response, get, post
+from litestar import MediaType, Response, get, post
 from litestar.datastructures import MutableScopeHeaders, State
 from litestar.di import NamedDependency
 from litestar.static_files import create_static_files_router
@@ -75,21 +75,30 @@ def route_handlers(settings: Settings) -> list[Any]:
     @get("/", include_in_schema=False, middleware=[security_headers], sync_to_thread=False)
     def index() -> Response[bytes]:
         """The self-service page (its script and styles come from /static)."""
-        return Response(page, media_type="text/html; charset=utf-8",
-                        headers={"cache-control": "no-cache"})
+        return Response(page, media_type=MediaType.HTML, headers={"cache-control": "no-cache"})
 
     assets = create_static_files_router(
-        path="/static", directories=[STATIC], name="web-static", include_in_schema=False,
-        middleware=[security_headers], resolve_symlinks=False,
+        path="/static",
+        directories=[STATIC],
+        name="web-static",
+        include_in_schema=False,
+        middleware=[security_headers],
+        resolve_symlinks=False,
     )
     handlers: list[Any] = [index, assets]
     if settings.dev_issuer:
         issuer = DevIssuer(settings.dev_issuer_key_path)
 
-        @post("/dev/demo-session", include_in_schema=False, status_code=HTTP_200_OK,
-              middleware=[security_headers])
+        @post(
+            "/dev/demo-session",
+            include_in_schema=False,
+            status_code=HTTP_200_OK,
+            middleware=[security_headers],
+        )
         async def demo_session(
-            conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
+            conn: NamedDependency[Connection],
+            vault: NamedDependency[Vault],
+            state: State,
         ) -> Response[DemoSession]:
             """Development only: a token for the demo customer (re-created if it was erased)."""
             await ensure_demo(conn, vault, state.settings)

@@ -36,31 +36,58 @@ HINT = (
 
 EXAMPLES: list[dict[str, Any]] = [
     {
-        "product": {"sku": "CL-CHINO-3434", "name": "Classic Chino", "brand": "Acme",
-                    "category": "trousers"},
+        "product": {
+            "sku": "CL-CHINO-3434",
+            "name": "Classic Chino",
+            "brand": "Acme",
+            "category": "trousers",
+        },
         "attributes": {"waist": "34", "leg": "34", "colour": "khaki", "fit": "regular"},
         "note": "The old cut, before they changed the pockets.",
-        "status": "discontinued", "purchases": 6, "last_purchased_on": date(2023, 9, 14),
+        "status": "discontinued",
+        "purchases": 6,
+        "last_purchased_on": date(2023, 9, 14),
     },
     {
-        "product": {"sku": "OX-SHIRT-42", "name": "Oxford Shirt", "brand": "Acme",
-                    "category": "shirts"},
-        "attributes": {"size": "L", "collar": "42", "sleeve": "long", "colour": "light blue",
-                       "fit": "slim"},
-        "status": "available", "purchases": 3, "last_purchased_on": date(2025, 3, 2),
+        "product": {
+            "sku": "OX-SHIRT-42",
+            "name": "Oxford Shirt",
+            "brand": "Acme",
+            "category": "shirts",
+        },
+        "attributes": {
+            "size": "L",
+            "collar": "42",
+            "sleeve": "long",
+            "colour": "light blue",
+            "fit": "slim",
+        },
+        "status": "available",
+        "purchases": 3,
+        "last_purchased_on": date(2025, 3, 2),
     },
     {
-        "product": {"sku": "DB-BOOT-11", "name": "Desert Boot", "brand": "Clarks",
-                    "category": "shoes"},
+        "product": {
+            "sku": "DB-BOOT-11",
+            "name": "Desert Boot",
+            "brand": "Clarks",
+            "category": "shoes",
+        },
         "attributes": {"size": "11", "width": "wide", "colour": "sand"},
         "note": "Half a size up in winter, for thick socks.",
-        "status": "available", "purchases": 2,
+        "status": "available",
+        "purchases": 2,
     },
     {
-        "product": {"sku": "MR-CREW-L", "name": "Merino Crew Jumper", "brand": "Fjell",
-                    "category": "knitwear"},
+        "product": {
+            "sku": "MR-CREW-L",
+            "name": "Merino Crew Jumper",
+            "brand": "Fjell",
+            "category": "knitwear",
+        },
         "attributes": {"size": "L", "colour": "navy"},
-        "status": "available", "purchases": 1,
+        "status": "available",
+        "purchases": 1,
     },
 ]
 
@@ -147,5 +174,10 @@ async def ensure_demo(conn: asyncpg.Connection, vault: Vault, settings: Settings
         if keys != kept:
             _write_keys(path, keys)
         await _demo_customer(conn, vault, card)
-    return Demo(subject=DEMO_SUBJECT, till_key=till_key, partner_key=partner_key, card=card,
-                partner_id=partner_id)
+    return Demo(
+        subject=DEMO_SUBJECT,
+        till_key=till_key,
+        partner_key=partner_key,
+        card=card,
+        partner_id=partner_id,
+    )

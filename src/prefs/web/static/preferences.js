@@ -1,0 +1,482 @@
+// My preferences: the list in the customer's own order; add, edit, move, delete, reorder.
+
+import * as api from "./api.js";
+import {
+  announce, busy, clearMessages, confirmAction, fill, h, hidden, uniqueId, warn, warnAbout,
+} from "./elements.js";
+import {
+  SIZE_ATTRIBUTES, attributeLabel, attributeName, friendlyDate, orderedAttributes, plural,
+} from "./words.js";
+
+const ATTRIBUTE_NAME = /^[a-z][a-z0-9_]*$/;
+const FIT_CHOICES = ["slim", "regular", "relaxed", "tall", "short"];
+
+let items = [];
+let partners = [];
+let consents = [];
+let list = null;
+let addPanel = null;
+
+export async function show(root) {
+  [items, partners, consents] = await Promise.all([
+    api.get("/v1/me/preferences").then((answer) => answer.items),
+    api.get("/v1/partners").then((answer) => answer.items),
+    api.get("/v1/me/consents").then((answer) => answer.items),
+  ]);
+  const addButton = h("button", { type: "button", id: "add-preference", "aria-expanded": "false",
+    "aria-controls": "add-panel" }, "Add a preference");
+  addPanel = h("div", { id: "add-panel", hidden: true });
+  addButton.addEventListener("click", () => {
+    const opening = addPanel.hidden;
+    addButton.setAttribute("aria-expanded", String(opening));
+    addPanel.hidden = !opening;
+    if (opening) {
+      fill(addPanel, preferenceForm({
+        legend: "Add a preference",
+        onCancel: () => { addPanel.hidden = true; addButton.setAttribute("aria-expanded", "false"); addButton.focus(); },
+        onSave: add,
+      }));
+      addPanel.querySelector("input").focus();
+    }
+  });
+  list = h("ol", { class: "plain-list", id: "preference-list", "aria-labelledby": "preferences-heading" });
+  fill(root,
+    h("div", { class: "view-head" },
+      h("h1", { id: "preferences-heading", tabindex: "-1" }, "My preferences"),
+      addButton),
+    h("p", { class: "lead" }, "The things you buy again, in your own order: the first is the one that matters most."),
+    addPanel,
+    list);
+  drawList();
+}
+
+async function reload() {
+  items = (await api.get("/v1/me/preferences")).items;
+  drawList();
+}
+
+function drawList() {
+  if (!items.length) {
+    fill(list, h("li", { class: "card empty" }, "You keep no preferences yet. Add the first one with “Add a preference”."));
+    return;
+  }
+  fill(list, items.map((preference, index) => preferenceCard(preference, index)));
+}
+
+function summary(preference, headingLevel = "h2") {
+  const { product } = preference;
+  const title = h(headingLevel, { id: headingLevel === "h2" ? `title-${preference.id}` : null }, product.name);
+  if (preference.status === "discontinued") {
+    title.append(" ", h("span", { class: "badge badge-discontinued" }, "Discontinued"));
+  }
+  const meta = [product.brand, product.category, `code ${product.sku}`].filter(Boolean).join(" · ");
+  const details = orderedAttributes(preference.attributes);
+  const bought = preference.purchases
+    ? `Bought ${plural(preference.purchases, "time")}${preference.last_purchased_on ? `, last on ${friendlyDate(preference.last_purchased_on)}` : ""}.`
+    : null;
+  return [
+    h("div", { class: "preference-title" }, title, h("p", { class: "meta" }, meta)),
+    details.length
+      ? h("ul", { class: "details-list", "aria-label": `Sizes and details of ${product.name}` },
+        details.map(([name, value]) => h("li", null, h("span", { class: "detail-name" }, `${attributeLabel(name)}: `), value)))
+      : null,
+    preference.note ? h("p", { class: "note" }, preference.note) : null,
+    bought ? h("p", { class: "meta" }, bought) : null,
+  ];
+}
+
+function preferenceCard(preference, index) {
+  const name = preference.product.name;
+  const card = h("li", { class: "card preference", id: `preference-${preference.id}`,
+    "aria-labelledby": `title-${preference.id}` });
+  const [title, ...rest] = summary(preference);
+  const panel = h("div", { class: "panel" });
+  const up = h("button", { type: "button", class: "button-quiet button-small", id: `up-${preference.id}`,
+    disabled: index === 0 }, h("span", { "aria-hidden": "true" }, "↑ "), "Up", hidden(` — move ${name} up`));
+  const down = h("button", { type: "button", class: "button-quiet button-small", id: `down-${preference.id}`,
+    disabled: index === items.length - 1 }, h("span", { "aria-hidden": "true" }, "↓ "), "Down", hidden(` — move ${name} down`));
+  up.addEventListener("click", () => busy(up, () => move(preference, -1)));
+  down.addEventListener("click", () => busy(down, () => move(preference, +1)));
+  const edit = h("button", { type: "button", class: "button-quiet button-small", id: `edit-${preference.id}` }, "Edit", hidden(` ${name}`));
+  edit.addEventListener("click", () => openEdit(preference, panel));
+  const reorder = h("button", { type: "button", class: "button-small", id: `reorder-${preference.id}` }, "Reorder", hidden(` ${name}`));
+  reorder.addEventListener("click", () => openReorder(preference, panel));
+  const discontinued = preference.status === "discontinued";
+  const status = h("button", { type: "button", class: "button-quiet button-small", id: `status-${preference.id}` },
+    discontinued ? "Mark available again" : "Mark discontinued", hidden(` — ${name}`));
+  status.addEventListener("click", () => busy(status, () => setStatus(preference, discontinued ? "available" : "discontinued")));
+  const remove = h("button", { type: "button", class: "button-danger button-small", id: `delete-${preference.id}` }, "Delete", hidden(` ${name}`));
+  remove.addEventListener("click", () => busy(remove, () => removePreference(preference)));
+  card.append(
+    h("div", { class: "preference-head" },
+      h("span", { class: "rank" }, hidden("Position "), String(preference.rank)),
+      title),
+    ...rest.filter(Boolean),
+    h("div", { class: "actions" }, h("span", { class: "move-buttons" }, up, down), edit, reorder, status, remove),
+    panel);
+  return card;
+}
+
+// --- changes --------------------------------------------------------------------------------
+
+async function stale(preference, error) {
+  await reload();
+  const current = items.find((p) => p.id === preference.id);
+  warn(current
+    ? `Not saved: ${preference.product.name} was changed elsewhere (perhaps in another tab). The list now shows the current version; try again if you still want the change.`
+    : `Not saved: ${preference.product.name} was deleted elsewhere.`);
+  return error;
+}
+
+async function move(preference, step) {
+  clearMessages();
+  const rank = preference.rank + step;
+  try {
+    await api.patch(`/v1/me/preferences/${preference.id}`, { rank }, api.ifMatch(preference.version));
+  } catch (error) {
+    if (error.status === 412) return stale(preference, error);
+    warnAbout(error, "Could not move it");
+    return error;
+  }
+  await reload();
+  const direction = step < 0 ? "up" : "down";
+  const moved = items.findIndex((p) => p.id === preference.id);
+  const same = document.getElementById(`${direction}-${preference.id}`);
+  const focusId = same && !same.disabled ? same.id : `${direction === "up" ? "down" : "up"}-${preference.id}`;
+  document.getElementById(focusId)?.focus();
+  announce(`${preference.product.name} moved ${direction}, to position ${moved + 1} of ${items.length}.`);
+  return null;
+}
+
+async function setStatus(preference, status) {
+  clearMessages();
+  try {
+    await api.patch(`/v1/me/preferences/${preference.id}`, { status }, api.ifMatch(preference.version));
+  } catch (error) {
+    if (error.status === 412) return stale(preference, error);
+    warnAbout(error, "Could not change it");
+    return error;
+  }
+  await reload();
+  document.getElementById(`status-${preference.id}`)?.focus();
+  announce(status === "discontinued"
+    ? `${preference.product.name} is marked discontinued.`
+    : `${preference.product.name} is marked available again.`);
+  return null;
+}
+
+async function removePreference(preference) {
+  const sure = await confirmAction({
+    title: `Delete ${preference.product.name}?`,
+    text: "It leaves your locker for good, and nobody can see it any more. This cannot be undone.",
+    yes: "Delete",
+    no: "Keep it",
+  });
+  if (!sure) return;
+  clearMessages();
+  const position = items.findIndex((p) => p.id === preference.id);
+  try {
+    await api.del(`/v1/me/preferences/${preference.id}`, api.ifMatch(preference.version));
+  } catch (error) {
+    if (error.status === 412) { await stale(preference, error); return; }
+    warnAbout(error, "Could not delete it");
+    return;
+  }
+  await reload();
+  const next = items[Math.min(position, items.length - 1)];
+  document.getElementById(next ? `edit-${next.id}` : "add-preference")?.focus();
+  announce(`${preference.product.name} is deleted.`);
+}
+
+async function add(body, form) {
+  try {
+    const created = await api.post("/v1/me/preferences", body);
+    addPanel.hidden = true;
+    document.getElementById("add-preference").setAttribute("aria-expanded", "false");
+    await reload();
+    document.getElementById(`edit-${created.id}`)?.focus();
+    announce(`${created.product.name} is added to your preferences.`);
+  } catch (error) {
+    warnAbout(error, "Not saved");
+    form.querySelector("input")?.focus();
+  }
+}
+
+function openEdit(preference, panel) {
+  clearMessages();
+  const close = () => { panel.replaceChildren(); document.getElementById(`edit-${preference.id}`)?.focus(); };
+  const save = async (body, form, version = preference.version) => {
+    try {
+      const saved = await api.patch(`/v1/me/preferences/${preference.id}`, body, api.ifMatch(version));
+      await reload();
+      document.getElementById(`edit-${saved.id}`)?.focus();
+      announce(`Your changes to ${saved.product.name} are saved.`);
+    } catch (error) {
+      if (error.status === 412) {
+        await showConflict(preference, panel, body);
+        return;
+      }
+      warnAbout(error, "Not saved");
+      form.querySelector("input")?.focus();
+    }
+  };
+  fill(panel, preferenceForm({ legend: `Edit ${preference.product.name}`, preference, onCancel: close, onSave: save }));
+  panel.querySelector("input").focus();
+}
+
+/** A 412: say so, show the version now stored, and let the customer choose. Nothing is overwritten. */
+async function showConflict(preference, panel, draft) {
+  let current;
+  try {
+    current = await api.get(`/v1/me/preferences/${preference.id}`);
+  } catch (error) {
+    if (error.status === 404) {
+      warn(`Not saved: ${preference.product.name} was deleted elsewhere.`);
+      await reload();
+      return;
+    }
+    warnAbout(error, "Not saved");
+    return;
+  }
+  const headingId = uniqueId("conflict");
+  const editCurrent = h("button", { type: "button" }, "Edit the current version");
+  const keepMine = h("button", { type: "button", class: "button-quiet" }, "Save my changes over it");
+  const box = h("div", { class: "conflict", role: "group", "aria-labelledby": headingId },
+    h("h3", { id: headingId, tabindex: "-1" }, "Not saved: this preference changed elsewhere"),
+    h("p", null, `${preference.product.name} was changed (perhaps in another tab or on another device) after you started editing, so your changes were not saved. This is the version stored now (version ${current.version}):`),
+    h("div", { class: "card current-version" }, summary(current, "h4")),
+    h("p", null, "Your changes are still in the form below."),
+    h("div", { class: "actions" }, editCurrent, keepMine));
+  const form = panel.querySelector("form");
+  panel.insertBefore(box, form);
+  warn(`Not saved: ${preference.product.name} was changed elsewhere. The current version is shown.`);
+  editCurrent.addEventListener("click", () => {
+    const updated = { ...preference, ...current };
+    items = items.map((p) => (p.id === updated.id ? updated : p));
+    openEdit(updated, panel);
+  });
+  keepMine.addEventListener("click", () => busy(keepMine, async () => {
+    box.remove();
+    clearMessages();
+    const response = await api.patch(`/v1/me/preferences/${preference.id}`, draft, api.ifMatch(current.version))
+      .catch((error) => error);
+    if (response instanceof api.ApiError) {
+      if (response.status === 412) await showConflict(preference, panel, draft);
+      else warnAbout(response, "Not saved");
+      return;
+    }
+    await reload();
+    document.getElementById(`edit-${preference.id}`)?.focus();
+    announce(`Your changes to ${response.product.name} are saved.`);
+  }));
+  box.querySelector("h3").focus();
+}
+
+// --- the form ---------------------------------------------------------------------------------
+
+function textField({ id, label, value = "", hint = null, required = false, maxlength = 200, list = null }) {
+  const input = h("input", { type: "text", id, name: id, value, maxlength, list,
+    "aria-required": required ? "true" : null, "aria-describedby": hint ? `${id}-hint` : null });
+  return h("div", { class: "field" },
+    h("label", { for: id }, label, required ? " (required)" : ""),
+    hint ? h("span", { class: "hint", id: `${id}-hint` }, hint) : null,
+    input);
+}
+
+function freeDetailRow(prefix, name = "", value = "") {
+  const id = uniqueId(`${prefix}-detail`);
+  const remove = h("button", { type: "button", class: "button-quiet button-small" }, "Remove", hidden(" this detail"));
+  const row = h("div", { class: "free-detail" },
+    h("div", { class: "field" }, h("label", { for: `${id}-name` }, "Detail"),
+      h("input", { type: "text", id: `${id}-name`, class: "detail-name-input", value: name ? attributeLabel(name) : "", maxlength: 40 })),
+    h("div", { class: "field" }, h("label", { for: `${id}-value` }, "Value"),
+      h("input", { type: "text", id: `${id}-value`, class: "detail-value-input", value, maxlength: 200 })),
+    remove);
+  remove.addEventListener("click", () => {
+    const container = row.parentElement;
+    row.remove();
+    container.closest("fieldset").querySelector("button.add-detail").focus();
+  });
+  return row;
+}
+
+/** The add/edit form; ``onSave(body, form)`` gets the body for POST or PATCH. */
+function preferenceForm({ legend, preference = null, onCancel, onSave }) {
+  const prefix = uniqueId("pref");
+  const product = preference?.product || {};
+  const attributes = preference?.attributes || {};
+  const fitList = `${prefix}-fits`;
+  const freeRows = h("div", { class: "free-details" },
+    Object.entries(attributes).filter(([n]) => !SIZE_ATTRIBUTES.includes(n)).map(([n, v]) => freeDetailRow(prefix, n, v)));
+  const addDetail = h("button", { type: "button", class: "button-quiet button-small add-detail" }, "Add another detail");
+  addDetail.addEventListener("click", () => {
+    const row = freeDetailRow(prefix);
+    freeRows.append(row);
+    row.querySelector("input").focus();
+  });
+  const discontinued = h("input", { type: "checkbox", id: `${prefix}-discontinued`,
+    checked: preference?.status === "discontinued" });
+  const note = h("textarea", { id: `${prefix}-note`, maxlength: 2000, rows: 3, "aria-describedby": `${prefix}-note-hint` });
+  note.value = preference?.note || "";
+  const save = h("button", { type: "submit" }, preference ? "Save changes" : "Save preference");
+  const cancel = h("button", { type: "button", class: "button-quiet" }, "Cancel");
+  cancel.addEventListener("click", onCancel);
+  const form = h("form", { class: "card preference-form", novalidate: true, "aria-label": legend },
+    h("h2", null, legend),
+    h("fieldset", null, h("legend", null, "The product"),
+      h("div", { class: "grid grid-2" },
+        textField({ id: `${prefix}-name`, label: "Product name", value: product.name || "", required: true }),
+        textField({ id: `${prefix}-sku`, label: "Product code (SKU)", value: product.sku || "", required: true, maxlength: 64,
+          hint: "On the label or the receipt." }),
+        textField({ id: `${prefix}-brand`, label: "Brand", value: product.brand || "", maxlength: 100 }),
+        textField({ id: `${prefix}-category`, label: "Category", value: product.category || "", maxlength: 100,
+          hint: "For example trousers, shirts, shoes." }))),
+    h("fieldset", null, h("legend", null, "Size and fit"),
+      h("div", { class: "grid grid-3" },
+        textField({ id: `${prefix}-waist`, label: "Waist", value: attributes.waist || "" }),
+        textField({ id: `${prefix}-leg`, label: "Leg", value: attributes.leg || "" }),
+        textField({ id: `${prefix}-size`, label: "Size", value: attributes.size || "" }),
+        textField({ id: `${prefix}-colour`, label: "Colour", value: attributes.colour || "" }),
+        textField({ id: `${prefix}-fit`, label: "Fit", value: attributes.fit || "", list: fitList })),
+      h("datalist", { id: fitList }, FIT_CHOICES.map((fit) => h("option", { value: fit })))),
+    h("fieldset", null, h("legend", null, "Other details"),
+      h("p", { class: "hint" }, "Anything else that makes it fit: collar, sleeve, width, fabric…"),
+      freeRows, addDetail),
+    h("div", { class: "field" },
+      h("label", { for: `${prefix}-note` }, "Note"),
+      h("span", { class: "hint", id: `${prefix}-note-hint` }, "In your own words. Only shared where you allow notes."),
+      note),
+    h("div", { class: "check" }, discontinued,
+      h("label", { for: `${prefix}-discontinued` }, "The shop no longer sells it (discontinued)")),
+    h("div", { class: "actions" }, save, cancel));
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const body = readForm(form, prefix, freeRows, discontinued, note);
+    if (body === null) return;
+    busy(save, () => onSave(body, form));
+  });
+  return form;
+}
+
+function clearInvalid(input) {
+  const error = document.getElementById(`${input.id}-error`);
+  if (!error) return;
+  input.removeAttribute("aria-invalid");
+  const described = (input.getAttribute("aria-describedby") || "").split(" ").filter((id) => id !== error.id).join(" ");
+  if (described) input.setAttribute("aria-describedby", described); else input.removeAttribute("aria-describedby");
+  error.remove();
+}
+
+function markInvalid(input, message) {
+  clearInvalid(input);
+  input.setAttribute("aria-invalid", "true");
+  const id = `${input.id}-error`;
+  input.insertAdjacentElement("afterend", h("p", { class: "error-text", id }, message));
+  input.setAttribute("aria-describedby", [input.getAttribute("aria-describedby"), id].filter(Boolean).join(" "));
+  input.addEventListener("input", () => clearInvalid(input), { once: true });
+}
+
+function readForm(form, prefix, freeRows, discontinued, note) {
+  for (const old of form.querySelectorAll("[aria-invalid='true']")) clearInvalid(old);
+  const value = (suffix) => form.querySelector(`#${prefix}-${suffix}`).value.trim();
+  const problems = [];
+  const invalid = (input, message) => { markInvalid(input, message); problems.push(message); };
+  if (!value("name")) invalid(form.querySelector(`#${prefix}-name`), "Enter the product's name.");
+  if (!value("sku")) invalid(form.querySelector(`#${prefix}-sku`), "Enter the product code (SKU), as on the label or receipt.");
+  const attributes = {};
+  for (const row of freeRows.querySelectorAll(".free-detail")) {
+    const nameInput = row.querySelector(".detail-name-input");
+    const valueInput = row.querySelector(".detail-value-input");
+    const label = nameInput.value.trim();
+    const detail = valueInput.value.trim();
+    if (!label && !detail) continue;
+    const name = attributeName(label);
+    if (!ATTRIBUTE_NAME.test(name)) invalid(nameInput, "Name the detail with letters, digits and spaces, starting with a letter.");
+    else if (!detail) invalid(valueInput, `Give a value for ${label}, or remove the detail.`);
+    else attributes[name] = detail;
+  }
+  for (const name of SIZE_ATTRIBUTES) {
+    if (value(name)) attributes[name] = value(name);
+  }
+  if (problems.length) {
+    warn("Please correct the form:", problems);
+    form.querySelector("[aria-invalid='true']").focus();
+    return null;
+  }
+  return {
+    product: { sku: value("sku"), name: value("name"), brand: value("brand") || null, category: value("category") || null },
+    attributes,
+    note: note.value.trim() ? note.value.trim() : null,
+    status: discontinued.checked ? "discontinued" : "available",
+  };
+}
+
+// --- reorder ----------------------------------------------------------------------------------
+
+function partnerSees(partnerId, preference) {
+  const consent = consents.find((c) => c.audience === `partner:${partnerId}`);
+  return Boolean(consent && (consent.preferences === "all" || consent.preferences.includes(preference.id)));
+}
+
+function openReorder(preference, panel) {
+  clearMessages();
+  const prefix = uniqueId("reorder");
+  const allowed = partners.filter((p) => partnerSees(p.id, preference));
+  const others = partners.filter((p) => !partnerSees(p.id, preference));
+  const from = h("select", { id: `${prefix}-from` },
+    h("option", { value: "store" }, "The store"),
+    allowed.map((p) => h("option", { value: `partner:${p.id}` }, p.name)));
+  const quantity = h("input", { type: "number", id: `${prefix}-quantity`, min: 1, max: 99, value: "1", inputmode: "numeric" });
+  const place = h("button", { type: "submit" }, "Place reorder");
+  const cancel = h("button", { type: "button", class: "button-quiet" }, "Cancel");
+  const close = () => { panel.replaceChildren(); document.getElementById(`reorder-${preference.id}`)?.focus(); };
+  cancel.addEventListener("click", close);
+  let key = api.idempotencyKey();
+  let sentBody = null;
+  const form = h("form", { class: "card reorder-form", novalidate: true, "aria-label": `Reorder ${preference.product.name}` },
+    h("h2", null, `Reorder ${preference.product.name}`),
+    preference.status === "discontinued"
+      ? h("p", { class: "hint" }, "It is discontinued, but you can still ask for it: the store or a partner may make or find it again.")
+      : null,
+    h("div", { class: "grid grid-2" },
+      h("div", { class: "field" }, h("label", { for: `${prefix}-from` }, "From"), from),
+      h("div", { class: "field" }, h("label", { for: `${prefix}-quantity` }, "How many"), quantity)),
+    others.length
+      ? h("p", { class: "hint" }, `${others.map((p) => p.name).join(", ")} could make it too, once you let them see it under `,
+        h("a", { href: "#sharing" }, "Sharing"), ".")
+      : null,
+    h("div", { class: "actions" }, place, cancel));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const count = Number(quantity.value);
+    if (!Number.isInteger(count) || count < 1 || count > 99) {
+      warn("Please correct the form:", ["Choose how many, from 1 to 99."]);
+      quantity.setAttribute("aria-invalid", "true");
+      quantity.focus();
+      return;
+    }
+    quantity.removeAttribute("aria-invalid");
+    const body = { quantity: count, fulfiller: from.value };
+    // The same key again only when retrying the very same request after the connection failed.
+    if (sentBody !== null && JSON.stringify(sentBody) !== JSON.stringify(body)) key = api.idempotencyKey();
+    sentBody = body;
+    busy(place, async () => {
+      try {
+        await api.post(`/v1/me/preferences/${preference.id}/reorders`, body, { "Idempotency-Key": key });
+      } catch (error) {
+        if (error.status !== 0) { key = api.idempotencyKey(); sentBody = null; }
+        warnAbout(error, "Reorder not placed");
+        return;
+      }
+      const who = from.value === "store" ? "the store" : from.selectedOptions[0].textContent;
+      panel.replaceChildren(h("p", { class: "message message-status" },
+        `Reorder placed: ${count} × ${preference.product.name} from ${who}. Follow it under `,
+        h("a", { href: "#reorders" }, "Reorders"), "."));
+      announce(`Reorder placed: ${count} × ${preference.product.name} from ${who}.`);
+      panel.querySelector("a").focus();
+    });
+  });
+  fill(panel, form);
+  from.focus();
+}

@@ -1,0 +1,78 @@
+// Reorders: what the customer asked for again, from whom, and where each one stands.
+
+import * as api from "./api.js";
+import { announce, busy, clearMessages, confirmAction, fill, h, hidden, warnAbout } from "./elements.js";
+import { REORDER_STATES, friendlyTime } from "./words.js";
+
+export async function show(root) {
+  const [page, preferences, partners] = await Promise.all([
+    api.get("/v1/me/reorders?limit=100"),
+    api.get("/v1/me/preferences").then((answer) => answer.items),
+    api.get("/v1/partners").then((answer) => answer.items),
+  ]);
+  const names = new Map(preferences.map((p) => [p.id, p.product.name]));
+  const partnerNames = new Map(partners.map((p) => [`partner:${p.id}`, p.name]));
+  const list = h("ol", { class: "plain-list", id: "reorder-list", "aria-labelledby": "reorders-heading" });
+  fill(root,
+    h("div", { class: "view-head" }, h("h1", { id: "reorders-heading", tabindex: "-1" }, "Reorders")),
+    h("p", { class: "lead" }, "Things you asked for again. Start a reorder from a preference under ",
+      h("a", { href: "#preferences" }, "My preferences"), ". You can cancel one until it is accepted."),
+    list);
+
+  function nameOf(reorder) {
+    return reorder.item?.product?.name || names.get(reorder.preference_id) || "A preference you deleted";
+  }
+
+  function whoFrom(reorder) {
+    if (reorder.fulfiller === "store") return "the store";
+    return partnerNames.get(reorder.fulfiller) || "a partner";
+  }
+
+  function draw(items) {
+    if (!items.length) {
+      fill(list, h("li", { class: "card empty" }, "No reorders yet."));
+      return;
+    }
+    fill(list, items.map((reorder) => {
+      const name = nameOf(reorder);
+      const card = h("li", { class: "card reorder", id: `reorder-${reorder.id}` },
+        h("h2", null, `${reorder.quantity} × ${name}`),
+        h("p", null, h("span", { class: `badge badge-${reorder.state}` }, REORDER_STATES[reorder.state] || reorder.state)),
+        h("p", { class: "meta" }, `From ${whoFrom(reorder)}${reorder.origin === "partner" ? ", placed by the partner for you" : ""}.`),
+        h("time", { datetime: reorder.created_at }, `Asked ${friendlyTime(reorder.created_at)}`));
+      if (reorder.state === "requested") {
+        const cancel = h("button", { type: "button", class: "button-quiet button-small", id: `cancel-${reorder.id}` },
+          "Cancel this reorder", hidden(` of ${reorder.quantity} × ${name}`));
+        cancel.addEventListener("click", () => busy(cancel, async () => {
+          const sure = await confirmAction({
+            title: "Cancel this reorder?",
+            text: `${reorder.quantity} × ${name} from ${whoFrom(reorder)} will not be made or sent.`,
+            yes: "Cancel the reorder",
+            no: "Keep it",
+          });
+          if (!sure) return;
+          clearMessages();
+          try {
+            await api.post(`/v1/me/reorders/${reorder.id}/cancel`);
+          } catch (error) {
+            warnAbout(error, "Not cancelled");
+            await refresh();
+            return;
+          }
+          await refresh();
+          document.getElementById(`reorder-${reorder.id}`)?.querySelector("h2")?.setAttribute("tabindex", "-1");
+          document.getElementById(`reorder-${reorder.id}`)?.querySelector("h2")?.focus();
+          announce(`The reorder of ${name} is cancelled.`);
+        }));
+        card.append(h("div", { class: "actions" }, cancel));
+      }
+      return card;
+    }));
+  }
+
+  async function refresh() {
+    draw((await api.get("/v1/me/reorders?limit=100")).items);
+  }
+
+  draw(page.items);
+}

@@ -1,0 +1,72 @@
+// The customer's token: handed over in the URL fragment (#token=…) by the hosting account page,
+// or minted by the development demo sign-in. Kept in memory and in this tab's sessionStorage only;
+// never put back in a URL, never logged.
+
+const STORAGE_KEY = "prefs.customer-token";
+const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
+
+let current = null;
+
+function claims(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4)));
+  } catch {
+    return null;
+  }
+}
+
+function usable(token) {
+  if (typeof token !== "string" || token.length > 8192 || !JWT_SHAPE.test(token)) return false;
+  const payload = claims(token);
+  // The service checks the signature; the page only drops tokens that are plainly expired.
+  return payload !== null && (typeof payload.exp !== "number" || payload.exp * 1000 > Date.now());
+}
+
+/**
+ * Take a token handed over in the fragment (`#token=…`, optionally `&view=sharing`), keep it,
+ * and remove it from the address bar and history at once. Returns the view asked for, if any.
+ */
+export function takeHandOver() {
+  const fragment = window.location.hash.slice(1);
+  if (!/(^|&)token=/.test(fragment)) return null;
+  const params = new URLSearchParams(fragment);
+  const handed = params.get("token");
+  const view = params.get("view");
+  const clean = window.location.pathname + window.location.search + (view ? `#${encodeURIComponent(view)}` : "");
+  window.history.replaceState(null, "", clean);
+  if (usable(handed)) keep(handed);
+  return view;
+}
+
+export function keep(token) {
+  current = token;
+  try {
+    window.sessionStorage.setItem(STORAGE_KEY, token);
+  } catch {
+    // Storage refused (private mode): the token lives in memory for this page only.
+  }
+}
+
+export function token() {
+  if (current === null) {
+    let stored = null;
+    try {
+      stored = window.sessionStorage.getItem(STORAGE_KEY);
+    } catch {
+      stored = null;
+    }
+    if (stored !== null && usable(stored)) current = stored;
+    else forget();
+  }
+  return current;
+}
+
+export function forget() {
+  current = null;
+  try {
+    window.sessionStorage.removeItem(STORAGE_KEY);
+  } catch {
+    // nothing kept
+  }
+}

@@ -1,0 +1,242 @@
+// Sharing: for each audience, what it sees (per field, per preference, until when); the history.
+
+import * as api from "./api.js";
+import { announce, busy, clearMessages, fill, h, hidden, uniqueId, warn, warnAbout } from "./elements.js";
+import {
+  FIELDS, FIELD_LABELS, FIELD_WORDS, endOfDay, friendlyDate, friendlyTime, listWords, localDate,
+  orderedAttributes, plural,
+} from "./words.js";
+
+const DEFAULT_FIELDS = ["product", "attributes"];
+
+function audiences(partners, consents) {
+  const known = [
+    { audience: "pos", title: "At the till",
+      about: "Store tills see these when you give your loyalty card at checkout, so staff can find your size. (A checkout code made under “At the till” works without this.)" },
+    ...partners.map((p) => ({ audience: `partner:${p.id}`, title: p.name,
+      about: `${p.description ? `${p.description} ` : ""}A partner you choose can see these to make or supply your items again, and you can reorder from them.` })),
+    { audience: "insights", title: "Anonymous demand counts",
+      about: "The shop's buyers see only how many people want a discontinued product back, counted in groups large enough that nobody can be picked out — never you, never your notes." },
+  ];
+  // A partner that has left the directory but still holds a grant: show it, so it can be withdrawn.
+  for (const consent of consents) {
+    if (!known.some((a) => a.audience === consent.audience)) {
+      known.push({ audience: consent.audience, title: consent.recipient, about: "This partner is no longer listed." });
+    }
+  }
+  return known;
+}
+
+function whatIsShared(consent, preferences) {
+  if (!consent) return "Nothing is shared.";
+  const which = consent.preferences === "all"
+    ? "all your preferences, including ones you add later"
+    : listWords(consent.preferences.map((id) => preferences.find((p) => p.id === id)?.product.name || "a preference"));
+  const until = consent.expires_at ? `until ${friendlyDate(localDate(consent.expires_at))}` : "until you stop it";
+  return `Shared: ${listWords(consent.fields.map((f) => FIELD_WORDS[f]))} of ${which}, ${until}.`;
+}
+
+function preferenceLabel(preference) {
+  const sizes = orderedAttributes(preference.attributes).slice(0, 3).map(([, v]) => v).join(", ");
+  return sizes ? `${preference.product.name} (${sizes})` : preference.product.name;
+}
+
+function tomorrow() {
+  const at = new Date();
+  at.setDate(at.getDate() + 1);
+  return localDate(at.toISOString());
+}
+
+function audienceCard(spec, consent, preferences, onChanged) {
+  const id = uniqueId("audience");
+  const live = Boolean(consent);
+  const fields = consent ? consent.fields : DEFAULT_FIELDS;
+  const chosen = consent && consent.preferences !== "all" ? new Set(consent.preferences) : null;
+  const fieldBoxes = FIELDS.map((field) => {
+    const box = h("input", { type: "checkbox", id: `${id}-field-${field}`, value: field, checked: fields.includes(field) });
+    return h("div", { class: "check" }, box, h("label", { for: `${id}-field-${field}` }, FIELD_LABELS[field]));
+  });
+  const allRadio = h("input", { type: "radio", name: `${id}-which`, id: `${id}-all`, value: "all", checked: !chosen });
+  const someRadio = h("input", { type: "radio", name: `${id}-which`, id: `${id}-some`, value: "some", checked: Boolean(chosen) });
+  const preferenceBoxes = h("div", { class: "chosen-preferences", hidden: !chosen },
+    preferences.length
+      ? preferences.map((p) => h("div", { class: "check" },
+        h("input", { type: "checkbox", id: `${id}-pref-${p.id}`, value: p.id, checked: chosen ? chosen.has(p.id) : true }),
+        h("label", { for: `${id}-pref-${p.id}` }, preferenceLabel(p))))
+      : h("p", { class: "hint" }, "You keep no preferences yet."));
+  for (const radio of [allRadio, someRadio]) {
+    radio.addEventListener("change", () => { preferenceBoxes.hidden = allRadio.checked; });
+  }
+  const until = h("input", { type: "date", id: `${id}-until`, min: tomorrow(), "aria-describedby": `${id}-until-hint`,
+    value: consent?.expires_at ? localDate(consent.expires_at) : "" });
+  const save = h("button", { type: "submit" }, live ? "Save changes" : "Share");
+  const cancel = h("button", { type: "button", class: "button-quiet" }, "Cancel");
+  const heading = h("h2", { id: `${id}-title`, tabindex: "-1" }, spec.title);
+  const form = h("form", { novalidate: true, id: `${id}-form`, hidden: true, "aria-label": `What ${spec.title} may see` },
+    h("fieldset", null, h("legend", null, "What they may see"), fieldBoxes),
+    h("fieldset", null, h("legend", null, "Which preferences"),
+      h("div", { class: "check" }, allRadio, h("label", { for: `${id}-all` }, "All, including ones I add later")),
+      h("div", { class: "check" }, someRadio, h("label", { for: `${id}-some` }, "Only the ones I choose")),
+      preferenceBoxes),
+    h("div", { class: "field" },
+      h("label", { for: `${id}-until` }, "Share until (optional)"),
+      h("span", { class: "hint", id: `${id}-until-hint` }, "Leave empty to share until you stop it. Sharing ends at the end of that day."),
+      until),
+    h("div", { class: "actions" }, save, cancel));
+  const open = h("button", { type: "button", class: live ? "button-quiet" : "", "aria-expanded": "false",
+    "aria-controls": `${id}-form` }, live ? `Change what ${spec.title} sees` : `Share with ${spec.title}…`);
+  const stop = live ? h("button", { type: "button", class: "button-danger" }, "Stop sharing", hidden(` with ${spec.title}`)) : null;
+  const buttons = h("div", { class: "actions" }, open, stop);
+  open.addEventListener("click", () => {
+    form.hidden = false;
+    buttons.hidden = true;
+    form.querySelector("input").focus();
+  });
+  cancel.addEventListener("click", () => {
+    form.hidden = true;
+    buttons.hidden = false;
+    open.focus();
+  });
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const pickedFields = fieldBoxes.map((row) => row.querySelector("input")).filter((b) => b.checked).map((b) => b.value);
+    const picked = [...preferenceBoxes.querySelectorAll("input:checked")].map((b) => b.value);
+    const problems = [];
+    if (!pickedFields.length) problems.push("Tick at least one thing they may see, or use “Stop sharing”.");
+    if (someRadio.checked && !picked.length) problems.push("Tick at least one preference, or choose “All”.");
+    if (until.value && until.value < tomorrow()) problems.push("Choose a day after today to end sharing, or leave it empty.");
+    if (problems.length) {
+      warn("Please correct the form:", problems);
+      return;
+    }
+    const body = { fields: pickedFields, preferences: someRadio.checked ? picked : "all" };
+    if (until.value) body.expires_at = endOfDay(until.value);
+    busy(save, async () => {
+      clearMessages();
+      let change;
+      try {
+        change = await api.put(`/v1/me/consents/${spec.audience}`, body);
+      } catch (error) {
+        warnAbout(error, "Not saved");
+        return;
+      }
+      await onChanged(spec.audience);
+      announce(`Saved: ${change.consent.recipient} may see ${listWords(change.consent.fields.map((f) => FIELD_WORDS[f]))}. Receipt ${change.receipt.receipt_id.slice(0, 8)} is in your consent history.`);
+    });
+  });
+  stop?.addEventListener("click", () => busy(stop, async () => {
+    clearMessages();
+    try {
+      await api.del(`/v1/me/consents/${spec.audience}`);
+    } catch (error) {
+      warnAbout(error, "Not stopped");
+      return;
+    }
+    await onChanged(spec.audience);
+    announce(`You stopped sharing with ${spec.title}. They see nothing from now on.`);
+  }));
+
+  return h("section", { class: "card audience", "aria-labelledby": `${id}-title`, "data-audience": spec.audience },
+    h("div", { class: "audience-head" }, heading,
+      h("span", { class: `badge ${live ? "badge-live" : "badge-off"}` }, live ? "Shared" : "Not shared")),
+    h("p", null, spec.about),
+    h("p", { class: "shared-summary" }, whatIsShared(consent, preferences)),
+    consent?.reference ? h("p", { class: "meta" }, `They know you only by a reference of their own: ${consent.reference.slice(0, 12)}…`) : null,
+    buttons,
+    form);
+}
+
+// --- consent history ------------------------------------------------------------------------
+
+function historySentence(receipt) {
+  const who = receipt.recipient.name;
+  const what = listWords(receipt.fields.map((f) => FIELD_WORDS[f] || f));
+  const which = receipt.preferences === "all" ? "all your preferences" : plural(receipt.preferences.length, "chosen preference");
+  if (receipt.state === "ConsentGiven") {
+    const until = receipt.expires_at ? `, until ${friendlyDate(localDate(receipt.expires_at))}` : ", until you stop it";
+    return `You let ${who} see ${what} of ${which}${until}.`;
+  }
+  if (receipt.state === "ConsentWithdrawn") return `You stopped sharing with ${who}.`;
+  return `Sharing with ${who} ended on the day you had set.`;
+}
+
+const STATE_WORDS = { ConsentGiven: "Consent given", ConsentWithdrawn: "Consent withdrawn", ConsentExpired: "Consent expired" };
+const exact = new Intl.DateTimeFormat(undefined, { dateStyle: "long", timeStyle: "medium" });
+
+function receiptDetails(entry) {
+  const r = entry.receipt;
+  const rows = [
+    ["Receipt number", h("span", { class: "mono" }, r.receipt_id)],
+    ["Recorded", exact.format(new Date(r.timestamp))],
+    ["What happened", STATE_WORDS[r.state] || r.state],
+    ["Who is responsible (controller)", r.controller.name],
+    ["Shared with", r.recipient.name],
+    ["Why", r.purposes.map((p) => p.purpose).join("; ")],
+    ["Purpose, in the standard vocabulary (W3C DPV)", r.purposes.flatMap((p) => p.dpv).join(", ")],
+    ["Kind of consent", r.purposes.map((p) => (p.consent_type === "EXPLICIT" ? "Explicit — you chose it" : p.consent_type)).join(", ")],
+    ["Given to a third party", r.purposes.some((p) => p.third_party_disclosure) ? "Yes" : "No"],
+    ["Personal data categories", r.pii_categories.join(", ") || "none"],
+    ["What they may see", listWords(r.fields.map((f) => FIELD_WORDS[f] || f)) || "nothing"],
+    ["Which preferences", r.preferences === "all" ? "All" : plural(r.preferences.length, "preference")],
+    ["Ends", r.expires_at ? exact.format(new Date(r.expires_at)) : "When you stop it"],
+    ["How it was given", r.collection_method === "self-service" ? "By you, on this page or an app" : r.collection_method],
+    ["Receipt format", r.version],
+    ["Ledger record", `No. ${entry.seq}`],
+    ["Fingerprint", h("span", { class: "mono" }, entry.hash)],
+    ["Previous fingerprint", h("span", { class: "mono" }, entry.prev_hash)],
+  ];
+  return h("details", null,
+    h("summary", null, "Show the receipt"),
+    h("dl", { class: "receipt" }, rows.flatMap(([term, value]) => [h("dt", null, term), h("dd", null, value)])),
+    h("p", { class: "hint" }, "Each record carries the fingerprint of the one before it, so no change can be slipped in or taken out unseen."));
+}
+
+function historyEntry(entry) {
+  return h("li", { class: "history-entry" },
+    h("p", null, historySentence(entry.receipt)),
+    h("time", { class: "meta", datetime: entry.receipt.timestamp }, friendlyTime(entry.receipt.timestamp)),
+    receiptDetails(entry));
+}
+
+export async function show(root, context) {
+  const [partners, consents, preferences, history] = await Promise.all([
+    api.get("/v1/partners").then((a) => a.items),
+    api.get("/v1/me/consents").then((a) => a.items),
+    api.get("/v1/me/preferences").then((a) => a.items),
+    api.get("/v1/me/consents/history?limit=20"),
+  ]);
+  const onChanged = async (audience) => {
+    await context.refresh();
+    document.querySelector(`[data-audience="${audience}"] h2`)?.focus();
+  };
+  const cards = audiences(partners, consents).map((spec) =>
+    audienceCard(spec, consents.find((c) => c.audience === spec.audience), preferences, onChanged));
+
+  const historyList = h("ol", { class: "plain-list", id: "consent-history" }, history.items.map(historyEntry));
+  const older = h("button", { type: "button", class: "button-quiet", hidden: !history.next }, "Show older changes");
+  let next = history.next;
+  older.addEventListener("click", async () => {
+    try {
+      const page = await api.get(`/v1/me/consents/history?limit=20&before=${encodeURIComponent(next)}`);
+      const count = historyList.children.length;
+      historyList.append(...page.items.map(historyEntry));
+      next = page.next;
+      older.hidden = !next;
+      const firstNew = historyList.children[count];
+      if (firstNew) { firstNew.setAttribute("tabindex", "-1"); firstNew.focus(); }
+    } catch (error) {
+      warnAbout(error, "Could not load more");
+    }
+  });
+
+  fill(root,
+    h("div", { class: "view-head" }, h("h1", { id: "sharing-heading", tabindex: "-1" }, "Sharing")),
+    h("p", { class: "lead" }, "Nothing is shared until you say so. Choose who may see what, and stop whenever you like: it takes effect at once."),
+    cards,
+    h("section", { class: "card", "aria-labelledby": "history-heading" },
+      h("h2", { id: "history-heading" }, "Consent history"),
+      h("p", { class: "hint" }, "Every change you made, newest first, each with its receipt."),
+      history.items.length ? historyList : h("p", { class: "empty" }, "No changes yet."),
+      older));
+}

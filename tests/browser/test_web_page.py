@@ -1,0 +1,414 @@
+"""The self-service page in a real browser, against `prefs serve` on its embedded database.
+
+One customer's first minutes, step by step: sign in as the demo customer, add the chinos, edit
+them, move them to the top, reorder them, let the till see them, make a checkout code, be looked up
+by a till, see that on "Who looked", withdraw, export, erase. Every view is screenshotted at phone
+and desktop widths and scanned with axe-core on the way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+
+from prefs.auth import DevIssuer
+from tests.browser.conftest import CHROMIUM, Service, Watch
+from tests.browser.views import look_at
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: install Debian's chromium package"
+)
+
+TOKEN_KEY = "prefs.customer-token"
+TIMES = "\u00d7"  # the multiplication sign, as in "2 x Classic Chino" on the page
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def till_lookup(service: Service, **body: str) -> httpx.Response:
+    return httpx.post(f"{service.url}/v1/pos/lookup", headers=bearer(service.till_key), json=body)
+
+
+def go_to(page: Any, section: str) -> None:
+    page.get_by_role("navigation", name="Sections").get_by_role("link", name=section).click()
+    expect(page.get_by_role("heading", level=1, name=section)).to_be_focused()
+
+
+def preference_card(page: Any, name: str) -> Any:
+    return page.locator("#preference-list > li").filter(has=page.locator("h2", has_text=name))
+
+
+def status(page: Any) -> Any:
+    return page.locator("#status")
+
+
+# --- what a newcomer sees first -----------------------------------------------------------------
+
+
+def test_the_page_and_its_assets_carry_a_strict_content_security_policy(service: Service) -> None:
+    page = httpx.get(f"{service.url}/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), "inline script in the page"
+    assert "<style" not in html, "inline style in the page"
+    assert " style=" not in html, "inline style in the page"
+    assert not re.search(r"\son[a-z]+=", html), "inline event handler in the page"
+    assert not re.search(r"(src|href)=\"(https?:)?//", html), "the page names another origin"
+    for path in ("/", "/static/app.js", "/static/app.css", "/static/qr.js"):
+        response = httpx.get(f"{service.url}{path}")
+        assert response.status_code == 200, path
+        assert response.headers["content-security-policy"] == CSP, path
+        assert response.headers["x-content-type-options"] == "nosniff", path
+        assert response.headers["referrer-policy"] == "no-referrer", path
+    assert (
+        httpx.get(f"{service.url}/static/app.js")
+        .headers["content-type"]
+        .startswith("text/javascript")
+    )
+
+
+def test_prefs_serve_prints_the_page_and_demo_keys_that_work(service: Service) -> None:
+    output = service.output()
+    assert f"web page: {service.url}/" in output
+    assert "demo customer:" in output
+    kept = service.data_dir / "demo.json"
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert json.loads(kept.read_text())["till_key"] == service.till_key
+    # The printed till key is live; the demo customer shares nothing yet, so the card finds nothing.
+    assert till_lookup(service, card=service.card).status_code == 404
+    feed = httpx.get(f"{service.url}/v1/partner/reorders", headers=bearer(service.partner_key))
+    assert feed.status_code == 200
+    demo = httpx.post(f"{service.url}/dev/demo-session").json()
+    partners = httpx.get(f"{service.url}/v1/partners", headers=bearer(demo["token"])).json()
+    assert [p["name"] for p in partners["items"]] == ["Stitch & Co. tailors"]
+    assert partners["items"][0]["description"]
+
+
+def test_a_token_handed_over_in_the_fragment_signs_in_and_leaves_no_trace_in_the_address(
+    service: Service,
+    browser_page: tuple[Any, Watch],
+) -> None:
+    page, watch = browser_page
+    token = DevIssuer(service.data_dir / "dev-issuer.pem").mint(
+        f"handed-{uuid.uuid4()}@example.test"
+    )
+    page.goto(f"{service.url}/#token={token}&view=sharing")
+    expect(page.get_by_role("heading", level=1, name="Start your locker")).to_be_visible()
+    assert token not in page.url
+    assert "token" not in page.url
+    assert page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") == token
+    # The entry the token arrived in was replaced: back is the blank tab, forward is clean.
+    page.go_back()
+    assert page.url == "about:blank"
+    page.go_forward()
+    assert "token" not in page.url
+    look_at(page, "start-locker")
+    page.get_by_role("button", name="Start my locker").click()
+    expect(page.get_by_role("heading", level=1, name="My preferences")).to_be_focused()
+    expect(page.get_by_text("You keep no preferences yet.")).to_be_visible()
+    # A reload keeps the customer signed in (this tab's session storage), the address still clean.
+    page.reload()
+    expect(page.get_by_role("heading", level=1, name="My preferences")).to_be_visible()
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", level=1, name="Your preference locker")).to_be_visible()
+    assert page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") is None
+    watch.assert_clean(service)
+    assert token not in service.output()
+
+
+# --- the journey --------------------------------------------------------------------------------
+
+
+def sign_in_as_demo(page: Any, service: Service) -> str:
+    page.goto(f"{service.url}/")
+    expect(page.get_by_role("heading", level=1, name="Your preference locker")).to_be_visible()
+    look_at(page, "sign-in")
+    page.keyboard.press("Tab")
+    skip = page.get_by_role("link", name="Skip to content")
+    expect(skip).to_be_focused()
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"
+    page.get_by_role("button", name="Sign in as a demo customer").click()
+    expect(page.get_by_role("heading", level=1, name="My preferences")).to_be_focused()
+    token: str = page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')")
+    assert token
+    assert token not in page.url
+    return token
+
+
+def delete_the_demo_chinos(page: Any) -> None:
+    chinos = preference_card(page, "Classic Chino")
+    expect(chinos).to_contain_text("Discontinued")
+    expect(chinos).to_contain_text("Waist: 34")
+    page.get_by_role("button", name="Delete Classic Chino").click()
+    dialog = page.get_by_role("dialog", name="Delete Classic Chino?")
+    expect(dialog).to_be_visible()
+    expect(dialog.get_by_role("button", name="Keep it")).to_be_focused()
+    look_at(page, "delete-confirmation")
+    dialog.get_by_role("button", name="Delete", exact=True).click()
+    expect(status(page)).to_contain_text("Classic Chino is deleted.")
+    expect(preference_card(page, "Classic Chino")).to_have_count(0)
+
+
+def add_the_chinos(page: Any) -> str:
+    page.get_by_role("button", name="Add a preference").click()
+    form = page.get_by_role("form", name="Add a preference")
+    form.get_by_role("button", name="Save preference").click()
+    expect(page.locator("#alert")).to_contain_text("Enter the product's name.")
+    expect(form.get_by_label("Product name")).to_have_attribute("aria-invalid", "true")
+    form.get_by_label("Product name").fill("Classic Chino")
+    expect(form.get_by_label("Product name")).not_to_have_attribute("aria-invalid", "true")
+    form.get_by_label("Product code (SKU)").fill("CL-CHINO-3434")
+    form.get_by_label("Brand").fill("Acme")
+    form.get_by_label("Category").fill("trousers")
+    form.get_by_label("Waist", exact=True).fill("34")
+    form.get_by_label("Leg", exact=True).fill("34")
+    form.get_by_label("Colour", exact=True).fill("khaki")
+    form.get_by_label("Fit", exact=True).fill("regular")
+    form.get_by_role("button", name="Add another detail").click()
+    form.get_by_label("Detail", exact=True).fill("Fabric")
+    form.get_by_label("Value", exact=True).fill("cotton twill")
+    form.get_by_label("Note").fill("The old cut.")
+    form.get_by_label("The shop no longer sells it (discontinued)").check()
+    look_at(page, "add-preference")
+    form.get_by_role("button", name="Save preference").click()
+    expect(status(page)).to_contain_text("Classic Chino is added to your preferences.")
+    chinos = preference_card(page, "Classic Chino")
+    for shown in (
+        "Discontinued",
+        "Waist: 34",
+        "Leg: 34",
+        "Colour: khaki",
+        "Fit: regular",
+        "Fabric: cotton twill",
+        "The old cut.",
+    ):
+        expect(chinos).to_contain_text(shown)
+    return chinos.get_attribute("id").removeprefix("preference-")
+
+
+def edit_the_chinos(page: Any) -> None:
+    page.get_by_role("button", name="Edit Classic Chino").click()
+    form = page.get_by_role("form", name="Edit Classic Chino")
+    expect(form.get_by_label("Waist", exact=True)).to_have_value("34")
+    form.get_by_label("Note").fill("The old cut, before they changed the pockets.")
+    form.get_by_role("button", name="Save changes").click()
+    expect(status(page)).to_contain_text("Your changes to Classic Chino are saved.")
+    expect(preference_card(page, "Classic Chino")).to_contain_text(
+        "before they changed the pockets"
+    )
+
+
+def an_edit_elsewhere_is_not_overwritten(
+    page: Any, service: Service, token: str, chinos: str
+) -> None:
+    page.get_by_role("button", name="Edit Classic Chino").click()
+    form = page.get_by_role("form", name="Edit Classic Chino")
+    # Meanwhile, another tab changes the note.
+    url = f"{service.url}/v1/me/preferences/{chinos}"
+    etag = httpx.get(url, headers=bearer(token)).headers["etag"]
+    elsewhere = httpx.patch(
+        url, headers={**bearer(token), "If-Match": etag}, json={"note": "Changed on my phone."}
+    )
+    assert elsewhere.status_code == 200
+    form.get_by_label("Note").fill("Changed in this tab.")
+    form.get_by_role("button", name="Save changes").click()
+    expect(page.locator("#alert")).to_contain_text(
+        "Not saved: Classic Chino was changed elsewhere."
+    )
+    conflict = page.get_by_role("group", name="Not saved: this preference changed elsewhere")
+    expect(conflict).to_contain_text("Changed on my phone.")
+    expect(conflict.get_by_role("heading", name="Not saved")).to_be_focused()
+    look_at(page, "edit-conflict")
+    assert httpx.get(url, headers=bearer(token)).json()["note"] == "Changed on my phone."
+    conflict.get_by_role("button", name="Edit the current version").click()
+    form = page.get_by_role("form", name="Edit Classic Chino")
+    expect(form.get_by_label("Note")).to_have_value("Changed on my phone.")
+    form.get_by_label("Note").fill("The old cut, before they changed the pockets.")
+    form.get_by_role("button", name="Save changes").click()
+    expect(status(page)).to_contain_text("Your changes to Classic Chino are saved.")
+
+
+def move_the_chinos_to_the_top_by_keyboard(
+    page: Any, service: Service, token: str, chinos: str
+) -> None:
+    up = page.locator(f"#up-{chinos}")
+    up.focus()
+    for position in (3, 2, 1):
+        page.keyboard.press("Enter")
+        expect(status(page)).to_contain_text(
+            f"Classic Chino moved up, to position {position} of 4."
+        )
+    expect(page.locator(f"#up-{chinos}")).to_be_disabled()
+    expect(page.locator(f"#down-{chinos}")).to_be_focused()
+    expect(page.locator("#preference-list > li").first).to_contain_text("Classic Chino")
+    ranked = httpx.get(f"{service.url}/v1/me/preferences", headers=bearer(token)).json()["items"]
+    assert ranked[0]["product"]["name"] == "Classic Chino"
+    look_at(page, "preferences")
+
+
+def reorder_the_chinos(page: Any, *, source: str, quantity: int) -> None:
+    page.get_by_role("button", name="Reorder Classic Chino").click()
+    form = page.get_by_role("form", name="Reorder Classic Chino")
+    form.get_by_label("From").select_option(label=source)
+    form.get_by_label("How many").fill(str(quantity))
+    form.get_by_role("button", name="Place reorder").click()
+    expect(status(page)).to_contain_text(f"Reorder placed: {quantity} {TIMES} Classic Chino from")
+
+
+def share(page: Any, audience: str, title: str) -> Any:
+    section = page.locator(f'section[data-audience="{audience}"]')
+    section.get_by_role("button", name=f"Share with {title}…").click()
+    section.get_by_role("button", name="Share", exact=True).click()
+    expect(status(page)).to_contain_text("Saved:")
+    section = page.locator(f'section[data-audience="{audience}"]')
+    expect(section).to_contain_text(
+        "Shared: which products and your sizes and details of all your preferences"
+    )
+    return section
+
+
+def test_a_customer_keeps_shares_reorders_and_erases_their_locker(
+    service: Service,
+    browser_page: tuple[Any, Watch],
+) -> None:
+    page, watch = browser_page
+    token = sign_in_as_demo(page, service)
+    expect(page.locator("#preference-list > li")).to_have_count(4)
+
+    delete_the_demo_chinos(page)
+    chinos = add_the_chinos(page)
+    edit_the_chinos(page)
+    an_edit_elsewhere_is_not_overwritten(page, service, token, chinos)
+    move_the_chinos_to_the_top_by_keyboard(page, service, token, chinos)
+
+    # Reorder from the store, then think better of it.
+    reorder_the_chinos(page, source="The store", quantity=2)
+    go_to(page, "Reorders")
+    store_order = page.locator("#reorder-list > li").filter(has_text=f"2 {TIMES} Classic Chino")
+    expect(store_order).to_contain_text("Requested")
+    page.get_by_role("button", name=f"Cancel this reorder of 2 {TIMES} Classic Chino").click()
+    page.get_by_role("dialog").get_by_role("button", name="Cancel the reorder").click()
+    expect(status(page)).to_contain_text("The reorder of Classic Chino is cancelled.")
+    expect(store_order).to_contain_text("Cancelled")
+
+    # Let the tailors see the chinos, and reorder through them: the partner's feed has it.
+    go_to(page, "Sharing")
+    share(page, f"partner:{_partner_id(service, token)}", "Stitch & Co. tailors")
+    go_to(page, "My preferences")
+    reorder_the_chinos(page, source="Stitch & Co. tailors", quantity=1)
+    feed = httpx.get(
+        f"{service.url}/v1/partner/reorders", headers=bearer(service.partner_key)
+    ).json()
+    assert [(r["quantity"], r["state"], r["item"]["product"]["name"]) for r in feed["items"]] == [
+        (1, "requested", "Classic Chino")
+    ]
+    go_to(page, "Reorders")
+    tailored = page.locator("#reorder-list > li").filter(has_text=f"1 {TIMES} Classic Chino")
+    expect(tailored).to_contain_text("From Stitch & Co. tailors")
+    look_at(page, "reorders")
+
+    # Let tills see the preferences: the card now finds them.
+    go_to(page, "Sharing")
+    till = share(page, "pos", "At the till")
+    expect(till.get_by_text("Shared", exact=True)).to_be_visible()
+    assert till_lookup(service, card=service.card).status_code == 200
+    history = page.locator("#consent-history")
+    expect(history.locator("li").first).to_contain_text(
+        "You let Store tills at checkout see which products and your sizes and details"
+        " of all your preferences"
+    )
+    history.locator("li").first.get_by_text("Show the receipt").click()
+    expect(history.locator("li").first).to_contain_text("ServicePersonalisation")
+    look_at(page, "sharing")
+
+    # A checkout code, shown large and as a QR code, looked up by the demo till.
+    go_to(page, "At the till")
+    page.get_by_role("button", name="Make a checkout code").click()
+    shown = page.locator("section[data-code]")
+    expect(shown.get_by_role("heading", name="Show this at the till")).to_be_focused()
+    code = shown.get_attribute("data-code")
+    assert code
+    assert re.fullmatch(r"[23456789A-Z]{8}", code)
+    expect(shown.locator(".checkout-code")).to_contain_text(f"{code[:4]} {code[4:]}")
+    expect(
+        shown.get_by_role("img", name=re.compile("QR code of your checkout code"))
+    ).to_be_visible()
+    expect(page.locator("#code-countdown")).to_have_text(re.compile(r"Works for [0-5]:[0-5][0-9]"))
+    look_at(page, "till")
+    lookup = till_lookup(service, code=code)
+    assert lookup.status_code == 200, lookup.text
+    first = lookup.json()["preferences"][0]
+    assert first["product"]["name"] == "Classic Chino"
+    assert first["attributes"]["waist"] == "34"
+    assert first["attributes"]["leg"] == "34"
+    assert "note" not in first
+
+    go_to(page, "Who looked")
+    looked = page.locator("#access-log > li")
+    by_code = looked.filter(has_text="using a checkout code you showed")
+    expect(by_code).to_have_count(1)
+    expect(by_code).to_contain_text(
+        "Store 0001, Till 1 saw which products and your sizes and details for Classic Chino"
+    )
+    expect(by_code).to_contain_text("today")
+    expect(looked.filter(has_text="using your loyalty card")).to_have_count(1)
+    look_at(page, "looked")
+
+    # Withdraw: the very next lookup by card finds nothing.
+    go_to(page, "Sharing")
+    page.get_by_role("button", name="Stop sharing with At the till").click()
+    expect(status(page)).to_contain_text("You stopped sharing with At the till.")
+    expect(page.locator('section[data-audience="pos"]')).to_contain_text("Not shared")
+    assert till_lookup(service, card=service.card).status_code == 404
+    expect(page.locator("#consent-history li").first).to_contain_text(
+        "You stopped sharing with Store tills at checkout."
+    )
+
+    # Export, then erase everything.
+    go_to(page, "My data")
+    look_at(page, "data")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download my data").click()
+    exported = Path(download.value.path()).read_text()
+    assert download.value.suggested_filename.startswith("prefs-export-")
+    assert "Classic Chino" in exported
+    assert "before they changed the pockets" in exported
+    json.loads(exported)
+
+    confirm = page.get_by_label("Type ERASE to confirm")
+    confirm.fill("erase")
+    page.get_by_role("button", name="Erase everything").click()
+    expect(page.locator("#alert")).to_contain_text("Nothing erased")
+    assert httpx.get(f"{service.url}/v1/me", headers=bearer(token)).status_code == 200
+    confirm.fill("ERASE")
+    page.get_by_role("button", name="Erase everything").click()
+    expect(status(page)).to_contain_text("Everything is erased.")
+    expect(page.get_by_role("button", name="Sign in as a demo customer")).to_be_visible()
+    assert page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") is None
+    assert httpx.get(f"{service.url}/v1/me", headers=bearer(token)).status_code == 404
+    assert till_lookup(service, code=code).status_code == 404
+
+    watch.assert_clean(service)
+    log = service.output()
+    assert token not in log
+    assert "before they changed the pockets" not in log
+
+
+def _partner_id(service: Service, token: str) -> str:
+    partners = httpx.get(f"{service.url}/v1/partners", headers=bearer(token)).json()["items"]
+    return str(next(p["id"] for p in partners if p["name"] == "Stitch & Co. tailors"))
