@@ -18,19 +18,19 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from prefs import db
-from prefs.auth import Customer, TokenVerifier
-from prefs.crypto import Vault
 from prefs.access_log.api import AccessLogController
+from prefs.auth import Customer, TokenVerifier
 from prefs.checkout.api import CheckoutCodesController
 from prefs.consents.api import ConsentsController
+from prefs.credentials import service as credentials
+from prefs.crypto import Vault
 from prefs.customers.api import MeController
 from prefs.customers.service import require_customer_id
 from prefs.errors import exception_handlers
-from prefs.http import require_json_body
-from prefs.observability import ObservabilityMiddleware, configure_logging
-from prefs.credentials import service as credentials
 from prefs.health.api import HealthController, MetricsController
+from prefs.http import require_json_body
 from prefs.insights.api import InsightsController
+from prefs.observability import ObservabilityMiddleware, configure_logging
 from prefs.partners.api import PartnersController
 from prefs.pos.api import PosController
 from prefs.pos.service import MissThrottle
@@ -38,8 +38,9 @@ from prefs.preferences.api import PreferencesController
 from prefs.reorders.api import CustomerReordersController, PartnerController
 from prefs.retention import service as retention
 from prefs.rights.api import ExportController
-from prefs.web.api import route_handlers as web_routes
 from prefs.settings import Settings, load
+from prefs.web.api import route_handlers as web_routes
+
 
 def _lifespan(settings: Settings) -> Any:
     @asynccontextmanager

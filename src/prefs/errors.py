@@ -6,6 +6,7 @@ Messages never carry personal data or secrets: they name fields and rules, not v
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -100,6 +101,9 @@ DATABASE_DOWN = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown, starting up
     asyncpg.InterfaceError,
+    # A connection the server ended while a query was being sent: asyncpg's protocol is left
+    # mid-operation ("cannot switch to state ...; another operation is in progress").
+    asyncpg.InternalClientError,
     ConnectionError,
     OSError,
     TimeoutError,
@@ -138,10 +142,32 @@ def _domain(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     )
 
 
+_BODY_FIELD = re.compile(r"^(?P<message>.*?) - at `\$\.data\.(?P<key>[^`]*)`$", re.DOTALL)
+
+
+def _misfiled_body_error(exc: Exception) -> list[dict[str, Any]] | None:
+    """A body field Litestar reported as a server fault: the field shares a dependency's name.
+
+    Litestar decides whether a failed validation is the client's by the field's name, so a body
+    field called like an injected dependency (``customer`` in a partner's reorder) that fails
+    validation becomes a 500. The decoder's message still says it was the body.
+    """
+    cause = exc.__cause__
+    if not isinstance(cause, msgspec.ValidationError):
+        return None
+    match = _BODY_FIELD.match(str(cause))
+    if match is None:
+        return None
+    return [{"message": match["message"], "key": match["key"], "source": "body"}]
+
+
 def _http(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     from litestar.exceptions import HTTPException, ValidationException
 
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 500 and (misfiled := _misfiled_body_error(exc)) is not None:
+        return problem_response(400, "The request does not match the schema: see errors.",
+                                errors=misfiled)
     errors = None
     detail = exc.detail
     if isinstance(exc, ValidationException):
@@ -171,6 +197,32 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[byt
     log.error("unhandled %s on %s %s", type(exc).__name__, request.method,
               request.scope.get("path"), exc_info=exc)
     return problem_response(500, "Something went wrong on our side.")
+
+
+_ANSWERS = {
+    400: "The request breaks the schema or a rule; `errors` names the fields.",
+    401: "No valid credential for this route (Bearer token or API key of the right kind).",
+    404: "Not found, not enrolled, or not shared with you: the same answer either way.",
+    409: "Conflicts with the current state (a limit, a transition, a request in flight).",
+    412: "If-Match names a version that is no longer current: read again, then retry.",
+    413: "The body is larger than the service accepts.",
+    415: "The body is not JSON.",
+    422: "This Idempotency-Key was already used with another request.",
+    428: "Send If-Match with the version (ETag) you last read.",
+    429: "Too many misses from this key or store; retry after Retry-After seconds.",
+    503: "The database is not reachable right now; retry after Retry-After seconds.",
+}
+
+
+def problems(*statuses: int) -> dict[int, Any]:
+    """OpenAPI: the problem+json answers a route gives besides its success, for ``responses=``."""
+    from litestar.openapi import ResponseSpec
+
+    return {
+        status: ResponseSpec(ProblemBody, description=_ANSWERS[status], media_type=PROBLEM_JSON,
+                             generate_examples=False)
+        for status in statuses
+    }
 
 
 def exception_handlers() -> ExceptionHandlersMap:

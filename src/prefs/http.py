@@ -1,16 +1,45 @@
-"""Request-body rules shared by every endpoint: JSON only, no repeated keys, bounded nesting."""
+"""Request-body rules shared by every endpoint: JSON only, no repeated keys, bounded nesting.
+
+And how those bodies are declared in the OpenAPI document: exactly as they are decoded.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
-from typing import Any
+import types
+from dataclasses import dataclass
+from typing import Any, get_args
 
+import msgspec
 from litestar import Request
 from litestar.exceptions import HTTPException
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
 
 from prefs.errors import InvalidInput
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+def constraints_of(constrained: Any) -> dict[str, Any]:
+    """A constrained text type's msgspec limits, for a path parameter's declaration.
+
+    Litestar documents path parameters without them (the decoder still applies them).
+    """
+    meta = next(m for m in get_args(constrained)[1:] if isinstance(m, msgspec.Meta))
+    return {"pattern": meta.pattern, "min_length": meta.min_length, "max_length": meta.max_length}
+
+
+# OpenAPI for the typed forms the services accept beyond the schemas' types (``refine=``).
+CARD_NUMBER = {"type": "string", "maxLength": 64, "pattern": r"^[ -]*([0-9][ -]*){6,24}$"}
+_SPACE = r"[ \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000-]"  # and dashes
+CHECKOUT_CODE = {  # 8 of 23456789ABCDEFGHJKMNPQRSTWXYZ, any case; spaces and dashes ignored
+    "type": "string", "maxLength": 64,
+    "pattern": rf"^{_SPACE}*([2-9A-HJKMNP-TW-Za-hjkmnp-tw-z]{_SPACE}*){{8}}$",
+}
+
+# OpenAPI for an optional header or query value (``str | None`` in Python): a string when sent.
+# Litestar would document ``oneOf: [string, null]``, and no client can send a null there.
+STRING_WHEN_SENT: dict[str, Any] = {"one_of": None, "type": "string"}
 
 
 async def require_json_body(request: Request[Any, Any, Any]) -> None:
@@ -43,7 +72,7 @@ def check_json(body: bytes) -> None:
     if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _nesting(body) > MAX_JSON_DEPTH:
         raise InvalidInput(f"The JSON body nests deeper than {MAX_JSON_DEPTH} levels.")
     try:
-        json.loads(body, object_pairs_hook=_refuse_duplicate_keys)
+        json.loads(body.decode("utf-8"), object_pairs_hook=_refuse_duplicate_keys)  # strict UTF-8
     except (ValueError, RecursionError):
         raise InvalidInput("The body is not valid JSON.") from None
 
@@ -68,3 +97,56 @@ def _nesting(body: bytes) -> int:
         elif byte in (0x5D, 0x7D):
             depth -= 1
     return deepest
+
+
+def declared_body(
+    body_type: Any, *, required: bool = True, refine: dict[str, Any] | None = None
+) -> type[Operation]:
+    """OpenAPI: the request body exactly as msgspec decodes it, for a handler's ``operation_class``.
+
+    Litestar's own body schemas drop rules msgspec enforces (unknown fields are refused,
+    constraints inside unions, patterns of map keys), so a client following the document would
+    send bodies the service refuses. ``refine`` merges in rules the services check beyond the
+    types (a card's digits, exactly one of card or code); ``required=False`` for an optional body.
+    For ``X | None`` the refinements apply to ``X``.
+    """
+    nullable = isinstance(body_type, types.UnionType) and type(None) in get_args(body_type)
+    if nullable:
+        (body_type,) = (arg for arg in get_args(body_type) if arg is not type(None))
+    schema = msgspec.json.schema(body_type)
+    definitions = schema.pop("$defs", {})
+    body = _merge(_inline(schema, definitions), refine or {})
+    if nullable:
+        body = {"anyOf": [body, {"type": "null"}]}
+
+    @dataclass
+    class DeclaredBody(Operation):
+        def __post_init__(self) -> None:
+            self.request_body = RequestBody(
+                required=required,
+                content={"application/json": OpenAPIMediaType(schema=body)},  # type: ignore[arg-type]
+            )
+
+    return DeclaredBody
+
+
+def _inline(schema: Any, definitions: dict[str, Any]) -> Any:
+    """The schema with every ``$ref`` to its ``$defs`` replaced by the definition itself."""
+    if isinstance(schema, list):
+        return [_inline(item, definitions) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    ref = schema.get("$ref", "")
+    if ref.startswith("#/$defs/"):
+        target = definitions[ref.removeprefix("#/$defs/")]
+        rest = {key: value for key, value in schema.items() if key != "$ref"}
+        return _inline({**copy.deepcopy(target), **rest}, definitions)
+    return {key: _inline(value, definitions) for key, value in schema.items()}
+
+
+def _merge(schema: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(schema)
+    for key, value in extra.items():
+        both_maps = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if both_maps else value
+    return merged

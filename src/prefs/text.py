@@ -4,13 +4,16 @@ from typing import Annotated
 
 from msgspec import Meta
 
-SINGLE_LINE = r"^[^\x00-\x1f\x7f]*$"
+# Python's `$` also matches before a final newline; `(?!\n)` keeps "khaki\n" out (and is valid
+# ECMAScript, so the patterns stay usable in the OpenAPI document, unlike `\Z`).
+END = r"$(?!\n)"
+SINGLE_LINE = r"^[^\x00-\x1f\x7f]*" + END
 MULTI_LINE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 
 Sku = Annotated[str, Meta(min_length=1, max_length=64, pattern=SINGLE_LINE)]
 ProductName = Annotated[str, Meta(min_length=1, max_length=200, pattern=SINGLE_LINE)]
 Label = Annotated[str, Meta(min_length=1, max_length=100, pattern=SINGLE_LINE)]
-AttributeName = Annotated[str, Meta(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9_]*$")]
+AttributeName = Annotated[str, Meta(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9_]*" + END)]
 AttributeValue = Annotated[str, Meta(min_length=1, max_length=200, pattern=SINGLE_LINE)]
 Note = Annotated[str, Meta(max_length=2000, pattern=MULTI_LINE)]
 Card = Annotated[str, Meta(min_length=1, max_length=64, pattern=SINGLE_LINE)]

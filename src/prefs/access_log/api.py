@@ -18,8 +18,8 @@ from prefs.errors import problems
 from prefs.http import STRING_WHEN_SENT
 
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Disclosures per page")]
-After = Annotated[str | None, QueryParameter(max_length=200, description="The `next` of the previous page",
-                                             schema_extra=STRING_WHEN_SENT)]
+After = Annotated[str | None, QueryParameter(
+    max_length=200, description="The `next` of the previous page", schema_extra=STRING_WHEN_SENT)]
 
 
 class AccessLogController(Controller):

@@ -14,16 +14,23 @@ from prefs.auth import Customer, customer_guard
 from prefs.crypto import Vault
 from prefs.customers import service
 from prefs.customers.schemas import Enrolment, Profile, ProfileUpdate
-from prefs.rights import service as rights
 from prefs.db import Connection
+from prefs.errors import problems
+from prefs.http import CARD_NUMBER, declared_body
+from prefs.rights import service as rights
+
+CARD = {"properties": {"card": {"anyOf": [CARD_NUMBER, {"type": "null"}]}}}
 
 
 class MeController(Controller):
     path = "/v1/me"
     tags = ["customer"]
     guards = [customer_guard]
+    security = [{"customer": []}]
 
-    @post("/", responses={200: ResponseSpec(Profile, description="Already enrolled")})
+    @post("/", operation_class=declared_body(Enrolment | None, required=False, refine=CARD),
+          responses={200: ResponseSpec(Profile, description="Already enrolled"),
+                     **problems(400, 401, 409, 413, 415, 503)})
     async def enrol(
         self,
         conn: NamedDependency[Connection],
@@ -38,7 +45,7 @@ class MeController(Controller):
         )
         return Response(profile, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
 
-    @get("/")
+    @get("/", responses=problems(401, 404, 503))
     async def read(
         self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
         customer_id: NamedDependency[UUID],
@@ -46,7 +53,8 @@ class MeController(Controller):
         """The customer's profile, with the loyalty card decrypted."""
         return await service.profile(conn, vault, customer_id)
 
-    @patch("/")
+    @patch("/", operation_class=declared_body(ProfileUpdate, refine=CARD),
+            responses=problems(400, 401, 404, 409, 413, 415, 503))
     async def update(
         self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
         customer_id: NamedDependency[UUID], data: JSONBody[ProfileUpdate],
@@ -54,7 +62,7 @@ class MeController(Controller):
         """Set or clear the loyalty card."""
         return await service.set_card(conn, vault, customer_id, data.card)
 
-    @delete("/")
+    @delete("/", responses=problems(401, 404, 503))
     async def erase(
         self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
         customer_id: NamedDependency[UUID],

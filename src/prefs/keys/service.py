@@ -26,13 +26,23 @@ WHERE customer_id = $1 AND wrapped = $2
 """
 
 
+LABEL_BATCH = """
+SELECT group_hash, label_ct FROM demand_groups
+WHERE substring(label_ct FROM 2 FOR 4) <> int4send($1)
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+RELABEL = "UPDATE demand_groups SET label_ct = $3 WHERE group_hash = $1 AND label_ct = $2"
+
+
 async def rotate(conn: asyncpg.Connection, vault: Vault, batch_size: int = 500,
                  progress: Callable[[int], None] | None = None) -> int:
-    """Rewrap every data key not under the primary master key, batch by batch.
+    """Rewrap every data key not under the primary master key, batch by batch, then re-encrypt
+    the demand labels (the only data sealed directly under a master key).
 
     Safe while serving and beside other rotations: each batch locks its rows with SKIP LOCKED,
-    and each write is a compare-and-set on the old wrap. Resumable: it only ever looks at what is
-    left. Data ciphertexts are untouched. Returns how many keys this run rewrapped.
+    and each write is a compare-and-set on the old value. Resumable: it only ever looks at what
+    is left. Data ciphertexts are untouched. Returns how many keys this run rewrapped.
     """
     primary = vault.envelope.master.primary
     done = 0
@@ -40,13 +50,22 @@ async def rotate(conn: asyncpg.Connection, vault: Vault, batch_size: int = 500,
         async with conn.transaction():
             rows = await conn.fetch(BATCH, primary, batch_size)
             if not rows:
-                return done
+                break
             for row in rows:
                 rewrapped = vault.envelope.rewrap(row["customer_id"], row["generation"], row["wrapped"])
                 status = await conn.execute(REWRAP, row["customer_id"], row["wrapped"], rewrapped, primary)
                 done += status.endswith(" 1")
         if progress is not None:
             progress(done)
+    while True:
+        async with conn.transaction():
+            rows = await conn.fetch(LABEL_BATCH, primary, batch_size)
+            if not rows:
+                return done
+            for row in rows:
+                label = vault.demand_labels.decrypt(row["label_ct"], row["group_hash"])
+                await conn.execute(RELABEL, row["group_hash"], row["label_ct"],
+                                   vault.demand_labels.encrypt(label, row["group_hash"]))
 
 
 @dataclass(frozen=True)
@@ -102,9 +121,12 @@ async def retire(conn: asyncpg.Connection, vault: Vault, version: int) -> None:
 
 
 CARDS_TO_INDEX = """
-SELECT c.customer_id, c.card_ct FROM customers c
+SELECT c.customer_id FROM customers c
 WHERE c.card_ct IS NOT NULL AND c.customer_id > $1 ORDER BY c.customer_id LIMIT $2
 """
+# Held until the batch commits: an erasure (FOR UPDATE) waits for it, or it waits for the erasure
+# and then finds nobody, so no blind index outlives an erased customer.
+CARD_OF = "SELECT card_ct FROM customers WHERE customer_id = $1 AND card_ct IS NOT NULL FOR SHARE"
 ADD_CARD = """
 INSERT INTO card_index (card_hash, index_version, customer_id) VALUES ($1, $2, $3)
 ON CONFLICT (card_hash) DO NOTHING
@@ -128,8 +150,11 @@ async def reindex(conn: asyncpg.Connection, vault: Vault, batch_size: int = 500,
             break
         async with conn.transaction():
             for row in rows:
+                card_ct = await conn.fetchval(CARD_OF, row["customer_id"])
+                if card_ct is None:  # erased, or the card removed, meanwhile
+                    continue
                 key = await data_key(conn, vault, row["customer_id"])
-                card = key.decrypt(row["card_ct"], "customers", "card", row["customer_id"]).decode()
+                card = key.decrypt(card_ct, "customers", "card", row["customer_id"]).decode()
                 for version in vault.index.versions:
                     await conn.execute(ADD_CARD, vault.index.card(card, version), version, row["customer_id"])
         done += len(rows)

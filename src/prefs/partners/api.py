@@ -7,6 +7,7 @@ from litestar.di import NamedDependency
 
 from prefs.auth import customer_guard
 from prefs.db import Connection
+from prefs.errors import problems
 from prefs.partners import service
 from prefs.partners.schemas import PartnerDirectory
 
@@ -15,8 +16,9 @@ class PartnersController(Controller):
     path = "/v1/partners"
     tags = ["partners"]
     guards = [customer_guard]
+    security = [{"customer": []}]
 
-    @get("/")
+    @get("/", responses=problems(401, 503))
     async def directory(self, conn: NamedDependency[Connection]) -> PartnerDirectory:
         """The partners a customer can grant consent to."""
         return PartnerDirectory(items=await service.directory(conn))

@@ -13,13 +13,16 @@ from litestar.status_codes import HTTP_201_CREATED
 from prefs.auth import customer_guard
 from prefs.crypto import Vault
 from prefs.db import Connection
-from prefs.errors import InvalidInput, PreconditionRequired
+from prefs.errors import InvalidInput, PreconditionRequired, problems
+from prefs.http import STRING_WHEN_SENT, declared_body
 from prefs.preferences import service
 from prefs.preferences.schemas import Preference, PreferenceCreate, PreferenceList, PreferenceUpdate
 
 IfMatch = Annotated[
     str | None,
-    HeaderParameter(name="If-Match", description='The preference\'s ETag, e.g. "3" (or *).'),
+    HeaderParameter(name="If-Match", required=True, pattern=r'^\s*(\*|(W/)?"?[0-9]{1,9}"?)\s*$',
+                    description='The preference\'s ETag, e.g. "3" (or *); 428 without it.',
+                    schema_extra=STRING_WHEN_SENT),
 ]
 
 
@@ -44,8 +47,9 @@ class PreferencesController(Controller):
     path = "/v1/me/preferences"
     tags = ["preferences"]
     guards = [customer_guard]
+    security = [{"customer": []}]
 
-    @get("/")
+    @get("/", responses=problems(401, 404, 503))
     async def list_all(
         self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
         customer_id: NamedDependency[UUID],
@@ -54,7 +58,8 @@ class PreferencesController(Controller):
         items = await service.list_preferences(conn, vault, customer_id)
         return PreferenceList(items=items, count=len(items))
 
-    @post("/", status_code=HTTP_201_CREATED)
+    @post("/", status_code=HTTP_201_CREATED, operation_class=declared_body(PreferenceCreate),
+          responses=problems(400, 401, 404, 409, 413, 415, 503))
     async def create(
         self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
         customer_id: NamedDependency[UUID], data: JSONBody[PreferenceCreate],
@@ -63,7 +68,7 @@ class PreferencesController(Controller):
         preference = await service.create_preference(conn, vault, customer_id, data)
         return _tagged(preference, HTTP_201_CREATED)
 
-    @get("/{preference_id:uuid}")
+    @get("/{preference_id:uuid}", responses=problems(401, 404, 503))
     async def read(
         self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
         customer_id: NamedDependency[UUID], preference_id: FromPath[UUID],
@@ -71,7 +76,8 @@ class PreferencesController(Controller):
         """One preference, with its version as ETag."""
         return _tagged(await service.get_preference(conn, vault, customer_id, preference_id))
 
-    @patch("/{preference_id:uuid}")
+    @patch("/{preference_id:uuid}", operation_class=declared_body(PreferenceUpdate),
+           responses=problems(400, 401, 404, 412, 413, 415, 428, 503))
     async def update(
         self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
         customer_id: NamedDependency[UUID], preference_id: FromPath[UUID],
@@ -84,7 +90,7 @@ class PreferencesController(Controller):
         )
         return _tagged(preference)
 
-    @delete("/{preference_id:uuid}")
+    @delete("/{preference_id:uuid}", responses=problems(400, 401, 404, 412, 428, 503))
     async def remove(
         self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
         customer_id: NamedDependency[UUID],

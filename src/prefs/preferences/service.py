@@ -10,21 +10,22 @@ import asyncpg
 from msgspec import UNSET
 
 from prefs.crypto import DataKey, Vault
-from prefs.preferences.sealed import (
-    decrypt_attributes,
-    decrypt_note,
-    decrypt_product,
-    seal,
-)
 from prefs.customers.service import data_key
-from prefs.insights import service as insights
 from prefs.errors import LimitReached, NotFound, PreconditionFailed
+from prefs.insights import service as insights
 from prefs.preferences.schemas import (
     MAX_PREFERENCES,
     Preference,
     PreferenceCreate,
     PreferenceUpdate,
 )
+from prefs.preferences.sealed import (
+    decrypt_attributes,
+    decrypt_note,
+    decrypt_product,
+    seal,
+)
+
 
 def _preference(key: DataKey, row: Mapping[str, Any]) -> Preference:
     pid = row["preference_id"]

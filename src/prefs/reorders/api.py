@@ -35,15 +35,16 @@ from prefs.reorders.schemas import (
 
 IdempotencyKey = Annotated[
     str | None,
-    HeaderParameter(name="Idempotency-Key", required=True, pattern=f"^{idempotency.KEY_PATTERN.pattern}$",
+    HeaderParameter(name="Idempotency-Key", required=True,
+                    pattern=f"^{idempotency.KEY_PATTERN.pattern}$",
                     description="A unique key per reorder: 1 to 200 printable ASCII characters.",
                     schema_extra=STRING_WHEN_SENT),
 ]
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Items per page")]
-After = Annotated[str | None, QueryParameter(max_length=200, description="The `next` of the previous page",
-                                             schema_extra=STRING_WHEN_SENT)]
-Reference = Annotated[PartnerRef, PathParameter(**constraints_of(PartnerRef),
-                                                description="The customer's reference for this partner")]
+After = Annotated[str | None, QueryParameter(
+    max_length=200, description="The `next` of the previous page", schema_extra=STRING_WHEN_SENT)]
+Reference = Annotated[PartnerRef, PathParameter(
+    **constraints_of(PartnerRef), description="The customer's reference for this partner")]
 
 
 def _answer(answer: idempotency.Answer) -> Response[Any]:
@@ -130,7 +131,8 @@ class PartnerController(Controller):
         await expire_due(conn, vault, state.settings.controller, audience=_audience(credential))
         return await service.set_status(conn, credential, reorder_id, data.state)
 
-    @post("/reorders", status_code=HTTP_201_CREATED, operation_class=declared_body(PartnerReorderCreate),
+    @post("/reorders", status_code=HTTP_201_CREATED,
+          operation_class=declared_body(PartnerReorderCreate),
           responses=problems(400, 401, 404, 409, 413, 415, 422, 503))
     async def create(
         self, request: Request[Any, Any, Any], conn: NamedDependency[Connection],

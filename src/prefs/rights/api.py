@@ -12,6 +12,7 @@ from litestar.di import NamedDependency
 from litestar.response import Stream
 
 from prefs.auth import customer_guard
+from prefs.errors import problems
 from prefs.rights import service
 
 
@@ -19,8 +20,9 @@ class ExportController(Controller):
     path = "/v1/me/export"
     tags = ["customer"]
     guards = [customer_guard]
+    security = [{"customer": []}]
 
-    @get("/", media_type="application/json")
+    @get("/", media_type="application/json", responses=problems(401, 404, 503))
     async def export(self, state: State, customer_id: NamedDependency[UUID]) -> Stream:
         """Everything held about you, decrypted, in one JSON document (streamed)."""
         pool: Any = state.pool

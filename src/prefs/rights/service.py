@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -72,6 +73,36 @@ async def erase(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, 
     return True
 
 
+class Tombstone(msgspec.Struct, frozen=True):
+    """One erasure as it travels to a restored backup: a keyed hash of the subject and a time."""
+
+    subject_hash: bytes
+    index_version: int
+    erased_at: datetime
+
+
+TOMBSTONE_LIST = """
+SELECT subject_hash, index_version, erased_at FROM erasures ORDER BY erased_at, subject_hash
+"""
+RECORD_TOMBSTONE = """
+INSERT INTO erasures (subject_hash, index_version, erased_at) VALUES ($1, $2, $3)
+ON CONFLICT DO NOTHING
+"""
+
+
+async def tombstones(conn: asyncpg.Connection) -> list[Tombstone]:
+    """Every erasure recorded in this database (to carry over to a restored backup)."""
+    return [Tombstone(**row) for row in await conn.fetch(TOMBSTONE_LIST)]
+
+
+def encode_tombstones(found: list[Tombstone]) -> bytes:
+    return msgspec.json.encode(found)
+
+
+def decode_tombstones(data: bytes) -> list[Tombstone]:
+    return msgspec.json.decode(data, type=list[Tombstone])
+
+
 REPLAYABLE = """
 SELECT DISTINCT s.customer_id
 FROM erasures e
@@ -81,9 +112,18 @@ WHERE c.created_at <= e.erased_at
 """
 
 
-async def replay_erasures(conn: asyncpg.Connection, vault: Vault) -> int:
-    """Erase again every customer a tombstone names who enrolled before that erasure
-    (e.g. after restoring an older backup); returns how many were erased."""
+async def replay_erasures(conn: asyncpg.Connection, vault: Vault,
+                          carried: Iterable[Tombstone] = ()) -> int:
+    """Erase again every customer a tombstone names who enrolled before that erasure; returns
+    how many were erased.
+
+    A backup taken before an erasure holds no tombstone for it: after restoring one, pass the
+    live database's tombstones as ``carried`` (they are recorded here first, so the restored
+    database keeps them).
+    """
+    async with conn.transaction():
+        await conn.executemany(RECORD_TOMBSTONE, [
+            (t.subject_hash, t.index_version, t.erased_at) for t in carried])
     erased = 0
     for row in await conn.fetch(REPLAYABLE):
         erased += await erase(conn, vault, row["customer_id"], tombstone=False)
@@ -140,6 +180,7 @@ async def export(conn: asyncpg.Connection, vault: Vault, controller: str,
     Runs in one repeatable-read snapshot; the long lists (reorders, ledger, access log) are read
     through server-side cursors so memory stays flat however much there is.
     """
+    await data_key(conn, vault, customer_id)  # a lazy rewrap writes: not in the read-only snapshot
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         key = await data_key(conn, vault, customer_id)
         me = await profile(conn, vault, customer_id)

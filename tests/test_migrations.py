@@ -1,0 +1,130 @@
+"""The stairway: each migration goes up, down to exactly the schema before it, and up again."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from alembic.script import ScriptDirectory
+
+from prefs import db
+from tests.conftest import Database, _admin, with_database
+
+SCHEMA = {
+    "columns": """
+        SELECT table_name, column_name, data_type, is_nullable, coalesce(column_default, '')
+        FROM information_schema.columns WHERE table_schema = 'public' ORDER BY 1, 2
+    """,
+    "constraints": """
+        SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
+        FROM pg_constraint WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2
+    """,
+    "indexes": """
+        SELECT tablename, indexname, indexdef FROM pg_indexes
+        WHERE schemaname = 'public' ORDER BY 1, 2
+    """,
+    "functions": """
+        SELECT proname, pg_get_function_identity_arguments(oid)
+        FROM pg_proc WHERE pronamespace = 'public'::regnamespace ORDER BY 1, 2
+    """,
+    "triggers": """
+        SELECT tgrelid::regclass::text, tgname FROM pg_trigger
+        WHERE NOT tgisinternal ORDER BY 1, 2
+    """,
+    "types": """
+        SELECT typname FROM pg_type
+        WHERE typnamespace = 'public'::regnamespace AND typtype <> 'c' AND typname NOT LIKE '\\_%'
+        ORDER BY 1
+    """,
+}
+
+
+async def schema(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Everything the migrations create, apart from alembic's own bookkeeping."""
+    conn = await db.connect(url)
+    try:
+        snapshot = {
+            name: [tuple(row) for row in await conn.fetch(sql)] for name, sql in SCHEMA.items()
+        }
+    finally:
+        await conn.close()
+    return {
+        name: [row for row in rows if "alembic_version" not in row]
+        for name, rows in snapshot.items()
+    }
+
+
+async def current_revision(url: str) -> str | None:
+    conn = await db.connect(url)
+    try:
+        return await conn.fetchval(
+            "SELECT version_num FROM alembic_version"
+            if await conn.fetchval("SELECT to_regclass('public.alembic_version') IS NOT NULL")
+            else "SELECT NULL"
+        )
+    finally:
+        await conn.close()
+
+
+def revisions_in_order() -> list[tuple[str, str]]:
+    """(revision, the one before it or 'base'), oldest first."""
+    scripts = ScriptDirectory(str(db.migrations_dir()))
+    walked = list(scripts.walk_revisions())  # newest first
+    assert len(scripts.get_heads()) == 1, "the migrations branch: merge them into one head"
+    steps = []
+    for script in reversed(walked):
+        down = script.down_revision
+        assert down is None or isinstance(down, str), f"{script.revision} merges revisions"
+        steps.append((script.revision, down or "base"))
+    return steps
+
+
+@pytest.fixture
+async def empty_database(database: Database) -> AsyncIterator[str]:
+    name = f"prefs_stairway_{secrets.token_hex(4)}"
+    await _admin(database.server_url, f"CREATE DATABASE {name}")
+    try:
+        yield with_database(database.server_url, name)
+    finally:
+        await _admin(database.server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_the_revisions_form_one_line_from_base_to_head():
+    steps = revisions_in_order()
+    assert steps[0][1] == "base"
+    assert steps[-1][0] == db.head_revision()
+    for (_, before), (previous, _) in zip(steps[1:], steps[:-1], strict=True):
+        assert before == previous
+
+
+async def test_every_revision_goes_up_down_and_up_again(empty_database):
+    url = empty_database
+    empty = await schema(url)
+    before = empty
+    for revision, previous in revisions_in_order():
+        await asyncio.to_thread(db.migrate, url, revision)
+        after = await schema(url)
+        assert await current_revision(url) == revision
+        assert after != before, f"{revision} changes nothing"
+
+        await asyncio.to_thread(db.downgrade, url, previous)
+        assert await schema(url) == before, f"downgrading {revision} does not restore {previous}"
+        assert await current_revision(url) == (None if previous == "base" else previous)
+
+        await asyncio.to_thread(db.migrate, url, revision)
+        assert await schema(url) == after, f"{revision} does not upgrade the same way twice"
+        before = after
+
+    assert await current_revision(url) == db.head_revision()
+    await asyncio.to_thread(db.downgrade, url, "base")
+    assert await schema(url) == empty
+    await asyncio.to_thread(db.migrate, url)
+    assert await current_revision(url) == db.head_revision()
+    assert await schema(url) == before
+
+
+async def test_the_session_database_is_at_head(conn):
+    assert await db.schema_at_head(conn, db.head_revision())

@@ -1,0 +1,187 @@
+"""`prefs serve` as an operator runs it: one command on an empty data dir, clean stop, restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import CHINOS, _free_port, bearer
+
+PREFS = Path(sys.executable).parent / "prefs"
+START_TIMEOUT = 120  # seconds; a first start runs initdb, and CI machines can be slow
+
+
+def clean_environment(**settings: str) -> dict[str, str]:
+    """The caller's environment without PREFS_ settings (nor the tests' runtime dir)."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("PREFS_") and k != "XDG_RUNTIME_DIR"
+    }
+    return {**env, **settings}
+
+
+def prefs(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(PREFS), *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+class Served:
+    def __init__(self, process: subprocess.Popen[str], url: str) -> None:
+        self.process = process
+        self.url = url
+        self.stdout = ""
+        self.stderr = ""
+
+    def stop(self) -> int:
+        """SIGTERM, as a process manager would send, and wait for the exit."""
+        self.process.send_signal(signal.SIGTERM)
+        self.stdout, self.stderr = self.process.communicate(timeout=60)
+        return self.process.returncode
+
+
+@contextmanager
+def serving(data_dir: Path) -> Iterator[Served]:
+    port = _free_port()
+    process = subprocess.Popen(
+        [str(PREFS), "serve", "--port", str(port)],
+        env=clean_environment(PREFS_DATA_DIR=str(data_dir)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    served = Served(process, f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                out, err = process.communicate()
+                pytest.fail(f"prefs serve exited with {process.returncode}:\n{out}\n{err}")
+            try:
+                if httpx.get(f"{served.url}/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"prefs serve did not become ready within {START_TIMEOUT}s")
+            time.sleep(0.2)
+        yield served
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+        stop_leftover_postgres(data_dir)
+
+
+def stop_leftover_postgres(data_dir: Path) -> None:
+    """If a failed run left the embedded server behind, stop it (fast shutdown): leak nothing."""
+    pid_file = data_dir / "pg" / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    try:
+        os.kill(pid, signal.SIGINT)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 30
+    while pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def token(data_dir: Path, subject: str) -> str:
+    minted = prefs(
+        "token", "--subject", subject, env=clean_environment(PREFS_DATA_DIR=str(data_dir))
+    )
+    assert minted.returncode == 0, minted.stderr
+    return minted.stdout.strip()
+
+
+def test_prefs_serve_starts_on_an_empty_data_dir_stops_cleanly_and_keeps_data_across_restarts(
+    tmp_path,
+):
+    data_dir = tmp_path / "prefs-data"
+    with serving(data_dir) as first:
+        ready = httpx.get(f"{first.url}/health/ready")
+        assert ready.json()["status"] == "ok"
+        headers = bearer(token(data_dir, "alice@example.test"))
+        enrolled = httpx.post(
+            f"{first.url}/v1/me", headers=headers, json={"card": "6001 2345 6789"}
+        )
+        assert enrolled.status_code == 201, enrolled.text
+        created = httpx.post(f"{first.url}/v1/me/preferences", headers=headers, json=CHINOS)
+        assert created.status_code == 201, created.text
+        assert first.stop() == 0, first.stderr
+        assert not (data_dir / "pg" / "postmaster.pid").exists(), (
+            "the embedded PostgreSQL is still running"
+        )
+    assert f"listening on {first.url}" in first.stdout
+    assert "prefs token --subject" in first.stdout
+    for key_file in ("master.keys", "index.key", "dev-issuer.pem"):
+        assert stat.S_IMODE((data_dir / key_file).stat().st_mode) == 0o600, key_file
+
+    with serving(data_dir) as second:
+        for credentials in (headers, bearer(token(data_dir, "alice@example.test"))):
+            profile = httpx.get(f"{second.url}/v1/me", headers=credentials)
+            assert profile.status_code == 200, profile.text
+            assert profile.json()["id"] == enrolled.json()["id"]
+            assert profile.json()["card"] == "600123456789"
+            listed = httpx.get(f"{second.url}/v1/me/preferences", headers=credentials)
+            assert listed.json()["items"] == [created.json()]
+        assert second.stop() == 0, second.stderr
+        assert not (data_dir / "pg" / "postmaster.pid").exists(), (
+            "the embedded PostgreSQL is still running"
+        )
+
+
+def test_production_with_nothing_configured_refuses_to_serve_with_one_line(tmp_path):
+    result = prefs(
+        "serve", env=clean_environment(PREFS_ENV="production", PREFS_DATA_DIR=str(tmp_path / "d"))
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for name in ("PREFS_DATABASE_URL", "PREFS_MASTER_KEYS", "PREFS_INDEX_KEY", "PREFS_JWT_ISSUER"):
+        assert name in lines[0]
+    assert "listening" not in result.stdout
+    assert not (tmp_path / "d").exists()
+
+
+def test_prefs_token_is_refused_in_production(tmp_path):
+    jwks = tmp_path / "jwks.json"
+    public_key = {
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+    }
+    jwks.write_text(json.dumps({"keys": [{**public_key, "kid": "idp-1"}]}))
+    key = "1:" + "A" * 43
+    production = clean_environment(
+        PREFS_ENV="production",
+        PREFS_DATA_DIR=str(tmp_path / "d"),
+        PREFS_DATABASE_URL="postgresql://prefs@127.0.0.1:1/prefs",
+        PREFS_MASTER_KEYS=key,
+        PREFS_INDEX_KEY=key,
+        PREFS_JWT_ISSUER="https://id.example-retailer.test/",
+        PREFS_JWT_AUDIENCE="prefs-api",
+        PREFS_JWT_JWKS=str(jwks),
+    )
+    result = prefs("token", "--subject", "alice", env=production)
+    assert result.returncode != 0
+    assert "development issuer" in result.stderr
+    assert result.stdout.strip() == ""
+    assert not (tmp_path / "d" / "dev-issuer.pem").exists()

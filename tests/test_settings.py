@@ -1,0 +1,195 @@
+"""Settings from the environment: production refuses to guess, development makes its own keys."""
+
+from __future__ import annotations
+
+import base64
+import json
+import stat
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from prefs.auth import DevIssuer, TokenVerifier
+from prefs.crypto import Vault
+from prefs.settings import SettingsError, load
+
+REQUIRED_IN_PRODUCTION = (
+    "PREFS_DATABASE_URL",
+    "PREFS_MASTER_KEYS",
+    "PREFS_INDEX_KEY",
+    "PREFS_JWT_ISSUER",
+    "PREFS_JWT_AUDIENCE",
+    "PREFS_JWT_JWKS",
+)
+
+
+def key_setting(fill: bytes) -> str:
+    return "1:" + base64.urlsafe_b64encode(fill * 32).decode()
+
+
+@pytest.fixture
+def production(tmp_path: Path) -> dict[str, str]:
+    jwks = tmp_path / "jwks.json"
+    public = Ed25519PrivateKey.generate().public_key()
+    jwk = {**json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(public)), "kid": "idp-1", "alg": "EdDSA"}
+    jwks.write_text(json.dumps({"keys": [jwk]}))
+    return {
+        "PREFS_ENV": "production",
+        "PREFS_DATA_DIR": str(tmp_path / "data"),
+        "PREFS_DATABASE_URL": "postgresql://prefs@db.internal:5432/prefs",
+        "PREFS_MASTER_KEYS": key_setting(b"m"),
+        "PREFS_INDEX_KEY": key_setting(b"i"),
+        "PREFS_JWT_ISSUER": "https://id.example-retailer.test/",
+        "PREFS_JWT_AUDIENCE": "prefs-api",
+        "PREFS_JWT_JWKS": str(jwks),
+    }
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_production_starts_with_everything_configured_and_no_dev_issuer(production):
+    settings = load(production)
+    assert settings.env == "production"
+    assert settings.dev_issuer is False
+    assert settings.master_keys == production["PREFS_MASTER_KEYS"]
+    assert not Path(production["PREFS_DATA_DIR"]).exists()  # no development keys were made
+
+
+@pytest.mark.parametrize("missing", REQUIRED_IN_PRODUCTION)
+def test_production_refuses_without_each_required_setting_and_names_it(production, missing):
+    for absent in (
+        {k: v for k, v in production.items() if k != missing},
+        {**production, missing: ""},
+    ):
+        with pytest.raises(SettingsError) as raised:
+            load(absent)
+        message = str(raised.value)
+        assert missing in message
+        assert "\n" not in message
+        for name in REQUIRED_IN_PRODUCTION:
+            if name != missing:
+                assert name not in message.split("(")[0], f"{name} is set but reported missing"
+    assert not Path(production["PREFS_DATA_DIR"]).exists()
+
+
+def test_production_with_nothing_set_names_everything_missing_on_one_line(tmp_path):
+    with pytest.raises(SettingsError) as raised:
+        load({"PREFS_ENV": "production", "PREFS_DATA_DIR": str(tmp_path / "data")})
+    message = str(raised.value)
+    assert "\n" not in message
+    for name in REQUIRED_IN_PRODUCTION:
+        assert name in message
+
+
+def test_production_never_enables_the_dev_issuer(production):
+    settings = load(production)
+    verifier = TokenVerifier(
+        settings, Vault.from_settings(settings.master_keys, settings.index_keys).index
+    )
+    assert verifier.dev_issuer is None
+    assert list(verifier.issuers) == ["https://id.example-retailer.test/"]
+    assert not settings.dev_issuer_key_path.exists()
+
+
+def test_production_settings_never_echo_key_material(production):
+    for name in ("PREFS_MASTER_KEYS", "PREFS_INDEX_KEY"):
+        with pytest.raises(SettingsError) as raised:
+            load({k: v for k, v in production.items() if k != name})
+        for secret in (production["PREFS_MASTER_KEYS"], production["PREFS_INDEX_KEY"]):
+            assert secret[2:] not in str(raised.value)
+
+
+def test_an_unknown_environment_is_refused(tmp_path):
+    with pytest.raises(SettingsError, match="PREFS_ENV"):
+        load({"PREFS_ENV": "staging", "PREFS_DATA_DIR": str(tmp_path)})
+
+
+@pytest.mark.parametrize(
+    "partial",
+    [
+        {"PREFS_JWT_ISSUER": "https://id.example.test/"},
+        {"PREFS_JWT_JWKS": "/nonexistent/jwks.json"},
+        {
+            "PREFS_JWT_ISSUER": "https://id.example.test/",
+            "PREFS_JWT_JWKS": "/nonexistent/jwks.json",
+        },
+    ],
+)
+def test_identity_provider_settings_must_come_together(tmp_path, partial):
+    with pytest.raises(
+        SettingsError, match="PREFS_JWT_ISSUER, PREFS_JWT_AUDIENCE and PREFS_JWT_JWKS"
+    ):
+        load({"PREFS_DATA_DIR": str(tmp_path), **partial})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PREFS_K_ANONYMITY", "ten"),
+        ("PREFS_K_ANONYMITY", "1"),
+        ("PREFS_POOL_MAX_SIZE", "0"),
+        ("PREFS_MAX_BODY_BYTES", "12"),
+    ],
+)
+def test_a_bad_number_is_refused_naming_the_setting(tmp_path, name, value):
+    with pytest.raises(SettingsError) as raised:
+        load({"PREFS_DATA_DIR": str(tmp_path), name: value})
+    assert name in str(raised.value)
+
+
+def test_development_creates_owner_only_keys_and_reuses_them(tmp_path):
+    data_dir = tmp_path / "fresh" / ".prefs"
+    first = load({"PREFS_DATA_DIR": str(data_dir)})
+    assert first.env == "development"
+    assert first.dev_issuer is True
+    assert first.data_dir == data_dir.resolve()
+    assert mode(data_dir) == 0o700
+    for name in ("master.keys", "index.key"):
+        assert mode(data_dir / name) == 0o600, name
+    assert first.master_keys != first.index_keys
+    Vault.from_settings(first.master_keys, first.index_keys)  # both parse
+
+    issuer = DevIssuer(first.dev_issuer_key_path)
+    assert first.dev_issuer_key_path.parent == data_dir.resolve()
+    assert mode(first.dev_issuer_key_path) == 0o600
+
+    second = load({"PREFS_DATA_DIR": str(data_dir)})
+    assert (second.master_keys, second.index_keys) == (first.master_keys, first.index_keys)
+    assert DevIssuer(second.dev_issuer_key_path).public_jwk == issuer.public_jwk
+    assert sorted(p.name for p in data_dir.iterdir()) == [
+        "dev-issuer.pem",
+        "index.key",
+        "master.keys",
+    ]
+
+
+def test_development_keys_differ_between_data_directories(tmp_path):
+    one = load({"PREFS_DATA_DIR": str(tmp_path / "one")})
+    two = load({"PREFS_DATA_DIR": str(tmp_path / "two")})
+    assert one.master_keys != two.master_keys
+    assert one.index_keys != two.index_keys
+
+
+def test_keys_given_in_development_are_used_and_no_key_file_is_written(tmp_path):
+    settings = load(
+        {
+            "PREFS_DATA_DIR": str(tmp_path / "data"),
+            "PREFS_MASTER_KEYS": key_setting(b"m"),
+            "PREFS_INDEX_KEY": key_setting(b"i"),
+        }
+    )
+    assert settings.master_keys == key_setting(b"m")
+    assert settings.index_keys == key_setting(b"i")
+    assert not (tmp_path / "data" / "master.keys").exists()
+    assert not (tmp_path / "data" / "index.key").exists()
+
+
+def test_the_default_data_directory_is_dot_prefs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = load({})
+    assert settings.data_dir == (tmp_path / ".prefs").resolve()
+    assert (tmp_path / ".prefs" / "master.keys").exists()
