@@ -704,7 +704,8 @@ async def test_an_absurd_bearer_token_is_refused(victim, token):
                 m, p, headers={"Authorization": f"Bearer {token}".encode("latin-1")}, json=b
             ),
         )
-        assert_clear_problem(response, 401)
+        # a 60 KB token is refused before it is even read: headers over 16 KiB get 431
+        assert_clear_problem(response, (401, 431) if len(token) > 16_000 else 401)
 
 
 @pytest.mark.parametrize(

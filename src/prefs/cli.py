@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -68,8 +69,6 @@ def main() -> None:
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 def serve(host: str, port: int, workers: int) -> None:
     """Serve the API and the web page (on an embedded PostgreSQL unless PREFS_DATABASE_URL is set)."""
-    import uvicorn
-
     settings = _settings()
     with Database(settings) as url:
         db.migrate(url)
@@ -84,23 +83,43 @@ def serve(host: str, port: int, workers: int) -> None:
         if demo is not None:
             _print_demo(demo, base)
         sys.stdout.flush()
-        if workers == 1:
-            from prefs.app import create_app
-
-            uvicorn.Server(uvicorn.Config(
-                create_app(settings), host=host, port=port, log_config=None, access_log=False,
-                lifespan="on", timeout_graceful_shutdown=30,
-            )).run()
-        else:
-            os.environ["PREFS_DATABASE_URL"] = url
-            metrics_dir = settings.data_dir / "metrics"
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-            metrics_dir.mkdir(parents=True, mode=0o700)
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-            os.environ["PREFS_WORKER_LOGGING"] = "1"  # spawned workers set up the same JSON logs
-            uvicorn.run("prefs.app:create_app", factory=True, host=host, port=port, workers=workers,
-                        log_config=None, access_log=False, timeout_graceful_shutdown=30)
+        # uvicorn re-raises SIGTERM after its graceful shutdown; turn that into a clean return so
+        # the embedded database is stopped too.
+        signal.signal(signal.SIGTERM, _stop)
+        try:
+            _run_server(settings, url, host, port, workers)
+        except _Stop:
+            pass
     click.echo("prefs stopped")
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop(*_: object) -> None:
+    raise _Stop
+
+
+def _run_server(settings: Settings, url: str, host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    if workers == 1:
+        from prefs.app import create_app
+
+        uvicorn.Server(uvicorn.Config(
+            create_app(settings), host=host, port=port, log_config=None, access_log=False,
+            lifespan="on", timeout_graceful_shutdown=30,
+        )).run()
+    else:
+        os.environ["PREFS_DATABASE_URL"] = url
+        metrics_dir = settings.data_dir / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True, mode=0o700)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        os.environ["PREFS_WORKER_LOGGING"] = "1"  # spawned workers set up the same JSON logs
+        uvicorn.run("prefs.app:create_app", factory=True, host=host, port=port, workers=workers,
+                    log_config=None, access_log=False, timeout_graceful_shutdown=30)
 
 
 def _demo(settings: Settings, url: str) -> Any:
@@ -325,15 +344,37 @@ def erasures() -> None:
     """Erasure tombstones."""
 
 
+@erasures.command("export")
+@click.option("--output", type=click.Path(dir_okay=False, allow_dash=True), default="-", show_default=True,
+              help="Where to write the tombstones (JSON; keyed hashes and times, no personal data).")
+def erasures_export(output: str) -> None:
+    """Write every erasure tombstone, to replay on a restored backup that predates them."""
+    from prefs.rights import service
+
+    with Database(_settings()) as url:
+        found = _run(url, service.tombstones)
+    with click.open_file(output, "wb") as handle:
+        handle.write(service.encode_tombstones(found))
+    click.echo(f"{len(found)} tombstones written", err=True)
+
+
 @erasures.command("replay")
-def erasures_replay() -> None:
+@click.option("--from", "source", type=click.File("rb"),
+              help="Tombstones from `prefs erasures export` on the live database (recorded here first).")
+def erasures_replay(source: Any) -> None:
     """Re-apply recorded erasures (run it after restoring a backup)."""
+    import msgspec
+
     from prefs.rights import service
 
     settings = _settings()
     vault = _vault(settings)
+    try:
+        carried = service.decode_tombstones(source.read()) if source is not None else []
+    except msgspec.DecodeError:
+        raise click.ClickException("--from is not a file written by `prefs erasures export`") from None
     with Database(settings) as url:
-        count = _run(url, lambda conn: service.replay_erasures(conn, vault))
+        count = _run(url, lambda conn: service.replay_erasures(conn, vault, carried))
     click.echo(f"{count} customers erased again")
 
 

@@ -92,6 +92,7 @@ _TITLES = {
     405: ("method-not-allowed", "Method not allowed"),
     413: ("body-too-large", "Request body too large"),
     415: ("unsupported-media-type", "Unsupported media type"),
+    431: ("headers-too-large", "Request headers too large"),
     429: ("too-many-requests", "Too many requests"),
     500: ("internal-error", "Internal error"),
     503: ("unavailable", "Service unavailable"),
@@ -161,6 +162,14 @@ def _misfiled_body_error(exc: Exception) -> list[dict[str, Any]] | None:
     return [{"message": match["message"], "key": match["key"], "source": "body"}]
 
 
+_QUOTED = re.compile(r"'[^']*'|`(?!\$)[^`]*`")
+
+
+def _without_values(message: str) -> str:
+    """Validation messages name fields and rules; quoted values sent by the caller are dropped."""
+    return _QUOTED.sub("…", message)
+
+
 def _http(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     from litestar.exceptions import HTTPException, ValidationException
 
@@ -174,10 +183,11 @@ def _http(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
         detail = "The request does not match the schema: see errors."
         extra = exc.extra if isinstance(exc.extra, list) else []
         errors = [
-            {k: v for k, v in item.items() if k in ("message", "key", "source")}
+            {k: _without_values(v) if k == "message" and isinstance(v, str) else v
+             for k, v in item.items() if k in ("message", "key", "source")}
             for item in extra
             if isinstance(item, dict)
-        ] or [{"message": exc.detail}]
+        ] or [{"message": _without_values(exc.detail)}]
     headers = dict(exc.headers or {})
     if exc.status_code == 401:
         headers.setdefault("WWW-Authenticate", 'Bearer realm="prefs"')

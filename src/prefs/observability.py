@@ -42,6 +42,8 @@ DISCLOSURES = Counter("prefs_disclosures", "Disclosures recorded in access logs"
 POOL_SIZE = Gauge("prefs_db_pool_connections", "Connections open in the pool", multiprocess_mode="livesum")
 POOL_IDLE = Gauge("prefs_db_pool_idle_connections", "Idle connections in the pool", multiprocess_mode="livesum")
 
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 16_384
 SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"))
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -54,6 +56,15 @@ class ObservabilityMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        headers_in = scope["headers"]
+        if len(headers_in) > MAX_HEADERS or sum(len(k) + len(v) for k, v in headers_in) > MAX_HEADER_BYTES:
+            body = (b'{"type":"urn:prefs:problem:headers-too-large","title":"Request headers too large",'
+                    b'"status":431,"detail":"Send at most 100 headers and 16 KiB of them."}')
+            await send({"type": "http.response.start", "status": 431,
+                        "headers": [(b"content-type", b"application/problem+json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
         incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
         rid = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         token = request_id.set(rid)

@@ -7,6 +7,7 @@ from msgspec import Meta
 # Python's `$` also matches before a final newline; `(?!\n)` keeps "khaki\n" out (and is valid
 # ECMAScript, so the patterns stay usable in the OpenAPI document, unlike `\Z`).
 END = r"$(?!\n)"
+UUID_TEXT = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 SINGLE_LINE = r"^[^\x00-\x1f\x7f]*" + END
 MULTI_LINE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 

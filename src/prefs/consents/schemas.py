@@ -7,10 +7,12 @@ from uuid import UUID
 import msgspec
 from msgspec import Meta
 
+from prefs.text import END, UUID_TEXT
+
 Field = Literal["product", "attributes", "note"]
 Fields = Annotated[list[Field], Meta(min_length=1, max_length=3)]
 PreferenceIds = Annotated[list[UUID], Meta(min_length=1, max_length=500)]
-Audience = Annotated[str, Meta(max_length=64, pattern=r"^(pos|insights|partner:[0-9a-fA-F-]{36})$")]
+Audience = Annotated[str, Meta(max_length=64, pattern=r"^(pos|insights|partner:" + UUID_TEXT + ")" + END)]
 State = Literal["ConsentGiven", "ConsentWithdrawn", "ConsentExpired"]
 
 

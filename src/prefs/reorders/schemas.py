@@ -8,10 +8,11 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from prefs.preferences.schemas import Product
+from prefs.text import END, UUID_TEXT
 
 Quantity = Annotated[int, Meta(ge=1, le=99)]
-Fulfiller = Annotated[str, Meta(max_length=64, pattern=r"^(store|partner:[0-9a-fA-F-]{36})$")]
-PartnerRef = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+Fulfiller = Annotated[str, Meta(max_length=64, pattern=r"^(store|partner:" + UUID_TEXT + ")" + END)]
+PartnerRef = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+" + END)]
 State = Literal["requested", "accepted", "fulfilled", "declined", "cancelled"]
 
 

@@ -47,7 +47,10 @@ _snapshot = msgspec.json.Decoder(Snapshot)
 
 
 def partner_id_of(audience_or_fulfiller: str) -> uuid.UUID:
-    return uuid.UUID(audience_or_fulfiller.split(":", 1)[1])
+    try:
+        return uuid.UUID(audience_or_fulfiller.split(":", 1)[1])
+    except (ValueError, IndexError):
+        raise InvalidInput("fulfiller must be `store` or `partner:<partner id>`.") from None
 
 
 # FOR SHARE: a withdrawal waits for a reorder being placed under the grant, then cancels it.
