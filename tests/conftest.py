@@ -96,8 +96,14 @@ class LiveServer:
     def __init__(self, app: Any) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                access_log=False, lifespan="on")
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+        )
         self.server = uvicorn.Server(config)
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -168,7 +174,12 @@ def new_customer(client: httpx.AsyncClient, issuer: DevIssuer) -> Any:
 
 
 CHINOS: dict[str, Any] = {
-    "product": {"sku": "CL-CHINO-3434", "name": "Classic Chino", "brand": "Acme", "category": "trousers"},
+    "product": {
+        "sku": "CL-CHINO-3434",
+        "name": "Classic Chino",
+        "brand": "Acme",
+        "category": "trousers",
+    },
     "attributes": {"waist": "34", "leg": "34", "colour": "khaki", "fit": "regular"},
     "note": "The old cut, before they changed the pockets.",
     "status": "discontinued",
@@ -206,8 +217,16 @@ class SocketUse:
     via_jwks: bool  # made by PyJWKClient fetching the configured key set
 
 
-_AUDITED_EVENTS = frozenset({"socket.connect", "socket.sendto", "socket.getaddrinfo",
-                             "socket.gethostbyname", "socket.gethostbyaddr", "urllib.Request"})
+_AUDITED_EVENTS = frozenset(
+    {
+        "socket.connect",
+        "socket.sendto",
+        "socket.getaddrinfo",
+        "socket.gethostbyname",
+        "socket.gethostbyaddr",
+        "urllib.Request",
+    }
+)
 _in_audit = threading.local()
 
 
@@ -288,8 +307,12 @@ if _outbound is None:
     _outbound.stop = threading.Event()
     _sys.modules["_prefs_outbound_audit"] = _outbound
     _sys.addaudithook(_audit_hook(_outbound.uses))
-    threading.Thread(target=_sample_periodically, args=(_outbound.uses, _outbound.stop),
-                     name="outbound-sampler", daemon=True).start()
+    threading.Thread(
+        target=_sample_periodically,
+        args=(_outbound.uses, _outbound.stop),
+        name="outbound-sampler",
+        daemon=True,
+    ).start()
 SOCKET_USES: set[SocketUse] = _outbound.uses
 
 
@@ -325,8 +348,12 @@ def outbound_violations(uses: set[SocketUse] | None = None) -> list[SocketUse]:
             allowed = Path(use.host).name.startswith(".s.PGSQL.")
         else:
             looked_up = use.event.startswith("socket.get")
-            allowed = (use.via_jwks or _is_loopback(use.host) or (use.host, use.port) in database
-                       or (looked_up and use.host in database_hosts))
+            allowed = (
+                use.via_jwks
+                or _is_loopback(use.host)
+                or (use.host, use.port) in database
+                or (looked_up and use.host in database_hosts)
+            )
         if not allowed:
             wrong.append(use)
     return wrong
@@ -349,3 +376,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         else:
             print(line, file=_sys.stderr)
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Browser tests last: Playwright's sync API holds an event loop on the main thread while
+    it runs, which the session-scoped asyncio fixtures of the other tests must not meet."""
+    items.sort(key=lambda item: "tests/browser/" in item.nodeid.replace("\\", "/"))

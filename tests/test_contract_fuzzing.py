@@ -54,26 +54,44 @@ CHECKS = [
 MAX_EXAMPLES = 15
 HYPOTHESIS_SETTINGS = hypothesis.settings(
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                           HealthCheck.data_too_large],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.data_too_large,
+    ],
     database=None,
     derandomize=True,
 )
 
 
-CONFIG = schemathesis.Config.from_dict({
-    "seed": 20_240_607,
-    "generation": {"max-examples": MAX_EXAMPLES, "mode": "all"},
-    "checks": {
-        # Valid data may still meet state no schema can describe: a stale If-Match (412) or an
-        # Idempotency-Key already used with another body (422), like the default 409.
-        "positive_data_acceptance": {"expected-statuses": [
-            "2xx", "3xx", "401", "403", "404", "409", "412", "422", "429", "5xx"]},
-        # A missing If-Match is 428 Precondition Required (RFC 6585), not a 400.
-        "missing_required_header": {"expected-statuses": [
-            "400", "401", "403", "406", "415", "422", "428"]},
-    },
-})
+CONFIG = schemathesis.Config.from_dict(
+    {
+        "seed": 20_240_607,
+        "generation": {"max-examples": MAX_EXAMPLES, "mode": "all"},
+        "checks": {
+            # Valid data may still meet state no schema can describe: a stale If-Match (412) or an
+            # Idempotency-Key already used with another body (422), like the default 409.
+            "positive_data_acceptance": {
+                "expected-statuses": [
+                    "2xx",
+                    "3xx",
+                    "401",
+                    "403",
+                    "404",
+                    "409",
+                    "412",
+                    "422",
+                    "429",
+                    "5xx",
+                ]
+            },
+            # A missing If-Match is 428 Precondition Required (RFC 6585), not a 400.
+            "missing_required_header": {
+                "expected-statuses": ["400", "401", "403", "406", "415", "422", "428"]
+            },
+        },
+    }
+)
 schema = schemathesis.openapi.from_path(repo_root() / "openapi" / "openapi.json", config=CONFIG)
 
 ROLE_BY_PATH = (  # which credential each part of the API takes
@@ -107,7 +125,9 @@ class RoleCredential:
 def with_live_credential(case: Any) -> Any:
     value = (case.headers or {}).get("Authorization", "")
     if value.startswith(f"Bearer {PENDING}"):
-        case.headers["Authorization"] = f"Bearer {CREDENTIALS[value.removeprefix(f'Bearer {PENDING}')]}"
+        case.headers["Authorization"] = (
+            f"Bearer {CREDENTIALS[value.removeprefix(f'Bearer {PENDING}')]}"
+        )
     return case
 
 
@@ -122,8 +142,10 @@ def with_live_state(case: Any, base_url: str) -> Any:
         return case
     if case.query and case.query.get("after"):
         case.query["after"] = (
-            encode_feed_cursor("1", uuid.uuid4()) if case.path.startswith("/v1/partner/")
-            else encode_cursor(datetime.now(UTC), uuid.uuid4()))
+            encode_feed_cursor("1", uuid.uuid4())
+            if case.path.startswith("/v1/partner/")
+            else encode_cursor(datetime.now(UTC), uuid.uuid4())
+        )
     body = case.body if isinstance(case.body, dict) else {}
     if isinstance(body.get("preferences"), list):
         listed = httpx.get(f"{base_url}/v1/me/preferences", headers=bearer(CREDENTIALS["customer"]))
@@ -143,7 +165,8 @@ async def roles(server: LiveServer, database: Database, issuer: DevIssuer) -> di
     try:
         _, till = await credentials.create(conn, "pos", "Fuzzing till", store="fuzz-store")
         partner, partner_key = await credentials.create(
-            conn, "partner", "Fuzzing tailor", description="Makes trousers again")
+            conn, "partner", "Fuzzing tailor", description="Makes trousers again"
+        )
         _, insights = await credentials.create(conn, "insights", "Fuzzing merchandising")
     finally:
         await conn.close()
@@ -155,8 +178,9 @@ async def roles(server: LiveServer, database: Database, issuer: DevIssuer) -> di
             created = await http.post("/v1/me/preferences", json={**CHINOS, "note": note})
             assert created.status_code == 201, created.text
         for audience in ("pos", f"partner:{partner.partner_id}", "insights"):
-            granted = await http.put(f"/v1/me/consents/{audience}",
-                                     json={"fields": ["product", "attributes", "note"]})
+            granted = await http.put(
+                f"/v1/me/consents/{audience}", json={"fields": ["product", "attributes", "note"]}
+            )
             assert granted.status_code == 200, granted.text
     CREDENTIALS.update(customer=token, till=till, partner=partner_key, insights=insights)
     return dict(CREDENTIALS)
@@ -164,8 +188,9 @@ async def roles(server: LiveServer, database: Database, issuer: DevIssuer) -> di
 
 @schema.parametrize()
 @HYPOTHESIS_SETTINGS
-def test_every_operation_answers_by_its_contract(case: Any, server: LiveServer,
-                                                 roles: dict[str, str]) -> None:
+def test_every_operation_answers_by_its_contract(
+    case: Any, server: LiveServer, roles: dict[str, str]
+) -> None:
     case = with_live_state(with_live_credential(case), server.url)
     case.call_and_validate(base_url=server.url, checks=CHECKS)
 
@@ -180,11 +205,13 @@ def test_call_sequences_answer_by_the_contract(server: LiveServer, roles: dict[s
         def get_call_kwargs(self, case: Any) -> dict[str, Any]:
             return {"base_url": server.url}
 
-        def validate_response(self, response: Any, case: Any, additional_checks: Any = None,
-                              **kwargs: Any) -> None:
+        def validate_response(
+            self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any
+        ) -> None:
             try:
-                case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs or None,
-                                       recorder=self.recorder)
+                case.validate_response(
+                    response, checks=CHECKS, transport_kwargs=kwargs or None, recorder=self.recorder
+                )
             except FailureGroup as failure:
                 failures.append(failure)
                 raise
@@ -193,8 +220,13 @@ def test_call_sequences_answer_by_the_contract(server: LiveServer, roles: dict[s
     # on what earlier answers returned, so Hypothesis may find a replay "flaky". Failures are
     # recorded as they happen (as the schemathesis CLI does) and not shrunk.
     with contextlib.suppress(Flaky):
-        Workflow.run(settings=hypothesis.settings(
-            HYPOTHESIS_SETTINGS, max_examples=MAX_EXAMPLES, stateful_step_count=8,
-            phases=[Phase.explicit, Phase.reuse, Phase.generate]))
+        Workflow.run(
+            settings=hypothesis.settings(
+                HYPOTHESIS_SETTINGS,
+                max_examples=MAX_EXAMPLES,
+                stateful_step_count=8,
+                phases=[Phase.explicit, Phase.reuse, Phase.generate],
+            )
+        )
     if failures:
         raise failures[0]

@@ -46,7 +46,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def _until(condition: Callable[[], bool | Awaitable[bool]], timeout: float, what: str) -> None:
+async def _until(
+    condition: Callable[[], bool | Awaitable[bool]], timeout: float, what: str
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         outcome = condition()
@@ -73,16 +75,28 @@ class Stack:
 
     # --- the service -------------------------------------------------------------------------
     def start_service(self, workers: int = 1) -> None:
-        env = {**os.environ, "PREFS_DATA_DIR": str(self.data_dir),
-               "PREFS_DATABASE_URL": self.database_url, "PREFS_LOG_LEVEL": "WARNING"}
-        command = [str(Path(sys.executable).with_name("prefs")), "serve",
-                   "--port", str(self.port), "--workers", str(workers)]
+        env = {
+            **os.environ,
+            "PREFS_DATA_DIR": str(self.data_dir),
+            "PREFS_DATABASE_URL": self.database_url,
+            "PREFS_LOG_LEVEL": "WARNING",
+        }
+        command = [
+            str(Path(sys.executable).with_name("prefs")),
+            "serve",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(workers),
+        ]
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                command, env=env, stdout=log, stderr=log, start_new_session=True
+            )
 
     async def wait_ready(self) -> None:
         async with httpx.AsyncClient(base_url=self.url, timeout=10) as http:
+
             async def ready() -> bool:
                 assert self.process is not None and self.process.poll() is None, self.log_tail()
                 with contextlib.suppress(httpx.TransportError):
@@ -125,15 +139,20 @@ class Stack:
         from pgserver._commands import pg_ctl
 
         server = self.embedded._server
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user,
-               timeout=120)
+        pg_ctl(
+            ["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=120
+        )
 
     def restart_database(self) -> None:
         from pgserver._commands import pg_ctl
 
         server = self.embedded._server
-        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user,
-               timeout=120)
+        pg_ctl(
+            ["-w", "-m", "fast", "restart"],
+            pgdata=server.pgdata,
+            user=server.system_user,
+            timeout=120,
+        )
         self.start_database()  # refreshes pgserver's view of the new postmaster
 
     def start_database(self) -> None:
@@ -179,14 +198,16 @@ async def serving(stack: Stack) -> Stack:
 
 # --- the people and machines under load ---------------------------------------------------------
 
+
 @dataclass
 class Shopper:
     headers: dict[str, str]
     card: str
 
 
-async def enrol(http: httpx.AsyncClient, stack: Stack, *, preferences: int = 1,
-                pos_consent: bool = False) -> tuple[Shopper, list[dict[str, Any]]]:
+async def enrol(
+    http: httpx.AsyncClient, stack: Stack, *, preferences: int = 1, pos_consent: bool = False
+) -> tuple[Shopper, list[dict[str, Any]]]:
     """A new customer with a card and preferences (and a `pos` grant, if asked)."""
     headers = bearer(stack.issuer.mint(f"fault-{uuid.uuid4()}@example.test", 3 * 3600))
     card = "".join(str(n % 10) for n in uuid.uuid4().bytes)[:16]
@@ -194,13 +215,15 @@ async def enrol(http: httpx.AsyncClient, stack: Stack, *, preferences: int = 1,
     assert enrolled.status_code == 201, enrolled.text
     created = []
     for n in range(preferences):
-        answer = await http.post("/v1/me/preferences", headers=headers,
-                                 json={**CHINOS, "note": f"setup {n}"})
+        answer = await http.post(
+            "/v1/me/preferences", headers=headers, json={**CHINOS, "note": f"setup {n}"}
+        )
         assert answer.status_code == 201, answer.text
         created.append(answer.json())
     if pos_consent:
-        granted = await http.put("/v1/me/consents/pos", headers=headers,
-                                 json={"fields": ["product", "attributes"]})
+        granted = await http.put(
+            "/v1/me/consents/pos", headers=headers, json={"fields": ["product", "attributes"]}
+        )
         assert granted.status_code == 200, granted.text
     return Shopper(headers=headers, card=card), created
 
@@ -237,11 +260,21 @@ class Load:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def count(self, kind: str, *, ok: bool, since: float = 0.0, status: int | None = None) -> int:
-        return sum(1 for a in self.answers if a.kind == kind and a.at >= since
-                   and (200 <= a.status < 300) == ok and (status is None or a.status == status))
+        return sum(
+            1
+            for a in self.answers
+            if a.kind == kind
+            and a.at >= since
+            and (200 <= a.status < 300) == ok
+            and (status is None or a.status == status)
+        )
 
-    async def _client(self, kind: str, send: Callable[[], Awaitable[httpx.Response]],
-                      on_success: Callable[[httpx.Response], None]) -> None:
+    async def _client(
+        self,
+        kind: str,
+        send: Callable[[], Awaitable[httpx.Response]],
+        on_success: Callable[[httpx.Response], None],
+    ) -> None:
         while not self.stop.is_set():
             try:
                 response = await send()
@@ -249,9 +282,15 @@ class Load:
                 self.transport_errors[f"{kind}: {type(error).__name__}"] += 1
                 await asyncio.sleep(0.2)
                 continue
-            self.answers.append(Answer(time.monotonic(), kind, response.status_code,
-                                       response.headers.get("retry-after"),
-                                       response.headers.get("content-type", "")))
+            self.answers.append(
+                Answer(
+                    time.monotonic(),
+                    kind,
+                    response.status_code,
+                    response.headers.get("retry-after"),
+                    response.headers.get("content-type", ""),
+                )
+            )
             if response.is_success:
                 on_success(response)
             await asyncio.sleep(PACE)
@@ -263,17 +302,23 @@ class Load:
 
             def write(writer: Shopper = writer, acknowledged: list[str] = acknowledged) -> Any:
                 note = f"written under load #{len(acknowledged)}"
-                return http.post("/v1/me/preferences", headers=writer.headers,
-                                 json={**CHINOS, "note": note})
+                return http.post(
+                    "/v1/me/preferences", headers=writer.headers, json={**CHINOS, "note": note}
+                )
 
-            clients.append(self._client("write", write,
-                                        lambda r, ids=acknowledged: ids.append(r.json()["id"])))
+            clients.append(
+                self._client("write", write, lambda r, ids=acknowledged: ids.append(r.json()["id"]))
+            )
         for shopper in self.shoppers:
+
             def look_up(card: str = shopper.card) -> Any:
                 return http.post("/v1/pos/lookup", headers=self.till, json={"card": card})
 
-            clients.append(self._client(
-                "lookup", look_up, lambda r: self.disclosures.append(r.json()["disclosure_id"])))
+            clients.append(
+                self._client(
+                    "lookup", look_up, lambda r: self.disclosures.append(r.json()["disclosure_id"])
+                )
+            )
         return clients
 
 
@@ -281,21 +326,26 @@ class Load:
 async def steady_load(stack: Stack, *, writers: int = 3, lookups: int = 2) -> AsyncIterator[Load]:
     async with httpx.AsyncClient(base_url=stack.url, timeout=REQUEST_TIMEOUT) as http:
         till = bearer(await till_key(stack))
-        load = Load(writers=[(await enrol(http, stack))[0] for _ in range(writers)],
-                    shoppers=[(await enrol(http, stack, pos_consent=True))[0]
-                              for _ in range(lookups)],
-                    till=till)
+        load = Load(
+            writers=[(await enrol(http, stack))[0] for _ in range(writers)],
+            shoppers=[(await enrol(http, stack, pos_consent=True))[0] for _ in range(lookups)],
+            till=till,
+        )
         running = [asyncio.create_task(client) for client in load.tasks(http)]
         try:
-            await _until(lambda: load.count("write", ok=True) >= 5
-                         and load.count("lookup", ok=True) >= 5, RECOVERY_TIMEOUT,
-                         "the load to get going")
+            await _until(
+                lambda: load.count("write", ok=True) >= 5 and load.count("lookup", ok=True) >= 5,
+                RECOVERY_TIMEOUT,
+                "the load to get going",
+            )
             yield load
         finally:
             load.stop.set()
             await asyncio.gather(*running)
-    print(f"\nload: {Counter((a.kind, a.status) for a in load.answers)}; "
-          f"transport errors: {dict(load.transport_errors)}")
+    print(
+        f"\nload: {Counter((a.kind, a.status) for a in load.answers)}; "
+        f"transport errors: {dict(load.transport_errors)}"
+    )
 
 
 async def assert_nothing_acknowledged_was_lost(stack: Stack, load: Load) -> None:
@@ -311,7 +361,8 @@ async def assert_nothing_acknowledged_was_lost(stack: Stack, load: Load) -> None
     try:
         logged = await conn.fetchval(
             "SELECT count(DISTINCT disclosure_id) FROM access_log WHERE disclosure_id = ANY($1::uuid[])",
-            list(set(load.disclosures)))
+            list(set(load.disclosures)),
+        )
     finally:
         await conn.close()
     assert logged == len(set(load.disclosures)), "answered lookups missing from the access log"
@@ -320,18 +371,26 @@ async def assert_nothing_acknowledged_was_lost(stack: Stack, load: Load) -> None
 
 # --- (a) the database restarts ------------------------------------------------------------------
 
+
 async def test_a_database_restart_answers_503_then_recovers_without_losing_writes(serving: Stack):
     stack = serving
     assert stack.process is not None
     service_pid = stack.process.pid
-    async with steady_load(stack) as load, httpx.AsyncClient(base_url=stack.url,
-                                                              timeout=REQUEST_TIMEOUT) as http:
+    async with (
+        steady_load(stack) as load,
+        httpx.AsyncClient(base_url=stack.url, timeout=REQUEST_TIMEOUT) as http,
+    ):
         # An outage long enough to be seen...
         before = time.monotonic()
         await asyncio.to_thread(stack.stop_database)
-        await _until(lambda: load.count("write", ok=False, since=before, status=503) >= 3
-                     and load.count("lookup", ok=False, since=before, status=503) >= 3,
-                     RECOVERY_TIMEOUT, "503 answers while the database is down")
+        await _until(
+            lambda: (
+                load.count("write", ok=False, since=before, status=503) >= 3
+                and load.count("lookup", ok=False, since=before, status=503) >= 3
+            ),
+            RECOVERY_TIMEOUT,
+            "503 answers while the database is down",
+        )
         readiness = await http.get("/health/ready")
         assert readiness.status_code == 503 and readiness.headers.get("retry-after")
         await asyncio.to_thread(stack.start_database)
@@ -343,22 +402,35 @@ async def test_a_database_restart_answers_503_then_recovers_without_losing_write
     assert stack.process.poll() is None and stack.process.pid == service_pid, "service restarted"
     refused = [a for a in load.answers if not 200 <= a.status < 300]
     assert refused, "the outage went unnoticed"
-    wrong = [a for a in refused if a.status != 503 or not a.retry_after
-             or not a.content_type.startswith("application/problem+json")]
-    assert not wrong, f"answers during the outage other than 503 problem+json with Retry-After: {wrong[:5]}"
+    wrong = [
+        a
+        for a in refused
+        if a.status != 503
+        or not a.retry_after
+        or not a.content_type.startswith("application/problem+json")
+    ]
+    assert not wrong, (
+        f"answers during the outage other than 503 problem+json with Retry-After: {wrong[:5]}"
+    )
     assert not load.transport_errors, f"connections dropped: {dict(load.transport_errors)}"
     await assert_nothing_acknowledged_was_lost(stack, load)
 
 
 async def _recovered(load: Load, http: httpx.AsyncClient) -> None:
     back = time.monotonic()
-    await _until(lambda: load.count("write", ok=True, since=back) >= 5
-                 and load.count("lookup", ok=True, since=back) >= 5,
-                 RECOVERY_TIMEOUT, "the service to recover by itself")
+    await _until(
+        lambda: (
+            load.count("write", ok=True, since=back) >= 5
+            and load.count("lookup", ok=True, since=back) >= 5
+        ),
+        RECOVERY_TIMEOUT,
+        "the service to recover by itself",
+    )
     assert (await http.get("/health/ready")).status_code == 200
 
 
 # --- (b) the service is killed ------------------------------------------------------------------
+
 
 @dataclass
 class Reorderer:
@@ -377,8 +449,10 @@ class Reorderer:
             settled = until()
             try:
                 answer = await http.post(
-                    f"/v1/me/preferences/{self.preference_id}/reorders", json={"quantity": 1},
-                    headers={**self.headers, "Idempotency-Key": key})
+                    f"/v1/me/preferences/{self.preference_id}/reorders",
+                    json={"quantity": 1},
+                    headers={**self.headers, "Idempotency-Key": key},
+                )
             except httpx.TransportError:
                 await asyncio.sleep(0.2)
                 continue
@@ -406,10 +480,15 @@ async def test_b_a_killed_service_loses_no_acknowledged_write_disclosure_or_reor
             # Three clients send one reorder with the same key from before the kill until
             # after the restart; further keys are retried across the restart as well.
             across_the_kill = str(uuid.uuid4())
-            senders = [asyncio.create_task(reorderer.place(http, across_the_kill, restarted.is_set))
-                       for _ in range(3)]
-            await _until(lambda: bool(reorderer.acknowledged), RECOVERY_TIMEOUT,
-                         "a first acknowledged reorder")
+            senders = [
+                asyncio.create_task(reorderer.place(http, across_the_kill, restarted.is_set))
+                for _ in range(3)
+            ]
+            await _until(
+                lambda: bool(reorderer.acknowledged),
+                RECOVERY_TIMEOUT,
+                "a first acknowledged reorder",
+            )
             more = asyncio.create_task(_reorder_in_turn(http, reorderer, restarted))
             await asyncio.sleep(0.3)
 
@@ -418,20 +497,23 @@ async def test_b_a_killed_service_loses_no_acknowledged_write_disclosure_or_reor
             stack.start_service(workers=2)
             await stack.wait_ready()
             restarted.set()
-            await _until(lambda: load.count("write", ok=True, since=killed_at) >= 5
-                         and load.count("lookup", ok=True, since=killed_at) >= 5,
-                         RECOVERY_TIMEOUT, "the load to be served again")
+            await _until(
+                lambda: (
+                    load.count("write", ok=True, since=killed_at) >= 5
+                    and load.count("lookup", ok=True, since=killed_at) >= 5
+                ),
+                RECOVERY_TIMEOUT,
+                "the load to be served again",
+            )
             await asyncio.wait_for(asyncio.gather(*senders, more), RECOVERY_TIMEOUT)
 
         statuses = {a.status for a in load.answers}
         assert statuses <= {200, 201, 503}, f"unexpected answers: {statuses}"
         await assert_nothing_acknowledged_was_lost(stack, load)
 
-        listed = await http.get("/v1/me/reorders", headers=customer.headers,
-                                params={"limit": 200})
+        listed = await http.get("/v1/me/reorders", headers=customer.headers, params={"limit": 200})
         assert listed.status_code == 200, listed.text
-        placed = [r["id"] for r in listed.json()["items"]
-                  if r["preference_id"] == preference["id"]]
+        placed = [r["id"] for r in listed.json()["items"] if r["preference_id"] == preference["id"]]
     keys = list(dict.fromkeys(reorderer.keys))
     print(f"reorders: {len(keys)} keys, {reorderer.replays} replays, {len(placed)} placed")
     for key in keys:
@@ -440,8 +522,9 @@ async def test_b_a_killed_service_loses_no_acknowledged_write_disclosure_or_reor
     assert len(placed) == len(keys), "a retried Idempotency-Key made more than one reorder"
 
 
-async def _reorder_in_turn(http: httpx.AsyncClient, reorderer: Reorderer,
-                           restarted: asyncio.Event) -> None:
+async def _reorder_in_turn(
+    http: httpx.AsyncClient, reorderer: Reorderer, restarted: asyncio.Event
+) -> None:
     """Fresh keys one after another, each retried until acknowledged, until after the restart."""
     while not restarted.is_set():
         await reorderer.place(http, str(uuid.uuid4()), lambda: True)
@@ -450,11 +533,14 @@ async def _reorder_in_turn(http: httpx.AsyncClient, reorderer: Reorderer,
 
 # --- (c) concurrent edits of one preference -----------------------------------------------------
 
+
 async def test_c_concurrent_edits_of_one_preference_lose_no_update(serving: Stack):
     stack = serving
     editors = 8
-    async with steady_load(stack), httpx.AsyncClient(base_url=stack.url,
-                                                      timeout=REQUEST_TIMEOUT) as http:
+    async with (
+        steady_load(stack),
+        httpx.AsyncClient(base_url=stack.url, timeout=REQUEST_TIMEOUT) as http,
+    ):
         customer, (preference,) = await enrol(http, stack)
         path = f"/v1/me/preferences/{preference['id']}"
         conflicts = Counter[int]()
@@ -466,16 +552,19 @@ async def test_c_concurrent_edits_of_one_preference_lose_no_update(serving: Stac
                     continue
                 assert read.status_code == 200, read.text
                 attributes = {**read.json()["attributes"], f"editor_{editor}": str(editor)}
-                written = await http.patch(path, json={"attributes": attributes},
-                                           headers={**customer.headers,
-                                                    "If-Match": read.headers["etag"]})
+                written = await http.patch(
+                    path,
+                    json={"attributes": attributes},
+                    headers={**customer.headers, "If-Match": read.headers["etag"]},
+                )
                 if written.status_code == 200:
                     return
                 assert written.status_code in (412, 503), written.text
                 conflicts[written.status_code] += 1
 
-        await asyncio.wait_for(asyncio.gather(*(add_own_attribute(n) for n in range(editors))),
-                               RECOVERY_TIMEOUT)
+        await asyncio.wait_for(
+            asyncio.gather(*(add_own_attribute(n) for n in range(editors))), RECOVERY_TIMEOUT
+        )
         final = await http.get(path, headers=customer.headers)
     print(f"edits: {editors} editors, {conflicts[412]} stale versions retried")
     body = final.json()

@@ -224,7 +224,6 @@ async def test_stored_answers_are_encrypted(client, conn, new_customer):
         assert plaintext.encode() not in stored
 
 
-
 async def test_a_partner_replay_after_withdrawal_shows_nothing(client, new_customer, conn):
     from prefs.credentials import service as credentials
 
@@ -232,7 +231,9 @@ async def test_a_partner_replay_after_withdrawal_shows_nothing(client, new_custo
     alice = await new_customer()
     pref = (await client.post("/v1/me/preferences", headers=alice.headers, json=CHINOS)).json()
     audience = f"partner:{cred.partner_id}"
-    await client.put(f"/v1/me/consents/{audience}", headers=alice.headers, json={"fields": ["product"]})
+    await client.put(
+        f"/v1/me/consents/{audience}", headers=alice.headers, json={"fields": ["product"]}
+    )
     consents = (await client.get("/v1/me/consents", headers=alice.headers)).json()["items"]
     ref = next(c["reference"] for c in consents if c["audience"] == audience)
     body = {"customer": ref, "preference": pref["id"], "quantity": 1}
@@ -242,7 +243,8 @@ async def test_a_partner_replay_after_withdrawal_shows_nothing(client, new_custo
     await client.delete(f"/v1/me/consents/{audience}", headers=alice.headers)
     replay = await client.post("/v1/partner/reorders", headers=headers, json=body)
     stranger = await client.post(
-        "/v1/partner/reorders", headers={**bearer(key), "Idempotency-Key": "unknown-ref"},
+        "/v1/partner/reorders",
+        headers={**bearer(key), "Idempotency-Key": "unknown-ref"},
         json={**body, "customer": "unknown-ref"},
     )
     assert replay.status_code == stranger.status_code == 404

@@ -50,10 +50,15 @@ def _lifespan(settings: Settings) -> Any:
         app.state.pool = await db.create_pool(
             settings.database_url, settings.pool_min_size, settings.pool_max_size
         )
-        purger = asyncio.create_task(retention.run_periodically(
-            app.state.pool, app.state.vault, settings.controller,
-            settings.access_log_retention_days, settings.purge_interval_seconds,
-        ))
+        purger = asyncio.create_task(
+            retention.run_periodically(
+                app.state.pool,
+                app.state.vault,
+                settings.controller,
+                settings.access_log_retention_days,
+                settings.purge_interval_seconds,
+            )
+        )
         try:
             yield
         finally:
@@ -101,8 +106,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
     """The prefs ASGI application."""
     settings = settings or load()
     if os.environ.get("PREFS_WORKER_LOGGING") == "1":
-        configure_logging(os.environ.get("PREFS_LOG_LEVEL", "INFO"),
-                          json_lines=os.environ.get("PREFS_LOG_FORMAT", "json") == "json")
+        configure_logging(
+            os.environ.get("PREFS_LOG_LEVEL", "INFO"),
+            json_lines=os.environ.get("PREFS_LOG_FORMAT", "json") == "json",
+        )
     vault = Vault.from_settings(settings.master_keys, settings.index_keys)
     state = State(
         {
@@ -111,7 +118,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "verifier": TokenVerifier(settings, vault.index),
             "schema_head": db.head_revision(),
             "lookup_throttle": MissThrottle(
-                settings.lookup_misses_per_minute_per_key, settings.lookup_misses_per_minute_per_store
+                settings.lookup_misses_per_minute_per_key,
+                settings.lookup_misses_per_minute_per_store,
             ),
         }
     )
@@ -152,7 +160,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             components=Components(
                 security_schemes={
                     "customer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT"),
-                    "api_key": SecurityScheme(type="http", scheme="bearer", description="pos_, ptn_ or ins_ key"),
+                    "api_key": SecurityScheme(
+                        type="http", scheme="bearer", description="pos_, ptn_ or ins_ key"
+                    ),
                 }
             ),
         ),

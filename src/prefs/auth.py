@@ -72,8 +72,15 @@ class DevIssuer:
 
     def mint(self, subject: str, ttl_seconds: int = 3600) -> str:
         now = int(time.time())
-        claims = {"iss": DEV_ISSUER, "aud": DEV_AUDIENCE, "sub": subject,
-                  "iat": now, "nbf": now, "exp": now + ttl_seconds, "jti": uuid.uuid4().hex}
+        claims = {
+            "iss": DEV_ISSUER,
+            "aud": DEV_AUDIENCE,
+            "sub": subject,
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl_seconds,
+            "jti": uuid.uuid4().hex,
+        }
         return jwt.encode(claims, self._key, algorithm="EdDSA", headers={"kid": DEV_KID})
 
 
@@ -91,7 +98,11 @@ class _Issuer:
                 return await asyncio.to_thread(self.keys.get_signing_key, kid)
             except jwt.PyJWKClientError:
                 return None
-        candidates = [k for k in self.keys.keys if k.key_id == kid or (kid is None and len(self.keys.keys) == 1)]
+        candidates = [
+            k
+            for k in self.keys.keys
+            if k.key_id == kid or (kid is None and len(self.keys.keys) == 1)
+        ]
         return candidates[0] if candidates else None
 
 

@@ -59,8 +59,10 @@ def main() -> None:
     """prefs — the customer's own preference locker."""
     from prefs.observability import configure_logging
 
-    configure_logging(os.environ.get("PREFS_LOG_LEVEL", "INFO"),
-                      json_lines=os.environ.get("PREFS_LOG_FORMAT", "json") == "json")
+    configure_logging(
+        os.environ.get("PREFS_LOG_LEVEL", "INFO"),
+        json_lines=os.environ.get("PREFS_LOG_FORMAT", "json") == "json",
+    )
 
 
 @main.command()
@@ -77,7 +79,9 @@ def serve(host: str, port: int, workers: int) -> None:
         demo = _demo(settings, url)
         click.echo(f"prefs ({settings.env}) listening on {base}")
         click.echo(f"  web page: {base}/")
-        click.echo(f"  database: {'embedded PostgreSQL in ' + str(settings.data_dir / 'pg') if not os.environ.get('PREFS_DATABASE_URL') else 'PREFS_DATABASE_URL'}")
+        click.echo(
+            f"  database: {'embedded PostgreSQL in ' + str(settings.data_dir / 'pg') if not os.environ.get('PREFS_DATABASE_URL') else 'PREFS_DATABASE_URL'}"
+        )
         if settings.dev_issuer:
             click.echo("  a development customer token: uv run prefs token --subject alice")
         if demo is not None:
@@ -107,10 +111,17 @@ def _run_server(settings: Settings, url: str, host: str, port: int, workers: int
     if workers == 1:
         from prefs.app import create_app
 
-        uvicorn.Server(uvicorn.Config(
-            create_app(settings), host=host, port=port, log_config=None, access_log=False,
-            lifespan="on", timeout_graceful_shutdown=30,
-        )).run()
+        uvicorn.Server(
+            uvicorn.Config(
+                create_app(settings),
+                host=host,
+                port=port,
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=30,
+            )
+        ).run()
     else:
         os.environ["PREFS_DATABASE_URL"] = url
         metrics_dir = settings.data_dir / "metrics"
@@ -118,8 +129,16 @@ def _run_server(settings: Settings, url: str, host: str, port: int, workers: int
         metrics_dir.mkdir(parents=True, mode=0o700)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         os.environ["PREFS_WORKER_LOGGING"] = "1"  # spawned workers set up the same JSON logs
-        uvicorn.run("prefs.app:create_app", factory=True, host=host, port=port, workers=workers,
-                    log_config=None, access_log=False, timeout_graceful_shutdown=30)
+        uvicorn.run(
+            "prefs.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=30,
+        )
 
 
 def _demo(settings: Settings, url: str) -> Any:
@@ -134,13 +153,17 @@ def _demo(settings: Settings, url: str) -> Any:
 
 
 def _print_demo(demo: Any, base: str) -> None:
-    click.echo(f"  demo customer: sign in on the page, or: uv run prefs token --subject {demo.subject}")
+    click.echo(
+        f"  demo customer: sign in on the page, or: uv run prefs token --subject {demo.subject}"
+    )
     if demo.till_key:
         click.echo(f"  demo till key: {demo.till_key}")
         if demo.card:
-            click.echo(f"  look the demo customer up as a till:\n    curl -s -X POST {base}/v1/pos/lookup "
-                       f"-H 'Authorization: Bearer {demo.till_key}' -H 'Content-Type: application/json' "
-                       f"-d '{{\"card\": \"{demo.card}\"}}'")
+            click.echo(
+                f"  look the demo customer up as a till:\n    curl -s -X POST {base}/v1/pos/lookup "
+                f"-H 'Authorization: Bearer {demo.till_key}' -H 'Content-Type: application/json' "
+                f'-d \'{{"card": "{demo.card}"}}\''
+            )
     if demo.partner_key:
         click.echo(f"  demo partner key: {demo.partner_key}")
     if getattr(demo, "hint", None):
@@ -157,8 +180,13 @@ def migrate() -> None:
 
 @main.command()
 @click.option("--subject", required=True, help="The customer's subject (any stable name).")
-@click.option("--ttl", default=3600, show_default=True, type=click.IntRange(60, 86_400 * 7),
-              help="Seconds until the token expires.")
+@click.option(
+    "--ttl",
+    default=3600,
+    show_default=True,
+    type=click.IntRange(60, 86_400 * 7),
+    help="Seconds until the token expires.",
+)
 def token(subject: str, ttl: int) -> None:
     """Print a signed customer token from the development issuer (development only)."""
     from prefs.auth import DevIssuer
@@ -170,7 +198,9 @@ def token(subject: str, ttl: int) -> None:
 
 
 @main.command()
-@click.option("--output", type=click.Path(dir_okay=False), default="openapi/openapi.json", show_default=True)
+@click.option(
+    "--output", type=click.Path(dir_okay=False), default="openapi/openapi.json", show_default=True
+)
 def openapi(output: str) -> None:
     """Write the OpenAPI document generated from the app."""
     from pathlib import Path
@@ -221,7 +251,9 @@ def credentials_list() -> None:
         rows = _run(url, service.list_all)
     for c in rows:
         state = f"revoked {c.revoked_at:%Y-%m-%d %H:%M}" if c.revoked_at else "active"
-        where = f"store {c.store}" if c.store else (f"partner {c.partner_id}" if c.partner_id else "")
+        where = (
+            f"store {c.store}" if c.store else (f"partner {c.partner_id}" if c.partner_id else "")
+        )
         click.echo(f"{c.id}  {c.kind:<8} {state:<24} {c.name}  {where}".rstrip())
 
 
@@ -282,9 +314,15 @@ def keys_rotate(batch: int) -> None:
     settings = _settings()
     vault = _vault(settings)
     with Database(settings) as url:
-        done = _run(url, lambda conn: service.rotate(
-            conn, vault, batch, lambda n: click.echo(f"  rewrapped {n} data keys so far")))
-    click.echo(f"rotation complete: {done} data keys rewrapped under version {vault.envelope.master.primary}")
+        done = _run(
+            url,
+            lambda conn: service.rotate(
+                conn, vault, batch, lambda n: click.echo(f"  rewrapped {n} data keys so far")
+            ),
+        )
+    click.echo(
+        f"rotation complete: {done} data keys rewrapped under version {vault.envelope.master.primary}"
+    )
 
 
 @keys.command("status")
@@ -302,9 +340,11 @@ def keys_status() -> None:
     for version in state.retired_master_versions:
         click.echo(f"  v{version}: retired")
     click.echo(f"index keys: primary v{state.index_primary}")
-    for label, counts in (("cards", state.cards_by_index_version),
-                          ("subjects", state.subjects_by_index_version),
-                          ("ledger records", state.ledger_records_by_index_version)):
+    for label, counts in (
+        ("cards", state.cards_by_index_version),
+        ("subjects", state.subjects_by_index_version),
+        ("ledger records", state.ledger_records_by_index_version),
+    ):
         for version, count in counts.items():
             click.echo(f"  v{version}: {count} {label}")
 
@@ -334,8 +374,12 @@ def keys_reindex() -> None:
     settings = _settings()
     vault = _vault(settings)
     with Database(settings) as url:
-        done = _run(url, lambda conn: service.reindex(
-            conn, vault, progress=lambda n: click.echo(f"  indexed {n} cards so far")))
+        done = _run(
+            url,
+            lambda conn: service.reindex(
+                conn, vault, progress=lambda n: click.echo(f"  indexed {n} cards so far")
+            ),
+        )
     click.echo(f"reindex complete: {done} cards indexed under versions {vault.index.versions}")
 
 
@@ -345,8 +389,13 @@ def erasures() -> None:
 
 
 @erasures.command("export")
-@click.option("--output", type=click.Path(dir_okay=False, allow_dash=True), default="-", show_default=True,
-              help="Where to write the tombstones (JSON; keyed hashes and times, no personal data).")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default="-",
+    show_default=True,
+    help="Where to write the tombstones (JSON; keyed hashes and times, no personal data).",
+)
 def erasures_export(output: str) -> None:
     """Write every erasure tombstone, to replay on a restored backup that predates them."""
     from prefs.rights import service
@@ -359,8 +408,12 @@ def erasures_export(output: str) -> None:
 
 
 @erasures.command("replay")
-@click.option("--from", "source", type=click.File("rb"),
-              help="Tombstones from `prefs erasures export` on the live database (recorded here first).")
+@click.option(
+    "--from",
+    "source",
+    type=click.File("rb"),
+    help="Tombstones from `prefs erasures export` on the live database (recorded here first).",
+)
 def erasures_replay(source: Any) -> None:
     """Re-apply recorded erasures (run it after restoring a backup)."""
     import msgspec
@@ -372,7 +425,9 @@ def erasures_replay(source: Any) -> None:
     try:
         carried = service.decode_tombstones(source.read()) if source is not None else []
     except msgspec.DecodeError:
-        raise click.ClickException("--from is not a file written by `prefs erasures export`") from None
+        raise click.ClickException(
+            "--from is not a file written by `prefs erasures export`"
+        ) from None
     with Database(settings) as url:
         count = _run(url, lambda conn: service.replay_erasures(conn, vault, carried))
     click.echo(f"{count} customers erased again")
@@ -386,8 +441,12 @@ def purge() -> None:
     settings = _settings()
     vault = _vault(settings)
     with Database(settings) as url:
-        purged = _run(url, lambda conn: service.purge(
-            conn, vault, settings.controller, settings.access_log_retention_days))
+        purged = _run(
+            url,
+            lambda conn: service.purge(
+                conn, vault, settings.controller, settings.access_log_retention_days
+            ),
+        )
     if purged is None:
         click.echo("another purge is running; nothing done")
         return

@@ -149,7 +149,9 @@ class DataKey:
     def decrypt(self, blob: bytes, table: str, column: str, row_id: object) -> bytes:
         if _header(blob) != self.generation:
             raise DecryptionError
-        return _open(self._aead, blob, FieldAddress(self.customer_id, table, column, str(row_id)).aad())
+        return _open(
+            self._aead, blob, FieldAddress(self.customer_id, table, column, str(row_id)).aad()
+        )
 
     def __repr__(self) -> str:
         return f"DataKey(customer_id={self.customer_id}, generation={self.generation})"
@@ -205,7 +207,9 @@ class Envelope:
             if cached is not None:
                 self._cache.move_to_end(cache_key)
                 return cached
-        data_key = DataKey(customer_id, generation, self._unwrap_key(customer_id, generation, wrapped))
+        data_key = DataKey(
+            customer_id, generation, self._unwrap_key(customer_id, generation, wrapped)
+        )
         with self._lock:
             self._cache[cache_key] = data_key
             if len(self._cache) > self._cache_size:
@@ -214,7 +218,9 @@ class Envelope:
 
     def rewrap(self, customer_id: uuid.UUID, generation: int, wrapped: bytes) -> bytes:
         """The same data key wrapped under the current primary master key."""
-        return self.wrap(customer_id, generation, self._unwrap_key(customer_id, generation, wrapped))
+        return self.wrap(
+            customer_id, generation, self._unwrap_key(customer_id, generation, wrapped)
+        )
 
     def forget(self, customer_id: uuid.UUID) -> None:
         """Drop every cached data key of a customer (erasure)."""
@@ -230,8 +236,14 @@ class ServiceCipher:
     def __init__(self, master: Keyring, purpose: str) -> None:
         self.master = master
         self._aead = {
-            version: AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=b"prefs.service.v1",
-                                 info=purpose.encode()).derive(key))
+            version: AESGCM(
+                HKDF(
+                    algorithm=hashes.SHA256(),
+                    length=32,
+                    salt=b"prefs.service.v1",
+                    info=purpose.encode(),
+                ).derive(key)
+            )
             for version, key in master.keys.items()
         }
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -46,7 +45,9 @@ class EmbeddedPostgres:
         os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
         import pgserver
 
-        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        self._server = pgserver.get_server(  # type: ignore[attr-defined]
+            self.pgdata, cleanup_mode="stop"
+        )
         return str(self._server.get_uri())
 
     def stop(self) -> None:
@@ -84,13 +85,6 @@ async def connect(url: str) -> asyncpg.Connection:
     conn = await asyncpg.connect(asyncpg_dsn(url))
     await _init_connection(conn)
     return conn
-
-
-@asynccontextmanager
-async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-    """One connection from the pool with a transaction open around it."""
-    async with pool.acquire() as conn, conn.transaction():
-        yield conn
 
 
 def migrations_dir() -> Path:
@@ -157,7 +151,7 @@ async def wait_until_reachable(url: str, timeout: float = 30.0) -> None:
     while True:
         try:
             conn = await asyncpg.connect(asyncpg_dsn(url), timeout=5)
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, asyncpg.PostgresError):
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.2)

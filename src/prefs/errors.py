@@ -138,7 +138,11 @@ def problem_response(
 def _domain(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     assert isinstance(exc, Problem)
     return problem_response(
-        exc.status, exc.detail, slug=exc.slug, title=exc.title, headers=exc.headers,
+        exc.status,
+        exc.detail,
+        slug=exc.slug,
+        title=exc.title,
+        headers=exc.headers,
         errors=exc.extra.get("errors"),
     )
 
@@ -175,16 +179,20 @@ def _http(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
 
     assert isinstance(exc, HTTPException)
     if exc.status_code == 500 and (misfiled := _misfiled_body_error(exc)) is not None:
-        return problem_response(400, "The request does not match the schema: see errors.",
-                                errors=misfiled)
+        return problem_response(
+            400, "The request does not match the schema: see errors.", errors=misfiled
+        )
     errors = None
     detail = exc.detail
     if isinstance(exc, ValidationException):
         detail = "The request does not match the schema: see errors."
         extra = exc.extra if isinstance(exc.extra, list) else []
         errors = [
-            {k: _without_values(v) if k == "message" and isinstance(v, str) else v
-             for k, v in item.items() if k in ("message", "key", "source")}
+            {
+                k: _without_values(v) if k == "message" and isinstance(v, str) else v
+                for k, v in item.items()
+                if k in ("message", "key", "source")
+            }
             for item in extra
             if isinstance(item, dict)
         ] or [{"message": _without_values(exc.detail)}]
@@ -204,8 +212,13 @@ def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     if isinstance(exc, DATABASE_DOWN):
         return _database_down(request, exc)
-    log.error("unhandled %s on %s %s", type(exc).__name__, request.method,
-              request.scope.get("path"), exc_info=exc)
+    log.error(
+        "unhandled %s on %s %s",
+        type(exc).__name__,
+        request.method,
+        request.scope.get("path"),
+        exc_info=exc,
+    )
     return problem_response(500, "Something went wrong on our side.")
 
 
@@ -229,8 +242,12 @@ def problems(*statuses: int) -> dict[int, Any]:
     from litestar.openapi import ResponseSpec
 
     return {
-        status: ResponseSpec(ProblemBody, description=_ANSWERS[status], media_type=PROBLEM_JSON,
-                             generate_examples=False)
+        status: ResponseSpec(
+            ProblemBody,
+            description=_ANSWERS[status],
+            media_type=PROBLEM_JSON,
+            generate_examples=False,
+        )
         for status in statuses
     }
 

@@ -20,6 +20,7 @@ from prefs.errors import InvalidInput
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
+
 def constraints_of(constrained: Any) -> dict[str, Any]:
     """A constrained text type's msgspec limits, for a path parameter's declaration.
 
@@ -33,7 +34,8 @@ def constraints_of(constrained: Any) -> dict[str, Any]:
 CARD_NUMBER = {"type": "string", "maxLength": 64, "pattern": r"^[ -]*([0-9][ -]*){6,24}$"}
 _SPACE = r"[ \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000-]"  # and dashes
 CHECKOUT_CODE = {  # 8 of 23456789ABCDEFGHJKMNPQRSTWXYZ, any case; spaces and dashes ignored
-    "type": "string", "maxLength": 64,
+    "type": "string",
+    "maxLength": 64,
     "pattern": rf"^{_SPACE}*([2-9A-HJKMNP-TW-Za-hjkmnp-tw-z]{_SPACE}*){{8}}$",
 }
 
@@ -46,7 +48,9 @@ async def require_json_body(request: Request[Any, Any, Any]) -> None:
     """Bodies must be JSON (415 otherwise); body-less POSTs need no content type."""
     if request.method not in BODY_METHODS:
         return
-    has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+    has_body = (
+        request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+    )
     if not has_body:
         return
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()

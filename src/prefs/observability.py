@@ -34,13 +34,19 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REQUESTS = Counter("prefs_http_requests", "HTTP requests answered", ["method", "route", "status"])
 LATENCY = Histogram(
-    "prefs_http_request_duration_seconds", "Time to answer an HTTP request", ["method", "route"],
+    "prefs_http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["method", "route"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 LOOKUPS = Counter("prefs_pos_lookups", "Till lookups by outcome", ["via", "outcome"])
 DISCLOSURES = Counter("prefs_disclosures", "Disclosures recorded in access logs", ["to"])
-POOL_SIZE = Gauge("prefs_db_pool_connections", "Connections open in the pool", multiprocess_mode="livesum")
-POOL_IDLE = Gauge("prefs_db_pool_idle_connections", "Idle connections in the pool", multiprocess_mode="livesum")
+POOL_SIZE = Gauge(
+    "prefs_db_pool_connections", "Connections open in the pool", multiprocess_mode="livesum"
+)
+POOL_IDLE = Gauge(
+    "prefs_db_pool_idle_connections", "Idle connections in the pool", multiprocess_mode="livesum"
+)
 
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 16_384
@@ -56,16 +62,30 @@ class ObservabilityMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        headers_in = scope["headers"]
-        if len(headers_in) > MAX_HEADERS or sum(len(k) + len(v) for k, v in headers_in) > MAX_HEADER_BYTES:
-            body = (b'{"type":"urn:prefs:problem:headers-too-large","title":"Request headers too large",'
-                    b'"status":431,"detail":"Send at most 100 headers and 16 KiB of them."}')
-            await send({"type": "http.response.start", "status": 431,
-                        "headers": [(b"content-type", b"application/problem+json"),
-                                    (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+        headers_in = list(scope["headers"])
+        if (
+            len(headers_in) > MAX_HEADERS
+            or sum(len(k) + len(v) for k, v in headers_in) > MAX_HEADER_BYTES
+        ):
+            body = (
+                b'{"type":"urn:prefs:problem:headers-too-large","title":"Request headers too large",'
+                b'"status":431,"detail":"Send at most 100 headers and 16 KiB of them."}'
+            )
+            start: Any = {
+                "type": "http.response.start",
+                "status": 431,
+                "headers": [
+                    (b"content-type", b"application/problem+json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+            finish: Any = {"type": "http.response.body", "body": body}
+            await send(start)
+            await send(finish)
             return
-        incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
+        incoming = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), ""
+        )
         rid = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         token = request_id.set(rid)
         start = time.perf_counter()
@@ -124,7 +144,9 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     """Root logging to stderr, JSON lines by default (PREFS_LOG_FORMAT=text for people)."""
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(
+        JsonFormatter() if json_lines else logging.Formatter("%(levelname)s %(name)s %(message)s")
+    )
     handler.formatter.converter = time.gmtime  # type: ignore[union-attr]
     root = logging.getLogger()
     root.handlers[:] = [handler]

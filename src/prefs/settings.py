@@ -138,7 +138,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         pool_max_size=_int(environ, "PREFS_POOL_MAX_SIZE", 16, minimum=pool_min),
         max_body_bytes=_int(environ, "PREFS_MAX_BODY_BYTES", 65_536, minimum=1024),
         purge_interval_seconds=_int(environ, "PREFS_PURGE_INTERVAL", 300, minimum=5),
-        lookup_misses_per_minute_per_key=_int(environ, "PREFS_LOOKUP_MISSES_PER_KEY", 30, minimum=1),
+        lookup_misses_per_minute_per_key=_int(
+            environ, "PREFS_LOOKUP_MISSES_PER_KEY", 30, minimum=1
+        ),
         lookup_misses_per_minute_per_store=_int(
             environ, "PREFS_LOOKUP_MISSES_PER_STORE", 120, minimum=1
         ),

@@ -18,8 +18,12 @@ from prefs.errors import problems
 from prefs.http import STRING_WHEN_SENT
 
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Disclosures per page")]
-After = Annotated[str | None, QueryParameter(
-    max_length=200, description="The `next` of the previous page", schema_extra=STRING_WHEN_SENT)]
+After = Annotated[
+    str | None,
+    QueryParameter(
+        max_length=200, description="The `next` of the previous page", schema_extra=STRING_WHEN_SENT
+    ),
+]
 
 
 class AccessLogController(Controller):
@@ -30,8 +34,12 @@ class AccessLogController(Controller):
 
     @get("/", responses=problems(400, 401, 404, 503))
     async def read(
-        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
-        customer_id: NamedDependency[UUID], limit: Limit = 50, after: After = None,
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        customer_id: NamedDependency[UUID],
+        limit: Limit = 50,
+        after: After = None,
     ) -> AccessLogPage:
         """Every disclosure to anyone but you, newest first."""
         return await service.page(conn, vault, customer_id, limit, after)

@@ -17,12 +17,22 @@ from prefs.db import Row
 from prefs.errors import InvalidInput
 from prefs.preferences.sealed import decrypt_product
 
-FIELD_WORDS = {"product": "which products", "attributes": "your sizes and details",
-               "note": "your notes"}
-PURPOSE_WORDS = {"checkout": "at checkout", "reorder": "to fulfil a reorder",
-                 "partner-read": "to prepare an order for you"}
-VIA_WORDS = {"card": "using your loyalty card", "code": "using a checkout code you showed",
-             "reference": "as a partner you chose", "reorder": "from a reorder you placed"}
+FIELD_WORDS = {
+    "product": "which products",
+    "attributes": "your sizes and details",
+    "note": "your notes",
+}
+PURPOSE_WORDS = {
+    "checkout": "at checkout",
+    "reorder": "to fulfil a reorder",
+    "partner-read": "to prepare an order for you",
+}
+VIA_WORDS = {
+    "card": "using your loyalty card",
+    "code": "using a checkout code you showed",
+    "reference": "as a partner you chose",
+    "reorder": "from a reorder you placed",
+}
 
 
 def encode_cursor(at: datetime, disclosure_id: uuid.UUID) -> str:
@@ -49,7 +59,9 @@ def summary(row: Row, names: list[str | None]) -> str:
     who = row["actor_name"]
     if row["store"]:
         who = f"Store {row['store']}, {who}"
-    seen = _list_words([FIELD_WORDS.get(f, f) for f in row["fields"]]) if row["fields"] else "nothing"
+    seen = (
+        _list_words([FIELD_WORDS.get(f, f) for f in row["fields"]]) if row["fields"] else "nothing"
+    )
     known = [n for n in names if n]
     if not names:
         what = "no preferences"
@@ -76,8 +88,9 @@ WHERE customer_id = $1 AND preference_id = ANY($2::uuid[])
 """
 
 
-async def page(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, limit: int,
-               after: str | None) -> AccessLogPage:
+async def page(
+    conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, limit: int, after: str | None
+) -> AccessLogPage:
     """One page of disclosures, newest first; ``after`` is the previous page's ``next``."""
     at, ident = decode_cursor(after) if after else (None, None)
     rows = await conn.fetch(PAGE, customer_id, at, ident, limit + 1)
@@ -88,20 +101,35 @@ async def page(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, l
         key = await data_key(conn, vault, customer_id)
         for pref in await conn.fetch(NAMES, customer_id, wanted):
             try:
-                names[pref["preference_id"]] = decrypt_product(key, pref["preference_id"], pref["product_ct"]).name
+                names[pref["preference_id"]] = decrypt_product(
+                    key, pref["preference_id"], pref["product_ct"]
+                ).name
             except DecryptionError:
                 continue
     items = []
     for row in rows:
         shown = [names.get(pid) for pid in row["preference_ids"]]
-        items.append(Disclosure(
-            id=row["disclosure_id"], at=row["at"],
-            who=Viewer(kind=row["actor_kind"], id=row["credential_id"], name=row["actor_name"],
-                       store=row["store"], partner_id=row["partner_id"]),
-            purpose=row["purpose"], via=row["via"], fields=list(row["fields"]),
-            preferences=[DisclosedPreference(id=pid, name=names.get(pid)) for pid in row["preference_ids"]],
-            summary=summary(row, shown),
-        ))
+        items.append(
+            Disclosure(
+                id=row["disclosure_id"],
+                at=row["at"],
+                who=Viewer(
+                    kind=row["actor_kind"],
+                    id=row["credential_id"],
+                    name=row["actor_name"],
+                    store=row["store"],
+                    partner_id=row["partner_id"],
+                ),
+                purpose=row["purpose"],
+                via=row["via"],
+                fields=list(row["fields"]),
+                preferences=[
+                    DisclosedPreference(id=pid, name=names.get(pid))
+                    for pid in row["preference_ids"]
+                ],
+                summary=summary(row, shown),
+            )
+        )
     next_cursor = encode_cursor(rows[-1]["at"], rows[-1]["disclosure_id"]) if more else None
     return AccessLogPage(items=items, next=next_cursor)
 
@@ -113,16 +141,34 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 """
 
 
-async def record(conn: asyncpg.Connection, who: Credential, purpose: str, via: str,
-                 disclosures: list[tuple[uuid.UUID, list[uuid.UUID], list[str]]]) -> None:
+async def record(
+    conn: asyncpg.Connection,
+    who: Credential,
+    purpose: str,
+    via: str,
+    disclosures: list[tuple[uuid.UUID, list[uuid.UUID], list[str]]],
+) -> None:
     """Log disclosures to a credential's holder: (customer, preferences, fields) each.
 
     Call inside the transaction that reads what is disclosed, so no answer leaves without its
     record.
     """
     if disclosures:
-        await conn.executemany(RECORD, [
-            (customer_id, who.kind, who.id, who.name, who.store, who.partner_id, purpose, via,
-             preference_ids, fields)
-            for customer_id, preference_ids, fields in disclosures
-        ])
+        await conn.executemany(
+            RECORD,
+            [
+                (
+                    customer_id,
+                    who.kind,
+                    who.id,
+                    who.name,
+                    who.store,
+                    who.partner_id,
+                    purpose,
+                    via,
+                    preference_ids,
+                    fields,
+                )
+                for customer_id, preference_ids, fields in disclosures
+            ],
+        )

@@ -25,12 +25,21 @@ class CheckoutCodesController(Controller):
     guards = [customer_guard]
     security = [{"customer": []}]
 
-    @post("/", status_code=HTTP_201_CREATED, operation_class=declared_body(CheckoutCodeRequest),
-          responses=problems(400, 401, 404, 413, 415, 503))
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        operation_class=declared_body(CheckoutCodeRequest),
+        responses=problems(400, 401, 404, 413, 415, 503),
+    )
     async def create(
-        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
-        customer_id: NamedDependency[UUID], data: JSONBody[CheckoutCodeRequest],
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        state: State,
+        customer_id: NamedDependency[UUID],
+        data: JSONBody[CheckoutCodeRequest],
     ) -> CheckoutCode:
         """A code to show at the till, revealing only the fields chosen, for a few minutes."""
-        return await service.create(conn, vault.index, customer_id, data,
-                                    state.settings.checkout_code_ttl_seconds)
+        return await service.create(
+            conn, vault.index, customer_id, data, state.settings.checkout_code_ttl_seconds
+        )

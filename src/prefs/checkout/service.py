@@ -24,8 +24,10 @@ _SEPARATORS = re.compile(r"[\s\-]")
 def normalise_code(raw: str) -> str:
     code = _SEPARATORS.sub("", raw).upper()
     if not _CODE.fullmatch(code):
-        raise InvalidInput(f"code must be {LENGTH} characters of {ALPHABET}.",
-                           errors=[{"key": "code", "source": "body", "message": "not a checkout code"}])
+        raise InvalidInput(
+            f"code must be {LENGTH} characters of {ALPHABET}.",
+            errors=[{"key": "code", "source": "body", "message": "not a checkout code"}],
+        )
     return code
 
 
@@ -35,15 +37,25 @@ VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (code_hash) DO NOTHING RETURNING cod
 """
 
 
-async def create(conn: asyncpg.Connection, index: BlindIndex, customer_id: uuid.UUID,
-                 data: CheckoutCodeRequest, default_ttl: int) -> CheckoutCode:
+async def create(
+    conn: asyncpg.Connection,
+    index: BlindIndex,
+    customer_id: uuid.UUID,
+    data: CheckoutCodeRequest,
+    default_ttl: int,
+) -> CheckoutCode:
     """A fresh random code revealing ``data.fields`` of the chosen preferences until it expires."""
     fields, ids = await chosen(conn, customer_id, data.fields, data.preferences)
     expires_at = datetime.now(UTC) + timedelta(seconds=data.ttl_seconds or default_ttl)
     while True:
         code = "".join(secrets.choice(ALPHABET) for _ in range(LENGTH))
-        stored = await conn.fetchval(INSERT, index.checkout_code(code), index.primary, customer_id,
-                                     fields, ids, expires_at)
+        stored = await conn.fetchval(
+            INSERT, index.checkout_code(code), index.primary, customer_id, fields, ids, expires_at
+        )
         if stored is not None:
-            return CheckoutCode(code=code, expires_at=expires_at, fields=fields,
-                                preferences="all" if ids is None else ids)
+            return CheckoutCode(
+                code=code,
+                expires_at=expires_at,
+                fields=fields,
+                preferences="all" if ids is None else ids,
+            )

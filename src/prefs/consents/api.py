@@ -20,13 +20,26 @@ from prefs.errors import InvalidInput, problems
 from prefs.http import STRING_WHEN_SENT, constraints_of, declared_body
 
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Records per page")]
-Before = Annotated[str | None, QueryParameter(max_length=18, pattern=r"^[0-9]{1,18}$",
-                                              description="The `next` of the previous page",
-                                              schema_extra=STRING_WHEN_SENT)]
-AudienceParameter = Annotated[Audience, PathParameter(
-    **constraints_of(Audience), description="`pos`, `insights` or `partner:<partner id>`")]
-EXPIRING = {"properties": {"expires_at": {"anyOf": [{"type": "string", "format": "date-time"},
-                                                    {"type": "null"}]}}}
+Before = Annotated[
+    str | None,
+    QueryParameter(
+        max_length=18,
+        pattern=r"^[0-9]{1,18}$",
+        description="The `next` of the previous page",
+        schema_extra=STRING_WHEN_SENT,
+    ),
+]
+AudienceParameter = Annotated[
+    Audience,
+    PathParameter(
+        **constraints_of(Audience), description="`pos`, `insights` or `partner:<partner id>`"
+    ),
+]
+EXPIRING = {
+    "properties": {
+        "expires_at": {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]}
+    }
+}
 
 
 class ConsentsController(Controller):
@@ -37,7 +50,10 @@ class ConsentsController(Controller):
 
     @get("/", responses=problems(401, 404, 503))
     async def list_all(
-        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        state: State,
         customer_id: NamedDependency[UUID],
     ) -> ConsentList:
         """The grants in force. Nothing is shared until granted."""
@@ -46,8 +62,13 @@ class ConsentsController(Controller):
 
     @get("/history", responses=problems(400, 401, 404, 503))
     async def history(
-        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
-        customer_id: NamedDependency[UUID], limit: Limit = 50, before: Before = None,
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        state: State,
+        customer_id: NamedDependency[UUID],
+        limit: Limit = 50,
+        before: Before = None,
     ) -> LedgerPage:
         """Every consent change, newest first, each with its receipt and ledger hashes."""
         if before is not None and not (before.isascii() and before.isdigit()):
@@ -58,24 +79,34 @@ class ConsentsController(Controller):
         more = len(items) == limit and items[-1].seq > 1
         return LedgerPage(items=items, next=str(items[-1].seq) if more else None)
 
-    @put("/{audience:str}", status_code=HTTP_200_OK, operation_class=declared_body(
-        ConsentGrant, refine=EXPIRING), responses=problems(400, 401, 404, 413, 415, 503))
+    @put(
+        "/{audience:str}",
+        status_code=HTTP_200_OK,
+        operation_class=declared_body(ConsentGrant, refine=EXPIRING),
+        responses=problems(400, 401, 404, 413, 415, 503),
+    )
     async def grant(
-        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
-        customer_id: NamedDependency[UUID], audience: AudienceParameter,
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        state: State,
+        customer_id: NamedDependency[UUID],
+        audience: AudienceParameter,
         data: JSONBody[ConsentGrant],
     ) -> ConsentChange:
         """Grant or change consent for `pos`, `insights` or `partner:<id>`; returns the receipt."""
-        return await service.grant(conn, vault, state.settings.controller, customer_id,
-                                   audience, data)
+        return await service.grant(
+            conn, vault, state.settings.controller, customer_id, audience, data
+        )
 
     @delete("/{audience:str}", status_code=HTTP_200_OK, responses=problems(400, 401, 404, 503))
     async def withdraw(
-        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
-        customer_id: NamedDependency[UUID], audience: AudienceParameter,
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        state: State,
+        customer_id: NamedDependency[UUID],
+        audience: AudienceParameter,
     ) -> ConsentChange:
         """Withdraw consent; the next request from that audience sees nothing."""
-        return await service.withdraw(conn, vault, state.settings.controller, customer_id,
-                                      audience)
-
-
+        return await service.withdraw(conn, vault, state.settings.controller, customer_id, audience)

@@ -27,8 +27,9 @@ def canonical(receipt: Receipt | dict[str, Any]) -> bytes:
     return msgspec.json.encode(as_builtins, order="sorted")
 
 
-def record_hash(index: BlindIndex, version: int, customer_id: uuid.UUID, seq: int,
-                prev_hash: bytes, body: bytes) -> bytes:
+def record_hash(
+    index: BlindIndex, version: int, customer_id: uuid.UUID, seq: int, prev_hash: bytes, body: bytes
+) -> bytes:
     message = customer_id.bytes + seq.to_bytes(8, "big") + prev_hash + body
     return index.digest("ledger", message, version)
 
@@ -51,11 +52,27 @@ async def append(conn: asyncpg.Connection, index: BlindIndex, receipt: Receipt) 
     prev_hash = head["ledger_head"] or GENESIS
     body = msgspec.to_builtins(receipt)
     digest = record_hash(index, index.primary, customer_id, seq, prev_hash, canonical(body))
-    await conn.execute(INSERT, customer_id, seq, receipt.receipt_id, receipt.timestamp,
-                       receipt.audience, receipt.state, body, index.primary, prev_hash, digest)
+    await conn.execute(
+        INSERT,
+        customer_id,
+        seq,
+        receipt.receipt_id,
+        receipt.timestamp,
+        receipt.audience,
+        receipt.state,
+        body,
+        index.primary,
+        prev_hash,
+        digest,
+    )
     await conn.execute(MOVE_HEAD, customer_id, seq, digest)
-    return LedgerEntry(seq=seq, recorded_at=receipt.timestamp, receipt=receipt,
-                       prev_hash=prev_hash.hex(), hash=digest.hex())
+    return LedgerEntry(
+        seq=seq,
+        recorded_at=receipt.timestamp,
+        receipt=receipt,
+        prev_hash=prev_hash.hex(),
+        hash=digest.hex(),
+    )
 
 
 HISTORY = """
@@ -64,16 +81,23 @@ WHERE customer_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3
 """
 
 
-async def history(conn: asyncpg.Connection, customer_id: uuid.UUID, before_seq: int,
-                  limit: int) -> list[LedgerEntry]:
+async def history(
+    conn: asyncpg.Connection, customer_id: uuid.UUID, before_seq: int, limit: int
+) -> list[LedgerEntry]:
     """Ledger records, newest first, with sequence numbers below ``before_seq``."""
-    return [entry_from_row(row) for row in await conn.fetch(HISTORY, customer_id, before_seq, limit)]
+    return [
+        entry_from_row(row) for row in await conn.fetch(HISTORY, customer_id, before_seq, limit)
+    ]
 
 
 def entry_from_row(row: Row) -> LedgerEntry:
-    return LedgerEntry(seq=row["seq"], recorded_at=row["recorded_at"],
-                       receipt=msgspec.convert(row["receipt"], Receipt),
-                       prev_hash=row["prev_hash"].hex(), hash=row["hash"].hex())
+    return LedgerEntry(
+        seq=row["seq"],
+        recorded_at=row["recorded_at"],
+        receipt=msgspec.convert(row["receipt"], Receipt),
+        prev_hash=row["prev_hash"].hex(),
+        hash=row["hash"].hex(),
+    )
 
 
 @dataclass(frozen=True)
@@ -94,8 +118,13 @@ LEFT JOIN customers c USING (customer_id) WHERE c.customer_id IS NULL
 """
 
 
-async def verify_customer(conn: asyncpg.Connection, index: BlindIndex, customer_id: uuid.UUID,
-                          head_seq: int, head_hash: bytes | None) -> ChainFault | None:
+async def verify_customer(
+    conn: asyncpg.Connection,
+    index: BlindIndex,
+    customer_id: uuid.UUID,
+    head_seq: int,
+    head_hash: bytes | None,
+) -> ChainFault | None:
     """The first fault in one customer's chain, or None when it verifies."""
     prev_hash, expected_seq = GENESIS, 1
     for row in await conn.fetch(CHAIN, customer_id):
@@ -105,23 +134,30 @@ async def verify_customer(conn: asyncpg.Connection, index: BlindIndex, customer_
             return ChainFault(customer_id, row["seq"], "the link to the previous record is broken")
         if row["mac_version"] not in index.index.keys:
             return ChainFault(customer_id, row["seq"], "the record's key version is unknown")
-        digest = record_hash(index, row["mac_version"], customer_id, row["seq"], prev_hash,
-                             canonical(row["receipt"]))
+        digest = record_hash(
+            index, row["mac_version"], customer_id, row["seq"], prev_hash, canonical(row["receipt"])
+        )
         if digest != row["hash"]:
             return ChainFault(customer_id, row["seq"], "the record was altered")
         receipt = msgspec.convert(row["receipt"], Receipt)
         if (row["receipt_id"], row["recorded_at"], row["audience"], row["state"]) != (
-            receipt.receipt_id, receipt.timestamp, receipt.audience, receipt.state
+            receipt.receipt_id,
+            receipt.timestamp,
+            receipt.audience,
+            receipt.state,
         ):
-            return ChainFault(customer_id, row["seq"],
-                              "the record's columns disagree with its receipt")
+            return ChainFault(
+                customer_id, row["seq"], "the record's columns disagree with its receipt"
+            )
         prev_hash, expected_seq = row["hash"], expected_seq + 1
     if expected_seq - 1 != head_seq or (head_seq and prev_hash != head_hash):
         return ChainFault(customer_id, expected_seq, "the chain does not end at the recorded head")
     return None
 
 
-async def verify_all(conn: asyncpg.Connection, index: BlindIndex, batch: int = 500) -> tuple[int, list[ChainFault]]:
+async def verify_all(
+    conn: asyncpg.Connection, index: BlindIndex, batch: int = 500
+) -> tuple[int, list[ChainFault]]:
     """Verify every customer's chain; returns how many were checked and the faults found."""
     faults: list[ChainFault] = []
     checked, after = 0, uuid.UUID(int=0)
@@ -130,11 +166,15 @@ async def verify_all(conn: asyncpg.Connection, index: BlindIndex, batch: int = 5
         if not heads:
             break
         for head in heads:
-            fault = await verify_customer(conn, index, head["customer_id"], head["ledger_seq"], head["ledger_head"])
+            fault = await verify_customer(
+                conn, index, head["customer_id"], head["ledger_seq"], head["ledger_head"]
+            )
             if fault is not None:
                 faults.append(fault)
             checked += 1
         after = heads[-1]["customer_id"]
     for row in await conn.fetch(ORPHANS):
-        faults.append(ChainFault(row["customer_id"], 0, "records exist for a customer who is not enrolled"))
+        faults.append(
+            ChainFault(row["customer_id"], 0, "records exist for a customer who is not enrolled")
+        )
     return checked, faults

@@ -12,7 +12,9 @@ from prefs.text import END, UUID_TEXT
 Field = Literal["product", "attributes", "note"]
 Fields = Annotated[list[Field], Meta(min_length=1, max_length=3)]
 PreferenceIds = Annotated[list[UUID], Meta(min_length=1, max_length=500)]
-Audience = Annotated[str, Meta(max_length=64, pattern=r"^(pos|insights|partner:" + UUID_TEXT + ")" + END)]
+Audience = Annotated[
+    str, Meta(max_length=64, pattern=r"^(pos|insights|partner:" + UUID_TEXT + ")" + END)
+]
 State = Literal["ConsentGiven", "ConsentWithdrawn", "ConsentExpired"]
 
 

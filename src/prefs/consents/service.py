@@ -28,16 +28,25 @@ from prefs.reorders import service as reorders
 
 # What each audience does with what it is shown, named with W3C DPV purposes.
 PURPOSES = {
-    "pos": ("Recognise you at the till and show your preferences at checkout",
-            ["ServicePersonalisation"]),
-    "partner": ("Let a partner you chose make or supply your items again",
-                ["CustomerOrderManagement", "ServiceProvision"]),
-    "insights": ("Count, anonymously, how many people want a discontinued product back",
-                 ["ImproveExistingProductsAndServices"]),
+    "pos": (
+        "Recognise you at the till and show your preferences at checkout",
+        ["ServicePersonalisation"],
+    ),
+    "partner": (
+        "Let a partner you chose make or supply your items again",
+        ["CustomerOrderManagement", "ServiceProvision"],
+    ),
+    "insights": (
+        "Count, anonymously, how many people want a discontinued product back",
+        ["ImproveExistingProductsAndServices"],
+    ),
 }
 # The personal-data categories (DPV-PD) behind each field a grant can name.
-PII_CATEGORIES = {"product": "PurchasesAndSpendingHabit", "attributes": "PhysicalCharacteristic",
-                  "note": "Preference"}
+PII_CATEGORIES = {
+    "product": "PurchasesAndSpendingHabit",
+    "attributes": "PhysicalCharacteristic",
+    "note": "Preference",
+}
 
 
 def audience_kind(audience: str) -> str:
@@ -66,8 +75,16 @@ async def recipient(conn: asyncpg.Connection, audience: str) -> Recipient:
     return Recipient(kind="partner", name=name, id=partner_id)
 
 
-def _receipt(customer_id: uuid.UUID, audience: str, who: Recipient, controller: str, state: State,
-             fields: list[str], preferences: Any, expires_at: datetime | None) -> Receipt:
+def _receipt(
+    customer_id: uuid.UUID,
+    audience: str,
+    who: Recipient,
+    controller: str,
+    state: State,
+    fields: list[str],
+    preferences: Any,
+    expires_at: datetime | None,
+) -> Receipt:
     text, dpv = PURPOSES[who.kind]
     return Receipt(
         receipt_id=uuid.uuid4(),
@@ -77,9 +94,16 @@ def _receipt(customer_id: uuid.UUID, audience: str, who: Recipient, controller: 
         controller=Controller(name=controller),
         audience=audience,
         recipient=who,
-        purposes=[Purpose(purpose=text, dpv=dpv, consent_type="EXPLICIT", primary_purpose=True,
-                          termination=expires_at.isoformat() if expires_at else "until withdrawn",
-                          third_party_disclosure=who.kind == "partner")],
+        purposes=[
+            Purpose(
+                purpose=text,
+                dpv=dpv,
+                consent_type="EXPLICIT",
+                primary_purpose=True,
+                termination=expires_at.isoformat() if expires_at else "until withdrawn",
+                third_party_disclosure=who.kind == "partner",
+            )
+        ],
         pii_categories=[PII_CATEGORIES[f] for f in fields],
         fields=fields,
         preferences=preferences,
@@ -90,10 +114,16 @@ def _receipt(customer_id: uuid.UUID, audience: str, who: Recipient, controller: 
 
 def consent_view(row: Row, who: str) -> Consent:
     ids = row["preference_ids"]
-    return Consent(audience=row["audience"], recipient=who, fields=list(row["fields"]),
-                   preferences="all" if ids is None else list(ids), expires_at=row["expires_at"],
-                   granted_at=row["granted_at"], updated_at=row["updated_at"],
-                   receipt_id=row["receipt_id"])
+    return Consent(
+        audience=row["audience"],
+        recipient=who,
+        fields=list(row["fields"]),
+        preferences="all" if ids is None else list(ids),
+        expires_at=row["expires_at"],
+        granted_at=row["granted_at"],
+        updated_at=row["updated_at"],
+        receipt_id=row["receipt_id"],
+    )
 
 
 LIST = """
@@ -106,8 +136,9 @@ ORDER BY g.audience
 """
 
 
-async def _after_change(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID,
-                        audience: str, live: bool) -> None:
+async def _after_change(
+    conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, audience: str, live: bool
+) -> None:
     """What a grant or its end changes elsewhere: partner references, reorders, demand counts."""
     kind = audience_kind(audience)
     if kind == "insights":
@@ -120,18 +151,24 @@ async def _after_change(conn: asyncpg.Connection, vault: Vault, customer_id: uui
             await reorders.cancel_requested_for_partner(conn, customer_id, partner_id)
 
 
-async def list_consents(conn: asyncpg.Connection, vault: Vault, controller: str,
-                        customer_id: uuid.UUID) -> list[Consent]:
+async def list_consents(
+    conn: asyncpg.Connection, vault: Vault, controller: str, customer_id: uuid.UUID
+) -> list[Consent]:
     """The live grants (expired ones are recorded as expired first)."""
     await expire_due(conn, vault, controller, customer_id)
     consents = []
     for row in await conn.fetch(LIST, customer_id):
         kind = audience_kind(row["audience"])
-        name = row["partner_name"] if kind == "partner" else (await recipient(conn, row["audience"])).name
+        name = (
+            row["partner_name"]
+            if kind == "partner"
+            else (await recipient(conn, row["audience"])).name
+        )
         consent = consent_view(row, name or "A partner that has left")
         if kind == "partner":
             consent.reference = await conn.fetchval(
-                reorders.REF, uuid.UUID(row["audience"].split(":", 1)[1]), customer_id)
+                reorders.REF, uuid.UUID(row["audience"].split(":", 1)[1]), customer_id
+            )
         consents.append(consent)
     return consents
 
@@ -140,8 +177,12 @@ OWNED = "SELECT preference_id FROM preferences WHERE customer_id = $1 AND prefer
 FIELD_ORDER = ["product", "attributes", "note"]
 
 
-async def chosen(conn: asyncpg.Connection, customer_id: uuid.UUID, fields: Sequence[str],
-                 preferences: Sequence[uuid.UUID] | str) -> tuple[list[str], list[uuid.UUID] | None]:
+async def chosen(
+    conn: asyncpg.Connection,
+    customer_id: uuid.UUID,
+    fields: Sequence[str],
+    preferences: Sequence[uuid.UUID] | str,
+) -> tuple[list[str], list[uuid.UUID] | None]:
     """Fields in canonical order, and the chosen preference ids (None for "all"), which must
     all be the customer's own."""
     ordered = sorted(set(fields), key=FIELD_ORDER.index)
@@ -150,8 +191,10 @@ async def chosen(conn: asyncpg.Connection, customer_id: uuid.UUID, fields: Seque
     ids = sorted(set(preferences))
     owned = await conn.fetch(OWNED, customer_id, ids)
     if len(owned) != len(ids):
-        raise InvalidInput("preferences names ids that are not among your preferences.",
-                           errors=[{"key": "preferences", "source": "body", "message": "unknown preference ids"}])
+        raise InvalidInput(
+            "preferences names ids that are not among your preferences.",
+            errors=[{"key": "preferences", "source": "body", "message": "unknown preference ids"}],
+        )
     return ordered, ids
 
 
@@ -167,25 +210,44 @@ RETURNING audience, fields, preference_ids, expires_at, granted_at, updated_at, 
 """
 
 
-async def grant(conn: asyncpg.Connection, vault: Vault, controller: str,
-                customer_id: uuid.UUID, audience: str, data: ConsentGrant) -> ConsentChange:
+async def grant(
+    conn: asyncpg.Connection,
+    vault: Vault,
+    controller: str,
+    customer_id: uuid.UUID,
+    audience: str,
+    data: ConsentGrant,
+) -> ConsentChange:
     """Give or change consent for one audience."""
     who = await recipient(conn, audience)
     if data.expires_at is not None:
         if data.expires_at.tzinfo is None:
-            raise InvalidInput("expires_at needs a time zone, e.g. 2027-01-01T00:00:00Z.",
-                               errors=[{"key": "expires_at", "source": "body", "message": "needs a time zone"}])
+            raise InvalidInput(
+                "expires_at needs a time zone, e.g. 2027-01-01T00:00:00Z.",
+                errors=[{"key": "expires_at", "source": "body", "message": "needs a time zone"}],
+            )
         if data.expires_at <= datetime.now(UTC):
-            raise InvalidInput("expires_at must be in the future.",
-                               errors=[{"key": "expires_at", "source": "body", "message": "in the past"}])
+            raise InvalidInput(
+                "expires_at must be in the future.",
+                errors=[{"key": "expires_at", "source": "body", "message": "in the past"}],
+            )
     fields, ids = await chosen(conn, customer_id, data.fields, data.preferences)
     async with conn.transaction():
         await expire_due(conn, vault, controller, customer_id, audience)
-        receipt = _receipt(customer_id, audience, who, controller, "ConsentGiven", fields,
-                           "all" if ids is None else ids, data.expires_at)
+        receipt = _receipt(
+            customer_id,
+            audience,
+            who,
+            controller,
+            "ConsentGiven",
+            fields,
+            "all" if ids is None else ids,
+            data.expires_at,
+        )
         entry = await ledger.append(conn, vault.index, receipt)
-        row = await conn.fetchrow(UPSERT, customer_id, audience, fields, ids, data.expires_at,
-                                  receipt.receipt_id)
+        row = await conn.fetchrow(
+            UPSERT, customer_id, audience, fields, ids, data.expires_at, receipt.receipt_id
+        )
         assert row is not None
         await _after_change(conn, vault, customer_id, audience, live=True)
         return ConsentChange(consent=consent_view(row, who.name), receipt=receipt, ledger=entry)
@@ -197,8 +259,9 @@ RETURNING fields, preference_ids, expires_at
 """
 
 
-async def withdraw(conn: asyncpg.Connection, vault: Vault, controller: str,
-                   customer_id: uuid.UUID, audience: str) -> ConsentChange:
+async def withdraw(
+    conn: asyncpg.Connection, vault: Vault, controller: str, customer_id: uuid.UUID, audience: str
+) -> ConsentChange:
     """Withdraw consent: effective for the very next request, recorded in the ledger."""
     async with conn.transaction():
         await expire_due(conn, vault, controller, customer_id, audience)
@@ -210,8 +273,16 @@ async def withdraw(conn: asyncpg.Connection, vault: Vault, controller: str,
         except NotFound:
             who = Recipient(kind="partner", name="A partner that has left")
         ids = row["preference_ids"]
-        receipt = _receipt(customer_id, audience, who, controller, "ConsentWithdrawn",
-                           list(row["fields"]), "all" if ids is None else list(ids), row["expires_at"])
+        receipt = _receipt(
+            customer_id,
+            audience,
+            who,
+            controller,
+            "ConsentWithdrawn",
+            list(row["fields"]),
+            "all" if ids is None else list(ids),
+            row["expires_at"],
+        )
         entry = await ledger.append(conn, vault.index, receipt)
         await _after_change(conn, vault, customer_id, audience, live=False)
         return ConsentChange(consent=None, receipt=receipt, ledger=entry)
@@ -229,15 +300,24 @@ RETURNING customer_id, audience, fields, preference_ids, expires_at
 """
 
 
-async def expire_due(conn: asyncpg.Connection, vault: Vault, controller: str,
-                     customer_id: uuid.UUID | None = None, audience: str | None = None) -> int:
+async def expire_due(
+    conn: asyncpg.Connection,
+    vault: Vault,
+    controller: str,
+    customer_id: uuid.UUID | None = None,
+    audience: str | None = None,
+) -> int:
     """Record every grant past its expiry as ConsentExpired and remove it; returns how many.
 
     Lookups already ignore expired grants; this writes them into the ledger.
     """
     if customer_id is None:
-        return sum([await expire_due(conn, vault, controller, row["customer_id"], audience)
-                    for row in await conn.fetch(DUE_CUSTOMERS, audience)])
+        return sum(
+            [
+                await expire_due(conn, vault, controller, row["customer_id"], audience)
+                for row in await conn.fetch(DUE_CUSTOMERS, audience)
+            ]
+        )
     async with conn.transaction():
         # Every consent change locks the customer's ledger head before any consent row (grant
         # and withdraw start here): one lock order, so concurrent changes cannot deadlock.
@@ -249,8 +329,16 @@ async def expire_due(conn: asyncpg.Connection, vault: Vault, controller: str,
             except NotFound:
                 who = Recipient(kind="partner", name="A partner that has left")
             ids = row["preference_ids"]
-            receipt = _receipt(row["customer_id"], row["audience"], who, controller, "ConsentExpired",
-                               list(row["fields"]), "all" if ids is None else list(ids), row["expires_at"])
+            receipt = _receipt(
+                row["customer_id"],
+                row["audience"],
+                who,
+                controller,
+                "ConsentExpired",
+                list(row["fields"]),
+                "all" if ids is None else list(ids),
+                row["expires_at"],
+            )
             await ledger.append(conn, vault.index, receipt)
             await _after_change(conn, vault, row["customer_id"], row["audience"], live=False)
         return len(rows)

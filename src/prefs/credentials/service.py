@@ -40,9 +40,15 @@ RETURNING credential_id AS id, kind, display_name AS name, store, partner_id, cr
 """
 
 
-async def create(conn: asyncpg.Connection, kind: Kind, name: str, *, store: str | None = None,
-                 partner_id: uuid.UUID | None = None, description: str | None = None,
-                 ) -> tuple[Credential, str]:
+async def create(
+    conn: asyncpg.Connection,
+    kind: Kind,
+    name: str,
+    *,
+    store: str | None = None,
+    partner_id: uuid.UUID | None = None,
+    description: str | None = None,
+) -> tuple[Credential, str]:
     """A new credential and its API key (the key is never stored, only its hash).
 
     A partner credential without ``partner_id`` creates the partner itself, named ``name``.
@@ -57,8 +63,9 @@ async def create(conn: asyncpg.Connection, kind: Kind, name: str, *, store: str 
             partner_id = uuid.uuid4()
             await conn.execute(INSERT_PARTNER, partner_id, name, description)
         api_key = new_api_key(kind)
-        row = await conn.fetchrow(INSERT, uuid.uuid4(), kind, api_key_hash(api_key), name, store,
-                                  partner_id)
+        row = await conn.fetchrow(
+            INSERT, uuid.uuid4(), kind, api_key_hash(api_key), name, store, partner_id
+        )
         assert row is not None
         return Credential(**dict(row)), api_key
 

@@ -28,9 +28,14 @@ class MeController(Controller):
     guards = [customer_guard]
     security = [{"customer": []}]
 
-    @post("/", operation_class=declared_body(Enrolment | None, required=False, refine=CARD),
-          responses={200: ResponseSpec(Profile, description="Already enrolled"),
-                     **problems(400, 401, 409, 413, 415, 503)})
+    @post(
+        "/",
+        operation_class=declared_body(Enrolment | None, required=False, refine=CARD),
+        responses={
+            200: ResponseSpec(Profile, description="Already enrolled"),
+            **problems(400, 401, 409, 413, 415, 503),
+        },
+    )
     async def enrol(
         self,
         conn: NamedDependency[Connection],
@@ -47,24 +52,34 @@ class MeController(Controller):
 
     @get("/", responses=problems(401, 404, 503))
     async def read(
-        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
         customer_id: NamedDependency[UUID],
     ) -> Profile:
         """The customer's profile, with the loyalty card decrypted."""
         return await service.profile(conn, vault, customer_id)
 
-    @patch("/", operation_class=declared_body(ProfileUpdate, refine=CARD),
-            responses=problems(400, 401, 404, 409, 413, 415, 503))
+    @patch(
+        "/",
+        operation_class=declared_body(ProfileUpdate, refine=CARD),
+        responses=problems(400, 401, 404, 409, 413, 415, 503),
+    )
     async def update(
-        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
-        customer_id: NamedDependency[UUID], data: JSONBody[ProfileUpdate],
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        customer_id: NamedDependency[UUID],
+        data: JSONBody[ProfileUpdate],
     ) -> Profile:
         """Set or clear the loyalty card."""
         return await service.set_card(conn, vault, customer_id, data.card)
 
     @delete("/", responses=problems(401, 404, 503))
     async def erase(
-        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
         customer_id: NamedDependency[UUID],
     ) -> None:
         """Erase everything: the data key is destroyed with the rows (crypto-shredding)."""

@@ -36,8 +36,9 @@ ON CONFLICT (subject_hash) DO NOTHING
 """
 
 
-async def find_customer_id(conn: asyncpg.Connection, subject_hashes: tuple[bytes, ...],
-                           index_version: int | None = None) -> uuid.UUID | None:
+async def find_customer_id(
+    conn: asyncpg.Connection, subject_hashes: tuple[bytes, ...], index_version: int | None = None
+) -> uuid.UUID | None:
     """The customer a subject belongs to, looking under every index-key version (primary first).
 
     A subject found only under an older index key gets its primary-key hash added, so after an
@@ -53,8 +54,9 @@ async def find_customer_id(conn: asyncpg.Connection, subject_hashes: tuple[bytes
     return customer_id
 
 
-async def require_customer_id(conn: asyncpg.Connection, subject_hashes: tuple[bytes, ...],
-                              index_version: int | None = None) -> uuid.UUID:
+async def require_customer_id(
+    conn: asyncpg.Connection, subject_hashes: tuple[bytes, ...], index_version: int | None = None
+) -> uuid.UUID:
     customer_id = await find_customer_id(conn, subject_hashes, index_version)
     if customer_id is None:
         raise NotEnrolled("Enrol first with POST /v1/me.")
@@ -76,7 +78,9 @@ async def data_key(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUI
     key = vault.envelope.unwrap(customer_id, row["generation"], row["wrapped"])
     if row["master_version"] != vault.envelope.master.primary:
         rewrapped = vault.envelope.rewrap(customer_id, row["generation"], row["wrapped"])
-        await conn.execute(REWRAP, customer_id, row["wrapped"], rewrapped, vault.envelope.master.primary)
+        await conn.execute(
+            REWRAP, customer_id, row["wrapped"], rewrapped, vault.envelope.master.primary
+        )
     return key
 
 
@@ -91,7 +95,10 @@ INSERT INTO customer_keys (customer_id, generation, master_version, wrapped) VAL
 
 
 async def enrol(
-    conn: asyncpg.Connection, vault: Vault, subject_hashes: tuple[bytes, ...], index_version: int,
+    conn: asyncpg.Connection,
+    vault: Vault,
+    subject_hashes: tuple[bytes, ...],
+    index_version: int,
     card: str | None,
 ) -> tuple[Profile, bool]:
     """Enrol the subject (or find them enrolled); returns the profile and whether it is new."""
@@ -100,14 +107,20 @@ async def enrol(
         created = False
         if customer_id is None:
             customer_id = uuid.uuid4()
-            claimed = await conn.fetchval(CLAIM_SUBJECT, subject_hashes[0], index_version, customer_id)
+            claimed = await conn.fetchval(
+                CLAIM_SUBJECT, subject_hashes[0], index_version, customer_id
+            )
             if claimed is None:  # a concurrent enrolment of the same subject won
                 customer_id = await require_customer_id(conn, subject_hashes)
             else:
                 key, wrapped = vault.envelope.new_data_key(customer_id)
                 await conn.execute(INSERT_CUSTOMER, customer_id)
                 await conn.execute(
-                    INSERT_KEY, customer_id, key.generation, vault.envelope.master_version(wrapped), wrapped
+                    INSERT_KEY,
+                    customer_id,
+                    key.generation,
+                    vault.envelope.master_version(wrapped),
+                    wrapped,
                 )
                 created = True
         if card is not None:
@@ -131,8 +144,11 @@ async def profile(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID
         key = await data_key(conn, vault, customer_id)
         card = key.decrypt(row["card_ct"], "customers", "card", customer_id).decode()
     return Profile(
-        id=customer_id, card=card, preferences=row["preferences"],
-        created_at=row["created_at"], updated_at=row["updated_at"],
+        id=customer_id,
+        card=card,
+        preferences=row["preferences"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
     )
 
 
@@ -144,18 +160,24 @@ ON CONFLICT (card_hash) DO NOTHING RETURNING customer_id
 UPDATE_CARD = "UPDATE customers SET card_ct = $2, updated_at = now() WHERE customer_id = $1"
 
 
-async def _set_card(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, raw: str | None) -> None:
+async def _set_card(
+    conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, raw: str | None
+) -> None:
     await conn.execute(DELETE_CARD_INDEX, customer_id)
     if raw is None:
         await conn.execute(UPDATE_CARD, customer_id, None)
         return
     card = normalise_card(raw)
     for version in vault.index.versions:
-        claimed = await conn.fetchval(INSERT_CARD_INDEX, vault.index.card(card, version), version, customer_id)
+        claimed = await conn.fetchval(
+            INSERT_CARD_INDEX, vault.index.card(card, version), version, customer_id
+        )
         if claimed is None:
             raise Conflict("This card cannot be registered to your account.")
     key = await data_key(conn, vault, customer_id)
-    await conn.execute(UPDATE_CARD, customer_id, key.encrypt(card.encode(), "customers", "card", customer_id))
+    await conn.execute(
+        UPDATE_CARD, customer_id, key.encrypt(card.encode(), "customers", "card", customer_id)
+    )
 
 
 async def set_card(

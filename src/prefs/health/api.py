@@ -37,10 +37,15 @@ class HealthController(Controller):
             async with pool.acquire(timeout=2) as conn:
                 at_head = await db.schema_at_head(conn, state.schema_head)
         except DATABASE_DOWN:
-            return Response(Health(status="unavailable", database="unreachable"), status_code=503,
-                            headers={"Retry-After": "2"})
+            return Response(
+                Health(status="unavailable", database="unreachable"),
+                status_code=503,
+                headers={"Retry-After": "2"},
+            )
         if not at_head:
-            return Response(Health(status="unavailable", database="ok", schema="behind"), status_code=503)
+            return Response(
+                Health(status="unavailable", database="ok", schema="behind"), status_code=503
+            )
         return Response(Health(status="ok", database="ok", schema="head"))
 
 

@@ -24,7 +24,10 @@ class InsightsController(Controller):
 
     @get("/discontinued-demand", responses=problems(401, 503))
     async def discontinued_demand(
-        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        state: State,
         credential: NamedDependency[Credential],
     ) -> DiscontinuedDemand:
         """Per discontinued product and size, how many opted-in customers want it again (≥ k only)."""

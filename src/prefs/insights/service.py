@@ -18,8 +18,24 @@ from prefs.insights.schemas import DemandGroup, DiscontinuedDemand
 from prefs.preferences.schemas import Product
 from prefs.preferences.sealed import decrypt_attributes, decrypt_product
 
-SIZE_KEYS = frozenset({"size", "waist", "leg", "inseam", "length", "chest", "neck", "collar",
-                       "sleeve", "shoe", "width", "hip", "cup", "fit"})
+SIZE_KEYS = frozenset(
+    {
+        "size",
+        "waist",
+        "leg",
+        "inseam",
+        "length",
+        "chest",
+        "neck",
+        "collar",
+        "sleeve",
+        "shoe",
+        "width",
+        "hip",
+        "cup",
+        "fit",
+    }
+)
 
 
 class _Label(msgspec.Struct):
@@ -37,7 +53,9 @@ SELECT preference_id, product_ct, attributes_ct FROM preferences
 WHERE customer_id = $1 AND status = 'discontinued'
   AND ($2::uuid[] IS NULL OR preference_id = ANY($2::uuid[]))
 """
-ADD_GROUP = "INSERT INTO demand_groups (group_hash, label_ct) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+ADD_GROUP = (
+    "INSERT INTO demand_groups (group_hash, label_ct) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+)
 CONTRIBUTE = """
 INSERT INTO demand_contributions (pseudonym, group_hash) VALUES ($1, $2) ON CONFLICT DO NOTHING
 """
@@ -61,7 +79,9 @@ async def refresh(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID
         if "attributes" in grant["fields"]:
             attributes = decrypt_attributes(key, pid, row["attributes_ct"])
             size = {k: v for k, v in sorted(attributes.items()) if k in SIZE_KEYS}
-        label = msgspec.json.encode(_Label(decrypt_product(key, pid, row["product_ct"]), size), order="sorted")
+        label = msgspec.json.encode(
+            _Label(decrypt_product(key, pid, row["product_ct"]), size), order="sorted"
+        )
         group = index.digest("demand-group", label)
         await conn.execute(ADD_GROUP, group, vault.demand_labels.encrypt(label, group))
         await conn.execute(CONTRIBUTE, pseudonym, group)
@@ -80,6 +100,10 @@ async def discontinued_demand(conn: asyncpg.Connection, vault: Vault, k: int) ->
     """Groups of at least k distinct opted-in customers; smaller ones are never released."""
     groups = []
     for row in await conn.fetch(RELEASE, k):
-        label = msgspec.json.decode(vault.demand_labels.decrypt(row["label_ct"], row["group_hash"]), type=_Label)
-        groups.append(DemandGroup(product=label.product, size=label.size, customers=row["customers"]))
+        label = msgspec.json.decode(
+            vault.demand_labels.decrypt(row["label_ct"], row["group_hash"]), type=_Label
+        )
+        groups.append(
+            DemandGroup(product=label.product, size=label.size, customers=row["customers"])
+        )
     return DiscontinuedDemand(k=k, groups=groups)

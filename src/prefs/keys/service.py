@@ -35,8 +35,12 @@ FOR UPDATE SKIP LOCKED
 RELABEL = "UPDATE demand_groups SET label_ct = $3 WHERE group_hash = $1 AND label_ct = $2"
 
 
-async def rotate(conn: asyncpg.Connection, vault: Vault, batch_size: int = 500,
-                 progress: Callable[[int], None] | None = None) -> int:
+async def rotate(
+    conn: asyncpg.Connection,
+    vault: Vault,
+    batch_size: int = 500,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Rewrap every data key not under the primary master key, batch by batch, then re-encrypt
     the demand labels (the only data sealed directly under a master key).
 
@@ -52,8 +56,12 @@ async def rotate(conn: asyncpg.Connection, vault: Vault, batch_size: int = 500,
             if not rows:
                 break
             for row in rows:
-                rewrapped = vault.envelope.rewrap(row["customer_id"], row["generation"], row["wrapped"])
-                status = await conn.execute(REWRAP, row["customer_id"], row["wrapped"], rewrapped, primary)
+                rewrapped = vault.envelope.rewrap(
+                    row["customer_id"], row["generation"], row["wrapped"]
+                )
+                status = await conn.execute(
+                    REWRAP, row["customer_id"], row["wrapped"], rewrapped, primary
+                )
                 done += status.endswith(" 1")
         if progress is not None:
             progress(done)
@@ -64,8 +72,12 @@ async def rotate(conn: asyncpg.Connection, vault: Vault, batch_size: int = 500,
                 return done
             for row in rows:
                 label = vault.demand_labels.decrypt(row["label_ct"], row["group_hash"])
-                await conn.execute(RELABEL, row["group_hash"], row["label_ct"],
-                                   vault.demand_labels.encrypt(label, row["group_hash"]))
+                await conn.execute(
+                    RELABEL,
+                    row["group_hash"],
+                    row["label_ct"],
+                    vault.demand_labels.encrypt(label, row["group_hash"]),
+                )
 
 
 @dataclass(frozen=True)
@@ -111,12 +123,16 @@ RETIRE = "INSERT INTO retired_master_keys (version) VALUES ($1) ON CONFLICT DO N
 async def retire(conn: asyncpg.Connection, vault: Vault, version: int) -> None:
     """Record a master-key version as retired; refused while anything is still wrapped under it."""
     if version == vault.envelope.master.primary:
-        raise Conflict(f"Version {version} is the primary master key; make another key primary first.")
+        raise Conflict(
+            f"Version {version} is the primary master key; make another key primary first."
+        )
     wraps = await conn.fetchval(IN_USE, version)
     labels = await conn.fetchval(LABELS_IN_USE, version)
     if wraps or labels:
-        raise Conflict(f"Version {version} still wraps {wraps} data keys and {labels} demand labels: "
-                       "run `prefs keys rotate` first.")
+        raise Conflict(
+            f"Version {version} still wraps {wraps} data keys and {labels} demand labels: "
+            "run `prefs keys rotate` first."
+        )
     await conn.execute(RETIRE, version)
 
 
@@ -135,8 +151,12 @@ DROP_OLD_CARDS = "DELETE FROM card_index WHERE NOT (index_version = ANY($1::int[
 INSIGHTS_GRANTS = "SELECT customer_id FROM consents WHERE audience = 'insights'"
 
 
-async def reindex(conn: asyncpg.Connection, vault: Vault, batch_size: int = 500,
-                  progress: Callable[[int], None] | None = None) -> int:
+async def reindex(
+    conn: asyncpg.Connection,
+    vault: Vault,
+    batch_size: int = 500,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """After a new index key: write card blind indexes under every configured index version
     (lookups try them all, so cards keep working throughout), then drop versions no longer
     configured, and recount demand under the new key. Returns how many cards were indexed.
@@ -156,7 +176,9 @@ async def reindex(conn: asyncpg.Connection, vault: Vault, batch_size: int = 500,
                 key = await data_key(conn, vault, row["customer_id"])
                 card = key.decrypt(card_ct, "customers", "card", row["customer_id"]).decode()
                 for version in vault.index.versions:
-                    await conn.execute(ADD_CARD, vault.index.card(card, version), version, row["customer_id"])
+                    await conn.execute(
+                        ADD_CARD, vault.index.card(card, version), version, row["customer_id"]
+                    )
         done += len(rows)
         after = rows[-1]["customer_id"]
         if progress is not None:

@@ -19,10 +19,14 @@ from prefs.pos import service
 from prefs.pos.schemas import LookupRequest, LookupResult
 
 CARD_OR_CODE = {
-    "properties": {"card": {"anyOf": [CARD_NUMBER, {"type": "null"}]},
-                   "code": {"anyOf": [CHECKOUT_CODE, {"type": "null"}]}},
-    "oneOf": [{"required": ["card"], "properties": {"card": {"type": "string"}}},
-              {"required": ["code"], "properties": {"code": {"type": "string"}}}],
+    "properties": {
+        "card": {"anyOf": [CARD_NUMBER, {"type": "null"}]},
+        "code": {"anyOf": [CHECKOUT_CODE, {"type": "null"}]},
+    },
+    "oneOf": [
+        {"required": ["card"], "properties": {"card": {"type": "string"}}},
+        {"required": ["code"], "properties": {"code": {"type": "string"}}},
+    ],
 }
 
 
@@ -32,9 +36,12 @@ class PosController(Controller):
     guards = [api_key_guard("pos")]
     security = [{"api_key": []}]
 
-    @post("/lookup", status_code=HTTP_200_OK,
-          operation_class=declared_body(LookupRequest, refine=CARD_OR_CODE),
-          responses=problems(400, 401, 404, 413, 415, 429, 503))
+    @post(
+        "/lookup",
+        status_code=HTTP_200_OK,
+        operation_class=declared_body(LookupRequest, refine=CARD_OR_CODE),
+        responses=problems(400, 401, 404, 413, 415, 429, 503),
+    )
     async def lookup(
         self, request: Request[Any, Any, Any], state: State, data: JSONBody[LookupRequest]
     ) -> LookupResult:
@@ -50,8 +57,14 @@ class PosController(Controller):
         via = "card" if card is not None else "code"
         try:
             async with state.pool.acquire() as conn:
-                result = await service.lookup(conn, state.vault, state.lookup_throttle,
-                                              request.state.api_key.secret, card, code)
+                result = await service.lookup(
+                    conn,
+                    state.vault,
+                    state.lookup_throttle,
+                    request.state.api_key.secret,
+                    card,
+                    code,
+                )
         except Problem as problem:
             LOOKUPS.labels(via, problem.slug).inc()
             raise

@@ -95,17 +95,26 @@ class MissThrottle:
             self.windows[key] = (start, count + 1) if now - start < self.WINDOW else (now, 1)
 
 
-async def lookup(conn: asyncpg.Connection, vault: Vault, throttle: MissThrottle, api_key: str,
-                 card: str | None, code: str | None) -> LookupResult:
+async def lookup(
+    conn: asyncpg.Connection,
+    vault: Vault,
+    throttle: MissThrottle,
+    api_key: str,
+    card: str | None,
+    code: str | None,
+) -> LookupResult:
     """Disclose the granted fields of a customer's ranked preferences to a till, and log it."""
     key_hash = api_key_hash(api_key)
     throttle.check(key_hash)
     card_hashes: Sequence[bytes] = vault.index.all_digests("card", card.encode()) if card else ()
-    code_hashes: Sequence[bytes] = vault.index.all_digests("checkout-code", code.encode()) if code else ()
+    code_hashes: Sequence[bytes] = (
+        vault.index.all_digests("checkout-code", code.encode()) if code else ()
+    )
     rows = await conn.fetch(LOOKUP, key_hash, card_hashes, code_hashes)
     if not rows:
-        raise InvalidApiKey("The API key is not valid.",
-                            headers={"WWW-Authenticate": 'Bearer realm="prefs"'})
+        raise InvalidApiKey(
+            "The API key is not valid.", headers={"WWW-Authenticate": 'Bearer realm="prefs"'}
+        )
     first = rows[0]
     if first["customer_id"] is None:
         throttle.miss(key_hash, first["store"])
@@ -115,6 +124,8 @@ async def lookup(conn: asyncpg.Connection, vault: Vault, throttle: MissThrottle,
     return LookupResult(
         via=first["via"],
         fields=list(first["fields"]),
-        preferences=[shared_view(data_key, row) for row in rows if row["preference_id"] is not None],
+        preferences=[
+            shared_view(data_key, row) for row in rows if row["preference_id"] is not None
+        ],
         disclosure_id=first["disclosure_id"],
     )

@@ -20,9 +20,13 @@ from prefs.preferences.schemas import Preference, PreferenceCreate, PreferenceLi
 
 IfMatch = Annotated[
     str | None,
-    HeaderParameter(name="If-Match", required=True, pattern=r'^\s*(\*|(W/)?"?[0-9]{1,9}"?)\s*$',
-                    description='The preference\'s ETag, e.g. "3" (or *); 428 without it.',
-                    schema_extra=STRING_WHEN_SENT),
+    HeaderParameter(
+        name="If-Match",
+        required=True,
+        pattern=r'^\s*(\*|(W/)?"?[0-9]{1,9}"?)\s*$',
+        description='The preference\'s ETag, e.g. "3" (or *); 428 without it.',
+        schema_extra=STRING_WHEN_SENT,
+    ),
 ]
 
 
@@ -40,7 +44,9 @@ def expected_version(if_match: str | None) -> int | None:
 
 
 def _tagged(preference: Preference, status_code: int = 200) -> Response[Preference]:
-    return Response(preference, status_code=status_code, headers={"ETag": f'"{preference.version}"'})
+    return Response(
+        preference, status_code=status_code, headers={"ETag": f'"{preference.version}"'}
+    )
 
 
 class PreferencesController(Controller):
@@ -51,18 +57,27 @@ class PreferencesController(Controller):
 
     @get("/", responses=problems(401, 404, 503))
     async def list_all(
-        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
         customer_id: NamedDependency[UUID],
     ) -> PreferenceList:
         """Every preference, in the customer's own order (at most 500)."""
         items = await service.list_preferences(conn, vault, customer_id)
         return PreferenceList(items=items, count=len(items))
 
-    @post("/", status_code=HTTP_201_CREATED, operation_class=declared_body(PreferenceCreate),
-          responses=problems(400, 401, 404, 409, 413, 415, 503))
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        operation_class=declared_body(PreferenceCreate),
+        responses=problems(400, 401, 404, 409, 413, 415, 503),
+    )
     async def create(
-        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
-        customer_id: NamedDependency[UUID], data: JSONBody[PreferenceCreate],
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        customer_id: NamedDependency[UUID],
+        data: JSONBody[PreferenceCreate],
     ) -> Response[Preference]:
         """Add a preference (at ``rank``, default last)."""
         preference = await service.create_preference(conn, vault, customer_id, data)
@@ -70,18 +85,28 @@ class PreferencesController(Controller):
 
     @get("/{preference_id:uuid}", responses=problems(401, 404, 503))
     async def read(
-        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
-        customer_id: NamedDependency[UUID], preference_id: FromPath[UUID],
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        customer_id: NamedDependency[UUID],
+        preference_id: FromPath[UUID],
     ) -> Response[Preference]:
         """One preference, with its version as ETag."""
         return _tagged(await service.get_preference(conn, vault, customer_id, preference_id))
 
-    @patch("/{preference_id:uuid}", operation_class=declared_body(PreferenceUpdate),
-           responses=problems(400, 401, 404, 412, 413, 415, 428, 503))
+    @patch(
+        "/{preference_id:uuid}",
+        operation_class=declared_body(PreferenceUpdate),
+        responses=problems(400, 401, 404, 412, 413, 415, 428, 503),
+    )
     async def update(
-        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
-        customer_id: NamedDependency[UUID], preference_id: FromPath[UUID],
-        data: JSONBody[PreferenceUpdate], if_match: IfMatch = None,
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        customer_id: NamedDependency[UUID],
+        preference_id: FromPath[UUID],
+        data: JSONBody[PreferenceUpdate],
+        if_match: IfMatch = None,
     ) -> Response[Preference]:
         """Change the fields given; needs If-Match (412 when stale, 428 when missing)."""
         version = expected_version(if_match)
@@ -92,9 +117,14 @@ class PreferencesController(Controller):
 
     @delete("/{preference_id:uuid}", responses=problems(400, 401, 404, 412, 428, 503))
     async def remove(
-        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
         customer_id: NamedDependency[UUID],
-        preference_id: FromPath[UUID], if_match: IfMatch = None,
+        preference_id: FromPath[UUID],
+        if_match: IfMatch = None,
     ) -> None:
         """Delete a preference; needs If-Match."""
-        await service.delete_preference(conn, vault, customer_id, preference_id, expected_version(if_match))
+        await service.delete_preference(
+            conn, vault, customer_id, preference_id, expected_version(if_match)
+        )

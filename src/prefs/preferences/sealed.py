@@ -35,7 +35,6 @@ def decrypt_note(key: DataKey, preference_id: uuid.UUID, blob: bytes | None) -> 
     return note
 
 
-
 def shared_view(key: DataKey, row: Row) -> SharedPreference:
     """A preference as an audience sees it; the query left non-granted ciphertexts NULL."""
     pid = row["preference_id"]
@@ -59,4 +58,3 @@ SHOWN = """
     FROM hit JOIN preferences p ON p.customer_id = hit.customer_id
     WHERE hit.preference_ids IS NULL OR p.preference_id = ANY(hit.preference_ids)
 """
-

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
-from typing import Any
 
 import asyncpg
 from msgspec import UNSET
 
 from prefs.crypto import DataKey, Vault
 from prefs.customers.service import data_key
+from prefs.db import Row
 from prefs.errors import LimitReached, NotFound, PreconditionFailed
 from prefs.insights import service as insights
 from prefs.preferences.schemas import (
@@ -27,7 +26,7 @@ from prefs.preferences.sealed import (
 )
 
 
-def _preference(key: DataKey, row: Mapping[str, Any]) -> Preference:
+def _preference(key: DataKey, row: Row) -> Preference:
     pid = row["preference_id"]
     return Preference(
         id=pid,
@@ -53,7 +52,9 @@ LOCK_CUSTOMER = "SELECT 1 FROM customers WHERE customer_id = $1 FOR UPDATE"
 COUNT = "SELECT count(*) FROM preferences WHERE customer_id = $1"
 
 
-async def list_preferences(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID) -> list[Preference]:
+async def list_preferences(
+    conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID
+) -> list[Preference]:
     """Every preference of the customer, in the customer's own order."""
     rows = await conn.fetch(LIST, customer_id)
     if not rows:
@@ -95,7 +96,13 @@ async def create_preference(
         key = await data_key(conn, vault, customer_id)
         pid = uuid.uuid4()
         row = await conn.fetchrow(
-            INSERT, customer_id, pid, rank, data.status, data.purchases, data.last_purchased_on,
+            INSERT,
+            customer_id,
+            pid,
+            rank,
+            data.status,
+            data.purchases,
+            data.last_purchased_on,
             seal(key, pid, "product", data.product),
             seal(key, pid, "attributes", data.attributes),
             None if data.note is None else seal(key, pid, "note", data.note),
@@ -117,7 +124,7 @@ RETURNING {COLUMNS}
 """
 
 
-def _check_version(row: Mapping[str, Any], expected: int | None) -> None:
+def _check_version(row: Row, expected: int | None) -> None:
     if expected is not None and row["version"] != expected:
         raise PreconditionFailed(
             f"The preference changed since you read it: it is now at version {row['version']}.",
@@ -133,8 +140,12 @@ async def _move(conn: asyncpg.Connection, customer_id: uuid.UUID, old: int, new:
 
 
 async def update_preference(
-    conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, preference_id: uuid.UUID,
-    data: PreferenceUpdate, expected_version: int | None,
+    conn: asyncpg.Connection,
+    vault: Vault,
+    customer_id: uuid.UUID,
+    preference_id: uuid.UUID,
+    data: PreferenceUpdate,
+    expected_version: int | None,
 ) -> Preference:
     """Apply the fields given, if the stored version is still ``expected_version``."""
     async with conn.transaction():
@@ -149,20 +160,30 @@ async def update_preference(
             count: int = await conn.fetchval(COUNT, customer_id)
             rank = min(data.rank, count)
             await _move(conn, customer_id, row["rank"], rank)
-        product_ct = row["product_ct"] if data.product is UNSET else seal(key, preference_id, "product", data.product)
+        product_ct = (
+            row["product_ct"]
+            if data.product is UNSET
+            else seal(key, preference_id, "product", data.product)
+        )
         attributes_ct = (
-            row["attributes_ct"] if data.attributes is UNSET
+            row["attributes_ct"]
+            if data.attributes is UNSET
             else seal(key, preference_id, "attributes", data.attributes)
         )
         note_ct = row["note_ct"]
         if data.note is not UNSET:
             note_ct = None if data.note is None else seal(key, preference_id, "note", data.note)
         updated = await conn.fetchrow(
-            UPDATE, customer_id, preference_id, rank,
+            UPDATE,
+            customer_id,
+            preference_id,
+            rank,
             row["status"] if data.status is UNSET else data.status,
             row["purchases"] if data.purchases is UNSET else data.purchases,
             row["last_purchased_on"] if data.last_purchased_on is UNSET else data.last_purchased_on,
-            product_ct, attributes_ct, note_ct,
+            product_ct,
+            attributes_ct,
+            note_ct,
         )
         assert updated is not None
         await insights.refresh(conn, vault, customer_id)
@@ -174,7 +195,10 @@ CLOSE_GAP = "UPDATE preferences SET rank = rank - 1 WHERE customer_id = $1 AND r
 
 
 async def delete_preference(
-    conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, preference_id: uuid.UUID,
+    conn: asyncpg.Connection,
+    vault: Vault,
+    customer_id: uuid.UUID,
+    preference_id: uuid.UUID,
     expected_version: int | None,
 ) -> None:
     """Delete one preference and close the gap it leaves in the order."""

@@ -35,22 +35,34 @@ from prefs.reorders.schemas import (
 
 IdempotencyKey = Annotated[
     str | None,
-    HeaderParameter(name="Idempotency-Key", required=True,
-                    pattern=f"^{idempotency.KEY_PATTERN.pattern}$",
-                    description="A unique key per reorder: 1 to 200 printable ASCII characters.",
-                    schema_extra=STRING_WHEN_SENT),
+    HeaderParameter(
+        name="Idempotency-Key",
+        required=True,
+        pattern=f"^{idempotency.KEY_PATTERN.pattern}$",
+        description="A unique key per reorder: 1 to 200 printable ASCII characters.",
+        schema_extra=STRING_WHEN_SENT,
+    ),
 ]
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Items per page")]
-After = Annotated[str | None, QueryParameter(
-    max_length=200, description="The `next` of the previous page", schema_extra=STRING_WHEN_SENT)]
-Reference = Annotated[PartnerRef, PathParameter(
-    **constraints_of(PartnerRef), description="The customer's reference for this partner")]
+After = Annotated[
+    str | None,
+    QueryParameter(
+        max_length=200, description="The `next` of the previous page", schema_extra=STRING_WHEN_SENT
+    ),
+]
+Reference = Annotated[
+    PartnerRef,
+    PathParameter(
+        **constraints_of(PartnerRef), description="The customer's reference for this partner"
+    ),
+]
 
 
 def _answer(answer: idempotency.Answer) -> Response[Any]:
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
-    return Response(answer.body, status_code=answer.status, media_type="application/json",
-                    headers=headers)
+    return Response(
+        answer.body, status_code=answer.status, media_type="application/json", headers=headers
+    )
 
 
 def _audience(partner: Credential) -> str:
@@ -63,40 +75,69 @@ class CustomerReordersController(Controller):
     guards = [customer_guard]
     security = [{"customer": []}]
 
-    @post("/preferences/{preference_id:uuid}/reorders", status_code=HTTP_201_CREATED,
-          operation_class=declared_body(ReorderCreate),
-          responses=problems(400, 401, 404, 409, 413, 415, 422, 503))
+    @post(
+        "/preferences/{preference_id:uuid}/reorders",
+        status_code=HTTP_201_CREATED,
+        operation_class=declared_body(ReorderCreate),
+        responses=problems(400, 401, 404, 409, 413, 415, 422, 503),
+    )
     async def create(
-        self, request: Request[Any, Any, Any], conn: NamedDependency[Connection],
-        vault: NamedDependency[Vault], state: State, customer_id: NamedDependency[UUID],
-        preference_id: FromPath[UUID], data: JSONBody[ReorderCreate],
+        self,
+        request: Request[Any, Any, Any],
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        state: State,
+        customer_id: NamedDependency[UUID],
+        preference_id: FromPath[UUID],
+        data: JSONBody[ReorderCreate],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[Reorder]:
         """Reorder a preference (even a discontinued one) from the store or a consented partner."""
         key = idempotency.check_key(idempotency_key)
 
         async def create() -> tuple[UUID, int, bytes]:
-            reorder = await service.create_for_customer(conn, vault, customer_id, preference_id, data)
+            reorder = await service.create_for_customer(
+                conn, vault, customer_id, preference_id, data
+            )
             return customer_id, HTTP_201_CREATED, msgspec.json.encode(reorder)
 
-        fingerprint = idempotency.request_fingerprint("POST", request.url.path, msgspec.json.encode(data))
-        answer = await idempotency.once(conn, vault, f"customer:{customer_id}", key, fingerprint,
-                                        state.settings.idempotency_ttl_seconds, create)
+        fingerprint = idempotency.request_fingerprint(
+            "POST", request.url.path, msgspec.json.encode(data)
+        )
+        answer = await idempotency.once(
+            conn,
+            vault,
+            f"customer:{customer_id}",
+            key,
+            fingerprint,
+            state.settings.idempotency_ttl_seconds,
+            create,
+        )
         return _answer(answer)
 
     @get("/reorders", responses=problems(400, 401, 404, 503))
     async def list_all(
-        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
-        customer_id: NamedDependency[UUID], limit: Limit = 50, after: After = None,
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        customer_id: NamedDependency[UUID],
+        limit: Limit = 50,
+        after: After = None,
     ) -> ReorderList:
         """The customer's reorders and their states, newest first."""
         return await service.list_for_customer(conn, vault, customer_id, limit, after)
 
-    @post("/reorders/{reorder_id:uuid}/cancel", status_code=HTTP_200_OK,
-          responses=problems(401, 404, 409, 503))
+    @post(
+        "/reorders/{reorder_id:uuid}/cancel",
+        status_code=HTTP_200_OK,
+        responses=problems(401, 404, 409, 503),
+    )
     async def cancel(
-        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
-        customer_id: NamedDependency[UUID], reorder_id: FromPath[UUID],
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        customer_id: NamedDependency[UUID],
+        reorder_id: FromPath[UUID],
     ) -> Reorder:
         """Cancel a reorder nobody has accepted yet (409 afterwards)."""
         return await service.cancel(conn, vault, customer_id, reorder_id)
@@ -110,8 +151,13 @@ class PartnerController(Controller):
 
     @get("/reorders", responses=problems(400, 401, 503))
     async def feed(
-        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
-        credential: NamedDependency[Credential], limit: Limit = 50, after: After = None,
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        state: State,
+        credential: NamedDependency[Credential],
+        limit: Limit = 50,
+        after: After = None,
     ) -> PartnerFeed:
         """Reorders addressed to this partner, oldest first; poll again with `next`."""
         await expire_due(conn, vault, state.settings.controller, audience=_audience(credential))
@@ -119,25 +165,40 @@ class PartnerController(Controller):
         DISCLOSURES.labels("partner").inc(sum(item.item is not None for item in page.items))
         return page
 
-    @post("/reorders/{reorder_id:uuid}/status", status_code=HTTP_200_OK,
-          operation_class=declared_body(StatusChange),
-          responses=problems(400, 401, 404, 409, 413, 415, 503))
+    @post(
+        "/reorders/{reorder_id:uuid}/status",
+        status_code=HTTP_200_OK,
+        operation_class=declared_body(StatusChange),
+        responses=problems(400, 401, 404, 409, 413, 415, 503),
+    )
     async def set_status(
-        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault], state: State,
-        credential: NamedDependency[Credential], reorder_id: FromPath[UUID],
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        state: State,
+        credential: NamedDependency[Credential],
+        reorder_id: FromPath[UUID],
         data: JSONBody[StatusChange],
     ) -> PartnerReorder:
         """accepted → fulfilled, or declined; repeating the current state is a no-op."""
         await expire_due(conn, vault, state.settings.controller, audience=_audience(credential))
         return await service.set_status(conn, credential, reorder_id, data.state)
 
-    @post("/reorders", status_code=HTTP_201_CREATED,
-          operation_class=declared_body(PartnerReorderCreate),
-          responses=problems(400, 401, 404, 409, 413, 415, 422, 503))
+    @post(
+        "/reorders",
+        status_code=HTTP_201_CREATED,
+        operation_class=declared_body(PartnerReorderCreate),
+        responses=problems(400, 401, 404, 409, 413, 415, 422, 503),
+    )
     async def create(
-        self, request: Request[Any, Any, Any], conn: NamedDependency[Connection],
-        vault: NamedDependency[Vault], state: State, credential: NamedDependency[Credential],
-        data: JSONBody[PartnerReorderCreate], idempotency_key: IdempotencyKey = None,
+        self,
+        request: Request[Any, Any, Any],
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        state: State,
+        credential: NamedDependency[Credential],
+        data: JSONBody[PartnerReorderCreate],
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[PartnerReorder]:
         """Place a reorder for a customer who lets this partner see that preference."""
         key = idempotency.check_key(idempotency_key)
@@ -146,20 +207,33 @@ class PartnerController(Controller):
             customer_id, reorder = await service.create_for_partner(conn, vault, credential, data)
             return customer_id, HTTP_201_CREATED, msgspec.json.encode(reorder)
 
-        fingerprint = idempotency.request_fingerprint("POST", request.url.path, msgspec.json.encode(data))
+        fingerprint = idempotency.request_fingerprint(
+            "POST", request.url.path, msgspec.json.encode(data)
+        )
+
         async def may_replay(customer_id: UUID) -> None:
             assert credential.partner_id is not None
             await service.require_partner_grant(conn, credential.partner_id, customer_id)
 
-        answer = await idempotency.once(conn, vault, f"partner:{credential.partner_id}", key,
-                                        fingerprint, state.settings.idempotency_ttl_seconds, create,
-                                        may_replay)
+        answer = await idempotency.once(
+            conn,
+            vault,
+            f"partner:{credential.partner_id}",
+            key,
+            fingerprint,
+            state.settings.idempotency_ttl_seconds,
+            create,
+            may_replay,
+        )
         return _answer(answer)
 
     @get("/customers/{ref:str}/preferences", responses=problems(400, 401, 404, 503))
     async def preferences(
-        self, conn: NamedDependency[Connection], vault: NamedDependency[Vault],
-        credential: NamedDependency[Credential], ref: Reference,
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        credential: NamedDependency[Credential],
+        ref: Reference,
     ) -> list[SharedPreference]:
         """A consenting customer's granted preferences (404 without a live grant)."""
         shown = await service.partner_preferences(conn, vault, credential, ref)

@@ -24,7 +24,9 @@ KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,200}")
 
 def check_key(key: str | None) -> str:
     if key is None:
-        raise InvalidInput("Send an Idempotency-Key header (any unique string up to 200 characters).")
+        raise InvalidInput(
+            "Send an Idempotency-Key header (any unique string up to 200 characters)."
+        )
     if not KEY_PATTERN.fullmatch(key):
         raise InvalidInput("Idempotency-Key must be 1 to 200 printable ASCII characters.")
     return key
@@ -41,7 +43,9 @@ class Answer:
     replayed: bool
 
 
-FORGET_EXPIRED = "DELETE FROM idempotency_keys WHERE owner = $1 AND key = $2 AND expires_at <= now()"
+FORGET_EXPIRED = (
+    "DELETE FROM idempotency_keys WHERE owner = $1 AND key = $2 AND expires_at <= now()"
+)
 CLAIM = """
 INSERT INTO idempotency_keys (owner, key, request_hash, expires_at)
 VALUES ($1, $2, $3, now() + make_interval(secs => $4))
@@ -60,8 +64,16 @@ Create = Callable[[], Awaitable[tuple[uuid.UUID, int, bytes]]]
 MayReplay = Callable[[uuid.UUID], Awaitable[None]]
 
 
-async def once(conn: asyncpg.Connection, vault: Vault, owner: str, key: str, fingerprint: bytes,
-               ttl_seconds: int, create: Create, may_replay: MayReplay | None = None) -> Answer:
+async def once(
+    conn: asyncpg.Connection,
+    vault: Vault,
+    owner: str,
+    key: str,
+    fingerprint: bytes,
+    ttl_seconds: int,
+    create: Create,
+    may_replay: MayReplay | None = None,
+) -> Answer:
     """Run ``create`` once per (owner, key); later calls get the first answer back.
 
     ``may_replay`` (given the customer) raises when the stored answer may no longer be shown,
@@ -78,7 +90,9 @@ async def once(conn: asyncpg.Connection, vault: Vault, owner: str, key: str, fin
             if may_replay is not None:
                 await may_replay(row["customer_id"])
             customer_key = await data_key(conn, vault, row["customer_id"])
-            body = customer_key.decrypt(row["response_ct"], "idempotency_keys", "response", f"{owner}/{key}")
+            body = customer_key.decrypt(
+                row["response_ct"], "idempotency_keys", "response", f"{owner}/{key}"
+            )
             return Answer(status=row["status"], body=body, replayed=True)
         customer_id, status, body = await create()
         customer_key = await data_key(conn, vault, customer_id)

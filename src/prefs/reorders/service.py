@@ -41,8 +41,12 @@ from prefs.reorders.schemas import (
 ALL_FIELDS = ["product", "attributes", "note"]
 LIVE = ("requested", "accepted")
 # (from, to) moves a partner may make; repeating the current state is a no-op.
-PARTNER_MOVES = {("requested", "accepted"), ("accepted", "fulfilled"), ("requested", "declined"),
-                 ("accepted", "declined")}
+PARTNER_MOVES = {
+    ("requested", "accepted"),
+    ("accepted", "fulfilled"),
+    ("requested", "declined"),
+    ("accepted", "declined"),
+}
 _snapshot = msgspec.json.Decoder(Snapshot)
 
 
@@ -62,8 +66,12 @@ FOR SHARE
 PARTNER_EXISTS = "SELECT 1 FROM partners WHERE partner_id = $1 AND retired_at IS NULL"
 
 
-async def partner_grant(conn: asyncpg.Connection, customer_id: uuid.UUID, partner_id: uuid.UUID,
-                        preference_id: uuid.UUID) -> list[str] | None:
+async def partner_grant(
+    conn: asyncpg.Connection,
+    customer_id: uuid.UUID,
+    partner_id: uuid.UUID,
+    preference_id: uuid.UUID,
+) -> list[str] | None:
     """The fields a live grant to the partner reveals of this preference, or None."""
     row = await conn.fetchrow(GRANT, customer_id, f"partner:{partner_id}")
     if row is None:
@@ -80,12 +88,15 @@ ON CONFLICT DO NOTHING
 """
 
 
-async def ensure_ref(conn: asyncpg.Connection, index: BlindIndex, partner_id: uuid.UUID,
-                     customer_id: uuid.UUID) -> str:
+async def ensure_ref(
+    conn: asyncpg.Connection, index: BlindIndex, partner_id: uuid.UUID, customer_id: uuid.UUID
+) -> str:
     """The partner's own stable reference for the customer (kept, so key rotation keeps it)."""
     ref: str | None = await conn.fetchval(REF, partner_id, customer_id)
     if ref is None:
-        await conn.execute(ADD_REF, partner_id, index.pairwise(partner_id, customer_id), customer_id)
+        await conn.execute(
+            ADD_REF, partner_id, index.pairwise(partner_id, customer_id), customer_id
+        )
         ref = await conn.fetchval(REF, partner_id, customer_id)
     assert ref is not None
     return ref
@@ -112,27 +123,57 @@ RETURNING reorder_id, preference_id, fulfiller, origin, quantity, state, fields,
 """
 
 
-async def _insert(conn: asyncpg.Connection, key: DataKey, preference: Row,
-                  fulfiller: str, partner_id: uuid.UUID | None, origin: str, quantity: int,
-                  fields: list[str]) -> tuple[Row, Snapshot]:
+async def _insert(
+    conn: asyncpg.Connection,
+    key: DataKey,
+    preference: Row,
+    fulfiller: str,
+    partner_id: uuid.UUID | None,
+    origin: str,
+    quantity: int,
+    fields: list[str],
+) -> tuple[Row, Snapshot]:
     reorder_id = uuid.uuid4()
     snap = _snapshot_of(key, preference, fields)
     sealed = key.encrypt(msgspec.json.encode(snap), "reorders", "snapshot", reorder_id)
-    row = await conn.fetchrow(INSERT, key.customer_id, reorder_id, preference["preference_id"],
-                              fulfiller, partner_id, origin, quantity, fields, sealed)
+    row = await conn.fetchrow(
+        INSERT,
+        key.customer_id,
+        reorder_id,
+        preference["preference_id"],
+        fulfiller,
+        partner_id,
+        origin,
+        quantity,
+        fields,
+        sealed,
+    )
     assert row is not None
     return row, snap
 
 
 def reorder_view(row: Row, snap: Snapshot | None) -> Reorder:
-    return Reorder(id=row["reorder_id"], preference_id=row["preference_id"],
-                   fulfiller=row["fulfiller"], origin=row["origin"], quantity=row["quantity"],
-                   state=row["state"], fields=list(row["fields"]), item=snap,
-                   created_at=row["created_at"], updated_at=row["updated_at"])
+    return Reorder(
+        id=row["reorder_id"],
+        preference_id=row["preference_id"],
+        fulfiller=row["fulfiller"],
+        origin=row["origin"],
+        quantity=row["quantity"],
+        state=row["state"],
+        fields=list(row["fields"]),
+        item=snap,
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
 
 
-async def create_for_customer(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID,
-                              preference_id: uuid.UUID, data: ReorderCreate) -> Reorder:
+async def create_for_customer(
+    conn: asyncpg.Connection,
+    vault: Vault,
+    customer_id: uuid.UUID,
+    preference_id: uuid.UUID,
+    data: ReorderCreate,
+) -> Reorder:
     """Reorder a preference from the store, or from a partner the customer granted consent to."""
     preference = await conn.fetchrow(GET_PREFERENCE, customer_id, preference_id)
     if preference is None:
@@ -152,39 +193,54 @@ async def create_for_customer(conn: asyncpg.Connection, vault: Vault, customer_i
         fields = granted
         await ensure_ref(conn, vault.index, partner_id, customer_id)
     key = await data_key(conn, vault, customer_id)
-    row, snap = await _insert(conn, key, preference, data.fulfiller, partner_id, "customer",
-                              data.quantity, fields)
+    row, snap = await _insert(
+        conn, key, preference, data.fulfiller, partner_id, "customer", data.quantity, fields
+    )
     return reorder_view(row, snap)
 
 
 CUSTOMER_REFS = "SELECT customer_id FROM partner_refs WHERE partner_id = $1 AND ref = $2"
 
 
-async def _consenting_customer(conn: asyncpg.Connection, partner_id: uuid.UUID, ref: str) -> uuid.UUID:
+async def _consenting_customer(
+    conn: asyncpg.Connection, partner_id: uuid.UUID, ref: str
+) -> uuid.UUID:
     """The customer behind a partner's reference, if they grant that partner consent now."""
     customer_id: uuid.UUID | None = await conn.fetchval(CUSTOMER_REFS, partner_id, ref)
-    if customer_id is None or await conn.fetchrow(GRANT, customer_id, f"partner:{partner_id}") is None:
+    if (
+        customer_id is None
+        or await conn.fetchrow(GRANT, customer_id, f"partner:{partner_id}") is None
+    ):
         raise NotFound("No such customer reference.")
     return customer_id
 
 
-async def require_partner_grant(conn: asyncpg.Connection, partner_id: uuid.UUID,
-                                customer_id: uuid.UUID) -> None:
+async def require_partner_grant(
+    conn: asyncpg.Connection, partner_id: uuid.UUID, customer_id: uuid.UUID
+) -> None:
     """404 (as for an unknown reference) unless the customer grants the partner consent now."""
     if await conn.fetchrow(GRANT, customer_id, f"partner:{partner_id}") is None:
         raise NotFound("No such customer reference.")
 
 
 def _partner_view(row: Row, ref: str | None, snap: Snapshot | None) -> PartnerReorder:
-    return PartnerReorder(id=row["reorder_id"], customer=ref or "erased",
-                          preference_id=row["preference_id"], origin=row["origin"],
-                          quantity=row["quantity"], state=row["state"], fields=list(row["fields"]),
-                          item=snap if row["state"] in LIVE else None,
-                          created_at=row["created_at"], updated_at=row["updated_at"])
+    return PartnerReorder(
+        id=row["reorder_id"],
+        customer=ref or "erased",
+        preference_id=row["preference_id"],
+        origin=row["origin"],
+        quantity=row["quantity"],
+        state=row["state"],
+        fields=list(row["fields"]),
+        item=snap if row["state"] in LIVE else None,
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
 
 
-async def create_for_partner(conn: asyncpg.Connection, vault: Vault, partner: Credential,
-                             data: PartnerReorderCreate) -> tuple[uuid.UUID, PartnerReorder]:
+async def create_for_partner(
+    conn: asyncpg.Connection, vault: Vault, partner: Credential, data: PartnerReorderCreate
+) -> tuple[uuid.UUID, PartnerReorder]:
     """A partner places a reorder for a customer who lets it see that preference."""
     assert partner.partner_id is not None
     customer_id = await _consenting_customer(conn, partner.partner_id, data.customer)
@@ -193,17 +249,28 @@ async def create_for_partner(conn: asyncpg.Connection, vault: Vault, partner: Cr
     if fields is None or preference is None:
         raise NotFound("No such preference for this customer reference.")
     key = await data_key(conn, vault, customer_id)
-    row, snap = await _insert(conn, key, preference, f"partner:{partner.partner_id}",
-                              partner.partner_id, "partner", data.quantity, fields)
-    await access_log.record(conn, partner, "reorder", "reference",
-                            [(customer_id, [data.preference], fields)])
+    row, snap = await _insert(
+        conn,
+        key,
+        preference,
+        f"partner:{partner.partner_id}",
+        partner.partner_id,
+        "partner",
+        data.quantity,
+        fields,
+    )
+    await access_log.record(
+        conn, partner, "reorder", "reference", [(customer_id, [data.preference], fields)]
+    )
     return customer_id, _partner_view(row, data.customer, snap)
 
 
 def open_snapshot(key: DataKey | None, row: Row) -> Snapshot | None:
     if key is None or row["snapshot_ct"] is None:
         return None
-    return _snapshot.decode(key.decrypt(row["snapshot_ct"], "reorders", "snapshot", row["reorder_id"]))
+    return _snapshot.decode(
+        key.decrypt(row["snapshot_ct"], "reorders", "snapshot", row["reorder_id"])
+    )
 
 
 CUSTOMER_PAGE = """
@@ -215,8 +282,9 @@ ORDER BY created_at DESC, reorder_id DESC LIMIT $4
 """
 
 
-async def list_for_customer(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID,
-                            limit: int, after: str | None) -> ReorderList:
+async def list_for_customer(
+    conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, limit: int, after: str | None
+) -> ReorderList:
     """The customer's reorders, newest first."""
     at, ident = decode_cursor(after) if after else (None, None)
     rows = await conn.fetch(CUSTOMER_PAGE, customer_id, at, ident, limit + 1)
@@ -240,8 +308,9 @@ FROM reorders WHERE customer_id = $1 AND reorder_id = $2
 """
 
 
-async def cancel(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID,
-                 reorder_id: uuid.UUID) -> Reorder:
+async def cancel(
+    conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, reorder_id: uuid.UUID
+) -> Reorder:
     """Cancel a reorder nobody has accepted yet; cancelling twice is a no-op."""
     row = await conn.fetchrow(CANCEL, customer_id, reorder_id)
     if row is None:
@@ -285,8 +354,9 @@ LIMIT $4
 """
 
 
-async def feed(conn: asyncpg.Connection, vault: Vault, partner: Credential, after: str | None,
-               limit: int) -> PartnerFeed:
+async def feed(
+    conn: asyncpg.Connection, vault: Vault, partner: Credential, after: str | None, limit: int
+) -> PartnerFeed:
     """The next reorders addressed to this partner, in commit-safe order.
 
     Only reorders created by transactions older than every transaction still running are
@@ -305,8 +375,11 @@ async def feed(conn: asyncpg.Connection, vault: Vault, partner: Credential, afte
                 disclosed.append((row["customer_id"], [row["preference_id"]], list(row["fields"])))
             items.append(_partner_view(row, row["ref"], snap))
         await access_log.record(conn, partner, "reorder", "reorder", disclosed)
-    next_cursor = encode_feed_cursor(rows[-1]["xid"], rows[-1]["reorder_id"]) if rows else (
-        after or encode_feed_cursor(xid, ident))
+    next_cursor = (
+        encode_feed_cursor(rows[-1]["xid"], rows[-1]["reorder_id"])
+        if rows
+        else (after or encode_feed_cursor(xid, ident))
+    )
     return PartnerFeed(items=items, next=next_cursor)
 
 
@@ -324,8 +397,9 @@ RETURNING reorder_id, preference_id, origin, quantity, state, fields, created_at
 """
 
 
-async def set_status(conn: asyncpg.Connection, partner: Credential, reorder_id: uuid.UUID,
-                     state: str) -> PartnerReorder:
+async def set_status(
+    conn: asyncpg.Connection, partner: Credential, reorder_id: uuid.UUID, state: str
+) -> PartnerReorder:
     """Move a reorder on (accepted → fulfilled, or declined); repeating a state is a no-op.
 
     The answer carries no item details: partners read those from the feed.
@@ -364,20 +438,27 @@ ORDER BY shown.rank
 """
 
 
-async def partner_preferences(conn: asyncpg.Connection, vault: Vault, partner: Credential,
-                              ref: str) -> list[SharedPreference]:
+async def partner_preferences(
+    conn: asyncpg.Connection, vault: Vault, partner: Credential, ref: str
+) -> list[SharedPreference]:
     """The granted fields of the granted preferences of a consenting customer, logged."""
     assert partner.partner_id is not None
     async with conn.transaction():
-        rows = await conn.fetch(PARTNER_PREFERENCES, partner.partner_id, ref,
-                                f"partner:{partner.partner_id}")
+        rows = await conn.fetch(
+            PARTNER_PREFERENCES, partner.partner_id, ref, f"partner:{partner.partner_id}"
+        )
         if not rows:
             raise NotFound("No such customer reference.")
         first = rows[0]
         key = vault.envelope.unwrap(first["customer_id"], first["generation"], first["wrapped"])
         shown = [shared_view(key, row) for row in rows if row["preference_id"] is not None]
-        await access_log.record(conn, partner, "partner-read", "reference",
-                                [(first["customer_id"], [p.id for p in shown], list(first["fields"]))])
+        await access_log.record(
+            conn,
+            partner,
+            "partner-read",
+            "reference",
+            [(first["customer_id"], [p.id for p in shown], list(first["fields"]))],
+        )
         return shown
 
 
@@ -387,7 +468,8 @@ WHERE customer_id = $1 AND partner_id = $2 AND state = 'requested'
 """
 
 
-async def cancel_requested_for_partner(conn: asyncpg.Connection, customer_id: uuid.UUID,
-                                       partner_id: uuid.UUID) -> None:
+async def cancel_requested_for_partner(
+    conn: asyncpg.Connection, customer_id: uuid.UUID, partner_id: uuid.UUID
+) -> None:
     """After consent to a partner ends, its not-yet-accepted reorders are cancelled."""
     await conn.execute(CLOSE_REQUESTED, customer_id, partner_id)

@@ -28,8 +28,9 @@ def _count(status: str) -> int:
     return int(status.split()[-1])
 
 
-async def purge(conn: asyncpg.Connection, vault: Vault, controller: str,
-                access_log_days: int) -> dict[str, int] | None:
+async def purge(
+    conn: asyncpg.Connection, vault: Vault, controller: str, access_log_days: int
+) -> dict[str, int] | None:
     """Purge expired checkout codes, idempotency records and access-log entries older than the
     retention period, and record expired consents. None when another purge is running."""
     async with conn.transaction():
@@ -44,8 +45,9 @@ async def purge(conn: asyncpg.Connection, vault: Vault, controller: str,
         }
 
 
-async def run_periodically(pool: Any, vault: Vault, controller: str, access_log_days: int,
-                           interval: float) -> None:
+async def run_periodically(
+    pool: Any, vault: Vault, controller: str, access_log_days: int, interval: float
+) -> None:
     """The service's own purge loop (one purge at a time across all workers)."""
     while True:
         await asyncio.sleep(interval)

@@ -29,9 +29,16 @@ class ExportController(Controller):
 
         async def chunks() -> AsyncIterator[bytes]:
             async with pool.acquire() as conn:
-                async for chunk in service.export(conn, state.vault, state.settings.controller, customer_id):
+                async for chunk in service.export(
+                    conn, state.vault, state.settings.controller, customer_id
+                ):
                     yield chunk
 
-        return Stream(chunks(), media_type="application/json",
-                      headers={"Content-Disposition": 'attachment; filename="prefs-export.json"',
-                               "Cache-Control": "no-store"})
+        return Stream(
+            chunks(),
+            media_type="application/json",
+            headers={
+                "Content-Disposition": 'attachment; filename="prefs-export.json"',
+                "Cache-Control": "no-store",
+            },
+        )

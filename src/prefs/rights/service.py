@@ -51,8 +51,9 @@ SHRED = [
 FORGET_DEMAND = "DELETE FROM demand_contributions WHERE pseudonym = ANY($1::bytea[])"
 
 
-async def erase(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, *,
-                tombstone: bool = True) -> bool:
+async def erase(
+    conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, *, tombstone: bool = True
+) -> bool:
     """Destroy the customer's data key and every row about them, in one transaction.
 
     Reorders a partner had accepted stay, closed as cancelled and without their snapshot; any
@@ -112,8 +113,9 @@ WHERE c.created_at <= e.erased_at
 """
 
 
-async def replay_erasures(conn: asyncpg.Connection, vault: Vault,
-                          carried: Iterable[Tombstone] = ()) -> int:
+async def replay_erasures(
+    conn: asyncpg.Connection, vault: Vault, carried: Iterable[Tombstone] = ()
+) -> int:
     """Erase again every customer a tombstone names who enrolled before that erasure; returns
     how many were erased.
 
@@ -122,8 +124,9 @@ async def replay_erasures(conn: asyncpg.Connection, vault: Vault,
     database keeps them).
     """
     async with conn.transaction():
-        await conn.executemany(RECORD_TOMBSTONE, [
-            (t.subject_hash, t.index_version, t.erased_at) for t in carried])
+        await conn.executemany(
+            RECORD_TOMBSTONE, [(t.subject_hash, t.index_version, t.erased_at) for t in carried]
+        )
     erased = 0
     for row in await conn.fetch(REPLAYABLE):
         erased += await erase(conn, vault, row["customer_id"], tombstone=False)
@@ -173,8 +176,9 @@ async def _array(cursor: Any, render: Any) -> AsyncIterator[bytes]:
     yield b"]"
 
 
-async def export(conn: asyncpg.Connection, vault: Vault, controller: str,
-                 customer_id: uuid.UUID) -> AsyncIterator[bytes]:
+async def export(
+    conn: asyncpg.Connection, vault: Vault, controller: str, customer_id: uuid.UUID
+) -> AsyncIterator[bytes]:
     """Everything held about the customer, decrypted, as one JSON document in chunks.
 
     Runs in one repeatable-read snapshot; the long lists (reorders, ledger, access log) are read
@@ -189,21 +193,35 @@ async def export(conn: asyncpg.Connection, vault: Vault, controller: str,
         yield b',"profile":' + _json(me)
         yield b',"preferences":' + _json(await list_preferences(conn, vault, customer_id))
         live = await conn.fetch(consents.LIST, customer_id)
-        yield b',"consents":' + _json([consents.consent_view(row, row["partner_name"] or row["audience"]) for row in live])
-        yield b',"partner_references":' + _json([dict(row) for row in await conn.fetch(REFS, customer_id)])
+        yield b',"consents":' + _json(
+            [consents.consent_view(row, row["partner_name"] or row["audience"]) for row in live]
+        )
+        yield b',"partner_references":' + _json(
+            [dict(row) for row in await conn.fetch(REFS, customer_id)]
+        )
         yield b',"consent_ledger":'
         async for chunk in _array(await conn.cursor(LEDGER, customer_id), ledger.entry_from_row):
             yield chunk
         codes = await conn.fetch(CODES, customer_id)
-        yield b',"checkout_codes_in_force":' + _json([
-            {"fields": list(r["fields"]), "preferences": "all" if r["preference_ids"] is None else list(r["preference_ids"]),
-             "created_at": r["created_at"], "expires_at": r["expires_at"],
-             "code": "not stored: only a keyed hash is kept"}
-            for r in codes
-        ])
+        yield b',"checkout_codes_in_force":' + _json(
+            [
+                {
+                    "fields": list(r["fields"]),
+                    "preferences": "all"
+                    if r["preference_ids"] is None
+                    else list(r["preference_ids"]),
+                    "created_at": r["created_at"],
+                    "expires_at": r["expires_at"],
+                    "code": "not stored: only a keyed hash is kept",
+                }
+                for r in codes
+            ]
+        )
         yield b',"reorders":'
-        async for chunk in _array(await conn.cursor(REORDERS, customer_id),
-                                  lambda row: reorders.reorder_view(row, reorders.open_snapshot(key, row))):
+        async for chunk in _array(
+            await conn.cursor(REORDERS, customer_id),
+            lambda row: reorders.reorder_view(row, reorders.open_snapshot(key, row)),
+        ):
             yield chunk
         yield b',"access_log":'
         async for chunk in _array(await conn.cursor(ACCESS, customer_id), _disclosure):
@@ -213,11 +231,18 @@ async def export(conn: asyncpg.Connection, vault: Vault, controller: str,
 
 def _disclosure(row: Any) -> dict[str, Any]:
     return {
-        "id": row["disclosure_id"], "at": row["at"],
-        "who": {"kind": row["actor_kind"], "id": row["credential_id"], "name": row["actor_name"],
-                "store": row["store"], "partner_id": row["partner_id"]},
-        "purpose": row["purpose"], "via": row["via"], "fields": list(row["fields"]),
+        "id": row["disclosure_id"],
+        "at": row["at"],
+        "who": {
+            "kind": row["actor_kind"],
+            "id": row["credential_id"],
+            "name": row["actor_name"],
+            "store": row["store"],
+            "partner_id": row["partner_id"],
+        },
+        "purpose": row["purpose"],
+        "via": row["via"],
+        "fields": list(row["fields"]),
         "preferences": list(row["preference_ids"]),
         "summary": access_log.summary(row, [None] * len(row["preference_ids"])),
     }
-
