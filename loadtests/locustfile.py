@@ -1,0 +1,376 @@
+"""Load test: the till lookup dominates (card, and checkout code), self-service mixed in.
+
+    uv run locust -f loadtests/locustfile.py --headless -u 40 -r 10 -t 2m \
+        --host http://127.0.0.1:8000 --seed-file loadtests/results/seed.json \
+        --csv loadtests/results/locust --max-fail-ratio 0 --p95-ms 250 --p99-ms 1000
+
+Needs the JSON written by loadtests/seed.py (till keys, how seeded cards and subjects are made,
+the dev issuer's key to sign customer tokens). Thresholds decide the exit code (0 when every one
+holds); each also reads an environment variable (LOCUST_MAX_FAIL_RATIO, LOCUST_P95_MS, ...).
+Run one locust process: unknown-card lookups are paced here under the server's miss throttle.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from locust import HttpUser, events, task
+from locust.env import Environment
+
+SEEDED: dict[str, Any] = {}
+PREFERENCE_FIELDS = ["product", "attributes", "note"]
+
+
+@events.init_command_line_parser.add_listener
+def _arguments(parser: Any) -> None:
+    parser.add_argument(
+        "--seed-file",
+        env_var="LOCUST_SEED_FILE",
+        default="loadtests/results/seed.json",
+        help="JSON written by loadtests/seed.py",
+    )
+    parser.add_argument(
+        "--max-fail-ratio",
+        env_var="LOCUST_MAX_FAIL_RATIO",
+        type=float,
+        default=0.0,
+        help="largest failure ratio that still passes",
+    )
+    parser.add_argument(
+        "--p95-ms",
+        env_var="LOCUST_P95_MS",
+        type=float,
+        default=500.0,
+        help="largest p95 response time (all requests) that still passes",
+    )
+    parser.add_argument(
+        "--p99-ms",
+        env_var="LOCUST_P99_MS",
+        type=float,
+        default=1500.0,
+        help="largest p99 response time (all requests) that still passes",
+    )
+    parser.add_argument(
+        "--think-time",
+        env_var="LOCUST_THINK_TIME",
+        type=float,
+        default=0.5,
+        help="each user waits up to this many seconds between tasks",
+    )
+    parser.add_argument(
+        "--misses-per-key",
+        env_var="LOCUST_MISSES_PER_KEY",
+        type=int,
+        default=20,
+        help="unknown-card lookups per till key per minute (server throttles at 30)",
+    )
+    parser.add_argument(
+        "--misses-per-store",
+        env_var="LOCUST_MISSES_PER_STORE",
+        type=int,
+        default=80,
+        help="unknown-card lookups per store per minute (server throttles at 120)",
+    )
+
+
+class MissBudget:
+    """Keeps deliberate misses under the server's per-key and per-store throttle (per minute)."""
+
+    def __init__(self, per_key: int, per_store: int) -> None:
+        self.limits = {"key": per_key, "store": per_store}
+        self.sent: dict[tuple[str, str], deque[float]] = {}
+        self.lock = threading.Lock()
+
+    def take(self, key: str, store: str) -> bool:
+        now = time.monotonic()
+        with self.lock:
+            windows = [
+                self.sent.setdefault(("key", key), deque()),
+                self.sent.setdefault(("store", store), deque()),
+            ]
+            for window in windows:
+                while window and now - window[0] > 61:
+                    window.popleft()
+            if len(windows[0]) >= self.limits["key"] or len(windows[1]) >= self.limits["store"]:
+                return False
+            for window in windows:
+                window.append(now)
+            return True
+
+
+@events.init.add_listener
+def _load_seed(environment: Environment, **_: Any) -> None:
+    options = environment.parsed_options
+    if options is None:
+        return
+    path = Path(options.seed_file)
+    if not path.exists():
+        raise SystemExit(
+            f"no seed file at {path}: run loadtests/seed.py first (or pass --seed-file)"
+        )
+    SEEDED.update(json.loads(path.read_text()))
+    key_path = Path(SEEDED["dev_issuer_key"])
+    if not key_path.exists():
+        raise SystemExit(f"the dev issuer key {key_path} is missing: run locust where the seed ran")
+    from prefs.auth import DevIssuer
+
+    SEEDED["issuer"] = DevIssuer(key_path)
+    SEEDED["budget"] = MissBudget(options.misses_per_key, options.misses_per_store)
+    subjects = [
+        (run["run"], i) for run in SEEDED["runs"] for i in range(min(run["customers"], 5000))
+    ]
+    random.shuffle(subjects)
+    SEEDED["own_subjects"] = itertools.cycle(
+        subjects
+    )  # a customer user keeps one subject to itself
+
+
+def random_customer() -> tuple[int, int]:
+    """A seeded (run, index), uniformly over every seeded customer."""
+    runs = SEEDED["runs"]
+    run = random.choices(runs, weights=[r["customers"] for r in runs])[0]
+    return run["run"], random.randrange(run["customers"])
+
+
+def card_of(run: int, index: int) -> str:
+    card: str = SEEDED["card_format"].format(run=run, index=index)
+    if random.random() < 0.2:  # tills send what the scanner or the cashier typed
+        return " ".join(card[i : i + 4] for i in range(0, len(card), 4))
+    return card
+
+
+def subject_of(run: int, index: int) -> str:
+    subject: str = SEEDED["subject_format"].format(run=run, index=index)
+    return subject
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def check_lookup(response: Any, via: str) -> None:
+    """A 200 with ranked preferences, disclosed through ``via``; anything else fails."""
+    if response.status_code != 200:
+        response.failure(f"expected 200, got {response.status_code}: {response.text[:200]}")
+        return
+    body = response.json()
+    preferences = body.get("preferences") or []
+    if body.get("via") != via or not preferences or not body.get("disclosure_id"):
+        response.failure(f"unexpected lookup body: {response.text[:200]}")
+    elif [p["rank"] for p in preferences] != sorted(p["rank"] for p in preferences):
+        response.failure("preferences are not in rank order")
+    else:
+        response.success()
+
+
+class TillUser(HttpUser):
+    """A store till looking customers up by loyalty card, now and then a card nobody holds."""
+
+    weight = 8
+
+    def wait_time(self) -> float:  # type: ignore[override]
+        return random.uniform(0, self.environment.parsed_options.think_time)
+
+    def on_start(self) -> None:
+        till = random.choice(SEEDED["tills"])
+        self.key, self.store = till["key"], till["store"]
+        self.headers = bearer(self.key)
+
+    @task(30)
+    def lookup_by_card(self) -> None:
+        with self.client.post(
+            "/v1/pos/lookup",
+            json={"card": card_of(*random_customer())},
+            headers=self.headers,
+            name="till: lookup by card",
+            catch_response=True,
+        ) as response:
+            check_lookup(response, "card")
+
+    @task(1)
+    def lookup_unknown_card(self) -> None:
+        if not SEEDED["budget"].take(self.key, self.store):
+            self.lookup_by_card()
+            return
+        card = SEEDED["unknown_card_prefix"] + f"{random.randrange(10**12):012d}"
+        with self.client.post(
+            "/v1/pos/lookup",
+            json={"card": card},
+            headers=self.headers,
+            name="till: lookup unknown card (404 expected)",
+            catch_response=True,
+        ) as response:
+            if response.status_code == 404 and response.headers.get("content-type", "").startswith(
+                "application/problem+json"
+            ):
+                response.success()
+            else:
+                response.failure(f"expected 404, got {response.status_code}")
+
+
+class CheckoutCodeUser(HttpUser):
+    """A customer makes a checkout code on the phone; the till looks it up."""
+
+    weight = 2
+
+    def wait_time(self) -> float:  # type: ignore[override]
+        return random.uniform(0, self.environment.parsed_options.think_time)
+
+    @task
+    def checkout_with_code(self) -> None:
+        token = SEEDED["issuer"].mint(subject_of(*random_customer()))
+        fields = random.choice([["product", "attributes"], PREFERENCE_FIELDS, ["attributes"]])
+        with self.client.post(
+            "/v1/me/checkout-codes",
+            json={"fields": fields},
+            headers=bearer(token),
+            name="customer: create checkout code",
+            catch_response=True,
+        ) as response:
+            if response.status_code != 201:
+                response.failure(f"expected 201, got {response.status_code}: {response.text[:200]}")
+                return
+            code = response.json()["code"]
+            response.success()
+        till = random.choice(SEEDED["tills"])
+        with self.client.post(
+            "/v1/pos/lookup",
+            json={"code": code},
+            headers=bearer(till["key"]),
+            name="till: lookup by code",
+            catch_response=True,
+        ) as lookup:
+            check_lookup(lookup, "code")
+
+
+class CustomerUser(HttpUser):
+    """A customer on the self-service page: reads everything, edits notes, re-grants the till."""
+
+    weight = 2
+
+    def wait_time(self) -> float:  # type: ignore[override]
+        return random.uniform(0, self.environment.parsed_options.think_time * 2)
+
+    def on_start(self) -> None:
+        self.headers = bearer(SEEDED["issuer"].mint(subject_of(*next(SEEDED["own_subjects"]))))
+
+    def _get(self, path: str, name: str) -> Any:
+        with self.client.get(
+            path, headers=self.headers, name=name, catch_response=True
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"expected 200, got {response.status_code}: {response.text[:200]}")
+                return None
+            response.success()
+            return response.json()
+
+    @task(4)
+    def read_preferences(self) -> None:
+        self._get("/v1/me/preferences", "customer: list preferences")
+
+    @task(2)
+    def read_profile_and_consents(self) -> None:
+        self._get("/v1/me", "customer: profile")
+        self._get("/v1/me/consents", "customer: consents")
+
+    @task(2)
+    def read_access_log(self) -> None:
+        self._get("/v1/me/access-log?limit=20", "customer: access log")
+
+    @task(2)
+    def edit_note(self) -> None:
+        listing = self._get("/v1/me/preferences", "customer: list preferences")
+        if not listing or not listing["items"]:
+            return
+        chosen = random.choice(listing["items"])
+        note = random.choice(["Still the best fit.", "Ask about the new colour.", None])
+        with self.client.patch(
+            f"/v1/me/preferences/{chosen['id']}",
+            json={"note": note},
+            headers={**self.headers, "If-Match": f'"{chosen["version"]}"'},
+            name="customer: edit note",
+            catch_response=True,
+        ) as response:
+            if response.status_code == 200:
+                response.success()
+            else:
+                response.failure(f"expected 200, got {response.status_code}: {response.text[:200]}")
+
+    @task(1)
+    def add_and_remove_preference(self) -> None:
+        body = {
+            "product": {"sku": "LT-0001", "name": "Load-test Socks", "category": "socks"},
+            "attributes": {"size": random.choice(["39-42", "43-46"])},
+            "note": "temporary",
+        }
+        with self.client.post(
+            "/v1/me/preferences",
+            json=body,
+            headers=self.headers,
+            name="customer: add preference",
+            catch_response=True,
+        ) as response:
+            if response.status_code != 201:
+                response.failure(f"expected 201, got {response.status_code}: {response.text[:200]}")
+                return
+            created = response.json()
+            response.success()
+        with self.client.delete(
+            f"/v1/me/preferences/{created['id']}",
+            headers={**self.headers, "If-Match": f'"{created["version"]}"'},
+            name="customer: delete preference",
+            catch_response=True,
+        ) as response:
+            if response.status_code == 204:
+                response.success()
+            else:
+                response.failure(f"expected 204, got {response.status_code}: {response.text[:200]}")
+
+    @task(1)
+    def regrant_till(self) -> None:
+        with self.client.put(
+            "/v1/me/consents/pos",
+            json={"fields": PREFERENCE_FIELDS},
+            headers=self.headers,
+            name="customer: grant pos consent",
+            catch_response=True,
+        ) as response:
+            if (
+                response.status_code == 200
+                and response.json()["receipt"]["state"] == "ConsentGiven"
+            ):
+                response.success()
+            else:
+                response.failure(f"expected 200, got {response.status_code}: {response.text[:200]}")
+
+
+@events.quitting.add_listener
+def _thresholds(environment: Environment, **_: Any) -> None:
+    """Set the exit code from the thresholds, and say which held."""
+    options = environment.parsed_options
+    total = environment.stats.total
+    if options is None:
+        return
+    p95 = total.get_response_time_percentile(0.95) or 0.0
+    p99 = total.get_response_time_percentile(0.99) or 0.0
+    checks = [
+        ("requests made", total.num_requests, "> 0", total.num_requests > 0),
+        (
+            "failure ratio",
+            round(total.fail_ratio, 4),
+            f"<= {options.max_fail_ratio}",
+            total.fail_ratio <= options.max_fail_ratio,
+        ),
+        ("p95 ms", p95, f"<= {options.p95_ms:g}", p95 <= options.p95_ms),
+        ("p99 ms", p99, f"<= {options.p99_ms:g}", p99 <= options.p99_ms),
+    ]
+    for name, value, limit, held in checks:
+        print(f"threshold {name:<14} {value!s:>10}  {limit:<10} {'ok' if held else 'FAILED'}")
+    environment.process_exit_code = 0 if all(held for *_, held in checks) else 1

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Locust smoke run: a fresh service on loopback, a small seeded data set, a short headless Locust
+# run that must show zero failures, then every consent chain verified. Exits non-zero on any failure.
+#
+#   bash loadtests/run_smoke.sh            # embedded PostgreSQL in a temporary data dir
+#   PREFS_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres bash loadtests/run_smoke.sh
+#                                          # a throwaway database on that server, dropped afterwards
+#
+# Knobs: SMOKE_CUSTOMERS (2000), SMOKE_USERS (12), SMOKE_SECONDS (15). About 40 s in all. Latency
+# limits are loose on purpose (the machine is shared): speed is measured by bench.py, not here.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+CUSTOMERS="${SMOKE_CUSTOMERS:-2000}"
+USERS="${SMOKE_USERS:-12}"
+SECONDS_TO_RUN="${SMOKE_SECONDS:-15}"
+RESULTS="loadtests/results"
+PY="$(uv run --locked python -c 'import sys; print(sys.executable)')"
+BIN="$(dirname "$PY")"
+WORK="$(mktemp -d -t prefs-smoke.XXXXXX)"
+SERVER_PID=""
+SMOKE_DB=""
+ADMIN_URL="${PREFS_DATABASE_URL:-}"
+mkdir -p "$RESULTS"
+
+admin_sql() {  # admin_sql URL SQL: one statement on the server (no psql needed)
+    "$PY" -c 'import asyncio, sys, asyncpg
+async def main():
+    conn = await asyncpg.connect(sys.argv[1])
+    try:
+        await conn.execute(sys.argv[2])
+    finally:
+        await conn.close()
+asyncio.run(main())' "$1" "$2"
+}
+
+cleanup() {
+    local rc=$?
+    if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID"
+        for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.2; done
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+    fi
+    if [[ -n $SMOKE_DB ]]; then
+        admin_sql "$ADMIN_URL" "DROP DATABASE IF EXISTS $SMOKE_DB WITH (FORCE)" || true
+    fi
+    if [[ $rc -ne 0 && -f $WORK/serve.log ]]; then
+        echo "---- server log (last 40 lines)"
+        tail -n 40 "$WORK/serve.log"
+    fi
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+
+export PREFS_DATA_DIR="$WORK/data"
+export PREFS_LOG_LEVEL=WARNING
+if [[ -n $ADMIN_URL ]]; then
+    SMOKE_DB="prefs_smoke_$$"
+    admin_sql "$ADMIN_URL" "CREATE DATABASE $SMOKE_DB"
+    PREFS_DATABASE_URL="$("$PY" -c 'import sys; base, _, q = sys.argv[1].partition("?"); print(base.rsplit("/", 1)[0] + "/" + sys.argv[2] + ("?" + q if q else ""))' "$ADMIN_URL" "$SMOKE_DB")"
+    export PREFS_DATABASE_URL
+    echo "database: $SMOKE_DB on the configured server"
+else
+    echo "database: embedded PostgreSQL under $PREFS_DATA_DIR"
+fi
+
+PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+"$BIN/prefs" serve --host 127.0.0.1 --port "$PORT" --workers 1 >"$WORK/serve.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 1 300); do
+    curl -fsS "http://127.0.0.1:$PORT/health/ready" >/dev/null 2>&1 && break
+    kill -0 "$SERVER_PID" 2>/dev/null || { echo "prefs serve exited"; exit 1; }
+    sleep 0.2
+done
+curl -fsS "http://127.0.0.1:$PORT/health/ready"
+echo
+
+"$PY" loadtests/seed.py --customers "$CUSTOMERS" --preferences 5 --tills 8 --stores 2 \
+    --output "$WORK/seed.json"
+
+"$BIN/locust" -f loadtests/locustfile.py --headless --only-summary --loglevel WARNING \
+    --host "http://127.0.0.1:$PORT" --seed-file "$WORK/seed.json" \
+    -u "$USERS" -r "$USERS" -t "${SECONDS_TO_RUN}s" --stop-timeout 5 \
+    --csv "$RESULTS/smoke" --max-fail-ratio 0 --p95-ms 2000 --p99-ms 5000
+
+"$BIN/prefs" consent verify
+echo "smoke passed: zero failures, thresholds held, every consent chain verifies"

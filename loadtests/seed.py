@@ -1,0 +1,468 @@
+"""Seed a realistic data set fast, with the server's own keys, for load tests and the benchmark.
+
+    uv run python loadtests/seed.py --customers 100000 --preferences 5
+
+Writes into PREFS_DATABASE_URL, or the embedded PostgreSQL under PREFS_DATA_DIR (the keys come
+from ``prefs.settings.load()``, exactly as ``prefs serve`` reads them). Every customer gets a data
+key wrapped under the master keyring, an encrypted loyalty card with its blind indexes, a subject
+of the dev issuer, encrypted preferences and a `pos` grant (all fields, all preferences) with its
+ConsentGiven ledger record, so ``prefs consent verify`` passes. Rows go in with binary COPY, one
+transaction per batch, the encryption spread over worker processes.
+
+Card numbers and subjects are derived from a run number and the customer's index, so load tests
+can pick valid cards at random; the JSON written (``--output``) says how, and carries till keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import random
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from catalogue import preference
+
+from prefs import db
+from prefs.consents import ledger
+from prefs.consents import service as consents
+from prefs.consents.schemas import Recipient
+from prefs.credentials import service as credentials
+from prefs.crypto import Vault
+from prefs.settings import DEV_ISSUER, Settings, load
+
+CARD_FORMAT = (
+    "77{run:04d}{index:08d}"  # 14 digits; nothing else the seed or a test makes starts with 77
+)
+SUBJECT_FORMAT = "loadtest-{run:04d}-{index:08d}"
+UNKNOWN_CARD_PREFIX = "66"  # never issued: lookups with it must answer 404
+FIELDS = ["product", "attributes", "note"]
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "seed.json"
+
+COLUMNS = {
+    "customers": [
+        "customer_id",
+        "card_ct",
+        "created_at",
+        "updated_at",
+        "ledger_seq",
+        "ledger_head",
+    ],
+    "customer_keys": ["customer_id", "generation", "master_version", "wrapped", "created_at"],
+    "customer_subjects": ["subject_hash", "index_version", "customer_id"],
+    "card_index": ["card_hash", "index_version", "customer_id"],
+    "preferences": [
+        "customer_id",
+        "preference_id",
+        "rank",
+        "status",
+        "purchases",
+        "last_purchased_on",
+        "product_ct",
+        "attributes_ct",
+        "note_ct",
+        "created_at",
+        "updated_at",
+    ],
+    "consents": [
+        "customer_id",
+        "audience",
+        "fields",
+        "preference_ids",
+        "expires_at",
+        "receipt_id",
+        "granted_at",
+        "updated_at",
+    ],
+    "consent_ledger": [
+        "customer_id",
+        "seq",
+        "receipt_id",
+        "recorded_at",
+        "audience",
+        "state",
+        "receipt",
+        "mac_version",
+        "prev_hash",
+        "hash",
+    ],
+}
+
+
+def card_number(run: int, index: int) -> str:
+    return CARD_FORMAT.format(run=run, index=index)
+
+
+def subject(run: int, index: int) -> str:
+    return SUBJECT_FORMAT.format(run=run, index=index)
+
+
+@dataclass(frozen=True)
+class Batch:
+    run: int
+    start: int
+    count: int
+    preferences: int
+
+
+class Writer:
+    """One worker process: its own vault and database connection, reused for every batch."""
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        self.vault = Vault.from_settings(settings.master_keys, settings.index_keys)
+        self.controller = settings.controller
+        self.loop = asyncio.new_event_loop()
+        self.conn: asyncpg.Connection = self.loop.run_until_complete(db.connect(url))
+        self.pos = Recipient(kind="pos", name="Store tills at checkout")
+
+    def rows(self, batch: Batch) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of a batch of customers, encrypted as the services encrypt them."""
+        vault, index = self.vault, self.vault.index
+        rng = random.Random(batch.run * 100_000_000 + batch.start)
+        now = datetime.now(UTC)
+        today = now.date()
+        tables: dict[str, list[tuple[Any, ...]]] = {name: [] for name in COLUMNS}
+        for i in range(batch.start, batch.start + batch.count):
+            customer_id = uuid.uuid4()
+            key, wrapped = vault.envelope.new_data_key(customer_id)
+            enrolled = now - timedelta(days=rng.randrange(1, 900), seconds=rng.randrange(86_400))
+            card = card_number(batch.run, i)
+            tables["customer_keys"].append(
+                (
+                    customer_id,
+                    key.generation,
+                    vault.envelope.master_version(wrapped),
+                    wrapped,
+                    enrolled,
+                )
+            )
+            tables["customer_subjects"].append(
+                (index.subject(DEV_ISSUER, subject(batch.run, i)), index.primary, customer_id)
+            )
+            for version in index.versions:
+                tables["card_index"].append((index.card(card, version), version, customer_id))
+            for rank in range(1, batch.preferences + 1):
+                content = preference(rng, rank, today)
+                pid = uuid.uuid4()
+                note = content["note"]
+                tables["preferences"].append(
+                    (
+                        customer_id,
+                        pid,
+                        rank,
+                        content["status"],
+                        content["purchases"],
+                        content["last_purchased_on"],
+                        key.encrypt(
+                            msgspec.json.encode(content["product"]), "preferences", "product", pid
+                        ),
+                        key.encrypt(
+                            msgspec.json.encode(content["attributes"]),
+                            "preferences",
+                            "attributes",
+                            pid,
+                        ),
+                        None
+                        if note is None
+                        else key.encrypt(msgspec.json.encode(note), "preferences", "note", pid),
+                        enrolled,
+                        enrolled,
+                    )
+                )
+            receipt = consents._receipt(
+                customer_id, "pos", self.pos, self.controller, "ConsentGiven", FIELDS, "all", None
+            )
+            body = msgspec.to_builtins(receipt)
+            digest = ledger.record_hash(
+                index, index.primary, customer_id, 1, ledger.GENESIS, ledger.canonical(body)
+            )
+            tables["consent_ledger"].append(
+                (
+                    customer_id,
+                    1,
+                    receipt.receipt_id,
+                    receipt.timestamp,
+                    "pos",
+                    "ConsentGiven",
+                    body,
+                    index.primary,
+                    ledger.GENESIS,
+                    digest,
+                )
+            )
+            tables["consents"].append(
+                (
+                    customer_id,
+                    "pos",
+                    FIELDS,
+                    None,
+                    None,
+                    receipt.receipt_id,
+                    receipt.timestamp,
+                    receipt.timestamp,
+                )
+            )
+            tables["customers"].append(
+                (
+                    customer_id,
+                    key.encrypt(card.encode(), "customers", "card", customer_id),
+                    enrolled,
+                    enrolled,
+                    1,
+                    digest,
+                )
+            )
+        return tables
+
+    async def _copy(self, tables: dict[str, list[tuple[Any, ...]]]) -> None:
+        async with self.conn.transaction():
+            for name, records in tables.items():
+                await self.conn.copy_records_to_table(name, records=records, columns=COLUMNS[name])
+
+    def write(self, batch: Batch) -> tuple[int, float, float]:
+        """Seed one batch; returns its size and the seconds spent encrypting and copying."""
+        started = time.perf_counter()
+        tables = self.rows(batch)
+        encrypted = time.perf_counter()
+        self.loop.run_until_complete(self._copy(tables))
+        return batch.count, encrypted - started, time.perf_counter() - encrypted
+
+
+_writer: Writer | None = None
+
+
+def _start_worker(url: str, settings: Settings) -> None:
+    global _writer
+    _writer = Writer(url, settings)
+
+
+def _write(batch: Batch) -> tuple[int, float, float]:
+    assert _writer is not None
+    return _writer.write(batch)
+
+
+async def _fresh_run(conn: asyncpg.Connection, vault: Vault) -> int:
+    """A run number whose card numbers are not in this database yet."""
+    while True:
+        run = random.randrange(1000, 10_000)
+        taken = await conn.fetchval(
+            "SELECT 1 FROM card_index WHERE card_hash = ANY($1::bytea[])",
+            vault.index.all_digests("card", card_number(run, 0).encode()),
+        )
+        if taken is None:
+            return run
+
+
+async def _identity(conn: asyncpg.Connection) -> str:
+    row = await conn.fetchrow(
+        "SELECT system_identifier::text, current_database() FROM pg_control_system()"
+    )
+    assert row is not None
+    return f"{row[0]}/{row[1]}"
+
+
+async def _prepare(
+    url: str, vault: Vault, tills: int, stores: int
+) -> tuple[int, str, list[dict[str, str]]]:
+    conn = await db.connect(url)
+    try:
+        run = await _fresh_run(conn, vault)
+        keys = []
+        for n in range(tills):
+            store = f"{101 + n % stores:04d}"
+            credential, api_key = await credentials.create(
+                conn, "pos", f"Load-test till {n // stores + 1}", store=store
+            )
+            keys.append({"key": api_key, "store": store, "id": str(credential.id)})
+        return run, await _identity(conn), keys
+    finally:
+        await conn.close()
+
+
+async def _finish(url: str, vault: Vault, run: int, analyse: bool) -> dict[str, Any]:
+    """ANALYZE the seeded tables, then read one seeded customer back through the services."""
+    from prefs.customers.service import find_customer_id, profile
+    from prefs.preferences.service import list_preferences
+
+    conn = await db.connect(url)
+    try:
+        started = time.perf_counter()
+        if analyse:
+            await conn.execute("VACUUM (ANALYZE) " + ", ".join(COLUMNS))
+        vacuum_seconds = time.perf_counter() - started
+        hashes = tuple(
+            vault.index.subject(DEV_ISSUER, subject(run, 0), v) for v in vault.index.versions
+        )
+        customer_id = await find_customer_id(conn, hashes)
+        assert customer_id is not None, "the first seeded customer cannot be found by subject"
+        card = (await profile(conn, vault, customer_id)).card
+        assert card == card_number(run, 0), "the seeded card does not decrypt to its number"
+        assert await list_preferences(conn, vault, customer_id), "no seeded preferences decrypt"
+        total = await conn.fetchval("SELECT count(*) FROM customers")
+        return {"vacuum_analyze_seconds": round(vacuum_seconds, 1), "customers_in_database": total}
+    finally:
+        await conn.close()
+
+
+def _previous(output: Path, identity: str) -> dict[str, Any] | None:
+    if not output.exists():
+        return None
+    previous: dict[str, Any] = json.loads(output.read_text())
+    return previous if previous.get("database") == identity else None
+
+
+def seed(
+    url: str,
+    settings: Settings,
+    customers: int,
+    preferences: int,
+    workers: int,
+    batch_size: int,
+    tills: int,
+    stores: int,
+    output: Path,
+    analyse: bool,
+) -> dict[str, Any]:
+    """Seed ``customers`` new customers and write (or extend) the JSON at ``output``."""
+    vault = Vault.from_settings(settings.master_keys, settings.index_keys)
+    run, identity, till_keys = asyncio.run(_prepare(url, vault, tills, stores))
+    print(
+        f"seeding {customers:,} customers x {preferences} preferences (run {run}) with {workers} "
+        f"worker process(es), {batch_size:,} customers per COPY batch",
+        flush=True,
+    )
+    batches = [
+        Batch(run, start, min(batch_size, customers - start), preferences)
+        for start in range(0, customers, batch_size)
+    ]
+    started = time.perf_counter()
+    done, crypto_seconds, copy_seconds = 0, 0.0, 0.0
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_start_worker, initargs=(url, settings)) as pool:
+        for count, crypto, copy in pool.imap_unordered(_write, batches):
+            done += count
+            crypto_seconds += crypto
+            copy_seconds += copy
+            elapsed = time.perf_counter() - started
+            if done == customers or len(batches) < 20 or done % (batch_size * 10) == 0:
+                print(
+                    f"  {done:>10,} / {customers:,} customers  {done / elapsed:>8,.0f}/s",
+                    flush=True,
+                )
+    seconds = time.perf_counter() - started
+    finish = asyncio.run(_finish(url, vault, run, analyse))
+    rows = customers * (preferences + 6 + len(vault.index.versions))
+    print(
+        f"seeded {customers:,} customers ({rows:,} rows) in {seconds:.1f} s: "
+        f"{customers / seconds:,.0f} customers/s, {rows / seconds:,.0f} rows/s "
+        f"(worker time: {crypto_seconds:.1f} s building and encrypting, "
+        f"{copy_seconds:.1f} s in COPY)"
+    )
+    if analyse:
+        print(f"VACUUM (ANALYZE) of the seeded tables: {finish['vacuum_analyze_seconds']} s")
+
+    previous = _previous(output, identity)
+    runs = [
+        *(previous["runs"] if previous else []),
+        {"run": run, "customers": customers, "preferences": preferences},
+    ]
+    rng = random.Random(run)
+    sample = [(r["run"], rng.randrange(r["customers"])) for r in runs for _ in range(200)]
+    document = {
+        "database": identity,
+        "dev_issuer": DEV_ISSUER,
+        "dev_issuer_key": str(settings.dev_issuer_key_path),
+        "card_format": CARD_FORMAT,
+        "subject_format": SUBJECT_FORMAT,
+        "unknown_card_prefix": UNKNOWN_CARD_PREFIX,
+        "runs": runs,
+        "customers": sum(r["customers"] for r in runs),
+        "customers_in_database": finish["customers_in_database"],
+        "tills": till_keys,
+        "sample": {
+            "cards": [card_number(r, i) for r, i in sample],
+            "subjects": [subject(r, i) for r, i in sample],
+        },
+        "last_seed": {
+            "customers": customers,
+            "seconds": round(seconds, 1),
+            "customers_per_second": round(customers / seconds),
+            "workers": workers,
+            "at": date.today().isoformat(),
+        },
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds live till keys
+    with os.fdopen(fd, "w") as handle:
+        json.dump(document, handle, indent=1)
+    print(
+        f"wrote {output} ({document['customers']:,} seeded customers in this database, "
+        f"{len(till_keys)} till keys)"
+    )
+    return document
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--preferences", type=int, default=5, help="preferences per customer")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="processes encrypting and copying",
+    )
+    parser.add_argument("--batch", type=int, default=2_000, help="customers per COPY transaction")
+    parser.add_argument("--tills", type=int, default=16, help="till API keys to create")
+    parser.add_argument("--stores", type=int, default=4, help="stores the till keys spread over")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument(
+        "--no-analyse",
+        dest="analyse",
+        action="store_false",
+        help="skip VACUUM (ANALYZE) of the seeded tables",
+    )
+    args = parser.parse_args()
+
+    settings = load()
+    embedded = None
+    url = settings.database_url
+    if url is None:
+        embedded = db.EmbeddedPostgres(settings.data_dir / "pg")
+        url = embedded.start()
+    try:
+        db.migrate(url)
+        seed(
+            url,
+            settings,
+            args.customers,
+            args.preferences,
+            max(1, args.workers),
+            args.batch,
+            args.tills,
+            max(1, args.stores),
+            args.output,
+            args.analyse,
+        )
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+if __name__ == "__main__":
+    main()
