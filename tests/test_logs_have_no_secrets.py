@@ -446,7 +446,7 @@ async def test_error_messages_do_not_echo_what_the_caller_sent(client, new_custo
     preference = created.json()["id"]
     attempts = [
         ("an enum value", sent := marker("enum"), {"status": sent}),
-        ("a field name", sent := marker("field").lower(), {sent: 1}),
+        # an unknown field's *name* is named on purpose (issue 2: "a 400 naming the field")
         ("a date", sent := marker("date"), {"last_purchased_on": sent}),
         ("a too-long note", sent := marker("long"), {"note": sent + "x" * 3000}),
         ("an attribute name", sent := marker("Attr"), {"attributes": {sent: "34"}}),

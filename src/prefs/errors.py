@@ -166,7 +166,9 @@ def _misfiled_body_error(exc: Exception) -> list[dict[str, Any]] | None:
     return [{"message": match["message"], "key": match["key"], "source": "body"}]
 
 
-_QUOTED = re.compile(r"'[^']*'|`(?!\$)[^`]*`")
+_QUOTED = re.compile(
+    r"'[^']*'"
+)  # values are quoted 'so'; field names `so` stay: they name the field
 
 
 def _without_values(message: str) -> str:
