@@ -58,7 +58,32 @@ Reference = Annotated[
 ]
 
 
-def _answer(answer: idempotency.Answer) -> Response[Any]:
+async def _once(
+    request: Request[Any, Any, Any],
+    conn: Connection,
+    vault: Vault,
+    state: State,
+    owner: str,
+    idempotency_key: str | None,
+    data: msgspec.Struct,
+    create: idempotency.Create,
+    may_replay: idempotency.MayReplay | None = None,
+) -> Response[Any]:
+    """Run a reorder-creating request once per Idempotency-Key; replays say so in a header."""
+    key = idempotency.check_key(idempotency_key)
+    fingerprint = idempotency.request_fingerprint(
+        "POST", request.url.path, msgspec.json.encode(data)
+    )
+    answer = await idempotency.once(
+        conn,
+        vault,
+        owner,
+        key,
+        fingerprint,
+        state.settings.idempotency_ttl_seconds,
+        create,
+        may_replay,
+    )
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
     return Response(
         answer.body, status_code=answer.status, media_type="application/json", headers=headers
@@ -93,7 +118,6 @@ class CustomerReordersController(Controller):
         idempotency_key: IdempotencyKey = None,
     ) -> Response[Reorder]:
         """Reorder a preference (even a discontinued one) from the store or a consented partner."""
-        key = idempotency.check_key(idempotency_key)
 
         async def create() -> tuple[UUID, int, bytes]:
             reorder = await service.create_for_customer(
@@ -101,19 +125,9 @@ class CustomerReordersController(Controller):
             )
             return customer_id, HTTP_201_CREATED, msgspec.json.encode(reorder)
 
-        fingerprint = idempotency.request_fingerprint(
-            "POST", request.url.path, msgspec.json.encode(data)
+        return await _once(
+            request, conn, vault, state, f"customer:{customer_id}", idempotency_key, data, create
         )
-        answer = await idempotency.once(
-            conn,
-            vault,
-            f"customer:{customer_id}",
-            key,
-            fingerprint,
-            state.settings.idempotency_ttl_seconds,
-            create,
-        )
-        return _answer(answer)
 
     @get("/reorders", responses=problems(400, 401, 404, 503))
     async def list_all(
@@ -201,31 +215,26 @@ class PartnerController(Controller):
         idempotency_key: IdempotencyKey = None,
     ) -> Response[PartnerReorder]:
         """Place a reorder for a customer who lets this partner see that preference."""
-        key = idempotency.check_key(idempotency_key)
 
         async def create() -> tuple[UUID, int, bytes]:
             customer_id, reorder = await service.create_for_partner(conn, vault, credential, data)
             return customer_id, HTTP_201_CREATED, msgspec.json.encode(reorder)
 
-        fingerprint = idempotency.request_fingerprint(
-            "POST", request.url.path, msgspec.json.encode(data)
-        )
-
         async def may_replay(customer_id: UUID) -> None:
             assert credential.partner_id is not None
             await service.require_partner_grant(conn, credential.partner_id, customer_id)
 
-        answer = await idempotency.once(
+        return await _once(
+            request,
             conn,
             vault,
-            f"partner:{credential.partner_id}",
-            key,
-            fingerprint,
-            state.settings.idempotency_ttl_seconds,
+            state,
+            _audience(credential),
+            idempotency_key,
+            data,
             create,
             may_replay,
         )
-        return _answer(answer)
 
     @get("/customers/{ref:str}/preferences", responses=problems(400, 401, 404, 503))
     async def preferences(
