@@ -662,6 +662,8 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     data_dir = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if os.geteuid() == 0:  # the embedded server runs as its own user and must traverse it
+        data_dir.chmod(0o711)  # the key files inside stay owner-only
     embedded = None
     url = os.environ.get("PREFS_DATABASE_URL")
     if not url:
