@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import difflib
 import json
+from typing import Any
+
+from litestar.routes import HTTPRoute
 
 from prefs.app import create_app
 from prefs.openapi import render
@@ -34,3 +37,36 @@ async def test_the_running_service_serves_the_same_document(client):
     served = await client.get("/schema/openapi.json")
     assert served.status_code == 200
     assert served.json() == json.loads(committed)
+
+
+def _body_field_names(schema: Any) -> set[str]:
+    """Every property name anywhere in a request body's schema."""
+    if isinstance(schema, list):
+        return set().union(*(_body_field_names(item) for item in schema))
+    if not isinstance(schema, dict):
+        return set()
+    names = set(schema.get("properties", {}))
+    return names.union(*(_body_field_names(value) for value in schema.values()))
+
+
+def test_no_dependency_shares_a_name_with_a_parameter_or_body_field(settings):
+    """A dependency named like a field clients send reads as that field, and would shadow it."""
+    app = create_app(settings)
+    document = app.openapi_schema.to_schema()
+    checked = 0
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            dependencies = set(handler.resolve_dependencies())
+            for method in handler.http_methods:
+                operation = document["paths"].get(route.path_format, {}).get(method.lower())
+                if operation is None:  # not documented (the schema endpoints themselves)
+                    continue
+                sent = {parameter["name"] for parameter in operation.get("parameters", [])}
+                sent |= _body_field_names(operation.get("requestBody", {}))
+                clashes = dependencies & sent
+                assert not clashes, f"{method} {route.path_format}: {sorted(clashes)}"
+                checked += 1
+    documented = sum(len(operations) for operations in document["paths"].values())
+    assert checked == documented  # every documented operation was checked

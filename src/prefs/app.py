@@ -80,15 +80,17 @@ def provide_vault(state: State) -> Vault:
     return vault
 
 
-def provide_customer(request: Request[Any, Any, Any]) -> Customer:
-    customer: Customer = request.state.customer
-    return customer
+def provide_signed_in_customer(request: Request[Any, Any, Any]) -> Customer:
+    signed_in_customer: Customer = request.state.signed_in_customer
+    return signed_in_customer
 
 
 async def provide_customer_id(
-    conn: NamedDependency[db.Connection], customer: NamedDependency[Customer]
+    conn: NamedDependency[db.Connection], signed_in_customer: NamedDependency[Customer]
 ) -> UUID:
-    return await require_customer_id(conn, customer.subject_hashes, customer.index_version)
+    return await require_customer_id(
+        conn, signed_in_customer.subject_hashes, signed_in_customer.index_version
+    )
 
 
 async def provide_credential(
@@ -143,7 +145,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         dependencies={
             "conn": Provide(provide_conn),
             "vault": Provide(provide_vault, sync_to_thread=False),
-            "customer": Provide(provide_customer, sync_to_thread=False),
+            "signed_in_customer": Provide(provide_signed_in_customer, sync_to_thread=False),
             "customer_id": Provide(provide_customer_id),
             "credential": Provide(provide_credential),
         },

@@ -181,7 +181,7 @@ async def customer_guard(
     if token.startswith(("pos_", "ptn_", "ins_")):
         raise NotAuthorizedException("This endpoint needs a customer token, not an API key.")
     verifier: TokenVerifier = connection.app.state.verifier
-    connection.state.customer = await verifier.verify(token)
+    connection.state.signed_in_customer = await verifier.verify(token)
 
 
 API_KEY_PREFIX = {"pos": "pos_", "partner": "ptn_", "insights": "ins_"}

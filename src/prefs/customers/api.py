@@ -40,13 +40,13 @@ class MeController(Controller):
         self,
         conn: NamedDependency[Connection],
         vault: NamedDependency[Vault],
-        customer: NamedDependency[Customer],
+        signed_in_customer: NamedDependency[Customer],
         data: JSONBody[Enrolment | None] = None,
     ) -> Response[Profile]:
         """Enrol the signed-in customer (201), or return the existing enrolment (200)."""
         card = data.card if data is not None else None
         profile, created = await service.enrol(
-            conn, vault, customer.subject_hashes, customer.index_version, card
+            conn, vault, signed_in_customer.subject_hashes, signed_in_customer.index_version, card
         )
         return Response(profile, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
 
