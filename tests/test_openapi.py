@@ -70,3 +70,29 @@ def test_no_dependency_shares_a_name_with_a_parameter_or_body_field(settings):
                 checked += 1
     documented = sum(len(operations) for operations in document["paths"].values())
     assert checked == documented  # every documented operation was checked
+
+
+def _references(node: Any) -> set[str]:
+    """The component schemas a part of the document names with ``$ref``."""
+    if isinstance(node, list):
+        return set().union(*(_references(item) for item in node))
+    if not isinstance(node, dict):
+        return set()
+    found = set().union(*(_references(value) for value in node.values()))
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+        found.add(ref.removeprefix("#/components/schemas/"))
+    return found
+
+
+def test_every_component_schema_is_used_by_some_operation(settings):
+    """No loose schemas: each component is reachable from a path, directly or through another."""
+    document = create_app(settings).openapi_schema.to_schema()
+    schemas = document["components"]["schemas"]
+    reachable = _references(document["paths"])
+    frontier = set(reachable)
+    while frontier:
+        frontier = _references([schemas.get(name) for name in frontier]) - reachable
+        reachable |= frontier
+    assert sorted(set(schemas) - reachable) == []
+    assert reachable <= set(schemas)  # and every reference resolves

@@ -28,7 +28,7 @@ from prefs.customers.api import MeController
 from prefs.customers.service import require_customer_id
 from prefs.errors import exception_handlers
 from prefs.health.api import HealthController, MetricsController
-from prefs.http import require_json_body
+from prefs.http import InlineBodies, require_json_body
 from prefs.insights.api import InsightsController
 from prefs.observability import ObservabilityMiddleware, configure_logging
 from prefs.partners.api import PartnersController
@@ -153,6 +153,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[_lifespan(settings)],
         exception_handlers=exception_handlers(),
         middleware=[ObservabilityMiddleware()],
+        plugins=[InlineBodies()],
         before_request=require_json_body,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

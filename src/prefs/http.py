@@ -9,12 +9,14 @@ import copy
 import json
 import types
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any, Union, get_args, get_origin
 
 import msgspec
 from litestar import Request
 from litestar.exceptions import HTTPException
-from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
+from litestar.plugins import OpenAPISchemaPlugin
+from litestar.typing import FieldDefinition
 
 from prefs.errors import InvalidInput
 
@@ -103,6 +105,9 @@ def _nesting(body: bytes) -> int:
     return deepest
 
 
+_DECLARED: set[type] = set()  # the types declared_body documents: inline wherever they appear
+
+
 def declared_body(
     body_type: Any, *, required: bool = True, refine: dict[str, Any] | None = None
 ) -> type[Operation]:
@@ -114,14 +119,8 @@ def declared_body(
     types (a card's digits, exactly one of card or code); ``required=False`` for an optional body.
     For ``X | None`` the refinements apply to ``X``.
     """
-    nullable = isinstance(body_type, types.UnionType) and type(None) in get_args(body_type)
-    if nullable:
-        (body_type,) = (arg for arg in get_args(body_type) if arg is not type(None))
-    schema = msgspec.json.schema(body_type)
-    definitions = schema.pop("$defs", {})
-    body = _merge(_inline(schema, definitions), refine or {})
-    if nullable:
-        body = {"anyOf": [body, {"type": "null"}]}
+    body = _decoded_as(body_type, refine or {})
+    _DECLARED.update(_without_none(body_type))
 
     @dataclass
     class DeclaredBody(Operation):
@@ -132,6 +131,40 @@ def declared_body(
             )
 
     return DeclaredBody
+
+
+class InlineBodies(OpenAPISchemaPlugin):
+    """OpenAPI: the types ``declared_body`` documents stay out of components/schemas.
+
+    Building an operation, Litestar files its body's type there as a component, which nothing
+    refers to once ``declared_body`` has replaced the body. Claiming those types here keeps
+    them inline (and exact) instead.
+    """
+
+    @staticmethod
+    def is_plugin_supported_type(value: Any) -> bool:
+        return isinstance(value, type) and value in _DECLARED
+
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: Any) -> Schema:
+        return _decoded_as(field_definition.annotation, {})  # type: ignore[return-value]
+
+
+def _without_none(annotation: Any) -> tuple[Any, ...]:
+    """The members of ``X | None`` other than None; ``(X,)`` for a plain type."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return tuple(arg for arg in get_args(annotation) if arg is not type(None))
+    return (annotation,)
+
+
+def _decoded_as(body_type: Any, refine: dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema msgspec decodes ``body_type`` by, inlined, with ``refine`` merged into it."""
+    (decoded,) = _without_none(body_type)
+    schema = msgspec.json.schema(decoded)
+    definitions = schema.pop("$defs", {})
+    body = _merge(_inline(schema, definitions), refine)
+    if decoded is not body_type:
+        return {"anyOf": [body, {"type": "null"}]}
+    return body
 
 
 def _inline(schema: Any, definitions: dict[str, Any]) -> Any:
