@@ -103,6 +103,43 @@ def test_production_settings_never_echo_key_material(production):
             assert secret[2:] not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    "jwks",
+    [
+        "http://id.example-retailer.test/.well-known/jwks.json",
+        "HTTP://id.example-retailer.test/jwks.json",
+        "ftp://id.example-retailer.test/jwks.json",
+    ],
+)
+def test_production_refuses_a_key_set_fetched_without_tls_and_names_the_setting(production, jwks):
+    with pytest.raises(SettingsError) as raised:
+        load({**production, "PREFS_JWT_JWKS": jwks})
+    message = str(raised.value)
+    assert "PREFS_JWT_JWKS" in message
+    assert "https://" in message
+    assert "\n" not in message
+    assert jwks not in message
+
+
+def test_production_accepts_a_key_set_url_over_https(production):
+    url = "https://id.example-retailer.test/.well-known/jwks.json"
+    assert load({**production, "PREFS_JWT_JWKS": url}).jwt_jwks == url
+
+
+def test_development_may_fetch_its_key_set_over_plain_http_from_a_local_issuer(tmp_path):
+    url = "http://127.0.0.1:8080/.well-known/jwks.json"
+    settings = load(
+        {
+            "PREFS_DATA_DIR": str(tmp_path),
+            "PREFS_JWT_ISSUER": "http://127.0.0.1:8080/",
+            "PREFS_JWT_AUDIENCE": "prefs-api",
+            "PREFS_JWT_JWKS": url,
+        }
+    )
+    assert settings.env == "development"
+    assert settings.jwt_jwks == url
+
+
 def test_an_unknown_environment_is_refused(tmp_path):
     with pytest.raises(SettingsError, match="PREFS_ENV"):
         load({"PREFS_ENV": "staging", "PREFS_DATA_DIR": str(tmp_path)})

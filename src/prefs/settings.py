@@ -107,6 +107,11 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             raise SettingsError(
                 "production needs " + ", ".join(missing) + " (see README, section Settings)"
             )
+        if jwt_jwks and "://" in jwt_jwks and not jwt_jwks.startswith("https://"):
+            # keys fetched over plain http could be swapped in transit, and any token accepted
+            raise SettingsError(
+                "PREFS_JWT_JWKS must be a file path or an https:// URL in production"
+            )
     else:
         master_keys = master_keys or _dev_secret(data_dir, "master.keys")
         index_keys = index_keys or _dev_secret(data_dir, "index.key")
