@@ -212,8 +212,8 @@ def ledger_database(database: Any) -> Iterator[str]:
 
 async def enrol_with_changes(conn: asyncpg.Connection, vault: Any, settings: Any) -> uuid.UUID:
     """Through the service functions the HTTP layer calls: enrol, grant, change, withdraw."""
-    subject = (vault.index.subject("prefs-test", f"ledger-{uuid.uuid4()}"),)
-    profile, _ = await customers.enrol(conn, vault, subject, vault.index.primary, None)
+    subject = vault.index.subjects("prefs-test", f"ledger-{uuid.uuid4()}")
+    profile, _ = await customers.enrol(conn, vault, subject, None)
     for fields in (["product"], ["product", "attributes"]):
         await consents.grant(
             conn, vault, settings.controller, profile.id, "pos", ConsentGrant(fields=fields)

@@ -88,7 +88,7 @@ def provide_customer(request: Request[Any, Any, Any]) -> Customer:
 async def provide_customer_id(
     conn: NamedDependency[db.Connection], customer: NamedDependency[Customer]
 ) -> UUID:
-    return await require_customer_id(conn, customer.subject_hashes, customer.index_version)
+    return await require_customer_id(conn, customer.subject_hashes)
 
 
 async def provide_credential(
