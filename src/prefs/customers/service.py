@@ -91,16 +91,19 @@ WHERE customer_id = $1 AND wrapped = $2
 
 
 async def data_key(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID) -> DataKey:
-    """The customer's unwrapped data key; a wrap under an old master key is rewrapped on the way."""
+    """The customer's unwrapped data key; a wrap under an older master key is rewrapped on the way.
+
+    Only forward: during a rolling deploy a process whose primary is older than the wrap's
+    version (it knows the new key, but not yet as primary) leaves the wrap as it is.
+    """
     row = await conn.fetchrow(DATA_KEY, customer_id)
     if row is None:
         raise NotEnrolled("Enrol first with POST /v1/me.")
     key = vault.envelope.unwrap(customer_id, row["generation"], row["wrapped"])
-    if row["master_version"] != vault.envelope.master.primary:
+    primary = vault.envelope.master.primary
+    if row["master_version"] < primary:
         rewrapped = vault.envelope.rewrap(customer_id, row["generation"], row["wrapped"])
-        await conn.execute(
-            REWRAP, customer_id, row["wrapped"], rewrapped, vault.envelope.master.primary
-        )
+        await conn.execute(REWRAP, customer_id, row["wrapped"], rewrapped, primary)
     return key
 
 
