@@ -223,3 +223,22 @@ async def waiting_for_a_lock(
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the sign-in neither finished nor waited for the erasure")
+
+
+async def test_concurrent_enrolments_with_a_card_during_a_switch_all_succeed(
+    database: Database, tmp_path: Path
+) -> None:
+    async with own_database(database.server_url, tmp_path, "switch_enrol") as own:
+        async with serving(own.settings(**SMALL_POOL)) as before:
+            returning = await enrol(before, own.issuer)  # a hash under version 1 only
+        added = f"{own.index_keys},{new_key(2)}"
+        async with serving(own.settings(index_keys=added, **SMALL_POOL)) as during:
+            answers = await asyncio.gather(
+                *(
+                    during.post("/v1/me", headers=returning.headers, json={"card": fresh_card()})
+                    for _ in range(8)
+                )
+            )
+            assert [a.status_code for a in answers] == [200] * 8, [a.text for a in answers]
+            assert {a.json()["id"] for a in answers} == {returning.id}
+        assert await subject_versions(own, returning) == {1, 2}

@@ -34,7 +34,8 @@ ORDER BY array_position($1::bytea[], subject_hash)
 # Both in version order, so two transactions adding hashes of one subject never wait on each
 # other crosswise (whatever order their keyrings list the versions in). A sign-in adds the
 # missing hashes only while the customer row exists, holding it against an erasure until done,
-# so no hash outlives an erased customer.
+# so no hash outlives an erased customer (FOR UPDATE, as a card change takes it, so an
+# enrolment that goes on to set the card never has to upgrade a shared lock).
 CLAIM_SUBJECT = """
 INSERT INTO customer_subjects (subject_hash, index_version, customer_id)
 SELECT subject_hash, index_version, $3
@@ -47,7 +48,7 @@ ADD_SUBJECT_HASHES = """
 INSERT INTO customer_subjects (subject_hash, index_version, customer_id)
 SELECT given.subject_hash, given.index_version, owner.customer_id
 FROM unnest($1::bytea[], $2::int[]) AS given (subject_hash, index_version)
-CROSS JOIN (SELECT customer_id FROM customers WHERE customer_id = $3 FOR KEY SHARE) AS owner
+CROSS JOIN (SELECT customer_id FROM customers WHERE customer_id = $3 FOR UPDATE) AS owner
 ORDER BY given.index_version
 ON CONFLICT (subject_hash) DO NOTHING
 """
@@ -185,6 +186,9 @@ async def profile(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID
     )
 
 
+# Card changes of one customer take turns: without it, two changes at once each delete the
+# blind indexes they can see and insert their own, and both cards stay findable.
+LOCK_CUSTOMER = "SELECT 1 FROM customers WHERE customer_id = $1 FOR UPDATE"
 DELETE_CARD_INDEX = "DELETE FROM card_index WHERE customer_id = $1"
 INSERT_CARD_INDEX = """
 INSERT INTO card_index (card_hash, index_version, customer_id) VALUES ($1, $2, $3)
@@ -196,6 +200,9 @@ UPDATE_CARD = "UPDATE customers SET card_ct = $2, updated_at = now() WHERE custo
 async def _set_card(
     conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, raw: str | None
 ) -> None:
+    """Call inside a transaction: the customer row stays locked until it ends."""
+    if await conn.fetchval(LOCK_CUSTOMER, customer_id) is None:
+        raise NotEnrolled("Enrol first with POST /v1/me.")
     await conn.execute(DELETE_CARD_INDEX, customer_id)
     if raw is None:
         await conn.execute(UPDATE_CARD, customer_id, None)
