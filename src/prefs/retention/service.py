@@ -48,7 +48,12 @@ async def purge(
 async def run_periodically(
     pool: Any, vault: Vault, controller: str, access_log_days: int, interval: float
 ) -> None:
-    """The service's own purge loop (one purge at a time across all workers)."""
+    """The service's own purge loop (one purge at a time across all workers).
+
+    A purge that fails is logged and tried again next time: the loop ends only when cancelled.
+    The log names the exception's type and its frames, never its message (which may quote a
+    value).
+    """
     while True:
         await asyncio.sleep(interval)
         try:
@@ -58,5 +63,10 @@ async def run_periodically(
                 log.info("purged %s", purged)
         except DATABASE_DOWN as error:
             log.warning("purge skipped: database unavailable (%s)", type(error).__name__)
-        except asyncpg.PostgresError as error:
-            log.error("purge failed: %s", type(error).__name__)
+        except Exception as error:
+            log.error(
+                "purge failed: %s; trying again in %s s",
+                type(error).__name__,
+                interval,
+                exc_info=error,
+            )
