@@ -11,7 +11,6 @@ import asyncpg
 from prefs.crypto import Vault
 from prefs.errors import Conflict
 from prefs.insights import service as insights
-from prefs.retention.service import ORPHAN_GROUPS
 
 BATCH = """
 SELECT customer_id, generation, wrapped FROM customer_keys
@@ -214,7 +213,8 @@ async def reindex(
     for row in await conn.fetch(INSIGHTS_GRANTS):
         async with conn.transaction():
             await insights.refresh(conn, vault, row["customer_id"])
-    await conn.execute(ORPHAN_GROUPS)
+    async with conn.transaction():
+        await insights.drop_unused_groups(conn)
     return done
 
 

@@ -11,6 +11,7 @@ import asyncpg
 from prefs.consents.service import expire_due
 from prefs.crypto import Vault
 from prefs.errors import DATABASE_DOWN
+from prefs.insights.service import drop_unused_groups
 from prefs.reorders.idempotency import purge_expired as purge_idempotency
 
 log = logging.getLogger("prefs.retention")
@@ -18,10 +19,6 @@ log = logging.getLogger("prefs.retention")
 LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('prefs.purge'))"
 CODES = "DELETE FROM checkout_codes WHERE expires_at <= now()"
 ACCESS_LOG = "DELETE FROM access_log WHERE at < now() - make_interval(days => $1)"
-ORPHAN_GROUPS = """
-DELETE FROM demand_groups g WHERE NOT EXISTS
-    (SELECT 1 FROM demand_contributions c WHERE c.group_hash = g.group_hash)
-"""
 
 
 def _count(status: str) -> int:
@@ -41,7 +38,7 @@ async def purge(
             "checkout_codes": _count(await conn.execute(CODES)),
             "idempotency_keys": await purge_idempotency(conn),
             "access_log": _count(await conn.execute(ACCESS_LOG, access_log_days)),
-            "demand_groups": _count(await conn.execute(ORPHAN_GROUPS)),
+            "demand_groups": await drop_unused_groups(conn),
         }
 
 

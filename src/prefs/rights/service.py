@@ -16,6 +16,7 @@ from prefs.consents import service as consents
 from prefs.crypto import Vault
 from prefs.customers.service import data_key, profile
 from prefs.db import Row
+from prefs.insights import service as insights
 from prefs.preferences.service import list_preferences
 from prefs.reorders import service as reorders
 
@@ -51,7 +52,6 @@ SHRED = [
     "DELETE FROM access_log WHERE customer_id = $1",
     "DELETE FROM customers WHERE customer_id = $1",
 ]
-FORGET_DEMAND = "DELETE FROM demand_contributions WHERE pseudonym = ANY($1::bytea[])"
 
 
 async def erase(
@@ -70,7 +70,7 @@ async def erase(
         if tombstone:
             await conn.execute(TOMBSTONES, customer_id)
         await conn.execute(CLOSE_ACCEPTED, customer_id)
-        await conn.execute(FORGET_DEMAND, vault.index.all_digests("demand", customer_id.bytes))
+        await insights.forget(conn, vault, customer_id)
         for statement in SHRED:
             await conn.execute(statement, customer_id)
     vault.envelope.forget(customer_id)
