@@ -279,19 +279,33 @@ def consent() -> None:
 
 @consent.command("verify")
 def consent_verify() -> None:
-    """Check every customer's consent chain; name any customer whose chain was altered."""
+    """Check every customer's consent chain; name any customer whose chain was altered.
+
+    Exits 1 when a chain was altered; 2 when none was, but records sealed under an index key no
+    longer in PREFS_INDEX_KEY could not be checked (add the old key after the primary for this
+    command to check them too); 0 when everything verified.
+    """
     from prefs.consents import ledger
     from prefs.crypto import Vault
 
     settings = _settings()
     vault = Vault.from_settings(settings.master_keys, settings.index_keys)
     with Database(settings) as url:
-        checked, faults = _run(url, lambda conn: ledger.verify_all(conn, vault.index))
-    for fault in faults:
+        result = _run(url, lambda conn: ledger.verify_all(conn, vault.index))
+    for fault in result.faults:
         click.echo(f"ALTERED customer {fault.customer_id} at record {fault.seq}: {fault.reason}")
-    click.echo(f"{checked} chains checked, {len(faults)} altered")
-    if faults:
+    for version, count in result.unverifiable.items():
+        click.echo(
+            f"NOT VERIFIED: {count} records sealed under index key v{version}, which is not in "
+            "PREFS_INDEX_KEY, cannot be verified (this is not evidence of tampering; their links "
+            "in each chain were checked). To check them, run this command with that key listed "
+            "after the primary."
+        )
+    click.echo(f"{result.checked} chains checked, {len(result.faults)} altered")
+    if result.faults:
         sys.exit(1)
+    if result.unverifiable:
+        sys.exit(2)
 
 
 def _vault(settings: Settings) -> Any:
