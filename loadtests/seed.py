@@ -149,9 +149,8 @@ class Writer:
                     enrolled,
                 )
             )
-            tables["customer_subjects"].append(
-                (index.subject(DEV_ISSUER, subject(batch.run, i)), index.primary, customer_id)
-            )
+            for version, subject_hash in index.subjects(DEV_ISSUER, subject(batch.run, i)).items():
+                tables["customer_subjects"].append((subject_hash, version, customer_id))
             for version in index.versions:
                 tables["card_index"].append((index.card(card, version), version, customer_id))
             for rank in range(1, batch.preferences + 1):
@@ -303,10 +302,9 @@ async def _finish(url: str, vault: Vault, run: int, analyse: bool) -> dict[str, 
         if analyse:
             await conn.execute("VACUUM (ANALYZE) " + ", ".join(COLUMNS))
         vacuum_seconds = time.perf_counter() - started
-        hashes = tuple(
-            vault.index.subject(DEV_ISSUER, subject(run, 0), v) for v in vault.index.versions
+        customer_id = await find_customer_id(
+            conn, vault.index.subjects(DEV_ISSUER, subject(run, 0))
         )
-        customer_id = await find_customer_id(conn, hashes)
         assert customer_id is not None, "the first seeded customer cannot be found by subject"
         card = (await profile(conn, vault, customer_id)).card
         assert card == card_number(run, 0), "the seeded card does not decrypt to its number"

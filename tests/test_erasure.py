@@ -16,11 +16,13 @@ import pytest
 from prefs import db
 from prefs.app import create_app
 from prefs.auth import DevIssuer
+from prefs.consents import service as consents
+from prefs.consents.schemas import ConsentGrant
 from prefs.crypto import DataKey, DecryptionError, Vault
 from prefs.customers.service import data_key
 from prefs.errors import NotEnrolled
 from prefs.rights import service as rights
-from prefs.settings import DEV_ISSUER
+from prefs.settings import DEV_ISSUER, Settings
 from tests.conftest import Database, LiveServer, bearer
 from tests.rights_steps import (
     OwnDatabase,
@@ -215,6 +217,84 @@ async def test_every_row_about_an_erased_customer_is_gone(
     assert await conn.fetchval(demand, pseudonyms) == 0
     response = await client.get("/v1/me", headers=mine["shopper"].headers)
     assert response.status_code == 404
+
+
+async def demand_labels(conn: asyncpg.Connection, vault: Vault) -> list[str]:
+    """Every discontinued-demand label held, decrypted with the service's keys."""
+    return [
+        vault.demand_labels.decrypt(row["label_ct"], row["group_hash"]).decode()
+        for row in await conn.fetch("SELECT group_hash, label_ct FROM demand_groups")
+    ]
+
+
+async def test_demand_labels_only_an_erased_customer_contributed_go_with_the_erasure(
+    client: httpx.AsyncClient, conn: asyncpg.Connection, issuer: DevIssuer, vault: Vault
+) -> None:
+    mine = await victim(client, conn, issuer)
+    shared, alone = (p["product"]["name"] for p in mine["kept"])
+    someone_else = await enrol(client, issuer)
+    wanted_too = mine["kept"][0]
+    await keep(
+        client,
+        someone_else,
+        {k: wanted_too[k] for k in ("product", "attributes", "note", "status")},
+    )
+    await grant(client, someone_else, "insights")
+    labels = await demand_labels(conn, vault)
+    assert any(shared in label for label in labels)
+    assert any(alone in label for label in labels)
+
+    await erase(client, mine["shopper"])
+
+    labels = await demand_labels(conn, vault)
+    assert [label for label in labels if alone in label] == []
+    assert any(shared in label for label in labels)  # someone else still wants it
+
+
+async def test_an_erasure_beside_a_new_contribution_to_the_same_group_keeps_the_group(
+    client: httpx.AsyncClient,
+    conn: asyncpg.Connection,
+    database: Database,
+    issuer: DevIssuer,
+    vault: Vault,
+    settings: Settings,
+) -> None:
+    leaving = await enrol(client, issuer)
+    body = preference("together")
+    await keep(client, leaving, body)
+    await grant(client, leaving, "insights")
+    joining = await enrol(client, issuer)
+    await keep(client, joining, body)
+
+    granting, erasing = await db.connect(database.url), await db.connect(database.url)
+    try:
+        opting_in = granting.transaction()
+        await opting_in.start()
+        await consents.grant(
+            granting,
+            vault,
+            settings.controller,
+            uuid.UUID(joining.id),
+            "insights",
+            ConsentGrant(fields=["product", "attributes"]),
+        )
+        erasure = asyncio.create_task(rights.erase(erasing, vault, uuid.UUID(leaving.id)))
+        for _ in range(200):  # the erasure waits for the contribution being made
+            waiting = await conn.fetchval(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1",
+                erasing.get_server_pid(),
+            )
+            if waiting == "Lock" or erasure.done():
+                break
+            await asyncio.sleep(0.05)
+        await opting_in.commit()
+        assert await asyncio.wait_for(erasure, 30)
+    finally:
+        await granting.close()
+        await erasing.close()
+
+    labels = await demand_labels(conn, vault)
+    assert len([label for label in labels if body["product"]["name"] in label]) == 1
 
 
 async def test_till_gets_the_same_404_for_an_erased_card_as_for_an_unknown_one(

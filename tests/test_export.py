@@ -122,7 +122,7 @@ async def test_export_holds_everything_the_customer_created(
 
     document = json.loads(await export_of(client, shopper))
 
-    assert document["schema_version"] == 1
+    assert document["schema_version"] == 2
     assert document["profile"]["id"] == shopper.id
     assert document["profile"]["card"] == mine["card"]
 
@@ -140,6 +140,10 @@ async def test_export_holds_everything_the_customer_created(
     tailor_audience = f"partner:{mine['tailor'].partner_id}"
     consents = {c["audience"]: c for c in document["consents"]}
     assert set(consents) == {"pos", tailor_audience}
+    # recipients as a person reads them, exactly as the consents page shows them
+    assert document["consents"] == await items(client, shopper, "/v1/me/consents")
+    assert consents[tailor_audience]["recipient"] == mine["tailor"].name
+    assert consents["pos"]["recipient"] == "Store tills at checkout"
     assert consents[tailor_audience]["fields"] == ["product", "attributes"]
     assert consents["pos"]["receipt_id"] == mine["receipts"][-1]
     assert document["partner_references"] == [
@@ -175,7 +179,11 @@ async def test_export_holds_everything_the_customer_created(
     assert all(r["item"]["product"] for r in document["reorders"])
 
     log = await items(client, shopper, "/v1/me/access-log")
-    assert {d["id"] for d in document["access_log"]} == {d["id"] for d in log}
+    # the same entries as the access-log page, names and summaries included (oldest first)
+    assert document["access_log"] == list(reversed(log))
+    names = {p["product"]["name"] for p in mine["kept"]}
+    assert all(p["name"] in names for d in document["access_log"] for p in d["preferences"])
+    assert any(mine["kept"][0]["product"]["name"] in d["summary"] for d in document["access_log"])
     till_entries = [d for d in document["access_log"] if d["who"]["kind"] == "pos"]
     assert sorted(d["via"] for d in till_entries) == ["card", "code"]
     assert {d["who"]["id"] for d in till_entries} == {str(mine["till"].id)}
@@ -219,7 +227,7 @@ async def test_export_parses_as_json_and_is_stable_for_the_same_data(
         first, parse_constant=lambda name: (_ for _ in ()).throw(ValueError(name))
     )
     assert json.loads(json.dumps(document)) == document
-    assert document["schema_version"] == 1
+    assert document["schema_version"] == 2
 
 
 async def test_export_of_a_new_customer_is_complete_and_empty(

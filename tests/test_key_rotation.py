@@ -140,6 +140,30 @@ async def test_data_written_under_the_old_master_key_reads_after_a_new_primary_k
             assert [await what_they_see(only_new, s) for s in shoppers] == written
 
 
+async def test_a_process_with_an_older_primary_master_key_never_rewraps_backwards(
+    database: Database, tmp_path: Path
+) -> None:
+    async with own_database(database.server_url, tmp_path, "forward") as own:
+        old = own.master_keys
+        added = f"{old},{new_key(2)}"  # a process of the rolling deploy not yet restarted
+        promoted = ",".join(reversed(added.split(",")))
+        async with serving(own.settings(**SMALL_POOL)) as before:
+            shopper = (await customers_with_data(before, own, 1))[0]
+            written = await what_they_see(before, shopper)
+        async with (
+            serving(own.settings(master_keys=promoted, **SMALL_POOL)) as upgraded,
+            serving(own.settings(master_keys=added, **SMALL_POOL)) as lagging,
+        ):
+            assert await what_they_see(upgraded, shopper) == written
+            assert await master_version(own, shopper) == 2
+            # the lagging process reads it (and exports it) but leaves the newer wrap alone
+            assert await what_they_see(lagging, shopper) == written
+            response = await lagging.get("/v1/me/export", headers=shopper.headers)
+            assert response.status_code == 200, response.text
+            assert await master_version(own, shopper) == 2
+            assert await wraps(own) == {2: 1}
+
+
 async def test_prefs_keys_rotate_rewraps_every_data_key_and_retire_waits_for_it(
     database: Database, tmp_path: Path
 ) -> None:

@@ -21,6 +21,8 @@ from prefs.consents import service as consents
 from prefs.consents.schemas import ConsentGrant
 from prefs.customers import service as customers
 from tests.conftest import _admin, with_database
+from tests.rights_steps import new_key, own_database
+from tests.rights_steps import run_prefs as own_run_prefs
 from tests.till import grant, withdraw
 
 PREFS = Path(sys.executable).parent / "prefs"
@@ -45,8 +47,8 @@ async def tampering(conn: asyncpg.Connection) -> AsyncIterator[None]:
 
 
 async def faults_by_customer(conn: asyncpg.Connection, vault: Any) -> dict[str, ledger.ChainFault]:
-    _, faults = await ledger.verify_all(conn, vault.index)
-    return {str(fault.customer_id): fault for fault in faults}
+    verification = await ledger.verify_all(conn, vault.index)
+    return {str(fault.customer_id): fault for fault in verification.faults}
 
 
 async def test_every_consent_change_appends_one_linked_record(client, conn, new_customer, vault):
@@ -212,8 +214,8 @@ def ledger_database(database: Any) -> Iterator[str]:
 
 async def enrol_with_changes(conn: asyncpg.Connection, vault: Any, settings: Any) -> uuid.UUID:
     """Through the service functions the HTTP layer calls: enrol, grant, change, withdraw."""
-    subject = (vault.index.subject("prefs-test", f"ledger-{uuid.uuid4()}"),)
-    profile, _ = await customers.enrol(conn, vault, subject, vault.index.primary, None)
+    subject = vault.index.subjects("prefs-test", f"ledger-{uuid.uuid4()}")
+    profile, _ = await customers.enrol(conn, vault, subject, None)
     for fields in (["product"], ["product", "attributes"]):
         await consents.grant(
             conn, vault, settings.controller, profile.id, "pos", ConsentGrant(fields=fields)
@@ -272,3 +274,53 @@ async def test_prefs_consent_verify_names_an_altered_chain_in_the_service_databa
     assert code == 1, output
     assert f"ALTERED customer {victim.id} at record 2" in output
     assert bystander.id not in output
+
+
+async def test_prefs_consent_verify_tells_records_under_a_removed_index_key_from_altered_ones(
+    database: Any, tmp_path: Path
+) -> None:
+    async with own_database(database.server_url, tmp_path, "ledger_keys") as own:
+        old = own.index_keys
+        both = f"{new_key(2)},{old}"
+        only_new = both.split(",")[0]
+        conn = await own.connect()
+        try:
+            before = own.vault(index_keys=old)
+            who = (await customers.enrol(conn, before, before.index.subjects("t", "a"), None))[0].id
+            for fields in (["product"], ["product", "note"]):
+                await consents.grant(conn, before, "prefs", who, "pos", ConsentGrant(fields=fields))  # type: ignore[arg-type]
+            after = own.vault(index_keys=both)
+            await consents.withdraw(conn, after, "prefs", who, "pos")  # sealed under v2
+
+            async def verify(index_keys: str) -> tuple[int, str]:
+                return await own_run_prefs(
+                    "consent",
+                    "verify",
+                    database_url=own.url,
+                    data_dir=own.data_dir,
+                    master_keys=own.master_keys,
+                    index_keys=index_keys,
+                )
+
+            code, output = await verify(both)
+            assert code == 0, output
+            assert "1 chains checked, 0 altered" in output
+
+            code, output = await verify(only_new)
+            assert code == 2, output
+            assert "ALTERED" not in output
+            assert "1 chains checked, 0 altered" in output
+            assert "2 records sealed under index key v1" in output
+            assert "cannot be verified" in output
+
+            # a record claiming a key newer than any configured is not passed off as retired
+            async with tampering(conn):
+                await conn.execute(
+                    "UPDATE consent_ledger SET mac_version = 9 WHERE customer_id = $1 AND seq = 3",
+                    who,
+                )
+            code, output = await verify(only_new)
+            assert code == 1, output
+            assert f"ALTERED customer {who} at record 3" in output
+        finally:
+            await conn.close()

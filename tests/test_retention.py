@@ -4,13 +4,18 @@ retention period, are purged — by `prefs purge` and by the service on its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import secrets
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 
+from prefs import db
 from prefs.app import create_app
 from prefs.auth import DevIssuer
 from prefs.crypto import Vault
@@ -25,6 +30,7 @@ from tests.rights_steps import (
     items,
     keep,
     look_up,
+    own_database,
     preference,
     run_prefs,
     till,
@@ -304,3 +310,67 @@ async def test_the_service_purges_on_its_own_schedule(
             await asyncio.sleep(0.5)
 
     assert await state() == purged
+
+
+class Records(logging.Handler):
+    """Every record logged to one logger, kept for looking at."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_the_periodic_purge_logs_a_failure_and_keeps_running(
+    database: Database, tmp_path: Path
+) -> None:
+    async with own_database(database.server_url, tmp_path, "purge_loop") as own:
+        conn = await own.connect()
+        pool = await db.create_pool(own.url, 1, 2)
+        records = Records()
+        logger = logging.getLogger("prefs.retention")
+        logger.addHandler(records)
+        try:
+            # an expired grant whose customer row is gone (as a partial restore can leave one):
+            # recording its expiry fails, and not with a database error
+            stray = uuid.uuid4()
+            await conn.execute(
+                "INSERT INTO consents (customer_id, audience, fields, receipt_id, expires_at) "
+                "VALUES ($1, 'pos', '{product}', $2, now() - interval '1 minute')",
+                stray,
+                uuid.uuid4(),
+            )
+            loop = asyncio.create_task(
+                retention.run_periodically(pool, own.vault(), "prefs", 400, interval=0.05)
+            )
+            deadline = time.monotonic() + 20
+            while not any(r.levelno >= logging.ERROR for r in records.records):
+                assert time.monotonic() < deadline, "the failure was never logged"
+                assert not loop.done(), "the purge loop died"
+                await asyncio.sleep(0.05)
+
+            await conn.execute("DELETE FROM consents WHERE customer_id = $1", stray)
+            await conn.execute(
+                "INSERT INTO checkout_codes (code_hash, index_version, customer_id, fields, "
+                "expires_at) VALUES ($1, 1, $2, '{product}', now() - interval '1 second')",
+                secrets.token_bytes(32),
+                uuid.uuid4(),
+            )
+            while await conn.fetchval("SELECT count(*) FROM checkout_codes"):
+                assert time.monotonic() < deadline, "no purge after the failure"
+                assert not loop.done(), "the purge loop died"
+                await asyncio.sleep(0.05)
+            assert not loop.done()
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+        finally:
+            logger.removeHandler(records)
+            await pool.close()
+            await conn.close()
+
+    [failure] = [r for r in records.records if r.levelno >= logging.ERROR][:1]
+    assert "purge failed" in failure.getMessage()
+    assert str(stray) not in failure.getMessage()

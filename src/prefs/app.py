@@ -88,9 +88,7 @@ def provide_signed_in_customer(request: Request[Any, Any, Any]) -> Customer:
 async def provide_customer_id(
     conn: NamedDependency[db.Connection], signed_in_customer: NamedDependency[Customer]
 ) -> UUID:
-    return await require_customer_id(
-        conn, signed_in_customer.subject_hashes, signed_in_customer.index_version
-    )
+    return await require_customer_id(conn, signed_in_customer.subject_hashes)
 
 
 async def provide_credential(

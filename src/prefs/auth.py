@@ -7,6 +7,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,7 @@ LEEWAY_SECONDS = 30
 class Customer:
     """A signed-in customer, known to the service only by keyed hashes of (issuer, subject)."""
 
-    subject_hashes: tuple[bytes, ...]  # one per index-key version, primary first
-    index_version: int
-
-    @property
-    def subject_hash(self) -> bytes:
-        return self.subject_hashes[0]
+    subject_hashes: Mapping[int, bytes]  # index-key version → hash, primary first
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +156,7 @@ class TokenVerifier:
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise NotAuthorizedException("The bearer token has no subject.")
-        hashes = tuple(
-            self.index.subject(issuer.name, subject, version) for version in self.index.versions
-        )
-        return Customer(subject_hashes=hashes, index_version=self.index.primary)
+        return Customer(subject_hashes=self.index.subjects(issuer.name, subject))
 
 
 def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str:

@@ -279,19 +279,33 @@ def consent() -> None:
 
 @consent.command("verify")
 def consent_verify() -> None:
-    """Check every customer's consent chain; name any customer whose chain was altered."""
+    """Check every customer's consent chain; name any customer whose chain was altered.
+
+    Exits 1 when a chain was altered; 2 when none was, but records sealed under an index key no
+    longer in PREFS_INDEX_KEY could not be checked (add the old key after the primary for this
+    command to check them too); 0 when everything verified.
+    """
     from prefs.consents import ledger
     from prefs.crypto import Vault
 
     settings = _settings()
     vault = Vault.from_settings(settings.master_keys, settings.index_keys)
     with Database(settings) as url:
-        checked, faults = _run(url, lambda conn: ledger.verify_all(conn, vault.index))
-    for fault in faults:
+        result = _run(url, lambda conn: ledger.verify_all(conn, vault.index))
+    for fault in result.faults:
         click.echo(f"ALTERED customer {fault.customer_id} at record {fault.seq}: {fault.reason}")
-    click.echo(f"{checked} chains checked, {len(faults)} altered")
-    if faults:
+    for version, count in result.unverifiable.items():
+        click.echo(
+            f"NOT VERIFIED: {count} records sealed under index key v{version}, which is not in "
+            "PREFS_INDEX_KEY, cannot be verified (this is not evidence of tampering; their links "
+            "in each chain were checked). To check them, run this command with that key listed "
+            "after the primary."
+        )
+    click.echo(f"{result.checked} chains checked, {len(result.faults)} altered")
+    if result.faults:
         sys.exit(1)
+    if result.unverifiable:
+        sys.exit(2)
 
 
 def _vault(settings: Settings) -> Any:
@@ -347,6 +361,16 @@ def keys_status() -> None:
     ):
         for version, count in counts.items():
             click.echo(f"  v{version}: {count} {label}")
+    if state.customers_not_under_index_primary:
+        click.echo(
+            f"  {state.customers_not_under_index_primary} customers not yet under the primary "
+            "index key (each moves over when they next sign in)"
+        )
+    if state.cards_not_under_index_primary:
+        click.echo(
+            f"  {state.cards_not_under_index_primary} cards not yet under the primary index key "
+            "(run `prefs keys reindex`)"
+        )
 
 
 @keys.command("retire")
@@ -373,14 +397,47 @@ def keys_reindex() -> None:
 
     settings = _settings()
     vault = _vault(settings)
-    with Database(settings) as url:
-        done = _run(
-            url,
-            lambda conn: service.reindex(
-                conn, vault, progress=lambda n: click.echo(f"  indexed {n} cards so far")
-            ),
+
+    async def action(conn: Any) -> tuple[int, Any]:
+        done = await service.reindex(
+            conn, vault, progress=lambda n: click.echo(f"  indexed {n} cards so far")
         )
+        return done, await service.status(conn, vault)
+
+    with Database(settings) as url:
+        done, state = _run(url, action)
     click.echo(f"reindex complete: {done} cards indexed under versions {vault.index.versions}")
+    if state.customers_not_under_index_primary:
+        click.echo(
+            f"{state.customers_not_under_index_primary} customers can still be found only under "
+            "older index keys: subjects are stored only as hashes, so each moves over when they "
+            "next sign in; `prefs keys retire-index` refuses an old version until then"
+        )
+
+
+@keys.command("retire-index")
+@click.argument("version", type=int)
+def keys_retire_index(version: int) -> None:
+    """Check that an index-key version can leave PREFS_INDEX_KEY; refused while anything is
+    still found only under it."""
+    from prefs.errors import Problem
+    from prefs.keys import service
+
+    settings = _settings()
+    vault = _vault(settings)
+    with Database(settings) as url:
+        try:
+            ledger_records = _run(url, lambda conn: service.retire_index(conn, vault, version))
+        except Problem as problem:
+            raise click.ClickException(problem.detail) from None
+    click.echo(
+        f"index key v{version} is no longer needed for lookups: remove it from PREFS_INDEX_KEY"
+    )
+    if ledger_records:
+        click.echo(
+            f"{ledger_records} consent ledger records were sealed under v{version}: keep the key "
+            "in your secret store, `prefs consent verify` can check them only with it"
+        )
 
 
 @main.group()

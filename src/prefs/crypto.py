@@ -298,6 +298,10 @@ class BlindIndex:
     def subject(self, issuer: str, subject: str, version: int | None = None) -> bytes:
         return self.digest("subject", issuer.encode() + b"\x00" + subject.encode(), version)
 
+    def subjects(self, issuer: str, subject: str) -> dict[int, bytes]:
+        """The subject's hash under every index key version, primary first."""
+        return {version: self.subject(issuer, subject, version) for version in self.versions}
+
     def checkout_code(self, code: str, version: int | None = None) -> bytes:
         return self.digest("checkout-code", code.encode(), version)
 

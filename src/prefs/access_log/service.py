@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import asyncpg
@@ -95,6 +96,16 @@ async def page(
     at, ident = decode_cursor(after) if after else (None, None)
     rows = await conn.fetch(PAGE, customer_id, at, ident, limit + 1)
     more, rows = len(rows) > limit, rows[:limit]
+    items = await disclosures(conn, vault, customer_id, rows)
+    next_cursor = encode_cursor(rows[-1]["at"], rows[-1]["disclosure_id"]) if more else None
+    return AccessLogPage(items=items, next=next_cursor)
+
+
+async def disclosures(
+    conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, rows: Sequence[Row]
+) -> list[Disclosure]:
+    """Access-log rows in words a person understands, with the names of the preferences shown
+    (the access-log page and the export both show them so)."""
     wanted = list({pid for row in rows for pid in row["preference_ids"]})
     names: dict[uuid.UUID, str] = {}
     if wanted:
@@ -106,32 +117,27 @@ async def page(
                 ).name
             except DecryptionError:
                 continue
-    items = []
-    for row in rows:
-        shown = [names.get(pid) for pid in row["preference_ids"]]
-        items.append(
-            Disclosure(
-                id=row["disclosure_id"],
-                at=row["at"],
-                who=Viewer(
-                    kind=row["actor_kind"],
-                    id=row["credential_id"],
-                    name=row["actor_name"],
-                    store=row["store"],
-                    partner_id=row["partner_id"],
-                ),
-                purpose=row["purpose"],
-                via=row["via"],
-                fields=list(row["fields"]),
-                preferences=[
-                    DisclosedPreference(id=pid, name=names.get(pid))
-                    for pid in row["preference_ids"]
-                ],
-                summary=summary(row, shown),
-            )
+    return [
+        Disclosure(
+            id=row["disclosure_id"],
+            at=row["at"],
+            who=Viewer(
+                kind=row["actor_kind"],
+                id=row["credential_id"],
+                name=row["actor_name"],
+                store=row["store"],
+                partner_id=row["partner_id"],
+            ),
+            purpose=row["purpose"],
+            via=row["via"],
+            fields=list(row["fields"]),
+            preferences=[
+                DisclosedPreference(id=pid, name=names.get(pid)) for pid in row["preference_ids"]
+            ],
+            summary=summary(row, [names.get(pid) for pid in row["preference_ids"]]),
         )
-    next_cursor = encode_cursor(rows[-1]["at"], rows[-1]["disclosure_id"]) if more else None
-    return AccessLogPage(items=items, next=next_cursor)
+        for row in rows
+    ]
 
 
 RECORD = """

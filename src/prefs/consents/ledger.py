@@ -8,6 +8,7 @@ row keeps the head (sequence and hash), so a removed last record is detected too
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,21 +125,36 @@ async def verify_customer(
     customer_id: uuid.UUID,
     head_seq: int,
     head_hash: bytes | None,
+    unverifiable: Counter[int] | None = None,
 ) -> ChainFault | None:
-    """The first fault in one customer's chain, or None when it verifies."""
+    """The first fault in one customer's chain, or None when it verifies.
+
+    A record sealed under an index key that is no longer configured (an older version than the
+    newest one configured) cannot be checked itself: it is counted in ``unverifiable`` by
+    version, its links and columns are still checked, and so is the rest of the chain. A record
+    claiming a version newer than every configured one is a fault.
+    """
     prev_hash, expected_seq = GENESIS, 1
     for row in await conn.fetch(CHAIN, customer_id):
         if row["seq"] != expected_seq:
             return ChainFault(customer_id, expected_seq, "a record is missing")
         if row["prev_hash"] != prev_hash:
             return ChainFault(customer_id, row["seq"], "the link to the previous record is broken")
-        if row["mac_version"] not in index.index.keys:
-            return ChainFault(customer_id, row["seq"], "the record's key version is unknown")
-        digest = record_hash(
-            index, row["mac_version"], customer_id, row["seq"], prev_hash, canonical(row["receipt"])
-        )
-        if digest != row["hash"]:
-            return ChainFault(customer_id, row["seq"], "the record was altered")
+        version = row["mac_version"]
+        if version in index.index.keys:
+            digest = record_hash(
+                index, version, customer_id, row["seq"], prev_hash, canonical(row["receipt"])
+            )
+            if digest != row["hash"]:
+                return ChainFault(customer_id, row["seq"], "the record was altered")
+        elif version > max(index.index.keys):
+            return ChainFault(
+                customer_id,
+                row["seq"],
+                f"the record claims index key v{version}, newer than any in PREFS_INDEX_KEY",
+            )
+        elif unverifiable is not None:
+            unverifiable[version] += 1
         receipt = msgspec.convert(row["receipt"], Receipt)
         if (row["receipt_id"], row["recorded_at"], row["audience"], row["state"]) != (
             receipt.receipt_id,
@@ -155,11 +171,18 @@ async def verify_customer(
     return None
 
 
-async def verify_all(
-    conn: asyncpg.Connection, index: BlindIndex, batch: int = 500
-) -> tuple[int, list[ChainFault]]:
-    """Verify every customer's chain; returns how many were checked and the faults found."""
+@dataclass(frozen=True)
+class Verification:
+    checked: int  # chains
+    faults: list[ChainFault]
+    unverifiable: dict[int, int]  # index-key version no longer configured → records sealed under it
+
+
+async def verify_all(conn: asyncpg.Connection, index: BlindIndex, batch: int = 500) -> Verification:
+    """Verify every customer's chain: how many were checked, the faults found, and how many
+    records could not be checked because their index key is no longer configured."""
     faults: list[ChainFault] = []
+    unverifiable: Counter[int] = Counter()
     checked, after = 0, uuid.UUID(int=0)
     while True:
         heads = await conn.fetch(HEADS, after, batch)
@@ -167,7 +190,12 @@ async def verify_all(
             break
         for head in heads:
             fault = await verify_customer(
-                conn, index, head["customer_id"], head["ledger_seq"], head["ledger_head"]
+                conn,
+                index,
+                head["customer_id"],
+                head["ledger_seq"],
+                head["ledger_head"],
+                unverifiable,
             )
             if fault is not None:
                 faults.append(fault)
@@ -177,4 +205,4 @@ async def verify_all(
         faults.append(
             ChainFault(row["customer_id"], 0, "records exist for a customer who is not enrolled")
         )
-    return checked, faults
+    return Verification(checked, faults, dict(sorted(unverifiable.items())))

@@ -156,6 +156,11 @@ async def list_consents(
 ) -> list[Consent]:
     """The live grants (expired ones are recorded as expired first)."""
     await expire_due(conn, vault, controller, customer_id)
+    return await live_consents(conn, customer_id)
+
+
+async def live_consents(conn: asyncpg.Connection, customer_id: uuid.UUID) -> list[Consent]:
+    """The grants in force, each with its recipient as a person reads it (reads only)."""
     consents = []
     for row in await conn.fetch(LIST, customer_id):
         kind = audience_kind(row["audience"])

@@ -45,9 +45,7 @@ class MeController(Controller):
     ) -> Response[Profile]:
         """Enrol the signed-in customer (201), or return the existing enrolment (200)."""
         card = data.card if data is not None else None
-        profile, created = await service.enrol(
-            conn, vault, signed_in_customer.subject_hashes, signed_in_customer.index_version, card
-        )
+        profile, created = await service.enrol(conn, vault, signed_in_customer.subject_hashes, card)
         return Response(profile, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
 
     @get("/", responses=problems(401, 404, 503))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 
 import asyncpg
 
@@ -28,36 +29,56 @@ def normalise_card(raw: str) -> str:
 
 FIND_CUSTOMER = """
 SELECT customer_id, subject_hash FROM customer_subjects WHERE subject_hash = ANY($1::bytea[])
-ORDER BY array_position($1::bytea[], subject_hash) LIMIT 1
+ORDER BY array_position($1::bytea[], subject_hash)
 """
-REHASH_SUBJECT = """
-INSERT INTO customer_subjects (subject_hash, index_version, customer_id) VALUES ($1, $2, $3)
+# Both in version order, so two transactions adding hashes of one subject never wait on each
+# other crosswise (whatever order their keyrings list the versions in). A sign-in adds the
+# missing hashes only while the customer row exists, holding it against an erasure until done,
+# so no hash outlives an erased customer (FOR UPDATE, as a card change takes it, so an
+# enrolment that goes on to set the card never has to upgrade a shared lock).
+CLAIM_SUBJECT = """
+INSERT INTO customer_subjects (subject_hash, index_version, customer_id)
+SELECT subject_hash, index_version, $3
+FROM unnest($1::bytea[], $2::int[]) AS given (subject_hash, index_version)
+ORDER BY index_version
+ON CONFLICT (subject_hash) DO NOTHING
+RETURNING subject_hash
+"""
+ADD_SUBJECT_HASHES = """
+INSERT INTO customer_subjects (subject_hash, index_version, customer_id)
+SELECT given.subject_hash, given.index_version, owner.customer_id
+FROM unnest($1::bytea[], $2::int[]) AS given (subject_hash, index_version)
+CROSS JOIN (SELECT customer_id FROM customers WHERE customer_id = $3 FOR UPDATE) AS owner
+ORDER BY given.index_version
 ON CONFLICT (subject_hash) DO NOTHING
 """
 
 
 async def find_customer_id(
-    conn: asyncpg.Connection, subject_hashes: tuple[bytes, ...], index_version: int | None = None
+    conn: asyncpg.Connection, subject_hashes: Mapping[int, bytes]
 ) -> uuid.UUID | None:
     """The customer a subject belongs to, looking under every index-key version (primary first).
 
-    A subject found only under an older index key gets its primary-key hash added, so after an
-    index-key rotation customers move over as they sign in (subjects are never stored in clear,
-    so they cannot be rehashed in bulk).
+    A subject found without its hash under some configured version gets that hash added, so
+    during an index-key switch customers gain a hash under every version as they sign in and
+    stay findable whichever version is later dropped (subjects are never stored in clear, so
+    they cannot be rehashed in bulk).
     """
-    row = await conn.fetchrow(FIND_CUSTOMER, list(subject_hashes))
-    if row is None:
+    rows = await conn.fetch(FIND_CUSTOMER, list(subject_hashes.values()))
+    if not rows:
         return None
-    customer_id: uuid.UUID = row["customer_id"]
-    if index_version is not None and row["subject_hash"] != subject_hashes[0]:
-        await conn.execute(REHASH_SUBJECT, subject_hashes[0], index_version, customer_id)
+    customer_id: uuid.UUID = rows[0]["customer_id"]
+    if len(rows) < len(subject_hashes):
+        stored = {row["subject_hash"] for row in rows}
+        missing = {v: h for v, h in subject_hashes.items() if h not in stored}
+        await conn.execute(ADD_SUBJECT_HASHES, list(missing.values()), list(missing), customer_id)
     return customer_id
 
 
 async def require_customer_id(
-    conn: asyncpg.Connection, subject_hashes: tuple[bytes, ...], index_version: int | None = None
+    conn: asyncpg.Connection, subject_hashes: Mapping[int, bytes]
 ) -> uuid.UUID:
-    customer_id = await find_customer_id(conn, subject_hashes, index_version)
+    customer_id = await find_customer_id(conn, subject_hashes)
     if customer_id is None:
         raise NotEnrolled("Enrol first with POST /v1/me.")
     return customer_id
@@ -71,46 +92,59 @@ WHERE customer_id = $1 AND wrapped = $2
 
 
 async def data_key(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID) -> DataKey:
-    """The customer's unwrapped data key; a wrap under an old master key is rewrapped on the way."""
+    """The customer's unwrapped data key; a wrap under an older master key is rewrapped on the way.
+
+    Only forward: during a rolling deploy a process whose primary is older than the wrap's
+    version (it knows the new key, but not yet as primary) leaves the wrap as it is.
+    """
     row = await conn.fetchrow(DATA_KEY, customer_id)
     if row is None:
         raise NotEnrolled("Enrol first with POST /v1/me.")
     key = vault.envelope.unwrap(customer_id, row["generation"], row["wrapped"])
-    if row["master_version"] != vault.envelope.master.primary:
+    primary = vault.envelope.master.primary
+    if row["master_version"] < primary:
         rewrapped = vault.envelope.rewrap(customer_id, row["generation"], row["wrapped"])
-        await conn.execute(
-            REWRAP, customer_id, row["wrapped"], rewrapped, vault.envelope.master.primary
-        )
+        await conn.execute(REWRAP, customer_id, row["wrapped"], rewrapped, primary)
     return key
 
 
-CLAIM_SUBJECT = """
-INSERT INTO customer_subjects (subject_hash, index_version, customer_id) VALUES ($1, $2, $3)
-ON CONFLICT (subject_hash) DO NOTHING RETURNING customer_id
-"""
 INSERT_CUSTOMER = "INSERT INTO customers (customer_id) VALUES ($1)"
 INSERT_KEY = """
 INSERT INTO customer_keys (customer_id, generation, master_version, wrapped) VALUES ($1, $2, $3, $4)
 """
 
 
+class _SubjectTaken(Exception):
+    """A concurrent enrolment of the same subject claimed one of its hashes first."""
+
+
 async def enrol(
     conn: asyncpg.Connection,
     vault: Vault,
-    subject_hashes: tuple[bytes, ...],
-    index_version: int,
+    subject_hashes: Mapping[int, bytes],
     card: str | None,
 ) -> tuple[Profile, bool]:
-    """Enrol the subject (or find them enrolled); returns the profile and whether it is new."""
+    """Enrol the subject (or find them enrolled); returns the profile and whether it is new.
+
+    The subject is recorded under every configured index-key version, so processes that know
+    only one of them (during a key switch) all find the same customer.
+    """
     async with conn.transaction():
         customer_id = await find_customer_id(conn, subject_hashes)
         created = False
         if customer_id is None:
             customer_id = uuid.uuid4()
-            claimed = await conn.fetchval(
-                CLAIM_SUBJECT, subject_hashes[0], index_version, customer_id
-            )
-            if claimed is None:  # a concurrent enrolment of the same subject won
+            try:
+                async with conn.transaction():  # a savepoint: all of the hashes, or none
+                    claimed = await conn.fetch(
+                        CLAIM_SUBJECT,
+                        list(subject_hashes.values()),
+                        list(subject_hashes),
+                        customer_id,
+                    )
+                    if len(claimed) < len(subject_hashes):
+                        raise _SubjectTaken
+            except _SubjectTaken:
                 customer_id = await require_customer_id(conn, subject_hashes)
             else:
                 key, wrapped = vault.envelope.new_data_key(customer_id)
@@ -152,6 +186,9 @@ async def profile(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID
     )
 
 
+# Card changes of one customer take turns: without it, two changes at once each delete the
+# blind indexes they can see and insert their own, and both cards stay findable.
+LOCK_CUSTOMER = "SELECT 1 FROM customers WHERE customer_id = $1 FOR UPDATE"
 DELETE_CARD_INDEX = "DELETE FROM card_index WHERE customer_id = $1"
 INSERT_CARD_INDEX = """
 INSERT INTO card_index (card_hash, index_version, customer_id) VALUES ($1, $2, $3)
@@ -163,6 +200,9 @@ UPDATE_CARD = "UPDATE customers SET card_ct = $2, updated_at = now() WHERE custo
 async def _set_card(
     conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, raw: str | None
 ) -> None:
+    """Call inside a transaction: the customer row stays locked until it ends."""
+    if await conn.fetchval(LOCK_CUSTOMER, customer_id) is None:
+        raise NotEnrolled("Enrol first with POST /v1/me.")
     await conn.execute(DELETE_CARD_INDEX, customer_id)
     if raw is None:
         await conn.execute(UPDATE_CARD, customer_id, None)

@@ -43,7 +43,7 @@ class _Label(msgspec.Struct):
     size: dict[str, str]
 
 
-FORGET = "DELETE FROM demand_contributions WHERE pseudonym = ANY($1::bytea[])"
+FORGET = "DELETE FROM demand_contributions WHERE pseudonym = ANY($1::bytea[]) RETURNING group_hash"
 GRANT = """
 SELECT fields, preference_ids FROM consents
 WHERE customer_id = $1 AND audience = 'insights' AND (expires_at IS NULL OR expires_at > now())
@@ -56,6 +56,9 @@ WHERE customer_id = $1 AND status = 'discontinued'
 ADD_GROUP = (
     "INSERT INTO demand_groups (group_hash, label_ct) VALUES ($1, $2) ON CONFLICT DO NOTHING"
 )
+# Held until the contribution commits, so a group cannot be dropped from under it; nothing when
+# it was dropped between ADD_GROUP and here (then it is made again).
+HOLD_GROUP = "SELECT 1 FROM demand_groups WHERE group_hash = $1 FOR KEY SHARE"
 CONTRIBUTE = """
 INSERT INTO demand_contributions (pseudonym, group_hash) VALUES ($1, $2) ON CONFLICT DO NOTHING
 """
@@ -73,6 +76,7 @@ async def refresh(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID
         return
     key = await data_key(conn, vault, customer_id)
     pseudonym = index.digest("demand", customer_id.bytes)
+    labels: dict[bytes, bytes] = {}
     for row in rows:
         pid = row["preference_id"]
         size: dict[str, str] = {}
@@ -82,9 +86,44 @@ async def refresh(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID
         label = msgspec.json.encode(
             _Label(decrypt_product(key, pid, row["product_ct"]), size), order="sorted"
         )
-        group = index.digest("demand-group", label)
+        labels[index.digest("demand-group", label)] = label
+    for group, label in sorted(labels.items()):  # groups in one order everywhere: no deadlocks
         await conn.execute(ADD_GROUP, group, vault.demand_labels.encrypt(label, group))
+        while not await conn.fetchval(HOLD_GROUP, group):
+            await conn.execute(ADD_GROUP, group, vault.demand_labels.encrypt(label, group))
         await conn.execute(CONTRIBUTE, pseudonym, group)
+
+
+# Groups nobody contributes to any more are locked (in group order) before they are deleted in a
+# statement of their own: a contribution still being made to one is waited for and then seen, so
+# the group stays; one made after waits for the deletion and makes the group again.
+UNUSED = """
+SELECT group_hash FROM demand_groups g
+WHERE ($1::bytea[] IS NULL OR g.group_hash = ANY($1::bytea[]))
+  AND NOT EXISTS (SELECT 1 FROM demand_contributions c WHERE c.group_hash = g.group_hash)
+ORDER BY g.group_hash
+FOR UPDATE
+"""
+DROP_UNUSED = """
+DELETE FROM demand_groups g WHERE g.group_hash = ANY($1::bytea[])
+  AND NOT EXISTS (SELECT 1 FROM demand_contributions c WHERE c.group_hash = g.group_hash)
+"""
+
+
+async def drop_unused_groups(conn: asyncpg.Connection, groups: list[bytes] | None = None) -> int:
+    """Delete the groups (and their labels) nobody contributes to any more, among ``groups`` or
+    all of them; returns how many. Call inside a transaction."""
+    unused = [row["group_hash"] for row in await conn.fetch(UNUSED, groups)]
+    if not unused:
+        return 0
+    return int((await conn.execute(DROP_UNUSED, unused)).split()[-1])
+
+
+async def forget(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID) -> None:
+    """Take back every contribution of a customer who is erased, and with them the labels of the
+    groups nobody else wants (call inside the erasing transaction)."""
+    gone = await conn.fetch(FORGET, vault.index.all_digests("demand", customer_id.bytes))
+    await drop_unused_groups(conn, sorted({row["group_hash"] for row in gone}))
 
 
 RELEASE = """

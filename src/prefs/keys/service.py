@@ -11,7 +11,6 @@ import asyncpg
 from prefs.crypto import Vault
 from prefs.errors import Conflict
 from prefs.insights import service as insights
-from prefs.retention.service import ORPHAN_GROUPS
 
 BATCH = """
 SELECT customer_id, generation, wrapped FROM customer_keys
@@ -89,6 +88,8 @@ class KeyStatus:
     cards_by_index_version: dict[int, int]
     subjects_by_index_version: dict[int, int]
     ledger_records_by_index_version: dict[int, int]
+    customers_not_under_index_primary: int  # they move over when they next sign in
+    cards_not_under_index_primary: int  # `prefs keys reindex` moves them
 
 
 WRAPS = "SELECT master_version, count(*) FROM customer_keys GROUP BY 1 ORDER BY 1"
@@ -96,6 +97,18 @@ RETIRED = "SELECT version FROM retired_master_keys ORDER BY 1"
 CARDS = "SELECT index_version, count(*) FROM card_index GROUP BY 1 ORDER BY 1"
 SUBJECTS = "SELECT index_version, count(*) FROM customer_subjects GROUP BY 1 ORDER BY 1"
 LEDGER = "SELECT mac_version, count(*) FROM consent_ledger GROUP BY 1 ORDER BY 1"
+# Customers (with a card) who have no subject hash (card blind index) under any of $1.
+SUBJECTS_OUTSIDE = """
+SELECT count(DISTINCT s.customer_id) FROM customer_subjects s WHERE NOT EXISTS (
+    SELECT 1 FROM customer_subjects o
+    WHERE o.customer_id = s.customer_id AND o.index_version = ANY($1::int[])
+)
+"""
+CARDS_OUTSIDE = """
+SELECT count(*) FROM customers c WHERE c.card_ct IS NOT NULL AND NOT EXISTS (
+    SELECT 1 FROM card_index i WHERE i.customer_id = c.customer_id AND i.index_version = ANY($1::int[])
+)
+"""
 
 
 async def status(conn: asyncpg.Connection, vault: Vault) -> KeyStatus:
@@ -110,6 +123,10 @@ async def status(conn: asyncpg.Connection, vault: Vault) -> KeyStatus:
         cards_by_index_version=await counts(CARDS),
         subjects_by_index_version=await counts(SUBJECTS),
         ledger_records_by_index_version=await counts(LEDGER),
+        customers_not_under_index_primary=await conn.fetchval(
+            SUBJECTS_OUTSIDE, [vault.index.primary]
+        ),
+        cards_not_under_index_primary=await conn.fetchval(CARDS_OUTSIDE, [vault.index.primary]),
     )
 
 
@@ -147,7 +164,13 @@ ADD_CARD = """
 INSERT INTO card_index (card_hash, index_version, customer_id) VALUES ($1, $2, $3)
 ON CONFLICT (card_hash) DO NOTHING
 """
-DROP_OLD_CARDS = "DELETE FROM card_index WHERE NOT (index_version = ANY($1::int[]))"
+# Only where the same customer's card is indexed under a configured version too: a card set
+# meanwhile by a process that knows only an old key stays findable until the next reindex.
+DROP_OLD_CARDS = """
+DELETE FROM card_index old WHERE NOT (old.index_version = ANY($1::int[])) AND EXISTS (
+    SELECT 1 FROM card_index i WHERE i.customer_id = old.customer_id AND i.index_version = ANY($1::int[])
+)
+"""
 INSIGHTS_GRANTS = "SELECT customer_id FROM consents WHERE audience = 'insights'"
 
 
@@ -159,7 +182,10 @@ async def reindex(
 ) -> int:
     """After a new index key: write card blind indexes under every configured index version
     (lookups try them all, so cards keep working throughout), then drop versions no longer
-    configured, and recount demand under the new key. Returns how many cards were indexed.
+    configured, and recount demand under the primary key. Returns how many cards were indexed.
+
+    Subjects are not covered: only their hashes are stored, so each customer gains a hash under
+    every configured version when they next sign in (see ``retire_index``).
     """
     from prefs.customers.service import data_key
 
@@ -187,5 +213,67 @@ async def reindex(
     for row in await conn.fetch(INSIGHTS_GRANTS):
         async with conn.transaction():
             await insights.refresh(conn, vault, row["customer_id"])
-    await conn.execute(ORPHAN_GROUPS)
+    async with conn.transaction():
+        await insights.drop_unused_groups(conn)
     return done
+
+
+LIVE_CODES = "SELECT count(*) FROM checkout_codes WHERE index_version = $1 AND expires_at > now()"
+DEMAND_UNDER = "SELECT count(*) FROM demand_contributions WHERE pseudonym = ANY($1::bytea[])"
+LEDGER_UNDER = "SELECT count(*) FROM consent_ledger WHERE mac_version = $1"
+
+
+def _counted(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+async def retire_index(conn: asyncpg.Connection, vault: Vault, version: int) -> int:
+    """Check that an index-key version can leave ``PREFS_INDEX_KEY``: refused while anything is
+    still found only under it. Returns how many consent-ledger records were sealed under it
+    (they keep that version and can be verified only with that key).
+
+    Nothing is written: the version stays in the keyring until the operator removes it, and
+    until then every enrolment, sign-in and card change keeps writing under it too.
+    """
+    if version == vault.index.primary:
+        raise Conflict(
+            f"Version {version} is the primary index key; make another key primary first."
+        )
+    if version not in vault.index.versions:
+        raise Conflict(
+            f"Version {version} is not in PREFS_INDEX_KEY: keep it there until it is retired."
+        )
+    remaining = [v for v in vault.index.versions if v != version]
+    subjects = await conn.fetchval(SUBJECTS_OUTSIDE, remaining)
+    cards = await conn.fetchval(CARDS_OUTSIDE, remaining)
+    codes = await conn.fetchval(LIVE_CODES, version)
+    pseudonyms = [
+        vault.index.digest("demand", row["customer_id"].bytes, version)
+        for row in await conn.fetch(INSIGHTS_GRANTS)
+    ]
+    demand = await conn.fetchval(DEMAND_UNDER, pseudonyms) if pseudonyms else 0
+    reasons = []
+    if subjects:
+        reasons.append(
+            _counted(subjects, "customer", "customers")
+            + " can be found only under it (each moves over when they next sign in)"
+        )
+    if cards:
+        reasons.append(
+            _counted(cards, "card is", "cards are")
+            + " indexed only under it (run `prefs keys reindex`)"
+        )
+    if codes:
+        reasons.append(
+            _counted(codes, "checkout code", "checkout codes")
+            + " in force were made under it (they expire within minutes)"
+        )
+    if demand:
+        reasons.append(
+            _counted(demand, "demand contribution is", "demand contributions are")
+            + " counted under it (run `prefs keys reindex`)"
+        )
+    if reasons:
+        raise Conflict(f"Version {version} is still needed: " + "; ".join(reasons) + ".")
+    ledger_records: int = await conn.fetchval(LEDGER_UNDER, version)
+    return ledger_records

@@ -11,6 +11,7 @@ import asyncpg
 from prefs.consents.service import expire_due
 from prefs.crypto import Vault
 from prefs.errors import DATABASE_DOWN
+from prefs.insights.service import drop_unused_groups
 from prefs.reorders.idempotency import purge_expired as purge_idempotency
 
 log = logging.getLogger("prefs.retention")
@@ -18,10 +19,6 @@ log = logging.getLogger("prefs.retention")
 LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('prefs.purge'))"
 CODES = "DELETE FROM checkout_codes WHERE expires_at <= now()"
 ACCESS_LOG = "DELETE FROM access_log WHERE at < now() - make_interval(days => $1)"
-ORPHAN_GROUPS = """
-DELETE FROM demand_groups g WHERE NOT EXISTS
-    (SELECT 1 FROM demand_contributions c WHERE c.group_hash = g.group_hash)
-"""
 
 
 def _count(status: str) -> int:
@@ -41,14 +38,19 @@ async def purge(
             "checkout_codes": _count(await conn.execute(CODES)),
             "idempotency_keys": await purge_idempotency(conn),
             "access_log": _count(await conn.execute(ACCESS_LOG, access_log_days)),
-            "demand_groups": _count(await conn.execute(ORPHAN_GROUPS)),
+            "demand_groups": await drop_unused_groups(conn),
         }
 
 
 async def run_periodically(
     pool: Any, vault: Vault, controller: str, access_log_days: int, interval: float
 ) -> None:
-    """The service's own purge loop (one purge at a time across all workers)."""
+    """The service's own purge loop (one purge at a time across all workers).
+
+    A purge that fails is logged and tried again next time: the loop ends only when cancelled.
+    The log names the exception's type and its frames, never its message (which may quote a
+    value).
+    """
     while True:
         await asyncio.sleep(interval)
         try:
@@ -58,5 +60,10 @@ async def run_periodically(
                 log.info("purged %s", purged)
         except DATABASE_DOWN as error:
             log.warning("purge skipped: database unavailable (%s)", type(error).__name__)
-        except asyncpg.PostgresError as error:
-            log.error("purge failed: %s", type(error).__name__)
+        except Exception as error:
+            log.error(
+                "purge failed: %s; trying again in %s s",
+                type(error).__name__,
+                interval,
+                exc_info=error,
+            )

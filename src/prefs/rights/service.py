@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -15,10 +15,14 @@ from prefs.consents import ledger
 from prefs.consents import service as consents
 from prefs.crypto import Vault
 from prefs.customers.service import data_key, profile
+from prefs.db import Row
+from prefs.insights import service as insights
 from prefs.preferences.service import list_preferences
 from prefs.reorders import service as reorders
 
-EXPORT_SCHEMA_VERSION = 1
+# 2: consents name their recipient as the consents page does (with the partner's reference);
+# access-log entries are the access-log page's, preference names and summary included.
+EXPORT_SCHEMA_VERSION = 2
 BATCH = 500
 
 # -- erasure ---------------------------------------------------------------------------------
@@ -48,7 +52,6 @@ SHRED = [
     "DELETE FROM access_log WHERE customer_id = $1",
     "DELETE FROM customers WHERE customer_id = $1",
 ]
-FORGET_DEMAND = "DELETE FROM demand_contributions WHERE pseudonym = ANY($1::bytea[])"
 
 
 async def erase(
@@ -67,7 +70,7 @@ async def erase(
         if tombstone:
             await conn.execute(TOMBSTONES, customer_id)
         await conn.execute(CLOSE_ACCEPTED, customer_id)
-        await conn.execute(FORGET_DEMAND, vault.index.all_digests("demand", customer_id.bytes))
+        await insights.forget(conn, vault, customer_id)
         for statement in SHRED:
             await conn.execute(statement, customer_id)
     vault.envelope.forget(customer_id)
@@ -165,15 +168,24 @@ def _json(value: Any) -> bytes:
     return _encode.encode(value)
 
 
-async def _array(cursor: Any, render: Any) -> AsyncIterator[bytes]:
-    """A JSON array streamed from a server-side cursor, BATCH rows at a time."""
+async def _array(
+    cursor: Any, render: Callable[[list[Row]], Awaitable[Iterable[Any]]]
+) -> AsyncIterator[bytes]:
+    """A JSON array streamed from a server-side cursor, BATCH rows rendered at a time."""
     yield b"["
     first = True
     while rows := await cursor.fetch(BATCH):
-        for row in rows:
-            yield (b"" if first else b",") + _json(render(row))
+        for item in await render(rows):
+            yield (b"" if first else b",") + _json(item)
             first = False
     yield b"]"
+
+
+def _each(render: Callable[[Row], Any]) -> Callable[[list[Row]], Awaitable[list[Any]]]:
+    async def batch(rows: list[Row]) -> list[Any]:
+        return [render(row) for row in rows]
+
+    return batch
 
 
 async def export(
@@ -184,7 +196,9 @@ async def export(
     Runs in one repeatable-read snapshot; the long lists (reorders, ledger, access log) are read
     through server-side cursors so memory stays flat however much there is.
     """
-    await data_key(conn, vault, customer_id)  # a lazy rewrap writes: not in the read-only snapshot
+    # Both may write (a lazy rewrap, expiries recorded in the ledger): not in the read-only snapshot
+    await data_key(conn, vault, customer_id)
+    await consents.expire_due(conn, vault, controller, customer_id)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         key = await data_key(conn, vault, customer_id)
         me = await profile(conn, vault, customer_id)
@@ -192,15 +206,14 @@ async def export(
         yield b',"controller":' + _json(controller)
         yield b',"profile":' + _json(me)
         yield b',"preferences":' + _json(await list_preferences(conn, vault, customer_id))
-        live = await conn.fetch(consents.LIST, customer_id)
-        yield b',"consents":' + _json(
-            [consents.consent_view(row, row["partner_name"] or row["audience"]) for row in live]
-        )
+        yield b',"consents":' + _json(await consents.live_consents(conn, customer_id))
         yield b',"partner_references":' + _json(
             [dict(row) for row in await conn.fetch(REFS, customer_id)]
         )
         yield b',"consent_ledger":'
-        async for chunk in _array(await conn.cursor(LEDGER, customer_id), ledger.entry_from_row):
+        async for chunk in _array(
+            await conn.cursor(LEDGER, customer_id), _each(ledger.entry_from_row)
+        ):
             yield chunk
         codes = await conn.fetch(CODES, customer_id)
         yield b',"checkout_codes_in_force":' + _json(
@@ -220,29 +233,13 @@ async def export(
         yield b',"reorders":'
         async for chunk in _array(
             await conn.cursor(REORDERS, customer_id),
-            lambda row: reorders.reorder_view(row, reorders.open_snapshot(key, row)),
+            _each(lambda row: reorders.reorder_view(row, reorders.open_snapshot(key, row))),
         ):
             yield chunk
         yield b',"access_log":'
-        async for chunk in _array(await conn.cursor(ACCESS, customer_id), _disclosure):
+        async for chunk in _array(
+            await conn.cursor(ACCESS, customer_id),
+            lambda rows: access_log.disclosures(conn, vault, customer_id, rows),
+        ):
             yield chunk
         yield b"}"
-
-
-def _disclosure(row: Any) -> dict[str, Any]:
-    return {
-        "id": row["disclosure_id"],
-        "at": row["at"],
-        "who": {
-            "kind": row["actor_kind"],
-            "id": row["credential_id"],
-            "name": row["actor_name"],
-            "store": row["store"],
-            "partner_id": row["partner_id"],
-        },
-        "purpose": row["purpose"],
-        "via": row["via"],
-        "fields": list(row["fields"]),
-        "preferences": list(row["preference_ids"]),
-        "summary": access_log.summary(row, [None] * len(row["preference_ids"])),
-    }

@@ -150,10 +150,10 @@ async def _partner_key(conn: asyncpg.Connection, kept: str | None) -> tuple[str,
 
 async def _demo_customer(conn: asyncpg.Connection, vault: Vault, card: str) -> None:
     """Enrol the demo customer with the example preferences, unless they are enrolled."""
-    hashes = tuple(vault.index.subject(DEV_ISSUER, DEMO_SUBJECT, v) for v in vault.index.versions)
+    hashes = vault.index.subjects(DEV_ISSUER, DEMO_SUBJECT)
     if await customers.find_customer_id(conn, hashes) is not None:
         return
-    profile, _ = await customers.enrol(conn, vault, hashes, vault.index.primary, card)
+    profile, _ = await customers.enrol(conn, vault, hashes, card)
     for example in EXAMPLES:
         data = msgspec.convert(example, PreferenceCreate)
         await preferences.create_preference(conn, vault, profile.id, data)

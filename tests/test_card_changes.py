@@ -1,0 +1,57 @@
+"""The loyalty card: one per customer, however many changes race each other."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+import httpx
+
+from prefs.crypto import Vault
+from tests.conftest import CHINOS
+from tests.till import fresh_card, grant, keep, look_up, till_key
+
+ROUNDS = 4
+RACING = 12
+
+
+async def indexed_cards(conn: asyncpg.Connection, customer_id: str) -> set[tuple[bytes, int]]:
+    rows = await conn.fetch(
+        "SELECT card_hash, index_version FROM card_index WHERE customer_id = $1",
+        uuid.UUID(customer_id),
+    )
+    return {(row["card_hash"], row["index_version"]) for row in rows}
+
+
+async def test_concurrent_card_changes_leave_one_card_the_last_one_acknowledged(
+    client: httpx.AsyncClient, conn: asyncpg.Connection, new_customer: Any, vault: Vault
+) -> None:
+    customer = await new_customer(card=fresh_card())
+    await keep(client, customer, CHINOS)
+    await grant(client, customer)
+    _, till = await till_key(conn)
+
+    async def change(card: str) -> tuple[float, str]:
+        response = await client.patch("/v1/me", headers=customer.headers, json={"card": card})
+        acknowledged = time.monotonic()
+        assert response.status_code == 200, response.text
+        assert response.json()["card"] == card.replace(" ", "")
+        return acknowledged, card
+
+    for _ in range(ROUNDS):
+        racing = [fresh_card() for _ in range(RACING)]
+        answers = await asyncio.gather(*(change(card) for card in racing))
+        _, last = max(answers)
+        digits = last.replace(" ", "")
+
+        assert await indexed_cards(conn, customer.id) == {
+            (vault.index.card(digits, version), version) for version in vault.index.versions
+        }
+        me = await client.get("/v1/me", headers=customer.headers)
+        assert me.json()["card"] == digits
+        assert (await look_up(client, till, card=last)).status_code == 200
+        earlier = next(card for card in racing if card != last)
+        assert (await look_up(client, till, card=earlier)).status_code == 404
