@@ -504,7 +504,7 @@ class PartnerUser(HttpUser):
         self.shelf: dict[str, list[str]] = {}  # ref → reorderable preference ids
         self.last: tuple[str, dict[str, Any], dict[str, Any]] | None = None
 
-    @task(6)
+    @task(4)
     def poll_feed(self) -> None:
         params = {"limit": "50"} if self.cursor is None else {"limit": "50", "after": self.cursor}
         with self.client.get(
@@ -540,6 +540,7 @@ class PartnerUser(HttpUser):
     @task(5)
     def move_reorder(self) -> None:
         if not self.work:
+            self.poll_feed()  # nothing to move on: see whether anything new arrived
             return
         reorder_id, state = self.work.popleft()
         if state == "requested":
@@ -597,7 +598,7 @@ class PartnerUser(HttpUser):
             self.shelf[ref] = reorderable(shown)
             return self.shelf[ref]
 
-    @task(2)
+    @task(3)
     def place_reorder(self) -> None:
         if self.last is not None and random.random() < 0.15:
             key, body, first = self.last
