@@ -7,8 +7,9 @@
 #   PREFS_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres bash loadtests/run_smoke.sh
 #                                          # a throwaway database on that server, dropped afterwards
 #
-# Knobs: SMOKE_CUSTOMERS (2000), SMOKE_USERS (12), SMOKE_SECONDS (15). About 40 s in all. Latency
-# limits are loose on purpose (the machine is shared): speed is measured by bench.py, not here.
+# Knobs: SMOKE_CUSTOMERS (2000), SMOKE_USERS (12; 8 or more, or no partner user is spawned),
+# SMOKE_SECONDS (15). About 25 s in all. Latency limits are loose on purpose (the machine is
+# shared): speed is measured by bench.py, not here.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
