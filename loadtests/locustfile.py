@@ -1,11 +1,12 @@
-"""Load test: the till lookup dominates (card, and checkout code), self-service mixed in.
+"""Load test: the till lookup dominates (card, and checkout code); self-service, partner systems
+and customers reordering through a partner mixed in.
 
     uv run locust -f loadtests/locustfile.py --headless -u 40 -r 10 -t 2m \
         --host http://127.0.0.1:8000 --seed-file loadtests/results/seed.json \
         --csv loadtests/results/locust --max-fail-ratio 0 --p95-ms 250 --p99-ms 1000
 
-Needs the JSON written by loadtests/seed.py (till keys, how seeded cards and subjects are made,
-the dev issuer's key to sign customer tokens). Thresholds decide the exit code (0 when every one
+Needs the JSON written by loadtests/seed.py (till and partner keys, how seeded cards and subjects
+are made, customers who granted a partner, the dev issuer's key to sign customer tokens). Thresholds decide the exit code (0 when every one
 holds); each also reads an environment variable (LOCUST_MAX_FAIL_RATIO, LOCUST_P95_MS, ...).
 Run one locust process: unknown-card lookups are paced here under the server's miss throttle.
 """
@@ -20,12 +21,15 @@ import time
 from collections import deque
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 from locust import HttpUser, events, task
 from locust.env import Environment
 
 SEEDED: dict[str, Any] = {}
 PREFERENCE_FIELDS = ["product", "attributes", "note"]
+TEMPORARY_SKU = "LT-0001"  # the preference CustomerUser adds and deletes again: never reordered
+LIVE = ("requested", "accepted")  # reorder states a partner still acts on
 
 
 @events.init_command_line_parser.add_listener
@@ -105,6 +109,22 @@ class MissBudget:
             return True
 
 
+class Claims:
+    """Which PartnerUser moves which reorder on: the first to see it in its feed, so users
+    sharing a partner key never race each other's status changes."""
+
+    def __init__(self) -> None:
+        self.owned: set[str] = set()
+        self.lock = threading.Lock()
+
+    def take(self, reorder_id: str) -> bool:
+        with self.lock:
+            if reorder_id in self.owned:
+                return False
+            self.owned.add(reorder_id)
+            return True
+
+
 @events.init.add_listener
 def _load_seed(environment: Environment, **_: Any) -> None:
     options = environment.parsed_options
@@ -130,6 +150,21 @@ def _load_seed(environment: Environment, **_: Any) -> None:
     SEEDED["own_subjects"] = itertools.cycle(
         subjects
     )  # a customer user keeps one subject to itself
+    SEEDED["claims"] = Claims()
+    SEEDED["partners"] = SEEDED.get("partners") or []
+    SEEDED["next_partner"] = itertools.cycle(SEEDED["partners"])  # users take partners in turn
+    SEEDED["partner_grants"] = SEEDED.get("sample", {}).get("partner_grants") or []
+    SEEDED["has_preferences"] = all(run["preferences"] > 0 for run in SEEDED["runs"])
+    # A seed JSON from before partners were seeded: run without the users that need them.
+    unusable = [
+        user
+        for user in environment.user_classes
+        if not all(SEEDED.get(need) for need in getattr(user, "needs", ()))
+    ]
+    if unusable:
+        environment.user_classes[:] = [u for u in environment.user_classes if u not in unusable]
+        names = ", ".join(u.__name__ for u in unusable)
+        print(f"{path} names no partners or partner grants: running without {names}")
 
 
 def random_customer() -> tuple[int, int]:
@@ -153,6 +188,32 @@ def subject_of(run: int, index: int) -> str:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def expect(response: Any, status: int) -> Any:
+    """The JSON body when the answer has ``status``; otherwise marks a failure, returns None."""
+    if response.status_code != status:
+        response.failure(f"expected {status}, got {response.status_code}: {response.text[:200]}")
+        return None
+    return response.json()
+
+
+def reorderable(preferences: list[dict[str, Any]]) -> list[str]:
+    """Ids of the preferences worth reordering (never the load test's temporary one)."""
+    return [p["id"] for p in preferences if p.get("product", {}).get("sku") != TEMPORARY_SKU]
+
+
+def check_replay(response: Any, first: dict[str, Any]) -> None:
+    """A replayed Idempotency-Key: the first answer again, flagged as a replay."""
+    body = expect(response, 201)
+    if body is None:
+        return
+    if response.headers.get("Idempotent-Replayed") != "true":
+        response.failure("a replayed Idempotency-Key did not answer Idempotent-Replayed: true")
+    elif body != first:
+        response.failure(f"a replay answered {body['id']}, the first answer was {first['id']}")
+    else:
+        response.success()
 
 
 def check_lookup(response: Any, via: str) -> None:
@@ -349,6 +410,242 @@ class CustomerUser(HttpUser):
                 response.success()
             else:
                 response.failure(f"expected 200, got {response.status_code}: {response.text[:200]}")
+
+
+class PartnerShopperUser(HttpUser):
+    """A customer who granted a partner reorders a preference through it (the partner's feed
+    traffic), now and then sending the same Idempotency-Key again, and reads their reorders."""
+
+    weight = 1
+    needs = ("partner_grants",)  # seed JSON entries this user cannot do without
+
+    def wait_time(self) -> float:  # type: ignore[override]
+        return random.uniform(0, self.environment.parsed_options.think_time * 2)
+
+    def on_start(self) -> None:
+        self.last: tuple[str, str, dict[str, Any], dict[str, Any], dict[str, str]] | None = None
+
+    @task(4)
+    def reorder_through_partner(self) -> None:
+        if self.last is not None and random.random() < 0.1:
+            path, key, body, first, headers = self.last
+            with self.client.post(
+                path,
+                json=body,
+                headers={**headers, "Idempotency-Key": key},
+                name="customer: replay partner reorder (Idempotency-Key)",
+                catch_response=True,
+            ) as response:
+                check_replay(response, first)
+            return
+        grant = random.choice(SEEDED["partner_grants"])
+        headers = bearer(SEEDED["issuer"].mint(grant["subject"]))
+        with self.client.get(
+            "/v1/me/preferences",
+            headers=headers,
+            name="customer: list preferences",
+            catch_response=True,
+        ) as response:
+            listing = expect(response, 200)
+            if listing is None:
+                return
+            choices = reorderable(listing["items"])
+            if not choices and SEEDED["has_preferences"]:
+                response.failure("a seeded customer has no preference to reorder")
+                return
+            response.success()
+        if not choices:
+            return
+        path = f"/v1/me/preferences/{random.choice(choices)}/reorders"
+        fulfiller = f"partner:{grant['partner']}"
+        body = {"quantity": random.randint(1, 3), "fulfiller": fulfiller}
+        key = str(uuid4())
+        with self.client.post(
+            path,
+            json=body,
+            headers={**headers, "Idempotency-Key": key},
+            name="customer: reorder through partner",
+            catch_response=True,
+        ) as response:
+            made = expect(response, 201)
+            if made is None:
+                return
+            if made["fulfiller"] != fulfiller or made["state"] != "requested" or not made["item"]:
+                response.failure(f"unexpected reorder: {response.text[:200]}")
+                return
+            response.success()
+            self.last = (path, key, body, made, headers)
+
+    @task(1)
+    def read_reorders(self) -> None:
+        grant = random.choice(SEEDED["partner_grants"])
+        with self.client.get(
+            "/v1/me/reorders?limit=20",
+            headers=bearer(SEEDED["issuer"].mint(grant["subject"])),
+            name="customer: list reorders",
+            catch_response=True,
+        ) as response:
+            if expect(response, 200) is not None:
+                response.success()
+
+
+class PartnerUser(HttpUser):
+    """A partner system (a made-to-order tailor): polls its reorder feed with its cursor, moves
+    the reorders it took on (requested → accepted → fulfilled, some declined), reads consenting
+    customers' preferences and places reorders for them under an Idempotency-Key."""
+
+    weight = 1
+    needs = ("partners",)
+
+    def wait_time(self) -> float:  # type: ignore[override]
+        return random.uniform(0, self.environment.parsed_options.think_time)
+
+    def on_start(self) -> None:
+        partner = next(SEEDED["next_partner"])
+        self.partner = partner["id"]
+        self.headers = bearer(partner["key"])
+        self.cursor: str | None = None
+        self.seen: set[str] = set()  # every reorder id this user's feed has shown
+        self.work: deque[tuple[str, str]] = deque()  # (reorder id, state) this user moves on
+        self.refs = [g["ref"] for g in SEEDED["partner_grants"] if g["partner"] == self.partner]
+        self.known = set(self.refs)
+        self.shelf: dict[str, list[str]] = {}  # ref → reorderable preference ids
+        self.last: tuple[str, dict[str, Any], dict[str, Any]] | None = None
+
+    @task(4)
+    def poll_feed(self) -> None:
+        params = {"limit": "50"} if self.cursor is None else {"limit": "50", "after": self.cursor}
+        with self.client.get(
+            "/v1/partner/reorders",
+            params=params,
+            headers=self.headers,
+            name="partner: poll feed",
+            catch_response=True,
+        ) as response:
+            page = expect(response, 200)
+            if page is None:
+                return
+            items = page["items"]
+            twice = [item["id"] for item in items if item["id"] in self.seen]
+            hollow = [item["id"] for item in items if item["state"] in LIVE and not item["item"]]
+            for item in items:
+                self.seen.add(item["id"])
+                if item["state"] in LIVE and SEEDED["claims"].take(item["id"]):
+                    self.work.append((item["id"], item["state"]))
+                if item["customer"] not in self.known and item["customer"] != "erased":
+                    self.known.add(item["customer"])  # refs learnt from the feed
+                    self.refs.append(item["customer"])
+            self.cursor = page["next"] or self.cursor
+            if twice:
+                response.failure(f"the feed showed {len(twice)} reorder(s) again: {twice[:3]}")
+            elif hollow:
+                response.failure(f"live reorder(s) without their item: {hollow[:3]}")
+            elif not page["next"]:
+                response.failure("the feed answered without a cursor")
+            else:
+                response.success()
+
+    @task(5)
+    def move_reorder(self) -> None:
+        if not self.work:
+            self.poll_feed()  # nothing to move on: see whether anything new arrived
+            return
+        reorder_id, state = self.work.popleft()
+        if state == "requested":
+            target = "declined" if random.random() < 0.15 else "accepted"
+        else:
+            target = "declined" if random.random() < 0.05 else "fulfilled"
+        if not self._set_status(reorder_id, target, "partner: set reorder status"):
+            return
+        if random.random() < 0.1:  # the partner's system retries: the same state is a no-op
+            self._set_status(reorder_id, target, "partner: repeat reorder status (no-op)")
+        if target == "accepted":
+            self.work.append((reorder_id, target))
+
+    def _set_status(self, reorder_id: str, target: str, name: str) -> bool:
+        with self.client.post(
+            f"/v1/partner/reorders/{reorder_id}/status",
+            json={"state": target},
+            headers=self.headers,
+            name=name,
+            catch_response=True,
+        ) as response:
+            moved = expect(response, 200)
+            if moved is None:
+                return False
+            if moved["id"] != reorder_id or moved["state"] != target or moved["item"] is not None:
+                response.failure(f"unexpected status answer: {response.text[:200]}")
+                return False
+            response.success()
+            return True
+
+    @task(3)
+    def read_customer(self) -> None:
+        if self.refs:
+            self._read(random.choice(self.refs))
+
+    def _read(self, ref: str) -> list[str]:
+        with self.client.get(
+            f"/v1/partner/customers/{ref}/preferences",
+            headers=self.headers,
+            name="partner: read customer preferences",
+            catch_response=True,
+        ) as response:
+            shown = expect(response, 200)
+            if shown is None:
+                return []
+            if (not shown and SEEDED["has_preferences"]) or any(
+                "product" not in p or "attributes" not in p or "note" not in p for p in shown
+            ):
+                response.failure(f"granted preferences missing: {response.text[:200]}")
+                return []
+            if [p["rank"] for p in shown] != sorted(p["rank"] for p in shown):
+                response.failure("preferences are not in rank order")
+                return []
+            response.success()
+            self.shelf[ref] = reorderable(shown)
+            return self.shelf[ref]
+
+    @task(3)
+    def place_reorder(self) -> None:
+        if self.last is not None and random.random() < 0.15:
+            key, body, first = self.last
+            with self.client.post(
+                "/v1/partner/reorders",
+                json=body,
+                headers={**self.headers, "Idempotency-Key": key},
+                name="partner: replay reorder (Idempotency-Key)",
+                catch_response=True,
+            ) as response:
+                check_replay(response, first)
+            return
+        if not self.refs:
+            return
+        ref = random.choice(self.refs)
+        choices = self.shelf.get(ref) or self._read(ref)
+        if not choices:
+            return
+        body = {"customer": ref, "preference": random.choice(choices), "quantity": 1}
+        key = str(uuid4())
+        with self.client.post(
+            "/v1/partner/reorders",
+            json=body,
+            headers={**self.headers, "Idempotency-Key": key},
+            name="partner: place reorder",
+            catch_response=True,
+        ) as response:
+            made = expect(response, 201)
+            if made is None:
+                return
+            if (
+                made["customer"] != ref
+                or made["origin"] != "partner"
+                or made["state"] != "requested"
+            ):
+                response.failure(f"unexpected reorder: {response.text[:200]}")
+                return
+            response.success()
+            self.last = (key, body, made)
 
 
 @events.quitting.add_listener

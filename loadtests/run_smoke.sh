@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Locust smoke run: a fresh service on loopback, a small seeded data set, a short headless Locust
-# run that must show zero failures, then every consent chain verified. Exits non-zero on any failure.
+# Locust smoke run: a fresh service on loopback, a small seeded data set (with partner grants), a
+# short headless Locust run that must show zero failures and partner traffic on every partner
+# endpoint, then every consent chain verified. Exits non-zero on any failure.
 #
 #   bash loadtests/run_smoke.sh            # embedded PostgreSQL in a temporary data dir
 #   PREFS_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres bash loadtests/run_smoke.sh
 #                                          # a throwaway database on that server, dropped afterwards
 #
-# Knobs: SMOKE_CUSTOMERS (2000), SMOKE_USERS (12), SMOKE_SECONDS (15). About 40 s in all. Latency
-# limits are loose on purpose (the machine is shared): speed is measured by bench.py, not here.
+# Knobs: SMOKE_CUSTOMERS (2000), SMOKE_USERS (12; 8 or more, or no partner user is spawned),
+# SMOKE_SECONDS (15). About 25 s in all. Latency limits are loose on purpose (the machine is
+# shared): speed is measured by bench.py, not here.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -84,5 +86,24 @@ echo
     -u "$USERS" -r "$USERS" -t "${SECONDS_TO_RUN}s" --stop-timeout 5 \
     --csv "$RESULTS/smoke" --max-fail-ratio 0 --p95-ms 2000 --p99-ms 5000
 
+# The partner side must have run, not just been spawned: every one of its requests at least once.
+"$PY" - "$RESULTS/smoke_stats.csv" <<'CHECK'
+import csv, sys
+with open(sys.argv[1], newline="") as handle:
+    counts = {row["Name"]: int(row["Request Count"]) for row in csv.DictReader(handle)}
+required = [
+    "customer: reorder through partner",
+    "partner: poll feed",
+    "partner: set reorder status",
+    "partner: read customer preferences",
+    "partner: place reorder",
+]
+for name in required:
+    print(f"partner traffic {name:<40} {counts.get(name, 0):>6}")
+missing = [name for name in required if not counts.get(name)]
+if missing:
+    sys.exit(f"no partner traffic for: {', '.join(missing)}")
+CHECK
+
 "$BIN/prefs" consent verify
-echo "smoke passed: zero failures, thresholds held, every consent chain verifies"
+echo "smoke passed: zero failures, thresholds held, partner traffic seen, every consent chain verifies"

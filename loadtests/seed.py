@@ -6,11 +6,15 @@ Writes into PREFS_DATABASE_URL, or the embedded PostgreSQL under PREFS_DATA_DIR 
 from ``prefs.settings.load()``, exactly as ``prefs serve`` reads them). Every customer gets a data
 key wrapped under the master keyring, an encrypted loyalty card with its blind indexes, a subject
 of the dev issuer, encrypted preferences and a `pos` grant (all fields, all preferences) with its
-ConsentGiven ledger record, so ``prefs consent verify`` passes. Rows go in with binary COPY, one
+ConsentGiven ledger record, so ``prefs consent verify`` passes. A share of them (``--partner-share``,
+drawn per partner) also grants each load-test partner (``--partners``, ``ptn_`` keys) all fields of
+all preferences: a further ConsentGiven record on the same chain, and the partner's pairwise
+reference, exactly as a grant through the API leaves them. Rows go in with binary COPY, one
 transaction per batch, the encryption spread over worker processes.
 
 Card numbers and subjects are derived from a run number and the customer's index, so load tests
-can pick valid cards at random; the JSON written (``--output``) says how, and carries till keys.
+can pick valid cards at random; the JSON written (``--output``) says how, and carries till keys,
+partner keys and a sample of the customers who granted each partner (subject and reference).
 """
 
 from __future__ import annotations
@@ -99,7 +103,10 @@ COLUMNS = {
         "prev_hash",
         "hash",
     ],
+    "partner_refs": ["partner_id", "ref", "customer_id", "created_at"],
 }
+GRANTS_SAMPLED_PER_BATCH = 100  # partner grants each batch reports for the JSON's sample
+GRANTS_SAMPLED_PER_RUN = 300  # per partner, kept in the JSON
 
 
 def card_number(run: int, index: int) -> str:
@@ -111,11 +118,34 @@ def subject(run: int, index: int) -> str:
 
 
 @dataclass(frozen=True)
+class Partner:
+    id: uuid.UUID
+    name: str
+
+    @property
+    def audience(self) -> str:
+        return f"partner:{self.id}"
+
+
+@dataclass(frozen=True)
 class Batch:
     run: int
     start: int
     count: int
     preferences: int
+    partners: tuple[Partner, ...] = ()
+    partner_share: float = 0.0
+
+
+@dataclass(frozen=True)
+class Written:
+    """What one batch put in: customers, rows, seconds spent, and a sample of partner grants."""
+
+    customers: int
+    rows: int
+    crypto_seconds: float
+    copy_seconds: float
+    grants: list[tuple[int, str, str]]  # (customer index, partner id, pairwise reference)
 
 
 class Writer:
@@ -128,13 +158,17 @@ class Writer:
         self.conn: asyncpg.Connection = self.loop.run_until_complete(db.connect(url))
         self.pos = Recipient(kind="pos", name="Store tills at checkout")
 
-    def rows(self, batch: Batch) -> dict[str, list[tuple[Any, ...]]]:
-        """Every row of a batch of customers, encrypted as the services encrypt them."""
+    def rows(
+        self, batch: Batch
+    ) -> tuple[dict[str, list[tuple[Any, ...]]], list[tuple[int, str, str]]]:
+        """Every row of a batch of customers, encrypted as the services encrypt them, and a
+        sample of the partner grants among them."""
         vault, index = self.vault, self.vault.index
         rng = random.Random(batch.run * 100_000_000 + batch.start)
         now = datetime.now(UTC)
         today = now.date()
         tables: dict[str, list[tuple[Any, ...]]] = {name: [] for name in COLUMNS}
+        grants: list[tuple[int, str, str]] = []
         for i in range(batch.start, batch.start + batch.count):
             customer_id = uuid.uuid4()
             key, wrapped = vault.envelope.new_data_key(customer_id)
@@ -181,63 +215,93 @@ class Writer:
                         enrolled,
                     )
                 )
-            receipt = consents._receipt(
-                customer_id, "pos", self.pos, self.controller, "ConsentGiven", FIELDS, "all", None
-            )
-            body = msgspec.to_builtins(receipt)
-            digest = ledger.record_hash(
-                index, index.primary, customer_id, 1, ledger.GENESIS, ledger.canonical(body)
-            )
-            tables["consent_ledger"].append(
-                (
-                    customer_id,
-                    1,
-                    receipt.receipt_id,
-                    receipt.timestamp,
-                    "pos",
-                    "ConsentGiven",
-                    body,
-                    index.primary,
-                    ledger.GENESIS,
-                    digest,
-                )
-            )
-            tables["consents"].append(
-                (
-                    customer_id,
-                    "pos",
-                    FIELDS,
-                    None,
-                    None,
-                    receipt.receipt_id,
-                    receipt.timestamp,
-                    receipt.timestamp,
-                )
-            )
+            seq, head = self.grant(tables, customer_id, "pos", self.pos, 0, ledger.GENESIS)
+            for partner in batch.partners:
+                if rng.random() >= batch.partner_share:
+                    continue
+                who = Recipient(kind="partner", name=partner.name, id=partner.id)
+                seq, head = self.grant(tables, customer_id, partner.audience, who, seq, head)
+                ref = index.pairwise(partner.id, customer_id)
+                tables["partner_refs"].append((partner.id, ref, customer_id, now))
+                grants.append((i, str(partner.id), ref))
             tables["customers"].append(
                 (
                     customer_id,
                     key.encrypt(card.encode(), "customers", "card", customer_id),
                     enrolled,
                     enrolled,
-                    1,
-                    digest,
+                    seq,
+                    head,
                 )
             )
-        return tables
+        return tables, rng.sample(grants, min(len(grants), GRANTS_SAMPLED_PER_BATCH))
+
+    def grant(
+        self,
+        tables: dict[str, list[tuple[Any, ...]]],
+        customer_id: uuid.UUID,
+        audience: str,
+        who: Recipient,
+        seq: int,
+        head: bytes,
+    ) -> tuple[int, bytes]:
+        """A grant of all fields of all preferences, appended to the customer's ledger chain
+        after ``seq`` / ``head``; returns the new head (as consents.service.grant records it)."""
+        index = self.vault.index
+        receipt = consents._receipt(
+            customer_id, audience, who, self.controller, "ConsentGiven", FIELDS, "all", None
+        )
+        body = msgspec.to_builtins(receipt)
+        seq += 1
+        digest = ledger.record_hash(
+            index, index.primary, customer_id, seq, head, ledger.canonical(body)
+        )
+        tables["consent_ledger"].append(
+            (
+                customer_id,
+                seq,
+                receipt.receipt_id,
+                receipt.timestamp,
+                audience,
+                "ConsentGiven",
+                body,
+                index.primary,
+                head,
+                digest,
+            )
+        )
+        tables["consents"].append(
+            (
+                customer_id,
+                audience,
+                FIELDS,
+                None,
+                None,
+                receipt.receipt_id,
+                receipt.timestamp,
+                receipt.timestamp,
+            )
+        )
+        return seq, digest
 
     async def _copy(self, tables: dict[str, list[tuple[Any, ...]]]) -> None:
         async with self.conn.transaction():
             for name, records in tables.items():
                 await self.conn.copy_records_to_table(name, records=records, columns=COLUMNS[name])
 
-    def write(self, batch: Batch) -> tuple[int, float, float]:
-        """Seed one batch; returns its size and the seconds spent encrypting and copying."""
+    def write(self, batch: Batch) -> Written:
+        """Seed one batch."""
         started = time.perf_counter()
-        tables = self.rows(batch)
+        tables, grants = self.rows(batch)
         encrypted = time.perf_counter()
         self.loop.run_until_complete(self._copy(tables))
-        return batch.count, encrypted - started, time.perf_counter() - encrypted
+        return Written(
+            customers=batch.count,
+            rows=sum(len(records) for records in tables.values()),
+            crypto_seconds=encrypted - started,
+            copy_seconds=time.perf_counter() - encrypted,
+            grants=grants,
+        )
 
 
 _writer: Writer | None = None
@@ -248,7 +312,7 @@ def _start_worker(url: str, settings: Settings) -> None:
     _writer = Writer(url, settings)
 
 
-def _write(batch: Batch) -> tuple[int, float, float]:
+def _write(batch: Batch) -> Written:
     assert _writer is not None
     return _writer.write(batch)
 
@@ -273,12 +337,59 @@ async def _identity(conn: asyncpg.Connection) -> str:
     return f"{row[0]}/{row[1]}"
 
 
+@dataclass(frozen=True)
+class Prepared:
+    run: int
+    identity: str
+    previous: dict[str, Any] | None
+    tills: list[dict[str, str]]
+    partners: list[dict[str, str]]
+
+
+LIVE_PARTNER = """
+SELECT p.name FROM partners p JOIN credentials c USING (partner_id)
+WHERE p.partner_id = $1 AND p.retired_at IS NULL AND c.credential_id = $2 AND c.revoked_at IS NULL
+"""
+
+
+async def _partners(
+    conn: asyncpg.Connection, previous: dict[str, Any] | None, wanted: int, run: int
+) -> list[dict[str, str]]:
+    """The load-test partners: those the previous JSON names (while live), then new ones."""
+    kept = []
+    for partner in (previous or {}).get("partners", [])[:wanted]:
+        name = await conn.fetchval(
+            LIVE_PARTNER, uuid.UUID(partner["id"]), uuid.UUID(partner["credential"])
+        )
+        if name is not None:
+            kept.append({**partner, "name": name})
+    for n in range(len(kept), wanted):
+        credential, api_key = await credentials.create(
+            conn,
+            "partner",
+            f"Load-test tailor {n + 1} (run {run})",
+            description="Makes discontinued clothes again, to order (load test)",
+        )
+        assert credential.partner_id is not None
+        kept.append(
+            {
+                "id": str(credential.partner_id),
+                "name": credential.name,
+                "key": api_key,
+                "credential": str(credential.id),
+            }
+        )
+    return kept
+
+
 async def _prepare(
-    url: str, vault: Vault, tills: int, stores: int
-) -> tuple[int, str, list[dict[str, str]]]:
+    url: str, vault: Vault, tills: int, stores: int, partners: int, output: Path
+) -> Prepared:
     conn = await db.connect(url)
     try:
         run = await _fresh_run(conn, vault)
+        identity = await _identity(conn)
+        previous = _previous(output, identity)
         keys = []
         for n in range(tills):
             store = f"{101 + n % stores:04d}"
@@ -286,13 +397,26 @@ async def _prepare(
                 conn, "pos", f"Load-test till {n // stores + 1}", store=store
             )
             keys.append({"key": api_key, "store": store, "id": str(credential.id)})
-        return run, await _identity(conn), keys
+        return Prepared(
+            run, identity, previous, keys, await _partners(conn, previous, partners, run)
+        )
     finally:
         await conn.close()
 
 
-async def _finish(url: str, vault: Vault, run: int, analyse: bool) -> dict[str, Any]:
-    """ANALYZE the seeded tables, then read one seeded customer back through the services."""
+GRANTED_REF = """
+SELECT r.customer_id FROM partner_refs r
+JOIN consents g ON g.customer_id = r.customer_id AND g.audience = 'partner:' || r.partner_id::text
+WHERE r.partner_id = $1 AND r.ref = $2
+"""
+LEDGER_HEAD = "SELECT ledger_seq, ledger_head FROM customers WHERE customer_id = $1"
+
+
+async def _finish(
+    url: str, vault: Vault, run: int, analyse: bool, grant: dict[str, str] | None
+) -> dict[str, Any]:
+    """ANALYZE the seeded tables, then read one seeded customer (and, when there is one, one
+    seeded partner grant) back through the services."""
     from prefs.customers.service import find_customer_id, profile
     from prefs.preferences.service import list_preferences
 
@@ -309,6 +433,19 @@ async def _finish(url: str, vault: Vault, run: int, analyse: bool) -> dict[str, 
         card = (await profile(conn, vault, customer_id)).card
         assert card == card_number(run, 0), "the seeded card does not decrypt to its number"
         assert await list_preferences(conn, vault, customer_id), "no seeded preferences decrypt"
+        if grant is not None:
+            partner_id = uuid.UUID(grant["partner"])
+            granting = await conn.fetchval(GRANTED_REF, partner_id, grant["ref"])
+            assert granting is not None, "a seeded partner reference leads to no live grant"
+            assert vault.index.pairwise(partner_id, granting) == grant["ref"], (
+                "a seeded partner reference is not the service's pairwise reference"
+            )
+            head = await conn.fetchrow(LEDGER_HEAD, granting)
+            assert head is not None
+            fault = await ledger.verify_customer(
+                conn, vault.index, granting, head["ledger_seq"], head["ledger_head"]
+            )
+            assert fault is None, f"a seeded ledger chain does not verify: {fault}"
         total = await conn.fetchval("SELECT count(*) FROM customers")
         return {"vacuum_analyze_seconds": round(vacuum_seconds, 1), "customers_in_database": total}
     finally:
@@ -322,6 +459,31 @@ def _previous(output: Path, identity: str) -> dict[str, Any] | None:
     return previous if previous.get("database") == identity else None
 
 
+def _grant_sample(
+    previous: dict[str, Any] | None,
+    partners: list[dict[str, str]],
+    run: int,
+    grants: list[tuple[int, str, str]],
+) -> list[dict[str, str]]:
+    """Customers who granted a partner (subject and reference): earlier runs' sample for the
+    partners still in use, and up to GRANTS_SAMPLED_PER_RUN per partner of this run."""
+    in_use = {p["id"] for p in partners}
+    earlier = [
+        g
+        for g in (previous or {}).get("sample", {}).get("partner_grants", [])
+        if g["partner"] in in_use
+    ]
+    rng = random.Random(run)
+    rng.shuffle(grants)
+    taken: dict[str, int] = {}
+    fresh = []
+    for index, partner, ref in sorted(grants, key=lambda g: g[1]):
+        if taken.get(partner, 0) < GRANTS_SAMPLED_PER_RUN:
+            taken[partner] = taken.get(partner, 0) + 1
+            fresh.append({"partner": partner, "ref": ref, "subject": subject(run, index)})
+    return earlier + fresh
+
+
 def seed(
     url: str,
     settings: Settings,
@@ -333,27 +495,42 @@ def seed(
     stores: int,
     output: Path,
     analyse: bool,
+    partners: int = 2,
+    partner_share: float = 0.25,
 ) -> dict[str, Any]:
     """Seed ``customers`` new customers and write (or extend) the JSON at ``output``."""
     vault = Vault.from_settings(settings.master_keys, settings.index_keys)
-    run, identity, till_keys = asyncio.run(_prepare(url, vault, tills, stores))
+    prepared = asyncio.run(_prepare(url, vault, tills, stores, partners, output))
+    run, previous = prepared.run, prepared.previous
+    seeded_partners = tuple(Partner(uuid.UUID(p["id"]), p["name"]) for p in prepared.partners)
     print(
         f"seeding {customers:,} customers x {preferences} preferences (run {run}) with {workers} "
-        f"worker process(es), {batch_size:,} customers per COPY batch",
+        f"worker process(es), {batch_size:,} customers per COPY batch; each grants each of "
+        f"{len(seeded_partners)} partner(s) with probability {partner_share:g}",
         flush=True,
     )
     batches = [
-        Batch(run, start, min(batch_size, customers - start), preferences)
+        Batch(
+            run,
+            start,
+            min(batch_size, customers - start),
+            preferences,
+            seeded_partners,
+            partner_share,
+        )
         for start in range(0, customers, batch_size)
     ]
     started = time.perf_counter()
-    done, crypto_seconds, copy_seconds = 0, 0.0, 0.0
+    done, rows, crypto_seconds, copy_seconds = 0, 0, 0.0, 0.0
+    grants: list[tuple[int, str, str]] = []
     context = multiprocessing.get_context("spawn")
     with context.Pool(workers, initializer=_start_worker, initargs=(url, settings)) as pool:
-        for count, crypto, copy in pool.imap_unordered(_write, batches):
-            done += count
-            crypto_seconds += crypto
-            copy_seconds += copy
+        for written in pool.imap_unordered(_write, batches):
+            done += written.customers
+            rows += written.rows
+            crypto_seconds += written.crypto_seconds
+            copy_seconds += written.copy_seconds
+            grants.extend(written.grants)
             elapsed = time.perf_counter() - started
             if done == customers or len(batches) < 20 or done % (batch_size * 10) == 0:
                 print(
@@ -361,8 +538,10 @@ def seed(
                     flush=True,
                 )
     seconds = time.perf_counter() - started
-    finish = asyncio.run(_finish(url, vault, run, analyse))
-    rows = customers * (preferences + 6 + len(vault.index.versions))
+    partner_sample = _grant_sample(previous, prepared.partners, run, grants)
+    finish = asyncio.run(
+        _finish(url, vault, run, analyse, partner_sample[-1] if partner_sample else None)
+    )
     print(
         f"seeded {customers:,} customers ({rows:,} rows) in {seconds:.1f} s: "
         f"{customers / seconds:,.0f} customers/s, {rows / seconds:,.0f} rows/s "
@@ -372,15 +551,19 @@ def seed(
     if analyse:
         print(f"VACUUM (ANALYZE) of the seeded tables: {finish['vacuum_analyze_seconds']} s")
 
-    previous = _previous(output, identity)
     runs = [
         *(previous["runs"] if previous else []),
-        {"run": run, "customers": customers, "preferences": preferences},
+        {
+            "run": run,
+            "customers": customers,
+            "preferences": preferences,
+            "partner_share": partner_share if seeded_partners else 0.0,
+        },
     ]
     rng = random.Random(run)
     sample = [(r["run"], rng.randrange(r["customers"])) for r in runs for _ in range(200)]
     document = {
-        "database": identity,
+        "database": prepared.identity,
         "dev_issuer": DEV_ISSUER,
         "dev_issuer_key": str(settings.dev_issuer_key_path),
         "card_format": CARD_FORMAT,
@@ -389,10 +572,12 @@ def seed(
         "runs": runs,
         "customers": sum(r["customers"] for r in runs),
         "customers_in_database": finish["customers_in_database"],
-        "tills": till_keys,
+        "tills": prepared.tills,
+        "partners": prepared.partners,
         "sample": {
             "cards": [card_number(r, i) for r, i in sample],
             "subjects": [subject(r, i) for r, i in sample],
+            "partner_grants": partner_sample,
         },
         "last_seed": {
             "customers": customers,
@@ -403,12 +588,13 @@ def seed(
         },
     }
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds live till keys
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds live API keys
     with os.fdopen(fd, "w") as handle:
         json.dump(document, handle, indent=1)
     print(
         f"wrote {output} ({document['customers']:,} seeded customers in this database, "
-        f"{len(till_keys)} till keys)"
+        f"{len(prepared.tills)} till keys, {len(prepared.partners)} partner keys, "
+        f"{len(partner_sample):,} sampled partner grants)"
     )
     return document
 
@@ -428,6 +614,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2_000, help="customers per COPY transaction")
     parser.add_argument("--tills", type=int, default=16, help="till API keys to create")
     parser.add_argument("--stores", type=int, default=4, help="stores the till keys spread over")
+    parser.add_argument(
+        "--partners", type=int, default=2, help="partner API keys (reused from --output if live)"
+    )
+    parser.add_argument(
+        "--partner-share",
+        type=float,
+        default=0.25,
+        help="chance that a customer grants a given partner consent (all fields and preferences)",
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument(
         "--no-analyse",
@@ -456,6 +651,8 @@ def main() -> None:
             max(1, args.stores),
             args.output,
             args.analyse,
+            max(0, args.partners),
+            min(1.0, max(0.0, args.partner_share)),
         )
     finally:
         if embedded is not None:
