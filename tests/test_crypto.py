@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given
 from hypothesis import strategies as st
@@ -237,6 +238,26 @@ def test_a_field_carries_the_versioned_format():
     assert sealed[0] == 0x01  # format byte
     assert int.from_bytes(sealed[1:5], "big") == 7  # key generation
     assert len(sealed) == 5 + 12 + 16  # header, 96-bit nonce, empty ciphertext, tag
+
+
+def _stored_aad(customer_id: uuid.UUID, table: str, column: str, row: str) -> bytes:
+    """The field associated data as stored ciphertexts were made: each part length-prefixed."""
+    parts = [b"prefs.field.v1", customer_id.bytes, table.encode(), column.encode(), row.encode()]
+    return b"".join(len(part).to_bytes(2, "big") + part for part in parts)
+
+
+@given(customer_id=uuids, plaintext=plaintexts, table=names, column=names, row=names)
+def test_field_associated_data_keeps_the_stored_layout(customer_id, plaintext, table, column, row):
+    """Ciphertexts already stored keep decrypting, and new ones decrypt with the stored layout."""
+    secret = os.urandom(32)
+    key = DataKey(customer_id, 3, secret)
+    header = bytes([0x01]) + (3).to_bytes(4, "big")
+    nonce = os.urandom(12)
+    aad = _stored_aad(customer_id, table, column, row)
+    stored = header + nonce + AESGCM(secret).encrypt(nonce, plaintext, header + aad)
+    assert key.decrypt(stored, table, column, row) == plaintext
+    sealed = key.encrypt(plaintext, table, column, row)
+    assert AESGCM(secret).decrypt(sealed[5:17], sealed[17:], sealed[:5] + aad) == plaintext
 
 
 # Master key versions and rotation

@@ -445,7 +445,9 @@ class Reorderer:
     async def place(self, http: httpx.AsyncClient, key: str, until: Callable[[], bool]) -> None:
         """Send the same reorder again and again, until one sent once ``until()`` held is answered."""
         self.keys.append(key)
+        deadline = time.monotonic() + RECOVERY_TIMEOUT
         while True:
+            assert time.monotonic() < deadline, f"reorder {key} never acknowledged"
             settled = until()
             try:
                 answer = await http.post(

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 FORMAT_V1 = 0x01
 _HEADER = struct.Struct(">BI")  # format byte, key generation / master key version
+_LENGTH = struct.Struct(">H")  # each part of associated data is length-prefixed
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
 _MIN_LENGTH = _HEADER.size + _NONCE_BYTES + _TAG_BYTES
@@ -86,7 +87,7 @@ class Keyring:
 
 def _aad(*parts: bytes) -> bytes:
     """Unambiguous associated data: each part length-prefixed."""
-    return b"".join(struct.pack(">H", len(part)) + part for part in parts)
+    return b"".join([_LENGTH.pack(len(part)) + part for part in parts])
 
 
 def _seal(aead: AESGCM, version: int, plaintext: bytes, aad: bytes) -> bytes:
@@ -113,45 +114,45 @@ def _open(aead: AESGCM, blob: bytes, aad: bytes) -> bytes:
         raise DecryptionError from None
 
 
-@dataclass(frozen=True, slots=True)
-class FieldAddress:
-    """Where a ciphertext lives; it decrypts nowhere else."""
+_FIELD_CONTEXT = b"prefs.field.v1"
+_places: dict[tuple[str, str], bytes] = {}
 
-    customer_id: uuid.UUID
-    table: str
-    column: str
-    row_id: str
 
-    def aad(self) -> bytes:
-        return _aad(
-            b"prefs.field.v1",
-            self.customer_id.bytes,
-            self.table.encode(),
-            self.column.encode(),
-            self.row_id.encode(),
-        )
+def _place(table: str, column: str) -> bytes:
+    """The table and column parts of a field's associated data (few distinct: cached)."""
+    place = _places.get((table, column))
+    if place is None:
+        place = _places.setdefault((table, column), _aad(table.encode(), column.encode()))
+    return place
 
 
 class DataKey:
-    """A customer's unwrapped data key: encrypts and decrypts that customer's fields."""
+    """A customer's unwrapped data key: encrypts and decrypts that customer's fields.
 
-    __slots__ = ("_aead", "customer_id", "generation")
+    Each ciphertext is bound to where it lives (customer, table, column, row): its associated
+    data is ``_aad(b"prefs.field.v1", customer_id, table, column, row_id)``, so it decrypts
+    nowhere else. The parts that repeat are encoded once.
+    """
+
+    __slots__ = ("_aead", "_prefix", "customer_id", "generation")
 
     def __init__(self, customer_id: uuid.UUID, generation: int, key: bytes) -> None:
         self.customer_id = customer_id
         self.generation = generation
         self._aead = AESGCM(key)
+        self._prefix = _aad(_FIELD_CONTEXT, customer_id.bytes)
+
+    def _field_aad(self, table: str, column: str, row_id: object) -> bytes:
+        row = str(row_id).encode()
+        return self._prefix + _place(table, column) + _LENGTH.pack(len(row)) + row
 
     def encrypt(self, plaintext: bytes, table: str, column: str, row_id: object) -> bytes:
-        address = FieldAddress(self.customer_id, table, column, str(row_id))
-        return _seal(self._aead, self.generation, plaintext, address.aad())
+        return _seal(self._aead, self.generation, plaintext, self._field_aad(table, column, row_id))
 
     def decrypt(self, blob: bytes, table: str, column: str, row_id: object) -> bytes:
         if _header(blob) != self.generation:
             raise DecryptionError
-        return _open(
-            self._aead, blob, FieldAddress(self.customer_id, table, column, str(row_id)).aad()
-        )
+        return _open(self._aead, blob, self._field_aad(table, column, row_id))
 
     def __repr__(self) -> str:
         return f"DataKey(customer_id={self.customer_id}, generation={self.generation})"
