@@ -164,6 +164,28 @@ async def test_a_process_with_an_older_primary_master_key_never_rewraps_backward
             assert await wraps(own) == {2: 1}
 
 
+async def test_prefs_keys_rotate_run_with_an_older_primary_leaves_newer_wraps_alone(
+    database: Database, tmp_path: Path
+) -> None:
+    async with own_database(database.server_url, tmp_path, "rotate_forward") as own:
+        old = own.master_keys
+        promoted = f"{new_key(2)},{old}"
+        async with serving(own.settings(master_keys=promoted, **SMALL_POOL)) as upgraded:
+            shopper = (await customers_with_data(upgraded, own, 1))[0]
+            written = await what_they_see(upgraded, shopper)
+        assert await wraps(own) == {2: 1}
+        lagging = ",".join(reversed(promoted.split(",")))  # v1 still primary on this host
+        code, output = await run_prefs(
+            "keys", "rotate",
+            database_url=own.url, data_dir=own.data_dir, master_keys=lagging,
+            index_keys=own.index_keys,
+        )  # fmt: skip
+        assert code == 0, output
+        assert await wraps(own) == {2: 1}
+        async with serving(own.settings(master_keys=promoted, **SMALL_POOL)) as after:
+            assert await what_they_see(after, shopper) == written
+
+
 async def test_prefs_keys_rotate_rewraps_every_data_key_and_retire_waits_for_it(
     database: Database, tmp_path: Path
 ) -> None:

@@ -14,7 +14,7 @@ from prefs.insights import service as insights
 
 BATCH = """
 SELECT customer_id, generation, wrapped FROM customer_keys
-WHERE master_version <> $1
+WHERE master_version < $1
 ORDER BY customer_id
 LIMIT $2
 FOR UPDATE SKIP LOCKED
@@ -25,9 +25,10 @@ WHERE customer_id = $1 AND wrapped = $2
 """
 
 
+# The label header holds the version big-endian, so byte order is number order.
 LABEL_BATCH = """
 SELECT group_hash, label_ct FROM demand_groups
-WHERE substring(label_ct FROM 2 FOR 4) <> int4send($1)
+WHERE substring(label_ct FROM 2 FOR 4) < int4send($1)
 LIMIT $2
 FOR UPDATE SKIP LOCKED
 """
@@ -40,8 +41,11 @@ async def rotate(
     batch_size: int = 500,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Rewrap every data key not under the primary master key, batch by batch, then re-encrypt
-    the demand labels (the only data sealed directly under a master key).
+    """Rewrap every data key under an older master key than the primary, batch by batch, then
+    re-encrypt the demand labels (the only data sealed directly under a master key).
+
+    Only forward: run from a host whose keyring still has an older primary (a rolling deploy
+    not finished), it leaves wraps under newer versions alone.
 
     Safe while serving and beside other rotations: each batch locks its rows with SKIP LOCKED,
     and each write is a compare-and-set on the old value. Resumable: it only ever looks at what
