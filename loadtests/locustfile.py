@@ -218,10 +218,9 @@ def check_replay(response: Any, first: dict[str, Any]) -> None:
 
 def check_lookup(response: Any, via: str) -> None:
     """A 200 with ranked preferences, disclosed through ``via``; anything else fails."""
-    if response.status_code != 200:
-        response.failure(f"expected 200, got {response.status_code}: {response.text[:200]}")
+    body = expect(response, 200)
+    if body is None:
         return
-    body = response.json()
     preferences = body.get("preferences") or []
     if body.get("via") != via or not preferences or not body.get("disclosure_id"):
         response.failure(f"unexpected lookup body: {response.text[:200]}")
@@ -326,11 +325,7 @@ class CustomerUser(HttpUser):
         with self.client.get(
             path, headers=self.headers, name=name, catch_response=True
         ) as response:
-            if response.status_code != 200:
-                response.failure(f"expected 200, got {response.status_code}: {response.text[:200]}")
-                return None
-            response.success()
-            return response.json()
+            return expect(response, 200)
 
     @task(4)
     def read_preferences(self) -> None:
@@ -359,10 +354,7 @@ class CustomerUser(HttpUser):
             name="customer: edit note",
             catch_response=True,
         ) as response:
-            if response.status_code == 200:
-                response.success()
-            else:
-                response.failure(f"expected 200, got {response.status_code}: {response.text[:200]}")
+            expect(response, 200)
 
     @task(1)
     def add_and_remove_preference(self) -> None:
@@ -378,11 +370,9 @@ class CustomerUser(HttpUser):
             name="customer: add preference",
             catch_response=True,
         ) as response:
-            if response.status_code != 201:
-                response.failure(f"expected 201, got {response.status_code}: {response.text[:200]}")
+            created = expect(response, 201)
+            if created is None:
                 return
-            created = response.json()
-            response.success()
         with self.client.delete(
             f"/v1/me/preferences/{created['id']}",
             headers={**self.headers, "If-Match": f'"{created["version"]}"'},
