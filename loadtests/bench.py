@@ -662,6 +662,9 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     data_dir = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    from prefs.settings import load
+
+    load({"PREFS_DATA_DIR": str(data_dir)})  # makes the dev keys now: doing so tightens the dir
     if os.geteuid() == 0:  # the embedded server runs as its own user and must traverse it
         data_dir.chmod(0o711)  # the key files inside stay owner-only
     embedded = None

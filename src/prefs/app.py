@@ -33,7 +33,7 @@ from prefs.insights.api import InsightsController
 from prefs.observability import ObservabilityMiddleware, configure_logging
 from prefs.partners.api import PartnersController
 from prefs.pos.api import PosController
-from prefs.pos.service import MissThrottle
+from prefs.pos.service import LookupBatcher, MissThrottle
 from prefs.preferences.api import PreferencesController
 from prefs.reorders.api import CustomerReordersController, PartnerController
 from prefs.retention import service as retention
@@ -49,6 +49,9 @@ def _lifespan(settings: Settings) -> Any:
             raise RuntimeError("no database URL: start the service with `prefs serve`")
         app.state.pool = await db.create_pool(
             settings.database_url, settings.pool_min_size, settings.pool_max_size
+        )
+        app.state.lookup_batcher = LookupBatcher(
+            app.state.pool, settings.lookup_batch_max, settings.lookup_batches_in_flight
         )
         purger = asyncio.create_task(
             retention.run_periodically(

@@ -41,6 +41,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     purge_interval_seconds: int = 300
     lookup_misses_per_minute_per_key: int = 30
     lookup_misses_per_minute_per_store: int = 120
+    lookup_batch_max: int = 64
+    lookup_batches_in_flight: int = 2
 
     @property
     def dev_issuer_key_path(self) -> Path:
@@ -149,4 +151,6 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         lookup_misses_per_minute_per_store=_int(
             environ, "PREFS_LOOKUP_MISSES_PER_STORE", 120, minimum=1
         ),
+        lookup_batch_max=_int(environ, "PREFS_LOOKUP_BATCH_MAX", 64, minimum=1),
+        lookup_batches_in_flight=_int(environ, "PREFS_LOOKUP_BATCHES_IN_FLIGHT", 2, minimum=1),
     )

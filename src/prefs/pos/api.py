@@ -56,15 +56,14 @@ class PosController(Controller):
         code = normalise_code(data.code) if data.code is not None else None
         via = "card" if card is not None else "code"
         try:
-            async with state.pool.acquire() as conn:
-                result = await service.lookup(
-                    conn,
-                    state.vault,
-                    state.lookup_throttle,
-                    request.state.api_key.secret,
-                    card,
-                    code,
-                )
+            result = await service.lookup(
+                state.lookup_batcher,
+                state.vault,
+                state.lookup_throttle,
+                request.state.api_key.secret,
+                card,
+                code,
+            )
         except Problem as problem:
             LOOKUPS.labels(via, problem.slug).inc()
             raise

@@ -1,8 +1,10 @@
-"""The till lookup — the hot path: one statement checks the key, finds the customer, checks
-consent, reads the granted fields and records the disclosure, all in one round trip."""
+"""The till lookup — the hot path. One statement checks the key, finds the customer, checks
+consent, reads the granted fields and records the disclosure; lookups that arrive while one
+is in the database share the next statement, its transaction and its commit (group commit)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
@@ -14,7 +16,7 @@ import asyncpg
 from prefs.crypto import Vault, api_key_hash
 from prefs.errors import NotFound, Problem, TooManyRequests
 from prefs.pos.schemas import LookupResult
-from prefs.preferences.sealed import SHOWN, shared_view
+from prefs.preferences.sealed import shared_view, shown
 
 
 class InvalidApiKey(Problem):
@@ -23,40 +25,163 @@ class InvalidApiKey(Problem):
 
 NOT_FOUND = "No customer preferences can be shown for this card or code."
 
+# Lookup i of a batch sends its key hash ($1, $2) and the hashes of its card or code under
+# every index key version ($3, $4 or $5, $6). Each lookup whose key is live gets one row per
+# shown preference (one row with NULLs when nothing is shown); a lookup with no row had no
+# live key. Every hit is logged in the same statement: no answer leaves without its record.
 LOOKUP = f"""
-WITH cred AS (
-    SELECT credential_id, display_name, store FROM credentials
-    WHERE key_hash = $1 AND kind = 'pos' AND revoked_at IS NULL
-), hit AS (
-    SELECT ci.customer_id, g.fields, g.preference_ids, 'card' AS via
-    FROM card_index ci
+WITH cred AS MATERIALIZED (
+    SELECT r.i, c.credential_id, c.display_name, c.store
+    FROM unnest($1::int[], $2::bytea[]) AS r(i, key_hash)
+    JOIN credentials c ON c.key_hash = r.key_hash AND c.kind = 'pos' AND c.revoked_at IS NULL
+), found AS (
+    SELECT h.i, ci.customer_id, g.fields, g.preference_ids, 'card' AS via
+    FROM unnest($3::int[], $4::bytea[]) AS h(i, card_hash)
+    JOIN card_index ci ON ci.card_hash = h.card_hash
     JOIN consents g ON g.customer_id = ci.customer_id AND g.audience = 'pos'
-    WHERE ci.card_hash = ANY($2::bytea[]) AND (g.expires_at IS NULL OR g.expires_at > now())
-      AND EXISTS (SELECT 1 FROM cred)
+    WHERE g.expires_at IS NULL OR g.expires_at > now()
     UNION ALL
-    SELECT k.customer_id, k.fields, k.preference_ids, 'code'
-    FROM checkout_codes k
-    WHERE k.code_hash = ANY($3::bytea[]) AND k.expires_at > now() AND EXISTS (SELECT 1 FROM cred)
-    LIMIT 1
-), shown AS ({SHOWN}), logged AS (
-    INSERT INTO access_log (customer_id, actor_kind, credential_id, actor_name, store, purpose, via,
-                            preference_ids, fields)
-    SELECT hit.customer_id, 'pos', cred.credential_id, cred.display_name, cred.store, 'checkout',
-           hit.via, coalesce((SELECT array_agg(preference_id ORDER BY rank) FROM shown), '{{}}'),
+    SELECT h.i, k.customer_id, k.fields, k.preference_ids, 'code'
+    FROM unnest($5::int[], $6::bytea[]) AS h(i, code_hash)
+    JOIN checkout_codes k ON k.code_hash = h.code_hash
+    WHERE k.expires_at > now()
+), hit AS MATERIALIZED (
+    SELECT DISTINCT ON (found.i) found.*, cred.credential_id, cred.display_name, cred.store,
+           gen_random_uuid() AS disclosure_id
+    FROM found JOIN cred ON cred.i = found.i
+    ORDER BY found.i
+), shown AS MATERIALIZED ({shown("i")}), logged AS (
+    INSERT INTO access_log (disclosure_id, customer_id, actor_kind, credential_id, actor_name,
+                            store, purpose, via, preference_ids, fields)
+    SELECT hit.disclosure_id, hit.customer_id, 'pos', hit.credential_id, hit.display_name,
+           hit.store, 'checkout', hit.via,
+           coalesce((SELECT array_agg(s.preference_id ORDER BY s.rank) FROM shown s
+                     WHERE s.i = hit.i), '{{}}'),
            hit.fields
-    FROM hit CROSS JOIN cred
-    RETURNING disclosure_id
+    FROM hit
 )
-SELECT cred.store, hit.customer_id, hit.fields, hit.via, k.generation, k.wrapped,
-       (SELECT disclosure_id FROM logged) AS disclosure_id,
-       shown.preference_id, shown.rank, shown.status, shown.product_ct, shown.attributes_ct,
-       shown.note_ct
+SELECT cred.i, cred.store, hit.customer_id, hit.fields, hit.via, k.generation, k.wrapped,
+       hit.disclosure_id, shown.preference_id, shown.rank, shown.status, shown.product_ct,
+       shown.attributes_ct, shown.note_ct
 FROM cred
-LEFT JOIN hit ON true
+LEFT JOIN hit ON hit.i = cred.i
 LEFT JOIN customer_keys k ON k.customer_id = hit.customer_id
-LEFT JOIN shown ON true
-ORDER BY shown.rank
+LEFT JOIN shown ON shown.i = cred.i
+ORDER BY cred.i, shown.rank
 """
+
+Hashes = Sequence[bytes]
+Request = tuple[bytes, Hashes, Hashes]
+Queued = tuple[Request, "asyncio.Future[list[asyncpg.Record]]"]
+
+
+def _arguments(batch: Sequence[Request]) -> tuple[list[Any], ...]:
+    keys: list[bytes] = []
+    card_i: list[int] = []
+    cards: list[bytes] = []
+    code_i: list[int] = []
+    codes: list[bytes] = []
+    for i, (key_hash, card_hashes, code_hashes) in enumerate(batch):
+        keys.append(key_hash)
+        card_i += [i] * len(card_hashes)
+        cards += card_hashes
+        code_i += [i] * len(code_hashes)
+        codes += code_hashes
+    return list(range(len(batch))), keys, card_i, cards, code_i, codes
+
+
+class LookupBatcher:
+    """Group commit for till lookups, per worker process.
+
+    A lookup that finds fewer than ``in_flight`` batches in the database starts one at once, so
+    a quiet till waits for nothing. Under load, lookups that arrive meanwhile queue and go
+    together, up to ``max_batch``, in the next statement: one plan, one round trip and one WAL
+    flush for all of them. If a shared batch fails, each of its lookups is retried alone, so
+    one lookup's error is never another's.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, max_batch: int = 64, in_flight: int = 2) -> None:
+        self.pool = pool
+        self.max_batch = max_batch
+        self.in_flight = in_flight
+        self.running = 0
+        self.statements = 0  # batches sent, for tests and the curious
+        self.queue: list[Queued] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def fetch(self, key_hash: bytes, cards: Hashes, codes: Hashes) -> list[asyncpg.Record]:
+        """The rows of one lookup, from whichever batch carried it."""
+        future: asyncio.Future[list[asyncpg.Record]] = asyncio.get_running_loop().create_future()
+        self.queue.append(((key_hash, cards, codes), future))
+        if self.running < self.in_flight:
+            self.running += 1
+            task = asyncio.create_task(self._drain())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue:
+                batch, self.queue = self.queue[: self.max_batch], self.queue[self.max_batch :]
+                await self._run(batch)
+        except BaseException:
+            for _, future in self.queue:  # nothing else would answer them
+                future.cancel()
+            self.queue = []
+            raise
+        finally:
+            self.running -= 1
+
+    async def _fetch(
+        self, conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record], requests: Sequence[Request]
+    ) -> list[asyncpg.Record]:
+        self.statements += 1
+        rows: list[asyncpg.Record] = await conn.fetch(LOOKUP, *_arguments(requests))
+        return rows
+
+    async def _run(self, batch: list[Queued]) -> None:
+        try:
+            async with self.pool.acquire() as conn:
+                try:
+                    rows = await self._fetch(conn, [request for request, _ in batch])
+                except asyncpg.PostgresError:
+                    if len(batch) == 1:
+                        raise
+                    # the server refused the statement and rolled it back: run each lookup
+                    # alone, so one lookup's error fails that lookup only
+                    for request, future in batch:
+                        try:
+                            _settle(future, await self._fetch(conn, [request]))
+                        except asyncpg.PostgresError as error:
+                            _settle(future, error=error)
+                    return
+        except BaseException as error:
+            for _, future in batch:
+                _settle(future, error=error)
+            if not isinstance(error, Exception):
+                raise
+            return
+        per_lookup: list[list[asyncpg.Record]] = [[] for _ in batch]
+        for row in rows:
+            per_lookup[row["i"]].append(row)
+        for (_, future), result in zip(batch, per_lookup, strict=True):
+            _settle(future, result)
+
+
+def _settle(
+    future: asyncio.Future[list[asyncpg.Record]],
+    result: list[asyncpg.Record] | None = None,
+    error: BaseException | None = None,
+) -> None:
+    if future.done():  # its request was cancelled; the disclosure is still logged
+        return
+    if isinstance(error, asyncio.CancelledError):
+        future.cancel()
+    elif error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result or [])
 
 
 class MissThrottle:
@@ -96,7 +221,7 @@ class MissThrottle:
 
 
 async def lookup(
-    conn: asyncpg.Connection,
+    batcher: LookupBatcher,
     vault: Vault,
     throttle: MissThrottle,
     api_key: str,
@@ -106,11 +231,9 @@ async def lookup(
     """Disclose the granted fields of a customer's ranked preferences to a till, and log it."""
     key_hash = api_key_hash(api_key)
     throttle.check(key_hash)
-    card_hashes: Sequence[bytes] = vault.index.all_digests("card", card.encode()) if card else ()
-    code_hashes: Sequence[bytes] = (
-        vault.index.all_digests("checkout-code", code.encode()) if code else ()
-    )
-    rows = await conn.fetch(LOOKUP, key_hash, card_hashes, code_hashes)
+    card_hashes: Hashes = vault.index.all_digests("card", card.encode()) if card else ()
+    code_hashes: Hashes = vault.index.all_digests("checkout-code", code.encode()) if code else ()
+    rows = await batcher.fetch(key_hash, card_hashes, code_hashes)
     if not rows:
         raise InvalidApiKey(
             "The API key is not valid.", headers={"WWW-Authenticate": 'Bearer realm="prefs"'}

@@ -48,13 +48,19 @@ def shared_view(key: DataKey, row: Row) -> SharedPreference:
     return shared
 
 
-# The granted columns of the preferences a grant covers, for a CTE named ``hit`` that carries
-# customer_id, fields and preference_ids (NULL meaning all).
-SHOWN = """
-    SELECT p.preference_id, p.rank, p.status,
+def shown(*carried: str) -> str:
+    """The granted columns of the preferences a grant covers, for a CTE named ``hit`` that
+    carries customer_id, fields and preference_ids (NULL meaning all); ``carried`` names more
+    columns of ``hit`` to pass through."""
+    extra = "".join(f"hit.{column}, " for column in carried)
+    return f"""
+    SELECT {extra}p.preference_id, p.rank, p.status,
            CASE WHEN 'product' = ANY(hit.fields) THEN p.product_ct END AS product_ct,
            CASE WHEN 'attributes' = ANY(hit.fields) THEN p.attributes_ct END AS attributes_ct,
            CASE WHEN 'note' = ANY(hit.fields) THEN p.note_ct END AS note_ct
     FROM hit JOIN preferences p ON p.customer_id = hit.customer_id
     WHERE hit.preference_ids IS NULL OR p.preference_id = ANY(hit.preference_ids)
 """
+
+
+SHOWN = shown()

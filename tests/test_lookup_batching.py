@@ -1,0 +1,156 @@
+"""Group commit at the till: lookups that share one statement and one commit each get their own
+answer and their own access-log record, and one lookup's failure or cancellation is not another's."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from msgspec import UNSET
+
+from prefs import db
+from prefs.credentials import service as credentials
+from prefs.errors import NotFound
+from prefs.pos.schemas import LookupResult
+from prefs.pos.service import InvalidApiKey, LookupBatcher, MissThrottle, lookup
+from tests.till import (
+    checkout_code,
+    disclosures,
+    fresh_card,
+    fresh_store,
+    grant,
+    shopper,
+    till_key,
+)
+
+
+@pytest.fixture
+async def pool(database) -> AsyncIterator[asyncpg.Pool]:
+    connections = await db.create_pool(database.url, 1, 2)
+    yield connections
+    await connections.close()
+
+
+def plain(card: str) -> str:
+    return card.replace(" ", "")
+
+
+async def test_lookups_sent_together_share_a_statement_and_each_gets_its_own_answer(
+    client, conn, new_customer, pool, vault
+):
+    _, key = await till_key(conn, fresh_store())
+    revoked, revoked_key = await till_key(conn)
+    await credentials.revoke(conn, revoked.id)
+    everything = [await shopper(new_customer, client) for _ in range(3)]
+    for customer, _, _ in everything:
+        await grant(client, customer)
+    product_only, product_only_card, _ = await shopper(new_customer, client)
+    await grant(client, product_only, fields=["product"])
+    ungranted, ungranted_card, _ = await shopper(new_customer, client)
+    coded, _, coded_kept = await shopper(new_customer, client)
+    code = (await checkout_code(client, coded, fields=["note"]))["code"]
+
+    batcher = LookupBatcher(pool, max_batch=64, in_flight=1)
+    throttle = MissThrottle(1000, 1000)
+    cards = [plain(card) for _, card, _ in everything]
+    answers = await asyncio.gather(
+        *(lookup(batcher, vault, throttle, key, card, None) for card in cards),
+        lookup(batcher, vault, throttle, key, plain(product_only_card), None),
+        lookup(batcher, vault, throttle, key, plain(ungranted_card), None),
+        lookup(batcher, vault, throttle, key, None, code),
+        lookup(batcher, vault, throttle, revoked_key, cards[0], None),
+        lookup(batcher, vault, throttle, key, plain(fresh_card()), None),
+        return_exceptions=True,
+    )
+    assert batcher.statements < len(answers)  # they went together
+
+    *full, product, missing, by_code, wrong_key, unknown = answers
+    for (customer, _, kept), answer in zip(everything, full, strict=True):
+        assert isinstance(answer, LookupResult)
+        assert [p.id for p in answer.preferences] == [uuid.UUID(p["id"]) for p in kept]
+        assert [p.product.name for p in answer.preferences] == [  # type: ignore[union-attr]
+            p["product"]["name"] for p in kept
+        ]
+        logged = await conn.fetch(
+            "SELECT disclosure_id, via FROM access_log WHERE customer_id = $1",
+            uuid.UUID(customer.id),
+        )
+        assert [(r["disclosure_id"], r["via"]) for r in logged] == [(answer.disclosure_id, "card")]
+    assert isinstance(product, LookupResult)
+    assert product.fields == ["product"]
+    assert all(p.product and p.attributes is UNSET and p.note is UNSET for p in product.preferences)
+    assert isinstance(by_code, LookupResult) and by_code.via == "code"
+    assert [p.note for p in by_code.preferences] == [p.get("note") for p in coded_kept]
+    assert all(p.product is UNSET and p.attributes is UNSET for p in by_code.preferences)
+    assert isinstance(missing, NotFound) and isinstance(unknown, NotFound)
+    assert isinstance(wrong_key, InvalidApiKey)
+    assert await disclosures(conn, ungranted.id) == 0
+    assert await disclosures(conn, product_only.id) == 1
+    assert await disclosures(conn, coded.id) == 1
+    assert await disclosures(conn, everything[0][0].id) == 1  # the revoked key's try added none
+
+
+async def test_one_lookup_the_database_refuses_fails_alone(client, conn, new_customer, pool, vault):
+    _, key = await till_key(conn)
+    good = [await shopper(new_customer, client) for _ in range(3)]
+    bad, bad_card, _ = await shopper(new_customer, client)
+    for customer, _, _ in [*good, (bad, bad_card, None)]:
+        await grant(client, customer)
+    trigger = f"refuse_{uuid.uuid4().hex}"
+    await conn.execute(
+        f"""
+        CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.customer_id = '{bad.id}' THEN RAISE EXCEPTION 'refused for the test'; END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER {trigger} BEFORE INSERT ON access_log
+            FOR EACH ROW EXECUTE FUNCTION {trigger}();
+        """
+    )
+    try:
+        batcher = LookupBatcher(pool, max_batch=64, in_flight=1)
+        throttle = MissThrottle(1000, 1000)
+        answers = await asyncio.gather(
+            *(lookup(batcher, vault, throttle, key, plain(c), None) for _, c, _ in good),
+            lookup(batcher, vault, throttle, key, plain(bad_card), None),
+            return_exceptions=True,
+        )
+    finally:
+        await conn.execute(f"DROP TRIGGER {trigger} ON access_log; DROP FUNCTION {trigger}()")
+    *fine, refused = answers
+    assert isinstance(refused, asyncpg.RaiseError)
+    assert await disclosures(conn, bad.id) == 0
+    for (customer, _, _), answer in zip(good, fine, strict=True):
+        assert isinstance(answer, LookupResult)
+        assert await disclosures(conn, customer.id) == 1
+    assert batcher.statements == 1 + len(answers)  # the shared try, then each alone
+
+
+async def test_a_cancelled_lookup_is_still_logged_and_the_next_ones_are_answered(
+    client, conn, new_customer, pool, vault
+):
+    _, key = await till_key(conn)
+    (first, first_card, _), (second, second_card, _) = [
+        await shopper(new_customer, client) for _ in range(2)
+    ]
+    await grant(client, first)
+    await grant(client, second)
+    batcher = LookupBatcher(pool, max_batch=64, in_flight=1)
+    throttle = MissThrottle(1000, 1000)
+    kept = asyncio.create_task(lookup(batcher, vault, throttle, key, plain(first_card), None))
+    dropped = asyncio.create_task(lookup(batcher, vault, throttle, key, plain(second_card), None))
+    await asyncio.sleep(0)  # both are queued
+    dropped.cancel()
+    assert isinstance(await kept, LookupResult)
+    with pytest.raises(asyncio.CancelledError):
+        await dropped
+    # the statement carried it: its record is there, as for any answer the till may have missed
+    assert await disclosures(conn, second.id) == 1
+    again = await lookup(batcher, vault, throttle, key, plain(second_card), None)
+    assert isinstance(again, LookupResult)
+    assert await disclosures(conn, second.id) == 2
+    assert batcher.running == 0 and not batcher.queue
