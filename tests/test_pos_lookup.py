@@ -8,6 +8,7 @@ import secrets
 import uuid
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.till import (
     NOT_FOUND_DETAIL,
@@ -255,3 +256,32 @@ async def test_a_customer_with_a_grant_and_no_preferences_is_found_with_an_empty
 
     assert response.status_code == 200
     assert response.json()["preferences"] == []
+
+
+async def metric_values(client) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = (await client.get("/metrics")).text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_count_each_lookup_by_route_status_and_outcome(client, conn, new_customer):
+    _, key = await till_key(conn)
+    customer, card, _ = await shopper(new_customer, client)
+    await grant(client, customer)
+    route = frozenset({("method", "POST"), ("route", "/v1/pos/lookup")})
+    answered = ("prefs_http_requests_total", route | {("status", "200")})
+    missed = ("prefs_http_requests_total", route | {("status", "404")})
+    timed = ("prefs_http_request_duration_seconds_count", route)
+    found = ("prefs_pos_lookups_total", frozenset({("via", "card"), ("outcome", "found")}))
+    before = await metric_values(client)
+    assert (await look_up(client, key, card=card)).status_code == 200
+    assert (await look_up(client, key, card=card)).status_code == 200
+    assert (await look_up(client, key, card=fresh_card())).status_code == 404
+    after = await metric_values(client)
+    assert after[answered] - before.get(answered, 0) == 2
+    assert after[missed] - before.get(missed, 0) == 1
+    assert after[timed] - before.get(timed, 0) == 3
+    assert after[found] - before.get(found, 0) == 2

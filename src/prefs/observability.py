@@ -13,7 +13,6 @@ import os
 import re
 import time
 import traceback
-import uuid
 from typing import Any
 
 from litestar.enums import ScopeType
@@ -55,6 +54,19 @@ request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _metrics_for(method: str, route: str, status: int) -> tuple[Any, Any]:
+    """The labelled counter and histogram of one method, route and status, looked up once
+    (only routed requests get here, so methods and routes are the app's own)."""
+    children = _children.get((method, route, status))
+    if children is None:
+        children = (REQUESTS.labels(method, route, str(status)), LATENCY.labels(method, route))
+        _children[(method, route, status)] = children
+    return children
+
+
 class ObservabilityMiddleware(ASGIMiddleware):
     """Gives each request an id (X-Request-ID, echoed back), adds the security headers every
     answer carries, and records its status and latency."""
@@ -86,7 +98,7 @@ class ObservabilityMiddleware(ASGIMiddleware):
         incoming = next(
             (v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), ""
         )
-        rid = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        rid = incoming if _REQUEST_ID.fullmatch(incoming) else os.urandom(16).hex()
         token = request_id.set(rid)
         start = time.perf_counter()
         status = 500
@@ -104,10 +116,12 @@ class ObservabilityMiddleware(ASGIMiddleware):
         try:
             await next_app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - start
             route = scope.get("path_template") or "unmatched"
             method = scope["method"]  # type: ignore[typeddict-item]
-            REQUESTS.labels(method, route, str(status)).inc()
-            LATENCY.labels(method, route).observe(time.perf_counter() - start)
+            count, latency = _metrics_for(method, route, status)
+            count.inc()
+            latency.observe(elapsed)
             request_id.reset(token)
 
 

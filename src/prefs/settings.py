@@ -42,7 +42,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     lookup_misses_per_minute_per_key: int = 30
     lookup_misses_per_minute_per_store: int = 120
     lookup_batch_max: int = 64
-    lookup_batches_in_flight: int = 2
+    lookup_batches_in_flight: int = 1
 
     @property
     def dev_issuer_key_path(self) -> Path:
@@ -152,5 +152,5 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             environ, "PREFS_LOOKUP_MISSES_PER_STORE", 120, minimum=1
         ),
         lookup_batch_max=_int(environ, "PREFS_LOOKUP_BATCH_MAX", 64, minimum=1),
-        lookup_batches_in_flight=_int(environ, "PREFS_LOOKUP_BATCHES_IN_FLIGHT", 2, minimum=1),
+        lookup_batches_in_flight=_int(environ, "PREFS_LOOKUP_BATCHES_IN_FLIGHT", 1, minimum=1),
     )

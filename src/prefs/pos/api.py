@@ -30,6 +30,10 @@ CARD_OR_CODE = {
 }
 
 
+FOUND = {via: LOOKUPS.labels(via, "found") for via in ("card", "code")}
+DISCLOSED = DISCLOSURES.labels("pos")
+
+
 class PosController(Controller):
     path = "/v1/pos"
     tags = ["till"]
@@ -67,6 +71,6 @@ class PosController(Controller):
         except Problem as problem:
             LOOKUPS.labels(via, problem.slug).inc()
             raise
-        LOOKUPS.labels(via, "found").inc()
-        DISCLOSURES.labels("pos").inc()
+        FOUND[via].inc()
+        DISCLOSED.inc()
         return result

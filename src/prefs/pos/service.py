@@ -100,7 +100,7 @@ class LookupBatcher:
     one lookup's error is never another's.
     """
 
-    def __init__(self, pool: asyncpg.Pool, max_batch: int = 64, in_flight: int = 2) -> None:
+    def __init__(self, pool: asyncpg.Pool, max_batch: int = 64, in_flight: int = 1) -> None:
         self.pool = pool
         self.max_batch = max_batch
         self.in_flight = in_flight
