@@ -16,7 +16,7 @@ import asyncpg
 from prefs.crypto import Vault, api_key_hash
 from prefs.errors import NotFound, Problem, TooManyRequests
 from prefs.pos.schemas import LookupResult
-from prefs.preferences.sealed import shared_view, shown
+from prefs.preferences.sealed import shared, shown
 
 
 class InvalidApiKey(Problem):
@@ -26,9 +26,10 @@ class InvalidApiKey(Problem):
 NOT_FOUND = "No customer preferences can be shown for this card or code."
 
 # Lookup i of a batch sends its key hash ($1, $2) and the hashes of its card or code under
-# every index key version ($3, $4 or $5, $6). Each lookup whose key is live gets one row per
-# shown preference (one row with NULLs when nothing is shown); a lookup with no row had no
-# live key. Every hit is logged in the same statement: no answer leaves without its record.
+# every index key version ($3, $4 or $5, $6). Each lookup whose key is live gets one row, its
+# shown preferences as arrays in rank order (NULLs when nothing is shown); a lookup without a
+# row had no live key. Every hit is logged in the same statement: no answer leaves without
+# its record.
 LOOKUP = f"""
 WITH cred AS MATERIALIZED (
     SELECT r.i, c.credential_id, c.display_name, c.store
@@ -50,29 +51,34 @@ WITH cred AS MATERIALIZED (
            gen_random_uuid() AS disclosure_id
     FROM found JOIN cred ON cred.i = found.i
     ORDER BY found.i
-), shown AS MATERIALIZED ({shown("i")}), logged AS (
+), shown AS MATERIALIZED (
+    SELECT s.i, array_agg(s.preference_id ORDER BY s.rank) AS ids,
+           array_agg(s.rank ORDER BY s.rank) AS ranks,
+           array_agg(s.status ORDER BY s.rank) AS statuses,
+           array_agg(s.product_ct ORDER BY s.rank) AS products,
+           array_agg(s.attributes_ct ORDER BY s.rank) AS attributes,
+           array_agg(s.note_ct ORDER BY s.rank) AS notes
+    FROM ({shown("i")}) s
+    GROUP BY s.i
+), logged AS (
     INSERT INTO access_log (disclosure_id, customer_id, actor_kind, credential_id, actor_name,
                             store, purpose, via, preference_ids, fields)
     SELECT hit.disclosure_id, hit.customer_id, 'pos', hit.credential_id, hit.display_name,
-           hit.store, 'checkout', hit.via,
-           coalesce((SELECT array_agg(s.preference_id ORDER BY s.rank) FROM shown s
-                     WHERE s.i = hit.i), '{{}}'),
-           hit.fields
-    FROM hit
+           hit.store, 'checkout', hit.via, coalesce(shown.ids, '{{}}'), hit.fields
+    FROM hit LEFT JOIN shown ON shown.i = hit.i
 )
 SELECT cred.i, cred.store, hit.customer_id, hit.fields, hit.via, k.generation, k.wrapped,
-       hit.disclosure_id, shown.preference_id, shown.rank, shown.status, shown.product_ct,
-       shown.attributes_ct, shown.note_ct
+       hit.disclosure_id, shown.ids, shown.ranks, shown.statuses, shown.products,
+       shown.attributes, shown.notes
 FROM cred
 LEFT JOIN hit ON hit.i = cred.i
 LEFT JOIN customer_keys k ON k.customer_id = hit.customer_id
 LEFT JOIN shown ON shown.i = cred.i
-ORDER BY cred.i, shown.rank
 """
 
 Hashes = Sequence[bytes]
 Request = tuple[bytes, Hashes, Hashes]
-Queued = tuple[Request, "asyncio.Future[list[asyncpg.Record]]"]
+Queued = tuple[Request, "asyncio.Future[asyncpg.Record | None]"]
 
 
 def _arguments(batch: Sequence[Request]) -> tuple[list[Any], ...]:
@@ -109,9 +115,9 @@ class LookupBatcher:
         self.queue: list[Queued] = []
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def fetch(self, key_hash: bytes, cards: Hashes, codes: Hashes) -> list[asyncpg.Record]:
-        """The rows of one lookup, from whichever batch carried it."""
-        future: asyncio.Future[list[asyncpg.Record]] = asyncio.get_running_loop().create_future()
+    async def fetch(self, key_hash: bytes, cards: Hashes, codes: Hashes) -> asyncpg.Record | None:
+        """The row of one lookup (None: no live key), from whichever batch carried it."""
+        future: asyncio.Future[asyncpg.Record | None] = asyncio.get_running_loop().create_future()
         self.queue.append(((key_hash, cards, codes), future))
         if self.running < self.in_flight:
             self.running += 1
@@ -152,7 +158,8 @@ class LookupBatcher:
                     # alone, so one lookup's error fails that lookup only
                     for request, future in batch:
                         try:
-                            _settle(future, await self._fetch(conn, [request]))
+                            alone = await self._fetch(conn, [request])
+                            _settle(future, alone[0] if alone else None)
                         except asyncpg.PostgresError as error:
                             _settle(future, error=error)
                     return
@@ -162,16 +169,16 @@ class LookupBatcher:
             if not isinstance(error, Exception):
                 raise
             return
-        per_lookup: list[list[asyncpg.Record]] = [[] for _ in batch]
+        per_lookup: list[asyncpg.Record | None] = [None] * len(batch)
         for row in rows:
-            per_lookup[row["i"]].append(row)
+            per_lookup[row["i"]] = row
         for (_, future), result in zip(batch, per_lookup, strict=True):
             _settle(future, result)
 
 
 def _settle(
-    future: asyncio.Future[list[asyncpg.Record]],
-    result: list[asyncpg.Record] | None = None,
+    future: asyncio.Future[asyncpg.Record | None],
+    result: asyncpg.Record | None = None,
     error: BaseException | None = None,
 ) -> None:
     if future.done():  # its request was cancelled; the disclosure is still logged
@@ -181,7 +188,7 @@ def _settle(
     elif error is not None:
         future.set_exception(error)
     else:
-        future.set_result(result or [])
+        future.set_result(result)
 
 
 class MissThrottle:
@@ -233,22 +240,31 @@ async def lookup(
     throttle.check(key_hash)
     card_hashes: Hashes = vault.index.all_digests("card", card.encode()) if card else ()
     code_hashes: Hashes = vault.index.all_digests("checkout-code", code.encode()) if code else ()
-    rows = await batcher.fetch(key_hash, card_hashes, code_hashes)
-    if not rows:
+    row = await batcher.fetch(key_hash, card_hashes, code_hashes)
+    if row is None:
         raise InvalidApiKey(
             "The API key is not valid.", headers={"WWW-Authenticate": 'Bearer realm="prefs"'}
         )
-    first = rows[0]
-    if first["customer_id"] is None:
-        throttle.miss(key_hash, first["store"])
+    if row["customer_id"] is None:
+        throttle.miss(key_hash, row["store"])
         raise NotFound(NOT_FOUND)
-    customer_id: uuid.UUID = first["customer_id"]
-    data_key = vault.envelope.unwrap(customer_id, first["generation"], first["wrapped"])
+    customer_id: uuid.UUID = row["customer_id"]
+    data_key = vault.envelope.unwrap(customer_id, row["generation"], row["wrapped"])
+    fields = row["fields"]
     return LookupResult(
-        via=first["via"],
-        fields=list(first["fields"]),
+        via=row["via"],
+        fields=list(fields),
         preferences=[
-            shared_view(data_key, row) for row in rows if row["preference_id"] is not None
+            shared(data_key, fields, *preference)
+            for preference in zip(
+                row["ids"] or (),
+                row["ranks"] or (),
+                row["statuses"] or (),
+                row["products"] or (),
+                row["attributes"] or (),
+                row["notes"] or (),
+                strict=True,
+            )
         ],
-        disclosure_id=first["disclosure_id"],
+        disclosure_id=row["disclosure_id"],
     )

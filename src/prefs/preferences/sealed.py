@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -35,17 +36,39 @@ def decrypt_note(key: DataKey, preference_id: uuid.UUID, blob: bytes | None) -> 
     return note
 
 
-def shared_view(key: DataKey, row: Row) -> SharedPreference:
+def shared(
+    key: DataKey,
+    fields: Sequence[str],
+    pid: uuid.UUID,
+    rank: int,
+    status: str,
+    product_ct: bytes | None,
+    attributes_ct: bytes | None,
+    note_ct: bytes | None,
+) -> SharedPreference:
     """A preference as an audience sees it; the query left non-granted ciphertexts NULL."""
-    pid = row["preference_id"]
-    shared = SharedPreference(id=pid, rank=row["rank"], status=row["status"])
-    if row["product_ct"] is not None:
-        shared.product = decrypt_product(key, pid, row["product_ct"])
-    if row["attributes_ct"] is not None:
-        shared.attributes = decrypt_attributes(key, pid, row["attributes_ct"])
-    if row["note_ct"] is not None or "note" in row["fields"]:
-        shared.note = decrypt_note(key, pid, row["note_ct"])
-    return shared
+    view = SharedPreference(id=pid, rank=rank, status=status)  # type: ignore[arg-type]
+    if product_ct is not None:
+        view.product = decrypt_product(key, pid, product_ct)
+    if attributes_ct is not None:
+        view.attributes = decrypt_attributes(key, pid, attributes_ct)
+    if note_ct is not None or "note" in fields:
+        view.note = decrypt_note(key, pid, note_ct)
+    return view
+
+
+def shared_view(key: DataKey, row: Row) -> SharedPreference:
+    """:func:`shared` for a row of a query built on :func:`shown`."""
+    return shared(
+        key,
+        row["fields"],
+        row["preference_id"],
+        row["rank"],
+        row["status"],
+        row["product_ct"],
+        row["attributes_ct"],
+        row["note_ct"],
+    )
 
 
 def shown(*carried: str) -> str:
