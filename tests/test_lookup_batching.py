@@ -15,7 +15,14 @@ from prefs import db
 from prefs.credentials import service as credentials
 from prefs.errors import NotFound
 from prefs.pos.schemas import LookupResult
-from prefs.pos.service import InvalidApiKey, LookupBatcher, MissThrottle, lookup
+from prefs.pos.service import (
+    LOOKUP,
+    LOOKUP_SERVER_SETTINGS,
+    InvalidApiKey,
+    LookupBatcher,
+    MissThrottle,
+    lookup,
+)
 from tests.till import (
     checkout_code,
     disclosures,
@@ -29,7 +36,7 @@ from tests.till import (
 
 @pytest.fixture
 async def pool(database) -> AsyncIterator[asyncpg.Pool]:
-    connections = await db.create_pool(database.url, 1, 2)
+    connections = await db.create_pool(database.url, 1, 2, LOOKUP_SERVER_SETTINGS)
     yield connections
     await connections.close()
 
@@ -154,3 +161,24 @@ async def test_a_cancelled_lookup_is_still_logged_and_the_next_ones_are_answered
     assert isinstance(again, LookupResult)
     assert await disclosures(conn, second.id) == 2
     assert batcher.running == 0 and not batcher.queue
+
+
+async def test_the_lookup_statement_is_planned_once_and_kept(
+    client, conn, new_customer, pool, vault
+):
+    _, key = await till_key(conn)
+    customer, card, _ = await shopper(new_customer, client)
+    await grant(client, customer)
+    batcher = LookupBatcher(pool, max_batch=64, in_flight=1)
+    throttle = MissThrottle(1000, 1000)
+    for _ in range(8):
+        assert isinstance(
+            await lookup(batcher, vault, throttle, key, plain(card), None), LookupResult
+        )
+    async with pool.acquire() as lookup_conn:
+        plans = await lookup_conn.fetchrow(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+            LOOKUP,
+        )
+    assert plans is not None
+    assert plans["custom_plans"] == 0 and plans["generic_plans"] >= 1

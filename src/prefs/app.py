@@ -33,7 +33,7 @@ from prefs.insights.api import InsightsController
 from prefs.observability import ObservabilityMiddleware, configure_logging
 from prefs.partners.api import PartnersController
 from prefs.pos.api import PosController
-from prefs.pos.service import LookupBatcher, MissThrottle
+from prefs.pos.service import LOOKUP_SERVER_SETTINGS, LookupBatcher, MissThrottle
 from prefs.preferences.api import PreferencesController
 from prefs.reorders.api import CustomerReordersController, PartnerController
 from prefs.retention import service as retention
@@ -50,8 +50,14 @@ def _lifespan(settings: Settings) -> Any:
         app.state.pool = await db.create_pool(
             settings.database_url, settings.pool_min_size, settings.pool_max_size
         )
+        app.state.lookup_pool = await db.create_pool(
+            settings.database_url,
+            1,
+            settings.lookup_batches_in_flight,
+            server_settings=LOOKUP_SERVER_SETTINGS,
+        )
         app.state.lookup_batcher = LookupBatcher(
-            app.state.pool, settings.lookup_batch_max, settings.lookup_batches_in_flight
+            app.state.lookup_pool, settings.lookup_batch_max, settings.lookup_batches_in_flight
         )
         purger = asyncio.create_task(
             retention.run_periodically(
@@ -68,6 +74,7 @@ def _lifespan(settings: Settings) -> Any:
             purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await purger
+            await app.state.lookup_pool.close()
             await app.state.pool.close()
 
     return lifespan

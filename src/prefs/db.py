@@ -70,7 +70,9 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
     return None
 
 
-async def create_pool(url: str, min_size: int, max_size: int) -> asyncpg.Pool:
+async def create_pool(
+    url: str, min_size: int, max_size: int, server_settings: dict[str, str] | None = None
+) -> asyncpg.Pool:
     """A pool whose connections speak jsonb through msgspec."""
     pool = await asyncpg.create_pool(
         asyncpg_dsn(url),
@@ -82,6 +84,7 @@ async def create_pool(url: str, min_size: int, max_size: int) -> asyncpg.Pool:
         reset=_no_reset,
         command_timeout=30,
         max_inactive_connection_lifetime=300,
+        server_settings=server_settings,
     )
     assert pool is not None
     return pool
