@@ -275,6 +275,7 @@ class BlindIndex:
             for version, key in index.keys.items()
             for purpose in self.PURPOSES
         }
+        self._versions = [index.primary, *sorted(v for v in index.keys if v != index.primary)]
 
     @property
     def primary(self) -> int:
@@ -283,15 +284,16 @@ class BlindIndex:
     @property
     def versions(self) -> list[int]:
         """Every version, primary first: the order in which lookups try them."""
-        return [self.index.primary, *sorted(v for v in self.index.keys if v != self.index.primary)]
+        return list(self._versions)
 
     def digest(self, purpose: str, value: bytes, version: int | None = None) -> bytes:
         key = self._keys[(purpose, self.index.primary if version is None else version)]
-        return hmac.new(key, value, hashlib.sha256).digest()
+        return hmac.digest(key, value, "sha256")  # OpenSSL's one-shot HMAC: same bytes, faster
 
     def all_digests(self, purpose: str, value: bytes) -> list[bytes]:
         """The digest under every index key version (for lookups during a rotation)."""
-        return [self.digest(purpose, value, version) for version in self.versions]
+        keys = self._keys
+        return [hmac.digest(keys[(purpose, v)], value, "sha256") for v in self._versions]
 
     def card(self, card: str, version: int | None = None) -> bytes:
         return self.digest("card", card.encode(), version)
