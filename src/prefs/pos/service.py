@@ -135,7 +135,9 @@ class LookupBatcher:
         try:
             while self.queue:
                 batch, self.queue = self.queue[: self.max_batch], self.queue[self.max_batch :]
-                await self._run(batch)
+                batch = [queued for queued in batch if not queued[1].done()]  # gone: not asked
+                if batch:
+                    await self._run(batch)
         except BaseException:
             for _, future in self.queue:  # nothing else would answer them
                 future.cancel()
@@ -186,7 +188,7 @@ def _settle(
     result: asyncpg.Record | None = None,
     error: BaseException | None = None,
 ) -> None:
-    if future.done():  # its request was cancelled; the disclosure is still logged
+    if future.done():  # its request went away while the statement ran; its record stays
         return
     if isinstance(error, asyncio.CancelledError):
         future.cancel()
