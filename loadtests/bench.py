@@ -637,7 +637,7 @@ def main() -> None:
         default=[],
         metavar="SPEC",
         help="also measure a patched copy of prefs (loadtests/experiments.py), e.g. "
-        "reset-off+fast-aad, or granian+reset-off to serve it with granian; repeatable",
+        "no-metrics, or granian+plain to serve it with granian; repeatable",
     )
     add(
         "--granian-path",
