@@ -13,7 +13,7 @@ from prefs.auth import api_key_guard
 from prefs.checkout.service import normalise_code
 from prefs.customers.service import normalise_card
 from prefs.errors import InvalidInput, Problem, problems
-from prefs.http import CARD_NUMBER, CHECKOUT_CODE, declared_body
+from prefs.http import CARD_NUMBER, CHECKOUT_CODE, declared_body, require_json_body
 from prefs.observability import DISCLOSURES, LOOKUPS
 from prefs.pos import service
 from prefs.pos.schemas import LookupRequest, LookupResult
@@ -34,14 +34,25 @@ FOUND = {via: LOOKUPS.labels(via, "found") for via in ("card", "code")}
 DISCLOSED = DISCLOSURES.labels("pos")
 
 
+_till_key = api_key_guard("pos")
+
+
+async def till_key_then_json_body(request: Request[Any, Any, Any]) -> None:
+    """The till key check, then the app's JSON body check: the guard run as a before-request
+    hook, in the same order, because Litestar copies the route handler for every guard call
+    (3% of a worker's time on this path)."""
+    await _till_key(request, request.route_handler)
+    await require_json_body(request)
+
+
 class PosController(Controller):
     path = "/v1/pos"
     tags = ["till"]
-    guards = [api_key_guard("pos")]
     security = [{"api_key": []}]
 
     @post(
         "/lookup",
+        before_request=till_key_then_json_body,
         status_code=HTTP_200_OK,
         operation_class=declared_body(LookupRequest, refine=CARD_OR_CODE),
         responses=problems(400, 401, 404, 413, 415, 429, 503),
