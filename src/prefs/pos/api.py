@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, post
-from litestar.datastructures import State
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
@@ -58,7 +57,7 @@ class PosController(Controller):
         responses=problems(400, 401, 404, 413, 415, 429, 503),
     )
     async def lookup(
-        self, request: Request[Any, Any, Any], state: State, data: JSONBody[LookupRequest]
+        self, request: Request[Any, Any, Any], data: JSONBody[LookupRequest]
     ) -> LookupResult:
         """A customer's ranked preferences, with only the fields they granted.
 
@@ -70,6 +69,7 @@ class PosController(Controller):
         card = normalise_card(data.card) if data.card is not None else None
         code = normalise_code(data.code) if data.code is not None else None
         via = "card" if card is not None else "code"
+        state = request.app.state  # not an injected State: that copies the app's state each time
         try:
             result = await service.lookup(
                 state.lookup_batcher,
