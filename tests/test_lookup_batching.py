@@ -13,7 +13,7 @@ from msgspec import UNSET
 
 from prefs import db
 from prefs.credentials import service as credentials
-from prefs.errors import NotFound
+from prefs.errors import NotFound, Unavailable
 from prefs.pos.schemas import LookupResult
 from prefs.pos.service import (
     LOOKUP,
@@ -45,8 +45,9 @@ def plain(card: str) -> str:
     return card.replace(" ", "")
 
 
+@pytest.mark.parametrize("in_flight", [1, 2])
 async def test_lookups_sent_together_share_a_statement_and_each_gets_its_own_answer(
-    client, conn, new_customer, pool, vault
+    client, conn, new_customer, pool, vault, in_flight
 ):
     _, key = await till_key(conn, fresh_store())
     revoked, revoked_key = await till_key(conn)
@@ -60,11 +61,12 @@ async def test_lookups_sent_together_share_a_statement_and_each_gets_its_own_ans
     coded, _, coded_kept = await shopper(new_customer, client)
     code = (await checkout_code(client, coded, fields=["note"]))["code"]
 
-    batcher = LookupBatcher(pool, max_batch=64, in_flight=1)
+    batcher = LookupBatcher(pool, max_batch=64, in_flight=in_flight)
     throttle = MissThrottle(1000, 1000)
     cards = [plain(card) for _, card, _ in everything]
     answers = await asyncio.gather(
         *(lookup(batcher, vault, throttle, key, card, None) for card in cards),
+        lookup(batcher, vault, throttle, key, cards[-1], None),  # the same card twice
         lookup(batcher, vault, throttle, key, plain(product_only_card), None),
         lookup(batcher, vault, throttle, key, plain(ungranted_card), None),
         lookup(batcher, vault, throttle, key, None, code),
@@ -72,20 +74,31 @@ async def test_lookups_sent_together_share_a_statement_and_each_gets_its_own_ans
         lookup(batcher, vault, throttle, key, plain(fresh_card()), None),
         return_exceptions=True,
     )
-    assert batcher.statements < len(answers)  # they went together
+    assert batcher.statements == 1  # they went together
 
-    *full, product, missing, by_code, wrong_key, unknown = answers
-    for (customer, _, kept), answer in zip(everything, full, strict=True):
+    *full, twice, product, missing, by_code, wrong_key, unknown = answers
+    for (_, _, kept), answer in zip(everything, full, strict=True):
         assert isinstance(answer, LookupResult)
         assert [p.id for p in answer.preferences] == [uuid.UUID(p["id"]) for p in kept]
         assert [p.product.name for p in answer.preferences] == [  # type: ignore[union-attr]
             p["product"]["name"] for p in kept
         ]
+    for (customer, _, _), answers_for in zip(
+        everything, [[full[0]], [full[1]], [full[2], twice]], strict=True
+    ):
         logged = await conn.fetch(
-            "SELECT disclosure_id, via FROM access_log WHERE customer_id = $1",
+            "SELECT disclosure_id, via, preference_ids, fields FROM access_log"
+            " WHERE customer_id = $1 ORDER BY disclosure_id",
             uuid.UUID(customer.id),
         )
-        assert [(r["disclosure_id"], r["via"]) for r in logged] == [(answer.disclosure_id, "card")]
+        assert sorted(
+            (r["disclosure_id"], r["via"], r["preference_ids"], r["fields"]) for r in logged
+        ) == sorted(
+            (a.disclosure_id, "card", [p.id for p in a.preferences], a.fields)
+            for a in answers_for
+            if isinstance(a, LookupResult)
+        )
+    assert isinstance(twice, LookupResult) and twice.disclosure_id != full[2].disclosure_id
     assert isinstance(product, LookupResult)
     assert product.fields == ["product"]
     assert all(p.product and p.attributes is UNSET and p.note is UNSET for p in product.preferences)
@@ -98,6 +111,7 @@ async def test_lookups_sent_together_share_a_statement_and_each_gets_its_own_ans
     assert await disclosures(conn, product_only.id) == 1
     assert await disclosures(conn, coded.id) == 1
     assert await disclosures(conn, everything[0][0].id) == 1  # the revoked key's try added none
+    assert await disclosures(conn, everything[2][0].id) == 2  # one record per answer
 
 
 async def test_one_lookup_the_database_refuses_fails_alone(client, conn, new_customer, pool, vault):
@@ -194,21 +208,99 @@ async def test_a_lookup_cancelled_while_its_batch_runs_keeps_its_record(
 
 
 async def test_the_lookup_statement_is_planned_once_and_kept(
-    client, conn, new_customer, pool, vault
+    client, conn, new_customer, database, vault
 ):
     _, key = await till_key(conn)
     customer, card, _ = await shopper(new_customer, client)
     await grant(client, customer)
-    batcher = LookupBatcher(pool, max_batch=64, in_flight=1)
-    throttle = MissThrottle(1000, 1000)
-    for _ in range(8):
-        assert isinstance(
-            await lookup(batcher, vault, throttle, key, plain(card), None), LookupResult
-        )
-    async with pool.acquire() as lookup_conn:
-        plans = await lookup_conn.fetchrow(
-            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
-            LOOKUP,
-        )
+    one = await db.create_pool(database.url, 1, 1, LOOKUP_SERVER_SETTINGS)  # one connection
+    try:
+        batcher = LookupBatcher(one, max_batch=64, in_flight=1)
+        throttle = MissThrottle(1000, 1000)
+        for _ in range(8):
+            answer = await lookup(batcher, vault, throttle, key, plain(card), None)
+            assert isinstance(answer, LookupResult)
+        async with one.acquire() as lookup_conn:
+            plans = await lookup_conn.fetchrow(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement = $1",
+                LOOKUP,
+            )
+    finally:
+        await one.close()
     assert plans is not None
     assert plans["custom_plans"] == 0 and plans["generic_plans"] >= 1
+
+
+@pytest.fixture
+async def impatient_pool(database) -> AsyncIterator[asyncpg.Pool]:
+    """Lookup connections that give up on a lock after 300 ms."""
+    settings = {**LOOKUP_SERVER_SETTINGS, "lock_timeout": "300ms"}
+    connections = await db.create_pool(database.url, 1, 2, settings)
+    yield connections
+    await connections.close()
+
+
+async def test_a_batch_the_database_refuses_as_a_whole_fails_at_once_and_the_next_is_answered(
+    client, conn, new_customer, impatient_pool, vault
+):
+    _, key = await till_key(conn)
+    shoppers = [await shopper(new_customer, client) for _ in range(3)]
+    for customer, _, _ in shoppers:
+        await grant(client, customer)
+    batcher = LookupBatcher(impatient_pool, max_batch=64, in_flight=1)
+    throttle = MissThrottle(1000, 1000)
+    await conn.execute("BEGIN; LOCK TABLE access_log IN EXCLUSIVE MODE")
+    try:
+        answers = await asyncio.gather(
+            *(lookup(batcher, vault, throttle, key, plain(c), None) for _, c, _ in shoppers),
+            return_exceptions=True,
+        )
+    finally:
+        await conn.execute("COMMIT")
+    # a lock timeout is nobody's data: no lookup is retried alone, each gets its own error
+    assert batcher.statements == 1
+    assert all(isinstance(a, asyncpg.LockNotAvailableError) for a in answers)
+    assert len({id(a) for a in answers}) == len(answers)
+    assert batcher.running == 0 and not batcher.queue
+    for customer, _, _ in shoppers:
+        assert await disclosures(conn, customer.id) == 0
+    again = await lookup(batcher, vault, throttle, key, plain(shoppers[0][1]), None)
+    assert isinstance(again, LookupResult)
+    assert await disclosures(conn, shoppers[0][0].id) == 1
+
+
+async def test_stopping_mid_batch_answers_503_and_leaves_nothing_waiting(
+    client, conn, new_customer, pool, vault
+):
+    _, key = await till_key(conn)
+    shoppers = [await shopper(new_customer, client) for _ in range(2)]
+    for customer, _, _ in shoppers:
+        await grant(client, customer)
+    batcher = LookupBatcher(pool, max_batch=1, in_flight=1)  # the second waits in the queue
+    throttle = MissThrottle(1000, 1000)
+    await conn.execute("BEGIN; LOCK TABLE access_log IN EXCLUSIVE MODE")
+    try:
+        waiting = [
+            asyncio.create_task(lookup(batcher, vault, throttle, key, plain(c), None))
+            for _, c, _ in shoppers
+        ]
+        for _ in range(1000):  # until the first batch waits for the lock at the database
+            if await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND starts_with(query, $1)",
+                LOOKUP[:200],
+            ):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the lookup never reached the database")
+        for task in list(batcher.tasks):  # what the event loop does to them when it stops
+            task.cancel()
+        answers = await asyncio.gather(*waiting, return_exceptions=True)
+    finally:
+        await conn.execute("COMMIT")
+    assert all(isinstance(a, Unavailable) for a in answers), answers
+    assert batcher.running == 0 and not batcher.queue and not batcher.tasks
+    for customer, _, _ in shoppers:
+        assert await disclosures(conn, customer.id) == 0  # the statement was cancelled

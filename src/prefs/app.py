@@ -74,6 +74,7 @@ def _lifespan(settings: Settings) -> Any:
             purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await purger
+            await app.state.lookup_batcher.close()
             await app.state.lookup_pool.close()
             await app.state.pool.close()
 

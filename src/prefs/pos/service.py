@@ -5,6 +5,7 @@ is in the database share the next statement, its transaction and its commit (gro
 from __future__ import annotations
 
 import asyncio
+import copy
 import math
 import time
 import uuid
@@ -14,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from prefs.crypto import Vault, api_key_hash
-from prefs.errors import NotFound, Problem, TooManyRequests
+from prefs.errors import NotFound, Problem, TooManyRequests, Unavailable
 from prefs.pos.schemas import LookupResult
 from prefs.preferences.sealed import shared, shown
 
@@ -26,31 +27,31 @@ class InvalidApiKey(Problem):
 NOT_FOUND = "No customer preferences can be shown for this card or code."
 
 # Lookup i of a batch sends its key hash ($1, $2) and the hashes of its card or code under
-# every index key version ($3, $4 or $5, $6). Each lookup whose key is live gets one row, its
-# shown preferences as arrays in rank order (NULLs when nothing is shown); a lookup without a
-# row had no live key. Every hit is logged in the same statement: no answer leaves without
-# its record.
+# every index key version, primary first ($3, $4 or $5, $6; should versions disagree, the
+# primary's match wins). Each lookup whose key is live gets one row, its shown preferences as
+# arrays in rank order (NULLs when nothing is shown); a lookup without a row had no live key.
+# Every hit is logged in the same statement: no answer leaves without its record.
 LOOKUP = f"""
 WITH cred AS MATERIALIZED (
     SELECT r.i, c.credential_id, c.display_name, c.store
     FROM unnest($1::int[], $2::bytea[]) AS r(i, key_hash)
     JOIN credentials c ON c.key_hash = r.key_hash AND c.kind = 'pos' AND c.revoked_at IS NULL
 ), found AS MATERIALIZED (
-    SELECT h.i, ci.customer_id, g.fields, g.preference_ids, 'card' AS via
-    FROM unnest($3::int[], $4::bytea[]) AS h(i, card_hash)
+    SELECT h.i, h.n, ci.customer_id, g.fields, g.preference_ids, 'card' AS via
+    FROM unnest($3::int[], $4::bytea[]) WITH ORDINALITY AS h(i, card_hash, n)
     JOIN card_index ci ON ci.card_hash = h.card_hash
     JOIN consents g ON g.customer_id = ci.customer_id AND g.audience = 'pos'
     WHERE g.expires_at IS NULL OR g.expires_at > now()
     UNION ALL
-    SELECT h.i, k.customer_id, k.fields, k.preference_ids, 'code'
-    FROM unnest($5::int[], $6::bytea[]) AS h(i, code_hash)
+    SELECT h.i, h.n, k.customer_id, k.fields, k.preference_ids, 'code'
+    FROM unnest($5::int[], $6::bytea[]) WITH ORDINALITY AS h(i, code_hash, n)
     JOIN checkout_codes k ON k.code_hash = h.code_hash
     WHERE k.expires_at > now()
 ), hit AS MATERIALIZED (
     SELECT DISTINCT ON (found.i) found.*, cred.credential_id, cred.display_name, cred.store,
            gen_random_uuid() AS disclosure_id
     FROM found JOIN cred ON cred.i = found.i
-    ORDER BY found.i
+    ORDER BY found.i, found.n
 ), shown AS MATERIALIZED (
     SELECT s.i, array_agg(s.preference_id ORDER BY s.rank) AS ids,
            array_agg(s.rank ORDER BY s.rank) AS ranks,
@@ -101,14 +102,20 @@ def _arguments(batch: Sequence[Request]) -> tuple[list[Any], ...]:
 LOOKUP_SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
 
 
+# Errors the server reports about one lookup's data (data exceptions, integrity, a trigger's
+# RAISE, serialisation or deadlock): worth trying each lookup of a refused batch alone. Any other
+# error (timeouts, read-only after a failover, disk full) would fail each of them too.
+RETRY_ALONE_CLASSES = ("22", "23", "P0", "40")
+
+
 class LookupBatcher:
     """Group commit for till lookups, per worker process.
 
     A lookup that finds fewer than ``in_flight`` batches in the database starts one at once, so
     a quiet till waits for nothing. Under load, lookups that arrive meanwhile queue and go
     together, up to ``max_batch``, in the next statement: one plan, one round trip and one WAL
-    flush for all of them. If a shared batch fails, each of its lookups is retried alone, so
-    one lookup's error is never another's.
+    flush for all of them. If the database refuses a shared batch because of one lookup's data,
+    each of its lookups is retried alone, so that one lookup's error is never another's.
     """
 
     def __init__(self, pool: asyncpg.Pool, max_batch: int = 64, in_flight: int = 1) -> None:
@@ -116,7 +123,7 @@ class LookupBatcher:
         self.max_batch = max_batch
         self.in_flight = in_flight
         self.running = 0
-        self.statements = 0  # batches sent, for tests and the curious
+        self.statements = 0  # statements sent, for tests and the curious
         self.queue: list[Queued] = []
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -125,26 +132,37 @@ class LookupBatcher:
         future: asyncio.Future[asyncpg.Record | None] = asyncio.get_running_loop().create_future()
         self.queue.append(((key_hash, cards, codes), future))
         if self.running < self.in_flight:
-            self.running += 1
-            task = asyncio.create_task(self._drain())
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self._start()
         return await future
 
+    def _start(self) -> None:
+        self.running += 1
+        task = asyncio.create_task(self._drain())
+        self.tasks.add(task)
+        task.add_done_callback(self._drained)
+
+    def _drained(self, task: asyncio.Task[None]) -> None:
+        # counted here, not in a finally: a task cancelled before it ran never runs one
+        self.tasks.discard(task)
+        self.running -= 1
+        if task.cancelled():
+            if not self.tasks:  # the loop is going away: nobody else will answer them
+                _fail(self.queue, Unavailable("The service is stopping; retry shortly."))
+                self.queue = []
+        elif self.queue and self.running < self.in_flight:
+            self._start()  # queued after this task's last look at the queue
+
+    async def close(self) -> None:
+        """Let the batches in flight finish (before their pool closes)."""
+        if self.tasks:
+            await asyncio.wait(set(self.tasks))
+
     async def _drain(self) -> None:
-        try:
-            while self.queue:
-                batch, self.queue = self.queue[: self.max_batch], self.queue[self.max_batch :]
-                batch = [queued for queued in batch if not queued[1].done()]  # gone: not asked
-                if batch:
-                    await self._run(batch)
-        except BaseException:
-            for _, future in self.queue:  # nothing else would answer them
-                future.cancel()
-            self.queue = []
-            raise
-        finally:
-            self.running -= 1
+        while self.queue:
+            batch, self.queue = self.queue[: self.max_batch], self.queue[self.max_batch :]
+            batch = [queued for queued in batch if not queued[1].done()]  # gone: not asked
+            if batch:
+                await self._run(batch)
 
     async def _fetch(
         self, conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record], requests: Sequence[Request]
@@ -158,44 +176,44 @@ class LookupBatcher:
             async with self.pool.acquire() as conn:
                 try:
                     rows = await self._fetch(conn, [request for request, _ in batch])
-                except asyncpg.PostgresError:
-                    if len(batch) == 1:
+                except asyncpg.PostgresError as error:
+                    if len(batch) == 1 or not str(error.sqlstate).startswith(RETRY_ALONE_CLASSES):
                         raise
-                    # the server refused the statement and rolled it back: run each lookup
-                    # alone, so one lookup's error fails that lookup only
+                    # rolled back because of some lookup's data: each alone, so that one
+                    # lookup's error fails that lookup only
                     for request, future in batch:
+                        if future.done():
+                            continue  # its request went away: not asked
                         try:
                             alone = await self._fetch(conn, [request])
+                        except asyncpg.PostgresError as its_own:
+                            future.set_exception(its_own)
+                        else:
                             _settle(future, alone[0] if alone else None)
-                        except asyncpg.PostgresError as error:
-                            _settle(future, error=error)
                     return
-        except BaseException as error:
-            for _, future in batch:
-                _settle(future, error=error)
-            if not isinstance(error, Exception):
-                raise
-            return
-        per_lookup: list[asyncpg.Record | None] = [None] * len(batch)
-        for row in rows:
-            per_lookup[row["i"]] = row
-        for (_, future), result in zip(batch, per_lookup, strict=True):
-            _settle(future, result)
+                per_lookup: list[asyncpg.Record | None] = [None] * len(batch)
+                for row in rows:
+                    per_lookup[row["i"]] = row
+                for (_, future), result in zip(batch, per_lookup, strict=True):
+                    _settle(future, result)
+        except Exception as error:  # every lookup of the batch gets it
+            _fail(batch, error)
+        except BaseException:
+            _fail(batch, Unavailable("The service is stopping; retry shortly."))
+            raise
 
 
-def _settle(
-    future: asyncio.Future[asyncpg.Record | None],
-    result: asyncpg.Record | None = None,
-    error: BaseException | None = None,
-) -> None:
-    if future.done():  # its request went away while the statement ran; its record stays
-        return
-    if isinstance(error, asyncio.CancelledError):
-        future.cancel()
-    elif error is not None:
-        future.set_exception(error)
-    else:
+def _settle(future: asyncio.Future[asyncpg.Record | None], result: asyncpg.Record | None) -> None:
+    if not future.done():  # else its request went away while the statement ran: the record stays
         future.set_result(result)
+
+
+def _fail(batch: list[Queued], error: BaseException) -> None:
+    """Hand ``error`` to each lookup still waiting, each its own copy (a traceback grows on the
+    exception object each time it is raised)."""
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(copy.copy(error))
 
 
 class MissThrottle:
