@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -43,6 +44,30 @@ async def pool(database) -> AsyncIterator[asyncpg.Pool]:
 
 def plain(card: str) -> str:
     return card.replace(" ", "")
+
+
+async def granted_shoppers(
+    client, conn, new_customer, count: int
+) -> tuple[str, list[tuple[Any, str, list[dict[str, Any]]]]]:
+    """A new till key, and ``count`` shoppers who let tills see everything."""
+    _, key = await till_key(conn)
+    shoppers = [await shopper(new_customer, client) for _ in range(count)]
+    for customer, _, _ in shoppers:
+        await grant(client, customer)
+    return key, shoppers
+
+
+async def until_a_batch_waits_for_a_lock(conn: asyncpg.Connection) -> None:
+    """Return once a lookup statement is waiting for a lock at the database."""
+    for _ in range(1000):
+        if await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND starts_with(query, $1)",
+            LOOKUP[:200],  # the activity view keeps only the start of a long statement
+        ):
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("the lookup never reached the database")
 
 
 @pytest.mark.parametrize("in_flight", [1, 2])
@@ -188,16 +213,7 @@ async def test_a_lookup_cancelled_while_its_batch_runs_keeps_its_record(
     async with pool.acquire() as blocker:  # holds the batch at the database for a moment
         await blocker.execute("BEGIN; LOCK TABLE access_log IN EXCLUSIVE MODE")
         dropped = asyncio.create_task(lookup(batcher, vault, throttle, key, plain(card), None))
-        for _ in range(1000):  # until the batch waits for the lock at the database
-            if await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND starts_with(query, $1)",
-                LOOKUP[:200],  # the activity view keeps only the start of a long statement
-            ):
-                break
-            await asyncio.sleep(0.01)
-        else:
-            pytest.fail("the lookup never reached the database")
+        await until_a_batch_waits_for_a_lock(conn)
         dropped.cancel()
         await blocker.execute("COMMIT")
     with pytest.raises(asyncio.CancelledError):
@@ -244,10 +260,7 @@ async def impatient_pool(database) -> AsyncIterator[asyncpg.Pool]:
 async def test_a_batch_the_database_refuses_as_a_whole_fails_at_once_and_the_next_is_answered(
     client, conn, new_customer, impatient_pool, vault
 ):
-    _, key = await till_key(conn)
-    shoppers = [await shopper(new_customer, client) for _ in range(3)]
-    for customer, _, _ in shoppers:
-        await grant(client, customer)
+    key, shoppers = await granted_shoppers(client, conn, new_customer, 3)
     batcher = LookupBatcher(impatient_pool, max_batch=64, in_flight=1)
     throttle = MissThrottle(1000, 1000)
     await conn.execute("BEGIN; LOCK TABLE access_log IN EXCLUSIVE MODE")
@@ -273,10 +286,7 @@ async def test_a_batch_the_database_refuses_as_a_whole_fails_at_once_and_the_nex
 async def test_stopping_mid_batch_answers_503_and_leaves_nothing_waiting(
     client, conn, new_customer, pool, vault
 ):
-    _, key = await till_key(conn)
-    shoppers = [await shopper(new_customer, client) for _ in range(2)]
-    for customer, _, _ in shoppers:
-        await grant(client, customer)
+    key, shoppers = await granted_shoppers(client, conn, new_customer, 2)
     batcher = LookupBatcher(pool, max_batch=1, in_flight=1)  # the second waits in the queue
     throttle = MissThrottle(1000, 1000)
     await conn.execute("BEGIN; LOCK TABLE access_log IN EXCLUSIVE MODE")
@@ -285,16 +295,7 @@ async def test_stopping_mid_batch_answers_503_and_leaves_nothing_waiting(
             asyncio.create_task(lookup(batcher, vault, throttle, key, plain(c), None))
             for _, c, _ in shoppers
         ]
-        for _ in range(1000):  # until the first batch waits for the lock at the database
-            if await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND starts_with(query, $1)",
-                LOOKUP[:200],
-            ):
-                break
-            await asyncio.sleep(0.01)
-        else:
-            pytest.fail("the lookup never reached the database")
+        await until_a_batch_waits_for_a_lock(conn)
         for task in list(batcher.tasks):  # what the event loop does to them when it stops
             task.cancel()
         answers = await asyncio.gather(*waiting, return_exceptions=True)
