@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import contextlib
 import os
 from collections.abc import AsyncIterator
@@ -68,6 +69,7 @@ def _lifespan(settings: Settings) -> Any:
                 settings.purge_interval_seconds,
             )
         )
+        gc.freeze()  # what startup built lives as long as the process: collections skip it
         try:
             yield
         finally:
