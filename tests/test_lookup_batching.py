@@ -57,6 +57,12 @@ async def granted_shoppers(
     return key, shoppers
 
 
+async def idle(batcher: LookupBatcher) -> None:
+    """Return once the batcher's tasks have ended (an answer can come before its task ends)."""
+    if batcher.tasks:
+        await asyncio.wait(set(batcher.tasks))
+
+
 async def until_a_batch_waits_for_a_lock(conn: asyncpg.Connection) -> None:
     """Return once a lookup statement is waiting for a lock at the database."""
     for _ in range(1000):
@@ -199,6 +205,7 @@ async def test_a_lookup_cancelled_before_its_batch_is_not_sent_and_the_next_ones
     again = await lookup(batcher, vault, throttle, key, plain(second_card), None)
     assert isinstance(again, LookupResult)
     assert await disclosures(conn, second.id) == 1
+    await idle(batcher)
     assert batcher.running == 0 and not batcher.queue
 
 
@@ -218,8 +225,7 @@ async def test_a_lookup_cancelled_while_its_batch_runs_keeps_its_record(
         await blocker.execute("COMMIT")
     with pytest.raises(asyncio.CancelledError):
         await dropped
-    if batcher.tasks:
-        await asyncio.wait(batcher.tasks)
+    await idle(batcher)
     assert await disclosures(conn, customer.id) == 1  # the statement ran: its record is kept
 
 
@@ -275,6 +281,7 @@ async def test_a_batch_the_database_refuses_as_a_whole_fails_at_once_and_the_nex
     assert batcher.statements == 1
     assert all(isinstance(a, asyncpg.LockNotAvailableError) for a in answers)
     assert len({id(a) for a in answers}) == len(answers)
+    await idle(batcher)
     assert batcher.running == 0 and not batcher.queue
     for customer, _, _ in shoppers:
         assert await disclosures(conn, customer.id) == 0
