@@ -648,7 +648,8 @@ def main() -> None:
         "--baseline-reset",
         choices=["on", "off"],
         default="on",
-        help="asyncpg's pool reset query in the baseline (on: asyncpg's default; prefs turns it off)",
+        help="asyncpg's pool reset query in the baseline "
+        "(on: asyncpg's default; prefs turns it off)",
     )
     add("--label", default="", help="a name for this run; the flatness check compares equal labels")
     add("--output", type=Path, default=RESULTS / "bench.json")

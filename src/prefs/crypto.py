@@ -292,8 +292,7 @@ class BlindIndex:
 
     def all_digests(self, purpose: str, value: bytes) -> list[bytes]:
         """The digest under every index key version (for lookups during a rotation)."""
-        keys = self._keys
-        return [hmac.digest(keys[(purpose, v)], value, "sha256") for v in self._versions]
+        return [self.digest(purpose, value, version) for version in self._versions]
 
     def card(self, card: str, version: int | None = None) -> bytes:
         return self.digest("card", card.encode(), version)
