@@ -21,7 +21,7 @@ from prefs.pos.service import (
     LOOKUP_SERVER_SETTINGS,
     InvalidApiKey,
     LookupBatcher,
-    MissThrottle,
+    ThrottledTills,
     lookup,
 )
 from tests.till import (
@@ -93,7 +93,7 @@ async def test_lookups_sent_together_share_a_statement_and_each_gets_its_own_ans
     code = (await checkout_code(client, coded, fields=["note"]))["code"]
 
     batcher = LookupBatcher(pool, max_batch=64, in_flight=in_flight)
-    throttle = MissThrottle(1000, 1000)
+    throttle = ThrottledTills()
     cards = [plain(card) for _, card, _ in everything]
     answers = await asyncio.gather(
         *(lookup(batcher, vault, throttle, key, card, None) for card in cards),
@@ -165,7 +165,7 @@ async def test_one_lookup_the_database_refuses_fails_alone(client, conn, new_cus
     )
     try:
         batcher = LookupBatcher(pool, max_batch=64, in_flight=1)
-        throttle = MissThrottle(1000, 1000)
+        throttle = ThrottledTills()
         answers = await asyncio.gather(
             *(lookup(batcher, vault, throttle, key, plain(c), None) for _, c, _ in good),
             lookup(batcher, vault, throttle, key, plain(bad_card), None),
@@ -192,7 +192,7 @@ async def test_a_lookup_cancelled_before_its_batch_is_not_sent_and_the_next_ones
     await grant(client, first)
     await grant(client, second)
     batcher = LookupBatcher(pool, max_batch=64, in_flight=1)
-    throttle = MissThrottle(1000, 1000)
+    throttle = ThrottledTills()
     kept = asyncio.create_task(lookup(batcher, vault, throttle, key, plain(first_card), None))
     dropped = asyncio.create_task(lookup(batcher, vault, throttle, key, plain(second_card), None))
     await asyncio.sleep(0)  # both are queued, no batch has been sent yet
@@ -216,7 +216,7 @@ async def test_a_lookup_cancelled_while_its_batch_runs_keeps_its_record(
     customer, card, _ = await shopper(new_customer, client)
     await grant(client, customer)
     batcher = LookupBatcher(pool, max_batch=64, in_flight=1)
-    throttle = MissThrottle(1000, 1000)
+    throttle = ThrottledTills()
     async with pool.acquire() as blocker:  # holds the batch at the database for a moment
         await blocker.execute("BEGIN; LOCK TABLE access_log IN EXCLUSIVE MODE")
         dropped = asyncio.create_task(lookup(batcher, vault, throttle, key, plain(card), None))
@@ -238,7 +238,7 @@ async def test_the_lookup_statement_is_planned_once_and_kept(
     one = await db.create_pool(database.url, 1, 1, LOOKUP_SERVER_SETTINGS)  # one connection
     try:
         batcher = LookupBatcher(one, max_batch=64, in_flight=1)
-        throttle = MissThrottle(1000, 1000)
+        throttle = ThrottledTills()
         for _ in range(8):
             answer = await lookup(batcher, vault, throttle, key, plain(card), None)
             assert isinstance(answer, LookupResult)
@@ -268,7 +268,7 @@ async def test_a_batch_the_database_refuses_as_a_whole_fails_at_once_and_the_nex
 ):
     key, shoppers = await granted_shoppers(client, conn, new_customer, 3)
     batcher = LookupBatcher(impatient_pool, max_batch=64, in_flight=1)
-    throttle = MissThrottle(1000, 1000)
+    throttle = ThrottledTills()
     await conn.execute("BEGIN; LOCK TABLE access_log IN EXCLUSIVE MODE")
     try:
         answers = await asyncio.gather(
@@ -295,7 +295,7 @@ async def test_stopping_mid_batch_answers_503_and_leaves_nothing_waiting(
 ):
     key, shoppers = await granted_shoppers(client, conn, new_customer, 2)
     batcher = LookupBatcher(pool, max_batch=1, in_flight=1)  # the second waits in the queue
-    throttle = MissThrottle(1000, 1000)
+    throttle = ThrottledTills()
     await conn.execute("BEGIN; LOCK TABLE access_log IN EXCLUSIVE MODE")
     try:
         waiting = [

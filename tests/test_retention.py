@@ -374,3 +374,32 @@ async def test_the_periodic_purge_logs_a_failure_and_keeps_running(
     [failure] = [r for r in records.records if r.levelno >= logging.ERROR][:1]
     assert "purge failed" in failure.getMessage()
     assert str(stray) not in failure.getMessage()
+
+
+async def test_the_purge_drops_ended_till_miss_windows_and_keeps_live_ones(conn, vault, settings):
+    ended, live = f"ended-{uuid.uuid4()}", f"live-{uuid.uuid4()}"
+    await conn.execute(
+        "INSERT INTO store_misses (store, window_start, misses)"
+        " VALUES ($1, now() - interval '2 minutes', 7), ($2, now(), 3)",
+        ended,
+        live,
+    )
+    await conn.execute(
+        "INSERT INTO key_misses (key_hash, window_start, misses)"
+        " VALUES ($1, now() - interval '2 minutes', 7), ($2, now(), 3)",
+        ended.encode(),
+        live.encode(),
+    )
+
+    purged = await purge(conn, vault, settings)
+
+    assert purged["lookup_miss_windows"] >= 2
+    stores = await conn.fetch(
+        "SELECT store, misses FROM store_misses WHERE store = ANY($1::text[])", [ended, live]
+    )
+    keys = await conn.fetch(
+        "SELECT key_hash, misses FROM key_misses WHERE key_hash = ANY($1::bytea[])",
+        [ended.encode(), live.encode()],
+    )
+    assert [(r["store"], r["misses"]) for r in stores] == [(live, 3)]
+    assert [(r["key_hash"], r["misses"]) for r in keys] == [(live.encode(), 3)]

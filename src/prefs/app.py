@@ -34,7 +34,7 @@ from prefs.insights.api import InsightsController
 from prefs.observability import ObservabilityMiddleware, configure_logging
 from prefs.partners.api import PartnersController
 from prefs.pos.api import PosController
-from prefs.pos.service import LOOKUP_SERVER_SETTINGS, LookupBatcher, MissThrottle
+from prefs.pos.service import LOOKUP_SERVER_SETTINGS, LookupBatcher, ThrottledTills
 from prefs.preferences.api import PreferencesController
 from prefs.reorders.api import CustomerReordersController, PartnerController
 from prefs.retention import service as retention
@@ -58,7 +58,11 @@ def _lifespan(settings: Settings) -> Any:
             server_settings=LOOKUP_SERVER_SETTINGS,
         )
         app.state.lookup_batcher = LookupBatcher(
-            app.state.lookup_pool, settings.lookup_batch_max, settings.lookup_batches_in_flight
+            app.state.lookup_pool,
+            settings.lookup_batch_max,
+            settings.lookup_batches_in_flight,
+            settings.lookup_misses_per_minute_per_key,
+            settings.lookup_misses_per_minute_per_store,
         )
         purger = asyncio.create_task(
             retention.run_periodically(
@@ -130,10 +134,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "vault": vault,
             "verifier": TokenVerifier(settings, vault.index),
             "schema_head": db.head_revision(),
-            "lookup_throttle": MissThrottle(
-                settings.lookup_misses_per_minute_per_key,
-                settings.lookup_misses_per_minute_per_store,
-            ),
+            "throttled_tills": ThrottledTills(),
         }
     )
     return Litestar(

@@ -74,7 +74,7 @@ class PosController(Controller):
             result = await service.lookup(
                 state.lookup_batcher,
                 state.vault,
-                state.lookup_throttle,
+                state.throttled_tills,
                 request.state.api_key.secret,
                 card,
                 code,

@@ -28,30 +28,58 @@ NOT_FOUND = "No customer preferences can be shown for this card or code."
 
 # Lookup i of a batch sends its key hash ($1, $2) and the hashes of its card or code under
 # every index key version, primary first ($3, $4 or $5, $6; should versions disagree, the
-# primary's match wins). Each lookup whose key is live gets one row, its shown preferences as
-# arrays in rank order (NULLs when nothing is shown); a lookup without a row had no live key.
-# Every hit is logged in the same statement: no answer leaves without its record.
+# primary's match wins); $7 and $8 are the misses per minute allowed per key and per store. Each
+# lookup whose key is live gets one row: refused (retry_after) when its key or store has used
+# up its misses, counting the misses of earlier lookups in the batch; otherwise its shown
+# preferences as arrays in rank order (NULLs when nothing is shown). A lookup without a row had
+# no live key. Every hit is logged in the same statement: no answer leaves without its record.
 LOOKUP = f"""
 WITH cred AS MATERIALIZED (
-    SELECT r.i, c.credential_id, c.display_name, c.store
+    SELECT r.i, r.key_hash, c.credential_id, c.display_name, c.store,
+           coalesce(mk.misses, 0) AS key_misses, mk.window_start AS key_window,
+           coalesce(ms.misses, 0) AS store_misses, ms.window_start AS store_window
     FROM unnest($1::int[], $2::bytea[]) AS r(i, key_hash)
     JOIN credentials c ON c.key_hash = r.key_hash AND c.kind = 'pos' AND c.revoked_at IS NULL
+    LEFT JOIN key_misses mk ON mk.key_hash = r.key_hash
+        AND mk.window_start > now() - interval '1 minute'
+    LEFT JOIN store_misses ms ON ms.store = c.store
+        AND ms.window_start > now() - interval '1 minute'
 ), found AS MATERIALIZED (
-    SELECT h.i, h.n, ci.customer_id, g.fields, g.preference_ids, 'card' AS via
-    FROM unnest($3::int[], $4::bytea[]) WITH ORDINALITY AS h(i, card_hash, n)
-    JOIN card_index ci ON ci.card_hash = h.card_hash
-    JOIN consents g ON g.customer_id = ci.customer_id AND g.audience = 'pos'
-    WHERE g.expires_at IS NULL OR g.expires_at > now()
-    UNION ALL
-    SELECT h.i, h.n, k.customer_id, k.fields, k.preference_ids, 'code'
-    FROM unnest($5::int[], $6::bytea[]) WITH ORDINALITY AS h(i, code_hash, n)
-    JOIN checkout_codes k ON k.code_hash = h.code_hash
-    WHERE k.expires_at > now()
-), hit AS MATERIALIZED (
-    SELECT DISTINCT ON (found.i) found.*, cred.credential_id, cred.display_name, cred.store,
-           gen_random_uuid() AS disclosure_id
-    FROM found JOIN cred ON cred.i = found.i
-    ORDER BY found.i, found.n
+    SELECT DISTINCT ON (f.i) f.* FROM (
+        SELECT h.i, h.n, ci.customer_id, g.fields, g.preference_ids, 'card' AS via
+        FROM unnest($3::int[], $4::bytea[]) WITH ORDINALITY AS h(i, card_hash, n)
+        JOIN card_index ci ON ci.card_hash = h.card_hash
+        JOIN consents g ON g.customer_id = ci.customer_id AND g.audience = 'pos'
+        WHERE g.expires_at IS NULL OR g.expires_at > now()
+        UNION ALL
+        SELECT h.i, h.n, k.customer_id, k.fields, k.preference_ids, 'code'
+        FROM unnest($5::int[], $6::bytea[]) WITH ORDINALITY AS h(i, code_hash, n)
+        CROSS JOIN LATERAL (  -- one index probe per code, never a scan of all live codes
+            SELECT * FROM checkout_codes k
+            WHERE k.code_hash = h.code_hash AND k.expires_at > now() OFFSET 0
+        ) k
+    ) f
+    ORDER BY f.i, f.n
+), judged AS MATERIALIZED (
+    SELECT j.*, CASE WHEN NOT (j.missed OR j.key_throttled OR j.store_throttled)
+                     THEN gen_random_uuid() END AS disclosure_id
+    FROM (
+        SELECT k.*, k.store_misses + count(*) FILTER (WHERE k.missed AND NOT k.key_throttled)
+                    OVER (PARTITION BY k.store ORDER BY k.i
+                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) >= $8::int
+                    AS store_throttled
+        FROM (
+            SELECT cred.*, f.customer_id, f.fields, f.preference_ids, f.via,
+                   f.i IS NULL AS missed,
+                   cred.key_misses + count(*) FILTER (WHERE f.i IS NULL)
+                       OVER (PARTITION BY cred.key_hash ORDER BY cred.i
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) >= $7::int
+                       AS key_throttled
+            FROM cred LEFT JOIN found f ON f.i = cred.i
+        ) k
+    ) j
+), hit AS NOT MATERIALIZED (
+    SELECT * FROM judged WHERE disclosure_id IS NOT NULL
 ), shown AS MATERIALIZED (
     SELECT s.i, array_agg(s.preference_id ORDER BY s.rank) AS ids,
            array_agg(s.rank ORDER BY s.rank) AS ranks,
@@ -68,13 +96,41 @@ WITH cred AS MATERIALIZED (
            hit.store, 'checkout', hit.via, coalesce(shown.ids, '{{}}'), hit.fields
     FROM hit LEFT JOIN shown ON shown.i = hit.i
 )
-SELECT cred.i, cred.store, hit.customer_id, hit.fields, hit.via, k.generation, k.wrapped,
-       hit.disclosure_id, shown.ids, shown.ranks, shown.statuses, shown.products,
-       shown.attributes, shown.notes
-FROM cred
-LEFT JOIN hit ON hit.i = cred.i
-LEFT JOIN customer_keys k ON k.customer_id = hit.customer_id
-LEFT JOIN shown ON shown.i = cred.i
+SELECT j.i, j.store, j.key_throttled, j.store_throttled,
+       j.missed AND NOT (j.key_throttled OR j.store_throttled) AS counted_miss,
+       CASE WHEN j.key_throttled OR j.store_throttled THEN greatest(1, ceil(extract(epoch FROM
+           greatest(CASE WHEN j.key_throttled THEN coalesce(j.key_window, now()) END,
+                    CASE WHEN j.store_throttled THEN coalesce(j.store_window, now()) END)
+           + interval '1 minute' - now())))::int END AS retry_after,
+       CASE WHEN j.disclosure_id IS NOT NULL THEN j.customer_id END AS customer_id,
+       j.fields, j.via, k.generation, k.wrapped, j.disclosure_id, shown.ids, shown.ranks,
+       shown.statuses, shown.products, shown.attributes, shown.notes
+FROM judged j
+LEFT JOIN customer_keys k ON k.customer_id = j.customer_id AND j.disclosure_id IS NOT NULL
+LEFT JOIN shown ON shown.i = j.i
+"""
+
+# The misses of a batch (counted_miss), added to their keys' and stores' windows (a window that
+# has ended starts again). Sent only for batches that missed, before their misses are answered.
+COUNT_MISSES = """
+WITH keys AS (
+    INSERT INTO key_misses AS t (key_hash, window_start, misses)
+    SELECT key_hash, now(), count(*) FROM unnest($1::bytea[]) AS m(key_hash)
+    GROUP BY key_hash ORDER BY key_hash
+    ON CONFLICT (key_hash) DO UPDATE SET
+        misses = CASE WHEN t.window_start > now() - interval '1 minute'
+                      THEN t.misses + excluded.misses ELSE excluded.misses END,
+        window_start = CASE WHEN t.window_start > now() - interval '1 minute'
+                            THEN t.window_start ELSE excluded.window_start END
+)
+INSERT INTO store_misses AS t (store, window_start, misses)
+SELECT store, now(), count(*) FROM unnest($2::text[]) AS m(store)
+GROUP BY store ORDER BY store
+ON CONFLICT (store) DO UPDATE SET
+    misses = CASE WHEN t.window_start > now() - interval '1 minute'
+                  THEN t.misses + excluded.misses ELSE excluded.misses END,
+    window_start = CASE WHEN t.window_start > now() - interval '1 minute'
+                        THEN t.window_start ELSE excluded.window_start END
 """
 
 Hashes = Sequence[bytes]
@@ -98,8 +154,10 @@ def _arguments(batch: Sequence[Request]) -> tuple[list[Any], ...]:
 
 
 # The lookup's plan depends on no parameter's value (the arrays are keys, looked up by index),
-# and planning it takes longer than running it: its connections keep one generic plan.
-LOOKUP_SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
+# and planning it takes longer than running it: its connections keep one generic plan. That plan
+# lasts as long as the connection, so it must not depend on how small a table was when it was
+# made: every table is reached through an index.
+LOOKUP_SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off"}
 
 
 # Errors the server reports about one lookup's data (data exceptions, integrity, a trigger's
@@ -118,10 +176,18 @@ class LookupBatcher:
     each of its lookups is retried alone, so that one lookup's error is never another's.
     """
 
-    def __init__(self, pool: asyncpg.Pool, max_batch: int = 64, in_flight: int = 1) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        max_batch: int = 64,
+        in_flight: int = 1,
+        misses_per_key: int = 30,
+        misses_per_store: int = 120,
+    ) -> None:
         self.pool = pool
         self.max_batch = max_batch
         self.in_flight = in_flight
+        self.limits = (misses_per_key, misses_per_store)  # per minute, across all workers
         self.running = 0
         self.statements = 0  # statements sent, for tests and the curious
         self.queue: list[Queued] = []
@@ -168,7 +234,7 @@ class LookupBatcher:
         self, conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record], requests: Sequence[Request]
     ) -> list[asyncpg.Record]:
         self.statements += 1
-        rows: list[asyncpg.Record] = await conn.fetch(LOOKUP, *_arguments(requests))
+        rows: list[asyncpg.Record] = await conn.fetch(LOOKUP, *_arguments(requests), *self.limits)
         return rows
 
     async def _run(self, batch: list[Queued]) -> None:
@@ -186,21 +252,41 @@ class LookupBatcher:
                             continue  # its request went away: not asked
                         try:
                             alone = await self._fetch(conn, [request])
+                            await self._answer(conn, [(request, future)], alone)
                         except asyncpg.PostgresError as its_own:
-                            future.set_exception(its_own)
-                        else:
-                            _settle(future, alone[0] if alone else None)
+                            _fail([(request, future)], its_own)
                     return
-                per_lookup: list[asyncpg.Record | None] = [None] * len(batch)
-                for row in rows:
-                    per_lookup[row["i"]] = row
-                for (_, future), result in zip(batch, per_lookup, strict=True):
-                    _settle(future, result)
-        except Exception as error:  # every lookup of the batch gets it
+                await self._answer(conn, batch, rows)
+        except Exception as error:  # every lookup of the batch still waiting gets it
             _fail(batch, error)
         except BaseException:
             _fail(batch, Unavailable("The service is stopping; retry shortly."))
             raise
+
+    async def _answer(
+        self,
+        conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record],
+        batch: Sequence[Queued],
+        rows: list[asyncpg.Record],
+    ) -> None:
+        """Answer each lookup with its row; misses only once they are counted."""
+        per_lookup: list[asyncpg.Record | None] = [None] * len(batch)
+        for found in rows:
+            per_lookup[found["i"]] = found
+        misses = []
+        for (request, future), row in zip(batch, per_lookup, strict=True):
+            if row is not None and row["counted_miss"]:
+                misses.append((request, future, row))
+            else:
+                _settle(future, row)
+        if misses:
+            await conn.execute(
+                COUNT_MISSES,
+                [request[0] for request, _, _ in misses],
+                [row["store"] for _, _, row in misses],
+            )
+            for _, future, row in misses:
+                _settle(future, row)
 
 
 def _settle(future: asyncio.Future[asyncpg.Record | None], result: asyncpg.Record | None) -> None:
@@ -216,53 +302,54 @@ def _fail(batch: list[Queued], error: BaseException) -> None:
             future.set_exception(copy.copy(error))
 
 
-class MissThrottle:
-    """Counts failed lookups per key and per store in fixed one-minute windows (per process)."""
+class ThrottledTills:
+    """Keys and stores the database has refused for too many misses, remembered (per process)
+    until their window ends: a throttled till is refused without a round trip. The misses
+    themselves are counted in the database, by the lookup statement, across all workers."""
 
-    WINDOW = 60.0
-
-    def __init__(self, per_key: int, per_store: int) -> None:
-        self.limits = {"key": per_key, "store": per_store}
-        self.windows: dict[tuple[str, Any], tuple[float, int]] = {}
+    def __init__(self) -> None:
+        self.until: dict[tuple[str, Any], float] = {}
         self.store_of_key: dict[bytes, str] = {}
-
-    def _retry_after(self, scope: str, who: Any, now: float) -> int | None:
-        start, count = self.windows.get((scope, who), (now, 0))
-        if now - start < self.WINDOW and count >= self.limits[scope]:
-            return max(1, math.ceil(start + self.WINDOW - now))
-        return None
 
     def check(self, key_hash: bytes) -> None:
         now = time.monotonic()
-        store = self.store_of_key.get(key_hash)
-        for scope, who in (("key", key_hash), ("store", store)):
-            if who is not None and (wait := self._retry_after(scope, who, now)) is not None:
-                raise TooManyRequests(
-                    f"Too many lookups found nothing; try again in {wait} s.",
-                    headers={"Retry-After": str(wait)},
-                )
+        for scope, who in (("key", key_hash), ("store", self.store_of_key.get(key_hash))):
+            until = self.until.get((scope, who))
+            if until is not None and until > now:
+                raise _throttled(math.ceil(until - now))
 
-    def miss(self, key_hash: bytes, store: str) -> None:
+    def remember(self, key_hash: bytes, row: asyncpg.Record) -> None:
+        """Remember the database's refusal of this key or its store until its window ends."""
         now = time.monotonic()
-        if len(self.windows) > 100_000:
-            self.windows = {k: v for k, v in self.windows.items() if now - v[0] < self.WINDOW}
-        self.store_of_key[key_hash] = store
-        for key in (("key", key_hash), ("store", store)):
-            start, count = self.windows.get(key, (now, 0))
-            self.windows[key] = (start, count + 1) if now - start < self.WINDOW else (now, 1)
+        if len(self.until) > 100_000:
+            self.until = {k: v for k, v in self.until.items() if v > now}
+            self.store_of_key.clear()
+        self.store_of_key[key_hash] = row["store"]
+        until = now + row["retry_after"]
+        if row["key_throttled"]:
+            self.until["key", key_hash] = until
+        if row["store_throttled"]:
+            self.until["store", row["store"]] = until
+
+
+def _throttled(wait: int) -> TooManyRequests:
+    return TooManyRequests(
+        f"Too many lookups found nothing; try again in {wait} s.",
+        headers={"Retry-After": str(wait)},
+    )
 
 
 async def lookup(
     batcher: LookupBatcher,
     vault: Vault,
-    throttle: MissThrottle,
+    throttled: ThrottledTills,
     api_key: str,
     card: str | None,
     code: str | None,
 ) -> LookupResult:
     """Disclose the granted fields of a customer's ranked preferences to a till, and log it."""
     key_hash = api_key_hash(api_key)
-    throttle.check(key_hash)
+    throttled.check(key_hash)
     card_hashes: Hashes = vault.index.all_digests("card", card.encode()) if card else ()
     code_hashes: Hashes = vault.index.all_digests("checkout-code", code.encode()) if code else ()
     row = await batcher.fetch(key_hash, card_hashes, code_hashes)
@@ -270,8 +357,10 @@ async def lookup(
         raise InvalidApiKey(
             "The API key is not valid.", headers={"WWW-Authenticate": 'Bearer realm="prefs"'}
         )
+    if row["retry_after"] is not None:
+        throttled.remember(key_hash, row)
+        raise _throttled(row["retry_after"])
     if row["customer_id"] is None:
-        throttle.miss(key_hash, row["store"])
         raise NotFound(NOT_FOUND)
     customer_id: uuid.UUID = row["customer_id"]
     data_key = vault.envelope.unwrap(customer_id, row["generation"], row["wrapped"])

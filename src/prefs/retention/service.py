@@ -19,6 +19,18 @@ log = logging.getLogger("prefs.retention")
 LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('prefs.purge'))"
 CODES = "DELETE FROM checkout_codes WHERE expires_at <= now()"
 ACCESS_LOG = "DELETE FROM access_log WHERE at < now() - make_interval(days => $1)"
+# Ended windows of the till's miss throttle; rows a lookup is counting right now are left for
+# the next purge (never waited for, so the purge and a lookup cannot deadlock).
+KEY_MISSES = """
+DELETE FROM key_misses WHERE key_hash IN (
+    SELECT key_hash FROM key_misses WHERE window_start <= now() - interval '1 minute'
+    FOR UPDATE SKIP LOCKED
+)"""
+STORE_MISSES = """
+DELETE FROM store_misses WHERE store IN (
+    SELECT store FROM store_misses WHERE window_start <= now() - interval '1 minute'
+    FOR UPDATE SKIP LOCKED
+)"""
 
 
 def _count(status: str) -> int:
@@ -28,8 +40,9 @@ def _count(status: str) -> int:
 async def purge(
     conn: asyncpg.Connection, vault: Vault, controller: str, access_log_days: int
 ) -> dict[str, int] | None:
-    """Purge expired checkout codes, idempotency records and access-log entries older than the
-    retention period, and record expired consents. None when another purge is running."""
+    """Purge expired checkout codes, idempotency records, access-log entries older than the
+    retention period and ended miss-throttle windows, and record expired consents. None when
+    another purge is running."""
     async with conn.transaction():
         if not await conn.fetchval(LOCK):
             return None
@@ -39,6 +52,8 @@ async def purge(
             "idempotency_keys": await purge_idempotency(conn),
             "access_log": _count(await conn.execute(ACCESS_LOG, access_log_days)),
             "demand_groups": await drop_unused_groups(conn),
+            "lookup_miss_windows": _count(await conn.execute(KEY_MISSES))
+            + _count(await conn.execute(STORE_MISSES)),
         }
 
 
