@@ -16,6 +16,13 @@ are any. CPU time per request (server and PostgreSQL) is reported too: it hardly
 contention. Every worker's resident memory is sampled throughout. The summary prints the targets;
 results go to loadtests/results/bench.json and bench-<N>customers.json (the flatness check reads
 the latter for other sizes).
+
+The machine's speed drifts between runs, so the flatness check is best made within one run:
+
+    uv run python loadtests/bench.py --flat-against /tmp/prefs-bench-1m
+
+also serves prefs on the database already seeded under that data dir (embedded), as
+``lookup-<N>``, in the same alternating rounds, and compares the two lookups run against run.
 """
 
 from __future__ import annotations
@@ -186,19 +193,22 @@ class MemorySampler(threading.Thread):
 class Postgres:
     """Finds this benchmark's PostgreSQL processes (other databases on the machine are not ours)."""
 
-    def __init__(self, pgdata: Path | None, database: str) -> None:
+    def __init__(self, pgdata: list[Path], database: str) -> None:
         self.pgdata = pgdata
         self.database = database
 
     def pids(self) -> set[int]:
-        if self.pgdata is not None:  # the embedded server: the postmaster and all its children
-            try:
-                postmaster = psutil.Process(
-                    int((self.pgdata / "postmaster.pid").read_text().split()[0])
-                )
-                return {postmaster.pid, *(p.pid for p in postmaster.children())}
-            except (OSError, ValueError, psutil.Error):
-                return set()
+        if self.pgdata:  # embedded servers: each postmaster and all its children
+            found: set[int] = set()
+            for pgdata in self.pgdata:
+                try:
+                    postmaster = psutil.Process(
+                        int((pgdata / "postmaster.pid").read_text().split()[0])
+                    )
+                    found |= {postmaster.pid, *(p.pid for p in postmaster.children())}
+                except (OSError, ValueError, psutil.Error):
+                    continue
+            return found
         found = set()  # a shared server: the backends connected to our database
         for proc in psutil.process_iter(["pid", "name", "cmdline"]):
             cmdline = " ".join(proc.info["cmdline"] or [])
@@ -242,6 +252,28 @@ async def raise_max_connections(url: str, needed: int) -> bool:
         await conn.close()
 
 
+def start_embedded(data_dir: Path, needed: int) -> tuple[Any, str]:
+    """The embedded server under ``data_dir``, allowing at least ``needed`` connections."""
+    from prefs import db
+
+    embedded = db.EmbeddedPostgres(data_dir / "pg")
+    url = embedded.start()
+    if asyncio.run(raise_max_connections(url, needed)):  # the setting needs a restart
+        from pgserver._commands import POSTGRES_BIN_PATH
+
+        pgdata = data_dir / "pg"
+        pg_ctl = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "restart", "-m", "fast"]
+        owner = pgdata.owner()  # pgserver runs the server as its own user when started by root
+        subprocess.run(  # no pipes: the restarted server would hold them open
+            [*pg_ctl, "-w"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            user=owner,
+        )
+    return embedded, url
+
+
 def wal_position(url: str) -> int:
     """Bytes of WAL the server has written so far."""
 
@@ -283,6 +315,7 @@ class Measurement:
     wal_bytes_per_request: int
     busy_before: float
     disturbed: bool
+    round: int = 0
 
 
 def run_wrk(
@@ -440,6 +473,27 @@ def summarise(runs: list[Measurement]) -> dict[str, Any]:
     return table
 
 
+def flat_in_run(runs: list[Measurement], large: str, connections: int) -> dict[str, Any]:
+    """The lookup on the larger database against the lookup, round by round in one run."""
+    by_round: dict[int, dict[str, Measurement]] = {}
+    for m in runs:
+        if m.connections == connections and m.target in ("lookup", large):
+            by_round.setdefault(m.round, {})[m.target] = m
+    pairs = [(r["lookup"], r[large]) for r in by_round.values() if len(r) == 2]
+    ratios = [big.rps / small.rps for small, big in pairs]
+    cpu = [
+        sum(big.cpu_us_per_request[g] for g in ("server", "postgres"))
+        / sum(small.cpu_us_per_request[g] for g in ("server", "postgres"))
+        for small, big in pairs
+    ]
+    return {
+        "large": large,
+        "ratios": [round(r, 3) for r in ratios],
+        "ratio": round(statistics.median(ratios), 3),
+        "cpu_ratios": [round(c, 3) for c in cpu],
+    }
+
+
 def checks(result: dict[str, Any], other: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Each target: what was measured and whether it held."""
     table = result["summary"]
@@ -475,6 +529,18 @@ def checks(result: dict[str, Any], other: dict[str, Any] | None) -> list[dict[st
         ),
         ("errors (non-2xx, socket, timeouts)", str(errors), "0", errors == 0),
     ]
+    flat = result.get("flat_in_run")
+    if flat:
+        found.append(
+            (
+                f"flat, same run: {flat['large']} vs lookup",
+                f"{flat['ratio']:.2f} of the rate (rounds: "
+                + ", ".join(f"{r:.2f}" for r in flat["ratios"])
+                + ")",
+                f">= {1 - TARGETS['flat']:.2f}",
+                flat["ratio"] >= 1 - TARGETS["flat"],
+            )
+        )
     if other is not None:
         small, large = sorted([result, other], key=lambda r: r["customers"])
         small_rps, large_rps = (r["summary"]["lookup@64"]["rps"] for r in (small, large))
@@ -585,6 +651,7 @@ class Target:
     ready: str
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
+    database_url: str = ""  # where its WAL is measured (empty: the run's database)
 
     @property
     def url(self) -> str:
@@ -683,6 +750,14 @@ def main() -> None:
         help="asyncpg's pool reset query in the baseline "
         "(on: asyncpg's default; prefs turns it off)",
     )
+    add(
+        "--flat-against",
+        type=Path,
+        default=None,
+        metavar="DATA_DIR",
+        help="also serve the database seeded under this data dir (embedded) in the same rounds, "
+        "for a flatness check within one run",
+    )
     add("--label", default="", help="a name for this run; the flatness check compares equal labels")
     add("--output", type=Path, default=RESULTS / "bench.json")
     args = parser.parse_args()
@@ -703,24 +778,26 @@ def main() -> None:
     embedded = None
     url = os.environ.get("PREFS_DATABASE_URL")
     if not url:
-        embedded = db.EmbeddedPostgres(data_dir / "pg")
-        url = embedded.start()
-        needed = 60 + 40 * (2 + len(args.variant))  # each server: 2 workers x a pool of up to 16
-        if asyncio.run(raise_max_connections(url, needed)):  # the setting needs a restart
-            from pgserver._commands import POSTGRES_BIN_PATH
-
-            pgdata = data_dir / "pg"
-            pg_ctl = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "restart", "-m", "fast"]
-            owner = pgdata.owner()  # pgserver runs the server as its own user when started by root
-            subprocess.run(  # no pipes: the restarted server would hold them open
-                [*pg_ctl, "-w"],
-                check=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                user=owner,
+        # each server: 2 workers x a pool of up to 16
+        embedded, url = start_embedded(data_dir, 60 + 40 * (2 + len(args.variant)))
+    flat = None
+    if args.flat_against is not None:
+        if embedded is None:
+            raise SystemExit(
+                "--flat-against needs the embedded database (unset PREFS_DATABASE_URL)"
             )
+        flat_dir = args.flat_against.resolve()
+        if not (flat_dir / "seed.json").exists():
+            raise SystemExit(
+                f"{flat_dir} holds no seeded database: seed it first with "
+                f"`uv run python loadtests/bench.py --customers N --data-dir {flat_dir}`"
+            )
+        flat_embedded, flat_url = start_embedded(flat_dir, 100)
+        flat = (flat_dir, flat_embedded, flat_url)
     database = db.asyncpg_dsn(url).partition("?")[0].rsplit("/", 1)[-1]
-    postgres = Postgres(data_dir / "pg" if embedded else None, database)
+    postgres = Postgres(
+        [data_dir / "pg", *([flat[0] / "pg"] if flat else [])] if embedded else [], database
+    )
     env = {
         **os.environ,
         "PREFS_DATA_DIR": str(data_dir),
@@ -749,6 +826,24 @@ def main() -> None:
         ]
         for spec in args.variant:
             targets.append(variant_target(spec, lookup_lua, args.workers, work, args.granian_path))
+        if flat is not None:
+            flat_dir, _, flat_url = flat
+            db.migrate(flat_url)
+            flat_seeded = json.loads((flat_dir / "seed.json").read_text())
+            flat_lua = work / "lookup-flat.lua"
+            flat_cards = lookup_sample(flat_seeded, args.sample)
+            flat_lua.write_text(lookup_script(flat_cards, [t["key"] for t in flat_seeded["tills"]]))
+            flat_lua.chmod(0o600)
+            targets.append(
+                Target(
+                    f"lookup-{flat_seeded['customers']}",
+                    flat_lua,
+                    prefs_command(args.workers),
+                    "/health/ready",
+                    {"PREFS_DATA_DIR": str(flat_dir), "PREFS_DATABASE_URL": flat_url},
+                    database_url=db.asyncpg_dsn(flat_url),
+                )
+            )
         with ExitStack() as stack:
             groups = {}
             for target in targets:
@@ -766,7 +861,8 @@ def main() -> None:
                 quiet = wait_for_quiet(args.noise + 0.1, args.patience)
                 return run_wrk(
                     target.url, target.script, conns, seconds, args.threads, groups, postgres,
-                    env["BASELINE_DATABASE_URL"], target.name, args.noise, quiet,
+                    target.database_url or env["BASELINE_DATABASE_URL"], target.name, args.noise,
+                    quiet,
                 )  # fmt: skip
 
             for target in targets:
@@ -779,6 +875,7 @@ def main() -> None:
             for round_no in range(1, args.rounds + 1):
                 for target, conns in plan if round_no % 2 else plan[::-1]:
                     m = measure(target, conns, args.duration)
+                    m.round = round_no
                     runs.append(m)
                     print(
                         f"round {round_no}: {target.name:<8} {conns:>3} conns {m.rps:>7,.0f} req/s "
@@ -814,6 +911,9 @@ def main() -> None:
             candidate = json.loads(path.read_text())
             if candidate["customers"] != result["customers"] and candidate["label"] == args.label:
                 other = candidate
+        large = next((t.name for t in targets if t.name.startswith("lookup-")), None)
+        if large is not None:
+            result["flat_in_run"] = flat_in_run(runs, large, args.connections)
         result["checks"] = checks(result, other)
         result["at_8_connections"] = at_low_connections(result["summary"], args.low_connections)
         print_report(result)
@@ -823,6 +923,8 @@ def main() -> None:
             path.write_text(json.dumps(result, indent=1))
         print(f"wrote {args.output} and {by_size}")
     finally:
+        if flat is not None:
+            flat[1].stop()
         if embedded is not None:
             embedded.stop()
 
