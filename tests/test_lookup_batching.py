@@ -92,7 +92,7 @@ async def test_lookups_sent_together_share_a_statement_and_each_gets_its_own_ans
     coded, _, coded_kept = await shopper(new_customer, client)
     code = (await checkout_code(client, coded, fields=["note"]))["code"]
 
-    batcher = LookupBatcher(pool, max_batch=64, in_flight=in_flight)
+    batcher = LookupBatcher(pool, 64, in_flight, misses_per_key=1000, misses_per_store=1000)
     throttle = ThrottledTills()
     cards = [plain(card) for _, card, _ in everything]
     answers = await asyncio.gather(
@@ -164,7 +164,7 @@ async def test_one_lookup_the_database_refuses_fails_alone(client, conn, new_cus
         """
     )
     try:
-        batcher = LookupBatcher(pool, max_batch=64, in_flight=1)
+        batcher = LookupBatcher(pool, 64, 1, misses_per_key=1000, misses_per_store=1000)
         throttle = ThrottledTills()
         answers = await asyncio.gather(
             *(lookup(batcher, vault, throttle, key, plain(c), None) for _, c, _ in good),
@@ -191,7 +191,7 @@ async def test_a_lookup_cancelled_before_its_batch_is_not_sent_and_the_next_ones
     ]
     await grant(client, first)
     await grant(client, second)
-    batcher = LookupBatcher(pool, max_batch=64, in_flight=1)
+    batcher = LookupBatcher(pool, 64, 1, misses_per_key=1000, misses_per_store=1000)
     throttle = ThrottledTills()
     kept = asyncio.create_task(lookup(batcher, vault, throttle, key, plain(first_card), None))
     dropped = asyncio.create_task(lookup(batcher, vault, throttle, key, plain(second_card), None))
@@ -215,7 +215,7 @@ async def test_a_lookup_cancelled_while_its_batch_runs_keeps_its_record(
     _, key = await till_key(conn)
     customer, card, _ = await shopper(new_customer, client)
     await grant(client, customer)
-    batcher = LookupBatcher(pool, max_batch=64, in_flight=1)
+    batcher = LookupBatcher(pool, 64, 1, misses_per_key=1000, misses_per_store=1000)
     throttle = ThrottledTills()
     async with pool.acquire() as blocker:  # holds the batch at the database for a moment
         await blocker.execute("BEGIN; LOCK TABLE access_log IN EXCLUSIVE MODE")
@@ -237,7 +237,7 @@ async def test_the_lookup_statement_is_planned_once_and_kept(
     await grant(client, customer)
     one = await db.create_pool(database.url, 1, 1, LOOKUP_SERVER_SETTINGS)  # one connection
     try:
-        batcher = LookupBatcher(one, max_batch=64, in_flight=1)
+        batcher = LookupBatcher(one, 64, 1, misses_per_key=1000, misses_per_store=1000)
         throttle = ThrottledTills()
         for _ in range(8):
             answer = await lookup(batcher, vault, throttle, key, plain(card), None)
@@ -267,7 +267,7 @@ async def test_a_batch_the_database_refuses_as_a_whole_fails_at_once_and_the_nex
     client, conn, new_customer, impatient_pool, vault
 ):
     key, shoppers = await granted_shoppers(client, conn, new_customer, 3)
-    batcher = LookupBatcher(impatient_pool, max_batch=64, in_flight=1)
+    batcher = LookupBatcher(impatient_pool, 64, 1, misses_per_key=1000, misses_per_store=1000)
     throttle = ThrottledTills()
     await conn.execute("BEGIN; LOCK TABLE access_log IN EXCLUSIVE MODE")
     try:

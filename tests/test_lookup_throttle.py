@@ -4,6 +4,7 @@ count, lookups in one batch count the misses before them, and refused lookups di
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -14,7 +15,13 @@ from prefs import db
 from prefs.crypto import api_key_hash
 from prefs.errors import NotFound, TooManyRequests
 from prefs.pos.schemas import LookupResult
-from prefs.pos.service import LOOKUP_SERVER_SETTINGS, LookupBatcher, ThrottledTills, lookup
+from prefs.pos.service import (
+    LOOKUP_SERVER_SETTINGS,
+    LookupBatcher,
+    ThrottledTills,
+    count_misses,
+    lookup,
+)
 from tests.till import disclosures, fresh_card, fresh_store, grant, shopper, till_key
 
 
@@ -171,3 +178,76 @@ async def test_a_miss_is_answered_only_once_counted_and_a_hit_beside_it_is_not_h
     assert await disclosures(conn, customer.id) == 1
     assert isinstance(miss, asyncpg.RaiseError)  # not a 404 the throttle never saw
     assert await key_misses(conn, key) is None
+
+
+async def set_window(
+    conn: asyncpg.Connection, key: str, store: str, key_n: int, store_n: int, age: int
+) -> None:
+    """The key's and the store's windows: ``key_n`` and ``store_n`` misses, started ``age`` s ago."""
+    await conn.execute(
+        "INSERT INTO key_misses VALUES ($1, now() - make_interval(secs => $3), $2)",
+        api_key_hash(key),
+        key_n,
+        age,
+    )
+    await conn.execute(
+        "INSERT INTO store_misses VALUES ($1, now() - make_interval(secs => $3), $2)",
+        store,
+        store_n,
+        age,
+    )
+
+
+async def test_counting_refuses_misses_past_a_limit_another_worker_reached(conn):
+    store = fresh_store()
+    _, full = await till_key(conn, store)
+    _, other = await till_key(conn, store)
+    await set_window(conn, full, store, key_n=3, store_n=3, age=10)  # another worker's misses
+    misses = [(api_key_hash(k), store) for k in (full, full, full, other)]
+
+    verdicts = await count_misses(conn, misses, 4, 100)
+
+    assert verdicts[0] is None and verdicts[3] is None
+    assert all(isinstance(v, int) and 45 <= v <= 50 for v in verdicts[1:3])  # the key's window
+    assert await key_misses(conn, full) == 4
+    assert await key_misses(conn, other) == 1
+    assert await store_misses(conn, store) == 5  # the refused misses are not the store's
+
+
+async def test_a_till_past_its_own_limit_does_not_use_up_its_stores(conn):
+    store = fresh_store()
+    _, guesser = await till_key(conn, store)
+    await set_window(conn, guesser, store, key_n=3, store_n=3, age=0)
+
+    verdicts = await count_misses(conn, [(api_key_hash(guesser), store)] * 10, 3, 5)
+
+    assert all(v is not None for v in verdicts)
+    assert await store_misses(conn, store) == 3
+
+
+async def test_a_store_refusal_is_remembered_until_the_stores_window_ends_not_the_keys(
+    conn, pools, vault
+):
+    store = fresh_store()
+    _, key = await till_key(conn, store)
+    await set_window(conn, key, store, key_n=0, store_n=5, age=55)
+    batcher, tills = worker(pools[0], per_key=3, per_store=5)
+
+    with pytest.raises(TooManyRequests) as refused:
+        await lookup(batcher, vault, tills, key, plain(fresh_card()), None)
+
+    assert 1 <= int(refused.value.headers["Retry-After"]) <= 5
+    assert [scope for scope, _ in tills.until] == ["store"]
+    assert tills.until["store", store] - time.monotonic() <= 5
+
+
+async def test_an_ended_window_starts_again_when_counted(conn):
+    store = fresh_store()
+    _, key = await till_key(conn, store)
+    await set_window(conn, key, store, key_n=30, store_n=120, age=61)
+
+    verdicts = await count_misses(conn, [(api_key_hash(key), store)], 30, 120)
+
+    assert verdicts == [None]
+    assert await key_misses(conn, key) == 1
+    assert await store_misses(conn, store) == 1

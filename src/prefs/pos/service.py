@@ -10,6 +10,7 @@ import math
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -25,14 +26,17 @@ class InvalidApiKey(Problem):
 
 
 NOT_FOUND = "No customer preferences can be shown for this card or code."
+_MINUTE = timedelta(minutes=1)
 
 # Lookup i of a batch sends its key hash ($1, $2) and the hashes of its card or code under
 # every index key version, primary first ($3, $4 or $5, $6; should versions disagree, the
 # primary's match wins); $7 and $8 are the misses per minute allowed per key and per store. Each
-# lookup whose key is live gets one row: refused (retry_after) when its key or store has used
-# up its misses, counting the misses of earlier lookups in the batch; otherwise its shown
-# preferences as arrays in rank order (NULLs when nothing is shown). A lookup without a row had
-# no live key. Every hit is logged in the same statement: no answer leaves without its record.
+# lookup whose key is live gets one row: refused (refused_by its store, else its key, with
+# retry_after) when its key or store has used up its misses, counting the misses of earlier
+# lookups in the batch that were not refused; otherwise its shown preferences as arrays in rank
+# order (NULLs when nothing is shown). A refused row carries nothing of what was found. A lookup
+# without a row had no live key. Every hit is logged in the same statement: no answer leaves
+# without its record. Misses are counted afterwards, by count_misses.
 LOOKUP = f"""
 WITH cred AS MATERIALIZED (
     SELECT r.i, r.key_hash, c.credential_id, c.display_name, c.store,
@@ -96,42 +100,106 @@ WITH cred AS MATERIALIZED (
            hit.store, 'checkout', hit.via, coalesce(shown.ids, '{{}}'), hit.fields
     FROM hit LEFT JOIN shown ON shown.i = hit.i
 )
-SELECT j.i, j.store, j.key_throttled, j.store_throttled,
+SELECT j.i, j.store,
        j.missed AND NOT (j.key_throttled OR j.store_throttled) AS counted_miss,
-       CASE WHEN j.key_throttled OR j.store_throttled THEN greatest(1, ceil(extract(epoch FROM
-           greatest(CASE WHEN j.key_throttled THEN coalesce(j.key_window, now()) END,
-                    CASE WHEN j.store_throttled THEN coalesce(j.store_window, now()) END)
-           + interval '1 minute' - now())))::int END AS retry_after,
+       CASE WHEN j.store_throttled THEN 'store' WHEN j.key_throttled THEN 'key' END AS refused_by,
+       greatest(1, ceil(extract(epoch FROM CASE
+           WHEN j.store_throttled THEN coalesce(j.store_window, now())
+           WHEN j.key_throttled THEN coalesce(j.key_window, now())
+       END + interval '1 minute' - now())))::int AS retry_after,
        CASE WHEN j.disclosure_id IS NOT NULL THEN j.customer_id END AS customer_id,
-       j.fields, j.via, k.generation, k.wrapped, j.disclosure_id, shown.ids, shown.ranks,
+       CASE WHEN j.disclosure_id IS NOT NULL THEN j.fields END AS fields,
+       CASE WHEN j.disclosure_id IS NOT NULL THEN j.via END AS via,
+       k.generation, k.wrapped, j.disclosure_id, shown.ids, shown.ranks,
        shown.statuses, shown.products, shown.attributes, shown.notes
 FROM judged j
 LEFT JOIN customer_keys k ON k.customer_id = j.customer_id AND j.disclosure_id IS NOT NULL
 LEFT JOIN shown ON shown.i = j.i
 """
 
-# The misses of a batch (counted_miss), added to their keys' and stores' windows (a window that
-# has ended starts again). Sent only for batches that missed, before their misses are answered.
-COUNT_MISSES = """
+# Counting a batch's misses decides them: under row locks (keys, then stores, each in order), a
+# miss is counted while its key and its store are under their limits and refused (429) after,
+# so batches that ran side by side on other workers cannot take a key or a store past its limit
+# through misses. A window that has ended starts again.
+ENSURE_MISS_ROWS = """
 WITH keys AS (
-    INSERT INTO key_misses AS t (key_hash, window_start, misses)
-    SELECT key_hash, now(), count(*) FROM unnest($1::bytea[]) AS m(key_hash)
-    GROUP BY key_hash ORDER BY key_hash
-    ON CONFLICT (key_hash) DO UPDATE SET
-        misses = CASE WHEN t.window_start > now() - interval '1 minute'
-                      THEN t.misses + excluded.misses ELSE excluded.misses END,
-        window_start = CASE WHEN t.window_start > now() - interval '1 minute'
-                            THEN t.window_start ELSE excluded.window_start END
+    INSERT INTO key_misses (key_hash, window_start, misses)
+    SELECT DISTINCT key_hash, now(), 0 FROM unnest($1::bytea[]) AS m(key_hash)
+    ON CONFLICT DO NOTHING
 )
-INSERT INTO store_misses AS t (store, window_start, misses)
-SELECT store, now(), count(*) FROM unnest($2::text[]) AS m(store)
-GROUP BY store ORDER BY store
-ON CONFLICT (store) DO UPDATE SET
-    misses = CASE WHEN t.window_start > now() - interval '1 minute'
-                  THEN t.misses + excluded.misses ELSE excluded.misses END,
-    window_start = CASE WHEN t.window_start > now() - interval '1 minute'
-                        THEN t.window_start ELSE excluded.window_start END
+INSERT INTO store_misses (store, window_start, misses)
+SELECT DISTINCT store, now(), 0 FROM unnest($2::text[]) AS m(store)
+ON CONFLICT DO NOTHING
 """
+LOCK_MISS_ROWS = """
+SELECT * FROM (
+    SELECT 'key' AS scope, key_hash, NULL::text AS store, misses, window_start FROM key_misses
+    WHERE key_hash = ANY($1::bytea[]) ORDER BY key_hash FOR UPDATE
+) AS k
+UNION ALL
+SELECT * FROM (
+    SELECT 'store', NULL::bytea, store, misses, window_start FROM store_misses
+    WHERE store = ANY($2::text[]) ORDER BY store FOR UPDATE
+) AS s
+"""
+LIVE = "window_start > now() - interval '1 minute'"
+SET_MISSES = f"""
+WITH keys AS (
+    UPDATE key_misses t SET misses = CASE WHEN t.{LIVE} THEN t.misses ELSE 0 END + u.added,
+                            window_start = CASE WHEN t.{LIVE} THEN t.window_start ELSE now() END
+    FROM unnest($1::bytea[], $2::int[]) AS u(key_hash, added)
+    WHERE t.key_hash = u.key_hash
+)
+UPDATE store_misses t SET misses = CASE WHEN t.{LIVE} THEN t.misses ELSE 0 END + u.added,
+                          window_start = CASE WHEN t.{LIVE} THEN t.window_start ELSE now() END
+FROM unnest($3::text[], $4::int[]) AS u(store, added)
+WHERE t.store = u.store
+"""
+
+
+async def count_misses(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy[asyncpg.Record],
+    misses: Sequence[tuple[bytes, str]],
+    per_key: int,
+    per_store: int,
+) -> list[int | None]:
+    """Count the misses (key hash, store) in order: None for each one counted, else the seconds
+    until the window that refused it ends."""
+    keys = sorted({key for key, _ in misses})
+    stores = sorted({store for _, store in misses})
+    async with conn.transaction():
+        await conn.execute(ENSURE_MISS_ROWS, keys, stores)
+        rows = await conn.fetch(LOCK_MISS_ROWS, keys, stores)
+        now = await conn.fetchval("SELECT now()")
+        count: dict[tuple[str, Any], int] = {}
+        start: dict[tuple[str, Any], Any] = {}
+        for row in rows:
+            who = (row["scope"], row["key_hash"] if row["scope"] == "key" else row["store"])
+            live = row["window_start"] > now - _MINUTE
+            count[who] = row["misses"] if live else 0
+            start[who] = row["window_start"] if live else now
+        limits = {"key": per_key, "store": per_store}
+        added: dict[tuple[str, Any], int] = {}
+        verdicts: list[int | None] = []
+        for key, store in misses:
+            full = [who for who in (("store", store), ("key", key)) if count[who] >= limits[who[0]]]
+            if full:
+                ends = start[full[0]] + _MINUTE - now
+                verdicts.append(max(1, math.ceil(ends.total_seconds())))
+                continue
+            for who in (("key", key), ("store", store)):
+                count[who] += 1
+                added[who] = added.get(who, 0) + 1
+            verdicts.append(None)
+        await conn.execute(
+            SET_MISSES,
+            [who[1] for who in added if who[0] == "key"],
+            [n for who, n in added.items() if who[0] == "key"],
+            [who[1] for who in added if who[0] == "store"],
+            [n for who, n in added.items() if who[0] == "store"],
+        )
+    return verdicts
+
 
 Hashes = Sequence[bytes]
 Request = tuple[bytes, Hashes, Hashes]
@@ -280,13 +348,14 @@ class LookupBatcher:
             else:
                 _settle(future, row)
         if misses:
-            await conn.execute(
-                COUNT_MISSES,
-                [request[0] for request, _, _ in misses],
-                [row["store"] for _, _, row in misses],
+            verdicts = await count_misses(
+                conn, [(request[0], row["store"]) for request, _, row in misses], *self.limits
             )
-            for _, future, row in misses:
-                _settle(future, row)
+            for (_, future, row), refused in zip(misses, verdicts, strict=True):
+                if refused is None:
+                    _settle(future, row)
+                elif not future.done():
+                    future.set_exception(_throttled(refused))
 
 
 def _settle(future: asyncio.Future[asyncpg.Record | None], result: asyncpg.Record | None) -> None:
@@ -305,7 +374,7 @@ def _fail(batch: list[Queued], error: BaseException) -> None:
 class ThrottledTills:
     """Keys and stores the database has refused for too many misses, remembered (per process)
     until their window ends: a throttled till is refused without a round trip. The misses
-    themselves are counted in the database, by the lookup statement, across all workers."""
+    themselves are counted in the database (count_misses), across all workers."""
 
     def __init__(self) -> None:
         self.until: dict[tuple[str, Any], float] = {}
@@ -319,17 +388,14 @@ class ThrottledTills:
                 raise _throttled(math.ceil(until - now))
 
     def remember(self, key_hash: bytes, row: asyncpg.Record) -> None:
-        """Remember the database's refusal of this key or its store until its window ends."""
+        """Remember the database's refusal of this key or its store until that window ends."""
         now = time.monotonic()
         if len(self.until) > 100_000:
             self.until = {k: v for k, v in self.until.items() if v > now}
             self.store_of_key.clear()
         self.store_of_key[key_hash] = row["store"]
-        until = now + row["retry_after"]
-        if row["key_throttled"]:
-            self.until["key", key_hash] = until
-        if row["store_throttled"]:
-            self.until["store", row["store"]] = until
+        who = key_hash if row["refused_by"] == "key" else row["store"]
+        self.until[row["refused_by"], who] = now + row["retry_after"]
 
 
 def _throttled(wait: int) -> TooManyRequests:
@@ -357,7 +423,7 @@ async def lookup(
         raise InvalidApiKey(
             "The API key is not valid.", headers={"WWW-Authenticate": 'Bearer realm="prefs"'}
         )
-    if row["retry_after"] is not None:
+    if row["refused_by"] is not None:
         throttled.remember(key_hash, row)
         raise _throttled(row["retry_after"])
     if row["customer_id"] is None:
