@@ -253,24 +253,14 @@ async def raise_max_connections(url: str, needed: int) -> bool:
 
 
 def start_embedded(data_dir: Path, needed: int) -> tuple[Any, str]:
-    """The embedded server under ``data_dir``, allowing at least ``needed`` connections."""
+    """The embedded server under ``data_dir`` as `prefs serve` runs it (its shared buffers),
+    allowing at least ``needed`` connections."""
     from prefs import db
 
-    embedded = db.EmbeddedPostgres(data_dir / "pg")
+    embedded = db.EmbeddedPostgres(data_dir / "pg", db.embedded_settings())
     url = embedded.start()
     if asyncio.run(raise_max_connections(url, needed)):  # the setting needs a restart
-        from pgserver._commands import POSTGRES_BIN_PATH
-
-        pgdata = data_dir / "pg"
-        pg_ctl = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "restart", "-m", "fast"]
-        owner = pgdata.owner()  # pgserver runs the server as its own user when started by root
-        subprocess.run(  # no pipes: the restarted server would hold them open
-            [*pg_ctl, "-w"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            user=owner,
-        )
+        embedded.restart()
     return embedded, url
 
 

@@ -35,7 +35,7 @@ class Database:
     def __enter__(self) -> str:
         if self.settings.database_url:
             return self.settings.database_url
-        self.embedded = db.EmbeddedPostgres(self.settings.data_dir / "pg")
+        self.embedded = db.EmbeddedPostgres(self.settings.data_dir / "pg", db.embedded_settings())
         return self.embedded.start()
 
     def __exit__(self, *_: object) -> None:
