@@ -7,6 +7,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -44,6 +45,14 @@ def plain(card: str) -> str:
     return card.replace(" ", "")
 
 
+async def granted_shopper(client, conn, new_customer) -> tuple[Any, str, str]:
+    """A shopper who lets tills see everything, their card, and a new till key."""
+    customer, card, _ = await shopper(new_customer, client)
+    await grant(client, customer)
+    _, key = await till_key(conn)
+    return customer, card, key
+
+
 async def key_misses(conn: asyncpg.Connection, key: str) -> int | None:
     count: int | None = await conn.fetchval(
         "SELECT misses FROM key_misses WHERE key_hash = $1", api_key_hash(key)
@@ -61,9 +70,7 @@ async def store_misses(conn: asyncpg.Connection, store: str) -> int | None:
 async def test_two_workers_share_one_count_of_a_keys_misses(
     client, conn, new_customer, pools, vault
 ):
-    customer, card, _ = await shopper(new_customer, client)
-    await grant(client, customer)
-    _, key = await till_key(conn)
+    customer, card, key = await granted_shopper(client, conn, new_customer)
     first, second = (worker(pool, per_key=4, per_store=100) for pool in pools)
 
     for batcher, tills in (first, second, first, second):  # two misses on each worker
@@ -81,9 +88,7 @@ async def test_two_workers_share_one_count_of_a_keys_misses(
 async def test_a_batch_counts_the_misses_before_each_of_its_lookups(
     client, conn, new_customer, pools, vault
 ):
-    customer, card, _ = await shopper(new_customer, client)
-    await grant(client, customer)
-    _, key = await till_key(conn)
+    customer, card, key = await granted_shopper(client, conn, new_customer)
     batcher, tills = worker(pools[0], per_key=5, per_store=100)
     cards = [plain(fresh_card()) for _ in range(8)] + [plain(card)]
 
@@ -120,9 +125,7 @@ async def test_lookups_that_were_refused_do_not_count_against_the_store(conn, po
 async def test_a_refused_till_is_refused_at_once_then_answered_when_its_minute_is_over(
     client, conn, new_customer, pools, vault
 ):
-    customer, card, _ = await shopper(new_customer, client)
-    await grant(client, customer)
-    _, key = await till_key(conn)
+    customer, card, key = await granted_shopper(client, conn, new_customer)
     batcher, tills = worker(pools[0], per_key=2, per_store=100)
     for _ in range(2):
         with pytest.raises(NotFound):
@@ -152,9 +155,7 @@ async def test_a_refused_till_is_refused_at_once_then_answered_when_its_minute_i
 async def test_a_miss_is_answered_only_once_counted_and_a_hit_beside_it_is_not_held_up(
     client, conn, new_customer, pools, vault
 ):
-    customer, card, _ = await shopper(new_customer, client)
-    await grant(client, customer)
-    _, key = await till_key(conn)
+    customer, card, key = await granted_shopper(client, conn, new_customer)
     trigger = f"refuse_{uuid.uuid4().hex}"
     await conn.execute(
         f"""
