@@ -10,7 +10,6 @@ import math
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -26,7 +25,6 @@ class InvalidApiKey(Problem):
 
 
 NOT_FOUND = "No customer preferences can be shown for this card or code."
-_MINUTE = timedelta(minutes=1)
 
 # Lookup i of a batch sends its key hash ($1, $2) and the hashes of its card or code under
 # every index key version, primary first ($3, $4 or $5, $6; should versions disagree, the
@@ -131,28 +129,37 @@ INSERT INTO store_misses (store, window_start, misses)
 SELECT DISTINCT store, now(), 0 FROM unnest($2::text[]) AS m(store)
 ON CONFLICT DO NOTHING
 """
+# each row as it stands now: an ended window counts 0 from now; retry_after is when it ends
 LOCK_MISS_ROWS = """
-SELECT * FROM (
-    SELECT 'key' AS scope, key_hash, NULL::text AS store, misses, window_start FROM key_misses
-    WHERE key_hash = ANY($1::bytea[]) ORDER BY key_hash FOR UPDATE
-) AS k
-UNION ALL
-SELECT * FROM (
-    SELECT 'store', NULL::bytea, store, misses, window_start FROM store_misses
-    WHERE store = ANY($2::text[]) ORDER BY store FOR UPDATE
-) AS s
+WITH locked AS (
+    SELECT * FROM (
+        SELECT 'key' AS scope, key_hash, NULL::text AS store, misses, window_start
+        FROM key_misses WHERE key_hash = ANY($1::bytea[]) ORDER BY key_hash FOR UPDATE
+    ) AS k
+    UNION ALL
+    SELECT * FROM (
+        SELECT 'store', NULL::bytea, store, misses, window_start
+        FROM store_misses WHERE store = ANY($2::text[]) ORDER BY store FOR UPDATE
+    ) AS s
+), windows AS (
+    SELECT scope, key_hash, store,
+           CASE WHEN window_start > now() - interval '1 minute' THEN misses ELSE 0 END AS misses,
+           CASE WHEN window_start > now() - interval '1 minute' THEN window_start ELSE now() END
+               AS window_start
+    FROM locked
+)
+SELECT windows.*, greatest(1, ceil(extract(epoch FROM
+           window_start + interval '1 minute' - now())))::int AS retry_after
+FROM windows
 """
-LIVE = "window_start > now() - interval '1 minute'"
-SET_MISSES = f"""
+SET_MISSES = """
 WITH keys AS (
-    UPDATE key_misses t SET misses = CASE WHEN t.{LIVE} THEN t.misses ELSE 0 END + u.added,
-                            window_start = CASE WHEN t.{LIVE} THEN t.window_start ELSE now() END
-    FROM unnest($1::bytea[], $2::int[]) AS u(key_hash, added)
+    UPDATE key_misses t SET misses = u.misses, window_start = u.window_start
+    FROM unnest($1::bytea[], $2::int[], $3::timestamptz[]) AS u(key_hash, misses, window_start)
     WHERE t.key_hash = u.key_hash
 )
-UPDATE store_misses t SET misses = CASE WHEN t.{LIVE} THEN t.misses ELSE 0 END + u.added,
-                          window_start = CASE WHEN t.{LIVE} THEN t.window_start ELSE now() END
-FROM unnest($3::text[], $4::int[]) AS u(store, added)
+UPDATE store_misses t SET misses = u.misses, window_start = u.window_start
+FROM unnest($4::text[], $5::int[], $6::timestamptz[]) AS u(store, misses, window_start)
 WHERE t.store = u.store
 """
 
@@ -169,35 +176,31 @@ async def count_misses(
     stores = sorted({store for _, store in misses})
     async with conn.transaction():
         await conn.execute(ENSURE_MISS_ROWS, keys, stores)
-        rows = await conn.fetch(LOCK_MISS_ROWS, keys, stores)
-        now = await conn.fetchval("SELECT now()")
-        count: dict[tuple[str, Any], int] = {}
-        start: dict[tuple[str, Any], Any] = {}
-        for row in rows:
-            who = (row["scope"], row["key_hash"] if row["scope"] == "key" else row["store"])
-            live = row["window_start"] > now - _MINUTE
-            count[who] = row["misses"] if live else 0
-            start[who] = row["window_start"] if live else now
+        windows = {
+            (row["scope"], row["key_hash"] if row["scope"] == "key" else row["store"]): row
+            for row in await conn.fetch(LOCK_MISS_ROWS, keys, stores)
+        }
+        count = {who: window["misses"] for who, window in windows.items()}
         limits = {"key": per_key, "store": per_store}
-        added: dict[tuple[str, Any], int] = {}
         verdicts: list[int | None] = []
         for key, store in misses:
             full = [who for who in (("store", store), ("key", key)) if count[who] >= limits[who[0]]]
             if full:
-                ends = start[full[0]] + _MINUTE - now
-                verdicts.append(max(1, math.ceil(ends.total_seconds())))
+                verdicts.append(windows[full[0]]["retry_after"])
                 continue
             for who in (("key", key), ("store", store)):
                 count[who] += 1
-                added[who] = added.get(who, 0) + 1
             verdicts.append(None)
-        await conn.execute(
-            SET_MISSES,
-            [who[1] for who in added if who[0] == "key"],
-            [n for who, n in added.items() if who[0] == "key"],
-            [who[1] for who in added if who[0] == "store"],
-            [n for who, n in added.items() if who[0] == "store"],
-        )
+        changed = [who for who in count if count[who] != windows[who]["misses"]]
+        arguments: list[list[Any]] = []
+        for scope in ("key", "store"):
+            mine = [who for who in changed if who[0] == scope]
+            arguments += [
+                [who[1] for who in mine],
+                [count[who] for who in mine],
+                [windows[who]["window_start"] for who in mine],
+            ]
+        await conn.execute(SET_MISSES, *arguments)
     return verdicts
 
 
