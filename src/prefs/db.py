@@ -56,11 +56,7 @@ class EmbeddedPostgres:
         runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
         runtime.chmod(0o700)
         os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
-        import pgserver
-
-        self._server = pgserver.get_server(  # type: ignore[attr-defined]
-            self.pgdata, cleanup_mode="stop"
-        )
+        self._server = self._attach()
         url = str(self._server.get_uri())
         if self.settings:
             restart_due: bool = asyncio.run(_apply_settings(url, self.settings))
@@ -71,12 +67,14 @@ class EmbeddedPostgres:
     def restart(self) -> None:
         """Stop and start the server through pgserver, which then knows the new postmaster
         (and stops it on the way out). A server other processes are attached to keeps running."""
+        self._server.cleanup()
+        self._server = self._attach()
+
+    def _attach(self) -> Any:
+        """pgserver's handle on the server under pgdata, starting it if it is not running."""
         import pgserver
 
-        self._server.cleanup()
-        self._server = pgserver.get_server(  # type: ignore[attr-defined]
-            self.pgdata, cleanup_mode="stop"
-        )
+        return pgserver.get_server(self.pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
 
     def stop(self) -> None:
         if self._server is not None:
