@@ -25,6 +25,8 @@ class InvalidApiKey(Problem):
 
 
 NOT_FOUND = "No customer preferences can be shown for this card or code."
+# how long a till key's or a store's window of misses lasts (SQL)
+MISS_WINDOW = "interval '1 minute'"
 
 # Lookup i of a batch sends its key hash ($1, $2) and the hashes of its card or code under
 # every index key version, primary first ($3, $4 or $5, $6; should versions disagree, the
@@ -43,9 +45,9 @@ WITH cred AS MATERIALIZED (
     FROM unnest($1::int[], $2::bytea[]) AS r(i, key_hash)
     JOIN credentials c ON c.key_hash = r.key_hash AND c.kind = 'pos' AND c.revoked_at IS NULL
     LEFT JOIN key_misses mk ON mk.key_hash = r.key_hash
-        AND mk.window_start > now() - interval '1 minute'
+        AND mk.window_start > now() - {MISS_WINDOW}
     LEFT JOIN store_misses ms ON ms.store = c.store
-        AND ms.window_start > now() - interval '1 minute'
+        AND ms.window_start > now() - {MISS_WINDOW}
 ), found AS MATERIALIZED (
     SELECT DISTINCT ON (f.i) f.* FROM (
         SELECT h.i, h.n, ci.customer_id, g.fields, g.preference_ids, 'card' AS via
@@ -104,7 +106,7 @@ SELECT j.i, j.store,
        greatest(1, ceil(extract(epoch FROM CASE
            WHEN j.store_throttled THEN coalesce(j.store_window, now())
            WHEN j.key_throttled THEN coalesce(j.key_window, now())
-       END + interval '1 minute' - now())))::int AS retry_after,
+       END + {MISS_WINDOW} - now())))::int AS retry_after,
        CASE WHEN j.disclosure_id IS NOT NULL THEN j.customer_id END AS customer_id,
        CASE WHEN j.disclosure_id IS NOT NULL THEN j.fields END AS fields,
        CASE WHEN j.disclosure_id IS NOT NULL THEN j.via END AS via,
@@ -130,7 +132,7 @@ SELECT DISTINCT store, now(), 0 FROM unnest($2::text[]) AS m(store)
 ON CONFLICT DO NOTHING
 """
 # each row as it stands now: an ended window counts 0 from now; retry_after is when it ends
-LOCK_MISS_ROWS = """
+LOCK_MISS_ROWS = f"""
 WITH locked AS (
     SELECT * FROM (
         SELECT 'key' AS scope, key_hash, NULL::text AS store, misses, window_start
@@ -143,13 +145,13 @@ WITH locked AS (
     ) AS s
 ), windows AS (
     SELECT scope, key_hash, store,
-           CASE WHEN window_start > now() - interval '1 minute' THEN misses ELSE 0 END AS misses,
-           CASE WHEN window_start > now() - interval '1 minute' THEN window_start ELSE now() END
+           CASE WHEN window_start > now() - {MISS_WINDOW} THEN misses ELSE 0 END AS misses,
+           CASE WHEN window_start > now() - {MISS_WINDOW} THEN window_start ELSE now() END
                AS window_start
     FROM locked
 )
 SELECT windows.*, greatest(1, ceil(extract(epoch FROM
-           window_start + interval '1 minute' - now())))::int AS retry_after
+           window_start + {MISS_WINDOW} - now())))::int AS retry_after
 FROM windows
 """
 SET_MISSES = """

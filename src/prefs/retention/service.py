@@ -12,6 +12,7 @@ from prefs.consents.service import expire_due
 from prefs.crypto import Vault
 from prefs.errors import DATABASE_DOWN
 from prefs.insights.service import drop_unused_groups
+from prefs.pos.service import MISS_WINDOW
 from prefs.reorders.idempotency import purge_expired as purge_idempotency
 
 log = logging.getLogger("prefs.retention")
@@ -21,14 +22,14 @@ CODES = "DELETE FROM checkout_codes WHERE expires_at <= now()"
 ACCESS_LOG = "DELETE FROM access_log WHERE at < now() - make_interval(days => $1)"
 # Ended windows of the till's miss throttle; rows a lookup is counting right now are left for
 # the next purge (never waited for, so the purge and a lookup cannot deadlock).
-KEY_MISSES = """
+KEY_MISSES = f"""
 DELETE FROM key_misses WHERE key_hash IN (
-    SELECT key_hash FROM key_misses WHERE window_start <= now() - interval '1 minute'
+    SELECT key_hash FROM key_misses WHERE window_start <= now() - {MISS_WINDOW}
     FOR UPDATE SKIP LOCKED
 )"""
-STORE_MISSES = """
+STORE_MISSES = f"""
 DELETE FROM store_misses WHERE store IN (
-    SELECT store FROM store_misses WHERE window_start <= now() - interval '1 minute'
+    SELECT store FROM store_misses WHERE window_start <= now() - {MISS_WINDOW}
     FOR UPDATE SKIP LOCKED
 )"""
 
