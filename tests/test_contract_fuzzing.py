@@ -38,6 +38,8 @@ from prefs import db
 from prefs.access_log.service import encode_cursor
 from prefs.auth import DevIssuer
 from prefs.credentials import service as credentials
+from prefs.crypto import Vault
+from prefs.cursors import seal_time
 from prefs.reorders.service import encode_feed_cursor
 from tests.conftest import CHINOS, Database, LiveServer, bearer, repo_root
 
@@ -101,6 +103,7 @@ ROLE_BY_PATH = (  # which credential each part of the API takes
     (re.compile(r"^/v1/insights/"), "insights"),
 )
 CREDENTIALS: dict[str, str] = {}  # role -> bearer credential, filled by the `roles` fixture
+CURSORS: dict[str, str] = {}  # path -> a page cursor the service minted for its caller, likewise
 PENDING = "pending-credential-of-"
 
 
@@ -140,12 +143,8 @@ def with_live_state(case: Any, base_url: str) -> Any:
     """
     if case.meta is None or not case.meta.generation.mode.is_positive:
         return case
-    if case.query and case.query.get("after"):
-        case.query["after"] = (
-            encode_feed_cursor("1", uuid.uuid4())
-            if case.path.startswith("/v1/partner/")
-            else encode_cursor(datetime.now(UTC), uuid.uuid4())
-        )
+    if case.query and case.query.get("after") and case.path in CURSORS:
+        case.query["after"] = CURSORS[case.path]
     body = case.body if isinstance(case.body, dict) else {}
     if isinstance(body.get("preferences"), list):
         listed = httpx.get(f"{base_url}/v1/me/preferences", headers=bearer(CREDENTIALS["customer"]))
@@ -159,7 +158,9 @@ def with_live_state(case: Any, base_url: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-async def roles(server: LiveServer, database: Database, issuer: DevIssuer) -> dict[str, str]:
+async def roles(
+    server: LiveServer, database: Database, issuer: DevIssuer, vault: Vault
+) -> dict[str, str]:
     """A customer with preferences who granted the till, the partner and insights; their keys."""
     conn = await db.connect(database.url)
     try:
@@ -183,6 +184,19 @@ async def roles(server: LiveServer, database: Database, issuer: DevIssuer) -> di
             )
             assert granted.status_code == 200, granted.text
     CREDENTIALS.update(customer=token, till=till, partner=partner_key, insights=insights)
+    customer_id, now = uuid.UUID(enrolled.json()["id"]), datetime.now(UTC)
+    assert partner.partner_id is not None
+    CURSORS.update(
+        {
+            "/v1/partner/reorders": encode_feed_cursor(
+                vault, partner.partner_id, "1", uuid.uuid4()
+            ),
+            "/v1/me/access-log": encode_cursor(vault, customer_id, now, uuid.uuid4()),
+            "/v1/me/reorders": seal_time(
+                vault.page_cursors, "reorders", customer_id, now, uuid.uuid4()
+            ),
+        }
+    )
     return dict(CREDENTIALS)
 
 
