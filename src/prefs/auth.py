@@ -19,6 +19,8 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 
+from prefs.credentials import service as credentials
+from prefs.credentials.service import Credential, Kind
 from prefs.crypto import BlindIndex
 from prefs.settings import DEV_AUDIENCE, DEV_ISSUER, Settings
 
@@ -38,7 +40,7 @@ class Customer:
 class ApiKey:
     """An API key as presented; verified against the credentials table by the service."""
 
-    kind: str
+    kind: Kind
     secret: str
 
 
@@ -177,14 +179,16 @@ async def customer_guard(
     connection.state.signed_in_customer = await verifier.verify(token)
 
 
-API_KEY_PREFIX = {"pos": "pos_", "partner": "ptn_", "insights": "ins_"}
+API_KEY_PREFIX: dict[Kind, str] = {"pos": "pos_", "partner": "ptn_", "insights": "ins_"}
 
 
-def api_key_guard(kind: str) -> Any:
-    """A guard admitting requests whose bearer looks like an API key of ``kind``.
+def api_key_guard(kind: Kind, *, verify: bool = True) -> Any:
+    """A guard admitting requests that carry a live API key of ``kind``, before any body is read.
 
-    The key itself is verified against the credentials table on every request (no cache), so a
-    revoked key fails at once.
+    The key is verified against the credentials table on every request (no cache), so a revoked
+    key fails at once. ``verify=False`` is for the till, whose lookup statement checks the key
+    itself (one round trip): the guard then checks the key's shape only, and the till checks the
+    key with ``require_live_api_key`` before it refuses a body.
     """
     prefix = API_KEY_PREFIX[kind]
 
@@ -194,5 +198,17 @@ def api_key_guard(kind: str) -> Any:
         if not secret.startswith(prefix) or len(secret) > 128:
             raise NotAuthorizedException(f"This endpoint needs a {prefix} API key.")
         connection.state.api_key = ApiKey(kind=kind, secret=secret)
+        if verify:
+            connection.state.credential = await require_live_api_key(connection)
 
     return guard
+
+
+async def require_live_api_key(connection: ASGIConnection[Any, Any, Any, Any]) -> Credential:
+    """The live credential behind the request's API key, or 401 (unknown or revoked)."""
+    api_key: ApiKey = connection.state.api_key
+    async with connection.app.state.pool.acquire() as conn:
+        credential = await credentials.verify(conn, api_key.kind, api_key.secret)
+    if credential is None:
+        raise NotAuthorizedException("The API key is not valid.")
+    return credential
