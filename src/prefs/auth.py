@@ -27,6 +27,7 @@ from prefs.settings import DEV_AUDIENCE, DEV_ISSUER, Settings
 ALGORITHMS = ("EdDSA", "ES256", "RS256")
 DEV_KID = "prefs-dev-1"
 LEEWAY_SECONDS = 30
+MAX_TOKEN_LIFETIME_SECONDS = 86_400  # a token may not expire more than a day ahead
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,8 @@ class TokenVerifier:
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError:
             raise NotAuthorizedException("The bearer token is malformed.") from None
+        if not _typed_as_an_access_token(header):
+            raise NotAuthorizedException("The bearer token is not an access token.")
         alg = header.get("alg")
         issuer = self.issuers.get(str(unverified.get("iss")))
         if alg not in ALGORITHMS or issuer is None:
@@ -155,10 +158,25 @@ class TokenVerifier:
             raise NotAuthorizedException("The bearer token has expired.") from None
         except jwt.PyJWTError:
             raise NotAuthorizedException("The bearer token is not valid.") from None
+        if claims["exp"] > time.time() + MAX_TOKEN_LIFETIME_SECONDS + LEEWAY_SECONDS:
+            raise NotAuthorizedException("The bearer token lives longer than a day.")
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise NotAuthorizedException("The bearer token has no subject.")
         return Customer(subject_hashes=self.index.subjects(issuer.name, subject))
+
+
+ACCESS_TOKEN_TYPES = frozenset({"jwt", "at+jwt"})  # RFC 7519 and RFC 9068 access tokens
+
+
+def _typed_as_an_access_token(header: dict[str, Any]) -> bool:
+    """RFC 8725 (3.11): a `typ` other than a plain JWT or an access token (a DPoP proof, a
+    security event, a logout token) is another kind of JWT and never a bearer token; media types
+    compare case-insensitively and may omit "application/"."""
+    if "typ" not in header:
+        return True
+    typ = header["typ"]
+    return isinstance(typ, str) and typ.lower().removeprefix("application/") in ACCESS_TOKEN_TYPES
 
 
 def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str:

@@ -184,7 +184,7 @@ def migrate() -> None:
     "--ttl",
     default=3600,
     show_default=True,
-    type=click.IntRange(60, 86_400 * 7),
+    type=click.IntRange(60, 86_400),  # the service refuses tokens that live longer
     help="Seconds until the token expires.",
 )
 def token(subject: str, ttl: int) -> None:
