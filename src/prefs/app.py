@@ -30,6 +30,7 @@ from prefs.errors import exception_handlers
 from prefs.health.api import HealthController, MetricsController
 from prefs.http import InlineBodies, require_json_body
 from prefs.insights.api import InsightsController
+from prefs.keys import service as keys
 from prefs.observability import ObservabilityMiddleware, configure_logging
 from prefs.partners.api import PartnersController
 from prefs.pos.api import PosController
@@ -50,6 +51,12 @@ def _lifespan(settings: Settings) -> Any:
         app.state.pool = await db.create_pool(
             settings.database_url, settings.pool_min_size, settings.pool_max_size
         )
+        try:
+            async with app.state.pool.acquire() as conn:
+                await keys.refuse_a_retired_primary(conn, app.state.vault)
+        except BaseException:
+            await app.state.pool.close()
+            raise
         app.state.lookup_pool = await db.create_pool(
             settings.database_url,
             1,
