@@ -89,7 +89,7 @@ class PreferencesController(Controller):
         preference = await service.create_preference(conn, vault, customer_id, data)
         return _tagged(preference, HTTP_201_CREATED)
 
-    @get("/{preference_id:uuid}", responses=problems(401, 404, 503))
+    @get("/{preference_id:uuid}", responses=problems(400, 401, 404, 503))
     async def read(
         self,
         conn: NamedDependency[Connection],
