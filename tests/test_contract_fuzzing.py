@@ -35,9 +35,11 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from prefs import db
-from prefs.access_log.service import encode_cursor
 from prefs.auth import DevIssuer
+from prefs.consents.service import MAX_CONSENT_YEARS
 from prefs.credentials import service as credentials
+from prefs.crypto import Vault
+from prefs.cursors import seal_time
 from prefs.reorders.service import encode_feed_cursor
 from tests.conftest import CHINOS, Database, LiveServer, bearer, repo_root
 
@@ -101,6 +103,21 @@ ROLE_BY_PATH = (  # which credential each part of the API takes
     (re.compile(r"^/v1/insights/"), "insights"),
 )
 CREDENTIALS: dict[str, str] = {}  # role -> bearer credential, filled by the `roles` fixture
+SEALING: dict[str, Any] = {}  # the vault and the partner's id, to mint cursors: likewise
+
+
+def minted_cursor(path: str, base_url: str) -> str:
+    """A page cursor as the service mints it for the caller of ``path`` (sealed for its owner:
+    the customer's id changes when the fuzzer erases and enrols them again)."""
+    vault: Vault = SEALING["vault"]
+    if path.startswith("/v1/partner/"):
+        return encode_feed_cursor(vault, SEALING["partner_id"], "1", uuid.uuid4())
+    me = httpx.get(f"{base_url}/v1/me", headers=bearer(CREDENTIALS["customer"]))
+    customer_id = uuid.UUID(me.json()["id"]) if me.is_success else uuid.uuid4()
+    kind = "access-log" if path == "/v1/me/access-log" else "reorders"
+    return seal_time(vault.page_cursors, kind, customer_id, datetime.now(UTC), uuid.uuid4())
+
+
 PENDING = "pending-credential-of-"
 
 
@@ -135,17 +152,13 @@ def with_live_state(case: Any, base_url: str) -> Any:
     """Valid data as the service means it, where no schema can say so.
 
     A page cursor is a token the service minted, a consent or a checkout code names the
-    customer's own preferences, and a consent expires in the future: a positive case gets such
+    customer's own preferences, and a consent expires in the future (within its limit): a positive case gets such
     values (only where it drew others), so that refusing it would be a real fault.
     """
     if case.meta is None or not case.meta.generation.mode.is_positive:
         return case
     if case.query and case.query.get("after"):
-        case.query["after"] = (
-            encode_feed_cursor("1", uuid.uuid4())
-            if case.path.startswith("/v1/partner/")
-            else encode_cursor(datetime.now(UTC), uuid.uuid4())
-        )
+        case.query["after"] = minted_cursor(case.path, base_url)
     body = case.body if isinstance(case.body, dict) else {}
     if isinstance(body.get("preferences"), list):
         listed = httpx.get(f"{base_url}/v1/me/preferences", headers=bearer(CREDENTIALS["customer"]))
@@ -153,13 +166,17 @@ def with_live_state(case: Any, base_url: str) -> Any:
         body["preferences"] = ids[: len(body["preferences"])] or "all"
     expires = body.get("expires_at")
     with contextlib.suppress(TypeError, ValueError):
-        if datetime.fromisoformat(expires) <= datetime.now(UTC) + timedelta(minutes=1):
-            body["expires_at"] = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+        now = datetime.now(UTC)
+        ahead = datetime.fromisoformat(expires) - now
+        if not timedelta(minutes=1) < ahead < timedelta(days=365 * MAX_CONSENT_YEARS - 1):
+            body["expires_at"] = (now + timedelta(days=30)).isoformat()
     return case
 
 
 @pytest.fixture(scope="module")
-async def roles(server: LiveServer, database: Database, issuer: DevIssuer) -> dict[str, str]:
+async def roles(
+    server: LiveServer, database: Database, issuer: DevIssuer, vault: Vault
+) -> dict[str, str]:
     """A customer with preferences who granted the till, the partner and insights; their keys."""
     conn = await db.connect(database.url)
     try:
@@ -183,6 +200,7 @@ async def roles(server: LiveServer, database: Database, issuer: DevIssuer) -> di
             )
             assert granted.status_code == 200, granted.text
     CREDENTIALS.update(customer=token, till=till, partner=partner_key, insights=insights)
+    SEALING.update(vault=vault, partner_id=partner.partner_id)
     return dict(CREDENTIALS)
 
 

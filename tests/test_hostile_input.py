@@ -790,3 +790,86 @@ async def test_a_malformed_http_request_is_refused_by_the_server(victim, server,
     status = int(answer.split(b" ", 2)[1])
     assert 400 <= status < 500, answer[:300]
     assert await victim.stored() == before
+
+
+# --- timestamps, dates and numbers at and past their ranges (no overflow reaches the database) ---
+
+
+@pytest.mark.parametrize(
+    "expires_at",
+    [
+        "9999-12-31T23:59:59-14:00",  # past the year 9999 once in UTC
+        "9999-12-31T23:59:59.999999-00:01",
+        "9999-12-31T23:59:59Z",
+        "0001-01-01T00:00:00+14:00",  # before the year 1 once in UTC
+        "2200-01-01T00:00:00Z",  # further ahead than a consent may run
+    ],
+)
+async def test_a_consent_expiry_out_of_range_is_refused_naming_the_field(victim, expires_at):
+    response = await unchanged(
+        victim,
+        lambda: victim.client.put(
+            "/v1/me/consents/pos",
+            headers=victim.headers,
+            json={"fields": ["product"], "expires_at": expires_at},
+        ),
+    )
+    assert_clear_problem(response, 400)
+    problem = response.json()
+    assert "expires_at" in problem["detail"], problem
+    assert [e["key"] for e in problem["errors"]] == ["expires_at"], problem
+
+
+NUMBERS_OUT_OF_RANGE = ["0", "-1", str(2**31), str(2**63), str(2**64), "-" + str(2**63 + 1)]
+NUMBER_FIELDS = {
+    # field: (endpoint, the body with HOSTILE where the number goes)
+    "rank": ("new preference", lambda v: {**CHINOS, "rank": HOSTILE}),
+    "purchases": ("new preference", lambda v: {**CHINOS, "purchases": HOSTILE}),
+    "edited rank": ("preference edit", lambda v: {"rank": HOSTILE}),
+    "ttl_seconds": (
+        "checkout code",
+        lambda v: {"fields": ["product"], "ttl_seconds": HOSTILE},
+    ),
+    "quantity": ("reorder", lambda v: {"quantity": HOSTILE}),
+    "partner quantity": (
+        "partner reorder",
+        lambda v: {"customer": v.ref, "preference": v.preference, "quantity": HOSTILE},
+    ),
+}
+
+
+@pytest.mark.parametrize("number", NUMBERS_OUT_OF_RANGE)
+@pytest.mark.parametrize("field", list(NUMBER_FIELDS))
+async def test_a_number_out_of_range_is_refused_naming_the_field(victim, field, number):
+    endpoint, body = NUMBER_FIELDS[field]
+    target = ENDPOINTS[endpoint]
+    if field == "purchases" and number == "0":
+        return  # nothing bought yet is a count in range
+    content = with_fragment(body(victim), number.encode())
+    response = await unchanged(
+        victim,
+        lambda: victim.client.request(
+            target.method,
+            target.url(victim),
+            content=content,
+            headers={**target.headers(victim), "Content-Type": "application/json"},
+        ),
+    )
+    assert_clear_problem(response, 400)
+    assert [e["key"] for e in response.json()["errors"]] == [field.split()[-1]], response.json()
+
+
+@pytest.mark.parametrize(
+    "day", ["0000-01-01", "10000-01-01", "9999-13-01", "2026-02-30", "-0001-01-01", "2026-1-1"]
+)
+async def test_a_last_purchase_date_that_is_no_date_is_refused(victim, day):
+    response = await unchanged(
+        victim,
+        lambda: victim.client.post(
+            "/v1/me/preferences",
+            headers=victim.headers,
+            json={**CHINOS, "last_purchased_on": day},
+        ),
+    )
+    assert_clear_problem(response, 400)
+    assert "last_purchased_on" in json.dumps(response.json()["errors"])

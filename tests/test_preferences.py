@@ -343,7 +343,7 @@ async def test_a_stale_version_is_refused_with_412_and_the_current_etag(client, 
     assert retried.json()["version"] == 3
 
 
-async def test_if_match_star_and_weak_etags_are_accepted(client, new_customer):
+async def test_if_match_star_is_accepted(client, new_customer):
     alice = await new_customer()
     created = await create(client, alice, CHINOS)
     url = f"/v1/me/preferences/{created['id']}"
@@ -351,12 +351,24 @@ async def test_if_match_star_and_weak_etags_are_accepted(client, new_customer):
         url, headers={**alice.headers, "If-Match": "*"}, json={"note": "any version"}
     )
     assert star.status_code == 200, star.text
-    weak = await client.patch(
-        url, headers={**alice.headers, "If-Match": 'W/"2"'}, json={"note": "weak"}
-    )
-    assert weak.status_code == 200, weak.text
-    assert weak.json()["version"] == 3
     assert (await client.delete(url, headers={**alice.headers, "If-Match": "*"})).status_code == 204
+
+
+@pytest.mark.parametrize("weak", ['W/"1"', 'W/"2"', "W/1"])
+async def test_a_weak_etag_never_matches_if_match(client, new_customer, weak):
+    """RFC 9110 13.1.1: If-Match compares strongly, so a weak tag fails even for this version."""
+    alice = await new_customer()
+    created = await create(client, alice, CHINOS)
+    url = f"/v1/me/preferences/{created['id']}"
+    for method, body in (("PATCH", {"note": "weak"}), ("DELETE", None)):
+        response = await client.request(
+            method, url, headers={**alice.headers, "If-Match": weak}, json=body
+        )
+        assert response.status_code == 412, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert "weak" in response.json()["detail"].lower()
+    kept = await client.get(url, headers=alice.headers)
+    assert kept.json()["note"] == CHINOS["note"] and kept.json()["version"] == 1
 
 
 @pytest.mark.parametrize("value", ["abc", '"-1"', '"1.0"', '"٣"', '"99999999999"', '""'])

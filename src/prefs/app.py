@@ -14,7 +14,6 @@ from uuid import UUID
 from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import NotAuthorizedException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
@@ -31,6 +30,7 @@ from prefs.errors import exception_handlers
 from prefs.health.api import HealthController, MetricsController
 from prefs.http import InlineBodies, require_json_body
 from prefs.insights.api import InsightsController
+from prefs.keys import service as keys
 from prefs.observability import ObservabilityMiddleware, configure_logging
 from prefs.partners.api import PartnersController
 from prefs.pos.api import PosController
@@ -51,6 +51,12 @@ def _lifespan(settings: Settings) -> Any:
         app.state.pool = await db.create_pool(
             settings.database_url, settings.pool_min_size, settings.pool_max_size
         )
+        try:
+            async with app.state.pool.acquire() as conn:
+                await keys.refuse_a_retired_primary(conn, app.state.vault)
+        except BaseException:
+            await app.state.pool.close()
+            raise
         app.state.lookup_pool = await db.create_pool(
             settings.database_url,
             1,
@@ -108,14 +114,9 @@ async def provide_customer_id(
     return await require_customer_id(conn, signed_in_customer.subject_hashes)
 
 
-async def provide_credential(
-    conn: NamedDependency[db.Connection], request: Request[Any, Any, Any]
-) -> credentials.Credential:
-    """The live credential behind the request's API key (checked on every request)."""
-    api_key = request.state.api_key
-    credential = await credentials.verify(conn, api_key.kind, api_key.secret)
-    if credential is None:
-        raise NotAuthorizedException("The API key is not valid.")
+def provide_credential(request: Request[Any, Any, Any]) -> credentials.Credential:
+    """The live credential behind the request's API key (its guard checked it)."""
+    credential: credentials.Credential = request.state.credential
     return credential
 
 
@@ -159,7 +160,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "vault": Provide(provide_vault, sync_to_thread=False),
             "signed_in_customer": Provide(provide_signed_in_customer, sync_to_thread=False),
             "customer_id": Provide(provide_customer_id),
-            "credential": Provide(provide_credential),
+            "credential": Provide(provide_credential, sync_to_thread=False),
         },
         state=state,
         lifespan=[_lifespan(settings)],

@@ -19,12 +19,15 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 
+from prefs.credentials import service as credentials
+from prefs.credentials.service import Credential, Kind
 from prefs.crypto import BlindIndex
 from prefs.settings import DEV_AUDIENCE, DEV_ISSUER, Settings
 
 ALGORITHMS = ("EdDSA", "ES256", "RS256")
 DEV_KID = "prefs-dev-1"
 LEEWAY_SECONDS = 30
+MAX_TOKEN_LIFETIME_SECONDS = 86_400  # a token may not expire more than a day ahead
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +41,7 @@ class Customer:
 class ApiKey:
     """An API key as presented; verified against the credentials table by the service."""
 
-    kind: str
+    kind: Kind
     secret: str
 
 
@@ -132,6 +135,8 @@ class TokenVerifier:
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError:
             raise NotAuthorizedException("The bearer token is malformed.") from None
+        if not _typed_as_an_access_token(header):
+            raise NotAuthorizedException("The bearer token is not an access token.")
         alg = header.get("alg")
         issuer = self.issuers.get(str(unverified.get("iss")))
         if alg not in ALGORITHMS or issuer is None:
@@ -153,10 +158,25 @@ class TokenVerifier:
             raise NotAuthorizedException("The bearer token has expired.") from None
         except jwt.PyJWTError:
             raise NotAuthorizedException("The bearer token is not valid.") from None
+        if claims["exp"] > time.time() + MAX_TOKEN_LIFETIME_SECONDS + LEEWAY_SECONDS:
+            raise NotAuthorizedException("The bearer token lives longer than a day.")
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise NotAuthorizedException("The bearer token has no subject.")
         return Customer(subject_hashes=self.index.subjects(issuer.name, subject))
+
+
+ACCESS_TOKEN_TYPES = frozenset({"jwt", "at+jwt"})  # RFC 7519 and RFC 9068 access tokens
+
+
+def _typed_as_an_access_token(header: dict[str, Any]) -> bool:
+    """RFC 8725 (3.11): a `typ` other than a plain JWT or an access token (a DPoP proof, a
+    security event, a logout token) is another kind of JWT and never a bearer token; media types
+    compare case-insensitively and may omit "application/"."""
+    if "typ" not in header:
+        return True
+    typ = header["typ"]
+    return isinstance(typ, str) and typ.lower().removeprefix("application/") in ACCESS_TOKEN_TYPES
 
 
 def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
@@ -177,14 +197,16 @@ async def customer_guard(
     connection.state.signed_in_customer = await verifier.verify(token)
 
 
-API_KEY_PREFIX = {"pos": "pos_", "partner": "ptn_", "insights": "ins_"}
+API_KEY_PREFIX: dict[Kind, str] = {"pos": "pos_", "partner": "ptn_", "insights": "ins_"}
 
 
-def api_key_guard(kind: str) -> Any:
-    """A guard admitting requests whose bearer looks like an API key of ``kind``.
+def api_key_guard(kind: Kind, *, verify: bool = True) -> Any:
+    """A guard admitting requests that carry a live API key of ``kind``, before any body is read.
 
-    The key itself is verified against the credentials table on every request (no cache), so a
-    revoked key fails at once.
+    The key is verified against the credentials table on every request (no cache), so a revoked
+    key fails at once. ``verify=False`` is for the till, whose lookup statement checks the key
+    itself (one round trip): the guard then checks the key's shape only, and the till checks the
+    key with ``require_live_api_key`` before it refuses a body.
     """
     prefix = API_KEY_PREFIX[kind]
 
@@ -194,5 +216,17 @@ def api_key_guard(kind: str) -> Any:
         if not secret.startswith(prefix) or len(secret) > 128:
             raise NotAuthorizedException(f"This endpoint needs a {prefix} API key.")
         connection.state.api_key = ApiKey(kind=kind, secret=secret)
+        if verify:
+            connection.state.credential = await require_live_api_key(connection)
 
     return guard
+
+
+async def require_live_api_key(connection: ASGIConnection[Any, Any, Any, Any]) -> Credential:
+    """The live credential behind the request's API key, or 401 (unknown or revoked)."""
+    api_key: ApiKey = connection.state.api_key
+    async with connection.app.state.pool.acquire() as conn:
+        credential = await credentials.verify(conn, api_key.kind, api_key.secret)
+    if credential is None:
+        raise NotAuthorizedException("The API key is not valid.")
+    return credential

@@ -184,7 +184,7 @@ def migrate() -> None:
     "--ttl",
     default=3600,
     show_default=True,
-    type=click.IntRange(60, 86_400 * 7),
+    type=click.IntRange(60, 86_400),  # the service refuses tokens that live longer
     help="Seconds until the token expires.",
 )
 def token(subject: str, ttl: int) -> None:
@@ -327,13 +327,18 @@ def keys_rotate(batch: int) -> None:
 
     settings = _settings()
     vault = _vault(settings)
+    from prefs.errors import Problem
+
     with Database(settings) as url:
-        done = _run(
-            url,
-            lambda conn: service.rotate(
-                conn, vault, batch, lambda n: click.echo(f"  rewrapped {n} data keys so far")
-            ),
-        )
+        try:
+            done = _run(
+                url,
+                lambda conn: service.rotate(
+                    conn, vault, batch, lambda n: click.echo(f"  rewrapped {n} data keys so far")
+                ),
+            )
+        except Problem as problem:
+            raise click.ClickException(problem.detail) from None
     click.echo(
         f"rotation complete: {done} data keys rewrapped under version {vault.envelope.master.primary}"
     )

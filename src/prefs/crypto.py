@@ -232,7 +232,7 @@ class Envelope:
 
 
 class ServiceCipher:
-    """Encrypts service-owned (not customer-owned) data under a key derived from the master keyring."""
+    """Encrypts service-owned (not customer-owned) data under a key derived from a keyring."""
 
     def __init__(self, master: Keyring, purpose: str) -> None:
         self.master = master
@@ -325,12 +325,15 @@ class Vault:
     envelope: Envelope
     index: BlindIndex
     demand_labels: ServiceCipher
+    page_cursors: ServiceCipher  # under the index keyring: cursors are not customer data
 
     @classmethod
     def from_settings(cls, master_keys: str, index_keys: str) -> Vault:
         master = Keyring.parse(master_keys, "PREFS_MASTER_KEYS")
+        index = Keyring.parse(index_keys, "PREFS_INDEX_KEY")
         return cls(
             envelope=Envelope(master),
-            index=BlindIndex(Keyring.parse(index_keys, "PREFS_INDEX_KEY")),
+            index=BlindIndex(index),
             demand_labels=ServiceCipher(master, "demand-labels"),
+            page_cursors=ServiceCipher(index, "page-cursors"),
         )

@@ -214,6 +214,9 @@ def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     if isinstance(exc, DATABASE_DOWN):
         return _database_down(request, exc)
+    if getattr(exc, "constraint_name", None) == "retired_master_key":
+        log.error("this process wraps under a retired master key: fix PREFS_MASTER_KEYS")
+        return problem_response(503, "The service is being reconfigured; retry shortly.")
     log.error(
         "unhandled %s on %s %s",
         type(exc).__name__,

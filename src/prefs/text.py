@@ -8,8 +8,13 @@ from msgspec import Meta
 # ECMAScript, so the patterns stay usable in the OpenAPI document, unlike `\Z`).
 END = r"$(?!\n)"
 UUID_TEXT = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-SINGLE_LINE = r"^[^\x00-\x1f\x7f]*" + END
-MULTI_LINE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+# Never in text a cashier or a partner reads: C1 controls; bidirectional embeddings, overrides
+# and isolates (they reorder what is shown); zero-width spaces, word joiners and byte-order marks;
+# line and paragraph separators. Zero-width (non-)joiners and direction marks stay: Persian,
+# Indic scripts and emoji sequences need them, and they reorder nothing.
+INVISIBLE = r"\x80-\x9f\u200b\u2028\u2029\u202a-\u202e\u2060\u2066-\u2069\ufeff"
+SINGLE_LINE = r"^[^\x00-\x1f\x7f" + INVISIBLE + "]*" + END
+MULTI_LINE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f" + INVISIBLE + "]*$"
 
 Sku = Annotated[str, Meta(min_length=1, max_length=64, pattern=SINGLE_LINE)]
 ProductName = Annotated[str, Meta(min_length=1, max_length=200, pattern=SINGLE_LINE)]

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 import asyncpg
 
+from prefs import cursors
 from prefs.access_log.schemas import AccessLogPage, DisclosedPreference, Disclosure, Viewer
 from prefs.credentials.service import Credential
 from prefs.crypto import DecryptionError, Vault
 from prefs.customers.service import data_key
 from prefs.db import Row
-from prefs.errors import InvalidInput
 from prefs.preferences.sealed import decrypt_product
 
 FIELD_WORDS = {
@@ -36,19 +34,12 @@ VIA_WORDS = {
 }
 
 
-def encode_cursor(at: datetime, disclosure_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(f"{at.isoformat()}|{disclosure_id}".encode()).decode()
+def encode_cursor(vault: Vault, customer_id: uuid.UUID, at: datetime, ident: uuid.UUID) -> str:
+    return cursors.seal_time(vault.page_cursors, "access-log", customer_id, at, ident)
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        at, _, ident = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        when = datetime.fromisoformat(at)
-        if when.tzinfo is None:
-            raise ValueError(at)
-        return when.astimezone(UTC), uuid.UUID(ident)
-    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInput("after must be the `next` value of a previous page.") from None
+def decode_cursor(vault: Vault, customer_id: uuid.UUID, cursor: str) -> tuple[datetime, uuid.UUID]:
+    return cursors.open_time(vault.page_cursors, "access-log", customer_id, cursor)
 
 
 def _list_words(words: list[str]) -> str:
@@ -93,11 +84,15 @@ async def page(
     conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, limit: int, after: str | None
 ) -> AccessLogPage:
     """One page of disclosures, newest first; ``after`` is the previous page's ``next``."""
-    at, ident = decode_cursor(after) if after else (None, None)
+    at, ident = decode_cursor(vault, customer_id, after) if after else (None, None)
     rows = await conn.fetch(PAGE, customer_id, at, ident, limit + 1)
     more, rows = len(rows) > limit, rows[:limit]
     items = await disclosures(conn, vault, customer_id, rows)
-    next_cursor = encode_cursor(rows[-1]["at"], rows[-1]["disclosure_id"]) if more else None
+    next_cursor = (
+        encode_cursor(vault, customer_id, rows[-1]["at"], rows[-1]["disclosure_id"])
+        if more
+        else None
+    )
     return AccessLogPage(items=items, next=next_cursor)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -203,6 +203,33 @@ async def chosen(
     return ordered, ids
 
 
+MAX_CONSENT_YEARS = 100
+
+
+def check_expiry(expires_at: datetime) -> None:
+    """A consent's end: with a time zone, in the future, and at most MAX_CONSENT_YEARS ahead
+    (so that no instant the database cannot hold, such as 9999-12-31T23:59:59-14:00, reaches it)."""
+
+    def refuse(detail: str, message: str) -> InvalidInput:
+        return InvalidInput(
+            detail, errors=[{"key": "expires_at", "source": "body", "message": message}]
+        )
+
+    if expires_at.tzinfo is None:
+        raise refuse(
+            "expires_at needs a time zone, e.g. 2027-01-01T00:00:00Z.", "needs a time zone"
+        )
+    now = datetime.now(UTC)
+    if expires_at <= now:
+        raise refuse("expires_at must be in the future.", "in the past")
+    if expires_at - now > timedelta(days=365 * MAX_CONSENT_YEARS):
+        raise refuse(
+            f"expires_at must be within {MAX_CONSENT_YEARS} years from now (or null: until "
+            "withdrawn).",
+            f"more than {MAX_CONSENT_YEARS} years ahead",
+        )
+
+
 UPSERT = """
 INSERT INTO consents (customer_id, audience, fields, preference_ids, expires_at, receipt_id)
 VALUES ($1, $2, $3, $4, $5, $6)
@@ -226,16 +253,7 @@ async def grant(
     """Give or change consent for one audience."""
     who = await recipient(conn, audience)
     if data.expires_at is not None:
-        if data.expires_at.tzinfo is None:
-            raise InvalidInput(
-                "expires_at needs a time zone, e.g. 2027-01-01T00:00:00Z.",
-                errors=[{"key": "expires_at", "source": "body", "message": "needs a time zone"}],
-            )
-        if data.expires_at <= datetime.now(UTC):
-            raise InvalidInput(
-                "expires_at must be in the future.",
-                errors=[{"key": "expires_at", "source": "body", "message": "in the past"}],
-            )
+        check_expiry(data.expires_at)
     fields, ids = await chosen(conn, customer_id, data.fields, data.preferences)
     async with conn.transaction():
         await expire_due(conn, vault, controller, customer_id, audience)

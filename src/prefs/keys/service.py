@@ -51,6 +51,7 @@ async def rotate(
     and each write is a compare-and-set on the old value. Resumable: it only ever looks at what
     is left. Data ciphertexts are untouched. Returns how many keys this run rewrapped.
     """
+    await refuse_a_retired_primary(conn, vault)
     primary = vault.envelope.master.primary
     done = 0
     while True:
@@ -138,6 +139,23 @@ IN_USE = "SELECT count(*) FROM customer_keys WHERE master_version = $1"
 LABELS_IN_USE = """
 SELECT count(*) FROM demand_groups WHERE substring(label_ct FROM 2 FOR 4) = int4send($1)
 """
+IS_RETIRED = "SELECT EXISTS (SELECT 1 FROM retired_master_keys WHERE version = $1)"
+
+
+async def refuse_a_retired_primary(conn: asyncpg.Connection, vault: Vault) -> None:
+    """Conflict when the primary master key is a retired version: it would wrap new data keys
+    under a key that retiring promised to leave unused (the database refuses them too)."""
+    try:
+        retired = await conn.fetchval(IS_RETIRED, vault.envelope.master.primary)
+    except asyncpg.UndefinedTableError:
+        return  # not migrated yet: readiness says so, and nothing can be written
+    if retired:
+        raise Conflict(
+            f"PREFS_MASTER_KEYS: the primary version {vault.envelope.master.primary} is retired; "
+            "put a live master key first."
+        )
+
+
 RETIRE = "INSERT INTO retired_master_keys (version) VALUES ($1) ON CONFLICT DO NOTHING"
 
 

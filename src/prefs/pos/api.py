@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Controller, Request, post
+from litestar.exceptions import HTTPException
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
-from prefs.auth import api_key_guard
+from prefs.auth import api_key_guard, require_live_api_key
 from prefs.checkout.service import normalise_code
 from prefs.customers.service import normalise_card
 from prefs.errors import InvalidInput, Problem, problems
@@ -33,15 +35,27 @@ FOUND = {via: LOOKUPS.labels(via, "found") for via in ("card", "code")}
 DISCLOSED = DISCLOSURES.labels("pos")
 
 
-_till_key = api_key_guard("pos")
+_till_key = api_key_guard("pos", verify=False)  # the lookup statement checks the key itself
+_lookup_body = msgspec.json.Decoder(LookupRequest)
 
 
 async def till_key_then_json_body(request: Request[Any, Any, Any]) -> None:
     """The till key check, then the app's JSON body check: the guard run as a before-request
     hook, in the same order, because Litestar copies the route handler for every guard call
-    (3% of a worker's time on this path)."""
+    (3% of a worker's time on this path).
+
+    Only the key's shape is checked here; the lookup statement verifies the key. A body that
+    will be refused is refused only once the key proved live (401 first, like every route).
+    """
     await _till_key(request, request.route_handler)
-    await require_json_body(request)
+    try:
+        await require_json_body(request)
+        _lookup_body.decode(await request.body())
+    except msgspec.MsgspecError:  # not the schema, or no body at all
+        await require_live_api_key(request)  # then the handler's decoder says what is wrong
+    except (Problem, HTTPException):
+        await require_live_api_key(request)
+        raise
 
 
 class PosController(Controller):
@@ -64,10 +78,14 @@ class PosController(Controller):
         Unknown card, expired or unknown code, erased customer and missing consent all answer
         the same 404.
         """
-        if (data.card is None) == (data.code is None):
-            raise InvalidInput("Send exactly one of card or code.")
-        card = normalise_card(data.card) if data.card is not None else None
-        code = normalise_code(data.code) if data.code is not None else None
+        try:
+            if (data.card is None) == (data.code is None):
+                raise InvalidInput("Send exactly one of card or code.")
+            card = normalise_card(data.card) if data.card is not None else None
+            code = normalise_code(data.code) if data.code is not None else None
+        except InvalidInput:
+            await require_live_api_key(request)
+            raise
         via = "card" if card is not None else "code"
         state = request.app.state  # not an injected State: that copies the app's state each time
         try:

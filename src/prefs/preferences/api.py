@@ -13,7 +13,7 @@ from litestar.status_codes import HTTP_201_CREATED
 from prefs.auth import customer_guard
 from prefs.crypto import Vault
 from prefs.db import Connection
-from prefs.errors import InvalidInput, PreconditionRequired, problems
+from prefs.errors import InvalidInput, PreconditionFailed, PreconditionRequired, problems
 from prefs.http import STRING_WHEN_SENT, declared_body
 from prefs.preferences import service
 from prefs.preferences.schemas import Preference, PreferenceCreate, PreferenceList, PreferenceUpdate
@@ -24,7 +24,8 @@ IfMatch = Annotated[
         name="If-Match",
         required=True,
         pattern=r'^\s*(\*|(W/)?"?[0-9]{1,9}"?)\s*$',
-        description='The preference\'s ETag, e.g. "3" (or *); 428 without it.',
+        description='The preference\'s ETag, e.g. "3" (or *); 428 without it; a weak ETag '
+        "never matches (412).",
         schema_extra=STRING_WHEN_SENT,
     ),
 ]
@@ -37,7 +38,12 @@ def expected_version(if_match: str | None) -> int | None:
     value = if_match.strip()
     if value == "*":
         return None
-    value = value.removeprefix("W/").strip('"')
+    if value.startswith("W/"):
+        raise PreconditionFailed(
+            "If-Match compares ETags strongly (RFC 9110), so a weak ETag (W/...) never matches: "
+            'send the ETag as the service gave it, e.g. "3".'
+        )
+    value = value.strip('"')
     if not value.isascii() or not value.isdigit() or len(value) > 9:
         raise InvalidInput('If-Match must be an ETag such as "3".')
     return int(value)
@@ -83,7 +89,7 @@ class PreferencesController(Controller):
         preference = await service.create_preference(conn, vault, customer_id, data)
         return _tagged(preference, HTTP_201_CREATED)
 
-    @get("/{preference_id:uuid}", responses=problems(401, 404, 503))
+    @get("/{preference_id:uuid}", responses=problems(400, 401, 404, 503))
     async def read(
         self,
         conn: NamedDependency[Connection],

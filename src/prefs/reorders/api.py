@@ -38,8 +38,11 @@ IdempotencyKey = Annotated[
     HeaderParameter(
         name="Idempotency-Key",
         required=True,
-        pattern=f"^{idempotency.KEY_PATTERN.pattern}$",
-        description="A unique key per reorder: 1 to 200 printable ASCII characters.",
+        pattern=idempotency.HEADER_PATTERN,
+        description=(
+            "A unique key per reorder: 1 to 200 printable ASCII characters, bare or as a "
+            'Structured Field string ("…"); both forms name the same key.'
+        ),
         schema_extra=STRING_WHEN_SENT,
     ),
 ]
@@ -144,7 +147,7 @@ class CustomerReordersController(Controller):
     @post(
         "/reorders/{reorder_id:uuid}/cancel",
         status_code=HTTP_200_OK,
-        responses=problems(401, 404, 409, 503),
+        responses=problems(400, 401, 404, 409, 503),
     )
     async def cancel(
         self,

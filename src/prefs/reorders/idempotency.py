@@ -20,15 +20,25 @@ from prefs.customers.service import data_key
 from prefs.errors import Conflict, IdempotencyMismatch, InvalidInput
 
 KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,200}")
+# The IETF draft (-07) makes the header a Structured Field string (RFC 8941): "…", in which
+# only \" and \\ are escapes. Both forms name the same key: "abc" is the key abc.
+QUOTED_KEY_PATTERN = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x22\x5c]){1,200})"')
+HEADER_PATTERN = f"^({KEY_PATTERN.pattern}|{QUOTED_KEY_PATTERN.pattern})$"
+_UNESCAPE = re.compile(r"\\(.)")
 
 
 def check_key(key: str | None) -> str:
+    """The key an Idempotency-Key header names, bare (abc) or as a quoted sf-string ("abc")."""
     if key is None:
         raise InvalidInput(
             "Send an Idempotency-Key header (any unique string up to 200 characters)."
         )
-    if not KEY_PATTERN.fullmatch(key):
-        raise InvalidInput("Idempotency-Key must be 1 to 200 printable ASCII characters.")
+    if quoted := QUOTED_KEY_PATTERN.fullmatch(key):
+        return _UNESCAPE.sub(r"\1", quoted[1])
+    if not KEY_PATTERN.fullmatch(key) or key.startswith('"'):
+        raise InvalidInput(
+            'Idempotency-Key must be 1 to 200 printable ASCII characters, bare or quoted ("…").'
+        )
     return key
 
 

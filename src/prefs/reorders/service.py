@@ -5,15 +5,13 @@ Each reorder keeps an encrypted snapshot of exactly what was disclosed when it w
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 
 import asyncpg
 import msgspec
 
+from prefs import cursors
 from prefs.access_log import service as access_log
-from prefs.access_log.service import decode_cursor, encode_cursor
 from prefs.credentials.service import Credential
 from prefs.crypto import BlindIndex, DataKey, Vault
 from prefs.customers.service import data_key
@@ -286,12 +284,26 @@ async def list_for_customer(
     conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, limit: int, after: str | None
 ) -> ReorderList:
     """The customer's reorders, newest first."""
-    at, ident = decode_cursor(after) if after else (None, None)
+    at, ident = (
+        cursors.open_time(vault.page_cursors, "reorders", customer_id, after)
+        if after
+        else (None, None)
+    )
     rows = await conn.fetch(CUSTOMER_PAGE, customer_id, at, ident, limit + 1)
     more, rows = len(rows) > limit, rows[:limit]
     key = await data_key(conn, vault, customer_id) if rows else None
     items = [reorder_view(row, open_snapshot(key, row)) for row in rows]
-    next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["reorder_id"]) if more else None
+    next_cursor = (
+        cursors.seal_time(
+            vault.page_cursors,
+            "reorders",
+            customer_id,
+            rows[-1]["created_at"],
+            rows[-1]["reorder_id"],
+        )
+        if more
+        else None
+    )
     return ReorderList(items=items, next=next_cursor)
 
 
@@ -323,21 +335,21 @@ async def cancel(
     return reorder_view(row, open_snapshot(key, row))
 
 
-def encode_feed_cursor(xid: str, reorder_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(f"{xid}:{reorder_id}".encode()).decode().rstrip("=")
+def encode_feed_cursor(vault: Vault, partner_id: uuid.UUID, xid: str, reorder_id: uuid.UUID) -> str:
+    """The partner's opaque position in its feed (it does not reveal the transaction counter)."""
+    return cursors.seal(vault.page_cursors, "partner-feed", partner_id, int(xid), reorder_id)
 
 
-def decode_feed_cursor(cursor: str | None) -> tuple[str, uuid.UUID]:
+def decode_feed_cursor(
+    vault: Vault, partner_id: uuid.UUID, cursor: str | None
+) -> tuple[str, uuid.UUID]:
+    """The position a feed cursor holds; 400 for one this partner was not given (or out of range)."""
     if not cursor:
         return "0", uuid.UUID(int=0)
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        xid, _, ident = raw.partition(":")
-        if not xid.isascii() or not xid.isdigit() or len(xid) > 20:
-            raise ValueError(xid)
-        return xid, uuid.UUID(ident)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInput("after must be the `next` value of a previous page.") from None
+    xid, ident = cursors.open_(vault.page_cursors, "partner-feed", partner_id, cursor)
+    if xid < 0:
+        raise InvalidInput(cursors.FORGED)
+    return str(xid), ident
 
 
 FEED = """
@@ -363,7 +375,7 @@ async def feed(
     returned, so one that commits late can never land behind a cursor already handed out.
     """
     assert partner.partner_id is not None
-    xid, ident = decode_feed_cursor(after)
+    xid, ident = decode_feed_cursor(vault, partner.partner_id, after)
     async with conn.transaction():
         rows = await conn.fetch(FEED, partner.partner_id, xid, ident, limit)
         items, disclosed = [], []
@@ -376,9 +388,9 @@ async def feed(
             items.append(_partner_view(row, row["ref"], snap))
         await access_log.record(conn, partner, "reorder", "reorder", disclosed)
     next_cursor = (
-        encode_feed_cursor(rows[-1]["xid"], rows[-1]["reorder_id"])
+        encode_feed_cursor(vault, partner.partner_id, rows[-1]["xid"], rows[-1]["reorder_id"])
         if rows
-        else (after or encode_feed_cursor(xid, ident))
+        else (after or encode_feed_cursor(vault, partner.partner_id, xid, ident))
     )
     return PartnerFeed(items=items, next=next_cursor)
 

@@ -1,0 +1,64 @@
+"""Page cursors: opaque tokens the service seals, so a client can neither read nor forge one.
+
+A cursor holds a position (a number and an id) sealed with AES-GCM under a key derived from
+the index keyring; its associated data names the list and whose list it is, so a cursor of
+another list, another customer or another partner is refused like a forged one. Clients see
+neither timestamps nor the database's transaction counter.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import struct
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from prefs.crypto import DecryptionError, ServiceCipher
+from prefs.errors import InvalidInput
+
+_POSITION = struct.Struct(">q16s")  # a signed 64-bit number and a UUID
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_LENGTH = 200  # the `after` query parameter's limit
+FORGED = "after must be the `next` value of a previous page."
+
+
+def _context(kind: str, owner: uuid.UUID) -> bytes:
+    return kind.encode() + b"\x00" + owner.bytes
+
+
+def seal(cipher: ServiceCipher, kind: str, owner: uuid.UUID, number: int, ident: uuid.UUID) -> str:
+    """The cursor for the position (``number``, ``ident``) in ``owner``'s list ``kind``."""
+    blob = cipher.encrypt(_POSITION.pack(number, ident.bytes), _context(kind, owner))
+    return base64.urlsafe_b64encode(blob).decode().rstrip("=")
+
+
+def open_(cipher: ServiceCipher, kind: str, owner: uuid.UUID, cursor: str) -> tuple[int, uuid.UUID]:
+    """The position a cursor holds, or InvalidInput (400) for anything the service did not seal
+    for this list."""
+    if len(cursor) > _MAX_LENGTH or not cursor.isascii():
+        raise InvalidInput(FORGED)
+    try:
+        blob = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        number, ident = _POSITION.unpack(cipher.decrypt(blob, _context(kind, owner)))
+    except (binascii.Error, ValueError, struct.error, DecryptionError):
+        raise InvalidInput(FORGED) from None
+    return number, uuid.UUID(bytes=ident)
+
+
+def seal_time(
+    cipher: ServiceCipher, kind: str, owner: uuid.UUID, at: datetime, ident: uuid.UUID
+) -> str:
+    """A cursor for a position ordered by time (microseconds since 1970, UTC)."""
+    return seal(cipher, kind, owner, (at - _EPOCH) // timedelta(microseconds=1), ident)
+
+
+def open_time(
+    cipher: ServiceCipher, kind: str, owner: uuid.UUID, cursor: str
+) -> tuple[datetime, uuid.UUID]:
+    """The time and id a time cursor holds; 400 when out of range (never a 500)."""
+    micros, ident = open_(cipher, kind, owner, cursor)
+    try:
+        return _EPOCH + timedelta(microseconds=micros), ident
+    except OverflowError:
+        raise InvalidInput(FORGED) from None
