@@ -242,3 +242,71 @@ async def test_concurrent_enrolments_with_a_card_during_a_switch_all_succeed(
             assert [a.status_code for a in answers] == [200] * 8, [a.text for a in answers]
             assert {a.json()["id"] for a in answers} == {returning.id}
         assert await subject_versions(own, returning) == {1, 2}
+
+
+async def accounts(own: OwnDatabase, *ids: str) -> set[str]:
+    """Which of these customer ids still exist."""
+    conn = await own.connect()
+    try:
+        rows = await conn.fetch(
+            "SELECT customer_id FROM customers WHERE customer_id = ANY($1::uuid[])",
+            [uuid.UUID(i) for i in ids],
+        )
+    finally:
+        await conn.close()
+    return {str(row["customer_id"]) for row in rows}
+
+
+async def test_a_customer_who_re_enrolled_while_their_key_was_missing_is_reunited_when_it_returns(
+    database: Database, tmp_path: Path
+) -> None:
+    """The old version removed too early: the customer re-enrols under the new one alone; once
+    the old version is configured again, they sign in to their old account, and the empty one
+    made meanwhile is gone."""
+    async with own_database(database.server_url, tmp_path, "reunite") as own:
+        old = own.index_keys
+        promoted = f"{new_key(2)},{old}"
+        only_new = promoted.split(",")[0]
+        async with serving(own.settings(index_keys=old, **SMALL_POOL)) as before:
+            shopper = await enrol(before, own.issuer)
+            kept = await keep(before, shopper, preference("reunite"))
+        async with serving(own.settings(index_keys=only_new, **SMALL_POOL)) as stranded:
+            assert (await stranded.get("/v1/me", headers=shopper.headers)).status_code == 404
+            again = await stranded.post("/v1/me", headers=shopper.headers)
+            assert again.status_code == 201, again.text
+            meanwhile = again.json()["id"]
+            assert meanwhile != shopper.id
+        async with serving(own.settings(index_keys=promoted, **SMALL_POOL)) as restored:
+            await signs_in_as(restored, shopper)
+            listed = await restored.get("/v1/me/preferences", headers=shopper.headers)
+            assert [p["id"] for p in listed.json()["items"]] == [kept["id"]], listed.text
+            enrolled = await restored.post("/v1/me", headers=shopper.headers)
+            assert enrolled.status_code == 200, enrolled.text
+            assert enrolled.json()["id"] == shopper.id
+        assert await accounts(own, shopper.id, meanwhile) == {shopper.id}
+        assert await subject_versions(own, shopper) == {1, 2}
+        # from now on the new version alone finds the old account
+        async with serving(own.settings(index_keys=only_new, **SMALL_POOL)) as after:
+            await signs_in_as(after, shopper)
+
+
+async def test_an_account_made_while_the_key_was_missing_that_holds_data_stays_in_use(
+    database: Database, tmp_path: Path
+) -> None:
+    """Two accounts of one subject that both hold data are never merged or dropped: the one
+    found under the primary version is used, and the old one is kept as it was."""
+    async with own_database(database.server_url, tmp_path, "two_accounts") as own:
+        old = own.index_keys
+        promoted = f"{new_key(2)},{old}"
+        only_new = promoted.split(",")[0]
+        async with serving(own.settings(index_keys=old, **SMALL_POOL)) as before:
+            shopper = await enrol(before, own.issuer)
+            await keep(before, shopper, preference("first"))
+        async with serving(own.settings(index_keys=only_new, **SMALL_POOL)) as stranded:
+            again = await enrol(stranded, own.issuer, subject=shopper.subject)
+            second = await keep(stranded, again, preference("second"))
+        async with serving(own.settings(index_keys=promoted, **SMALL_POOL)) as restored:
+            await signs_in_as(restored, again)
+            listed = await restored.get("/v1/me/preferences", headers=shopper.headers)
+            assert [p["id"] for p in listed.json()["items"]] == [second["id"]], listed.text
+        assert await accounts(own, shopper.id, again.id) == {shopper.id, again.id}

@@ -37,8 +37,10 @@ LOOKUP_TABLES = {
     "idempotency_keys": "owner",
 }
 # Not listed because they have no customer_id at all: erasures (tombstones keyed by the
-# subject hash), credentials and partners (operator reference data), demand_groups and
-# demand_contributions (pseudonymous counts), retired_master_keys, alembic_version.
+# subject hash), credentials and partners (operator reference data), demand_groups,
+# demand_contributions, demand_releases and demand_release_groups (pseudonymous counts and
+# their daily noisy releases), insights_reads (per API key), retired_master_keys,
+# alembic_version.
 
 TABLES_WITH_CUSTOMER_ID = """
 SELECT c.table_name FROM information_schema.columns c

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import os
 import secrets
 from collections.abc import Mapping
@@ -32,6 +33,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dev_issuer: bool
     controller: str = "prefs"
     k_anonymity: int = 10
+    insights_epsilon: float = 1.0
+    insights_reads_per_day: int = 100
     checkout_code_ttl_seconds: int = 300
     idempotency_ttl_seconds: int = 86_400
     access_log_retention_days: int = 400
@@ -59,6 +62,19 @@ def _int(environ: Mapping[str, str], name: str, default: int, *, minimum: int) -
         raise SettingsError(f"{name} must be an integer") from None
     if value < minimum:
         raise SettingsError(f"{name} must be at least {minimum}")
+    return value
+
+
+def _positive_float(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise SettingsError(f"{name} must be a positive, finite number")
     return value
 
 
@@ -138,6 +154,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         dev_issuer=env == "development",
         controller=environ.get("PREFS_CONTROLLER", "prefs"),
         k_anonymity=k_anonymity,
+        insights_epsilon=_positive_float(environ, "PREFS_INSIGHTS_EPSILON", 1.0),
+        insights_reads_per_day=_int(environ, "PREFS_INSIGHTS_READS_PER_DAY", 100, minimum=1),
         checkout_code_ttl_seconds=_int(environ, "PREFS_CHECKOUT_CODE_TTL", 300, minimum=30),
         idempotency_ttl_seconds=_int(environ, "PREFS_IDEMPOTENCY_TTL", 86_400, minimum=60),
         access_log_retention_days=_int(environ, "PREFS_ACCESS_LOG_RETENTION_DAYS", 400, minimum=1),

@@ -68,11 +68,66 @@ async def find_customer_id(
     if not rows:
         return None
     customer_id: uuid.UUID = rows[0]["customer_id"]
+    if any(row["customer_id"] != customer_id for row in rows):
+        customer_id = await _reunite(conn, [row["customer_id"] for row in rows], customer_id)
     if len(rows) < len(subject_hashes):
         stored = {row["subject_hash"] for row in rows}
         missing = {v: h for v, h in subject_hashes.items() if h not in stored}
         await conn.execute(ADD_SUBJECT_HASHES, list(missing.values()), list(missing), customer_id)
     return customer_id
+
+
+# One subject, several accounts: a version was removed from PREFS_INDEX_KEY while its customer
+# stayed away, the customer enrolled again under the remaining ones, and the old version is back.
+# Locked in id order, so two sign-ins of the subject take turns.
+ACCOUNTS = """
+SELECT c.customer_id, c.created_at,
+       c.card_ct IS NULL
+       AND NOT EXISTS (SELECT 1 FROM preferences p WHERE p.customer_id = c.customer_id)
+       AND NOT EXISTS (SELECT 1 FROM consent_ledger l WHERE l.customer_id = c.customer_id)
+       AND NOT EXISTS (SELECT 1 FROM reorders r WHERE r.customer_id = c.customer_id)
+       AND NOT EXISTS (SELECT 1 FROM checkout_codes k WHERE k.customer_id = c.customer_id)
+       AND NOT EXISTS (SELECT 1 FROM card_index i WHERE i.customer_id = c.customer_id)
+       AND NOT EXISTS (SELECT 1 FROM access_log a WHERE a.customer_id = c.customer_id)
+       AND NOT EXISTS (SELECT 1 FROM idempotency_keys d WHERE d.customer_id = c.customer_id)
+       AS empty
+FROM customers c WHERE c.customer_id = ANY($1::uuid[])
+ORDER BY c.customer_id
+FOR UPDATE
+"""
+MOVE_SUBJECTS = """
+UPDATE customer_subjects SET customer_id = $1 WHERE customer_id = ANY($2::uuid[])
+"""
+DISSOLVE = [
+    "DELETE FROM partner_refs WHERE customer_id = ANY($1::uuid[])",
+    "DELETE FROM customer_keys WHERE customer_id = ANY($1::uuid[])",
+    "DELETE FROM customers WHERE customer_id = ANY($1::uuid[])",
+]
+
+
+async def _reunite(
+    conn: asyncpg.Connection, found: list[uuid.UUID], primary_found: uuid.UUID
+) -> uuid.UUID:
+    """The account a subject found under several signs in to.
+
+    The account enrolled first wins when every later one holds nothing the customer made (no
+    preference, consent, card, reorder, code or disclosure): the later ones are dissolved into it
+    (their subject hashes move over, their empty rows and keys go). When a later one holds data,
+    nothing is merged or dropped and the account found under the primary version is used.
+    """
+    async with conn.transaction():
+        accounts = await conn.fetch(ACCOUNTS, sorted(set(found)))
+        if not accounts:
+            return primary_found
+        first, *later = sorted(accounts, key=lambda row: (row["created_at"], row["customer_id"]))
+        if not all(row["empty"] for row in later):
+            return primary_found
+        dissolved = [row["customer_id"] for row in later]
+        await conn.execute(MOVE_SUBJECTS, first["customer_id"], dissolved)
+        for statement in DISSOLVE:
+            await conn.execute(statement, dissolved)
+        winner: uuid.UUID = first["customer_id"]
+        return winner
 
 
 async def require_customer_id(

@@ -22,7 +22,7 @@ class InsightsController(Controller):
     guards = [api_key_guard("insights")]
     security = [{"api_key": []}]
 
-    @get("/discontinued-demand", responses=problems(401, 503))
+    @get("/discontinued-demand", responses=problems(401, 429, 503))
     async def discontinued_demand(
         self,
         conn: NamedDependency[Connection],
@@ -30,6 +30,11 @@ class InsightsController(Controller):
         state: State,
         credential: NamedDependency[Credential],
     ) -> DiscontinuedDemand:
-        """Per discontinued product and size, how many opted-in customers want it again (≥ k only)."""
-        await expire_due(conn, vault, state.settings.controller)
-        return await service.discontinued_demand(conn, vault, state.settings.k_anonymity)
+        """Per discontinued product and size, how many opted-in customers want it again: the
+        day's release, with noisy counts (ε-differentially private), groups under k withheld."""
+        settings = state.settings
+        await service.count_read(conn, credential.id, settings.insights_reads_per_day)
+        await expire_due(conn, vault, settings.controller)
+        return await service.discontinued_demand(
+            conn, vault, settings.k_anonymity, settings.insights_epsilon
+        )

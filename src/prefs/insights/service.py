@@ -1,19 +1,24 @@
 """Anonymous demand for discontinued products.
 
 Counting data holds no customer id: each opted-in customer contributes under a keyed pseudonym
-(so a withdrawal or erasure takes the contribution back at once) to groups whose labels are
-encrypted with a service key. Groups smaller than k are never released.
+(so a withdrawal or erasure takes the contribution back at once) to the groups of their
+highest-ranked discontinued preferences (at most ``GROUPS_PER_CUSTOMER``), whose labels are
+encrypted with a service key. What is shown is one release a day with noisy counts
+(``mechanism``): groups whose noisy count is under k are withheld.
 """
 
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import msgspec
 
 from prefs.crypto import Vault
 from prefs.customers.service import data_key
+from prefs.errors import TooManyRequests
+from prefs.insights.mechanism import GROUPS_PER_CUSTOMER, noisy_release
 from prefs.insights.schemas import DemandGroup, DiscontinuedDemand
 from prefs.preferences.schemas import Product
 from prefs.preferences.sealed import decrypt_attributes, decrypt_product
@@ -52,6 +57,7 @@ DISCONTINUED = """
 SELECT preference_id, product_ct, attributes_ct FROM preferences
 WHERE customer_id = $1 AND status = 'discontinued'
   AND ($2::uuid[] IS NULL OR preference_id = ANY($2::uuid[]))
+ORDER BY rank
 """
 ADD_GROUP = (
     "INSERT INTO demand_groups (group_hash, label_ct) VALUES ($1, $2) ON CONFLICT DO NOTHING"
@@ -86,7 +92,9 @@ async def refresh(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID
         label = msgspec.json.encode(
             _Label(decrypt_product(key, pid, row["product_ct"]), size), order="sorted"
         )
-        labels[index.digest("demand-group", label)] = label
+        labels.setdefault(index.digest("demand-group", label), label)
+        if len(labels) == GROUPS_PER_CUSTOMER:
+            break
     for group, label in sorted(labels.items()):  # groups in one order everywhere: no deadlocks
         await conn.execute(ADD_GROUP, group, vault.demand_labels.encrypt(label, group))
         while not await conn.fetchval(HOLD_GROUP, group):
@@ -126,23 +134,114 @@ async def forget(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID)
     await drop_unused_groups(conn, sorted({row["group_hash"] for row in gone}))
 
 
-RELEASE = """
-SELECT g.group_hash, g.label_ct, count(*) AS customers
-FROM demand_contributions c JOIN demand_groups g USING (group_hash)
-GROUP BY g.group_hash, g.label_ct
-HAVING count(*) >= $1
-ORDER BY count(*) DESC, g.group_hash
+TODAY = "(now() AT TIME ZONE 'UTC')::date"
+# Inserting the day's row is the day's lock: a second reader waits here until the first has
+# drawn and committed the release, then finds the row and draws nothing.
+CLAIM_RELEASE = f"""
+INSERT INTO demand_releases (released_on, epsilon, k, groups_per_customer)
+VALUES ({TODAY}, $1, $2, $3)
+ON CONFLICT (released_on) DO NOTHING
+RETURNING released_on
+"""
+# Each pseudonym counts in at most $1 groups even if older data held more (the bound the noise
+# is scaled to must hold whatever is stored).
+COUNT = """
+SELECT group_hash, count(*) AS customers
+FROM (
+    SELECT group_hash, row_number() OVER (PARTITION BY pseudonym ORDER BY group_hash) AS nth
+    FROM demand_contributions
+) AS counted
+WHERE nth <= $1
+GROUP BY group_hash
+"""
+# A group dropped meanwhile (nobody wants it any more) is left out, not failed on.
+KEEP_RELEASE = """
+INSERT INTO demand_release_groups (released_on, group_hash, customers)
+SELECT $1, g.group_hash, shown.customers
+FROM unnest($2::bytea[], $3::int[]) AS shown (group_hash, customers)
+JOIN demand_groups g USING (group_hash)
+FOR KEY SHARE OF g
+"""
+LATEST = """
+SELECT released_on, epsilon, k, groups_per_customer FROM demand_releases
+ORDER BY released_on DESC LIMIT 1
+"""
+RELEASED = """
+SELECT g.group_hash, g.label_ct, r.customers
+FROM demand_release_groups r JOIN demand_groups g USING (group_hash)
+WHERE r.released_on = $1
+ORDER BY r.customers DESC, g.group_hash
 """
 
 
-async def discontinued_demand(conn: asyncpg.Connection, vault: Vault, k: int) -> DiscontinuedDemand:
-    """Groups of at least k distinct opted-in customers; smaller ones are never released."""
+async def _release_today(conn: asyncpg.Connection, k: int, epsilon: float) -> None:
+    """Draw today's release unless it was drawn already (one noise draw per day, ever)."""
+    async with conn.transaction():
+        today = await conn.fetchval(CLAIM_RELEASE, epsilon, k, GROUPS_PER_CUSTOMER)
+        if today is None:
+            return
+        counts = {
+            row["group_hash"]: row["customers"]
+            for row in await conn.fetch(COUNT, GROUPS_PER_CUSTOMER)
+        }
+        shown = noisy_release(counts, epsilon=epsilon, k=k)
+        await conn.execute(KEEP_RELEASE, today, list(shown), list(shown.values()))
+
+
+async def discontinued_demand(
+    conn: asyncpg.Connection, vault: Vault, k: int, epsilon: float
+) -> DiscontinuedDemand:
+    """The latest daily release (drawn now by the day's first reader): noisy counts >= k only."""
+    await _release_today(conn, k, epsilon)
+    release = await conn.fetchrow(LATEST)
+    assert release is not None  # today's, at least
     groups = []
-    for row in await conn.fetch(RELEASE, k):
+    for row in await conn.fetch(RELEASED, release["released_on"]):
         label = msgspec.json.decode(
             vault.demand_labels.decrypt(row["label_ct"], row["group_hash"]), type=_Label
         )
         groups.append(
             DemandGroup(product=label.product, size=label.size, customers=row["customers"])
         )
-    return DiscontinuedDemand(k=k, groups=groups)
+    return DiscontinuedDemand(
+        released_on=release["released_on"],
+        epsilon=release["epsilon"],
+        groups_per_customer=release["groups_per_customer"],
+        k=release["k"],
+        groups=groups,
+    )
+
+
+COUNT_READ = f"""
+INSERT INTO insights_reads (credential_id, read_on, reads) VALUES ($1, {TODAY}, 1)
+ON CONFLICT (credential_id, read_on) DO UPDATE SET reads = insights_reads.reads + 1
+WHERE insights_reads.reads < $2
+RETURNING reads
+"""
+
+
+async def count_read(
+    conn: asyncpg.Connection, credential_id: uuid.UUID, reads_per_day: int
+) -> None:
+    """Count one read by this key today; refused (429) past ``reads_per_day``."""
+    if await conn.fetchval(COUNT_READ, credential_id, reads_per_day) is None:
+        now = datetime.now(UTC)
+        tomorrow = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+        wait = max(1, int((tomorrow - now).total_seconds()))
+        raise TooManyRequests(
+            f"This key has read the discontinued demand {reads_per_day} times today; "
+            "the release changes once a day (UTC).",
+            headers={"Retry-After": str(wait)},
+        )
+
+
+RELEASES_KEPT_DAYS = 7
+OLD_RELEASES = f"DELETE FROM demand_releases WHERE released_on < {TODAY} - $1::int"
+OLD_READS = f"DELETE FROM insights_reads WHERE read_on < {TODAY}"
+
+
+async def purge_old_releases(conn: asyncpg.Connection) -> int:
+    """Drop releases older than a week and read counts of past days; returns how many rows."""
+    releases = await conn.execute(OLD_RELEASES, RELEASES_KEPT_DAYS)
+    reads = await conn.execute(OLD_READS)
+    return int(releases.split()[-1]) + int(reads.split()[-1])

@@ -11,7 +11,7 @@ import asyncpg
 from prefs.consents.service import expire_due
 from prefs.crypto import Vault
 from prefs.errors import DATABASE_DOWN
-from prefs.insights.service import drop_unused_groups
+from prefs.insights.service import drop_unused_groups, purge_old_releases
 from prefs.pos.service import MISS_WINDOW
 from prefs.reorders.idempotency import purge_expired as purge_idempotency
 
@@ -53,6 +53,7 @@ async def purge(
             "idempotency_keys": await purge_idempotency(conn),
             "access_log": _count(await conn.execute(ACCESS_LOG, access_log_days)),
             "demand_groups": await drop_unused_groups(conn),
+            "demand_releases": await purge_old_releases(conn),
             "lookup_miss_windows": _count(await conn.execute(KEY_MISSES))
             + _count(await conn.execute(STORE_MISSES)),
         }

@@ -16,7 +16,7 @@ function audiences(partners, consents) {
     ...partners.map((p) => ({ audience: `partner:${p.id}`, title: p.name,
       about: `${p.description ? `${p.description} ` : ""}A partner you choose can see these to make or supply your items again, and you can reorder from them.` })),
     { audience: "insights", title: "Anonymous demand counts",
-      about: "The shop's buyers see only how many people want a discontinued product back, counted in groups large enough that nobody can be picked out — never you, never your notes." },
+      about: "Once a day the shop's buyers see roughly how many people want a discontinued product back: counts blurred with random noise and shown only for large groups, so nobody can be picked out — never you, never your notes. Your two highest-ranked discontinued items count at most." },
   ];
   // A partner that has left the directory but still holds a grant: show it, so it can be withdrawn.
   for (const consent of consents) {
