@@ -6,13 +6,13 @@ demand_groups and go with them: when a group's label is shredded, it leaves the 
 insights_reads counts each insights key's reads per day for its daily limit.
 
 Revision ID: 0011
-Revises: 0006
+Revises: 0010
 """
 
 from prefs.db import run_sql
 
 revision = "0011"
-down_revision = "0006"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
