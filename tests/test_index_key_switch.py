@@ -270,6 +270,19 @@ async def test_a_customer_who_re_enrolled_while_their_key_was_missing_is_reunite
         async with serving(own.settings(index_keys=old, **SMALL_POOL)) as before:
             shopper = await enrol(before, own.issuer)
             kept = await keep(before, shopper, preference("reunite"))
+        # the operator is told that removing the old version stranded someone
+        code, output = await run_prefs(
+            "keys",
+            "status",
+            database_url=own.url,
+            data_dir=own.data_dir,
+            master_keys=own.master_keys,
+            index_keys=only_new,
+        )
+        assert code == 0, output
+        assert (
+            "1 customer can be found only under index keys missing from PREFS_INDEX_KEY" in output
+        )
         async with serving(own.settings(index_keys=only_new, **SMALL_POOL)) as stranded:
             assert (await stranded.get("/v1/me", headers=shopper.headers)).status_code == 404
             again = await stranded.post("/v1/me", headers=shopper.headers)

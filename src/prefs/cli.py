@@ -366,6 +366,13 @@ def keys_status() -> None:
     ):
         for version, count in counts.items():
             click.echo(f"  v{version}: {count} {label}")
+    if state.customers_stranded:
+        click.echo(
+            f"  {state.customers_stranded} "
+            f"{'customer' if state.customers_stranded == 1 else 'customers'} can be found only "
+            "under index keys missing from PREFS_INDEX_KEY: they cannot sign in to their data "
+            "until that key is configured again"
+        )
     if state.customers_not_under_index_primary:
         click.echo(
             f"  {state.customers_not_under_index_primary} customers not yet under the primary "

@@ -95,6 +95,8 @@ class KeyStatus:
     ledger_records_by_index_version: dict[int, int]
     customers_not_under_index_primary: int  # they move over when they next sign in
     cards_not_under_index_primary: int  # `prefs keys reindex` moves them
+    # found only under versions missing from the keyring: they cannot sign in until one is back
+    customers_stranded: int = 0
 
 
 WRAPS = "SELECT master_version, count(*) FROM customer_keys GROUP BY 1 ORDER BY 1"
@@ -132,6 +134,7 @@ async def status(conn: asyncpg.Connection, vault: Vault) -> KeyStatus:
             SUBJECTS_OUTSIDE, [vault.index.primary]
         ),
         cards_not_under_index_primary=await conn.fetchval(CARDS_OUTSIDE, [vault.index.primary]),
+        customers_stranded=await conn.fetchval(SUBJECTS_OUTSIDE, list(vault.index.versions)),
     )
 
 
