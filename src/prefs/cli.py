@@ -75,6 +75,7 @@ def serve(host: str, port: int, workers: int) -> None:
     with Database(settings) as url:
         db.migrate(url)
         settings = load({**os.environ, "PREFS_DATABASE_URL": url})
+        _seal_backlog(settings, url)
         base = f"http://{host}:{port}"
         demo = _demo(settings, url)
         click.echo(f"prefs ({settings.env}) listening on {base}")
@@ -173,9 +174,28 @@ def _print_demo(demo: Any, base: str) -> None:
 @main.command()
 def migrate() -> None:
     """Upgrade the database schema to the newest revision."""
-    with Database(_settings()) as url:
+    settings = _settings()
+    with Database(settings) as url:
         db.migrate(url)
         click.echo(f"schema at {db.head_revision()}")
+        _seal_backlog(settings, url)
+
+
+def _seal_backlog(settings: Settings, url: str) -> None:
+    """Seal what the schema's expand steps left in clear (needs the keys: not in a migration)."""
+    from prefs.access_log import service as access_log
+
+    vault = _vault(settings)
+
+    async def action(conn: Any) -> int:
+        sealed = 0
+        while done := await access_log.seal_backlog(conn, vault):
+            sealed += done
+        return sealed
+
+    sealed = _run(url, action)
+    if sealed:
+        click.echo(f"sealed {sealed} access-log entries kept in clear before")
 
 
 @main.command()
