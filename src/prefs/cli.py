@@ -182,20 +182,27 @@ def migrate() -> None:
 
 
 def _seal_backlog(settings: Settings, url: str) -> None:
-    """Seal what the schema's expand steps left in clear (needs the keys: not in a migration)."""
+    """Seal what revision 0009's expand step left in clear: access-log entries, purchase
+    histories and Idempotency-Key values (it needs the keys: not in a migration)."""
     from prefs.access_log import service as access_log
+    from prefs.preferences import service as preferences
+    from prefs.reorders import idempotency
 
     vault = _vault(settings)
 
-    async def action(conn: Any) -> int:
-        sealed = 0
-        while done := await access_log.seal_backlog(conn, vault):
-            sealed += done
-        return sealed
+    async def action(conn: Any) -> tuple[int, int, int]:
+        return (
+            sum([done async for done in access_log.seal_backlog(conn, vault)]),
+            sum([done async for done in preferences.seal_purchase_backlog(conn, vault)]),
+            await idempotency.hash_legacy_keys(conn, vault),
+        )
 
-    sealed = _run(url, action)
-    if sealed:
-        click.echo(f"sealed {sealed} access-log entries kept in clear before")
+    visits, histories, keys = _run(url, action)
+    if visits or histories or keys:
+        click.echo(
+            f"sealed {visits} access-log entries and {histories} purchase histories kept in"
+            f" clear before, and replaced {keys} Idempotency-Key values by keyed hashes"
+        )
 
 
 @main.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -223,17 +223,20 @@ async def record(
     await conn.execute(INSERT_SEALED, ids, customers, sealed)
 
 
-# The backfill: entries written in clear before sealing, a batch at a time (rows another run
-# holds are skipped, so two runs at once do not collide); the columns in clear are emptied.
+# The backfill: entries written in clear before sealing, a batch at a time in primary-key order
+# from where the previous batch ended (no index needed on what is left; rows another run holds
+# are skipped, so two runs at once do not collide); the columns in clear are emptied.
 BACKLOG = """
 SELECT a.customer_id, a.disclosure_id, a.at, a.actor_kind, a.credential_id, a.actor_name,
        a.store, a.partner_id, a.purpose, a.via, a.preference_ids, a.fields,
        k.generation, k.wrapped
 FROM access_log a LEFT JOIN customer_keys k USING (customer_id)
-WHERE a.sealed IS NULL
+WHERE (a.customer_id, a.at, a.disclosure_id) > ($2, $3, $4) AND a.sealed IS NULL
+ORDER BY a.customer_id, a.at, a.disclosure_id
 LIMIT $1
 FOR UPDATE OF a SKIP LOCKED
 """
+BACKLOG_START = (uuid.UUID(int=0), datetime.min.replace(tzinfo=UTC), uuid.UUID(int=0))
 SEAL_ROWS = """
 UPDATE access_log a SET sealed = u.sealed, actor_kind = NULL, credential_id = NULL,
     actor_name = NULL, store = NULL, partner_id = NULL, purpose = NULL, via = NULL,
@@ -250,27 +253,35 @@ WHERE (a.customer_id, a.at, a.disclosure_id) = (u.customer_id, u.at, u.disclosur
 """
 
 
-async def seal_backlog(conn: asyncpg.Connection, vault: Vault, batch: int = 1000) -> int:
-    """Seal one batch of access-log entries still in clear; returns how many it handled (0: none
-    left). Online and resumable: run it until it returns 0."""
-    async with conn.transaction():
-        rows = await conn.fetch(BACKLOG, batch)
-        sealed: list[list[Any]] = [[], [], [], []]
-        orphans: list[list[Any]] = [[], [], []]
-        for row in rows:
-            where = [row["customer_id"], row["at"], row["disclosure_id"]]
-            if row["wrapped"] is None:
-                for column, value in zip(orphans, where, strict=True):
+async def seal_backlog(
+    conn: asyncpg.Connection, vault: Vault, batch: int = 1000
+) -> AsyncIterator[int]:
+    """Seal the access-log entries still in clear, one transaction per batch; yields how many
+    each batch handled. Online, and safe to stop and run again."""
+    after = BACKLOG_START
+    while True:
+        async with conn.transaction():
+            rows = await conn.fetch(BACKLOG, batch, *after)
+            if not rows:
+                return
+            sealed: list[list[Any]] = [[], [], [], []]
+            orphans: list[list[Any]] = [[], [], []]
+            for row in rows:
+                where = [row["customer_id"], row["at"], row["disclosure_id"]]
+                if row["wrapped"] is None:
+                    for column, value in zip(orphans, where, strict=True):
+                        column.append(value)
+                    continue
+                key = vault.envelope.unwrap(row["customer_id"], row["generation"], row["wrapped"])
+                visit = Visit(**{field: row[field] for field in Visit.__struct_fields__})
+                for column, value in zip(
+                    sealed, [*where, seal(key, row["disclosure_id"], visit)], strict=True
+                ):
                     column.append(value)
-                continue
-            key = vault.envelope.unwrap(row["customer_id"], row["generation"], row["wrapped"])
-            visit = Visit(**{field: row[field] for field in Visit.__struct_fields__})
-            for column, value in zip(
-                sealed, [*where, seal(key, row["disclosure_id"], visit)], strict=True
-            ):
-                column.append(value)
-        if sealed[0]:
-            await conn.execute(SEAL_ROWS, *sealed)
-        if orphans[0]:
-            await conn.execute(DROP_ORPHANS, *orphans)
-    return len(rows)
+            if sealed[0]:
+                await conn.execute(SEAL_ROWS, *sealed)
+            if orphans[0]:
+                await conn.execute(DROP_ORPHANS, *orphans)
+        last = rows[-1]
+        after = (last["customer_id"], last["at"], last["disclosure_id"])
+        yield len(rows)
