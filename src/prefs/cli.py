@@ -73,9 +73,12 @@ def serve(host: str, port: int, workers: int) -> None:
     """Serve the API and the web page (on an embedded PostgreSQL unless PREFS_DATABASE_URL is set)."""
     settings = _settings()
     with Database(settings) as url:
+        head = db.head_revision()
+        behind = not _run(url, lambda conn: db.schema_at_head(conn, head))
         db.migrate(url)
         settings = load({**os.environ, "PREFS_DATABASE_URL": url})
-        _seal_backlog(settings, url)
+        if behind:  # each start after this would walk the tables again for nothing
+            _seal_backlog(settings, url)
         base = f"http://{host}:{port}"
         demo = _demo(settings, url)
         click.echo(f"prefs ({settings.env}) listening on {base}")
@@ -183,7 +186,8 @@ def migrate() -> None:
 
 def _seal_backlog(settings: Settings, url: str) -> None:
     """Seal what revision 0009's expand step left in clear: access-log entries, purchase
-    histories and Idempotency-Key values (it needs the keys: not in a migration)."""
+    histories and Idempotency-Key values (it needs the keys: not in a migration). `prefs migrate`
+    runs it every time (so it resumes one that was stopped), `prefs serve` when it migrated."""
     from prefs.access_log import service as access_log
     from prefs.preferences import service as preferences
     from prefs.reorders import idempotency
