@@ -70,6 +70,9 @@ async def until_a_batch_waits_for_a_lock(conn: asyncpg.Connection) -> None:
     """Return once a batch's statement (the lookup, or the insert of its access-log records) is
     waiting for a lock at the database."""
     for _ in range(1000):
+        # the activity view is read once per transaction, and ``conn`` may be in one (holding
+        # the lock): read it afresh each time
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
         if await conn.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
             " AND (starts_with(query, $1) OR starts_with(query, $2))",
