@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import date, datetime
+from datetime import datetime
 from uuid import UUID
 
 import asyncpg
@@ -23,7 +23,7 @@ from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
 
 SELECT = """
-SELECT customer_id, preference_id, rank, status, purchases, last_purchased_on, version,
+SELECT customer_id, preference_id, rank, status, purchases_ct, version,
        product_ct, attributes_ct, note_ct, created_at, updated_at
 FROM preferences WHERE customer_id = $1 AND preference_id = $2
 """
@@ -34,8 +34,7 @@ class Row(msgspec.Struct):
     preference_id: UUID
     rank: int
     status: str
-    purchases: int
-    last_purchased_on: date | None
+    purchases_ct: bytes | None
     version: int
     product_ct: bytes
     attributes_ct: bytes

@@ -11,6 +11,9 @@ PREFS_VARIANTS (comma-separated) selects them:
                 upper bound
   async-commit  synchronous_commit=off on every pool: shows what the WAL flush costs. NOT a
                 proposal: an answered lookup's access-log record could be lost in a database crash
+  clear-log     the till's access-log records written in clear by the lookup statement itself
+                (one statement per batch, as before revision 0009), to measure what sealing them
+                costs. NOT a proposal: it keeps each customer's visit history in plaintext
 
 Earlier variants (no pool reset query, an async API-key guard, cached associated-data bytes)
 measured gains and were adopted in src/.
@@ -27,8 +30,34 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from prefs import app, db
+from prefs.pos import service as pos
 
-VARIANTS = {"plain", "no-metrics", "async-commit"}
+VARIANTS = {"plain", "no-metrics", "async-commit", "clear-log"}
+
+# The lookup statement as it was before the access log was sealed: its own CTE logs every hit in
+# clear (the columns in clear are still there, nullable, until the contract revision).
+CLEAR_LOG = """), logged AS (
+    INSERT INTO access_log (disclosure_id, customer_id, actor_kind, credential_id, actor_name,
+                            store, purpose, via, preference_ids, fields)
+    SELECT hit.disclosure_id, hit.customer_id, 'pos', hit.credential_id, hit.display_name,
+           hit.store, 'checkout', hit.via, coalesce(shown.ids, '{}'), hit.fields
+    FROM hit LEFT JOIN shown ON shown.i = hit.i
+)
+SELECT j.i,"""
+
+
+def _clear_log_fetch() -> Any:
+    statement = pos.LOOKUP.replace(")\nSELECT j.i,", CLEAR_LOG, 1)
+    assert statement != pos.LOOKUP, "the lookup statement changed: update CLEAR_LOG"
+
+    async def fetch(
+        self: pos.LookupBatcher, conn: Any, requests: Any
+    ) -> tuple[list[asyncpg.Record], dict[int, Exception]]:
+        self.statements += 1
+        rows = await conn.fetch(statement, *pos._arguments(requests), *self.limits)
+        return rows, {}
+
+    return fetch
 
 
 def _async_commit_pool() -> Any:
@@ -55,6 +84,8 @@ def apply(variants: set[str]) -> None:
         raise SystemExit(f"unknown variants: {', '.join(sorted(unknown))}")
     if "async-commit" in variants:
         db.create_pool = _async_commit_pool()
+    if "clear-log" in variants:
+        pos.LookupBatcher._fetch = _clear_log_fetch()  # type: ignore[method-assign]
     if "no-metrics" in variants:
         app.ObservabilityMiddleware = _PassThrough  # type: ignore[misc]
 

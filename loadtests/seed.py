@@ -46,6 +46,7 @@ from prefs.consents import service as consents
 from prefs.consents.schemas import Recipient
 from prefs.credentials import service as credentials
 from prefs.crypto import Vault
+from prefs.preferences.sealed import seal_purchases
 from prefs.settings import DEV_ISSUER, Settings, load
 
 CARD_FORMAT = (
@@ -73,8 +74,7 @@ COLUMNS = {
         "preference_id",
         "rank",
         "status",
-        "purchases",
-        "last_purchased_on",
+        "purchases_ct",
         "product_ct",
         "attributes_ct",
         "note_ct",
@@ -197,8 +197,9 @@ class Writer:
                         pid,
                         rank,
                         content["status"],
-                        content["purchases"],
-                        content["last_purchased_on"],
+                        seal_purchases(
+                            key, pid, content["purchases"], content["last_purchased_on"]
+                        ),
                         key.encrypt(
                             msgspec.json.encode(content["product"]), "preferences", "product", pid
                         ),

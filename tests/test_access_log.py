@@ -20,6 +20,7 @@ from tests.till import (
     look_up,
     shopper,
     till_key,
+    visits,
     withdraw,
 )
 
@@ -58,10 +59,7 @@ async def test_each_successful_lookup_writes_exactly_one_record_and_failures_non
     seen = [await look_up(client, key, card=card) for _ in range(3)]
 
     assert [r.status_code for r in seen] == [200, 200, 200]
-    rows = await conn.fetch(
-        "SELECT disclosure_id, credential_id FROM access_log WHERE customer_id = $1",
-        uuid.UUID(customer.id),
-    )
+    rows = await visits(conn, vault, customer.id)
     assert sorted(str(r["disclosure_id"]) for r in rows) == sorted(
         r.json()["disclosure_id"] for r in seen
     )

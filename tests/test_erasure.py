@@ -141,6 +141,10 @@ async def copied_ciphertexts(
         copies.append(
             (row["response_ct"], "idempotency_keys", "response", f"{row['owner']}/{row['key']}")
         )
+    for row in await conn.fetch(  # the visits: which till or partner saw what, when
+        "SELECT disclosure_id, sealed FROM access_log WHERE customer_id = $1", customer_id
+    ):
+        copies.append((row["sealed"], "access_log", "sealed", str(row["disclosure_id"])))
     return copies
 
 
@@ -169,6 +173,7 @@ async def test_copied_ciphertexts_cannot_be_read_after_erasure(
         ("customers", "card"),
         ("reorders", "snapshot"),
         ("idempotency_keys", "response"),
+        ("access_log", "sealed"),
     }
     assert len(readable(await data_key(conn, vault, customer_id), copies)) == len(copies)
 

@@ -157,8 +157,13 @@ async def test_partner_reorders_are_idempotent_too(client, conn, new_customer):
     assert "idempotent-replayed" not in elsewhere.headers
 
 
+def hashed(vault, owner: str, key: str) -> str:
+    """The Idempotency-Key as the table holds it: a keyed hash, never the key."""
+    return idempotency.stored_keys(vault.index, owner, key)[vault.index.primary]
+
+
 async def test_expired_keys_are_purged_and_a_reused_key_then_orders_again(
-    client, conn, new_customer
+    client, conn, new_customer, vault
 ):
     customer = await new_customer()
     chinos = await keep(client, customer)
@@ -167,16 +172,17 @@ async def test_expired_keys_are_purged_and_a_reused_key_then_orders_again(
     assert first.status_code == kept.status_code == 201
     owner = f"customer:{customer.id}"
     expiry = await conn.fetchval(
-        "SELECT expires_at - created_at FROM idempotency_keys"
-        " WHERE owner = $1 AND key = 'fresh-key'",
+        "SELECT expires_at - created_at FROM idempotency_keys WHERE owner = $1 AND key = $2",
         owner,
+        hashed(vault, owner, "fresh-key"),
     )
     assert expiry.total_seconds() == 24 * 3600
 
     await conn.execute(
         "UPDATE idempotency_keys SET expires_at = now() - interval '1 second' "
-        "WHERE owner = $1 AND key = 'old-key'",
+        "WHERE owner = $1 AND key = $2",
         owner,
+        hashed(vault, owner, "old-key"),
     )
     purged = await idempotency.purge_expired(conn)
     assert purged >= 1
@@ -184,7 +190,7 @@ async def test_expired_keys_are_purged_and_a_reused_key_then_orders_again(
         r["key"]
         for r in await conn.fetch("SELECT key FROM idempotency_keys WHERE owner = $1", owner)
     }
-    assert keys == {"fresh-key"}
+    assert keys == {hashed(vault, owner, "fresh-key")}
 
     again = await reorder(client, customer, chinos["id"], key="old-key")
     assert again.status_code == 201
@@ -193,14 +199,17 @@ async def test_expired_keys_are_purged_and_a_reused_key_then_orders_again(
     assert await conn.fetchval(REORDER_ROWS, uuid.UUID(customer.id)) == 3
 
 
-async def test_an_expired_key_is_forgotten_even_before_the_purge_runs(client, conn, new_customer):
+async def test_an_expired_key_is_forgotten_even_before_the_purge_runs(
+    client, conn, new_customer, vault
+):
     customer = await new_customer()
     chinos = await keep(client, customer)
     first = await reorder(client, customer, chinos["id"], quantity=1, key="stale")
     await conn.execute(
         "UPDATE idempotency_keys SET expires_at = now() - interval '1 second' "
-        "WHERE owner = $1 AND key = 'stale'",
+        "WHERE owner = $1 AND key = $2",
         f"customer:{customer.id}",
+        hashed(vault, f"customer:{customer.id}", "stale"),
     )
 
     # A different body is no mismatch any more: the old record is gone.
@@ -211,13 +220,14 @@ async def test_an_expired_key_is_forgotten_even_before_the_purge_runs(client, co
     assert again.json()["quantity"] == 5
 
 
-async def test_stored_answers_are_encrypted(client, conn, new_customer):
+async def test_stored_answers_are_encrypted(client, conn, new_customer, vault):
     customer = await new_customer()
     chinos = await keep(client, customer)
     await reorder(client, customer, chinos["id"], key="sealed")
     stored = await conn.fetchval(
-        "SELECT response_ct FROM idempotency_keys WHERE owner = $1 AND key = 'sealed'",
+        "SELECT response_ct FROM idempotency_keys WHERE owner = $1 AND key = $2",
         f"customer:{customer.id}",
+        hashed(vault, f"customer:{customer.id}", "sealed"),
     )
     assert stored
     for plaintext in ("Classic Chino", "CL-CHINO-3434", "khaki", "pockets"):

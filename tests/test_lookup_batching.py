@@ -13,7 +13,9 @@ import pytest
 from msgspec import UNSET
 
 from prefs import db
+from prefs.access_log.service import INSERT_SEALED
 from prefs.credentials import service as credentials
+from prefs.crypto import DecryptionError
 from prefs.errors import NotFound, Unavailable
 from prefs.pos.schemas import LookupResult
 from prefs.pos.service import (
@@ -32,6 +34,7 @@ from tests.till import (
     grant,
     shopper,
     till_key,
+    visits,
 )
 
 
@@ -64,12 +67,17 @@ async def idle(batcher: LookupBatcher) -> None:
 
 
 async def until_a_batch_waits_for_a_lock(conn: asyncpg.Connection) -> None:
-    """Return once a lookup statement is waiting for a lock at the database."""
+    """Return once a batch's statement (the lookup, or the insert of its access-log records) is
+    waiting for a lock at the database."""
     for _ in range(1000):
+        # the activity view is read once per transaction, and ``conn`` may be in one (holding
+        # the lock): read it afresh each time
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
         if await conn.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND starts_with(query, $1)",
+            " AND (starts_with(query, $1) OR starts_with(query, $2))",
             LOOKUP[:200],  # the activity view keeps only the start of a long statement
+            INSERT_SEALED[:200],
         ):
             return
         await asyncio.sleep(0.01)
@@ -92,7 +100,9 @@ async def test_lookups_sent_together_share_a_statement_and_each_gets_its_own_ans
     coded, _, coded_kept = await shopper(new_customer, client)
     code = (await checkout_code(client, coded, fields=["note"]))["code"]
 
-    batcher = LookupBatcher(pool, 64, in_flight, misses_per_key=1000, misses_per_store=1000)
+    batcher = LookupBatcher(
+        pool, 64, in_flight, misses_per_key=1000, misses_per_store=1000, vault=vault
+    )
     throttle = ThrottledTills()
     cards = [plain(card) for _, card, _ in everything]
     answers = await asyncio.gather(
@@ -117,11 +127,7 @@ async def test_lookups_sent_together_share_a_statement_and_each_gets_its_own_ans
     for (customer, _, _), answers_for in zip(
         everything, [[full[0]], [full[1]], [full[2], twice]], strict=True
     ):
-        logged = await conn.fetch(
-            "SELECT disclosure_id, via, preference_ids, fields FROM access_log"
-            " WHERE customer_id = $1 ORDER BY disclosure_id",
-            uuid.UUID(customer.id),
-        )
+        logged = await visits(conn, vault, customer.id)
         assert sorted(
             (r["disclosure_id"], r["via"], r["preference_ids"], r["fields"]) for r in logged
         ) == sorted(
@@ -164,7 +170,9 @@ async def test_one_lookup_the_database_refuses_fails_alone(client, conn, new_cus
         """
     )
     try:
-        batcher = LookupBatcher(pool, 64, 1, misses_per_key=1000, misses_per_store=1000)
+        batcher = LookupBatcher(
+            pool, 64, 1, misses_per_key=1000, misses_per_store=1000, vault=vault
+        )
         throttle = ThrottledTills()
         answers = await asyncio.gather(
             *(lookup(batcher, vault, throttle, key, plain(c), None) for _, c, _ in good),
@@ -182,6 +190,30 @@ async def test_one_lookup_the_database_refuses_fails_alone(client, conn, new_cus
     assert batcher.statements == 1 + len(answers)  # the shared try, then each alone
 
 
+async def test_a_lookup_whose_data_key_cannot_be_unwrapped_fails_alone_and_unlogged(
+    client, conn, new_customer, pool, vault
+):
+    key, shoppers = await granted_shoppers(client, conn, new_customer, 3)
+    (broken, _, _), *fine = shoppers
+    await conn.execute(  # its wrap no longer authenticates (a damaged or foreign key row)
+        "UPDATE customer_keys SET wrapped = overlay(wrapped placing '\\x00'::bytea from 20)"
+        " WHERE customer_id = $1",
+        uuid.UUID(broken.id),
+    )
+    batcher = LookupBatcher(pool, 64, 1, misses_per_key=1000, misses_per_store=1000, vault=vault)
+    throttle = ThrottledTills()
+    answers = await asyncio.gather(
+        *(lookup(batcher, vault, throttle, key, plain(c), None) for _, c, _ in shoppers),
+        return_exceptions=True,
+    )
+    assert isinstance(answers[0], DecryptionError)
+    assert await disclosures(conn, broken.id) == 0  # nothing shown, nothing to keep
+    for (customer, _, _), answer in zip(fine, answers[1:], strict=True):
+        assert isinstance(answer, LookupResult)
+        assert await disclosures(conn, customer.id) == 1
+    assert batcher.statements == 1
+
+
 async def test_a_lookup_cancelled_before_its_batch_is_not_sent_and_the_next_ones_are_answered(
     client, conn, new_customer, pool, vault
 ):
@@ -191,7 +223,7 @@ async def test_a_lookup_cancelled_before_its_batch_is_not_sent_and_the_next_ones
     ]
     await grant(client, first)
     await grant(client, second)
-    batcher = LookupBatcher(pool, 64, 1, misses_per_key=1000, misses_per_store=1000)
+    batcher = LookupBatcher(pool, 64, 1, misses_per_key=1000, misses_per_store=1000, vault=vault)
     throttle = ThrottledTills()
     kept = asyncio.create_task(lookup(batcher, vault, throttle, key, plain(first_card), None))
     dropped = asyncio.create_task(lookup(batcher, vault, throttle, key, plain(second_card), None))
@@ -215,7 +247,7 @@ async def test_a_lookup_cancelled_while_its_batch_runs_keeps_its_record(
     _, key = await till_key(conn)
     customer, card, _ = await shopper(new_customer, client)
     await grant(client, customer)
-    batcher = LookupBatcher(pool, 64, 1, misses_per_key=1000, misses_per_store=1000)
+    batcher = LookupBatcher(pool, 64, 1, misses_per_key=1000, misses_per_store=1000, vault=vault)
     throttle = ThrottledTills()
     async with pool.acquire() as blocker:  # holds the batch at the database for a moment
         await blocker.execute("BEGIN; LOCK TABLE access_log IN EXCLUSIVE MODE")
@@ -237,7 +269,7 @@ async def test_the_lookup_statement_is_planned_once_and_kept(
     await grant(client, customer)
     one = await db.create_pool(database.url, 1, 1, LOOKUP_SERVER_SETTINGS)  # one connection
     try:
-        batcher = LookupBatcher(one, 64, 1, misses_per_key=1000, misses_per_store=1000)
+        batcher = LookupBatcher(one, 64, 1, misses_per_key=1000, misses_per_store=1000, vault=vault)
         throttle = ThrottledTills()
         for _ in range(8):
             answer = await lookup(batcher, vault, throttle, key, plain(card), None)
@@ -267,7 +299,9 @@ async def test_a_batch_the_database_refuses_as_a_whole_fails_at_once_and_the_nex
     client, conn, new_customer, impatient_pool, vault
 ):
     key, shoppers = await granted_shoppers(client, conn, new_customer, 3)
-    batcher = LookupBatcher(impatient_pool, 64, 1, misses_per_key=1000, misses_per_store=1000)
+    batcher = LookupBatcher(
+        impatient_pool, 64, 1, misses_per_key=1000, misses_per_store=1000, vault=vault
+    )
     throttle = ThrottledTills()
     await conn.execute("BEGIN; LOCK TABLE access_log IN EXCLUSIVE MODE")
     try:
@@ -294,7 +328,9 @@ async def test_stopping_mid_batch_answers_503_and_leaves_nothing_waiting(
     client, conn, new_customer, pool, vault
 ):
     key, shoppers = await granted_shoppers(client, conn, new_customer, 2)
-    batcher = LookupBatcher(pool, max_batch=1, in_flight=1)  # the second waits in the queue
+    batcher = LookupBatcher(
+        pool, max_batch=1, in_flight=1, vault=vault
+    )  # the second waits in the queue
     throttle = ThrottledTills()
     await conn.execute("BEGIN; LOCK TABLE access_log IN EXCLUSIVE MODE")
     try:

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from prefs import db
-from prefs.crypto import api_key_hash
+from prefs.crypto import Vault, api_key_hash
 from prefs.errors import NotFound, TooManyRequests
 from prefs.pos.schemas import LookupResult
 from prefs.pos.service import (
@@ -36,9 +36,10 @@ async def pools(database) -> AsyncIterator[list[asyncpg.Pool]]:
 
 
 def worker(
-    pool: asyncpg.Pool, per_key: int, per_store: int
+    pool: asyncpg.Pool, vault: Vault, per_key: int, per_store: int
 ) -> tuple[LookupBatcher, ThrottledTills]:
-    return LookupBatcher(pool, misses_per_key=per_key, misses_per_store=per_store), ThrottledTills()
+    batcher = LookupBatcher(pool, misses_per_key=per_key, misses_per_store=per_store, vault=vault)
+    return batcher, ThrottledTills()
 
 
 def plain(card: str) -> str:
@@ -71,7 +72,7 @@ async def test_two_workers_share_one_count_of_a_keys_misses(
     client, conn, new_customer, pools, vault
 ):
     customer, card, key = await granted_shopper(client, conn, new_customer)
-    first, second = (worker(pool, per_key=4, per_store=100) for pool in pools)
+    first, second = (worker(pool, vault, per_key=4, per_store=100) for pool in pools)
 
     for batcher, tills in (first, second, first, second):  # two misses on each worker
         with pytest.raises(NotFound):
@@ -89,7 +90,7 @@ async def test_a_batch_counts_the_misses_before_each_of_its_lookups(
     client, conn, new_customer, pools, vault
 ):
     customer, card, key = await granted_shopper(client, conn, new_customer)
-    batcher, tills = worker(pools[0], per_key=5, per_store=100)
+    batcher, tills = worker(pools[0], vault, per_key=5, per_store=100)
     cards = [plain(fresh_card()) for _ in range(8)] + [plain(card)]
 
     answers = await asyncio.gather(
@@ -106,7 +107,7 @@ async def test_lookups_that_were_refused_do_not_count_against_the_store(conn, po
     store = fresh_store()
     _, guesser = await till_key(conn, store)
     _, neighbour = await till_key(conn, store)
-    batcher, tills = worker(pools[0], per_key=3, per_store=5)
+    batcher, tills = worker(pools[0], vault, per_key=3, per_store=5)
 
     answers = await asyncio.gather(  # one batch: the guesser's ten, then the neighbour's three
         *(lookup(batcher, vault, tills, guesser, plain(fresh_card()), None) for _ in range(10)),
@@ -126,7 +127,7 @@ async def test_a_refused_till_is_refused_at_once_then_answered_when_its_minute_i
     client, conn, new_customer, pools, vault
 ):
     customer, card, key = await granted_shopper(client, conn, new_customer)
-    batcher, tills = worker(pools[0], per_key=2, per_store=100)
+    batcher, tills = worker(pools[0], vault, per_key=2, per_store=100)
     for _ in range(2):
         with pytest.raises(NotFound):
             await lookup(batcher, vault, tills, key, plain(fresh_card()), None)
@@ -143,7 +144,9 @@ async def test_a_refused_till_is_refused_at_once_then_answered_when_its_minute_i
         " WHERE key_hash = $1",
         api_key_hash(key),
     )
-    other_batcher, other_tills = worker(pools[1], per_key=2, per_store=100)  # has not seen it
+    other_batcher, other_tills = worker(
+        pools[1], vault, per_key=2, per_store=100
+    )  # has not seen it
     answer = await lookup(other_batcher, vault, other_tills, key, plain(card), None)
     assert isinstance(answer, LookupResult)
     assert await disclosures(conn, customer.id) == 1
@@ -165,7 +168,7 @@ async def test_a_miss_is_answered_only_once_counted_and_a_hit_beside_it_is_not_h
             WHEN (NEW.key_hash = '\\x{api_key_hash(key).hex()}'::bytea) EXECUTE FUNCTION {trigger}();
         """
     )
-    batcher, tills = worker(pools[0], per_key=5, per_store=100)
+    batcher, tills = worker(pools[0], vault, per_key=5, per_store=100)
     try:
         hit, miss = await asyncio.gather(
             lookup(batcher, vault, tills, key, plain(card), None),
@@ -232,7 +235,7 @@ async def test_a_store_refusal_is_remembered_until_the_stores_window_ends_not_th
     store = fresh_store()
     _, key = await till_key(conn, store)
     await set_window(conn, key, store, key_n=0, store_n=5, age=55)
-    batcher, tills = worker(pools[0], per_key=3, per_store=5)
+    batcher, tills = worker(pools[0], vault, per_key=3, per_store=5)
 
     with pytest.raises(TooManyRequests) as refused:
         await lookup(batcher, vault, tills, key, plain(fresh_card()), None)

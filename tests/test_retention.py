@@ -19,6 +19,7 @@ from prefs import db
 from prefs.app import create_app
 from prefs.auth import DevIssuer
 from prefs.crypto import Vault
+from prefs.reorders import idempotency
 from prefs.retention import service as retention
 from prefs.settings import Settings, load
 from tests.conftest import Database, LiveServer
@@ -101,8 +102,13 @@ class Leftovers:
             "UPDATE idempotency_keys SET expires_at = now() - interval '1 second' "
             "WHERE owner = $1 AND key = $2",
             f"customer:{self.shopper.id}",
-            self.expired_key,
+            self.stored(self.expired_key),
         )
+
+    def stored(self, key: str) -> str:
+        """An Idempotency-Key as the table holds it (a keyed hash)."""
+        owner = f"customer:{self.shopper.id}"
+        return idempotency.stored_keys(self.vault.index, owner, key)[self.vault.index.primary]
 
     async def codes(self, conn: asyncpg.Connection) -> dict[str, bool]:
         return {
@@ -121,7 +127,7 @@ class Leftovers:
                 await conn.fetchval(
                     "SELECT count(*) FROM idempotency_keys WHERE owner = $1 AND key = $2",
                     f"customer:{self.shopper.id}",
-                    key,
+                    self.stored(key),
                 )
             )
             for name, key in (("expired", self.expired_key), ("live", self.live_key))

@@ -13,7 +13,10 @@ from typing import Any
 import asyncpg
 import httpx
 
+from prefs.access_log.service import opened
 from prefs.credentials import service as credentials
+from prefs.crypto import Vault
+from prefs.customers.service import data_key
 from tests.conftest import CHINOS, bearer
 
 SHIRT: dict[str, Any] = {
@@ -120,3 +123,12 @@ async def disclosures(conn: asyncpg.Connection, customer_id: str | uuid.UUID) ->
         "SELECT count(*) FROM access_log WHERE customer_id = $1", uuid.UUID(str(customer_id))
     )
     return count
+
+
+async def visits(
+    conn: asyncpg.Connection, vault: Vault, customer_id: str | uuid.UUID
+) -> list[dict[str, Any]]:
+    """The customer's access-log records, unsealed with their data key (column name → value)."""
+    customer = uuid.UUID(str(customer_id))
+    rows = await conn.fetch("SELECT * FROM access_log WHERE customer_id = $1", customer)
+    return opened(await data_key(conn, vault, customer), rows)

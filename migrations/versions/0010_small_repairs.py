@@ -3,13 +3,13 @@ label written under a version recorded in retired_master_keys, whichever process
 (a worker of a rolling deploy still configured with the old primary, a mistaken rollback).
 
 Revision ID: 0010
-Revises: 0006
+Revises: 0009
 """
 
 from prefs.db import run_sql
 
 revision = "0010"
-down_revision = "0006"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

@@ -69,6 +69,7 @@ def _lifespan(settings: Settings) -> Any:
             settings.lookup_batches_in_flight,
             settings.lookup_misses_per_minute_per_key,
             settings.lookup_misses_per_minute_per_store,
+            vault=app.state.vault,
         )
         purger = asyncio.create_task(
             retention.run_periodically(

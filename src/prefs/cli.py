@@ -73,8 +73,12 @@ def serve(host: str, port: int, workers: int) -> None:
     """Serve the API and the web page (on an embedded PostgreSQL unless PREFS_DATABASE_URL is set)."""
     settings = _settings()
     with Database(settings) as url:
+        head = db.head_revision()
+        behind = not _run(url, lambda conn: db.schema_at_head(conn, head))
         db.migrate(url)
         settings = load({**os.environ, "PREFS_DATABASE_URL": url})
+        if behind:  # each start after this would walk the tables again for nothing
+            _seal_backlog(settings, url)
         base = f"http://{host}:{port}"
         demo = _demo(settings, url)
         click.echo(f"prefs ({settings.env}) listening on {base}")
@@ -173,9 +177,36 @@ def _print_demo(demo: Any, base: str) -> None:
 @main.command()
 def migrate() -> None:
     """Upgrade the database schema to the newest revision."""
-    with Database(_settings()) as url:
+    settings = _settings()
+    with Database(settings) as url:
         db.migrate(url)
         click.echo(f"schema at {db.head_revision()}")
+        _seal_backlog(settings, url)
+
+
+def _seal_backlog(settings: Settings, url: str) -> None:
+    """Seal what revision 0009's expand step left in clear: access-log entries, purchase
+    histories and Idempotency-Key values (it needs the keys: not in a migration). `prefs migrate`
+    runs it every time (so it resumes one that was stopped), `prefs serve` when it migrated."""
+    from prefs.access_log import service as access_log
+    from prefs.preferences import service as preferences
+    from prefs.reorders import idempotency
+
+    vault = _vault(settings)
+
+    async def action(conn: Any) -> tuple[int, int, int]:
+        return (
+            sum([done async for done in access_log.seal_backlog(conn, vault)]),
+            sum([done async for done in preferences.seal_purchase_backlog(conn, vault)]),
+            await idempotency.hash_legacy_keys(conn, vault),
+        )
+
+    visits, histories, keys = _run(url, action)
+    if visits or histories or keys:
+        click.echo(
+            f"sealed {visits} access-log entries and {histories} purchase histories kept in"
+            f" clear before, and replaced {keys} Idempotency-Key values by keyed hashes"
+        )
 
 
 @main.command()

@@ -261,7 +261,16 @@ class ServiceCipher:
 class BlindIndex:
     """Keyed HMAC lookups, under keys derived from the index keyring only."""
 
-    PURPOSES = ("card", "checkout-code", "subject", "pairwise", "ledger", "demand", "demand-group")
+    PURPOSES = (
+        "card",
+        "checkout-code",
+        "subject",
+        "pairwise",
+        "ledger",
+        "demand",
+        "demand-group",
+        "idempotency-key",
+    )
 
     def __init__(self, index: Keyring) -> None:
         self.index = index

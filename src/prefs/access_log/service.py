@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
+import msgspec
 
 from prefs import cursors
 from prefs.access_log.schemas import AccessLogPage, DisclosedPreference, Disclosure, Viewer
+from prefs.access_log.sealed import Visit, as_row, open_visit, seal
 from prefs.credentials.service import Credential
-from prefs.crypto import DecryptionError, Vault
+from prefs.crypto import DataKey, DecryptionError, Vault
 from prefs.customers.service import data_key
 from prefs.db import Row
 from prefs.preferences.sealed import decrypt_product
@@ -66,9 +69,11 @@ def summary(row: Row, names: list[str | None]) -> str:
     return f"{who} saw {seen} for {what} {purpose}, {via}.".replace(" ,", ",").replace(", .", ".")
 
 
+# Entries are sealed (``sealed``); the columns in clear are read for entries written before
+# sealing until the backfill (seal_backlog) has sealed them.
 PAGE = """
-SELECT disclosure_id, at, actor_kind, credential_id, actor_name, store, partner_id, purpose, via,
-       preference_ids, fields
+SELECT disclosure_id, at, sealed, actor_kind, credential_id, actor_name, store, partner_id,
+       purpose, via, preference_ids, fields
 FROM access_log
 WHERE customer_id = $1 AND ($2::timestamptz IS NULL OR (at, disclosure_id) < ($2, $3))
 ORDER BY at DESC, disclosure_id DESC
@@ -96,15 +101,34 @@ async def page(
     return AccessLogPage(items=items, next=next_cursor)
 
 
+def opened(key: DataKey, rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Access-log rows with their visits unsealed (rows still in clear as they are); an entry
+    that does not open under this customer's key is left out."""
+    entries: list[dict[str, Any]] = []
+    for row in rows:
+        if row["sealed"] is None:
+            entries.append(dict(row))
+            continue
+        try:
+            visit = open_visit(key, row["disclosure_id"], row["sealed"])
+        except (DecryptionError, msgspec.DecodeError):
+            continue
+        entries.append({"disclosure_id": row["disclosure_id"], "at": row["at"], **as_row(visit)})
+    return entries
+
+
 async def disclosures(
     conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, rows: Sequence[Row]
 ) -> list[Disclosure]:
     """Access-log rows in words a person understands, with the names of the preferences shown
     (the access-log page and the export both show them so)."""
-    wanted = list({pid for row in rows for pid in row["preference_ids"]})
+    if not rows:
+        return []
+    key = await data_key(conn, vault, customer_id)
+    entries = opened(key, rows)
+    wanted = list({pid for entry in entries for pid in entry["preference_ids"]})
     names: dict[uuid.UUID, str] = {}
     if wanted:
-        key = await data_key(conn, vault, customer_id)
         for pref in await conn.fetch(NAMES, customer_id, wanted):
             try:
                 names[pref["preference_id"]] = decrypt_product(
@@ -131,14 +155,17 @@ async def disclosures(
             ],
             summary=summary(row, [names.get(pid) for pid in row["preference_ids"]]),
         )
-        for row in rows
+        for row in entries
     ]
 
 
-RECORD = """
-INSERT INTO access_log (customer_id, actor_kind, credential_id, actor_name, store, partner_id,
-                        purpose, via, preference_ids, fields)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+KEYS = """
+SELECT customer_id, generation, wrapped FROM customer_keys WHERE customer_id = ANY($1::uuid[])
+"""
+# every writer inserts sealed entries only (at: the transaction's now())
+INSERT_SEALED = """
+INSERT INTO access_log (disclosure_id, customer_id, sealed)
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bytea[])
 """
 
 
@@ -148,28 +175,108 @@ async def record(
     purpose: str,
     via: str,
     disclosures: list[tuple[uuid.UUID, list[uuid.UUID], list[str]]],
+    *,
+    vault: Vault,
 ) -> None:
-    """Log disclosures to a credential's holder: (customer, preferences, fields) each.
+    """Log disclosures to a credential's holder: (customer, preferences, fields) each, sealed
+    under each customer's data key (a customer without one was erased meanwhile: nothing to
+    keep).
 
     Call inside the transaction that reads what is disclosed, so no answer leaves without its
     record.
     """
-    if disclosures:
-        await conn.executemany(
-            RECORD,
-            [
-                (
-                    customer_id,
-                    who.kind,
-                    who.id,
-                    who.name,
-                    who.store,
-                    who.partner_id,
-                    purpose,
-                    via,
-                    preference_ids,
-                    fields,
-                )
-                for customer_id, preference_ids, fields in disclosures
-            ],
+    if not disclosures:
+        return
+    keys = {
+        row["customer_id"]: vault.envelope.unwrap(
+            row["customer_id"], row["generation"], row["wrapped"]
         )
+        for row in await conn.fetch(KEYS, list({customer for customer, _, _ in disclosures}))
+    }
+    ids: list[uuid.UUID] = []
+    customers: list[uuid.UUID] = []
+    sealed: list[bytes] = []
+    for customer_id, preference_ids, fields in disclosures:
+        key = keys.get(customer_id)
+        if key is None:
+            continue
+        visit = Visit(
+            actor_kind=who.kind,
+            credential_id=who.id,
+            actor_name=who.name,
+            store=who.store,
+            partner_id=who.partner_id,
+            purpose=purpose,
+            via=via,
+            preference_ids=list(preference_ids),
+            fields=list(fields),
+        )
+        disclosure_id = uuid.uuid4()
+        ids.append(disclosure_id)
+        customers.append(customer_id)
+        sealed.append(seal(key, disclosure_id, visit))
+    await conn.execute(INSERT_SEALED, ids, customers, sealed)
+
+
+# The backfill: entries written in clear before sealing, a batch at a time in primary-key order
+# from where the previous batch ended (no index needed on what is left; rows another run holds
+# are skipped, so two runs at once do not collide); the columns in clear are emptied.
+BACKLOG = """
+SELECT a.customer_id, a.disclosure_id, a.at, a.actor_kind, a.credential_id, a.actor_name,
+       a.store, a.partner_id, a.purpose, a.via, a.preference_ids, a.fields,
+       k.generation, k.wrapped
+FROM access_log a LEFT JOIN customer_keys k USING (customer_id)
+WHERE (a.customer_id, a.at, a.disclosure_id) > ($2, $3, $4) AND a.sealed IS NULL
+ORDER BY a.customer_id, a.at, a.disclosure_id
+LIMIT $1
+FOR UPDATE OF a SKIP LOCKED
+"""
+BACKLOG_START = (uuid.UUID(int=0), datetime.min.replace(tzinfo=UTC), uuid.UUID(int=0))
+SEAL_ROWS = """
+UPDATE access_log a SET sealed = u.sealed, actor_kind = NULL, credential_id = NULL,
+    actor_name = NULL, store = NULL, partner_id = NULL, purpose = NULL, via = NULL,
+    preference_ids = NULL, fields = NULL
+FROM unnest($1::uuid[], $2::timestamptz[], $3::uuid[], $4::bytea[])
+    AS u(customer_id, at, disclosure_id, sealed)
+WHERE (a.customer_id, a.at, a.disclosure_id) = (u.customer_id, u.at, u.disclosure_id)
+"""
+# an entry whose customer has no data key belongs to an erased customer: nothing may keep it
+DROP_ORPHANS = """
+DELETE FROM access_log a
+USING unnest($1::uuid[], $2::timestamptz[], $3::uuid[]) AS u(customer_id, at, disclosure_id)
+WHERE (a.customer_id, a.at, a.disclosure_id) = (u.customer_id, u.at, u.disclosure_id)
+"""
+
+
+async def seal_backlog(
+    conn: asyncpg.Connection, vault: Vault, batch: int = 1000
+) -> AsyncIterator[int]:
+    """Seal the access-log entries still in clear, one transaction per batch; yields how many
+    each batch handled. Online, and safe to stop and run again."""
+    after = BACKLOG_START
+    while True:
+        async with conn.transaction():
+            rows = await conn.fetch(BACKLOG, batch, *after)
+            if not rows:
+                return
+            sealed: list[list[Any]] = [[], [], [], []]
+            orphans: list[list[Any]] = [[], [], []]
+            for row in rows:
+                where = [row["customer_id"], row["at"], row["disclosure_id"]]
+                if row["wrapped"] is None:
+                    for column, value in zip(orphans, where, strict=True):
+                        column.append(value)
+                    continue
+                key = vault.envelope.unwrap(row["customer_id"], row["generation"], row["wrapped"])
+                visit = Visit(**{field: row[field] for field in Visit.__struct_fields__})
+                for column, value in zip(
+                    sealed, [*where, seal(key, row["disclosure_id"], visit)], strict=True
+                ):
+                    column.append(value)
+            if sealed[0]:
+                await conn.execute(SEAL_ROWS, *sealed)
+            if orphans[0]:
+                await conn.execute(DROP_ORPHANS, *orphans)
+        last = rows[-1]
+        after = (last["customer_id"], last["at"], last["disclosure_id"])
+        yield len(rows)

@@ -1,6 +1,7 @@
 """The till lookup — the hot path. One statement checks the key, finds the customer, checks
-consent, reads the granted fields and records the disclosure; lookups that arrive while one
-is in the database share the next statement, its transaction and its commit (group commit)."""
+consent and reads the granted fields; a second one records the disclosures, sealed under each
+customer's data key, and commits them before anyone is answered. Lookups that arrive while a
+batch is in the database share the next two statements and the one commit (group commit)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from typing import Any
 
 import asyncpg
 
-from prefs.crypto import Vault, api_key_hash
+from prefs.access_log.sealed import Visit, seal
+from prefs.access_log.service import INSERT_SEALED
+from prefs.crypto import DecryptionError, Vault, api_key_hash
 from prefs.errors import NotFound, Problem, TooManyRequests, Unavailable
 from prefs.pos.schemas import LookupResult
 from prefs.preferences.sealed import shared, shown
@@ -35,8 +38,10 @@ MISS_WINDOW = "interval '1 minute'"
 # retry_after) when its key or store has used up its misses, counting the misses of earlier
 # lookups in the batch that were not refused; otherwise its shown preferences as arrays in rank
 # order (NULLs when nothing is shown). A refused row carries nothing of what was found. A lookup
-# without a row had no live key. Every hit is logged in the same statement: no answer leaves
-# without its record. Misses are counted afterwards, by count_misses.
+# without a row had no live key. Every hit (a row with a disclosure_id) is logged, sealed under
+# its customer's data key, by the batch's second statement (INSERT_SEALED) before any lookup of the
+# batch is answered: no answer leaves without its committed record. Misses are counted
+# afterwards, by count_misses.
 LOOKUP = f"""
 WITH cred AS MATERIALIZED (
     SELECT r.i, r.key_hash, c.credential_id, c.display_name, c.store,
@@ -93,14 +98,8 @@ WITH cred AS MATERIALIZED (
            array_agg(s.note_ct ORDER BY s.rank) AS notes
     FROM ({shown("i")}) s
     GROUP BY s.i
-), logged AS (
-    INSERT INTO access_log (disclosure_id, customer_id, actor_kind, credential_id, actor_name,
-                            store, purpose, via, preference_ids, fields)
-    SELECT hit.disclosure_id, hit.customer_id, 'pos', hit.credential_id, hit.display_name,
-           hit.store, 'checkout', hit.via, coalesce(shown.ids, '{{}}'), hit.fields
-    FROM hit LEFT JOIN shown ON shown.i = hit.i
 )
-SELECT j.i, j.store,
+SELECT j.i, j.store, j.credential_id, j.display_name,
        j.missed AND NOT (j.key_throttled OR j.store_throttled) AS counted_miss,
        CASE WHEN j.store_throttled THEN 'store' WHEN j.key_throttled THEN 'key' END AS refused_by,
        greatest(1, ceil(extract(epoch FROM CASE
@@ -116,6 +115,42 @@ FROM judged j
 LEFT JOIN customer_keys k ON k.customer_id = j.customer_id AND j.disclosure_id IS NOT NULL
 LEFT JOIN shown ON shown.i = j.i
 """
+
+
+def _log_visits(
+    vault: Vault, rows: Sequence[asyncpg.Record]
+) -> tuple[list[Any], dict[int, Exception]]:
+    """The sealed access-log records of a batch's hits (INSERT_SEALED's arguments), and the error of
+    each hit whose data key cannot be unwrapped (that lookup fails alone, unlogged)."""
+    ids: list[uuid.UUID] = []
+    customers: list[uuid.UUID] = []
+    sealed: list[bytes] = []
+    broken: dict[int, Exception] = {}
+    for row in rows:
+        disclosure_id = row["disclosure_id"]
+        if disclosure_id is None:
+            continue
+        try:
+            key = vault.envelope.unwrap(row["customer_id"], row["generation"], row["wrapped"])
+        except DecryptionError as error:
+            broken[row["i"]] = error
+            continue
+        visit = Visit(
+            actor_kind="pos",
+            credential_id=row["credential_id"],
+            actor_name=row["display_name"],
+            store=row["store"],
+            partner_id=None,
+            purpose="checkout",
+            via=row["via"],
+            preference_ids=list(row["ids"] or ()),
+            fields=list(row["fields"]),
+        )
+        ids.append(disclosure_id)
+        customers.append(row["customer_id"])
+        sealed.append(seal(key, disclosure_id, visit))
+    return [ids, customers, sealed], broken
+
 
 # Counting a batch's misses decides them: under row locks (keys, then stores, each in order), a
 # miss is counted while its key and its store are under their limits and refused (429) after,
@@ -244,8 +279,8 @@ class LookupBatcher:
 
     A lookup that finds fewer than ``in_flight`` batches in the database starts one at once, so
     a quiet till waits for nothing. Under load, lookups that arrive meanwhile queue and go
-    together, up to ``max_batch``, in the next statement: one plan, one round trip and one WAL
-    flush for all of them. If the database refuses a shared batch because of one lookup's data,
+    together, up to ``max_batch``, in the next batch: one lookup statement, one insert of their
+    sealed access-log records (when any was found) and one WAL flush for all of them. If the database refuses a shared batch because of one lookup's data,
     each of its lookups is retried alone, so that one lookup's error is never another's.
     """
 
@@ -256,8 +291,11 @@ class LookupBatcher:
         in_flight: int = 1,
         misses_per_key: int = 30,
         misses_per_store: int = 120,
+        *,
+        vault: Vault,
     ) -> None:
         self.pool = pool
+        self.vault = vault  # seals each hit's access-log record under its customer's data key
         self.max_batch = max_batch
         self.in_flight = in_flight
         self.limits = (misses_per_key, misses_per_store)  # per minute, across all workers
@@ -305,16 +343,21 @@ class LookupBatcher:
 
     async def _fetch(
         self, conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record], requests: Sequence[Request]
-    ) -> list[asyncpg.Record]:
+    ) -> tuple[list[asyncpg.Record], dict[int, Exception]]:
+        """The batch's rows, once the records of its hits are committed; and the lookups that
+        cannot be answered because their data key cannot be unwrapped."""
         self.statements += 1
         rows: list[asyncpg.Record] = await conn.fetch(LOOKUP, *_arguments(requests), *self.limits)
-        return rows
+        visits, broken = _log_visits(self.vault, rows)
+        if visits[0]:
+            await conn.execute(INSERT_SEALED, *visits)
+        return rows, broken
 
     async def _run(self, batch: list[Queued]) -> None:
         try:
             async with self.pool.acquire() as conn:
                 try:
-                    rows = await self._fetch(conn, [request for request, _ in batch])
+                    rows, broken = await self._fetch(conn, [request for request, _ in batch])
                 except asyncpg.PostgresError as error:
                     if len(batch) == 1 or not str(error.sqlstate).startswith(RETRY_ALONE_CLASSES):
                         raise
@@ -324,12 +367,12 @@ class LookupBatcher:
                         if future.done():
                             continue  # its request went away: not asked
                         try:
-                            alone = await self._fetch(conn, [request])
-                            await self._answer(conn, [(request, future)], alone)
+                            alone, unlogged = await self._fetch(conn, [request])
+                            await self._answer(conn, [(request, future)], alone, unlogged)
                         except asyncpg.PostgresError as its_own:
                             _fail([(request, future)], its_own)
                     return
-                await self._answer(conn, batch, rows)
+                await self._answer(conn, batch, rows, broken)
         except Exception as error:  # every lookup of the batch still waiting gets it
             _fail(batch, error)
         except BaseException:
@@ -341,14 +384,18 @@ class LookupBatcher:
         conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record],
         batch: Sequence[Queued],
         rows: list[asyncpg.Record],
+        broken: dict[int, Exception],
     ) -> None:
         """Answer each lookup with its row; misses only once they are counted."""
         per_lookup: list[asyncpg.Record | None] = [None] * len(batch)
         for found in rows:
             per_lookup[found["i"]] = found
         misses = []
-        for (request, future), row in zip(batch, per_lookup, strict=True):
-            if row is not None and row["counted_miss"]:
+        for i, ((request, future), row) in enumerate(zip(batch, per_lookup, strict=True)):
+            if i in broken:
+                if not future.done():
+                    future.set_exception(broken[i])  # its own: raised once
+            elif row is not None and row["counted_miss"]:
                 misses.append((request, future, row))
             else:
                 _settle(future, row)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import date
 from typing import Any
 
 import msgspec
@@ -34,6 +35,34 @@ def decrypt_note(key: DataKey, preference_id: uuid.UUID, blob: bytes | None) -> 
         return None
     note: str = msgspec.json.decode(key.decrypt(blob, TABLE, "note", preference_id))
     return note
+
+
+class PurchaseHistory(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    """How often the customer bought it and when last: personal, so sealed (``purchases_ct``)."""
+
+    purchases: int
+    last_purchased_on: date | None
+
+
+_purchases = msgspec.msgpack.Decoder(PurchaseHistory)
+
+
+def seal_purchases(
+    key: DataKey, preference_id: uuid.UUID, purchases: int, last_purchased_on: date | None
+) -> bytes:
+    history = PurchaseHistory(purchases=purchases, last_purchased_on=last_purchased_on)
+    return key.encrypt(msgspec.msgpack.encode(history), TABLE, "purchases", preference_id)
+
+
+def open_purchases(key: DataKey, row: Row) -> PurchaseHistory:
+    """A preference row's purchase history: sealed, or (rows written before revision 0009, until
+    the backfill seals them) in the columns in clear."""
+    if row["purchases_ct"] is None:
+        return PurchaseHistory(
+            purchases=row["purchases"], last_purchased_on=row["last_purchased_on"]
+        )
+    blob = key.decrypt(row["purchases_ct"], TABLE, "purchases", row["preference_id"])
+    return _purchases.decode(blob)
 
 
 def shared(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 
 import asyncpg
 from msgspec import UNSET
@@ -22,12 +23,15 @@ from prefs.preferences.sealed import (
     decrypt_attributes,
     decrypt_note,
     decrypt_product,
+    open_purchases,
     seal,
+    seal_purchases,
 )
 
 
 def _preference(key: DataKey, row: Row) -> Preference:
     pid = row["preference_id"]
+    history = open_purchases(key, row)
     return Preference(
         id=pid,
         product=decrypt_product(key, pid, row["product_ct"]),
@@ -35,15 +39,16 @@ def _preference(key: DataKey, row: Row) -> Preference:
         note=decrypt_note(key, pid, row["note_ct"]),
         rank=row["rank"],
         status=row["status"],
-        purchases=row["purchases"],
-        last_purchased_on=row["last_purchased_on"],
+        purchases=history.purchases,
+        last_purchased_on=history.last_purchased_on,
         version=row["version"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
 
 
-COLUMNS = """preference_id, rank, status, purchases, last_purchased_on, version,
+# purchases and last_purchased_on: read only for rows not yet sealed (purchases_ct) by the backfill
+COLUMNS = """preference_id, rank, status, purchases, last_purchased_on, purchases_ct, version,
              product_ct, attributes_ct, note_ct, created_at, updated_at"""
 LIST = f"SELECT {COLUMNS} FROM preferences WHERE customer_id = $1 ORDER BY rank"
 GET = f"SELECT {COLUMNS} FROM preferences WHERE customer_id = $1 AND preference_id = $2"
@@ -74,9 +79,9 @@ async def get_preference(
 
 SHIFT_DOWN_FROM = "UPDATE preferences SET rank = rank + 1 WHERE customer_id = $1 AND rank >= $2"
 INSERT = f"""
-INSERT INTO preferences (customer_id, preference_id, rank, status, purchases, last_purchased_on,
+INSERT INTO preferences (customer_id, preference_id, rank, status, purchases_ct,
                          product_ct, attributes_ct, note_ct)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 RETURNING {COLUMNS}
 """
 
@@ -101,8 +106,7 @@ async def create_preference(
             pid,
             rank,
             data.status,
-            data.purchases,
-            data.last_purchased_on,
+            seal_purchases(key, pid, data.purchases, data.last_purchased_on),
             seal(key, pid, "product", data.product),
             seal(key, pid, "attributes", data.attributes),
             None if data.note is None else seal(key, pid, "note", data.note),
@@ -117,8 +121,9 @@ MOVE_UP = """UPDATE preferences SET rank = rank + 1
 MOVE_DOWN = """UPDATE preferences SET rank = rank - 1
                WHERE customer_id = $1 AND rank > $2 AND rank <= $3"""
 UPDATE = f"""
-UPDATE preferences SET rank = $3, status = $4, purchases = $5, last_purchased_on = $6,
-       product_ct = $7, attributes_ct = $8, note_ct = $9, version = version + 1, updated_at = now()
+UPDATE preferences SET rank = $3, status = $4, purchases_ct = $5, purchases = NULL,
+       last_purchased_on = NULL, product_ct = $6, attributes_ct = $7, note_ct = $8,
+       version = version + 1, updated_at = now()
 WHERE customer_id = $1 AND preference_id = $2
 RETURNING {COLUMNS}
 """
@@ -171,6 +176,7 @@ async def update_preference(
             else seal(key, preference_id, "attributes", data.attributes)
         )
         note_ct = row["note_ct"]
+        history = open_purchases(key, row)
         if data.note is not UNSET:
             note_ct = None if data.note is None else seal(key, preference_id, "note", data.note)
         updated = await conn.fetchrow(
@@ -179,8 +185,14 @@ async def update_preference(
             preference_id,
             rank,
             row["status"] if data.status is UNSET else data.status,
-            row["purchases"] if data.purchases is UNSET else data.purchases,
-            row["last_purchased_on"] if data.last_purchased_on is UNSET else data.last_purchased_on,
+            seal_purchases(
+                key,
+                preference_id,
+                history.purchases if data.purchases is UNSET else data.purchases,
+                history.last_purchased_on
+                if data.last_purchased_on is UNSET
+                else data.last_purchased_on,
+            ),
             product_ct,
             attributes_ct,
             note_ct,
@@ -211,3 +223,50 @@ async def delete_preference(
         await conn.execute(DELETE, customer_id, preference_id)
         await conn.execute(CLOSE_GAP, customer_id, row["rank"])
         await insights.refresh(conn, vault, customer_id)
+
+
+# The backfill: purchase histories written in clear before revision 0009, a batch at a time in
+# primary-key order (rows another run holds are skipped); the columns in clear are emptied.
+PURCHASE_BACKLOG = """
+SELECT p.customer_id, p.preference_id, p.purchases, p.last_purchased_on, k.generation, k.wrapped
+FROM preferences p JOIN customer_keys k USING (customer_id)
+WHERE (p.customer_id, p.preference_id) > ($2, $3) AND p.purchases_ct IS NULL
+ORDER BY p.customer_id, p.preference_id
+LIMIT $1
+FOR UPDATE OF p SKIP LOCKED
+"""
+SEAL_PURCHASES = """
+UPDATE preferences p SET purchases_ct = u.sealed, purchases = NULL, last_purchased_on = NULL
+FROM unnest($1::uuid[], $2::uuid[], $3::bytea[]) AS u(customer_id, preference_id, sealed)
+WHERE (p.customer_id, p.preference_id) = (u.customer_id, u.preference_id)
+"""
+
+
+async def seal_purchase_backlog(
+    conn: asyncpg.Connection, vault: Vault, batch: int = 1000
+) -> AsyncIterator[int]:
+    """Seal the purchase histories still in clear, one transaction per batch; yields how many
+    each batch sealed. Online, and safe to stop and run again."""
+    after = (uuid.UUID(int=0), uuid.UUID(int=0))
+    while True:
+        async with conn.transaction():
+            rows = await conn.fetch(PURCHASE_BACKLOG, batch, *after)
+            if not rows:
+                return
+            sealed = [
+                seal_purchases(
+                    vault.envelope.unwrap(row["customer_id"], row["generation"], row["wrapped"]),
+                    row["preference_id"],
+                    row["purchases"],
+                    row["last_purchased_on"],
+                )
+                for row in rows
+            ]
+            await conn.execute(
+                SEAL_PURCHASES,
+                [row["customer_id"] for row in rows],
+                [row["preference_id"] for row in rows],
+                sealed,
+            )
+        after = (rows[-1]["customer_id"], rows[-1]["preference_id"])
+        yield len(rows)

@@ -7,6 +7,7 @@ one reorder, whatever the timing. Stored answers are encrypted under the custome
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import uuid
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from prefs.crypto import Vault
+from prefs.crypto import BlindIndex, Vault
 from prefs.customers.service import data_key
 from prefs.errors import Conflict, IdempotencyMismatch, InvalidInput
 
@@ -25,6 +26,7 @@ KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,200}")
 QUOTED_KEY_PATTERN = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x22\x5c]){1,200})"')
 HEADER_PATTERN = f"^({KEY_PATTERN.pattern}|{QUOTED_KEY_PATTERN.pattern})$"
 _UNESCAPE = re.compile(r"\\(.)")
+PURPOSE = "idempotency-key"
 
 
 def check_key(key: str | None) -> str:
@@ -53,17 +55,21 @@ class Answer:
     replayed: bool
 
 
-FORGET_EXPIRED = (
-    "DELETE FROM idempotency_keys WHERE owner = $1 AND key = $2 AND expires_at <= now()"
-)
+# Keys are stored only as keyed hashes (a client may put an e-mail address in one): the
+# BlindIndex digest of owner and key under the primary index key version (key_version); the
+# stored answer's associated data names that hash, never the key.
+FORGET_EXPIRED = "DELETE FROM idempotency_keys WHERE owner = $1 AND key = ANY($2::text[]) AND expires_at <= now()"
 CLAIM = """
-INSERT INTO idempotency_keys (owner, key, request_hash, expires_at)
-VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+INSERT INTO idempotency_keys (owner, key, key_version, request_hash, expires_at)
+VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
 ON CONFLICT (owner, key) DO NOTHING RETURNING key
 """
+# the first stored under any configured version, primary first
 EXISTING = """
-SELECT request_hash, customer_id, status, response_ct FROM idempotency_keys
-WHERE owner = $1 AND key = $2
+SELECT key, request_hash, customer_id, status, response_ct FROM idempotency_keys
+WHERE owner = $1 AND key = ANY($2::text[])
+ORDER BY array_position($2::text[], key)
+LIMIT 1
 """
 STORE = """
 UPDATE idempotency_keys SET customer_id = $3, status = $4, response_ct = $5
@@ -72,6 +78,20 @@ WHERE owner = $1 AND key = $2
 
 Create = Callable[[], Awaitable[tuple[uuid.UUID, int, bytes]]]
 MayReplay = Callable[[uuid.UUID], Awaitable[None]]
+
+
+def stored_keys(index: BlindIndex, owner: str, key: str) -> dict[int, str]:
+    """The key as stored under each index key version, primary first: a keyed hash."""
+    value = owner.encode() + b"\x00" + key.encode()
+    return {
+        version: base64.urlsafe_b64encode(index.digest(PURPOSE, value, version)).decode()
+        for version in index.versions
+    }
+
+
+def answer_place(owner: str, stored_key: str) -> str:
+    """The row part of a stored answer's associated data."""
+    return f"{owner}/{stored_key}"
 
 
 async def once(
@@ -89,26 +109,37 @@ async def once(
     ``may_replay`` (given the customer) raises when the stored answer may no longer be shown,
     e.g. to a partner whose consent was withdrawn since.
     """
+    hashes = stored_keys(vault.index, owner, key)
+    primary = hashes[vault.index.primary]
+    every = list(hashes.values())
     async with conn.transaction():
-        await conn.execute(FORGET_EXPIRED, owner, key)
-        if await conn.fetchval(CLAIM, owner, key, fingerprint, float(ttl_seconds)) is None:
-            row = await conn.fetchrow(EXISTING, owner, key)
-            if row is None or row["status"] is None:
-                raise Conflict("A request with this Idempotency-Key is still being processed.")
-            if row["request_hash"] != fingerprint:
-                raise IdempotencyMismatch("This Idempotency-Key was used with a different request.")
-            if may_replay is not None:
-                await may_replay(row["customer_id"])
-            customer_key = await data_key(conn, vault, row["customer_id"])
-            body = customer_key.decrypt(
-                row["response_ct"], "idempotency_keys", "response", f"{owner}/{key}"
+        await conn.execute(FORGET_EXPIRED, owner, every)
+        # a key first used under an older index key version (during a rotation) replays too
+        row = await conn.fetchrow(EXISTING, owner, every[1:]) if len(every) > 1 else None
+        if row is None:
+            claimed = await conn.fetchval(
+                CLAIM, owner, primary, vault.index.primary, fingerprint, float(ttl_seconds)
             )
-            return Answer(status=row["status"], body=body, replayed=True)
-        customer_id, status, body = await create()
-        customer_key = await data_key(conn, vault, customer_id)
-        sealed = customer_key.encrypt(body, "idempotency_keys", "response", f"{owner}/{key}")
-        await conn.execute(STORE, owner, key, customer_id, status, sealed)
-        return Answer(status=status, body=body, replayed=False)
+            if claimed is not None:
+                customer_id, status, body = await create()
+                customer_key = await data_key(conn, vault, customer_id)
+                sealed = customer_key.encrypt(
+                    body, "idempotency_keys", "response", answer_place(owner, primary)
+                )
+                await conn.execute(STORE, owner, primary, customer_id, status, sealed)
+                return Answer(status=status, body=body, replayed=False)
+            row = await conn.fetchrow(EXISTING, owner, [primary])
+        if row is None or row["status"] is None:
+            raise Conflict("A request with this Idempotency-Key is still being processed.")
+        if row["request_hash"] != fingerprint:
+            raise IdempotencyMismatch("This Idempotency-Key was used with a different request.")
+        if may_replay is not None:
+            await may_replay(row["customer_id"])
+        customer_key = await data_key(conn, vault, row["customer_id"])
+        body = customer_key.decrypt(
+            row["response_ct"], "idempotency_keys", "response", answer_place(owner, row["key"])
+        )
+        return Answer(status=row["status"], body=body, replayed=True)
 
 
 PURGE = "DELETE FROM idempotency_keys WHERE expires_at <= now()"
@@ -118,3 +149,53 @@ async def purge_expired(conn: asyncpg.Connection) -> int:
     """Forget idempotency records past their window; returns how many."""
     result: str = await conn.execute(PURGE)
     return int(result.split()[-1])
+
+
+# The backfill: keys stored verbatim before revision 0009 become keyed hashes, their stored
+# answers resealed under associated data that names the hash (expired ones are forgotten).
+LEGACY = """
+SELECT i.owner, i.key, i.customer_id, i.response_ct, i.expires_at <= now() AS expired,
+       k.generation, k.wrapped
+FROM idempotency_keys i LEFT JOIN customer_keys k USING (customer_id)
+WHERE i.key_version IS NULL
+LIMIT $1
+FOR UPDATE OF i SKIP LOCKED
+"""
+FORGET = "DELETE FROM idempotency_keys WHERE owner = $1 AND key = $2"
+# (a key used again since the deploy already has its hashed record: the old one is forgotten)
+REKEY = """
+UPDATE idempotency_keys SET key = $3, key_version = $4, response_ct = $5
+WHERE owner = $1 AND key = $2
+  AND NOT EXISTS (SELECT FROM idempotency_keys WHERE owner = $1 AND key = $3)
+"""
+
+
+async def hash_legacy_keys(conn: asyncpg.Connection, vault: Vault, batch: int = 500) -> int:
+    """Replace every Idempotency-Key stored verbatim by its keyed hash; returns how many were
+    handled. One transaction per batch, online, safe to run again. A record that cannot be kept
+    (expired, unfinished, or of a customer since erased) is forgotten."""
+    handled = 0
+    version = vault.index.primary
+    while True:
+        async with conn.transaction():
+            rows = await conn.fetch(LEGACY, batch)
+            for row in rows:
+                owner, key = row["owner"], row["key"]
+                if row["expired"] or row["response_ct"] is None or row["wrapped"] is None:
+                    await conn.execute(FORGET, owner, key)
+                    continue
+                customer_key = vault.envelope.unwrap(
+                    row["customer_id"], row["generation"], row["wrapped"]
+                )
+                body = customer_key.decrypt(
+                    row["response_ct"], "idempotency_keys", "response", answer_place(owner, key)
+                )
+                hashed = stored_keys(vault.index, owner, key)[version]
+                resealed = customer_key.encrypt(
+                    body, "idempotency_keys", "response", answer_place(owner, hashed)
+                )
+                if await conn.execute(REKEY, owner, key, hashed, version, resealed) == "UPDATE 0":
+                    await conn.execute(FORGET, owner, key)
+        handled += len(rows)
+        if not rows:
+            return handled

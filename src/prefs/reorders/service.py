@@ -258,7 +258,12 @@ async def create_for_partner(
         fields,
     )
     await access_log.record(
-        conn, partner, "reorder", "reference", [(customer_id, [data.preference], fields)]
+        conn,
+        partner,
+        "reorder",
+        "reference",
+        [(customer_id, [data.preference], fields)],
+        vault=vault,
     )
     return customer_id, _partner_view(row, data.customer, snap)
 
@@ -386,7 +391,7 @@ async def feed(
                 snap = open_snapshot(key, row)
                 disclosed.append((row["customer_id"], [row["preference_id"]], list(row["fields"])))
             items.append(_partner_view(row, row["ref"], snap))
-        await access_log.record(conn, partner, "reorder", "reorder", disclosed)
+        await access_log.record(conn, partner, "reorder", "reorder", disclosed, vault=vault)
     next_cursor = (
         encode_feed_cursor(vault, partner.partner_id, rows[-1]["xid"], rows[-1]["reorder_id"])
         if rows
@@ -470,6 +475,7 @@ async def partner_preferences(
             "partner-read",
             "reference",
             [(first["customer_id"], [p.id for p in shown], list(first["fields"]))],
+            vault=vault,
         )
         return shown
 

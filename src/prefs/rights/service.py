@@ -148,8 +148,8 @@ SELECT reorder_id, preference_id, fulfiller, origin, quantity, state, fields, sn
 FROM reorders WHERE customer_id = $1 ORDER BY created_at, reorder_id
 """
 ACCESS = """
-SELECT disclosure_id, at, actor_kind, credential_id, actor_name, store, partner_id, purpose, via,
-       preference_ids, fields
+SELECT disclosure_id, at, sealed, actor_kind, credential_id, actor_name, store, partner_id,
+       purpose, via, preference_ids, fields
 FROM access_log WHERE customer_id = $1 ORDER BY at, disclosure_id
 """
 LEDGER = """
