@@ -11,6 +11,7 @@ from tests.partner_steps import (
     PROBLEM_JSON,
     grant,
     keep,
+    known_as,
     my_reorders,
     partner_key,
     partner_reorder,
@@ -131,6 +132,7 @@ async def test_partner_reorders_are_idempotent_too(client, conn, new_customer):
     chinos = await keep(client, customer)
     await grant(client, customer, f"partner:{partner.partner_id}", ["product", "attributes"])
     ref = await reference(client, customer, partner.partner_id)
+    chinos["id"] = await known_as(conn, partner.partner_id, customer, chinos["id"])
 
     first = await partner_reorder(client, api_key, ref, chinos["id"], quantity=1, key="ptn-1")
     assert first.status_code == 201, first.text
@@ -236,7 +238,8 @@ async def test_a_partner_replay_after_withdrawal_shows_nothing(client, new_custo
     )
     consents = (await client.get("/v1/me/consents", headers=alice.headers)).json()["items"]
     ref = next(c["reference"] for c in consents if c["audience"] == audience)
-    body = {"customer": ref, "preference": pref["id"], "quantity": 1}
+    mine = await known_as(conn, cred.partner_id, alice, pref["id"])
+    body = {"customer": ref, "preference": mine, "quantity": 1}
     headers = {**bearer(key), "Idempotency-Key": "replay-after-withdrawal"}
     first = await client.post("/v1/partner/reorders", headers=headers, json=body)
     assert first.status_code == 201, first.text

@@ -22,6 +22,7 @@ from tests.partner_steps import (
     grant,
     insights_key,
     keep,
+    known_as,
     my_reorders,
     partner_key,
     partner_reorder,
@@ -79,7 +80,8 @@ async def test_each_partner_sees_its_own_stable_reference_for_a_customer(
     placed = await reorder(client, customer, chinos["id"], f"partner:{tailor.partner_id}")
     items, _ = await pull(client, tailor_key)
     assert [(item["id"], item["customer"]) for item in items] == [(placed.json()["id"], tailor_ref)]
-    submitted = await partner_reorder(client, shop_key, shop_ref, chinos["id"])
+    shops_chinos = await known_as(conn, shop.partner_id, customer, chinos["id"])
+    submitted = await partner_reorder(client, shop_key, shop_ref, shops_chinos)
     assert submitted.status_code == 201, submitted.text
     assert submitted.json()["customer"] == shop_ref
     await withdraw(client, customer, f"partner:{tailor.partner_id}")
@@ -92,12 +94,13 @@ async def test_each_partner_sees_its_own_stable_reference_for_a_customer(
     assert unknown.status_code == 404
     foreign = await read_preferences(client, shop_key, tailor_ref)
     assert (foreign.status_code, foreign.json()) == (unknown.status_code, unknown.json())
-    unknown_reorder = await partner_reorder(client, shop_key, "no-such-reference", chinos["id"])
-    foreign_reorder = await partner_reorder(client, shop_key, tailor_ref, chinos["id"])
+    unknown_reorder = await partner_reorder(client, shop_key, "no-such-reference", shops_chinos)
+    foreign_reorder = await partner_reorder(client, shop_key, tailor_ref, shops_chinos)
     assert unknown_reorder.status_code == foreign_reorder.status_code == 404
     assert foreign_reorder.json() == unknown_reorder.json()
     # Nor can the tailor use the neighbour's preference under this customer's reference.
-    crossed = await partner_reorder(client, tailor_key, tailor_ref, neighbours["id"])
+    neighbours_id = await known_as(conn, tailor.partner_id, neighbour, neighbours["id"])
+    crossed = await partner_reorder(client, tailor_key, tailor_ref, neighbours_id)
     assert crossed.status_code == 404
     assert {r["origin"] for r in await my_reorders(client, customer)} == {"customer", "partner"}
     assert len(await my_reorders(client, customer)) == 2
@@ -121,16 +124,18 @@ async def test_a_partner_reads_exactly_the_granted_fields_of_the_granted_prefere
 
     response = await read_preferences(client, api_key, ref)
     assert response.status_code == 200, response.text
-    assert response.json() == [
+    # numbered 1..n, with the partner's own ids: nothing tells it that a third one exists
+    shown = response.json()
+    assert [{k: v for k, v in p.items() if k != "id"} for p in shown] == [
         {
-            "id": p["id"],
-            "rank": p["rank"],
+            "rank": rank,
             "status": p["status"],
             "product": p["product"],
             "attributes": p["attributes"],
         }
-        for p in (chinos, boots)
+        for rank, p in enumerate((chinos, boots), start=1)
     ]
+    assert not {p["id"] for p in shown} & {chinos["id"], boots["id"]}
     assert CHINOS["note"] not in response.text
     assert BOOTS["note"] not in response.text
 
@@ -144,10 +149,12 @@ async def test_a_partner_reads_exactly_the_granted_fields_of_the_granted_prefere
     # Narrowed to notes, of every preference: now only notes are shown, no products or sizes.
     await grant(client, customer, f"partner:{partner.partner_id}", ["note"])
     notes = await read_preferences(client, api_key, ref)
-    assert notes.json() == [
-        {"id": p["id"], "rank": p["rank"], "status": p["status"], "note": p.get("note")}
+    assert [{k: v for k, v in p.items() if k != "id"} for p in notes.json()] == [
+        {"rank": p["rank"], "status": p["status"], "note": p.get("note")}
         for p in (chinos, shirt, boots)
     ]
+    # the partner's ids are stable across reads
+    assert {p["id"] for p in shown} <= {p["id"] for p in notes.json()}
     assert (
         len([e for e in await access_log(client, customer) if e["who"]["kind"] == "partner"]) == 2
     )
@@ -166,7 +173,8 @@ async def test_after_withdrawal_the_partner_can_only_finish_what_it_already_acce
     waiting = (await reorder(client, customer, chinos["id"], audience)).json()
     assert (await set_status(client, api_key, accepted["id"], "accepted")).status_code == 200
     assert (await read_preferences(client, api_key, ref)).status_code == 200
-    assert (await partner_reorder(client, api_key, ref, chinos["id"])).status_code == 201
+    known = await known_as(conn, partner.partner_id, customer, chinos["id"])
+    assert (await partner_reorder(client, api_key, ref, known)).status_code == 201
 
     await withdraw(client, customer, audience)
 
@@ -175,8 +183,8 @@ async def test_after_withdrawal_the_partner_can_only_finish_what_it_already_acce
     assert refused.status_code == 404
     assert refused.headers["content-type"].startswith(PROBLEM_JSON)
     assert (refused.status_code, refused.json()) == (unknown.status_code, unknown.json())
-    refused_reorder = await partner_reorder(client, api_key, ref, chinos["id"])
-    unknown_reorder = await partner_reorder(client, api_key, "no-such-reference", chinos["id"])
+    refused_reorder = await partner_reorder(client, api_key, ref, known)
+    unknown_reorder = await partner_reorder(client, api_key, "no-such-reference", known)
     assert refused_reorder.status_code == 404
     assert refused_reorder.json() == unknown_reorder.json()
     # Nor can the customer send new reorders to it any more.
@@ -247,8 +255,10 @@ async def test_only_the_right_kind_of_credential_is_accepted(client, conn, new_c
         "empty bearer": {"Authorization": "Bearer"},
     }
 
+    known = await known_as(conn, partner.partner_id, customer, chinos["id"])
+
     def partner_reorder_body() -> dict[str, Any]:
-        return {"customer": ref, "preference": chinos["id"], "quantity": 1}
+        return {"customer": ref, "preference": known, "quantity": 1}
 
     endpoints: list[tuple[str, str, str, dict[str, Any] | None]] = [
         ("partner", "GET", "/v1/partner/reorders", None),

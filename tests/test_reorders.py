@@ -13,6 +13,7 @@ from tests.partner_steps import (
     feed_page,
     grant,
     keep,
+    known_as,
     my_reorders,
     partner_key,
     partner_reorder,
@@ -367,7 +368,8 @@ async def test_partner_submitted_reorders_are_in_the_customers_list_and_log(
     chinos = await keep(client, customer)
     await grant(client, customer, f"partner:{partner.partner_id}", ["product", "attributes"])
     ref = await reference(client, customer, partner.partner_id)
-    response = await partner_reorder(client, api_key, ref, chinos["id"], quantity=2)
+    known = await known_as(conn, partner.partner_id, customer, chinos["id"])
+    response = await partner_reorder(client, api_key, ref, known, quantity=2)
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["customer"] == ref

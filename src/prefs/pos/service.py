@@ -16,7 +16,8 @@ import asyncpg
 
 from prefs.crypto import Vault, api_key_hash
 from prefs.errors import NotFound, Problem, TooManyRequests, Unavailable
-from prefs.pos.schemas import LookupResult
+from prefs.pos.schemas import LookupResult, TillPreference
+from prefs.preferences.schemas import SharedPreference
 from prefs.preferences.sealed import shared, shown
 
 
@@ -410,6 +411,18 @@ def _throttled(wait: int) -> TooManyRequests:
     )
 
 
+def _for_till(rank: int, preference: SharedPreference) -> TillPreference:
+    """Numbered 1..n among what is shown (the customer's own ranks would show gaps where an
+    unshared preference sits), without the preference's id."""
+    return TillPreference(
+        rank=rank,
+        status=preference.status,
+        product=preference.product,
+        attributes=preference.attributes,
+        note=preference.note,
+    )
+
+
 async def lookup(
     batcher: LookupBatcher,
     vault: Vault,
@@ -440,15 +453,18 @@ async def lookup(
         via=row["via"],
         fields=list(fields),
         preferences=[
-            shared(data_key, fields, *preference)
-            for preference in zip(
-                row["ids"] or (),
-                row["ranks"] or (),
-                row["statuses"] or (),
-                row["products"] or (),
-                row["attributes"] or (),
-                row["notes"] or (),
-                strict=True,
+            _for_till(rank, shared(data_key, fields, *preference))
+            for rank, preference in enumerate(
+                zip(
+                    row["ids"] or (),
+                    row["ranks"] or (),
+                    row["statuses"] or (),
+                    row["products"] or (),
+                    row["attributes"] or (),
+                    row["notes"] or (),
+                    strict=True,
+                ),
+                start=1,
             )
         ],
         disclosure_id=row["disclosure_id"],

@@ -28,6 +28,7 @@ from prefs.preferences.sealed import (
     shared_view,
 )
 from prefs.preferences.service import GET as GET_PREFERENCE
+from prefs.reorders import pairwise
 from prefs.reorders.schemas import (
     PartnerFeed,
     PartnerReorder,
@@ -116,10 +117,10 @@ def _snapshot_of(key: DataKey, row: Row, fields: list[str]) -> Snapshot:
 
 INSERT = """
 INSERT INTO reorders (customer_id, reorder_id, preference_id, fulfiller, partner_id, origin,
-                      quantity, state, fields, snapshot_ct)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 'requested', $8, $9)
-RETURNING reorder_id, preference_id, fulfiller, origin, quantity, state, fields, snapshot_ct,
-          created_at, updated_at
+                      quantity, state, fields, snapshot_ct, preference_ref)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 'requested', $8, $9, $10)
+RETURNING reorder_id, preference_id, preference_ref, fulfiller, origin, quantity, state, fields,
+          snapshot_ct, created_at, updated_at
 """
 
 
@@ -132,6 +133,7 @@ async def _insert(
     origin: str,
     quantity: int,
     fields: list[str],
+    preference_ref: uuid.UUID | None = None,
 ) -> tuple[Row, Snapshot]:
     reorder_id = uuid.uuid4()
     snap = _snapshot_of(key, preference, fields)
@@ -147,6 +149,7 @@ async def _insert(
         quantity,
         fields,
         sealed,
+        preference_ref,
     )
     assert row is not None
     return row, snap
@@ -179,6 +182,7 @@ async def create_for_customer(
     if preference is None:
         raise NotFound("No such preference.")
     partner_id: uuid.UUID | None = None
+    preference_ref: uuid.UUID | None = None
     fields = ALL_FIELDS
     if data.fulfiller != "store":
         partner_id = partner_id_of(data.fulfiller)
@@ -192,9 +196,19 @@ async def create_for_customer(
             )
         fields = granted
         await ensure_ref(conn, vault.index, partner_id, customer_id)
+        refs = await pairwise.refs_for(conn, customer_id, partner_id, [preference_id])
+        preference_ref = refs[preference_id]
     key = await data_key(conn, vault, customer_id)
     row, snap = await _insert(
-        conn, key, preference, data.fulfiller, partner_id, "customer", data.quantity, fields
+        conn,
+        key,
+        preference,
+        data.fulfiller,
+        partner_id,
+        "customer",
+        data.quantity,
+        fields,
+        preference_ref,
     )
     return reorder_view(row, snap)
 
@@ -227,7 +241,7 @@ def _partner_view(row: Row, ref: str | None, snap: Snapshot | None) -> PartnerRe
     return PartnerReorder(
         id=row["reorder_id"],
         customer=ref or "erased",
-        preference_id=row["preference_id"],
+        preference_id=row["preference_ref"],
         origin=row["origin"],
         quantity=row["quantity"],
         state=row["state"],
@@ -244,9 +258,14 @@ async def create_for_partner(
     """A partner places a reorder for a customer who lets it see that preference."""
     assert partner.partner_id is not None
     customer_id = await _consenting_customer(conn, partner.partner_id, data.customer)
-    fields = await partner_grant(conn, customer_id, partner.partner_id, data.preference)
-    preference = await conn.fetchrow(GET_PREFERENCE, customer_id, data.preference)
-    if fields is None or preference is None:
+    preference_id = await pairwise.preference_of(
+        conn, customer_id, partner.partner_id, data.preference
+    )
+    fields = preference = None
+    if preference_id is not None:
+        fields = await partner_grant(conn, customer_id, partner.partner_id, preference_id)
+        preference = await conn.fetchrow(GET_PREFERENCE, customer_id, preference_id)
+    if preference_id is None or fields is None or preference is None:
         raise NotFound("No such preference for this customer reference.")
     key = await data_key(conn, vault, customer_id)
     row, snap = await _insert(
@@ -258,9 +277,10 @@ async def create_for_partner(
         "partner",
         data.quantity,
         fields,
+        data.preference,
     )
     await access_log.record(
-        conn, partner, "reorder", "reference", [(customer_id, [data.preference], fields)]
+        conn, partner, "reorder", "reference", [(customer_id, [preference_id], fields)]
     )
     return customer_id, _partner_view(row, data.customer, snap)
 
@@ -341,8 +361,8 @@ def decode_feed_cursor(cursor: str | None) -> tuple[str, uuid.UUID]:
 
 
 FEED = """
-SELECT r.customer_id, r.reorder_id, r.preference_id, r.origin, r.quantity, r.state, r.fields,
-       r.snapshot_ct, r.created_at, r.updated_at, r.feed_xid::text AS xid, pr.ref,
+SELECT r.customer_id, r.reorder_id, r.preference_id, r.preference_ref, r.origin, r.quantity,
+       r.state, r.fields, r.snapshot_ct, r.created_at, r.updated_at, r.feed_xid::text AS xid, pr.ref,
        k.generation, k.wrapped
 FROM reorders r
 LEFT JOIN partner_refs pr ON pr.partner_id = r.partner_id AND pr.customer_id = r.customer_id
@@ -384,8 +404,8 @@ async def feed(
 
 
 FOR_PARTNER = """
-SELECT r.customer_id, r.reorder_id, r.preference_id, r.origin, r.quantity, r.state, r.fields,
-       r.snapshot_ct, r.created_at, r.updated_at, pr.ref
+SELECT r.customer_id, r.reorder_id, r.preference_id, r.preference_ref, r.origin, r.quantity,
+       r.state, r.fields, r.snapshot_ct, r.created_at, r.updated_at, pr.ref
 FROM reorders r
 LEFT JOIN partner_refs pr ON pr.partner_id = r.partner_id AND pr.customer_id = r.customer_id
 WHERE r.reorder_id = $1 AND r.partner_id = $2
@@ -393,7 +413,8 @@ FOR UPDATE OF r
 """
 MOVE = """
 UPDATE reorders SET state = $3, updated_at = now() WHERE customer_id = $1 AND reorder_id = $2
-RETURNING reorder_id, preference_id, origin, quantity, state, fields, created_at, updated_at
+RETURNING reorder_id, preference_id, preference_ref, origin, quantity, state, fields, created_at,
+          updated_at
 """
 
 
@@ -452,6 +473,10 @@ async def partner_preferences(
         first = rows[0]
         key = vault.envelope.unwrap(first["customer_id"], first["generation"], first["wrapped"])
         shown = [shared_view(key, row) for row in rows if row["preference_id"] is not None]
+        refs = await pairwise.refs_for(
+            conn, first["customer_id"], partner.partner_id, [p.id for p in shown]
+        )
+        shown = [p for p in shown if p.id in refs]  # not one deleted meanwhile
         await access_log.record(
             conn,
             partner,
@@ -459,7 +484,10 @@ async def partner_preferences(
             "reference",
             [(first["customer_id"], [p.id for p in shown], list(first["fields"]))],
         )
-        return shown
+    # the partner's own ids, numbered 1..n: no gap tells it of a preference it is not shown
+    for rank, preference in enumerate(shown, start=1):
+        preference.id, preference.rank = refs[preference.id], rank
+    return shown
 
 
 CLOSE_REQUESTED = """
