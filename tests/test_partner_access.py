@@ -389,3 +389,74 @@ async def test_consent_to_a_partner_that_does_not_exist_is_refused(client, new_c
     assert response.status_code == 404
     assert response.headers["content-type"].startswith(PROBLEM_JSON)
     assert (await client.get("/v1/me/consents", headers=customer.headers)).json() == {"items": []}
+
+
+async def test_narrowing_a_grant_cancels_the_partners_waiting_reorders_outside_it(
+    client, conn, new_customer
+):
+    customer = await new_customer()
+    partner, api_key = await partner_key(conn)
+    chinos, boots = await keep(client, customer), await keep(client, customer, BOOTS)
+    audience = f"partner:{partner.partner_id}"
+    await grant(client, customer, audience, ["product", "attributes", "note"])
+    kept = (await reorder(client, customer, chinos["id"], audience)).json()
+    dropped = (await reorder(client, customer, boots["id"], audience)).json()
+    items, _ = await pull(client, api_key, want=2)
+    assert {item["id"]: item["item"].get("note") for item in items} == {
+        kept["id"]: CHINOS["note"],
+        dropped["id"]: BOOTS["note"],
+    }
+
+    # Only the chinos now, and without the note.
+    await grant(client, customer, audience, ["product", "attributes"], preferences=[chinos["id"]])
+
+    states = {r["id"]: r["state"] for r in await my_reorders(client, customer)}
+    assert states == {kept["id"]: "requested", dropped["id"]: "cancelled"}
+    by_id = {item["id"]: item for item in (await feed_page(client, api_key))["items"]}
+    assert by_id[dropped["id"]]["item"] is None
+    assert by_id[kept["id"]]["item"] == {
+        "product": CHINOS["product"],
+        "attributes": CHINOS["attributes"],
+    }
+    assert by_id[kept["id"]]["fields"] == ["product", "attributes"]
+    assert (await set_status(client, api_key, dropped["id"], "accepted")).status_code == 409
+
+
+async def test_an_accepted_reorder_shows_its_partner_only_what_fulfilment_needs_for_a_while(
+    client, conn, new_customer, settings
+):
+    customer = await new_customer()
+    partner, api_key = await partner_key(conn)
+    chinos = await keep(client, customer)
+    audience = f"partner:{partner.partner_id}"
+    await grant(client, customer, audience, ["product", "attributes", "note"])
+    placed = (await reorder(client, customer, chinos["id"], audience)).json()
+    await pull(client, api_key)
+    assert (await set_status(client, api_key, placed["id"], "accepted")).status_code == 200
+
+    async def as_partner_sees() -> dict[str, Any]:
+        """Restarting the feed from the beginning, as a partner may at any time."""
+        [item] = [i for i in (await feed_page(client, api_key))["items"] if i["id"] == placed["id"]]
+        return item
+
+    assert (await as_partner_sees())["item"]["note"] == CHINOS["note"]
+
+    # Withdrawn: what it needs to make the chinos stays, the note in the customer's words goes.
+    await withdraw(client, customer, audience)
+    seen = await as_partner_sees()
+    assert seen["state"] == "accepted"
+    assert seen["item"] == {"product": CHINOS["product"], "attributes": CHINOS["attributes"]}
+    assert CHINOS["note"] not in str(seen)
+
+    # And only for a while after acceptance.
+    window = settings.partner_accepted_window_days
+    await conn.execute(
+        "UPDATE reorders SET accepted_at = now() - make_interval(days => $2)"
+        " WHERE customer_id = $1",
+        uuid.UUID(customer.id),
+        window,
+    )
+    seen = await as_partner_sees()
+    assert (seen["state"], seen["item"], seen["fields"]) == ("accepted", None, [])
+    # it can still close the order
+    assert (await set_status(client, api_key, placed["id"], "fulfilled")).status_code == 200

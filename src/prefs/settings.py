@@ -43,6 +43,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     lookup_misses_per_minute_per_store: int = 120
     lookup_batch_max: int = 64
     lookup_batches_in_flight: int = 1
+    partner_accepted_window_days: int = 30
 
     @property
     def dev_issuer_key_path(self) -> Path:
@@ -153,4 +154,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         lookup_batch_max=_int(environ, "PREFS_LOOKUP_BATCH_MAX", 64, minimum=1),
         lookup_batches_in_flight=_int(environ, "PREFS_LOOKUP_BATCHES_IN_FLIGHT", 1, minimum=1),
+        partner_accepted_window_days=_int(
+            environ, "PREFS_PARTNER_ACCEPTED_WINDOW_DAYS", 30, minimum=1
+        ),
     )

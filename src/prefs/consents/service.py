@@ -149,6 +149,7 @@ async def _after_change(
         if live:
             await reorders.ensure_ref(conn, vault.index, partner_id, customer_id)
             await pairwise.make_for_grant(conn, customer_id, partner_id)
+            await reorders.cancel_outside_grant(conn, customer_id, partner_id)
         else:
             await reorders.cancel_requested_for_partner(conn, customer_id, partner_id)
 

@@ -67,7 +67,7 @@ async def _once(
     idempotency_key: str | None,
     data: msgspec.Struct,
     create: idempotency.Create,
-    may_replay: idempotency.MayReplay | None = None,
+    replay: idempotency.Replay | None = None,
 ) -> Response[Any]:
     """Run a reorder-creating request once per Idempotency-Key; replays say so in a header."""
     key = idempotency.check_key(idempotency_key)
@@ -82,7 +82,7 @@ async def _once(
         fingerprint,
         state.settings.idempotency_ttl_seconds,
         create,
-        may_replay,
+        replay,
     )
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
     return Response(
@@ -175,7 +175,9 @@ class PartnerController(Controller):
     ) -> PartnerFeed:
         """Reorders addressed to this partner, oldest first; poll again with `next`."""
         await expire_due(conn, vault, state.settings.controller, audience=_audience(credential))
-        page = await service.feed(conn, vault, credential, after, limit)
+        page = await service.feed(
+            conn, vault, credential, after, limit, state.settings.partner_accepted_window_days
+        )
         DISCLOSURES.labels("partner").inc(sum(item.item is not None for item in page.items))
         return page
 
@@ -220,9 +222,18 @@ class PartnerController(Controller):
             customer_id, reorder = await service.create_for_partner(conn, vault, credential, data)
             return customer_id, HTTP_201_CREATED, msgspec.json.encode(reorder)
 
-        async def may_replay(customer_id: UUID) -> None:
-            assert credential.partner_id is not None
-            await service.require_partner_grant(conn, credential.partner_id, customer_id)
+        async def replay(customer_id: UUID, answer: bytes) -> bytes:
+            shown, disclosed = await service.replay_for_partner(
+                conn,
+                vault,
+                credential,
+                data,
+                state.settings.partner_accepted_window_days,
+                customer_id,
+                answer,
+            )
+            DISCLOSURES.labels("partner").inc(disclosed)
+            return shown
 
         return await _once(
             request,
@@ -233,7 +244,7 @@ class PartnerController(Controller):
             idempotency_key,
             data,
             create,
-            may_replay,
+            replay,
         )
 
     @get("/customers/{ref:str}/preferences", responses=problems(400, 401, 404, 503))

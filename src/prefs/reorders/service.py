@@ -11,6 +11,7 @@ import uuid
 
 import asyncpg
 import msgspec
+from msgspec import UNSET
 
 from prefs.access_log import service as access_log
 from prefs.access_log.service import decode_cursor, encode_cursor
@@ -40,7 +41,10 @@ from prefs.reorders.schemas import (
 )
 
 ALL_FIELDS = ["product", "attributes", "note"]
-LIVE = ("requested", "accepted")
+# What making or sending the item needs: an accepted reorder keeps showing these to its partner
+# (for a while), whatever the grant; the note only while the grant still covers it.
+FULFILMENT = ("product", "attributes")
+WAITING = ("proposed", "requested")
 # (from, to) moves a partner may make; repeating the current state is a no-op.
 PARTNER_MOVES = {
     ("requested", "accepted"),
@@ -49,6 +53,7 @@ PARTNER_MOVES = {
     ("accepted", "declined"),
 }
 _snapshot = msgspec.json.Decoder(Snapshot)
+_partner_reorder = msgspec.json.Decoder(PartnerReorder)
 
 
 def partner_id_of(audience_or_fulfiller: str) -> uuid.UUID:
@@ -229,15 +234,9 @@ async def _consenting_customer(
     return customer_id
 
 
-async def require_partner_grant(
-    conn: asyncpg.Connection, partner_id: uuid.UUID, customer_id: uuid.UUID
-) -> None:
-    """404 (as for an unknown reference) unless the customer grants the partner consent now."""
-    if await conn.fetchrow(GRANT, customer_id, f"partner:{partner_id}") is None:
-        raise NotFound("No such customer reference.")
-
-
-def _partner_view(row: Row, ref: str | None, snap: Snapshot | None) -> PartnerReorder:
+def _partner_view(
+    row: Row, ref: str | None, snap: Snapshot | None, fields: list[str]
+) -> PartnerReorder:
     return PartnerReorder(
         id=row["reorder_id"],
         customer=ref or "erased",
@@ -245,10 +244,38 @@ def _partner_view(row: Row, ref: str | None, snap: Snapshot | None) -> PartnerRe
         origin=row["origin"],
         quantity=row["quantity"],
         state=row["state"],
-        fields=list(row["fields"]),
-        item=snap if row["state"] in LIVE else None,
+        fields=fields,
+        item=snap,
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+    )
+
+
+def shown_to_partner(row: Row) -> list[str]:
+    """The fields of a reorder's snapshot its partner may see now.
+
+    Waiting (proposed, requested): the fields the grant in force gives of its preference.
+    Accepted: what fulfilment needs, plus the note while the grant still covers it, and only
+    until the window after acceptance ends. Finished: nothing. ``row`` carries the reorder's
+    state and fields and the grant's ``granted`` fields, ``covered`` and ``in_window``
+    (see PARTNER_SIGHT).
+    """
+    granted = row["granted"] if row["covered"] else []
+    if row["state"] in WAITING:
+        return [field for field in row["fields"] if field in granted]
+    if row["state"] == "accepted" and row["in_window"]:
+        return [field for field in row["fields"] if field in FULFILMENT or field in granted]
+    return []
+
+
+def narrowed(snap: Snapshot | None, fields: list[str]) -> Snapshot | None:
+    """The snapshot with only ``fields``; None when nothing is left to show."""
+    if snap is None or not fields:
+        return None
+    return Snapshot(
+        product=snap.product if "product" in fields else UNSET,
+        attributes=snap.attributes if "attributes" in fields else UNSET,
+        note=snap.note if "note" in fields else UNSET,
     )
 
 
@@ -282,7 +309,47 @@ async def create_for_partner(
     await access_log.record(
         conn, partner, "reorder", "reference", [(customer_id, [preference_id], fields)]
     )
-    return customer_id, _partner_view(row, data.customer, snap)
+    return customer_id, _partner_view(row, data.customer, snap, fields)
+
+
+async def replay_for_partner(
+    conn: asyncpg.Connection,
+    vault: Vault,
+    partner: Credential,
+    data: PartnerReorderCreate,
+    window_days: int,
+    customer_id: uuid.UUID,
+    answer: bytes,
+) -> tuple[bytes, bool]:
+    """A partner's first answer to this request, shown again as the grant in force allows, and
+    whether it disclosed anything.
+
+    The same checks as a new request come first, with the same 404s. The item is then shown as
+    the feed would show it now (never more than the grant allows), and logged when it shows
+    anything.
+    """
+    assert partner.partner_id is not None
+    if await _consenting_customer(conn, partner.partner_id, data.customer) != customer_id:
+        raise NotFound("No such customer reference.")
+    preference_id = await pairwise.preference_of(
+        conn, customer_id, partner.partner_id, data.preference
+    )
+    if (
+        preference_id is None
+        or await partner_grant(conn, customer_id, partner.partner_id, preference_id) is None
+    ):
+        raise NotFound("No such preference for this customer reference.")
+    first = _partner_reorder.decode(answer)
+    row = await conn.fetchrow(ONE_FOR_PARTNER, first.id, partner.partner_id, window_days)
+    assert row is not None
+    first.fields = shown_to_partner(row)
+    key = await data_key(conn, vault, customer_id)
+    first.item = narrowed(open_snapshot(key, row), first.fields)
+    if first.item is not None:
+        await access_log.record(
+            conn, partner, "reorder", "reference", [(customer_id, [preference_id], first.fields)]
+        )
+    return msgspec.json.encode(first), first.item is not None
 
 
 def open_snapshot(key: DataKey | None, row: Row) -> Snapshot | None:
@@ -360,22 +427,47 @@ def decode_feed_cursor(cursor: str | None) -> tuple[str, uuid.UUID]:
         raise InvalidInput("after must be the `next` value of a previous page.") from None
 
 
-FEED = """
+# What decides how much of a reorder its partner sees now (shown_to_partner): the grant in
+# force, whether it covers the reorder's preference, and whether an accepted reorder is still
+# within its window ($WINDOW: days after acceptance).
+PARTNER_SIGHT = """
+       g.fields AS granted,
+       g.customer_id IS NOT NULL
+           AND (g.preference_ids IS NULL OR r.preference_id = ANY(g.preference_ids)) AS covered,
+       coalesce(r.accepted_at > now() - make_interval(days => $WINDOW::int), false) AS in_window
+"""
+GRANT_IN_FORCE = """
+LEFT JOIN consents g ON g.customer_id = r.customer_id AND g.audience = 'partner:' || r.partner_id
+    AND (g.expires_at IS NULL OR g.expires_at > now())
+"""
+FEED = f"""
 SELECT r.customer_id, r.reorder_id, r.preference_id, r.preference_ref, r.origin, r.quantity,
        r.state, r.fields, r.snapshot_ct, r.created_at, r.updated_at, r.feed_xid::text AS xid, pr.ref,
-       k.generation, k.wrapped
+       k.generation, k.wrapped, {PARTNER_SIGHT.replace("$WINDOW", "$5")}
 FROM reorders r
 LEFT JOIN partner_refs pr ON pr.partner_id = r.partner_id AND pr.customer_id = r.customer_id
 LEFT JOIN customer_keys k ON k.customer_id = r.customer_id
+{GRANT_IN_FORCE}
 WHERE r.partner_id = $1 AND (r.feed_xid, r.reorder_id) > ($2::text::xid8, $3::uuid)
   AND r.feed_xid < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY r.feed_xid, r.reorder_id
 LIMIT $4
 """
+ONE_FOR_PARTNER = f"""
+SELECT r.reorder_id, r.state, r.fields, r.snapshot_ct, {PARTNER_SIGHT.replace("$WINDOW", "$3")}
+FROM reorders r
+{GRANT_IN_FORCE}
+WHERE r.reorder_id = $1 AND r.partner_id = $2
+"""
 
 
 async def feed(
-    conn: asyncpg.Connection, vault: Vault, partner: Credential, after: str | None, limit: int
+    conn: asyncpg.Connection,
+    vault: Vault,
+    partner: Credential,
+    after: str | None,
+    limit: int,
+    window_days: int,
 ) -> PartnerFeed:
     """The next reorders addressed to this partner, in commit-safe order.
 
@@ -385,15 +477,15 @@ async def feed(
     assert partner.partner_id is not None
     xid, ident = decode_feed_cursor(after)
     async with conn.transaction():
-        rows = await conn.fetch(FEED, partner.partner_id, xid, ident, limit)
+        rows = await conn.fetch(FEED, partner.partner_id, xid, ident, limit, window_days)
         items, disclosed = [], []
         for row in rows:
-            snap = None
-            if row["state"] in LIVE and row["wrapped"] is not None:
+            snap, fields = None, shown_to_partner(row)
+            if fields and row["wrapped"] is not None:
                 key = vault.envelope.unwrap(row["customer_id"], row["generation"], row["wrapped"])
-                snap = open_snapshot(key, row)
-                disclosed.append((row["customer_id"], [row["preference_id"]], list(row["fields"])))
-            items.append(_partner_view(row, row["ref"], snap))
+                snap = narrowed(open_snapshot(key, row), fields)
+                disclosed.append((row["customer_id"], [row["preference_id"]], fields))
+            items.append(_partner_view(row, row["ref"], snap, fields if snap else []))
         await access_log.record(conn, partner, "reorder", "reorder", disclosed)
     next_cursor = (
         encode_feed_cursor(rows[-1]["xid"], rows[-1]["reorder_id"])
@@ -412,7 +504,9 @@ WHERE r.reorder_id = $1 AND r.partner_id = $2
 FOR UPDATE OF r
 """
 MOVE = """
-UPDATE reorders SET state = $3, updated_at = now() WHERE customer_id = $1 AND reorder_id = $2
+UPDATE reorders SET state = $3, updated_at = now(),
+       accepted_at = CASE WHEN $3 = 'accepted' THEN now() ELSE accepted_at END
+WHERE customer_id = $1 AND reorder_id = $2
 RETURNING reorder_id, preference_id, preference_ref, origin, quantity, state, fields, created_at,
           updated_at
 """
@@ -434,11 +528,8 @@ async def set_status(
                 raise Conflict(f"A {row['state']} reorder cannot become {state}.")
             moved = await conn.fetchrow(MOVE, row["customer_id"], reorder_id, state)
             assert moved is not None
-            view = _partner_view({**dict(row), **dict(moved)}, row["ref"], None)
-        else:
-            view = _partner_view(row, row["ref"], None)
-        view.item = None
-        return view
+            return _partner_view({**dict(row), **dict(moved)}, row["ref"], None, [])
+        return _partner_view(row, row["ref"], None, [])
 
 
 PARTNER_PREFERENCES = f"""
@@ -490,9 +581,16 @@ async def partner_preferences(
     return shown
 
 
-CLOSE_REQUESTED = """
+CLOSE_WAITING = """
 UPDATE reorders SET state = 'cancelled', updated_at = now()
-WHERE customer_id = $1 AND partner_id = $2 AND state = 'requested'
+WHERE customer_id = $1 AND partner_id = $2 AND state IN ('proposed', 'requested')
+"""
+CLOSE_WAITING_OUTSIDE_GRANT = """
+UPDATE reorders r SET state = 'cancelled', updated_at = now()
+FROM consents g
+WHERE r.customer_id = $1 AND r.partner_id = $2 AND r.state IN ('proposed', 'requested')
+  AND g.customer_id = r.customer_id AND g.audience = $3
+  AND g.preference_ids IS NOT NULL AND NOT r.preference_id = ANY(g.preference_ids)
 """
 
 
@@ -500,4 +598,14 @@ async def cancel_requested_for_partner(
     conn: asyncpg.Connection, customer_id: uuid.UUID, partner_id: uuid.UUID
 ) -> None:
     """After consent to a partner ends, its not-yet-accepted reorders are cancelled."""
-    await conn.execute(CLOSE_REQUESTED, customer_id, partner_id)
+    await conn.execute(CLOSE_WAITING, customer_id, partner_id)
+
+
+async def cancel_outside_grant(
+    conn: asyncpg.Connection, customer_id: uuid.UUID, partner_id: uuid.UUID
+) -> None:
+    """After a grant to a partner changed, its not-yet-accepted reorders of preferences the
+    grant no longer covers are cancelled (narrowed fields only narrow what the partner sees)."""
+    await conn.execute(
+        CLOSE_WAITING_OUTSIDE_GRANT, customer_id, partner_id, f"partner:{partner_id}"
+    )
