@@ -103,6 +103,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/v1/me/access-log"): customers(200, 200),
     ("GET", "/v1/me/reorders"): customers(200, 200),
     ("POST", "/v1/me/reorders/{reorder_id:uuid}/cancel"): customers(200, 404),
+    ("POST", "/v1/me/reorders/{reorder_id:uuid}/confirm"): customers(200, 404),
     ("GET", "/v1/me/export"): customers(200, 200),
     ("GET", "/v1/partners"): customers(200, 200),
     # the till: live pos keys only (a revoked key is refused)

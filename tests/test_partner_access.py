@@ -195,6 +195,7 @@ async def test_after_withdrawal_the_partner_can_only_finish_what_it_already_acce
     assert states[waiting["id"]] == "cancelled"
     assert states[accepted["id"]] == "accepted"
     assert list(states.values()).count("cancelled") == 2  # and the partner's own, unaccepted one
+    await pull(client, api_key, want=3)  # all three committed and past every older transaction
     everything = await feed_page(client, api_key)
     by_id = {item["id"]: item for item in everything["items"]}
     assert by_id[accepted["id"]]["state"] == "accepted"

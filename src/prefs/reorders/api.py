@@ -153,8 +153,24 @@ class CustomerReordersController(Controller):
         customer_id: NamedDependency[UUID],
         reorder_id: FromPath[UUID],
     ) -> Reorder:
-        """Cancel a reorder nobody has accepted yet (409 afterwards)."""
+        """Cancel a reorder nobody has accepted yet, or decline a partner's proposal (409 once
+        accepted)."""
         return await service.cancel(conn, vault, customer_id, reorder_id)
+
+    @post(
+        "/reorders/{reorder_id:uuid}/confirm",
+        status_code=HTTP_200_OK,
+        responses=problems(401, 404, 409, 503),
+    )
+    async def confirm(
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        customer_id: NamedDependency[UUID],
+        reorder_id: FromPath[UUID],
+    ) -> Reorder:
+        """Confirm a partner's proposal: it becomes a reorder the partner may accept."""
+        return await service.confirm(conn, vault, customer_id, reorder_id)
 
 
 class PartnerController(Controller):
@@ -216,10 +232,17 @@ class PartnerController(Controller):
         data: JSONBody[PartnerReorderCreate],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[PartnerReorder]:
-        """Place a reorder for a customer who lets this partner see that preference."""
+        """Propose a reorder to a customer who lets this partner see that preference; it waits
+        (`proposed`) until the customer confirms it (409 while too many are waiting)."""
 
         async def create() -> tuple[UUID, int, bytes]:
-            customer_id, reorder = await service.create_for_partner(conn, vault, credential, data)
+            limits = service.ProposalLimits(
+                state.settings.partner_open_proposals,
+                state.settings.partner_proposal_max_quantity,
+            )
+            customer_id, reorder = await service.create_for_partner(
+                conn, vault, credential, data, limits
+            )
             return customer_id, HTTP_201_CREATED, msgspec.json.encode(reorder)
 
         async def replay(customer_id: UUID, answer: bytes) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from typing import NamedTuple
 
 import asyncpg
 import msgspec
@@ -19,7 +20,7 @@ from prefs.credentials.service import Credential
 from prefs.crypto import BlindIndex, DataKey, Vault
 from prefs.customers.service import data_key
 from prefs.db import Row
-from prefs.errors import Conflict, InvalidInput, NotFound
+from prefs.errors import Conflict, InvalidInput, LimitReached, NotFound
 from prefs.preferences.schemas import SharedPreference
 from prefs.preferences.sealed import (
     SHOWN,
@@ -45,8 +46,10 @@ ALL_FIELDS = ["product", "attributes", "note"]
 # (for a while), whatever the grant; the note only while the grant still covers it.
 FULFILMENT = ("product", "attributes")
 WAITING = ("proposed", "requested")
-# (from, to) moves a partner may make; repeating the current state is a no-op.
+# (from, to) moves a partner may make; repeating the current state is a no-op. A proposal (a
+# partner's own reorder) waits for the customer: the partner can only withdraw it (declined).
 PARTNER_MOVES = {
+    ("proposed", "declined"),
     ("requested", "accepted"),
     ("accepted", "fulfilled"),
     ("requested", "declined"),
@@ -123,7 +126,7 @@ def _snapshot_of(key: DataKey, row: Row, fields: list[str]) -> Snapshot:
 INSERT = """
 INSERT INTO reorders (customer_id, reorder_id, preference_id, fulfiller, partner_id, origin,
                       quantity, state, fields, snapshot_ct, preference_ref)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 'requested', $8, $9, $10)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $11, $8, $9, $10)
 RETURNING reorder_id, preference_id, preference_ref, fulfiller, origin, quantity, state, fields,
           snapshot_ct, created_at, updated_at
 """
@@ -139,6 +142,7 @@ async def _insert(
     quantity: int,
     fields: list[str],
     preference_ref: uuid.UUID | None = None,
+    state: str = "requested",
 ) -> tuple[Row, Snapshot]:
     reorder_id = uuid.uuid4()
     snap = _snapshot_of(key, preference, fields)
@@ -155,6 +159,7 @@ async def _insert(
         fields,
         sealed,
         preference_ref,
+        state,
     )
     assert row is not None
     return row, snap
@@ -279,11 +284,33 @@ def narrowed(snap: Snapshot | None, fields: list[str]) -> Snapshot | None:
     )
 
 
+class ProposalLimits(NamedTuple):
+    """How many of a partner's proposals may wait for one customer, and how large each may be."""
+
+    open: int
+    max_quantity: int
+
+
+LOCK_GRANT = "SELECT 1 FROM consents WHERE customer_id = $1 AND audience = $2 FOR UPDATE"
+OPEN_PROPOSALS = """
+SELECT count(*) FROM reorders WHERE customer_id = $1 AND partner_id = $2 AND state = 'proposed'
+"""
+
+
 async def create_for_partner(
-    conn: asyncpg.Connection, vault: Vault, partner: Credential, data: PartnerReorderCreate
+    conn: asyncpg.Connection,
+    vault: Vault,
+    partner: Credential,
+    data: PartnerReorderCreate,
+    limits: ProposalLimits,
 ) -> tuple[uuid.UUID, PartnerReorder]:
-    """A partner places a reorder for a customer who lets it see that preference."""
+    """A partner proposes a reorder for a customer who lets it see that preference; it waits
+    for the customer's confirmation, and only a few small ones may wait at a time."""
     assert partner.partner_id is not None
+    if data.quantity > limits.max_quantity:
+        raise LimitReached(
+            f"A partner may propose at most {limits.max_quantity} of an item at a time."
+        )
     customer_id = await _consenting_customer(conn, partner.partner_id, data.customer)
     preference_id = await pairwise.preference_of(
         conn, customer_id, partner.partner_id, data.preference
@@ -294,6 +321,13 @@ async def create_for_partner(
         preference = await conn.fetchrow(GET_PREFERENCE, customer_id, preference_id)
     if preference_id is None or fields is None or preference is None:
         raise NotFound("No such preference for this customer reference.")
+    # one proposal at a time per customer and partner, so the count below holds
+    await conn.execute(LOCK_GRANT, customer_id, f"partner:{partner.partner_id}")
+    if await conn.fetchval(OPEN_PROPOSALS, customer_id, partner.partner_id) >= limits.open:
+        raise LimitReached(
+            f"This customer already has {limits.open} of your proposals to answer; "
+            "propose again once they have confirmed or declined one."
+        )
     key = await data_key(conn, vault, customer_id)
     row, snap = await _insert(
         conn,
@@ -305,6 +339,7 @@ async def create_for_partner(
         data.quantity,
         fields,
         data.preference,
+        "proposed",
     )
     await access_log.record(
         conn, partner, "reorder", "reference", [(customer_id, [preference_id], fields)]
@@ -384,7 +419,7 @@ async def list_for_customer(
 
 CANCEL = """
 UPDATE reorders SET state = 'cancelled', updated_at = now()
-WHERE customer_id = $1 AND reorder_id = $2 AND state = 'requested'
+WHERE customer_id = $1 AND reorder_id = $2 AND state IN ('proposed', 'requested')
 RETURNING reorder_id, preference_id, fulfiller, origin, quantity, state, fields, snapshot_ct,
           created_at, updated_at
 """
@@ -398,7 +433,8 @@ FROM reorders WHERE customer_id = $1 AND reorder_id = $2
 async def cancel(
     conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, reorder_id: uuid.UUID
 ) -> Reorder:
-    """Cancel a reorder nobody has accepted yet; cancelling twice is a no-op."""
+    """Cancel a reorder nobody has accepted yet (declining a partner's proposal is the same);
+    cancelling twice is a no-op."""
     row = await conn.fetchrow(CANCEL, customer_id, reorder_id)
     if row is None:
         row = await conn.fetchrow(ONE, customer_id, reorder_id)
@@ -406,6 +442,49 @@ async def cancel(
             raise NotFound("No such reorder.")
         if row["state"] != "cancelled":
             raise Conflict(f"This reorder is {row['state']} and can no longer be cancelled.")
+    key = await data_key(conn, vault, customer_id)
+    return reorder_view(row, open_snapshot(key, row))
+
+
+PROPOSAL = """
+SELECT partner_id, preference_id FROM reorders
+WHERE customer_id = $1 AND reorder_id = $2 AND state = 'proposed'
+FOR UPDATE
+"""
+CONFIRM = """
+UPDATE reorders SET state = 'requested', updated_at = now()
+WHERE customer_id = $1 AND reorder_id = $2 AND state = 'proposed'
+RETURNING reorder_id, preference_id, fulfiller, origin, quantity, state, fields, snapshot_ct,
+          created_at, updated_at
+"""
+
+
+async def confirm(
+    conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, reorder_id: uuid.UUID
+) -> Reorder:
+    """The customer confirms a partner's proposal (proposed → requested); repeating is a no-op.
+
+    A proposal the partner may no longer see cannot be confirmed.
+    """
+    async with conn.transaction():
+        proposal = await conn.fetchrow(PROPOSAL, customer_id, reorder_id)
+        if proposal is not None and (
+            await partner_grant(
+                conn, customer_id, proposal["partner_id"], proposal["preference_id"]
+            )
+            is None
+        ):
+            raise Conflict(
+                "This partner may no longer see this preference: grant it again to confirm, "
+                "or decline the proposal."
+            )
+        row = await conn.fetchrow(CONFIRM, customer_id, reorder_id)
+        if row is None:
+            row = await conn.fetchrow(ONE, customer_id, reorder_id)
+            if row is None:
+                raise NotFound("No such reorder.")
+            if row["state"] != "requested":
+                raise Conflict(f"This reorder is {row['state']} and cannot be confirmed.")
     key = await data_key(conn, vault, customer_id)
     return reorder_view(row, open_snapshot(key, row))
 
