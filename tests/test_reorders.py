@@ -3,6 +3,7 @@ chose, and sees every step and every disclosure."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -462,3 +463,22 @@ async def test_a_partner_may_propose_only_a_few_small_reorders_at_a_time(
     # Once the customer answers one, the partner may propose again.
     await client.post(f"/v1/me/reorders/{placed[0].json()['id']}/cancel", headers=customer.headers)
     assert (await partner_reorder(client, api_key, ref, known)).status_code == 201
+
+
+async def test_simultaneous_proposals_never_exceed_the_limit(client, conn, new_customer, settings):
+    customer = await new_customer()
+    partner, api_key = await partner_key(conn)
+    chinos = await keep(client, customer)
+    await grant(client, customer, f"partner:{partner.partner_id}", ["product"])
+    ref = await reference(client, customer, partner.partner_id)
+    known = await known_as(conn, partner.partner_id, customer, chinos["id"])
+
+    answers = await asyncio.gather(
+        *(partner_reorder(client, api_key, ref, known) for _ in range(8))
+    )
+
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [201] * settings.partner_open_proposals + [409] * (
+        8 - settings.partner_open_proposals
+    ), [answer.text for answer in answers]
+    assert len(await my_reorders(client, customer)) == settings.partner_open_proposals

@@ -291,7 +291,10 @@ class ProposalLimits(NamedTuple):
     max_quantity: int
 
 
-LOCK_GRANT = "SELECT 1 FROM consents WHERE customer_id = $1 AND audience = $2 FOR UPDATE"
+# Proposals to one customer from one partner are counted one transaction at a time. An advisory
+# lock, not the grant's row: every transaction here already holds that row FOR SHARE, and two
+# of them upgrading it would deadlock.
+LOCK_PROPOSALS = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 OPEN_PROPOSALS = """
 SELECT count(*) FROM reorders WHERE customer_id = $1 AND partner_id = $2 AND state = 'proposed'
 """
@@ -321,8 +324,7 @@ async def create_for_partner(
         preference = await conn.fetchrow(GET_PREFERENCE, customer_id, preference_id)
     if preference_id is None or fields is None or preference is None:
         raise NotFound("No such preference for this customer reference.")
-    # one proposal at a time per customer and partner, so the count below holds
-    await conn.execute(LOCK_GRANT, customer_id, f"partner:{partner.partner_id}")
+    await conn.execute(LOCK_PROPOSALS, f"proposals:{customer_id}:{partner.partner_id}")
     if await conn.fetchval(OPEN_PROPOSALS, customer_id, partner.partner_id) >= limits.open:
         raise LimitReached(
             f"This customer already has {limits.open} of your proposals to answer; "
