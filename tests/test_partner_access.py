@@ -461,3 +461,32 @@ async def test_an_accepted_reorder_shows_its_partner_only_what_fulfilment_needs_
     assert (seen["state"], seen["item"], seen["fields"]) == ("accepted", None, [])
     # it can still close the order
     assert (await set_status(client, api_key, placed["id"], "fulfilled")).status_code == 200
+
+
+async def test_a_deleted_preference_takes_the_partners_id_for_it_along(client, conn, new_customer):
+    customer = await new_customer()
+    partner, api_key = await partner_key(conn)
+    chinos, boots = await keep(client, customer), await keep(client, customer, BOOTS)
+    await grant(client, customer, f"partner:{partner.partner_id}", ["product"])
+    ref = await reference(client, customer, partner.partner_id)
+    shown = (await read_preferences(client, api_key, ref)).json()
+    gone = next(p["id"] for p in shown if p["product"]["sku"] == CHINOS["product"]["sku"])
+
+    deleted = await client.delete(
+        f"/v1/me/preferences/{chinos['id']}", headers={**customer.headers, "If-Match": "*"}
+    )
+    assert deleted.status_code == 204, deleted.text
+
+    left = await conn.fetchval(
+        "SELECT count(*) FROM partner_preference_refs WHERE customer_id = $1 AND ref = $2",
+        uuid.UUID(customer.id),
+        uuid.UUID(gone),
+    )
+    assert left == 0
+    after = (await read_preferences(client, api_key, ref)).json()
+    assert [(p["rank"], p["product"]["sku"]) for p in after] == [(1, boots["product"]["sku"])]
+    assert gone not in {p["id"] for p in after}
+    refused = await partner_reorder(client, api_key, ref, gone)
+    unknown = await partner_reorder(client, api_key, ref, str(uuid.uuid4()))
+    assert refused.status_code == unknown.status_code == 404
+    assert refused.json() == unknown.json()
