@@ -104,7 +104,7 @@ async def busy_customer(
             from_store["id"]: "requested",
             cancelled["id"]: "cancelled",
             from_tailor["id"]: "accepted",
-            by_tailor["id"]: "requested",
+            by_tailor["id"]: "proposed",
         },
     }
 

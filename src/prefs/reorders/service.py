@@ -379,6 +379,7 @@ async def replay_for_partner(
     first = _partner_reorder.decode(answer)
     row = await conn.fetchrow(ONE_FOR_PARTNER, first.id, partner.partner_id, window_days)
     assert row is not None
+    first.preference_id = row["preference_ref"]  # an answer stored before ids were pairwise
     first.fields = shown_to_partner(row)
     key = await data_key(conn, vault, customer_id)
     first.item = narrowed(open_snapshot(key, row), first.fields)
@@ -535,7 +536,8 @@ ORDER BY r.feed_xid, r.reorder_id
 LIMIT $4
 """
 ONE_FOR_PARTNER = f"""
-SELECT r.reorder_id, r.state, r.fields, r.snapshot_ct, {PARTNER_SIGHT.replace("$WINDOW", "$3")}
+SELECT r.reorder_id, r.preference_ref, r.state, r.fields, r.snapshot_ct,
+       {PARTNER_SIGHT.replace("$WINDOW", "$3")}
 FROM reorders r
 {GRANT_IN_FORCE}
 WHERE r.reorder_id = $1 AND r.partner_id = $2
