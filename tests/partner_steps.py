@@ -15,6 +15,7 @@ import asyncpg
 import httpx
 
 from prefs.credentials import service as credentials
+from prefs.reorders import pairwise
 from tests.conftest import CHINOS, bearer
 
 PROBLEM_JSON = "application/problem+json"
@@ -90,6 +91,16 @@ async def reorder(
         headers=headers,
         json={"quantity": quantity, "fulfiller": fulfiller},
     )
+
+
+async def known_as(
+    conn: asyncpg.Connection, partner_id: uuid.UUID | None, customer: Any, preference_id: str
+) -> str:
+    """The id the partner knows the customer's preference by (the one its first read shows)."""
+    assert partner_id is not None
+    customer_id, own = uuid.UUID(customer.id), uuid.UUID(preference_id)
+    refs = await pairwise.refs_for(conn, customer_id, partner_id, [own])
+    return str(refs[own])
 
 
 async def partner_reorder(

@@ -103,6 +103,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/v1/me/access-log"): customers(200, 200),
     ("GET", "/v1/me/reorders"): customers(200, 200),
     ("POST", "/v1/me/reorders/{reorder_id:uuid}/cancel"): customers(200, 404),
+    ("POST", "/v1/me/reorders/{reorder_id:uuid}/confirm"): customers(200, 404),
     ("GET", "/v1/me/export"): customers(200, 200),
     ("GET", "/v1/partners"): customers(200, 200),
     # the till: live pos keys only (a revoked key is refused)
@@ -185,6 +186,7 @@ class World:
     reorder_a: str  # a store reorder A can cancel
     partner_reorder_a: str  # addressed to the consenting partner
     ref_a: str  # A's pairwise reference as the consenting partner knows it
+    partner_preference_a: str  # A's preference as the consenting partner knows it
 
 
 async def build_world(client: httpx.AsyncClient, conn: Any, new_customer: Any) -> World:
@@ -223,6 +225,9 @@ async def build_world(client: httpx.AsyncClient, conn: Any, new_customer: Any) -
             )
     consents = await ok(await client.get("/v1/me/consents", headers=a.headers), 200)
     [ref] = [c["reference"] for c in consents["items"] if c["audience"] == audience]
+    [known] = await ok(
+        await client.get(f"/v1/partner/customers/{ref}/preferences", headers=bearer(partner)), 200
+    )
     reorders = []
     for fulfiller in ("store", audience):
         reorders.append(
@@ -251,6 +256,7 @@ async def build_world(client: httpx.AsyncClient, conn: Any, new_customer: Any) -
         reorder_a=reorders[0]["id"],
         partner_reorder_a=reorders[1]["id"],
         ref_a=ref,
+        partner_preference_a=known["id"],
     )
 
 
@@ -288,7 +294,11 @@ def request_for(world: World, method: str, template: str, principal: str) -> dic
         case ("POST", "/v1/pos/lookup"):
             body = {"card": world.card_a}
         case ("POST", "/v1/partner/reorders"):
-            body = {"customer": world.ref_a, "preference": world.preference_a, "quantity": 1}
+            body = {
+                "customer": world.ref_a,
+                "preference": world.partner_preference_a,
+                "quantity": 1,
+            }
             headers["Idempotency-Key"] = str(uuid.uuid4())
         case ("POST", "/v1/partner/reorders/{reorder_id:uuid}/status"):
             body = {"state": "accepted"}
@@ -462,3 +472,113 @@ async def test_api_keys_never_open_customer_routes_and_tokens_never_open_key_rou
             json={"card": "600123456789"} if method == "POST" else None,
         )
         assert refused_properly(response), (scheme, path, response.status_code, response.text)
+
+
+# -- linkage: no identifier shown to one recipient is shown to another -------------------------
+
+IDENTIFYING_KEYS = {"id", "preference_id", "customer", "disclosure_id", "reference"}
+
+
+def identifiers(answer: Any) -> set[str]:
+    """Every value an answer carries under a key that names something (ids and references)."""
+    found: set[str] = set()
+    if isinstance(answer, dict):
+        for key, value in answer.items():
+            if key in IDENTIFYING_KEYS and isinstance(value, str):
+                found.add(value)
+            found |= identifiers(value)
+    elif isinstance(answer, list):
+        for value in answer:
+            found |= identifiers(value)
+    return found
+
+
+async def partner_sees(
+    client: httpx.AsyncClient, key: str, ref: str, feed_items: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A partner's read of the customer's preferences and its feed (polled until complete)."""
+    read = await client.get(f"/v1/partner/customers/{ref}/preferences", headers=bearer(key))
+    assert read.status_code == 200, read.text
+    items: list[dict[str, Any]] = []
+    after: str | None = None
+    for _ in range(200):
+        params = {"after": after} if after else {}
+        page = await client.get("/v1/partner/reorders", headers=bearer(key), params=params)
+        assert page.status_code == 200, page.text
+        items += page.json()["items"]
+        after = page.json()["next"]
+        if len(items) >= feed_items:
+            break
+    assert len(items) == feed_items
+    return read.json(), items
+
+
+async def test_two_partners_and_a_till_cannot_join_on_any_identifier(client, conn, new_customer):
+    card = fresh_card()
+    customer = await new_customer(card=card)
+    created = await client.post("/v1/me/preferences", headers=customer.headers, json=CHINOS)
+    mine = created.json()["id"]
+    _, till = await credentials.create(conn, "pos", "Till 3", store=f"S{secrets.token_hex(4)}")
+    x, x_key = await credentials.create(conn, "partner", f"Tailor {uuid.uuid4().hex[:8]}")
+    y, y_key = await credentials.create(conn, "partner", f"Cobbler {uuid.uuid4().hex[:8]}")
+    everything = {"fields": ["product", "attributes", "note"]}
+    refs = {}
+    for audience in ("pos", f"partner:{x.partner_id}", f"partner:{y.partner_id}"):
+        granted = await client.put(
+            f"/v1/me/consents/{audience}", headers=customer.headers, json=everything
+        )
+        assert granted.status_code == 200, granted.text
+    consents = (await client.get("/v1/me/consents", headers=customer.headers)).json()["items"]
+    refs = {c["audience"]: c["reference"] for c in consents if c["audience"] != "pos"}
+    x_ref, y_ref = refs[f"partner:{x.partner_id}"], refs[f"partner:{y.partner_id}"]
+    for partner in (x, y):
+        placed = await client.post(
+            f"/v1/me/preferences/{mine}/reorders",
+            headers={**customer.headers, "Idempotency-Key": str(uuid.uuid4())},
+            json={"quantity": 1, "fulfiller": f"partner:{partner.partner_id}"},
+        )
+        assert placed.status_code == 201, placed.text
+
+    x_read, x_feed = await partner_sees(client, x_key, x_ref, 1)
+    y_read, y_feed = await partner_sees(client, y_key, y_ref, 1)
+    [x_preference], [y_preference] = x_read, y_read
+    # each partner's preference id is its own, and stable across its reads and its feed
+    assert x_feed[0]["preference_id"] == x_preference["id"]
+    assert y_feed[0]["preference_id"] == y_preference["id"]
+    assert (await partner_sees(client, x_key, x_ref, 1))[0] == x_read
+    x_placed = await client.post(
+        "/v1/partner/reorders",
+        headers={**bearer(x_key), "Idempotency-Key": str(uuid.uuid4())},
+        json={"customer": x_ref, "preference": x_preference["id"], "quantity": 1},
+    )
+    assert x_placed.status_code == 201, x_placed.text
+    assert x_placed.json()["preference_id"] == x_preference["id"]
+
+    looked = await client.post("/v1/pos/lookup", headers=bearer(till), json={"card": card})
+    assert looked.status_code == 200, looked.text
+    [at_till] = looked.json()["preferences"]
+    assert "id" not in at_till  # the till needs no stable identifier
+
+    seen = {
+        "x": identifiers([x_read, x_feed, x_placed.json()]),
+        "y": identifiers([y_read, y_feed]),
+        "till": identifiers(looked.json()),
+    }
+    for left, right in (("x", "y"), ("x", "till"), ("y", "till")):
+        assert not seen[left] & seen[right], (left, right, seen[left] & seen[right])
+    for recipient, values in seen.items():
+        assert mine not in values, recipient
+        assert customer.id not in values, recipient
+
+    # one partner's id means nothing to another: the same 404 as an id that does not exist
+    answers = []
+    for preference in (x_preference["id"], str(uuid.uuid4()), mine):
+        answers.append(
+            await client.post(
+                "/v1/partner/reorders",
+                headers={**bearer(y_key), "Idempotency-Key": str(uuid.uuid4())},
+                json={"customer": y_ref, "preference": preference, "quantity": 1},
+            )
+        )
+    assert [answer.status_code for answer in answers] == [404, 404, 404]
+    assert answers[0].json() == answers[1].json() == answers[2].json()

@@ -36,9 +36,10 @@ JACKET: dict[str, Any] = {
 }
 
 
-def as_shared(preference: dict[str, Any], fields: list[str]) -> dict[str, Any]:
-    """What an audience granted ``fields`` should see of one of the customer's preferences."""
-    shared = {"id": preference["id"], "rank": preference["rank"], "status": preference["status"]}
+def as_shared(preference: dict[str, Any], fields: list[str], rank: int) -> dict[str, Any]:
+    """What the till, granted ``fields``, should see of one of the customer's preferences shown
+    ``rank``-th: no id, ranks 1..n among what it is shown."""
+    shared = {"rank": rank, "status": preference["status"]}
     shared.update({field: preference[field] for field in fields})
     return shared
 
@@ -96,7 +97,9 @@ async def test_the_till_sees_exactly_the_granted_fields_of_the_granted_preferenc
     seen = response.json()
     assert seen["via"] == "card"
     assert seen["fields"] == fields
-    assert seen["preferences"] == [as_shared(p, fields) for p in chosen]
+    assert seen["preferences"] == [
+        as_shared(p, fields, rank) for rank, p in enumerate(chosen, start=1)
+    ]
     for shown in seen["preferences"]:
         for absent in set(FIELDS) - set(fields):
             assert absent not in shown  # absent, not null
@@ -130,7 +133,7 @@ async def test_a_changed_grant_applies_on_the_very_next_lookup(client, conn, new
     after = (await look_up(client, key, card=card)).json()
 
     assert after["fields"] == ["product"]
-    assert all(set(p) == {"id", "rank", "status", "product"} for p in after["preferences"])
+    assert all(set(p) == {"rank", "status", "product"} for p in after["preferences"])
     assert "Half a size up" not in str(after)
 
 
@@ -285,8 +288,8 @@ async def test_a_checkout_code_reveals_only_its_chosen_fields_and_preferences(
     assert seen["via"] == "code"
     assert seen["fields"] == ["attributes"]
     assert seen["preferences"] == [
-        as_shared(chinos, ["attributes"]),
-        as_shared(boots, ["attributes"]),
+        as_shared(chinos, ["attributes"], 1),
+        as_shared(boots, ["attributes"], 2),
     ]
     assert shirt["id"] not in response.text
     assert "Classic Chino" not in response.text

@@ -58,6 +58,7 @@ CUSTOMER_TABLES = [
     "consents",
     "consent_ledger",
     "preferences",
+    "partner_preference_refs",
     "reorders",
     "partner_refs",
     "idempotency_keys",

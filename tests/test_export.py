@@ -12,6 +12,7 @@ import httpx
 
 from prefs.auth import DevIssuer
 from tests.conftest import bearer
+from tests.partner_steps import known_as
 from tests.rights_steps import (
     Shopper,
     enrol,
@@ -70,10 +71,11 @@ async def busy_customer(
     assert response.status_code == 200, response.text
     from_tailor = await reorder(client, shopper, kept[0]["id"], fulfiller=audience)
     ref = await reference(client, shopper, tailor.partner_id)
+    known = await known_as(conn, tailor.partner_id, shopper, kept[0]["id"])
     response = await client.post(
         "/v1/partner/reorders",
         headers={**bearer(tailor_key), "Idempotency-Key": str(uuid.uuid4())},
-        json={"customer": ref, "preference": kept[0]["id"], "quantity": 2},
+        json={"customer": ref, "preference": known, "quantity": 2},
     )
     assert response.status_code == 201, response.text
     by_tailor = response.json()
@@ -102,7 +104,7 @@ async def busy_customer(
             from_store["id"]: "requested",
             cancelled["id"]: "cancelled",
             from_tailor["id"]: "accepted",
-            by_tailor["id"]: "requested",
+            by_tailor["id"]: "proposed",
         },
     }
 

@@ -9,14 +9,17 @@ from prefs.reorders import idempotency
 from tests.conftest import CHINOS, bearer
 from tests.partner_steps import (
     PROBLEM_JSON,
+    access_log,
     grant,
     keep,
+    known_as,
     my_reorders,
     partner_key,
     partner_reorder,
     reference,
     reorder,
 )
+from tests.till import BOOTS
 
 REORDER_ROWS = "SELECT count(*) FROM reorders WHERE customer_id = $1"
 
@@ -131,6 +134,7 @@ async def test_partner_reorders_are_idempotent_too(client, conn, new_customer):
     chinos = await keep(client, customer)
     await grant(client, customer, f"partner:{partner.partner_id}", ["product", "attributes"])
     ref = await reference(client, customer, partner.partner_id)
+    chinos["id"] = await known_as(conn, partner.partner_id, customer, chinos["id"])
 
     first = await partner_reorder(client, api_key, ref, chinos["id"], quantity=1, key="ptn-1")
     assert first.status_code == 201, first.text
@@ -246,7 +250,8 @@ async def test_a_partner_replay_after_withdrawal_shows_nothing(client, new_custo
     )
     consents = (await client.get("/v1/me/consents", headers=alice.headers)).json()["items"]
     ref = next(c["reference"] for c in consents if c["audience"] == audience)
-    body = {"customer": ref, "preference": pref["id"], "quantity": 1}
+    mine = await known_as(conn, cred.partner_id, alice, pref["id"])
+    body = {"customer": ref, "preference": mine, "quantity": 1}
     headers = {**bearer(key), "Idempotency-Key": "replay-after-withdrawal"}
     first = await client.post("/v1/partner/reorders", headers=headers, json=body)
     assert first.status_code == 201, first.text
@@ -260,3 +265,44 @@ async def test_a_partner_replay_after_withdrawal_shows_nothing(client, new_custo
     assert replay.status_code == stranger.status_code == 404
     assert replay.content == stranger.content
     assert replay.headers.get("Idempotent-Replayed") is None
+
+
+async def test_a_partner_replay_shows_no_more_than_the_grant_in_force_and_is_logged(
+    client, new_customer, conn
+):
+    partner, key = await partner_key(conn)
+    customer = await new_customer()
+    chinos, boots = await keep(client, customer), await keep(client, customer, BOOTS)
+    audience = f"partner:{partner.partner_id}"
+    await grant(client, customer, audience, ["product", "attributes", "note"])
+    ref = await reference(client, customer, partner.partner_id)
+    known = await known_as(conn, partner.partner_id, customer, chinos["id"])
+    first = await partner_reorder(client, key, ref, known, key="narrowed-later")
+    assert first.status_code == 201, first.text
+    assert first.json()["item"]["note"] == CHINOS["note"]
+
+    async def logged() -> int:
+        entries = await access_log(client, customer)
+        return len([e for e in entries if e["who"]["kind"] == "partner"])
+
+    before = await logged()
+    await grant(client, customer, audience, ["product"])
+    replay = await partner_reorder(client, key, ref, known, key="narrowed-later")
+    assert replay.status_code == 201, replay.text
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert replay.json()["item"] == {"product": CHINOS["product"]}
+    assert replay.json()["fields"] == ["product"]
+    assert CHINOS["note"] not in replay.text
+    assert {k: v for k, v in replay.json().items() if k not in ("item", "fields")} == {
+        k: v for k, v in first.json().items() if k not in ("item", "fields")
+    }
+    assert await logged() == before + 1  # the replay disclosed the product: it is in the log
+
+    # No longer granted at all: the replay answers exactly as a new request would now.
+    await grant(client, customer, audience, ["product"], preferences=[boots["id"]])
+    replay = await partner_reorder(client, key, ref, known, key="narrowed-later")
+    fresh = await partner_reorder(client, key, ref, known)
+    assert replay.status_code == fresh.status_code == 404
+    assert replay.content == fresh.content
+    assert replay.headers.get("idempotent-replayed") is None
+    assert await logged() == before + 1

@@ -172,7 +172,7 @@ async def test_an_index_key_cannot_be_retired_while_a_customer_is_found_only_und
             await signs_in_as(after, quiet)
             found = await look_up(after, till_key, card=card)
             assert found.status_code == 200, found.text
-            assert [p["id"] for p in found.json()["preferences"]] == [kept["id"]]
+            assert [p["product"] for p in found.json()["preferences"]] == [kept["product"]]
 
 
 async def test_a_customer_erased_while_signing_in_during_a_switch_can_enrol_again(

@@ -161,7 +161,12 @@ async def test_a_seeded_partner_reads_and_receives_reorders_from_a_granting_cust
     ]
     assert consent["reference"] == grant["ref"]
 
-    placed = await reorder(client, customer, preferences[0]["id"], f"partner:{grant['partner']}")
+    # the partner's ids are its own: the customer reorders by theirs (same order, all granted)
+    own = await client.get("/v1/me/preferences", headers=customer.headers)
+    first = own.json()["items"][0]
+    assert first["product"] == preferences[0]["product"]
+    assert first["id"] != preferences[0]["id"]
+    placed = await reorder(client, customer, first["id"], f"partner:{grant['partner']}")
     assert placed.status_code == 201, placed.text
     items, _ = await pull(client, api_key, want=1)
     [seen] = [item for item in items if item["id"] == placed.json()["id"]]

@@ -204,12 +204,14 @@ async def full_run(client: httpx.AsyncClient, conn: Any, mint: Any, keep: Secret
     ]:
         assert time.monotonic() < deadline, "the partner feed never showed the reorder"
         await asyncio.sleep(0.05)
-    await ok(await client.get(f"/v1/partner/customers/{ref}/preferences", headers=bearer(partner)))
+    known, *_ = await ok(
+        await client.get(f"/v1/partner/customers/{ref}/preferences", headers=bearer(partner))
+    )
     await ok(
         await client.post(
             "/v1/partner/reorders",
             headers={**bearer(partner), "Idempotency-Key": marker("pidem")},
-            json={"customer": ref, "preference": chinos["id"], "quantity": 1},
+            json={"customer": ref, "preference": known["id"], "quantity": 1},
         ),
         201,
     )

@@ -120,18 +120,18 @@ async def test_lookups_sent_together_share_a_statement_and_each_gets_its_own_ans
     *full, twice, product, missing, by_code, wrong_key, unknown = answers
     for (_, _, kept), answer in zip(everything, full, strict=True):
         assert isinstance(answer, LookupResult)
-        assert [p.id for p in answer.preferences] == [uuid.UUID(p["id"]) for p in kept]
+        assert [p.rank for p in answer.preferences] == list(range(1, len(kept) + 1))
         assert [p.product.name for p in answer.preferences] == [  # type: ignore[union-attr]
             p["product"]["name"] for p in kept
         ]
-    for (customer, _, _), answers_for in zip(
+    for (customer, _, kept), answers_for in zip(
         everything, [[full[0]], [full[1]], [full[2], twice]], strict=True
     ):
         logged = await visits(conn, vault, customer.id)
         assert sorted(
             (r["disclosure_id"], r["via"], r["preference_ids"], r["fields"]) for r in logged
         ) == sorted(
-            (a.disclosure_id, "card", [p.id for p in a.preferences], a.fields)
+            (a.disclosure_id, "card", [uuid.UUID(p["id"]) for p in kept], a.fields)
             for a in answers_for
             if isinstance(a, LookupResult)
         )

@@ -22,6 +22,7 @@ from tests.partner_steps import (
     grant,
     insights_key,
     keep,
+    known_as,
     my_reorders,
     partner_key,
     partner_reorder,
@@ -79,7 +80,8 @@ async def test_each_partner_sees_its_own_stable_reference_for_a_customer(
     placed = await reorder(client, customer, chinos["id"], f"partner:{tailor.partner_id}")
     items, _ = await pull(client, tailor_key)
     assert [(item["id"], item["customer"]) for item in items] == [(placed.json()["id"], tailor_ref)]
-    submitted = await partner_reorder(client, shop_key, shop_ref, chinos["id"])
+    shops_chinos = await known_as(conn, shop.partner_id, customer, chinos["id"])
+    submitted = await partner_reorder(client, shop_key, shop_ref, shops_chinos)
     assert submitted.status_code == 201, submitted.text
     assert submitted.json()["customer"] == shop_ref
     await withdraw(client, customer, f"partner:{tailor.partner_id}")
@@ -92,12 +94,13 @@ async def test_each_partner_sees_its_own_stable_reference_for_a_customer(
     assert unknown.status_code == 404
     foreign = await read_preferences(client, shop_key, tailor_ref)
     assert (foreign.status_code, foreign.json()) == (unknown.status_code, unknown.json())
-    unknown_reorder = await partner_reorder(client, shop_key, "no-such-reference", chinos["id"])
-    foreign_reorder = await partner_reorder(client, shop_key, tailor_ref, chinos["id"])
+    unknown_reorder = await partner_reorder(client, shop_key, "no-such-reference", shops_chinos)
+    foreign_reorder = await partner_reorder(client, shop_key, tailor_ref, shops_chinos)
     assert unknown_reorder.status_code == foreign_reorder.status_code == 404
     assert foreign_reorder.json() == unknown_reorder.json()
     # Nor can the tailor use the neighbour's preference under this customer's reference.
-    crossed = await partner_reorder(client, tailor_key, tailor_ref, neighbours["id"])
+    neighbours_id = await known_as(conn, tailor.partner_id, neighbour, neighbours["id"])
+    crossed = await partner_reorder(client, tailor_key, tailor_ref, neighbours_id)
     assert crossed.status_code == 404
     assert {r["origin"] for r in await my_reorders(client, customer)} == {"customer", "partner"}
     assert len(await my_reorders(client, customer)) == 2
@@ -121,16 +124,18 @@ async def test_a_partner_reads_exactly_the_granted_fields_of_the_granted_prefere
 
     response = await read_preferences(client, api_key, ref)
     assert response.status_code == 200, response.text
-    assert response.json() == [
+    # numbered 1..n, with the partner's own ids: nothing tells it that a third one exists
+    shown = response.json()
+    assert [{k: v for k, v in p.items() if k != "id"} for p in shown] == [
         {
-            "id": p["id"],
-            "rank": p["rank"],
+            "rank": rank,
             "status": p["status"],
             "product": p["product"],
             "attributes": p["attributes"],
         }
-        for p in (chinos, boots)
+        for rank, p in enumerate((chinos, boots), start=1)
     ]
+    assert not {p["id"] for p in shown} & {chinos["id"], boots["id"]}
     assert CHINOS["note"] not in response.text
     assert BOOTS["note"] not in response.text
 
@@ -144,10 +149,12 @@ async def test_a_partner_reads_exactly_the_granted_fields_of_the_granted_prefere
     # Narrowed to notes, of every preference: now only notes are shown, no products or sizes.
     await grant(client, customer, f"partner:{partner.partner_id}", ["note"])
     notes = await read_preferences(client, api_key, ref)
-    assert notes.json() == [
-        {"id": p["id"], "rank": p["rank"], "status": p["status"], "note": p.get("note")}
+    assert [{k: v for k, v in p.items() if k != "id"} for p in notes.json()] == [
+        {"rank": p["rank"], "status": p["status"], "note": p.get("note")}
         for p in (chinos, shirt, boots)
     ]
+    # the partner's ids are stable across reads
+    assert {p["id"] for p in shown} <= {p["id"] for p in notes.json()}
     assert (
         len([e for e in await access_log(client, customer) if e["who"]["kind"] == "partner"]) == 2
     )
@@ -166,7 +173,8 @@ async def test_after_withdrawal_the_partner_can_only_finish_what_it_already_acce
     waiting = (await reorder(client, customer, chinos["id"], audience)).json()
     assert (await set_status(client, api_key, accepted["id"], "accepted")).status_code == 200
     assert (await read_preferences(client, api_key, ref)).status_code == 200
-    assert (await partner_reorder(client, api_key, ref, chinos["id"])).status_code == 201
+    known = await known_as(conn, partner.partner_id, customer, chinos["id"])
+    assert (await partner_reorder(client, api_key, ref, known)).status_code == 201
 
     await withdraw(client, customer, audience)
 
@@ -175,8 +183,8 @@ async def test_after_withdrawal_the_partner_can_only_finish_what_it_already_acce
     assert refused.status_code == 404
     assert refused.headers["content-type"].startswith(PROBLEM_JSON)
     assert (refused.status_code, refused.json()) == (unknown.status_code, unknown.json())
-    refused_reorder = await partner_reorder(client, api_key, ref, chinos["id"])
-    unknown_reorder = await partner_reorder(client, api_key, "no-such-reference", chinos["id"])
+    refused_reorder = await partner_reorder(client, api_key, ref, known)
+    unknown_reorder = await partner_reorder(client, api_key, "no-such-reference", known)
     assert refused_reorder.status_code == 404
     assert refused_reorder.json() == unknown_reorder.json()
     # Nor can the customer send new reorders to it any more.
@@ -187,6 +195,7 @@ async def test_after_withdrawal_the_partner_can_only_finish_what_it_already_acce
     assert states[waiting["id"]] == "cancelled"
     assert states[accepted["id"]] == "accepted"
     assert list(states.values()).count("cancelled") == 2  # and the partner's own, unaccepted one
+    await pull(client, api_key, want=3)  # all three committed and past every older transaction
     everything = await feed_page(client, api_key)
     by_id = {item["id"]: item for item in everything["items"]}
     assert by_id[accepted["id"]]["state"] == "accepted"
@@ -247,8 +256,10 @@ async def test_only_the_right_kind_of_credential_is_accepted(client, conn, new_c
         "empty bearer": {"Authorization": "Bearer"},
     }
 
+    known = await known_as(conn, partner.partner_id, customer, chinos["id"])
+
     def partner_reorder_body() -> dict[str, Any]:
-        return {"customer": ref, "preference": chinos["id"], "quantity": 1}
+        return {"customer": ref, "preference": known, "quantity": 1}
 
     endpoints: list[tuple[str, str, str, dict[str, Any] | None]] = [
         ("partner", "GET", "/v1/partner/reorders", None),
@@ -379,3 +390,103 @@ async def test_consent_to_a_partner_that_does_not_exist_is_refused(client, new_c
     assert response.status_code == 404
     assert response.headers["content-type"].startswith(PROBLEM_JSON)
     assert (await client.get("/v1/me/consents", headers=customer.headers)).json() == {"items": []}
+
+
+async def test_narrowing_a_grant_cancels_the_partners_waiting_reorders_outside_it(
+    client, conn, new_customer
+):
+    customer = await new_customer()
+    partner, api_key = await partner_key(conn)
+    chinos, boots = await keep(client, customer), await keep(client, customer, BOOTS)
+    audience = f"partner:{partner.partner_id}"
+    await grant(client, customer, audience, ["product", "attributes", "note"])
+    kept = (await reorder(client, customer, chinos["id"], audience)).json()
+    dropped = (await reorder(client, customer, boots["id"], audience)).json()
+    items, _ = await pull(client, api_key, want=2)
+    assert {item["id"]: item["item"].get("note") for item in items} == {
+        kept["id"]: CHINOS["note"],
+        dropped["id"]: BOOTS["note"],
+    }
+
+    # Only the chinos now, and without the note.
+    await grant(client, customer, audience, ["product", "attributes"], preferences=[chinos["id"]])
+
+    states = {r["id"]: r["state"] for r in await my_reorders(client, customer)}
+    assert states == {kept["id"]: "requested", dropped["id"]: "cancelled"}
+    by_id = {item["id"]: item for item in (await feed_page(client, api_key))["items"]}
+    assert by_id[dropped["id"]]["item"] is None
+    assert by_id[kept["id"]]["item"] == {
+        "product": CHINOS["product"],
+        "attributes": CHINOS["attributes"],
+    }
+    assert by_id[kept["id"]]["fields"] == ["product", "attributes"]
+    assert (await set_status(client, api_key, dropped["id"], "accepted")).status_code == 409
+
+
+async def test_an_accepted_reorder_shows_its_partner_only_what_fulfilment_needs_for_a_while(
+    client, conn, new_customer, settings
+):
+    customer = await new_customer()
+    partner, api_key = await partner_key(conn)
+    chinos = await keep(client, customer)
+    audience = f"partner:{partner.partner_id}"
+    await grant(client, customer, audience, ["product", "attributes", "note"])
+    placed = (await reorder(client, customer, chinos["id"], audience)).json()
+    await pull(client, api_key)
+    assert (await set_status(client, api_key, placed["id"], "accepted")).status_code == 200
+
+    async def as_partner_sees() -> dict[str, Any]:
+        """Restarting the feed from the beginning, as a partner may at any time."""
+        [item] = [i for i in (await feed_page(client, api_key))["items"] if i["id"] == placed["id"]]
+        return item
+
+    assert (await as_partner_sees())["item"]["note"] == CHINOS["note"]
+
+    # Withdrawn: what it needs to make the chinos stays, the note in the customer's words goes.
+    await withdraw(client, customer, audience)
+    seen = await as_partner_sees()
+    assert seen["state"] == "accepted"
+    assert seen["item"] == {"product": CHINOS["product"], "attributes": CHINOS["attributes"]}
+    assert CHINOS["note"] not in str(seen)
+
+    # And only for a while after acceptance.
+    window = settings.partner_accepted_window_days
+    await conn.execute(
+        "UPDATE reorders SET accepted_at = now() - make_interval(days => $2)"
+        " WHERE customer_id = $1",
+        uuid.UUID(customer.id),
+        window,
+    )
+    seen = await as_partner_sees()
+    assert (seen["state"], seen["item"], seen["fields"]) == ("accepted", None, [])
+    # it can still close the order
+    assert (await set_status(client, api_key, placed["id"], "fulfilled")).status_code == 200
+
+
+async def test_a_deleted_preference_takes_the_partners_id_for_it_along(client, conn, new_customer):
+    customer = await new_customer()
+    partner, api_key = await partner_key(conn)
+    chinos, boots = await keep(client, customer), await keep(client, customer, BOOTS)
+    await grant(client, customer, f"partner:{partner.partner_id}", ["product"])
+    ref = await reference(client, customer, partner.partner_id)
+    shown = (await read_preferences(client, api_key, ref)).json()
+    gone = next(p["id"] for p in shown if p["product"]["sku"] == CHINOS["product"]["sku"])
+
+    deleted = await client.delete(
+        f"/v1/me/preferences/{chinos['id']}", headers={**customer.headers, "If-Match": "*"}
+    )
+    assert deleted.status_code == 204, deleted.text
+
+    left = await conn.fetchval(
+        "SELECT count(*) FROM partner_preference_refs WHERE customer_id = $1 AND ref = $2",
+        uuid.UUID(customer.id),
+        uuid.UUID(gone),
+    )
+    assert left == 0
+    after = (await read_preferences(client, api_key, ref)).json()
+    assert [(p["rank"], p["product"]["sku"]) for p in after] == [(1, boots["product"]["sku"])]
+    assert gone not in {p["id"] for p in after}
+    refused = await partner_reorder(client, api_key, ref, gone)
+    unknown = await partner_reorder(client, api_key, ref, str(uuid.uuid4()))
+    assert refused.status_code == unknown.status_code == 404
+    assert refused.json() == unknown.json()

@@ -258,6 +258,25 @@ async def test_a_customer_with_a_grant_and_no_preferences_is_found_with_an_empty
     assert response.json()["preferences"] == []
 
 
+async def test_the_till_sees_its_preferences_numbered_without_gaps_and_without_ids(
+    client, conn, new_customer
+):
+    """Ranks 1 and 3 would tell the till that a preference it is not shown exists."""
+    customer, card, (chinos, _, boots) = await shopper(new_customer, client)
+    await grant(client, customer, preferences=[chinos["id"], boots["id"]])
+    _, key = await till_key(conn)
+
+    response = await look_up(client, key, card=card)
+
+    assert response.status_code == 200, response.text
+    shown = response.json()["preferences"]
+    assert [(p["rank"], p["product"]["sku"]) for p in shown] == [
+        (1, chinos["product"]["sku"]),
+        (2, boots["product"]["sku"]),
+    ]
+    assert all("id" not in p for p in shown)
+
+
 async def metric_values(client) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     text = (await client.get("/metrics")).text
     return {

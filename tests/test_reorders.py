@@ -3,8 +3,11 @@ chose, and sees every step and every disclosure."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
+
+import httpx
 
 from tests.conftest import CHINOS
 from tests.partner_steps import (
@@ -13,6 +16,7 @@ from tests.partner_steps import (
     feed_page,
     grant,
     keep,
+    known_as,
     my_reorders,
     partner_key,
     partner_reorder,
@@ -367,7 +371,8 @@ async def test_partner_submitted_reorders_are_in_the_customers_list_and_log(
     chinos = await keep(client, customer)
     await grant(client, customer, f"partner:{partner.partner_id}", ["product", "attributes"])
     ref = await reference(client, customer, partner.partner_id)
-    response = await partner_reorder(client, api_key, ref, chinos["id"], quantity=2)
+    known = await known_as(conn, partner.partner_id, customer, chinos["id"])
+    response = await partner_reorder(client, api_key, ref, known, quantity=2)
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["customer"] == ref
@@ -384,3 +389,96 @@ async def test_partner_submitted_reorders_are_in_the_customers_list_and_log(
     # It arrives in the partner's own feed too.
     items, _ = await pull(client, api_key)
     assert [item["id"] for item in items] == [body["id"]]
+
+
+async def confirm(client: httpx.AsyncClient, customer: Any, reorder_id: str) -> httpx.Response:
+    return await client.post(f"/v1/me/reorders/{reorder_id}/confirm", headers=customer.headers)
+
+
+async def test_a_partners_reorder_waits_for_the_customers_confirmation(
+    client, conn, new_customer, settings
+):
+    customer, stranger = await new_customer(), await new_customer()
+    partner, api_key = await partner_key(conn)
+    chinos = await keep(client, customer)
+    await grant(client, customer, f"partner:{partner.partner_id}", ["product"])
+    ref = await reference(client, customer, partner.partner_id)
+    known = await known_as(conn, partner.partner_id, customer, chinos["id"])
+
+    proposed = await partner_reorder(client, api_key, ref, known)
+    assert proposed.status_code == 201, proposed.text
+    proposal = proposed.json()
+    assert proposal["state"] == "proposed"
+    # The partner cannot skip the customer's answer.
+    refused = await set_status(client, api_key, proposal["id"], "accepted")
+    assert refused.status_code == 409
+    assert refused.headers["content-type"].startswith(PROBLEM_JSON)
+    [mine] = await my_reorders(client, customer)
+    assert (mine["id"], mine["state"], mine["origin"]) == (proposal["id"], "proposed", "partner")
+
+    # Nobody else can confirm it; the customer can, once.
+    assert (await confirm(client, stranger, proposal["id"])).status_code == 404
+    confirmed = await confirm(client, customer, proposal["id"])
+    assert confirmed.status_code == 200, confirmed.text
+    assert confirmed.json()["state"] == "requested"
+    assert (await confirm(client, customer, proposal["id"])).json()["state"] == "requested"
+    assert (await set_status(client, api_key, proposal["id"], "accepted")).status_code == 200
+    assert (await confirm(client, customer, proposal["id"])).status_code == 409
+
+    # Declining is cancelling, and a declined proposal cannot be confirmed any more.
+    other = (await partner_reorder(client, api_key, ref, known)).json()
+    declined = await client.post(f"/v1/me/reorders/{other['id']}/cancel", headers=customer.headers)
+    assert (declined.status_code, declined.json()["state"]) == (200, "cancelled")
+    assert (await confirm(client, customer, other["id"])).status_code == 409
+    assert (await set_status(client, api_key, other["id"], "accepted")).status_code == 409
+
+
+async def test_a_partner_may_propose_only_a_few_small_reorders_at_a_time(
+    client, conn, new_customer, settings
+):
+    customer = await new_customer()
+    partner, api_key = await partner_key(conn)
+    chinos = await keep(client, customer)
+    await grant(client, customer, f"partner:{partner.partner_id}", ["product"])
+    ref = await reference(client, customer, partner.partner_id)
+    known = await known_as(conn, partner.partner_id, customer, chinos["id"])
+
+    too_many = await partner_reorder(
+        client, api_key, ref, known, quantity=settings.partner_proposal_max_quantity + 1
+    )
+    assert too_many.status_code == 409, too_many.text
+    assert too_many.headers["content-type"].startswith(PROBLEM_JSON)
+    placed = [
+        await partner_reorder(
+            client, api_key, ref, known, quantity=settings.partner_proposal_max_quantity
+        )
+        for _ in range(settings.partner_open_proposals)
+    ]
+    assert [p.status_code for p in placed] == [201] * settings.partner_open_proposals
+    one_more = await partner_reorder(client, api_key, ref, known)
+    assert one_more.status_code == 409, one_more.text
+    assert one_more.headers["content-type"].startswith(PROBLEM_JSON)
+    assert len(await my_reorders(client, customer)) == settings.partner_open_proposals
+
+    # Once the customer answers one, the partner may propose again.
+    await client.post(f"/v1/me/reorders/{placed[0].json()['id']}/cancel", headers=customer.headers)
+    assert (await partner_reorder(client, api_key, ref, known)).status_code == 201
+
+
+async def test_simultaneous_proposals_never_exceed_the_limit(client, conn, new_customer, settings):
+    customer = await new_customer()
+    partner, api_key = await partner_key(conn)
+    chinos = await keep(client, customer)
+    await grant(client, customer, f"partner:{partner.partner_id}", ["product"])
+    ref = await reference(client, customer, partner.partner_id)
+    known = await known_as(conn, partner.partner_id, customer, chinos["id"])
+
+    answers = await asyncio.gather(
+        *(partner_reorder(client, api_key, ref, known) for _ in range(8))
+    )
+
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [201] * settings.partner_open_proposals + [409] * (
+        8 - settings.partner_open_proposals
+    ), [answer.text for answer in answers]
+    assert len(await my_reorders(client, customer)) == settings.partner_open_proposals

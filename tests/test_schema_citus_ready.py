@@ -18,6 +18,7 @@ CUSTOMER_OWNED = frozenset(
         "consent_ledger",
         "access_log",
         "reorders",
+        "partner_preference_refs",
     }
 )
 

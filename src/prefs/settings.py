@@ -46,6 +46,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     lookup_misses_per_minute_per_store: int = 120
     lookup_batch_max: int = 64
     lookup_batches_in_flight: int = 1
+    partner_accepted_window_days: int = 30
+    partner_open_proposals: int = 3
+    partner_proposal_max_quantity: int = 5
 
     @property
     def dev_issuer_key_path(self) -> Path:
@@ -171,4 +174,11 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         lookup_batch_max=_int(environ, "PREFS_LOOKUP_BATCH_MAX", 64, minimum=1),
         lookup_batches_in_flight=_int(environ, "PREFS_LOOKUP_BATCHES_IN_FLIGHT", 1, minimum=1),
+        partner_accepted_window_days=_int(
+            environ, "PREFS_PARTNER_ACCEPTED_WINDOW_DAYS", 30, minimum=1
+        ),
+        partner_open_proposals=_int(environ, "PREFS_PARTNER_OPEN_PROPOSALS", 3, minimum=1),
+        partner_proposal_max_quantity=_int(
+            environ, "PREFS_PARTNER_PROPOSAL_MAX_QUANTITY", 5, minimum=1
+        ),
     )

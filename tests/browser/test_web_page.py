@@ -412,3 +412,62 @@ def test_a_customer_keeps_shares_reorders_and_erases_their_locker(
 def _partner_id(service: Service, token: str) -> str:
     partners = httpx.get(f"{service.url}/v1/partners", headers=bearer(token)).json()["items"]
     return str(next(p["id"] for p in partners if p["name"] == "Stitch & Co. tailors"))
+
+
+def propose(service: Service, ref: str, preference: str, quantity: int) -> None:
+    """The demo partner proposes a reorder of one of the customer's preferences."""
+    placed = httpx.post(
+        f"{service.url}/v1/partner/reorders",
+        headers={**bearer(service.partner_key), "Idempotency-Key": str(uuid.uuid4())},
+        json={"customer": ref, "preference": preference, "quantity": quantity},
+    )
+    assert placed.status_code == 201, placed.text
+    assert placed.json()["state"] == "proposed"
+
+
+def test_a_customer_confirms_or_declines_a_partners_proposal_on_the_page(
+    service: Service, browser_page: tuple[Any, Watch]
+) -> None:
+    page, watch = browser_page
+    token = sign_in_as_demo(page, service)
+    audience = f"partner:{_partner_id(service, token)}"
+    granted = httpx.put(
+        f"{service.url}/v1/me/consents/{audience}",
+        headers=bearer(token),
+        json={"fields": ["product", "attributes"]},
+    )
+    assert granted.status_code == 200, granted.text
+    consents = httpx.get(f"{service.url}/v1/me/consents", headers=bearer(token)).json()["items"]
+    [ref] = [c["reference"] for c in consents if c["audience"] == audience]
+    shown = httpx.get(
+        f"{service.url}/v1/partner/customers/{ref}/preferences",
+        headers=bearer(service.partner_key),
+    ).json()
+    [chinos] = [p["id"] for p in shown if p["product"]["name"] == "Classic Chino"]
+    propose(service, ref, chinos, 1)
+    propose(service, ref, chinos, 2)
+
+    go_to(page, "Reorders")
+    one = page.locator("#reorder-list > li").filter(has_text=f"1 {TIMES} Classic Chino")
+    two = page.locator("#reorder-list > li").filter(has_text=f"2 {TIMES} Classic Chino")
+    for proposal in (one, two):
+        expect(proposal).to_contain_text("Proposed — waiting for your answer")
+        expect(proposal).to_contain_text("placed by the partner for you")
+    look_at(page, "reorder-proposals")
+
+    page.get_by_role("button", name=f"Confirm the proposal of 1 {TIMES} Classic Chino").click()
+    expect(status(page)).to_contain_text(f"You confirmed 1 {TIMES} Classic Chino")
+    expect(one).to_contain_text("Requested")
+    expect(one.get_by_role("button", name=re.compile("Confirm"))).to_have_count(0)
+
+    page.get_by_role("button", name=f"Decline the proposal of 2 {TIMES} Classic Chino").click()
+    page.get_by_role("dialog").get_by_role("button", name="Decline the proposal").click()
+    expect(status(page)).to_contain_text(f"You declined 2 {TIMES} Classic Chino")
+    expect(two).to_contain_text("Cancelled")
+
+    mine = httpx.get(f"{service.url}/v1/me/reorders", headers=bearer(token)).json()["items"]
+    assert sorted((r["quantity"], r["state"]) for r in mine if r["origin"] == "partner") == [
+        (1, "requested"),
+        (2, "cancelled"),
+    ]
+    watch.assert_clean(service)

@@ -24,6 +24,7 @@ from prefs.crypto import Vault
 from prefs.db import Row
 from prefs.errors import InvalidInput, NotFound
 from prefs.insights import service as insights
+from prefs.reorders import pairwise
 from prefs.reorders import service as reorders
 
 # What each audience does with what it is shown, named with W3C DPV purposes.
@@ -147,6 +148,8 @@ async def _after_change(
         partner_id = uuid.UUID(audience.split(":", 1)[1])
         if live:
             await reorders.ensure_ref(conn, vault.index, partner_id, customer_id)
+            await pairwise.make_for_grant(conn, customer_id, partner_id)
+            await reorders.cancel_outside_grant(conn, customer_id, partner_id)
         else:
             await reorders.cancel_requested_for_partner(conn, customer_id, partner_id)
 

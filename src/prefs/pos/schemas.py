@@ -4,8 +4,9 @@ from typing import Literal
 from uuid import UUID
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
-from prefs.preferences.schemas import SharedPreference
+from prefs.preferences.schemas import Product, Status
 from prefs.text import Card
 
 
@@ -16,8 +17,19 @@ class LookupRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     code: Card | None = None
 
 
+class TillPreference(msgspec.Struct, kw_only=True):
+    """A preference as the till sees it: no id (it needs none to serve the customer, and an
+    id would let it link the customer to what anyone else holds), ranked 1..n among the shown."""
+
+    rank: int
+    status: Status
+    product: Product | UnsetType = UNSET
+    attributes: dict[str, str] | UnsetType = UNSET
+    note: str | None | UnsetType = UNSET
+
+
 class LookupResult(msgspec.Struct, kw_only=True):
     via: Literal["card", "code"]
     fields: list[str]
-    preferences: list[SharedPreference]
+    preferences: list[TillPreference]
     disclosure_id: UUID

@@ -19,7 +19,8 @@ from prefs.access_log.sealed import Visit, seal
 from prefs.access_log.service import INSERT_SEALED
 from prefs.crypto import DecryptionError, Vault, api_key_hash
 from prefs.errors import NotFound, Problem, TooManyRequests, Unavailable
-from prefs.pos.schemas import LookupResult
+from prefs.pos.schemas import LookupResult, TillPreference
+from prefs.preferences.schemas import SharedPreference
 from prefs.preferences.sealed import shared, shown
 
 
@@ -457,6 +458,18 @@ def _throttled(wait: int) -> TooManyRequests:
     )
 
 
+def _for_till(rank: int, preference: SharedPreference) -> TillPreference:
+    """Numbered 1..n among what is shown (the customer's own ranks would show gaps where an
+    unshared preference sits), without the preference's id."""
+    return TillPreference(
+        rank=rank,
+        status=preference.status,
+        product=preference.product,
+        attributes=preference.attributes,
+        note=preference.note,
+    )
+
+
 async def lookup(
     batcher: LookupBatcher,
     vault: Vault,
@@ -487,15 +500,18 @@ async def lookup(
         via=row["via"],
         fields=list(fields),
         preferences=[
-            shared(data_key, fields, *preference)
-            for preference in zip(
-                row["ids"] or (),
-                row["ranks"] or (),
-                row["statuses"] or (),
-                row["products"] or (),
-                row["attributes"] or (),
-                row["notes"] or (),
-                strict=True,
+            _for_till(rank, shared(data_key, fields, *preference))
+            for rank, preference in enumerate(
+                zip(
+                    row["ids"] or (),
+                    row["ranks"] or (),
+                    row["statuses"] or (),
+                    row["products"] or (),
+                    row["attributes"] or (),
+                    row["notes"] or (),
+                    strict=True,
+                ),
+                start=1,
             )
         ],
         disclosure_id=row["disclosure_id"],

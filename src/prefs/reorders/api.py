@@ -70,7 +70,7 @@ async def _once(
     idempotency_key: str | None,
     data: msgspec.Struct,
     create: idempotency.Create,
-    may_replay: idempotency.MayReplay | None = None,
+    replay: idempotency.Replay | None = None,
 ) -> Response[Any]:
     """Run a reorder-creating request once per Idempotency-Key; replays say so in a header."""
     key = idempotency.check_key(idempotency_key)
@@ -85,7 +85,7 @@ async def _once(
         fingerprint,
         state.settings.idempotency_ttl_seconds,
         create,
-        may_replay,
+        replay,
     )
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
     return Response(
@@ -156,8 +156,24 @@ class CustomerReordersController(Controller):
         customer_id: NamedDependency[UUID],
         reorder_id: FromPath[UUID],
     ) -> Reorder:
-        """Cancel a reorder nobody has accepted yet (409 afterwards)."""
+        """Cancel a reorder nobody has accepted yet, or decline a partner's proposal (409 once
+        accepted)."""
         return await service.cancel(conn, vault, customer_id, reorder_id)
+
+    @post(
+        "/reorders/{reorder_id:uuid}/confirm",
+        status_code=HTTP_200_OK,
+        responses=problems(401, 404, 409, 503),
+    )
+    async def confirm(
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        customer_id: NamedDependency[UUID],
+        reorder_id: FromPath[UUID],
+    ) -> Reorder:
+        """Confirm a partner's proposal: it becomes a reorder the partner may accept."""
+        return await service.confirm(conn, vault, customer_id, reorder_id)
 
 
 class PartnerController(Controller):
@@ -178,7 +194,9 @@ class PartnerController(Controller):
     ) -> PartnerFeed:
         """Reorders addressed to this partner, oldest first; poll again with `next`."""
         await expire_due(conn, vault, state.settings.controller, audience=_audience(credential))
-        page = await service.feed(conn, vault, credential, after, limit)
+        page = await service.feed(
+            conn, vault, credential, after, limit, state.settings.partner_accepted_window_days
+        )
         DISCLOSURES.labels("partner").inc(sum(item.item is not None for item in page.items))
         return page
 
@@ -217,15 +235,31 @@ class PartnerController(Controller):
         data: JSONBody[PartnerReorderCreate],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[PartnerReorder]:
-        """Place a reorder for a customer who lets this partner see that preference."""
+        """Propose a reorder to a customer who lets this partner see that preference; it waits
+        (`proposed`) until the customer confirms it (409 while too many are waiting)."""
 
         async def create() -> tuple[UUID, int, bytes]:
-            customer_id, reorder = await service.create_for_partner(conn, vault, credential, data)
+            limits = service.ProposalLimits(
+                state.settings.partner_open_proposals,
+                state.settings.partner_proposal_max_quantity,
+            )
+            customer_id, reorder = await service.create_for_partner(
+                conn, vault, credential, data, limits
+            )
             return customer_id, HTTP_201_CREATED, msgspec.json.encode(reorder)
 
-        async def may_replay(customer_id: UUID) -> None:
-            assert credential.partner_id is not None
-            await service.require_partner_grant(conn, credential.partner_id, customer_id)
+        async def replay(customer_id: UUID, answer: bytes) -> bytes:
+            shown, disclosed = await service.replay_for_partner(
+                conn,
+                vault,
+                credential,
+                data,
+                state.settings.partner_accepted_window_days,
+                customer_id,
+                answer,
+            )
+            DISCLOSURES.labels("partner").inc(disclosed)
+            return shown
 
         return await _once(
             request,
@@ -236,7 +270,7 @@ class PartnerController(Controller):
             idempotency_key,
             data,
             create,
-            may_replay,
+            replay,
         )
 
     @get("/customers/{ref:str}/preferences", responses=problems(400, 401, 404, 503))

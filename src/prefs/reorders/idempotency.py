@@ -77,7 +77,7 @@ WHERE owner = $1 AND key = $2
 """
 
 Create = Callable[[], Awaitable[tuple[uuid.UUID, int, bytes]]]
-MayReplay = Callable[[uuid.UUID], Awaitable[None]]
+Replay = Callable[[uuid.UUID, bytes], Awaitable[bytes]]
 
 
 def stored_keys(index: BlindIndex, owner: str, key: str) -> dict[int, str]:
@@ -102,12 +102,12 @@ async def once(
     fingerprint: bytes,
     ttl_seconds: int,
     create: Create,
-    may_replay: MayReplay | None = None,
+    replay: Replay | None = None,
 ) -> Answer:
     """Run ``create`` once per (owner, key); later calls get the first answer back.
 
-    ``may_replay`` (given the customer) raises when the stored answer may no longer be shown,
-    e.g. to a partner whose consent was withdrawn since.
+    ``replay`` (given the customer and the first answer) shows the answer again as it may be
+    shown now, or raises: e.g. to a partner whose consent was narrowed or withdrawn since.
     """
     hashes = stored_keys(vault.index, owner, key)
     primary = hashes[vault.index.primary]
@@ -133,12 +133,12 @@ async def once(
             raise Conflict("A request with this Idempotency-Key is still being processed.")
         if row["request_hash"] != fingerprint:
             raise IdempotencyMismatch("This Idempotency-Key was used with a different request.")
-        if may_replay is not None:
-            await may_replay(row["customer_id"])
         customer_key = await data_key(conn, vault, row["customer_id"])
         body = customer_key.decrypt(
             row["response_ct"], "idempotency_keys", "response", answer_place(owner, row["key"])
         )
+        if replay is not None:
+            body = await replay(row["customer_id"], body)
         return Answer(status=row["status"], body=body, replayed=True)
 
 

@@ -13,7 +13,7 @@ from prefs.text import END, UUID_TEXT
 Quantity = Annotated[int, Meta(ge=1, le=99)]
 Fulfiller = Annotated[str, Meta(max_length=64, pattern=r"^(store|partner:" + UUID_TEXT + ")" + END)]
 PartnerRef = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+" + END)]
-State = Literal["requested", "accepted", "fulfilled", "declined", "cancelled"]
+State = Literal["proposed", "requested", "accepted", "fulfilled", "declined", "cancelled"]
 
 
 class ReorderCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -58,9 +58,12 @@ class ReorderList(msgspec.Struct):
 
 
 class PartnerReorder(msgspec.Struct, kw_only=True):
-    """A reorder as its partner sees it: a pairwise customer reference, granted fields only.
+    """A reorder as its partner sees it: a pairwise customer reference, its own id for the
+    preference, and of the item only what the customer's grant in force allows (``fields``).
 
-    ``item`` is null once the reorder is finished (fulfilled, declined or cancelled).
+    A partner's own reorder is ``proposed`` until the customer confirms it (``requested``).
+    ``item`` is null once the reorder is finished (fulfilled, declined or cancelled), or some
+    time after it was accepted.
     """
 
     id: UUID

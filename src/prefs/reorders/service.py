@@ -6,9 +6,11 @@ Each reorder keeps an encrypted snapshot of exactly what was disclosed when it w
 from __future__ import annotations
 
 import uuid
+from typing import NamedTuple
 
 import asyncpg
 import msgspec
+from msgspec import UNSET
 
 from prefs import cursors
 from prefs.access_log import service as access_log
@@ -16,7 +18,7 @@ from prefs.credentials.service import Credential
 from prefs.crypto import BlindIndex, DataKey, Vault
 from prefs.customers.service import data_key
 from prefs.db import Row
-from prefs.errors import Conflict, InvalidInput, NotFound
+from prefs.errors import Conflict, InvalidInput, LimitReached, NotFound
 from prefs.preferences.schemas import SharedPreference
 from prefs.preferences.sealed import (
     SHOWN,
@@ -26,6 +28,7 @@ from prefs.preferences.sealed import (
     shared_view,
 )
 from prefs.preferences.service import GET as GET_PREFERENCE
+from prefs.reorders import pairwise
 from prefs.reorders.schemas import (
     PartnerFeed,
     PartnerReorder,
@@ -37,15 +40,21 @@ from prefs.reorders.schemas import (
 )
 
 ALL_FIELDS = ["product", "attributes", "note"]
-LIVE = ("requested", "accepted")
-# (from, to) moves a partner may make; repeating the current state is a no-op.
+# What making or sending the item needs: an accepted reorder keeps showing these to its partner
+# (for a while), whatever the grant; the note only while the grant still covers it.
+FULFILMENT = ("product", "attributes")
+WAITING = ("proposed", "requested")
+# (from, to) moves a partner may make; repeating the current state is a no-op. A proposal (a
+# partner's own reorder) waits for the customer: the partner can only withdraw it (declined).
 PARTNER_MOVES = {
+    ("proposed", "declined"),
     ("requested", "accepted"),
     ("accepted", "fulfilled"),
     ("requested", "declined"),
     ("accepted", "declined"),
 }
 _snapshot = msgspec.json.Decoder(Snapshot)
+_partner_reorder = msgspec.json.Decoder(PartnerReorder)
 
 
 def partner_id_of(audience_or_fulfiller: str) -> uuid.UUID:
@@ -114,10 +123,10 @@ def _snapshot_of(key: DataKey, row: Row, fields: list[str]) -> Snapshot:
 
 INSERT = """
 INSERT INTO reorders (customer_id, reorder_id, preference_id, fulfiller, partner_id, origin,
-                      quantity, state, fields, snapshot_ct)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 'requested', $8, $9)
-RETURNING reorder_id, preference_id, fulfiller, origin, quantity, state, fields, snapshot_ct,
-          created_at, updated_at
+                      quantity, state, fields, snapshot_ct, preference_ref)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $11, $8, $9, $10)
+RETURNING reorder_id, preference_id, preference_ref, fulfiller, origin, quantity, state, fields,
+          snapshot_ct, created_at, updated_at
 """
 
 
@@ -130,6 +139,8 @@ async def _insert(
     origin: str,
     quantity: int,
     fields: list[str],
+    preference_ref: uuid.UUID | None = None,
+    state: str = "requested",
 ) -> tuple[Row, Snapshot]:
     reorder_id = uuid.uuid4()
     snap = _snapshot_of(key, preference, fields)
@@ -145,6 +156,8 @@ async def _insert(
         quantity,
         fields,
         sealed,
+        preference_ref,
+        state,
     )
     assert row is not None
     return row, snap
@@ -177,6 +190,7 @@ async def create_for_customer(
     if preference is None:
         raise NotFound("No such preference.")
     partner_id: uuid.UUID | None = None
+    preference_ref: uuid.UUID | None = None
     fields = ALL_FIELDS
     if data.fulfiller != "store":
         partner_id = partner_id_of(data.fulfiller)
@@ -190,9 +204,19 @@ async def create_for_customer(
             )
         fields = granted
         await ensure_ref(conn, vault.index, partner_id, customer_id)
+        refs = await pairwise.refs_for(conn, customer_id, partner_id, [preference_id])
+        preference_ref = refs[preference_id]
     key = await data_key(conn, vault, customer_id)
     row, snap = await _insert(
-        conn, key, preference, data.fulfiller, partner_id, "customer", data.quantity, fields
+        conn,
+        key,
+        preference,
+        data.fulfiller,
+        partner_id,
+        "customer",
+        data.quantity,
+        fields,
+        preference_ref,
     )
     return reorder_view(row, snap)
 
@@ -213,39 +237,97 @@ async def _consenting_customer(
     return customer_id
 
 
-async def require_partner_grant(
-    conn: asyncpg.Connection, partner_id: uuid.UUID, customer_id: uuid.UUID
-) -> None:
-    """404 (as for an unknown reference) unless the customer grants the partner consent now."""
-    if await conn.fetchrow(GRANT, customer_id, f"partner:{partner_id}") is None:
-        raise NotFound("No such customer reference.")
-
-
-def _partner_view(row: Row, ref: str | None, snap: Snapshot | None) -> PartnerReorder:
+def _partner_view(
+    row: Row, ref: str | None, snap: Snapshot | None, fields: list[str]
+) -> PartnerReorder:
     return PartnerReorder(
         id=row["reorder_id"],
         customer=ref or "erased",
-        preference_id=row["preference_id"],
+        preference_id=row["preference_ref"],
         origin=row["origin"],
         quantity=row["quantity"],
         state=row["state"],
-        fields=list(row["fields"]),
-        item=snap if row["state"] in LIVE else None,
+        fields=fields,
+        item=snap,
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
 
 
+def shown_to_partner(row: Row) -> list[str]:
+    """The fields of a reorder's snapshot its partner may see now.
+
+    Waiting (proposed, requested): the fields the grant in force gives of its preference.
+    Accepted: what fulfilment needs, plus the note while the grant still covers it, and only
+    until the window after acceptance ends. Finished: nothing. ``row`` carries the reorder's
+    state and fields and the grant's ``granted`` fields, ``covered`` and ``in_window``
+    (see PARTNER_SIGHT).
+    """
+    granted = row["granted"] if row["covered"] else []
+    if row["state"] in WAITING:
+        return [field for field in row["fields"] if field in granted]
+    if row["state"] == "accepted" and row["in_window"]:
+        return [field for field in row["fields"] if field in FULFILMENT or field in granted]
+    return []
+
+
+def narrowed(snap: Snapshot | None, fields: list[str]) -> Snapshot | None:
+    """The snapshot with only ``fields``; None when nothing is left to show."""
+    if snap is None or not fields:
+        return None
+    return Snapshot(
+        product=snap.product if "product" in fields else UNSET,
+        attributes=snap.attributes if "attributes" in fields else UNSET,
+        note=snap.note if "note" in fields else UNSET,
+    )
+
+
+class ProposalLimits(NamedTuple):
+    """How many of a partner's proposals may wait for one customer, and how large each may be."""
+
+    open: int
+    max_quantity: int
+
+
+# Proposals to one customer from one partner are counted one transaction at a time. An advisory
+# lock, not the grant's row: every transaction here already holds that row FOR SHARE, and two
+# of them upgrading it would deadlock.
+LOCK_PROPOSALS = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+OPEN_PROPOSALS = """
+SELECT count(*) FROM reorders WHERE customer_id = $1 AND partner_id = $2 AND state = 'proposed'
+"""
+
+
 async def create_for_partner(
-    conn: asyncpg.Connection, vault: Vault, partner: Credential, data: PartnerReorderCreate
+    conn: asyncpg.Connection,
+    vault: Vault,
+    partner: Credential,
+    data: PartnerReorderCreate,
+    limits: ProposalLimits,
 ) -> tuple[uuid.UUID, PartnerReorder]:
-    """A partner places a reorder for a customer who lets it see that preference."""
+    """A partner proposes a reorder for a customer who lets it see that preference; it waits
+    for the customer's confirmation, and only a few small ones may wait at a time."""
     assert partner.partner_id is not None
+    if data.quantity > limits.max_quantity:
+        raise LimitReached(
+            f"A partner may propose at most {limits.max_quantity} of an item at a time."
+        )
     customer_id = await _consenting_customer(conn, partner.partner_id, data.customer)
-    fields = await partner_grant(conn, customer_id, partner.partner_id, data.preference)
-    preference = await conn.fetchrow(GET_PREFERENCE, customer_id, data.preference)
-    if fields is None or preference is None:
+    preference_id = await pairwise.preference_of(
+        conn, customer_id, partner.partner_id, data.preference
+    )
+    fields = preference = None
+    if preference_id is not None:
+        fields = await partner_grant(conn, customer_id, partner.partner_id, preference_id)
+        preference = await conn.fetchrow(GET_PREFERENCE, customer_id, preference_id)
+    if preference_id is None or fields is None or preference is None:
         raise NotFound("No such preference for this customer reference.")
+    await conn.execute(LOCK_PROPOSALS, f"proposals:{customer_id}:{partner.partner_id}")
+    if await conn.fetchval(OPEN_PROPOSALS, customer_id, partner.partner_id) >= limits.open:
+        raise LimitReached(
+            f"This customer already has {limits.open} of your proposals to answer; "
+            "propose again once they have confirmed or declined one."
+        )
     key = await data_key(conn, vault, customer_id)
     row, snap = await _insert(
         conn,
@@ -256,16 +338,64 @@ async def create_for_partner(
         "partner",
         data.quantity,
         fields,
+        data.preference,
+        "proposed",
     )
     await access_log.record(
         conn,
         partner,
         "reorder",
         "reference",
-        [(customer_id, [data.preference], fields)],
+        [(customer_id, [preference_id], fields)],
         vault=vault,
     )
-    return customer_id, _partner_view(row, data.customer, snap)
+    return customer_id, _partner_view(row, data.customer, snap, fields)
+
+
+async def replay_for_partner(
+    conn: asyncpg.Connection,
+    vault: Vault,
+    partner: Credential,
+    data: PartnerReorderCreate,
+    window_days: int,
+    customer_id: uuid.UUID,
+    answer: bytes,
+) -> tuple[bytes, bool]:
+    """A partner's first answer to this request, shown again as the grant in force allows, and
+    whether it disclosed anything.
+
+    The same checks as a new request come first, with the same 404s. The item is then shown as
+    the feed would show it now (never more than the grant allows), and logged when it shows
+    anything.
+    """
+    assert partner.partner_id is not None
+    if await _consenting_customer(conn, partner.partner_id, data.customer) != customer_id:
+        raise NotFound("No such customer reference.")
+    preference_id = await pairwise.preference_of(
+        conn, customer_id, partner.partner_id, data.preference
+    )
+    if (
+        preference_id is None
+        or await partner_grant(conn, customer_id, partner.partner_id, preference_id) is None
+    ):
+        raise NotFound("No such preference for this customer reference.")
+    first = _partner_reorder.decode(answer)
+    row = await conn.fetchrow(ONE_FOR_PARTNER, first.id, partner.partner_id, window_days)
+    assert row is not None
+    first.preference_id = row["preference_ref"]  # an answer stored before ids were pairwise
+    first.fields = shown_to_partner(row)
+    key = await data_key(conn, vault, customer_id)
+    first.item = narrowed(open_snapshot(key, row), first.fields)
+    if first.item is not None:
+        await access_log.record(
+            conn,
+            partner,
+            "reorder",
+            "reference",
+            [(customer_id, [preference_id], first.fields)],
+            vault=vault,
+        )
+    return msgspec.json.encode(first), first.item is not None
 
 
 def open_snapshot(key: DataKey | None, row: Row) -> Snapshot | None:
@@ -314,7 +444,7 @@ async def list_for_customer(
 
 CANCEL = """
 UPDATE reorders SET state = 'cancelled', updated_at = now()
-WHERE customer_id = $1 AND reorder_id = $2 AND state = 'requested'
+WHERE customer_id = $1 AND reorder_id = $2 AND state IN ('proposed', 'requested')
 RETURNING reorder_id, preference_id, fulfiller, origin, quantity, state, fields, snapshot_ct,
           created_at, updated_at
 """
@@ -328,7 +458,8 @@ FROM reorders WHERE customer_id = $1 AND reorder_id = $2
 async def cancel(
     conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, reorder_id: uuid.UUID
 ) -> Reorder:
-    """Cancel a reorder nobody has accepted yet; cancelling twice is a no-op."""
+    """Cancel a reorder nobody has accepted yet (declining a partner's proposal is the same);
+    cancelling twice is a no-op."""
     row = await conn.fetchrow(CANCEL, customer_id, reorder_id)
     if row is None:
         row = await conn.fetchrow(ONE, customer_id, reorder_id)
@@ -336,6 +467,49 @@ async def cancel(
             raise NotFound("No such reorder.")
         if row["state"] != "cancelled":
             raise Conflict(f"This reorder is {row['state']} and can no longer be cancelled.")
+    key = await data_key(conn, vault, customer_id)
+    return reorder_view(row, open_snapshot(key, row))
+
+
+PROPOSAL = """
+SELECT partner_id, preference_id FROM reorders
+WHERE customer_id = $1 AND reorder_id = $2 AND state = 'proposed'
+FOR UPDATE
+"""
+CONFIRM = """
+UPDATE reorders SET state = 'requested', updated_at = now()
+WHERE customer_id = $1 AND reorder_id = $2 AND state = 'proposed'
+RETURNING reorder_id, preference_id, fulfiller, origin, quantity, state, fields, snapshot_ct,
+          created_at, updated_at
+"""
+
+
+async def confirm(
+    conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, reorder_id: uuid.UUID
+) -> Reorder:
+    """The customer confirms a partner's proposal (proposed → requested); repeating is a no-op.
+
+    A proposal the partner may no longer see cannot be confirmed.
+    """
+    async with conn.transaction():
+        proposal = await conn.fetchrow(PROPOSAL, customer_id, reorder_id)
+        if proposal is not None and (
+            await partner_grant(
+                conn, customer_id, proposal["partner_id"], proposal["preference_id"]
+            )
+            is None
+        ):
+            raise Conflict(
+                "This partner may no longer see this preference: grant it again to confirm, "
+                "or decline the proposal."
+            )
+        row = await conn.fetchrow(CONFIRM, customer_id, reorder_id)
+        if row is None:
+            row = await conn.fetchrow(ONE, customer_id, reorder_id)
+            if row is None:
+                raise NotFound("No such reorder.")
+            if row["state"] != "requested":
+                raise Conflict(f"This reorder is {row['state']} and cannot be confirmed.")
     key = await data_key(conn, vault, customer_id)
     return reorder_view(row, open_snapshot(key, row))
 
@@ -357,22 +531,48 @@ def decode_feed_cursor(
     return str(xid), ident
 
 
-FEED = """
-SELECT r.customer_id, r.reorder_id, r.preference_id, r.origin, r.quantity, r.state, r.fields,
-       r.snapshot_ct, r.created_at, r.updated_at, r.feed_xid::text AS xid, pr.ref,
-       k.generation, k.wrapped
+# What decides how much of a reorder its partner sees now (shown_to_partner): the grant in
+# force, whether it covers the reorder's preference, and whether an accepted reorder is still
+# within its window ($WINDOW: days after acceptance).
+PARTNER_SIGHT = """
+       g.fields AS granted,
+       g.customer_id IS NOT NULL
+           AND (g.preference_ids IS NULL OR r.preference_id = ANY(g.preference_ids)) AS covered,
+       coalesce(r.accepted_at > now() - make_interval(days => $WINDOW::int), false) AS in_window
+"""
+GRANT_IN_FORCE = """
+LEFT JOIN consents g ON g.customer_id = r.customer_id AND g.audience = 'partner:' || r.partner_id
+    AND (g.expires_at IS NULL OR g.expires_at > now())
+"""
+FEED = f"""
+SELECT r.customer_id, r.reorder_id, r.preference_id, r.preference_ref, r.origin, r.quantity,
+       r.state, r.fields, r.snapshot_ct, r.created_at, r.updated_at, r.feed_xid::text AS xid, pr.ref,
+       k.generation, k.wrapped, {PARTNER_SIGHT.replace("$WINDOW", "$5")}
 FROM reorders r
 LEFT JOIN partner_refs pr ON pr.partner_id = r.partner_id AND pr.customer_id = r.customer_id
 LEFT JOIN customer_keys k ON k.customer_id = r.customer_id
+{GRANT_IN_FORCE}
 WHERE r.partner_id = $1 AND (r.feed_xid, r.reorder_id) > ($2::text::xid8, $3::uuid)
   AND r.feed_xid < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY r.feed_xid, r.reorder_id
 LIMIT $4
 """
+ONE_FOR_PARTNER = f"""
+SELECT r.reorder_id, r.preference_ref, r.state, r.fields, r.snapshot_ct,
+       {PARTNER_SIGHT.replace("$WINDOW", "$3")}
+FROM reorders r
+{GRANT_IN_FORCE}
+WHERE r.reorder_id = $1 AND r.partner_id = $2
+"""
 
 
 async def feed(
-    conn: asyncpg.Connection, vault: Vault, partner: Credential, after: str | None, limit: int
+    conn: asyncpg.Connection,
+    vault: Vault,
+    partner: Credential,
+    after: str | None,
+    limit: int,
+    window_days: int,
 ) -> PartnerFeed:
     """The next reorders addressed to this partner, in commit-safe order.
 
@@ -382,15 +582,15 @@ async def feed(
     assert partner.partner_id is not None
     xid, ident = decode_feed_cursor(vault, partner.partner_id, after)
     async with conn.transaction():
-        rows = await conn.fetch(FEED, partner.partner_id, xid, ident, limit)
+        rows = await conn.fetch(FEED, partner.partner_id, xid, ident, limit, window_days)
         items, disclosed = [], []
         for row in rows:
-            snap = None
-            if row["state"] in LIVE and row["wrapped"] is not None:
+            snap, fields = None, shown_to_partner(row)
+            if fields and row["wrapped"] is not None:
                 key = vault.envelope.unwrap(row["customer_id"], row["generation"], row["wrapped"])
-                snap = open_snapshot(key, row)
-                disclosed.append((row["customer_id"], [row["preference_id"]], list(row["fields"])))
-            items.append(_partner_view(row, row["ref"], snap))
+                snap = narrowed(open_snapshot(key, row), fields)
+                disclosed.append((row["customer_id"], [row["preference_id"]], fields))
+            items.append(_partner_view(row, row["ref"], snap, fields if snap else []))
         await access_log.record(conn, partner, "reorder", "reorder", disclosed, vault=vault)
     next_cursor = (
         encode_feed_cursor(vault, partner.partner_id, rows[-1]["xid"], rows[-1]["reorder_id"])
@@ -401,16 +601,19 @@ async def feed(
 
 
 FOR_PARTNER = """
-SELECT r.customer_id, r.reorder_id, r.preference_id, r.origin, r.quantity, r.state, r.fields,
-       r.snapshot_ct, r.created_at, r.updated_at, pr.ref
+SELECT r.customer_id, r.reorder_id, r.preference_id, r.preference_ref, r.origin, r.quantity,
+       r.state, r.fields, r.snapshot_ct, r.created_at, r.updated_at, pr.ref
 FROM reorders r
 LEFT JOIN partner_refs pr ON pr.partner_id = r.partner_id AND pr.customer_id = r.customer_id
 WHERE r.reorder_id = $1 AND r.partner_id = $2
 FOR UPDATE OF r
 """
 MOVE = """
-UPDATE reorders SET state = $3, updated_at = now() WHERE customer_id = $1 AND reorder_id = $2
-RETURNING reorder_id, preference_id, origin, quantity, state, fields, created_at, updated_at
+UPDATE reorders SET state = $3, updated_at = now(),
+       accepted_at = CASE WHEN $3 = 'accepted' THEN now() ELSE accepted_at END
+WHERE customer_id = $1 AND reorder_id = $2
+RETURNING reorder_id, preference_id, preference_ref, origin, quantity, state, fields, created_at,
+          updated_at
 """
 
 
@@ -430,11 +633,8 @@ async def set_status(
                 raise Conflict(f"A {row['state']} reorder cannot become {state}.")
             moved = await conn.fetchrow(MOVE, row["customer_id"], reorder_id, state)
             assert moved is not None
-            view = _partner_view({**dict(row), **dict(moved)}, row["ref"], None)
-        else:
-            view = _partner_view(row, row["ref"], None)
-        view.item = None
-        return view
+            return _partner_view({**dict(row), **dict(moved)}, row["ref"], None, [])
+        return _partner_view(row, row["ref"], None, [])
 
 
 PARTNER_PREFERENCES = f"""
@@ -469,6 +669,10 @@ async def partner_preferences(
         first = rows[0]
         key = vault.envelope.unwrap(first["customer_id"], first["generation"], first["wrapped"])
         shown = [shared_view(key, row) for row in rows if row["preference_id"] is not None]
+        refs = await pairwise.refs_for(
+            conn, first["customer_id"], partner.partner_id, [p.id for p in shown]
+        )
+        shown = [p for p in shown if p.id in refs]  # not one deleted meanwhile
         await access_log.record(
             conn,
             partner,
@@ -477,12 +681,22 @@ async def partner_preferences(
             [(first["customer_id"], [p.id for p in shown], list(first["fields"]))],
             vault=vault,
         )
-        return shown
+    # the partner's own ids, numbered 1..n: no gap tells it of a preference it is not shown
+    for rank, preference in enumerate(shown, start=1):
+        preference.id, preference.rank = refs[preference.id], rank
+    return shown
 
 
-CLOSE_REQUESTED = """
+CLOSE_WAITING = """
 UPDATE reorders SET state = 'cancelled', updated_at = now()
-WHERE customer_id = $1 AND partner_id = $2 AND state = 'requested'
+WHERE customer_id = $1 AND partner_id = $2 AND state IN ('proposed', 'requested')
+"""
+CLOSE_WAITING_OUTSIDE_GRANT = """
+UPDATE reorders r SET state = 'cancelled', updated_at = now()
+FROM consents g
+WHERE r.customer_id = $1 AND r.partner_id = $2 AND r.state IN ('proposed', 'requested')
+  AND g.customer_id = r.customer_id AND g.audience = $3
+  AND g.preference_ids IS NOT NULL AND NOT r.preference_id = ANY(g.preference_ids)
 """
 
 
@@ -490,4 +704,14 @@ async def cancel_requested_for_partner(
     conn: asyncpg.Connection, customer_id: uuid.UUID, partner_id: uuid.UUID
 ) -> None:
     """After consent to a partner ends, its not-yet-accepted reorders are cancelled."""
-    await conn.execute(CLOSE_REQUESTED, customer_id, partner_id)
+    await conn.execute(CLOSE_WAITING, customer_id, partner_id)
+
+
+async def cancel_outside_grant(
+    conn: asyncpg.Connection, customer_id: uuid.UUID, partner_id: uuid.UUID
+) -> None:
+    """After a grant to a partner changed, its not-yet-accepted reorders of preferences the
+    grant no longer covers are cancelled (narrowed fields only narrow what the partner sees)."""
+    await conn.execute(
+        CLOSE_WAITING_OUTSIDE_GRANT, customer_id, partner_id, f"partner:{partner_id}"
+    )

@@ -44,6 +44,7 @@ SHRED = [
     "DELETE FROM checkout_codes WHERE customer_id = $1",
     "DELETE FROM consents WHERE customer_id = $1",
     "DELETE FROM consent_ledger WHERE customer_id = $1",
+    "DELETE FROM partner_preference_refs WHERE customer_id = $1",
     "DELETE FROM preferences WHERE customer_id = $1",
     # what is left of the reorders: the ones a partner had accepted, now closed and unreadable
     "DELETE FROM reorders WHERE customer_id = $1 AND snapshot_ct IS NOT NULL",

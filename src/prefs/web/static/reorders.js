@@ -16,7 +16,8 @@ export async function show(root) {
   fill(root,
     h("div", { class: "view-head" }, h("h1", { id: "reorders-heading", tabindex: "-1" }, "Reorders")),
     h("p", { class: "lead" }, "Things you asked for again. Start a reorder from a preference under ",
-      h("a", { href: "#preferences" }, "My preferences"), ". You can cancel one until it is accepted."),
+      h("a", { href: "#preferences" }, "My preferences"), ". You can cancel one until it is accepted. ",
+      "A partner's proposal waits for you: nothing is made until you confirm it."),
     list);
 
   function nameOf(reorder) {
@@ -40,7 +41,9 @@ export async function show(root) {
         h("p", null, h("span", { class: `badge badge-${reorder.state}` }, REORDER_STATES[reorder.state] || reorder.state)),
         h("p", { class: "meta" }, `From ${whoFrom(reorder)}${reorder.origin === "partner" ? ", placed by the partner for you" : ""}.`),
         h("time", { datetime: reorder.created_at }, `Asked ${friendlyTime(reorder.created_at)}`));
-      if (reorder.state === "requested") {
+      if (reorder.state === "proposed") {
+        card.append(h("div", { class: "actions" }, ...answerButtons(reorder, name)));
+      } else if (reorder.state === "requested") {
         const cancel = h("button", { type: "button", class: "button-quiet button-small", id: `cancel-${reorder.id}` },
           "Cancel this reorder", hidden(` of ${reorder.quantity} × ${name}`));
         cancel.addEventListener("click", () => busy(cancel, async () => {
@@ -68,6 +71,42 @@ export async function show(root) {
       }
       return card;
     }));
+  }
+
+  function answerButtons(reorder, name) {
+    const what = ` the proposal of ${reorder.quantity} × ${name}`;
+    const yes = h("button", { type: "button", class: "button-small", id: `confirm-${reorder.id}` },
+      "Confirm", hidden(what));
+    const no = h("button", { type: "button", class: "button-quiet button-small", id: `decline-${reorder.id}` },
+      "Decline", hidden(what));
+    yes.addEventListener("click", () => busy(yes, () =>
+      answer(reorder, "confirm", `You confirmed ${reorder.quantity} × ${name} from ${whoFrom(reorder)}.`)));
+    no.addEventListener("click", () => busy(no, async () => {
+      const sure = await confirmAction({
+        title: "Decline this proposal?",
+        text: `${whoFrom(reorder)} will not make or send ${reorder.quantity} × ${name}.`,
+        yes: "Decline the proposal",
+        no: "Keep it for now",
+      });
+      if (sure) await answer(reorder, "cancel", `You declined ${reorder.quantity} × ${name}.`);
+    }));
+    return [yes, no];
+  }
+
+  async function answer(reorder, action, said) {
+    clearMessages();
+    try {
+      await api.post(`/v1/me/reorders/${reorder.id}/${action}`);
+    } catch (error) {
+      warnAbout(error, action === "confirm" ? "Not confirmed" : "Not declined");
+      await refresh();
+      return;
+    }
+    await refresh();
+    const heading = document.getElementById(`reorder-${reorder.id}`)?.querySelector("h2");
+    heading?.setAttribute("tabindex", "-1");
+    heading?.focus();
+    announce(said);
   }
 
   async function refresh() {

@@ -69,6 +69,7 @@ export function orderedAttributes(attributes) {
 }
 
 export const REORDER_STATES = {
+  proposed: "Proposed — waiting for your answer",
   requested: "Requested — waiting to be accepted",
   accepted: "Accepted — being prepared",
   fulfilled: "Fulfilled",
