@@ -34,7 +34,7 @@ def constraints_of(constrained: Any) -> dict[str, Any]:
 
 # OpenAPI for the typed forms the services accept beyond the schemas' types (``refine=``).
 CARD_NUMBER = {"type": "string", "maxLength": 64, "pattern": r"^[ -]*([0-9][ -]*){6,24}$"}
-_SPACE = r"[ \u00a0\u1680\u2000-\u200a\u202f\u205f\u3000-]"  # and dashes
+_SPACE = r"[ \u00a0\u1680\u2000-\u200a\u202f\u205f\u3000-]"  # and dashes (no line separators)
 CHECKOUT_CODE = {  # 8 of 23456789ABCDEFGHJKMNPQRSTWXYZ, any case; spaces and dashes ignored
     "type": "string",
     "maxLength": 64,

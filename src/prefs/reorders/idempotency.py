@@ -20,7 +20,7 @@ from prefs.crypto import BlindIndex, Vault
 from prefs.customers.service import data_key
 from prefs.errors import Conflict, IdempotencyMismatch, InvalidInput
 
-KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,200}")
+KEY_PATTERN = re.compile(r"[\x21\x23-\x7e][\x21-\x7e]{0,199}")  # a leading " starts the quoted form
 # The IETF draft (-07) makes the header a Structured Field string (RFC 8941): "…", in which
 # only \" and \\ are escapes. Both forms name the same key: "abc" is the key abc.
 QUOTED_KEY_PATTERN = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x22\x5c]){1,200})"')
@@ -37,7 +37,7 @@ def check_key(key: str | None) -> str:
         )
     if quoted := QUOTED_KEY_PATTERN.fullmatch(key):
         return _UNESCAPE.sub(r"\1", quoted[1])
-    if not KEY_PATTERN.fullmatch(key) or key.startswith('"'):
+    if not KEY_PATTERN.fullmatch(key):
         raise InvalidInput(
             'Idempotency-Key must be 1 to 200 printable ASCII characters, bare or quoted ("…").'
         )
