@@ -234,7 +234,7 @@ _ANSWERS = {
     415: "The body is not JSON.",
     422: "This Idempotency-Key was already used with another request.",
     428: "Send If-Match with the version (ETag) you last read.",
-    429: "Too many misses from this key or store; retry after Retry-After seconds.",
+    429: "Too many misses from this key or store, or changes by this customer; retry after Retry-After seconds.",
     503: "The database is not reachable right now; retry after Retry-After seconds.",
 }
 
