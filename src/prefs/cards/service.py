@@ -31,8 +31,13 @@ FROM (
 ) AS full_windows
 HAVING count(*) > 0
 """
-# The code's customer, if the code is in force here: a code is bound to the first store that
-# uses it.
+# The code's customer, if the code is in force here (read, then used under the customer locks:
+# erasure and withdrawal lock the customer before they end codes).
+CODE_OWNER = """
+SELECT customer_id FROM checkout_codes
+WHERE code_hash = ANY($1::bytea[]) AND expires_at > now() AND (store IS NULL OR store = $2)
+"""
+# A code is bound to the first store that uses it.
 USE_CODE = """
 UPDATE checkout_codes SET store = $2
 WHERE code_hash = ANY($1::bytea[]) AND expires_at > now() AND (store IS NULL OR store = $2)
@@ -88,14 +93,13 @@ async def confirm(
     if wait is not None:
         raise _throttled(wait)
     card_hashes = index.all_digests("card", card.encode())
+    code_hashes = index.all_digests("checkout-code", code.encode())
     try:
         async with conn.transaction():
-            customer_id = await conn.fetchval(
-                USE_CODE, index.all_digests("checkout-code", code.encode()), store
-            )
+            customer_id = await conn.fetchval(CODE_OWNER, code_hashes, store)
             if customer_id is None:
                 raise _NoMatch
-            await _take_over(conn, customer_id, card_hashes)
+            await _take_over(conn, customer_id, card_hashes, (code_hashes, store))
     except _NoMatch:
         [refused] = await count_misses(conn, [(key_hash, store)], misses_per_key, misses_per_store)
         if refused is not None:
@@ -104,13 +108,19 @@ async def confirm(
 
 
 async def _take_over(
-    conn: asyncpg.Connection, customer_id: uuid.UUID, card_hashes: Sequence[bytes]
+    conn: asyncpg.Connection,
+    customer_id: uuid.UUID,
+    card_hashes: Sequence[bytes],
+    code: tuple[Sequence[bytes], str] | None = None,
 ) -> None:
-    """The customer's claim becomes the proven card; everyone else's hold on it ends."""
+    """The customer's claim becomes the proven card; everyone else's hold on it ends. With a
+    code (its hashes and the till's store), only while that code is still in force there."""
     holders = [row["customer_id"] for row in await conn.fetch(HOLDERS, card_hashes)]
     if customer_id not in holders:
         raise _NoMatch
     await conn.execute(LOCK_CUSTOMERS, holders)
+    if code is not None and await conn.fetchval(USE_CODE, *code) != customer_id:
+        raise _NoMatch  # ended, or bound to another store, meanwhile
     claims = await conn.fetch(CLAIMS_OF, customer_id, card_hashes)
     if not claims:
         if await conn.fetchval(PROVEN_OF, customer_id, card_hashes):
