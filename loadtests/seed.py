@@ -185,7 +185,7 @@ class Writer:
             )
             for version, subject_hash in index.subjects(DEV_ISSUER, subject(batch.run, i)).items():
                 tables["customer_subjects"].append((subject_hash, version, customer_id))
-            for version in index.versions:
+            for version in index.versions:  # as confirmed at a till: every till finds it
                 tables["card_index"].append((index.card(card, version), version, customer_id))
             for rank in range(1, batch.preferences + 1):
                 content = preference(rng, rank, today)

@@ -26,6 +26,7 @@ import uvicorn
 from prefs import db
 from prefs.app import create_app
 from prefs.auth import DevIssuer
+from prefs.credentials import service as credentials
 from prefs.crypto import Vault
 from prefs.settings import Settings, load
 
@@ -158,19 +159,54 @@ class CustomerSession:
     id: str
 
 
-@pytest.fixture
-def new_customer(client: httpx.AsyncClient, issuer: DevIssuer) -> Any:
-    """Factory: enrol a fresh customer and return their auth headers and id."""
+@pytest.fixture(scope="session")
+async def card_desk(database: Database) -> str:
+    """A till key at a store's service desk, where test customers confirm the cards they add."""
+    connection = await db.connect(database.url)
+    try:
+        _, key = await credentials.create(connection, "pos", "Service desk", store="card-desk")
+    finally:
+        await connection.close()
+    return key
 
-    async def make(card: str | None = None) -> CustomerSession:
+
+@pytest.fixture
+def new_customer(client: httpx.AsyncClient, issuer: DevIssuer, card_desk: str) -> Any:
+    """Factory: enrol a fresh customer and return their auth headers and id.
+
+    A card given is confirmed at the card desk (findable at tills) unless ``confirmed=False``.
+    """
+
+    async def make(card: str | None = None, confirmed: bool = True) -> CustomerSession:
         subject = f"customer-{uuid.uuid4()}@example.test"
         headers = bearer(issuer.mint(subject))
         body = {"card": card} if card else None
         response = await client.post("/v1/me", headers=headers, json=body)
         assert response.status_code == 201, response.text
-        return CustomerSession(subject=subject, headers=headers, id=response.json()["id"])
+        customer = CustomerSession(subject=subject, headers=headers, id=response.json()["id"])
+        if card and confirmed:
+            await confirm_card(client, card_desk, customer, card)
+        return customer
 
     return make
+
+
+async def confirm_card(client: httpx.AsyncClient, till: str, customer: Any, card: str) -> None:
+    """The customer shows a checkout code while ``till`` scans the card; the code is then ended."""
+    code = await client.post(
+        "/v1/me/checkout-codes", headers=customer.headers, json={"fields": ["product"]}
+    )
+    assert code.status_code == 201, code.text
+    confirmed = await client.post(
+        "/v1/pos/cards/confirm",
+        headers=bearer(till),
+        json={"card": card, "code": code.json()["code"]},
+    )
+    assert confirmed.status_code == 204, confirmed.text
+    ended = await client.delete(
+        f"/v1/me/checkout-codes/{code.json()['id']}", headers=customer.headers
+    )
+    assert ended.status_code == 204, ended.text
 
 
 CHINOS: dict[str, Any] = {

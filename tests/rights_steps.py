@@ -29,7 +29,7 @@ from prefs.auth import DevIssuer
 from prefs.credentials import service as credentials
 from prefs.crypto import Vault
 from prefs.settings import Settings, load
-from tests.conftest import _admin, bearer, with_database
+from tests.conftest import _admin, bearer, confirm_card, with_database
 
 # Found without importing pgserver (whose import warns when XDG_RUNTIME_DIR is unset).
 _PGSERVER = importlib.util.find_spec("pgserver")
@@ -161,13 +161,21 @@ class Shopper:
 
 
 async def enrol(
-    http: httpx.AsyncClient, issuer: DevIssuer, card: str | None = None, subject: str | None = None
+    http: httpx.AsyncClient,
+    issuer: DevIssuer,
+    card: str | None = None,
+    subject: str | None = None,
+    till: str | None = None,
 ) -> Shopper:
+    """A new customer; their card, if given, is confirmed at ``till`` (else it stays pending)."""
     subject = subject or f"customer-{uuid.uuid4()}@example.test"
     headers = bearer(issuer.mint(subject))
     response = await http.post("/v1/me", headers=headers, json={"card": card} if card else None)
     assert response.status_code == 201, response.text
-    return Shopper(subject=subject, headers=headers, id=response.json()["id"], card=card)
+    shopper = Shopper(subject=subject, headers=headers, id=response.json()["id"], card=card)
+    if card and till:
+        await confirm_card(http, till, shopper, card)
+    return shopper
 
 
 def preference(label: str, status: str = "discontinued") -> dict[str, Any]:

@@ -100,6 +100,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("PUT", "/v1/me/consents/{audience:str}"): customers(200, 200),
     ("DELETE", "/v1/me/consents/{audience:str}"): customers(200, 200),
     ("POST", "/v1/me/checkout-codes"): customers(201, 201),
+    ("DELETE", "/v1/me/checkout-codes/{code_id:uuid}"): customers(204, 404),
     ("GET", "/v1/me/access-log"): customers(200, 200),
     ("GET", "/v1/me/reorders"): customers(200, 200),
     ("POST", "/v1/me/reorders/{reorder_id:uuid}/cancel"): customers(200, 404),
@@ -108,6 +109,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/v1/partners"): customers(200, 200),
     # the till: live pos keys only (a revoked key is refused)
     ("POST", "/v1/pos/lookup"): Access({TILL: 200}),
+    ("POST", "/v1/pos/cards/confirm"): Access({TILL: 204}),
     # partners: partner keys only; without the customer's consent a customer-specific route is 404
     ("GET", "/v1/partner/reorders"): partners(200, 200),
     ("POST", "/v1/partner/reorders"): partners(201, 404),
@@ -122,6 +124,7 @@ LAST = (
     ("POST", "/v1/me/reorders/{reorder_id:uuid}/cancel"),
     ("DELETE", "/v1/me/consents/{audience:str}"),
     ("DELETE", "/v1/me/preferences/{preference_id:uuid}"),
+    ("DELETE", "/v1/me/checkout-codes/{code_id:uuid}"),
     ("DELETE", "/v1/me"),
 )
 
@@ -187,6 +190,7 @@ class World:
     partner_reorder_a: str  # addressed to the consenting partner
     ref_a: str  # A's pairwise reference as the consenting partner knows it
     partner_preference_a: str  # A's preference as the consenting partner knows it
+    code_a: dict[str, Any]  # a checkout code of A's (its id and the code)
 
 
 async def build_world(client: httpx.AsyncClient, conn: Any, new_customer: Any) -> World:
@@ -257,6 +261,9 @@ async def build_world(client: httpx.AsyncClient, conn: Any, new_customer: Any) -
         partner_reorder_a=reorders[1]["id"],
         ref_a=ref,
         partner_preference_a=known["id"],
+        code_a=await ok(
+            await client.post("/v1/me/checkout-codes", headers=a.headers, json=everything), 201
+        ),
     )
 
 
@@ -273,6 +280,7 @@ def request_for(world: World, method: str, template: str, principal: str) -> dic
             world.partner_reorder_a if template.startswith("/v1/partner/") else world.reorder_a
         )
         path = path.replace("{reorder_id:uuid}", reorder)
+    path = path.replace("{code_id:uuid}", world.code_a["id"])
     assert "{" not in path, f"no value for a path parameter of {template}: teach request_for"
     headers = dict(world.headers[principal])
     body: Any = None
@@ -293,6 +301,8 @@ def request_for(world: World, method: str, template: str, principal: str) -> dic
             body = {"fields": ["product"]}
         case ("POST", "/v1/pos/lookup"):
             body = {"card": world.card_a}
+        case ("POST", "/v1/pos/cards/confirm"):
+            body = {"card": world.card_a, "code": world.code_a["code"]}
         case ("POST", "/v1/partner/reorders"):
             body = {
                 "customer": world.ref_a,

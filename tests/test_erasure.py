@@ -54,6 +54,7 @@ CUSTOMER_TABLES = [
     "customer_keys",
     "customer_subjects",
     "card_index",
+    "card_claims",
     "checkout_codes",
     "consents",
     "consent_ledger",
@@ -75,7 +76,7 @@ async def victim(
     tailor, tailor_key = await partner(conn)
     audience = f"partner:{tailor.partner_id}"
     card = fresh_card()
-    shopper = await enrol(client, issuer, card=card)
+    shopper = await enrol(client, issuer, card=card, till=till_key)
     bodies = [preference("erase-1"), preference("erase-2")]
     kept = [await keep(client, shopper, body) for body in bodies]
     for target in ("pos", audience, "insights"):
@@ -465,8 +466,8 @@ async def test_restoring_a_backup_taken_before_an_erasure_and_replaying_erases_t
                     _, till_key = await till(conn)
                 finally:
                     await conn.close()
-                erased = await enrol(http, live.issuer, card=fresh_card())
-                bystander = await enrol(http, live.issuer, card=fresh_card())
+                erased = await enrol(http, live.issuer, card=fresh_card(), till=till_key)
+                bystander = await enrol(http, live.issuer, card=fresh_card(), till=till_key)
                 for shopper in (erased, bystander):
                     await keep(http, shopper, preference("drill"))
                     await grant(http, shopper, "pos")

@@ -40,7 +40,7 @@ async def busy_customer(
     tailor, tailor_key = await partner(conn)
     audience = f"partner:{tailor.partner_id}"
     card = fresh_card()
-    shopper = await enrol(client, issuer, card=card)
+    shopper = await enrol(client, issuer, card=card, till=till_key)
     bodies = [preference(f"{label}-1"), preference(f"{label}-2", status="available")]
     kept = [await keep(client, shopper, body) for body in bodies]
 

@@ -32,7 +32,7 @@ import pytest
 from prefs import db
 from prefs.auth import DevIssuer
 from prefs.credentials import service as credentials
-from tests.conftest import CHINOS, bearer
+from tests.conftest import CHINOS, bearer, confirm_card
 
 START_TIMEOUT = 240.0  # a cold `prefs serve` migrates and seeds the demo data first
 RECOVERY_TIMEOUT = 120.0
@@ -206,13 +206,22 @@ class Shopper:
 
 
 async def enrol(
-    http: httpx.AsyncClient, stack: Stack, *, preferences: int = 1, pos_consent: bool = False
+    http: httpx.AsyncClient,
+    stack: Stack,
+    *,
+    preferences: int = 1,
+    pos_consent: bool = False,
+    till: dict[str, str] | None = None,
 ) -> tuple[Shopper, list[dict[str, Any]]]:
-    """A new customer with a card and preferences (and a `pos` grant, if asked)."""
+    """A new customer with a card (confirmed at ``till``, if given) and preferences (and a `pos`
+    grant, if asked)."""
     headers = bearer(stack.issuer.mint(f"fault-{uuid.uuid4()}@example.test", 3 * 3600))
     card = "".join(str(n % 10) for n in uuid.uuid4().bytes)[:16]
     enrolled = await http.post("/v1/me", headers=headers, json={"card": card})
     assert enrolled.status_code == 201, enrolled.text
+    if till is not None:
+        key = till["Authorization"].removeprefix("Bearer ")
+        await confirm_card(http, key, Shopper(headers=headers, card=card), card)
     created = []
     for n in range(preferences):
         answer = await http.post(
@@ -328,7 +337,9 @@ async def steady_load(stack: Stack, *, writers: int = 3, lookups: int = 2) -> As
         till = bearer(await till_key(stack))
         load = Load(
             writers=[(await enrol(http, stack))[0] for _ in range(writers)],
-            shoppers=[(await enrol(http, stack, pos_consent=True))[0] for _ in range(lookups)],
+            shoppers=[
+                (await enrol(http, stack, pos_consent=True, till=till))[0] for _ in range(lookups)
+            ],
             till=till,
         )
         running = [asyncio.create_task(client) for client in load.tasks(http)]

@@ -16,6 +16,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -23,7 +24,7 @@ import pytest
 
 from prefs import db
 from prefs.credentials import service as credentials
-from tests.conftest import CHINOS, bearer
+from tests.conftest import CHINOS, bearer, confirm_card
 
 PROBLEM_JSON = "application/problem+json"
 HOSTILE = "__HOSTILE__"  # where a hostile fragment goes in an otherwise valid body
@@ -102,6 +103,7 @@ async def _make_victim(client: httpx.AsyncClient, conn: Any, issuer: Any) -> Vic
         await client.post("/v1/me/preferences", headers=headers, json=CHINOS), 201
     )
     _, till = await credentials.create(conn, "pos", "Till 3", store=f"S{secrets.token_hex(4)}")
+    await confirm_card(client, till, SimpleNamespace(headers=headers), card)
     partner_cred, partner = await credentials.create(
         conn, "partner", f"Tailor {uuid.uuid4().hex[:8]}"
     )

@@ -110,7 +110,7 @@ async def test_an_index_key_cannot_be_retired_while_a_customer_is_found_only_und
 
         async with serving(own.settings(index_keys=old, **SMALL_POOL)) as before:
             card = fresh_card()
-            carded = await enrol(before, own.issuer, card=card)
+            carded = await enrol(before, own.issuer, card=card, till=till_key)
             kept = await keep(before, carded, preference("retire"))
             await grant(before, carded, "pos")
             quiet = await enrol(before, own.issuer)

@@ -350,13 +350,14 @@ async def test_concurrent_rotations_during_live_traffic_lose_nothing(
 
 
 async def carded_customers(
-    http: httpx.AsyncClient, own: OwnDatabase, count: int
+    http: httpx.AsyncClient, own: OwnDatabase, count: int, till_key: str
 ) -> dict[str, tuple[Shopper, str]]:
-    """``count`` customers with a card, one preference and a `pos` grant: card → (customer, sku)."""
+    """``count`` customers with a card confirmed at ``till_key``, one preference and a `pos`
+    grant: card → (customer, sku)."""
 
     async def one() -> tuple[str, tuple[Shopper, str]]:
         card = fresh_card()
-        shopper = await enrol(http, own.issuer, card=card)
+        shopper = await enrol(http, own.issuer, card=card, till=till_key)
         kept = await keep(http, shopper, preference("index"))
         await grant(http, shopper, "pos")
         return card, (shopper, kept["product"]["sku"])
@@ -398,9 +399,9 @@ async def test_card_lookups_never_fail_while_the_index_key_rotates(
         both = f"{new_key(2)},{own.index_keys}"
         only_new = both.split(",")[0]
         async with serving(own.settings(**SMALL_POOL)) as old_app:
-            cards = await carded_customers(old_app, own, 40)
             async with connected(own) as conn:
                 _, till_key = await till(conn)
+            cards = await carded_customers(old_app, own, 40, till_key)
             lookups = Lookups(till_key, cards)
 
             async with serving(own.settings(index_keys=both, **SMALL_POOL)) as switching:
@@ -412,7 +413,7 @@ async def test_card_lookups_never_fail_while_the_index_key_rotates(
                     ).status_code == 200
                 # a card registered during the switch is written under both versions
                 late_card = fresh_card()
-                late = await enrol(switching, own.issuer, card=late_card)
+                late = await enrol(switching, own.issuer, card=late_card, till=till_key)
                 late_kept = await keep(switching, late, preference("late"))
                 await grant(switching, late, "pos")
                 cards[late_card] = (late, late_kept["product"]["sku"])
@@ -463,8 +464,10 @@ async def test_a_customer_erased_during_a_reindex_keeps_no_blind_index(
 ) -> None:
     async with own_database(database.server_url, tmp_path, "reindex_erase") as own:
         both = f"{new_key(2)},{own.index_keys}"
+        async with connected(own) as conn:
+            _, till_key = await till(conn)
         async with serving(own.settings(**SMALL_POOL)) as http:
-            cards = await carded_customers(http, own, 3)
+            cards = await carded_customers(http, own, 3, till_key)
         card, (leaving, _) = next(iter(cards.items()))
         vault = own.vault(index_keys=both)
 

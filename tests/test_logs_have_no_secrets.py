@@ -165,6 +165,14 @@ async def full_run(client: httpx.AsyncClient, conn: Any, mint: Any, keep: Secret
         "code"
     ]
     keep.add("checkout code", code)
+    desk_code = (
+        await ok(await client.post("/v1/me/checkout-codes", headers=me, json=everything), 201)
+    )["code"]
+    keep.add("checkout code shown to confirm the card", desk_code)
+    confirmation = {"card": keep.values["card as printed"], "code": desk_code}
+    await ok(
+        await client.post("/v1/pos/cards/confirm", headers=bearer(till), json=confirmation), 204
+    )
 
     await ok(
         await client.post(

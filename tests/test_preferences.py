@@ -145,23 +145,25 @@ async def test_a_card_that_is_not_ascii_digits_is_refused(client, new_customer, 
     assert (await client.get("/v1/me", headers=alice.headers)).json()["card"] == kept
 
 
-async def test_a_card_already_held_by_another_customer_is_refused_and_theirs_is_unchanged(
+async def test_a_card_held_by_another_customer_is_only_claimed_and_theirs_is_unchanged(
     client, new_customer, issuer
 ):
     card, bobs_own = random_card(), random_card()
     alice = await new_customer(card=card)
     bob = await new_customer(card=bobs_own)
-    taken = await client.patch(
+    claimed = await client.patch(
         "/v1/me", headers=bob.headers, json={"card": f"{card[:8]} {card[8:]}"}
     )
-    assert card not in json.dumps(problem(taken, 409))
-    assert (await client.get("/v1/me", headers=alice.headers)).json()["card"] == card
-    assert (await client.get("/v1/me", headers=bob.headers)).json()["card"] == bobs_own
+    assert claimed.status_code == 200, claimed.text
+    assert (claimed.json()["card"], claimed.json()["card_status"]) == (card, "pending")
+    alices = (await client.get("/v1/me", headers=alice.headers)).json()
+    assert (alices["card"], alices["card_status"]) == (card, "confirmed")
 
-    # enrolling with it is refused too, and leaves no half-enrolled customer behind
+    # enrolling with it only claims it too
     carol = bearer(issuer.mint(f"carol-{uuid.uuid4()}"))
-    problem(await client.post("/v1/me", headers=carol, json={"card": card}), 409)
-    problem(await client.get("/v1/me", headers=carol), 404)
+    enrolled = await client.post("/v1/me", headers=carol, json={"card": card})
+    assert enrolled.status_code == 201, enrolled.text
+    assert enrolled.json()["card_status"] == "pending"
     assert (await client.get("/v1/me", headers=alice.headers)).json()["card"] == card
 
 

@@ -167,10 +167,10 @@ async def disclosed_customer(
 ) -> tuple[Shopper, list[uuid.UUID]]:
     """A customer a till looked up ``lookups`` times, and their access-log entries, oldest first."""
     card = fresh_card()
-    shopper = await enrol(client, issuer, card=card)
+    _, till_key = await till(conn)
+    shopper = await enrol(client, issuer, card=card, till=till_key)
     await keep(client, shopper, preference("logged"))
     await grant(client, shopper, "pos")
-    _, till_key = await till(conn)
     for _ in range(lookups):
         assert (await look_up(client, till_key, card=card)).status_code == 200
     rows = await conn.fetch(

@@ -29,6 +29,8 @@ LOOKUP_TABLES = {
     "customer_subjects": "subject_hash",
     # found by the blind index of a loyalty card presented at the till
     "card_index": "card_hash",
+    # found by the blind index of a card confirmed at the till: every customer who claimed it
+    "card_claims": "card_hash",
     # found by the blind index of a checkout code shown at the till
     "checkout_codes": "code_hash",
     # found by (partner, pairwise reference): the partner names the customer only by the ref

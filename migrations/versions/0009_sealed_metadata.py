@@ -19,13 +19,13 @@ The downgrade refuses while sealed rows exist: the previous revision cannot read
 decrypting them back into clear would undo the point. Delete them to roll back (losing them).
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 """
 
 from prefs.db import run_sql
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

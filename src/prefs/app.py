@@ -20,6 +20,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from prefs import db
 from prefs.access_log.api import AccessLogController
 from prefs.auth import Customer, TokenVerifier
+from prefs.cards.api import CardsController
 from prefs.checkout.api import CheckoutCodesController
 from prefs.consents.api import ConsentsController
 from prefs.credentials import service as credentials
@@ -149,6 +150,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             CheckoutCodesController,
             AccessLogController,
             PosController,
+            CardsController,
             CustomerReordersController,
             PartnersController,
             PartnerController,

@@ -168,6 +168,12 @@ def _print_demo(demo: Any, base: str) -> None:
                 f"-H 'Authorization: Bearer {demo.till_key}' -H 'Content-Type: application/json' "
                 f'-d \'{{"card": "{demo.card}"}}\''
             )
+        click.echo(
+            "  confirm a card a customer added, as the till that scans it while they show a "
+            f"checkout code:\n    curl -s -X POST {base}/v1/pos/cards/confirm "
+            f"-H 'Authorization: Bearer {demo.till_key}' -H 'Content-Type: application/json' "
+            '-d \'{"card": "CARD", "code": "CODE"}\''
+        )
     if demo.partner_key:
         click.echo(f"  demo partner key: {demo.partner_key}")
     if getattr(demo, "hint", None):

@@ -237,8 +237,8 @@ _ANSWERS = {
     415: "The body is not JSON.",
     422: "This Idempotency-Key was already used with another request.",
     428: "Send If-Match with the version (ETag) you last read.",
-    429: "Too many requests (a till's misses, an insights key's daily reads); retry after "
-    "Retry-After seconds.",
+    429: "Too many requests (a till's misses, a customer's card changes, an insights key's daily "
+    "reads); retry after Retry-After seconds.",
     503: "The database is not reachable right now; retry after Retry-After seconds.",
 }
 

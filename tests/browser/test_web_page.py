@@ -131,6 +131,53 @@ def test_a_token_handed_over_in_the_fragment_signs_in_and_leaves_no_trace_in_the
     assert token not in service.output()
 
 
+def test_a_new_card_waits_until_it_is_confirmed_at_a_till(
+    service: Service,
+    browser_page: tuple[Any, Watch],
+) -> None:
+    page, watch = browser_page
+    token = DevIssuer(service.data_dir / "dev-issuer.pem").mint(f"card-{uuid.uuid4()}@example.test")
+    card = f"60{uuid.uuid4().int % 10**14:014d}"
+    page.goto(f"{service.url}/#token={token}")
+    page.get_by_label("Loyalty card number (optional)").fill(card)
+    page.get_by_role("button", name="Start my locker").click()
+    expect(page.get_by_role("heading", level=1, name="My preferences")).to_be_focused()
+
+    go_to(page, "My data")
+    pending = page.locator("#card-status")
+    expect(pending).to_have_attribute("data-status", "pending")
+    expect(pending).to_contain_text(
+        "show your checkout code at the till while your card is scanned"
+    )
+    look_at(page, "card-pending")
+
+    # At the till: the customer shows a code while the cashier scans the card.
+    go_to(page, "At the till")
+    page.get_by_role("button", name="Make a checkout code").click()
+    shown = page.locator("section[data-code]")
+    code = shown.get_attribute("data-code")
+    assert code
+    expect(page.locator("#confirm-card-hint")).to_contain_text("while your card is scanned")
+    confirmed = httpx.post(
+        f"{service.url}/v1/pos/cards/confirm",
+        headers=bearer(service.till_key),
+        json={"card": card, "code": code},
+    )
+    assert confirmed.status_code == 204, confirmed.text
+    page.get_by_role("button", name="End this code").click()
+    expect(status(page)).to_contain_text("Your checkout code is ended.")
+    expect(page.locator("#code-countdown")).to_have_text(
+        "Ended. No till can use this code any more."
+    )
+    assert till_lookup(service, code=code).status_code == 404
+
+    go_to(page, "My data")
+    expect(page.locator("#card-status")).to_have_attribute("data-status", "confirmed")
+    expect(page.locator("#card-status")).to_contain_text("tills can find you by this card")
+    look_at(page, "card-confirmed")
+    watch.assert_clean(service)
+
+
 # --- the journey --------------------------------------------------------------------------------
 
 

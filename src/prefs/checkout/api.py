@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from litestar import Controller, post
+from litestar import Controller, delete, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_201_CREATED
 
 from prefs.auth import customer_guard
@@ -43,3 +43,13 @@ class CheckoutCodesController(Controller):
         return await service.create(
             conn, vault.index, customer_id, data, state.settings.checkout_code_ttl_seconds
         )
+
+    @delete("/{code_id:uuid}", responses=problems(401, 404, 503))
+    async def end(
+        self,
+        conn: NamedDependency[Connection],
+        customer_id: NamedDependency[UUID],
+        code_id: FromPath[UUID],
+    ) -> None:
+        """End a code early: every till refuses it from now on (204)."""
+        await service.end(conn, customer_id, code_id)

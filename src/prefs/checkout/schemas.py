@@ -17,6 +17,7 @@ class CheckoutCodeRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
 
 
 class CheckoutCode(msgspec.Struct, kw_only=True):
+    id: UUID  # to end the code early: DELETE /v1/me/checkout-codes/{id}
     code: str
     expires_at: datetime
     fields: list[str]

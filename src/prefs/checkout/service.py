@@ -12,7 +12,7 @@ import asyncpg
 from prefs.checkout.schemas import CheckoutCode, CheckoutCodeRequest
 from prefs.consents.service import chosen
 from prefs.crypto import BlindIndex
-from prefs.errors import InvalidInput
+from prefs.errors import InvalidInput, NotFound
 
 # Digits and capitals without look-alikes (0/O, 1/I/L, U/V): easy to read aloud and type.
 ALPHABET = "23456789ABCDEFGHJKMNPQRSTWXYZ"
@@ -33,7 +33,7 @@ def normalise_code(raw: str) -> str:
 
 INSERT = """
 INSERT INTO checkout_codes (code_hash, index_version, customer_id, fields, preference_ids, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (code_hash) DO NOTHING RETURNING code_hash
+VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (code_hash) DO NOTHING RETURNING code_id
 """
 
 
@@ -44,18 +44,29 @@ async def create(
     data: CheckoutCodeRequest,
     default_ttl: int,
 ) -> CheckoutCode:
-    """A fresh random code revealing ``data.fields`` of the chosen preferences until it expires."""
+    """A fresh random code revealing ``data.fields`` of the chosen preferences until it expires
+    or is ended; the first store whose till uses it is the only one where it works."""
     fields, ids = await chosen(conn, customer_id, data.fields, data.preferences)
     expires_at = datetime.now(UTC) + timedelta(seconds=data.ttl_seconds or default_ttl)
     while True:
         code = "".join(secrets.choice(ALPHABET) for _ in range(LENGTH))
-        stored = await conn.fetchval(
+        code_id = await conn.fetchval(
             INSERT, index.checkout_code(code), index.primary, customer_id, fields, ids, expires_at
         )
-        if stored is not None:
+        if code_id is not None:
             return CheckoutCode(
+                id=code_id,
                 code=code,
                 expires_at=expires_at,
                 fields=fields,
                 preferences="all" if ids is None else ids,
             )
+
+
+END = "DELETE FROM checkout_codes WHERE customer_id = $1 AND code_id = $2 AND expires_at > now()"
+
+
+async def end(conn: asyncpg.Connection, customer_id: uuid.UUID, code_id: uuid.UUID) -> None:
+    """End one of the customer's codes in force: no till can use it from now on."""
+    if await conn.execute(END, customer_id, code_id) == "DELETE 0":
+        raise NotFound("There is no checkout code in force with this id.")

@@ -137,12 +137,18 @@ ORDER BY g.audience
 """
 
 
+# No longer sharing with tills ends the customer's checkout codes too (prefs.checkout).
+END_CHECKOUT_CODES = "DELETE FROM checkout_codes WHERE customer_id = $1"
+
+
 async def _after_change(
     conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, audience: str, live: bool
 ) -> None:
     """What a grant or its end changes elsewhere: partner references, reorders, demand counts."""
     kind = audience_kind(audience)
-    if kind == "insights":
+    if kind == "pos" and not live:
+        await conn.execute(END_CHECKOUT_CODES, customer_id)
+    elif kind == "insights":
         await insights.refresh(conn, vault, customer_id)
     elif kind == "partner":
         partner_id = uuid.UUID(audience.split(":", 1)[1])

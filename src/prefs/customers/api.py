@@ -33,7 +33,7 @@ class MeController(Controller):
         operation_class=declared_body(Enrolment | None, required=False, refine=CARD),
         responses={
             200: ResponseSpec(Profile, description="Already enrolled"),
-            **problems(400, 401, 409, 413, 415, 503),
+            **problems(400, 401, 413, 415, 429, 503),
         },
     )
     async def enrol(
@@ -61,7 +61,7 @@ class MeController(Controller):
     @patch(
         "/",
         operation_class=declared_body(ProfileUpdate, refine=CARD),
-        responses=problems(400, 401, 404, 409, 413, 415, 503),
+        responses=problems(400, 401, 404, 413, 415, 429, 503),
     )
     async def update(
         self,
@@ -70,7 +70,7 @@ class MeController(Controller):
         customer_id: NamedDependency[UUID],
         data: JSONBody[ProfileUpdate],
     ) -> Profile:
-        """Set or clear the loyalty card."""
+        """Set the loyalty card (pending until confirmed at a till) or clear it."""
         return await service.set_card(conn, vault, customer_id, data.card)
 
     @delete("/", responses=problems(401, 404, 503))

@@ -1,6 +1,7 @@
 """The customer's own profile."""
 
 from datetime import datetime
+from typing import Literal
 from uuid import UUID
 
 import msgspec
@@ -21,6 +22,8 @@ class ProfileUpdate(msgspec.Struct, forbid_unknown_fields=True):
 class Profile(msgspec.Struct, kw_only=True):
     id: UUID
     card: str | None
+    # pending: added, not yet confirmed at a till (tills cannot find it); confirmed: proven
+    card_status: Literal["pending", "confirmed"] | None
     preferences: int
     created_at: datetime
     updated_at: datetime

@@ -10,7 +10,7 @@ import asyncpg
 
 from prefs.crypto import DataKey, Vault
 from prefs.customers.schemas import Profile
-from prefs.errors import Conflict, InvalidInput, NotEnrolled
+from prefs.errors import InvalidInput, NotEnrolled, TooManyRequests
 
 _CARD_SEPARATORS = re.compile(r"[ \-]")
 _CARD_DIGITS = re.compile(r"[0-9]{6,24}")
@@ -219,7 +219,8 @@ async def enrol(
 
 PROFILE = """
 SELECT c.customer_id, c.card_ct, c.created_at, c.updated_at,
-       (SELECT count(*) FROM preferences p WHERE p.customer_id = c.customer_id) AS preferences
+       (SELECT count(*) FROM preferences p WHERE p.customer_id = c.customer_id) AS preferences,
+       EXISTS (SELECT 1 FROM card_index i WHERE i.customer_id = c.customer_id) AS card_confirmed
 FROM customers c WHERE c.customer_id = $1
 """
 
@@ -235,19 +236,40 @@ async def profile(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID
     return Profile(
         id=customer_id,
         card=card,
+        card_status=None if card is None else "confirmed" if row["card_confirmed"] else "pending",
         preferences=row["preferences"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
 
 
-# Card changes of one customer take turns: without it, two changes at once each delete the
-# blind indexes they can see and insert their own, and both cards stay findable.
-LOCK_CUSTOMER = "SELECT 1 FROM customers WHERE customer_id = $1 FOR UPDATE"
+# Card changes per customer per hour (the window starts with the first change in it): a card
+# proves nothing until it is confirmed at a till, so this only keeps probing slow.
+CARD_CHANGES_PER_HOUR = 10
+# Card changes of one customer take turns (the row lock): without it, two changes at once each
+# delete the claims they can see and insert their own, and both cards stay claimed. The change
+# is counted under the same lock; one past the limit answers when the window ends.
+COUNT_CARD_CHANGE = """
+UPDATE customers SET
+    card_changes = CASE WHEN card_window_start > now() - interval '1 hour'
+                        THEN card_changes + 1 ELSE 1 END,
+    card_window_start = CASE WHEN card_window_start > now() - interval '1 hour'
+                             THEN card_window_start ELSE now() END
+WHERE customer_id = $1
+RETURNING card_changes,
+          greatest(1, ceil(extract(epoch FROM card_window_start + interval '1 hour' - now())))::int
+              AS retry_after
+"""
+# Is the card the customer's own confirmed card already (then it stays confirmed)?
+OWN_CONFIRMED = "SELECT 1 FROM card_index WHERE customer_id = $1 AND card_hash = ANY($2::bytea[])"
 DELETE_CARD_INDEX = "DELETE FROM card_index WHERE customer_id = $1"
-INSERT_CARD_INDEX = """
-INSERT INTO card_index (card_hash, index_version, customer_id) VALUES ($1, $2, $3)
-ON CONFLICT (card_hash) DO NOTHING RETURNING customer_id
+DELETE_CLAIMS = "DELETE FROM card_claims WHERE customer_id = $1"
+# A claim says nothing about anyone else's: many customers may claim one card, until one of
+# them confirms it at a till (prefs.cards).
+INSERT_CLAIMS = """
+INSERT INTO card_claims (card_hash, index_version, customer_id)
+SELECT card_hash, index_version, $3 FROM unnest($1::bytea[], $2::int[]) AS c(card_hash, index_version)
+ON CONFLICT DO NOTHING
 """
 UPDATE_CARD = "UPDATE customers SET card_ct = $2, updated_at = now() WHERE customer_id = $1"
 
@@ -255,20 +277,29 @@ UPDATE_CARD = "UPDATE customers SET card_ct = $2, updated_at = now() WHERE custo
 async def _set_card(
     conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, raw: str | None
 ) -> None:
-    """Call inside a transaction: the customer row stays locked until it ends."""
-    if await conn.fetchval(LOCK_CUSTOMER, customer_id) is None:
+    """Call inside a transaction: the customer row stays locked until it ends.
+
+    A new card is only claimed ("pending") until confirmed at a till; the answer is the same
+    whether or not anyone else holds or claims the card.
+    """
+    card = normalise_card(raw) if raw is not None else None
+    counted = await conn.fetchrow(COUNT_CARD_CHANGE, customer_id)
+    if counted is None:
         raise NotEnrolled("Enrol first with POST /v1/me.")
+    if counted["card_changes"] > CARD_CHANGES_PER_HOUR:
+        wait = counted["retry_after"]
+        raise TooManyRequests(
+            f"Too many card changes; try again in {wait} s.", headers={"Retry-After": str(wait)}
+        )
+    hashes = [vault.index.card(card, v) for v in vault.index.versions] if card else []
+    if hashes and await conn.fetchval(OWN_CONFIRMED, customer_id, hashes):
+        return  # the same card, already proven
     await conn.execute(DELETE_CARD_INDEX, customer_id)
-    if raw is None:
+    await conn.execute(DELETE_CLAIMS, customer_id)
+    if card is None:
         await conn.execute(UPDATE_CARD, customer_id, None)
         return
-    card = normalise_card(raw)
-    for version in vault.index.versions:
-        claimed = await conn.fetchval(
-            INSERT_CARD_INDEX, vault.index.card(card, version), version, customer_id
-        )
-        if claimed is None:
-            raise Conflict("This card cannot be registered to your account.")
+    await conn.execute(INSERT_CLAIMS, hashes, list(vault.index.versions), customer_id)
     key = await data_key(conn, vault, customer_id)
     await conn.execute(
         UPDATE_CARD, customer_id, key.encrypt(card.encode(), "customers", "card", customer_id)
@@ -278,7 +309,8 @@ async def _set_card(
 async def set_card(
     conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, card: str | None
 ) -> Profile:
-    """Set or clear the loyalty card (encrypted, plus one blind index per index-key version)."""
+    """Set (as pending, until confirmed at a till) or clear the loyalty card: encrypted, plus
+    one blind index per index-key version."""
     async with conn.transaction():
         await _set_card(conn, vault, customer_id, card)
         return await profile(conn, vault, customer_id)

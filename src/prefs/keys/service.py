@@ -114,6 +114,8 @@ SELECT count(DISTINCT s.customer_id) FROM customer_subjects s WHERE NOT EXISTS (
 CARDS_OUTSIDE = """
 SELECT count(*) FROM customers c WHERE c.card_ct IS NOT NULL AND NOT EXISTS (
     SELECT 1 FROM card_index i WHERE i.customer_id = c.customer_id AND i.index_version = ANY($1::int[])
+) AND NOT EXISTS (
+    SELECT 1 FROM card_claims i WHERE i.customer_id = c.customer_id AND i.index_version = ANY($1::int[])
 )
 """
 
@@ -184,14 +186,28 @@ WHERE c.card_ct IS NOT NULL AND c.customer_id > $1 ORDER BY c.customer_id LIMIT 
 """
 # Held until the batch commits: an erasure (FOR UPDATE) waits for it, or it waits for the erasure
 # and then finds nobody, so no blind index outlives an erased customer.
-CARD_OF = "SELECT card_ct FROM customers WHERE customer_id = $1 AND card_ct IS NOT NULL FOR SHARE"
+# A card confirmed at a till is indexed (card_index); one not yet confirmed stays a claim.
+CARD_OF = """
+SELECT card_ct, EXISTS (SELECT 1 FROM card_index i WHERE i.customer_id = c.customer_id) AS proven
+FROM customers c WHERE customer_id = $1 AND card_ct IS NOT NULL FOR SHARE
+"""
 ADD_CARD = """
 INSERT INTO card_index (card_hash, index_version, customer_id) VALUES ($1, $2, $3)
 ON CONFLICT (card_hash) DO NOTHING
 """
+ADD_CLAIM = """
+INSERT INTO card_claims (card_hash, index_version, customer_id) VALUES ($1, $2, $3)
+ON CONFLICT DO NOTHING
+"""
 # Only where the same customer's card is indexed under a configured version too: a card set
 # meanwhile by a process that knows only an old key stays findable until the next reindex.
 DROP_OLD_CARDS = """
+WITH claims AS (
+    DELETE FROM card_claims old WHERE NOT (old.index_version = ANY($1::int[])) AND EXISTS (
+        SELECT 1 FROM card_claims i
+        WHERE i.customer_id = old.customer_id AND i.index_version = ANY($1::int[])
+    )
+)
 DELETE FROM card_index old WHERE NOT (old.index_version = ANY($1::int[])) AND EXISTS (
     SELECT 1 FROM card_index i WHERE i.customer_id = old.customer_id AND i.index_version = ANY($1::int[])
 )
@@ -221,14 +237,17 @@ async def reindex(
             break
         async with conn.transaction():
             for row in rows:
-                card_ct = await conn.fetchval(CARD_OF, row["customer_id"])
-                if card_ct is None:  # erased, or the card removed, meanwhile
+                held = await conn.fetchrow(CARD_OF, row["customer_id"])
+                if held is None:  # erased, or the card removed, meanwhile
                     continue
                 key = await data_key(conn, vault, row["customer_id"])
-                card = key.decrypt(card_ct, "customers", "card", row["customer_id"]).decode()
+                card = key.decrypt(held["card_ct"], "customers", "card", row["customer_id"])
                 for version in vault.index.versions:
                     await conn.execute(
-                        ADD_CARD, vault.index.card(card, version), version, row["customer_id"]
+                        ADD_CARD if held["proven"] else ADD_CLAIM,
+                        vault.index.card(card.decode(), version),
+                        version,
+                        row["customer_id"],
                     )
         done += len(rows)
         after = rows[-1]["customer_id"]

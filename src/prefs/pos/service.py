@@ -54,8 +54,14 @@ WITH cred AS MATERIALIZED (
         AND mk.window_start > now() - {MISS_WINDOW}
     LEFT JOIN store_misses ms ON ms.store = c.store
         AND ms.window_start > now() - {MISS_WINDOW}
+), bound AS (  -- a checkout code is bound to the first store whose till uses it
+    UPDATE checkout_codes k SET store = cred.store
+    FROM unnest($5::int[], $6::bytea[]) AS h(i, code_hash) JOIN cred ON cred.i = h.i
+    WHERE k.code_hash = h.code_hash AND k.store IS NULL AND k.expires_at > now()
+      AND cred.key_misses < $7::int AND cred.store_misses < $8::int
+    RETURNING k.code_hash, k.store
 ), found AS MATERIALIZED (
-    SELECT DISTINCT ON (f.i) f.* FROM (
+    SELECT DISTINCT ON (f.i) f.* FROM (  -- card_index: proven cards only (prefs.cards)
         SELECT h.i, h.n, ci.customer_id, g.fields, g.preference_ids, 'card' AS via
         FROM unnest($3::int[], $4::bytea[]) WITH ORDINALITY AS h(i, card_hash, n)
         JOIN card_index ci ON ci.card_hash = h.card_hash
@@ -64,10 +70,13 @@ WITH cred AS MATERIALIZED (
         UNION ALL
         SELECT h.i, h.n, k.customer_id, k.fields, k.preference_ids, 'code'
         FROM unnest($5::int[], $6::bytea[]) WITH ORDINALITY AS h(i, code_hash, n)
+        JOIN cred ON cred.i = h.i
         CROSS JOIN LATERAL (  -- one index probe per code, never a scan of all live codes
             SELECT * FROM checkout_codes k
             WHERE k.code_hash = h.code_hash AND k.expires_at > now() OFFSET 0
         ) k
+        WHERE coalesce(k.store, (SELECT b.store FROM bound b WHERE b.code_hash = k.code_hash))
+              = cred.store
     ) f
     ORDER BY f.i, f.n
 ), judged AS MATERIALIZED (

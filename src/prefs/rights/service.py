@@ -41,6 +41,7 @@ SHRED = [
     "DELETE FROM customer_keys WHERE customer_id = $1",
     "DELETE FROM customer_subjects WHERE customer_id = $1",
     "DELETE FROM card_index WHERE customer_id = $1",
+    "DELETE FROM card_claims WHERE customer_id = $1",
     "DELETE FROM checkout_codes WHERE customer_id = $1",
     "DELETE FROM consents WHERE customer_id = $1",
     "DELETE FROM consent_ledger WHERE customer_id = $1",

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from prefs.cards import service as cards
 from prefs.credentials import service as credentials
 from prefs.crypto import Vault
 from prefs.customers import service as customers
@@ -154,6 +155,7 @@ async def _demo_customer(conn: asyncpg.Connection, vault: Vault, card: str) -> N
     if await customers.find_customer_id(conn, hashes) is not None:
         return
     profile, _ = await customers.enrol(conn, vault, hashes, card)
+    await cards.prove(conn, vault.index, profile.id, card)  # the demo till finds it at once
     for example in EXAMPLES:
         data = msgspec.convert(example, PreferenceCreate)
         await preferences.create_preference(conn, vault, profile.id, data)

@@ -6,6 +6,22 @@ import { friendlyTime, plural } from "./words.js";
 
 const CONFIRM_WORD = "ERASE";
 
+// Whether a till can find the customer by their card yet, and how to get there.
+function cardStatus(status) {
+  if (status === "confirmed") {
+    return h("p", { class: "meta card-status", id: "card-status", "data-status": status },
+      "Confirmed at a till: tills can find you by this card.");
+  }
+  if (status === "pending") {
+    return h("p", { class: "meta card-status", id: "card-status", "data-status": status },
+      h("strong", null, "Not confirmed yet. "),
+      "No till finds you by this card until you confirm it, so that nobody else can use your card number. To confirm it, make a code under ",
+      h("a", { href: "#till" }, "At the till"),
+      " and show your checkout code at the till while your card is scanned.");
+  }
+  return null;
+}
+
 export async function show(root, context) {
   const profile = await api.get("/v1/me");
 
@@ -30,13 +46,14 @@ export async function show(root, context) {
     h("h2", { id: "card-heading", tabindex: "-1" }, "Loyalty card"),
     h("div", { class: "field" },
       h("label", { for: "card-number" }, "Card number"),
-      h("span", { class: "hint", id: "card-hint" }, "Stored encrypted. A till finds you by it only if you share “At the till”."),
+      h("span", { class: "hint", id: "card-hint" }, "Stored encrypted. A till finds you by it only once you have confirmed it, and only if you share “At the till”."),
       card),
+    cardStatus(profile.card_status),
     h("div", { class: "actions" }, saveCard, removeCard));
   cardForm.addEventListener("submit", (event) => {
     event.preventDefault();
     if (!card.value.trim()) { warn("Enter a card number, or use “Remove card”."); card.focus(); return; }
-    setCard(card.value.trim(), "Your loyalty card is saved.");
+    setCard(card.value.trim(), "Your loyalty card is saved. Confirm it at a till to be found by it.");
   });
   removeCard?.addEventListener("click", () => setCard(null, "Your loyalty card is removed."));
 

@@ -12,7 +12,7 @@ const DEFAULT_FIELDS = ["product", "attributes"];
 function audiences(partners, consents) {
   const known = [
     { audience: "pos", title: "At the till",
-      about: "Store tills see these when you give your loyalty card at checkout, so staff can find your size. (A checkout code made under “At the till” works without this.)" },
+      about: "Store tills see these when you give your loyalty card at checkout, so staff can find your size. (A checkout code made under “At the till” works without this; stopping ends your codes too.)" },
     ...partners.map((p) => ({ audience: `partner:${p.id}`, title: p.name,
       about: `${p.description ? `${p.description} ` : ""}A partner you choose can see these to make or supply your items again, and you can reorder from them.` })),
     { audience: "insights", title: "Anonymous demand counts",
@@ -134,7 +134,9 @@ function audienceCard(spec, consent, preferences, onChanged) {
       return;
     }
     await onChanged(spec.audience);
-    announce(`You stopped sharing with ${spec.title}. They see nothing from now on.`);
+    announce(spec.audience === "pos"
+      ? `You stopped sharing with ${spec.title}. They see nothing from now on, and your checkout codes have ended.`
+      : `You stopped sharing with ${spec.title}. They see nothing from now on.`);
   }));
 
   return h("section", { class: "card audience", "aria-labelledby": `${id}-title`, "data-audience": spec.audience },

@@ -9,9 +9,10 @@ const MINUTES = [2, 5, 10, 15];
 const DEFAULT_FIELDS = ["product", "attributes"];
 
 export async function show(root) {
-  const [preferences, consents] = await Promise.all([
+  const [preferences, consents, profile] = await Promise.all([
     api.get("/v1/me/preferences").then((a) => a.items),
     api.get("/v1/me/consents").then((a) => a.items),
+    api.get("/v1/me"),
   ]);
   const pos = consents.find((c) => c.audience === "pos");
   let timer = null;
@@ -73,14 +74,34 @@ export async function show(root) {
     const expires = new Date(code.expires_at).getTime();
     const left = h("span", { class: "countdown-left" }, clock(expires - Date.now()));
     const countdown = h("p", { class: "countdown", role: "timer", id: "code-countdown" }, "Works for ", left);
+    const end = h("button", { type: "button", class: "button-quiet", id: "end-code" }, "End this code");
     const panel = h("section", { class: "card checkout", "aria-labelledby": "code-heading", "data-code": code.code },
       h("h2", { id: "code-heading", tabindex: "-1" }, "Show this at the till"),
       h("p", { class: "checkout-code" }, h("span", { "aria-hidden": "true" }, grouped),
         hidden(`Your code: ${code.code.split("").join(" ")}`)),
       qr.svg(code.code, `QR code of your checkout code ${grouped}`),
       countdown,
-      h("p", { class: "meta" }, `The till sees ${listWords(code.fields.map((f) => FIELD_WORDS[f]))} of ${code.preferences === "all" ? "all your preferences" : `${code.preferences.length} chosen`}. Its look-up will appear under `,
-        h("a", { href: "#looked" }, "Who looked"), "."));
+      h("p", { class: "meta" }, `The till sees ${listWords(code.fields.map((f) => FIELD_WORDS[f]))} of ${code.preferences === "all" ? "all your preferences" : `${code.preferences.length} chosen`}. The code works only in the first store that uses it. Its look-up will appear under `,
+        h("a", { href: "#looked" }, "Who looked"), "."),
+      profile.card_status === "pending"
+        ? h("p", { class: "meta", id: "confirm-card-hint" },
+          "Your loyalty card is not confirmed yet: show this code at the till while your card is scanned, and the till confirms it.")
+        : null,
+      h("div", { class: "actions" }, end));
+    end.addEventListener("click", () => busy(end, async () => {
+      clearMessages();
+      try {
+        await api.del(`/v1/me/checkout-codes/${code.id}`);
+      } catch (error) {
+        warnAbout(error, "Code not ended");
+        return;
+      }
+      stop();
+      panel.classList.add("checkout-expired");
+      countdown.textContent = "Ended. No till can use this code any more.";
+      end.remove();
+      announce("Your checkout code is ended. No till can use it any more.");
+    }));
     fill(result, panel);
     panel.querySelector("h2").focus();
     announce(`Your checkout code is ready. It works for ${Math.round((expires - Date.now()) / 60000)} minutes.`);
@@ -104,9 +125,13 @@ export async function show(root) {
   fill(root,
     h("div", { class: "view-head" }, h("h1", { id: "till-heading", tabindex: "-1" }, "At the till")),
     h("p", { class: "lead" }, "Make a code and show it at the checkout. The till sees only what you pick, and only for a few minutes."),
-    h("p", { class: "meta" }, pos
-      ? "Tills can also find your preferences from your loyalty card, because you share them “At the till” under Sharing."
-      : "Tills cannot find you from your loyalty card: you share nothing with them. A code works anyway."),
+    h("p", { class: "meta" }, !pos
+      ? "Tills cannot find you from your loyalty card: you share nothing with them. A code works anyway."
+      : profile.card_status === "confirmed"
+        ? "Tills can also find your preferences from your loyalty card, because you share them “At the till” under Sharing."
+        : profile.card_status === "pending"
+          ? "Tills cannot find you from your loyalty card until it is confirmed: show a code at the till while your card is scanned."
+          : "You have not added a loyalty card under My data. A code works anyway."),
     result,
     form);
   return stop;
