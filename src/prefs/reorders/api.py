@@ -163,7 +163,7 @@ class CustomerReordersController(Controller):
     @post(
         "/reorders/{reorder_id:uuid}/confirm",
         status_code=HTTP_200_OK,
-        responses=problems(401, 404, 409, 503),
+        responses=problems(400, 401, 404, 409, 503),
     )
     async def confirm(
         self,
