@@ -44,7 +44,7 @@ class CheckoutCodesController(Controller):
             conn, vault.index, customer_id, data, state.settings.checkout_code_ttl_seconds
         )
 
-    @delete("/{code_id:uuid}", responses=problems(401, 404, 503))
+    @delete("/{code_id:uuid}", responses=problems(400, 401, 404, 503))
     async def end(
         self,
         conn: NamedDependency[Connection],

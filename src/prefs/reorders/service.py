@@ -455,18 +455,34 @@ FROM reorders WHERE customer_id = $1 AND reorder_id = $2
 """
 
 
+async def _moved(
+    conn: asyncpg.Connection,
+    move: str,
+    customer_id: uuid.UUID,
+    reorder_id: uuid.UUID,
+    to: str,
+    refusal: str,
+) -> Row:
+    """The reorder after ``move`` took it to ``to``, or as it is if it is there already; 404 for
+    none, 409 (``This reorder is <state> and <refusal>.``) when the move does not apply."""
+    row = await conn.fetchrow(move, customer_id, reorder_id)
+    if row is None:
+        row = await conn.fetchrow(ONE, customer_id, reorder_id)
+        if row is None:
+            raise NotFound("No such reorder.")
+        if row["state"] != to:
+            raise Conflict(f"This reorder is {row['state']} and {refusal}.")
+    return row
+
+
 async def cancel(
     conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, reorder_id: uuid.UUID
 ) -> Reorder:
     """Cancel a reorder nobody has accepted yet (declining a partner's proposal is the same);
     cancelling twice is a no-op."""
-    row = await conn.fetchrow(CANCEL, customer_id, reorder_id)
-    if row is None:
-        row = await conn.fetchrow(ONE, customer_id, reorder_id)
-        if row is None:
-            raise NotFound("No such reorder.")
-        if row["state"] != "cancelled":
-            raise Conflict(f"This reorder is {row['state']} and can no longer be cancelled.")
+    row = await _moved(
+        conn, CANCEL, customer_id, reorder_id, "cancelled", "can no longer be cancelled"
+    )
     key = await data_key(conn, vault, customer_id)
     return reorder_view(row, open_snapshot(key, row))
 
@@ -503,13 +519,9 @@ async def confirm(
                 "This partner may no longer see this preference: grant it again to confirm, "
                 "or decline the proposal."
             )
-        row = await conn.fetchrow(CONFIRM, customer_id, reorder_id)
-        if row is None:
-            row = await conn.fetchrow(ONE, customer_id, reorder_id)
-            if row is None:
-                raise NotFound("No such reorder.")
-            if row["state"] != "requested":
-                raise Conflict(f"This reorder is {row['state']} and cannot be confirmed.")
+        row = await _moved(
+            conn, CONFIRM, customer_id, reorder_id, "requested", "cannot be confirmed"
+        )
     key = await data_key(conn, vault, customer_id)
     return reorder_view(row, open_snapshot(key, row))
 
