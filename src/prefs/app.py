@@ -37,6 +37,7 @@ from prefs.partners.api import PartnersController
 from prefs.pos.api import PosController
 from prefs.pos.service import LOOKUP_SERVER_SETTINGS, LookupBatcher, ThrottledTills
 from prefs.preferences.api import PreferencesController
+from prefs.ratelimit import customer_rate_limit
 from prefs.reorders.api import CustomerReordersController, PartnerController
 from prefs.retention import service as retention
 from prefs.rights.api import ExportController
@@ -168,7 +169,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         state=state,
         lifespan=[_lifespan(settings)],
         exception_handlers=exception_handlers(),
-        middleware=[ObservabilityMiddleware()],
+        middleware=[
+            ObservabilityMiddleware(),
+            customer_rate_limit(settings.customer_requests_per_minute).middleware,
+        ],
         plugins=[InlineBodies()],
         before_request=require_json_body,
         request_max_body_size=settings.max_body_bytes,

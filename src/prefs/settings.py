@@ -35,6 +35,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     k_anonymity: int = 10
     insights_epsilon: float = 1.0
     insights_reads_per_day: int = 100
+    customer_requests_per_minute: int = 600
     checkout_code_ttl_seconds: int = 300
     idempotency_ttl_seconds: int = 86_400
     access_log_retention_days: int = 400
@@ -159,6 +160,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         k_anonymity=k_anonymity,
         insights_epsilon=_positive_float(environ, "PREFS_INSIGHTS_EPSILON", 1.0),
         insights_reads_per_day=_int(environ, "PREFS_INSIGHTS_READS_PER_DAY", 100, minimum=1),
+        customer_requests_per_minute=_int(
+            environ, "PREFS_CUSTOMER_REQUESTS_PER_MINUTE", 600, minimum=10
+        ),
         checkout_code_ttl_seconds=_int(environ, "PREFS_CHECKOUT_CODE_TTL", 300, minimum=30),
         idempotency_ttl_seconds=_int(environ, "PREFS_IDEMPOTENCY_TTL", 86_400, minimum=60),
         access_log_retention_days=_int(environ, "PREFS_ACCESS_LOG_RETENTION_DAYS", 400, minimum=1),
