@@ -83,7 +83,15 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
 @pytest.fixture(scope="session")
 def settings(database: Database, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     data_dir = tmp_path_factory.mktemp("prefs-data")
-    return load({"PREFS_DATA_DIR": str(data_dir), "PREFS_DATABASE_URL": database.url})
+    # One token drives hundreds of requests a minute in the suite: the customer rate limit is
+    # tested on a server of its own (test_customer_rate_limit.py).
+    return load(
+        {
+            "PREFS_DATA_DIR": str(data_dir),
+            "PREFS_DATABASE_URL": database.url,
+            "PREFS_CUSTOMER_REQUESTS_PER_MINUTE": "1000000",
+        }
+    )
 
 
 @pytest.fixture(scope="session")
