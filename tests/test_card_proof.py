@@ -130,6 +130,32 @@ async def test_the_card_holder_takes_a_squatted_card_over_and_every_other_claim_
     assert len(squatters_log.json()["items"]) == 1, "only the lookup before the takeover"
 
 
+async def test_a_card_proven_at_a_till_is_never_taken_by_another_customers_code(
+    client: httpx.AsyncClient, conn: asyncpg.Connection, new_customer: Any
+) -> None:
+    card = fresh_card()
+    holder = await granted(client, new_customer, card)
+    _, till = await till_key(conn)
+    _, other_till = await till_key(conn)
+    code = (await checkout_code(client, holder))["code"]
+    assert (await confirm(client, till, card, code)).status_code == 204
+    squatter = await granted(client, new_customer, card)  # a copied barcode, say
+    squatters_code = (await checkout_code(client, squatter))["code"]
+
+    taking = await confirm(client, other_till, card, squatters_code)
+
+    assert taking.status_code == 404
+    assert taking.json()["detail"] == NOT_FOUND_DETAIL
+    holders = (await client.get("/v1/me", headers=holder.headers)).json()
+    assert holders["card_status"] == "confirmed"
+    assert (await client.get("/v1/me", headers=squatter.headers)).json()["card_status"] == (
+        "pending"
+    )
+    await look_up(client, other_till, card=card)
+    assert len((await client.get("/v1/me/access-log", headers=holder.headers)).json()["items"]) == 1
+    assert (await client.get("/v1/me/access-log", headers=squatter.headers)).json()["items"] == []
+
+
 async def new_customer_card_confirmed_before_proof(
     conn: asyncpg.Connection, client: httpx.AsyncClient, customer: Any, card: str
 ) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import CHINOS
+from tests.conftest import CHINOS, bearer
 from tests.partner_steps import (
     PROBLEM_JSON,
     access_log,
@@ -459,6 +459,15 @@ async def test_a_partner_may_propose_only_a_few_small_reorders_at_a_time(
     assert one_more.status_code == 409, one_more.text
     assert one_more.headers["content-type"].startswith(PROBLEM_JSON)
     assert len(await my_reorders(client, customer)) == settings.partner_open_proposals
+
+    # Withdrawing its own proposal does not make room: that one counts for a day.
+    withdrawn = await client.post(
+        f"/v1/partner/reorders/{placed[1].json()['id']}/status",
+        headers=bearer(api_key),
+        json={"state": "declined"},
+    )
+    assert withdrawn.status_code == 200, withdrawn.text
+    assert (await partner_reorder(client, api_key, ref, known)).status_code == 409
 
     # Once the customer answers one, the partner may propose again.
     await client.post(f"/v1/me/reorders/{placed[0].json()['id']}/cancel", headers=customer.headers)

@@ -34,7 +34,8 @@ def upgrade() -> None:
 
     ALTER TABLE customers
         ADD COLUMN card_changes integer NOT NULL DEFAULT 0 CHECK (card_changes >= 0),
-        ADD COLUMN card_window_start timestamptz;
+        ADD COLUMN card_window_start timestamptz,
+        ADD COLUMN card_proven_at timestamptz;
 
     ALTER TABLE checkout_codes
         ADD COLUMN code_id uuid NOT NULL DEFAULT gen_random_uuid(),
@@ -49,6 +50,7 @@ def downgrade() -> None:
     WHERE c.card_ct IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM card_index i WHERE i.customer_id = c.customer_id);
     DROP TABLE card_claims;
-    ALTER TABLE customers DROP COLUMN card_window_start, DROP COLUMN card_changes;
+    ALTER TABLE customers DROP COLUMN card_proven_at, DROP COLUMN card_window_start,
+        DROP COLUMN card_changes;
     ALTER TABLE checkout_codes DROP COLUMN store, DROP COLUMN code_id;
     """)

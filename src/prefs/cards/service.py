@@ -58,6 +58,13 @@ SELECT card_hash, index_version FROM card_claims
 WHERE customer_id = $1 AND card_hash = ANY($2::bytea[])
 """
 PROVEN_OF = "SELECT 1 FROM card_index WHERE customer_id = $1 AND card_hash = ANY($2::bytea[])"
+# Someone else holds the card and proved it at a till: a till confirmation never takes it from
+# them (only a card enrolled before proofs existed, never proven, can be taken over).
+PROVEN_BY_ANOTHER = """
+SELECT 1 FROM card_index i JOIN customers c USING (customer_id)
+WHERE i.card_hash = ANY($1::bytea[]) AND i.customer_id <> $2 AND c.card_proven_at IS NOT NULL
+"""
+MARK_PROVEN = "UPDATE customers SET card_proven_at = now() WHERE customer_id = $1"
 END_OTHER_HOLDS = """
 UPDATE customers SET card_ct = NULL, updated_at = now()
 WHERE customer_id = ANY($1::uuid[]) AND customer_id <> $2
@@ -113,14 +120,18 @@ async def _take_over(
     card_hashes: Sequence[bytes],
     code: tuple[Sequence[bytes], str] | None = None,
 ) -> None:
-    """The customer's claim becomes the proven card; everyone else's hold on it ends. With a
-    code (its hashes and the till's store), only while that code is still in force there."""
+    """The customer's claim becomes the proven card; everyone else's claim ends, and so does a
+    hold never proven at a till (a card enrolled before proofs). A card someone else proved is
+    never taken. With a code (its hashes and the till's store), only while that code is still
+    in force there."""
     holders = [row["customer_id"] for row in await conn.fetch(HOLDERS, card_hashes)]
     if customer_id not in holders:
         raise _NoMatch
     await conn.execute(LOCK_CUSTOMERS, holders)
     if code is not None and await conn.fetchval(USE_CODE, *code) != customer_id:
         raise _NoMatch  # ended, or bound to another store, meanwhile
+    if await conn.fetchval(PROVEN_BY_ANOTHER, card_hashes, customer_id):
+        raise _NoMatch
     claims = await conn.fetch(CLAIMS_OF, customer_id, card_hashes)
     if not claims:
         if await conn.fetchval(PROVEN_OF, customer_id, card_hashes):
@@ -135,6 +146,7 @@ async def _take_over(
         [claim["index_version"] for claim in claims],
         customer_id,
     )
+    await conn.execute(MARK_PROVEN, customer_id)
 
 
 async def prove(

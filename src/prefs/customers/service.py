@@ -271,7 +271,10 @@ INSERT INTO card_claims (card_hash, index_version, customer_id)
 SELECT card_hash, index_version, $3 FROM unnest($1::bytea[], $2::int[]) AS c(card_hash, index_version)
 ON CONFLICT DO NOTHING
 """
-UPDATE_CARD = "UPDATE customers SET card_ct = $2, updated_at = now() WHERE customer_id = $1"
+UPDATE_CARD = """
+UPDATE customers SET card_ct = $2, card_proven_at = NULL, updated_at = now()
+WHERE customer_id = $1
+"""
 
 
 async def _set_card(

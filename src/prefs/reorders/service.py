@@ -293,8 +293,12 @@ class ProposalLimits(NamedTuple):
 # lock, not the grant's row: every transaction here already holds that row FOR SHARE, and two
 # of them upgrading it would deadlock.
 LOCK_PROPOSALS = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+# Waiting proposals, and those the partner itself declined in the last day: withdrawing a
+# proposal to place another does not get round the limit.
 OPEN_PROPOSALS = """
-SELECT count(*) FROM reorders WHERE customer_id = $1 AND partner_id = $2 AND state = 'proposed'
+SELECT count(*) FROM reorders
+WHERE customer_id = $1 AND partner_id = $2 AND origin = 'partner'
+  AND (state = 'proposed' OR (state = 'declined' AND updated_at > now() - interval '1 day'))
 """
 
 
@@ -325,8 +329,8 @@ async def create_for_partner(
     await conn.execute(LOCK_PROPOSALS, f"proposals:{customer_id}:{partner.partner_id}")
     if await conn.fetchval(OPEN_PROPOSALS, customer_id, partner.partner_id) >= limits.open:
         raise LimitReached(
-            f"This customer already has {limits.open} of your proposals to answer; "
-            "propose again once they have confirmed or declined one."
+            f"This customer already has {limits.open} of your proposals to answer (proposals "
+            "you declined count for a day); propose again once they have answered one."
         )
     key = await data_key(conn, vault, customer_id)
     row, snap = await _insert(
