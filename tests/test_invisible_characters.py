@@ -27,6 +27,13 @@ REFUSED = {
     "zero-width no-break space": "\ufeff",
     "line separator": "\u2028",
     "paragraph separator": "\u2029",
+    "soft hyphen": "\u00ad",
+    "Mongolian vowel separator": "\u180e",
+    "Hangul filler": "\u3164",
+    "Hangul choseong filler": "\u115f",
+    "Khmer inherent vowel": "\u17b4",
+    "invisible times": "\u2062",
+    "interlinear annotation anchor": "\ufff9",
 }
 KEPT = {  # ordinary text in scripts that need these: never refused
     "Persian with a zero-width non-joiner": "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",
