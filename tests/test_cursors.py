@@ -126,7 +126,7 @@ async def test_customer_page_cursors_are_opaque_and_their_own(client, conn, new_
     assert reorders_next and log_next
     raw = _unpadded_bytes(reorders_next)
     first = pages["/v1/me/reorders"]["items"][0]
-    assert b"|" not in raw and first["created_at"][:10].encode() not in raw
+    assert first["created_at"][:10].encode() not in raw  # no date (a lone byte could be chance)
     assert first["id"].encode() not in raw and uuid.UUID(first["id"]).bytes not in raw
     # someone else's cursor, and a cursor of another list: refused
     assert_refused(
