@@ -13,7 +13,7 @@ UUID_TEXT = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-
 # line and paragraph separators; soft hyphens, invisible operators, interlinear annotation
 # marks and the Hangul and Khmer fillers that show as nothing. Zero-width (non-)joiners and
 # direction marks stay: Persian, Indic scripts and emoji sequences need them, and they reorder
-# nothing; so do tag characters (U+E0020–E007F), which subdivision flags such as England's need.
+# nothing; so do tag characters (U+E0020 to U+E007F), which subdivision flags such as England's need.
 INVISIBLE = (
     r"\x80-\x9f\xad\u115f\u1160\u17b4\u17b5\u180e\u200b\u2028\u2029\u202a-\u202e"
     r"\u2060-\u2064\u2066-\u2069\u3164\ufeff\uffa0\ufff9-\ufffb"
