@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID
 
-from litestar import Litestar, Request
+from litestar import Litestar, Request, Router
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
@@ -145,18 +145,24 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             HealthController,
             MetricsController,
-            MeController,
-            PreferencesController,
-            ConsentsController,
-            CheckoutCodesController,
-            AccessLogController,
+            Router(
+                "/",  # the customer's own routes (/v1/me…): their rate limit, nobody else's
+                route_handlers=[
+                    MeController,
+                    PreferencesController,
+                    ConsentsController,
+                    CheckoutCodesController,
+                    AccessLogController,
+                    CustomerReordersController,
+                    ExportController,
+                ],
+                middleware=[customer_rate_limit(settings.customer_requests_per_minute).middleware],
+            ),
             PosController,
             CardsController,
-            CustomerReordersController,
             PartnersController,
             PartnerController,
             InsightsController,
-            ExportController,
             *web_routes(settings),
         ],
         dependencies={
@@ -169,10 +175,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         state=state,
         lifespan=[_lifespan(settings)],
         exception_handlers=exception_handlers(),
-        middleware=[
-            ObservabilityMiddleware(),
-            customer_rate_limit(settings.customer_requests_per_minute).middleware,
-        ],
+        middleware=[ObservabilityMiddleware()],
         plugins=[InlineBodies()],
         before_request=require_json_body,
         request_max_body_size=settings.max_body_bytes,

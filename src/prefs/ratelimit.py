@@ -14,8 +14,6 @@ from typing import Any
 from litestar import Request
 from litestar.middleware.rate_limit import CacheObject, RateLimitConfig, RateLimitMiddleware
 
-CUSTOMER_PATHS = "/v1/me"
-
 
 class _WithRetryAfter(RateLimitMiddleware):
     """Litestar's limiter, with the Retry-After header a 429 should carry (RFC 9110)."""
@@ -31,15 +29,10 @@ def _bearer_hash(request: Request[Any, Any, Any]) -> str:
     return hashlib.sha256(request.headers.get("authorization", "").encode()).hexdigest()
 
 
-def _is_customer_route(request: Request[Any, Any, Any]) -> bool:
-    return request.url.path.startswith(CUSTOMER_PATHS)
-
-
 def customer_rate_limit(per_minute: int) -> RateLimitConfig:
-    """At most ``per_minute`` requests a minute per bearer token on the customer's routes."""
+    """At most ``per_minute`` requests a minute per bearer token (on the routes it guards)."""
     return RateLimitConfig(
         rate_limit=("minute", per_minute),
         identifier_for_request=_bearer_hash,
-        check_throttle_handler=_is_customer_route,
         middleware_class=_WithRetryAfter,
     )
