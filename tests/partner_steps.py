@@ -15,7 +15,7 @@ import asyncpg
 import httpx
 
 from prefs.credentials import service as credentials
-from prefs.reorders import pairwise
+from prefs import partner_refs
 from tests.conftest import CHINOS, bearer
 
 PROBLEM_JSON = "application/problem+json"
@@ -99,7 +99,7 @@ async def known_as(
     """The id the partner knows the customer's preference by (the one its first read shows)."""
     assert partner_id is not None
     customer_id, own = uuid.UUID(customer.id), uuid.UUID(preference_id)
-    refs = await pairwise.refs_for(conn, customer_id, partner_id, [own])
+    refs = await partner_refs.refs_for(conn, customer_id, partner_id, [own])
     return str(refs[own])
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from prefs.consents import ledger
 from prefs.credentials import service as credentials
+from prefs.retention import service as retention
 from tests.conftest import CHINOS
 from tests.till import (
     NOT_FOUND_DETAIL,
@@ -162,7 +163,7 @@ async def test_withdrawing_what_was_never_granted_is_not_found(client, new_custo
 
 
 async def test_expired_consent_hides_preferences_and_is_recorded_as_expired(
-    client, conn, new_customer
+    client, conn, vault, new_customer
 ):
     customer, card, _ = await shopper(new_customer, client)
     _, key = await till_key(conn)
@@ -175,7 +176,12 @@ async def test_expired_consent_hides_preferences_and_is_recorded_as_expired(
     refused = await look_up(client, key, card=card)
     assert refused.status_code == 404
     assert refused.json()["detail"] == NOT_FOUND_DETAIL
-    # The history tells the truth even before anything else looked at the grants.
+    # Hidden from the expiry instant, before the expiry job has recorded anything; reading
+    # writes nothing (expiry is one job, not a side effect of reads).
+    assert (await client.get("/v1/me/consents", headers=customer.headers)).json() == {"items": []}
+    before = (await client.get("/v1/me/consents/history", headers=customer.headers)).json()
+    assert [e["receipt"]["state"] for e in before["items"]] == ["ConsentGiven"]
+    assert await retention.expire(conn, vault, "prefs") >= 1
     history = (await client.get("/v1/me/consents/history", headers=customer.headers)).json()
     assert [e["receipt"]["state"] for e in history["items"]] == ["ConsentExpired", "ConsentGiven"]
     expired = history["items"][0]["receipt"]

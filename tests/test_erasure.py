@@ -19,7 +19,7 @@ from prefs.auth import DevIssuer
 from prefs.consents import service as consents
 from prefs.consents.schemas import ConsentGrant
 from prefs.crypto import DataKey, DecryptionError, Vault
-from prefs.customers.service import data_key
+from prefs.customer_keys import data_key
 from prefs.errors import NotEnrolled
 from prefs.rights import service as rights
 from prefs.settings import DEV_ISSUER, Settings

@@ -8,7 +8,7 @@ import uuid
 
 import httpx
 
-from prefs.customers.service import data_key
+from prefs.customer_keys import data_key
 from prefs.preferences import service as preferences
 from prefs.reorders import idempotency
 from tests.rights_steps import enrol, keep, preference, reorder

@@ -16,7 +16,7 @@ import httpx
 from prefs.access_log.service import opened
 from prefs.credentials import service as credentials
 from prefs.crypto import Vault
-from prefs.customers.service import data_key
+from prefs.customer_keys import data_key
 from tests.conftest import CHINOS, bearer
 
 SHIRT: dict[str, Any] = {

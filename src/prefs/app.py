@@ -80,6 +80,7 @@ def _lifespan(settings: Settings) -> Any:
                 settings.controller,
                 settings.access_log_retention_days,
                 settings.purge_interval_seconds,
+                settings.expiry_interval_seconds,
             )
         )
         gc.freeze()  # what startup built lives as long as the process: collections skip it

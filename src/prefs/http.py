@@ -32,15 +32,6 @@ def constraints_of(constrained: Any) -> dict[str, Any]:
     return {"pattern": meta.pattern, "min_length": meta.min_length, "max_length": meta.max_length}
 
 
-# OpenAPI for the typed forms the services accept beyond the schemas' types (``refine=``).
-CARD_NUMBER = {"type": "string", "maxLength": 64, "pattern": r"^[ -]*([0-9][ -]*){6,24}$"}
-_SPACE = r"[ \u00a0\u1680\u2000-\u200a\u202f\u205f\u3000-]"  # and dashes (no line separators)
-CHECKOUT_CODE = {  # 8 of 23456789ABCDEFGHJKMNPQRSTWXYZ, any case; spaces and dashes ignored
-    "type": "string",
-    "maxLength": 64,
-    "pattern": rf"^{_SPACE}*([2-9A-HJKMNP-TW-Za-hjkmnp-tw-z]{_SPACE}*){{8}}$",
-}
-
 # OpenAPI for an optional header or query value (``str | None`` in Python): a string when sent.
 # Litestar would document ``oneOf: [string, null]``, and no client can send a null there.
 STRING_WHEN_SENT: dict[str, Any] = {"one_of": None, "type": "string"}

@@ -43,6 +43,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     pool_max_size: int = 16
     max_body_bytes: int = 65_536
     purge_interval_seconds: int = 300
+    expiry_interval_seconds: int = 60
     lookup_misses_per_minute_per_key: int = 30
     lookup_misses_per_minute_per_store: int = 120
     lookup_batch_max: int = 64
@@ -170,6 +171,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         pool_max_size=_int(environ, "PREFS_POOL_MAX_SIZE", 16, minimum=pool_min),
         max_body_bytes=_int(environ, "PREFS_MAX_BODY_BYTES", 65_536, minimum=1024),
         purge_interval_seconds=_int(environ, "PREFS_PURGE_INTERVAL", 300, minimum=5),
+        expiry_interval_seconds=_int(environ, "PREFS_EXPIRY_INTERVAL", 60, minimum=1),
         lookup_misses_per_minute_per_key=_int(
             environ, "PREFS_LOOKUP_MISSES_PER_KEY", 30, minimum=1
         ),

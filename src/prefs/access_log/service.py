@@ -15,7 +15,7 @@ from prefs.access_log.schemas import AccessLogPage, DisclosedPreference, Disclos
 from prefs.access_log.sealed import Visit, as_row, open_visit, seal
 from prefs.credentials.service import Credential
 from prefs.crypto import DataKey, DecryptionError, Vault
-from prefs.customers.service import data_key
+from prefs.customer_keys import data_key
 from prefs.db import Row
 from prefs.preferences.sealed import decrypt_product
 

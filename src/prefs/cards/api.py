@@ -12,13 +12,12 @@ from litestar.status_codes import HTTP_204_NO_CONTENT
 from prefs.auth import api_key_guard
 from prefs.cards import service
 from prefs.cards.schemas import CardConfirmation
-from prefs.checkout.service import normalise_code
 from prefs.credentials.service import Credential
 from prefs.crypto import Vault, api_key_hash
-from prefs.customers.service import normalise_card
 from prefs.db import Connection
 from prefs.errors import problems
-from prefs.http import CARD_NUMBER, CHECKOUT_CODE, declared_body
+from prefs.http import declared_body
+from prefs.identifiers import CARD_NUMBER, CHECKOUT_CODE, normalise_card, normalise_code
 
 CARD_AND_CODE = {"properties": {"card": CARD_NUMBER, "code": CHECKOUT_CODE}}
 

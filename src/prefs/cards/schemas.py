@@ -2,7 +2,7 @@
 
 import msgspec
 
-from prefs.text import Card
+from prefs.identifiers import Card
 
 
 class CardConfirmation(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

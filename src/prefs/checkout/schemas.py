@@ -7,7 +7,7 @@ from uuid import UUID
 import msgspec
 from msgspec import Meta
 
-from prefs.consents.schemas import Fields, PreferenceIds
+from prefs.grants import Fields, PreferenceIds
 
 
 class CheckoutCodeRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

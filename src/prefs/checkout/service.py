@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -10,26 +9,10 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from prefs.checkout.schemas import CheckoutCode, CheckoutCodeRequest
-from prefs.consents.service import chosen
 from prefs.crypto import BlindIndex
-from prefs.errors import InvalidInput, NotFound
-
-# Digits and capitals without look-alikes (0/O, 1/I/L, U/V): easy to read aloud and type.
-ALPHABET = "23456789ABCDEFGHJKMNPQRSTWXYZ"
-LENGTH = 8
-_CODE = re.compile(f"[{ALPHABET}]{{{LENGTH}}}")
-_SEPARATORS = re.compile(r"[\s\-]")
-
-
-def normalise_code(raw: str) -> str:
-    code = _SEPARATORS.sub("", raw).upper()
-    if not _CODE.fullmatch(code):
-        raise InvalidInput(
-            f"code must be {LENGTH} characters of {ALPHABET}.",
-            errors=[{"key": "code", "source": "body", "message": "not a checkout code"}],
-        )
-    return code
-
+from prefs.errors import NotFound
+from prefs.grants import chosen
+from prefs.identifiers import CODE_ALPHABET, CODE_LENGTH
 
 INSERT = """
 INSERT INTO checkout_codes (code_hash, index_version, customer_id, fields, preference_ids, expires_at)
@@ -49,7 +32,7 @@ async def create(
     fields, ids = await chosen(conn, customer_id, data.fields, data.preferences)
     expires_at = datetime.now(UTC) + timedelta(seconds=data.ttl_seconds or default_ttl)
     while True:
-        code = "".join(secrets.choice(ALPHABET) for _ in range(LENGTH))
+        code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
         code_id = await conn.fetchval(
             INSERT, index.checkout_code(code), index.primary, customer_id, fields, ids, expires_at
         )
@@ -70,3 +53,11 @@ async def end(conn: asyncpg.Connection, customer_id: uuid.UUID, code_id: uuid.UU
     """End one of the customer's codes in force: no till can use it from now on."""
     if await conn.execute(END, customer_id, code_id) == "DELETE 0":
         raise NotFound("There is no checkout code in force with this id.")
+
+
+END_ALL = "DELETE FROM checkout_codes WHERE customer_id = $1"
+
+
+async def end_all(conn: asyncpg.Connection, customer_id: uuid.UUID) -> None:
+    """End every checkout code of the customer (they no longer share with tills)."""
+    await conn.execute(END_ALL, customer_id)

@@ -13,10 +13,11 @@ from litestar.status_codes import HTTP_200_OK
 
 from prefs.auth import customer_guard
 from prefs.consents import ledger, service
-from prefs.consents.schemas import Audience, ConsentChange, ConsentGrant, ConsentList, LedgerPage
+from prefs.consents.schemas import ConsentChange, ConsentGrant, ConsentList, LedgerPage
 from prefs.crypto import Vault
 from prefs.db import Connection
 from prefs.errors import InvalidInput, problems
+from prefs.grants import Audience
 from prefs.http import STRING_WHEN_SENT, constraints_of, declared_body
 
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Records per page")]
@@ -57,7 +58,7 @@ class ConsentsController(Controller):
         customer_id: NamedDependency[UUID],
     ) -> ConsentList:
         """The grants in force. Nothing is shared until granted."""
-        items = await service.list_consents(conn, vault, state.settings.controller, customer_id)
+        items = await service.live_consents(conn, customer_id)
         return ConsentList(items=items)
 
     @get("/history", responses=problems(400, 401, 404, 503))
@@ -73,7 +74,6 @@ class ConsentsController(Controller):
         """Every consent change, newest first, each with its receipt and ledger hashes."""
         if before is not None and not (before.isascii() and before.isdigit()):
             raise InvalidInput("before must be the `next` value of a previous page.")
-        await service.expire_due(conn, vault, state.settings.controller, customer_id)
         before_seq = int(before) if before else 2**62
         items = await ledger.history(conn, customer_id, before_seq, limit)
         more = len(items) == limit and items[-1].seq > 1

@@ -1,20 +1,13 @@
 """Consent grants, receipts and the ledger, after Kantara Consent Receipt v1.1 / ISO/IEC TS 27560."""
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Literal
 from uuid import UUID
 
 import msgspec
-from msgspec import Meta
 
-from prefs.text import END, UUID_TEXT
+from prefs.grants import Fields, PreferenceIds
 
-Field = Literal["product", "attributes", "note"]
-Fields = Annotated[list[Field], Meta(min_length=1, max_length=3)]
-PreferenceIds = Annotated[list[UUID], Meta(min_length=1, max_length=500)]
-Audience = Annotated[
-    str, Meta(max_length=64, pattern=r"^(pos|insights|partner:" + UUID_TEXT + ")" + END)
-]
 State = Literal["ConsentGiven", "ConsentWithdrawn", "ConsentExpired"]
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
+from prefs import partner_refs
 from prefs.consents import ledger
 from prefs.consents.schemas import (
     Consent,
@@ -21,11 +21,11 @@ from prefs.consents.schemas import (
     State,
 )
 from prefs.crypto import Vault
+from prefs.customer_keys import lock_customer
 from prefs.db import Row
 from prefs.errors import InvalidInput, NotFound
-from prefs.insights import service as insights
-from prefs.reorders import pairwise
-from prefs.reorders import service as reorders
+from prefs.events import GrantEnded, GrantGiven, follow
+from prefs.grants import IN_FORCE, audience_kind, chosen, partner_audience_sql, partner_of
 
 # What each audience does with what it is shown, named with W3C DPV purposes.
 PURPOSES = {
@@ -50,10 +50,6 @@ PII_CATEGORIES = {
 }
 
 
-def audience_kind(audience: str) -> str:
-    return audience.split(":", 1)[0]
-
-
 PARTNER = "SELECT name FROM partners WHERE partner_id = $1 AND retired_at IS NULL"
 
 
@@ -63,12 +59,8 @@ async def recipient(conn: asyncpg.Connection, audience: str) -> Recipient:
         return Recipient(kind="pos", name="Store tills at checkout")
     if audience == "insights":
         return Recipient(kind="insights", name="Merchandising (anonymous counts only)")
-    kind, _, partner = audience.partition(":")
-    try:
-        partner_id = uuid.UUID(partner) if kind == "partner" else None
-    except ValueError:
-        partner_id = None
-    if partner_id is None or str(partner_id) != partner:  # only the canonical form is stored
+    partner_id = partner_of(audience)  # only the canonical form is stored
+    if partner_id is None:
         raise NotFound("No such audience or partner.")
     name = await conn.fetchval(PARTNER, partner_id)
     if name is None:
@@ -127,45 +119,14 @@ def consent_view(row: Row, who: str) -> Consent:
     )
 
 
-LIST = """
+LIST = f"""
 SELECT g.audience, g.fields, g.preference_ids, g.expires_at, g.granted_at, g.updated_at, g.receipt_id,
        p.name AS partner_name
 FROM consents g
-LEFT JOIN partners p ON g.audience = 'partner:' || p.partner_id::text
-WHERE g.customer_id = $1 AND (g.expires_at IS NULL OR g.expires_at > now())
+LEFT JOIN partners p ON g.audience = {partner_audience_sql("p.partner_id")}
+WHERE g.customer_id = $1 AND {IN_FORCE}
 ORDER BY g.audience
 """
-
-
-# No longer sharing with tills ends the customer's checkout codes too (prefs.checkout).
-END_CHECKOUT_CODES = "DELETE FROM checkout_codes WHERE customer_id = $1"
-
-
-async def _after_change(
-    conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, audience: str, live: bool
-) -> None:
-    """What a grant or its end changes elsewhere: partner references, reorders, demand counts."""
-    kind = audience_kind(audience)
-    if kind == "pos" and not live:
-        await conn.execute(END_CHECKOUT_CODES, customer_id)
-    elif kind == "insights":
-        await insights.refresh(conn, vault, customer_id)
-    elif kind == "partner":
-        partner_id = uuid.UUID(audience.split(":", 1)[1])
-        if live:
-            await reorders.ensure_ref(conn, vault.index, partner_id, customer_id)
-            await pairwise.make_for_grant(conn, customer_id, partner_id)
-            await reorders.cancel_outside_grant(conn, customer_id, partner_id)
-        else:
-            await reorders.cancel_requested_for_partner(conn, customer_id, partner_id)
-
-
-async def list_consents(
-    conn: asyncpg.Connection, vault: Vault, controller: str, customer_id: uuid.UUID
-) -> list[Consent]:
-    """The live grants (expired ones are recorded as expired first)."""
-    await expire_due(conn, vault, controller, customer_id)
-    return await live_consents(conn, customer_id)
 
 
 async def live_consents(conn: asyncpg.Connection, customer_id: uuid.UUID) -> list[Consent]:
@@ -179,37 +140,11 @@ async def live_consents(conn: asyncpg.Connection, customer_id: uuid.UUID) -> lis
             else (await recipient(conn, row["audience"])).name
         )
         consent = consent_view(row, name or "A partner that has left")
-        if kind == "partner":
-            consent.reference = await conn.fetchval(
-                reorders.REF, uuid.UUID(row["audience"].split(":", 1)[1]), customer_id
-            )
+        partner_id = partner_of(row["audience"])
+        if partner_id is not None:
+            consent.reference = await partner_refs.reference(conn, partner_id, customer_id)
         consents.append(consent)
     return consents
-
-
-OWNED = "SELECT preference_id FROM preferences WHERE customer_id = $1 AND preference_id = ANY($2::uuid[])"
-FIELD_ORDER = ["product", "attributes", "note"]
-
-
-async def chosen(
-    conn: asyncpg.Connection,
-    customer_id: uuid.UUID,
-    fields: Sequence[str],
-    preferences: Sequence[uuid.UUID] | str,
-) -> tuple[list[str], list[uuid.UUID] | None]:
-    """Fields in canonical order, and the chosen preference ids (None for "all"), which must
-    all be the customer's own."""
-    ordered = sorted(set(fields), key=FIELD_ORDER.index)
-    if isinstance(preferences, str):
-        return ordered, None
-    ids = sorted(set(preferences))
-    owned = await conn.fetch(OWNED, customer_id, ids)
-    if len(owned) != len(ids):
-        raise InvalidInput(
-            "preferences names ids that are not among your preferences.",
-            errors=[{"key": "preferences", "source": "body", "message": "unknown preference ids"}],
-        )
-    return ordered, ids
 
 
 MAX_CONSENT_YEARS = 100
@@ -281,7 +216,7 @@ async def grant(
             UPSERT, customer_id, audience, fields, ids, data.expires_at, receipt.receipt_id
         )
         assert row is not None
-        await _after_change(conn, vault, customer_id, audience, live=True)
+        await follow(conn, vault, GrantGiven(customer_id, audience))
         return ConsentChange(consent=consent_view(row, who.name), receipt=receipt, ledger=entry)
 
 
@@ -316,7 +251,7 @@ async def withdraw(
             row["expires_at"],
         )
         entry = await ledger.append(conn, vault.index, receipt)
-        await _after_change(conn, vault, customer_id, audience, live=False)
+        await follow(conn, vault, GrantEnded(customer_id, audience))
         return ConsentChange(consent=None, receipt=receipt, ledger=entry)
 
 
@@ -324,7 +259,6 @@ DUE_CUSTOMERS = """
 SELECT DISTINCT customer_id FROM consents
 WHERE expires_at <= now() AND ($1::text IS NULL OR audience = $1)
 """
-LOCK_HEAD = "SELECT 1 FROM customers WHERE customer_id = $1 FOR UPDATE"
 DUE = """
 DELETE FROM consents
 WHERE expires_at <= now() AND customer_id = $1 AND ($2::text IS NULL OR audience = $2)
@@ -353,7 +287,7 @@ async def expire_due(
     async with conn.transaction():
         # Every consent change locks the customer's ledger head before any consent row (grant
         # and withdraw start here): one lock order, so concurrent changes cannot deadlock.
-        await conn.execute(LOCK_HEAD, customer_id)
+        await lock_customer(conn, customer_id)
         rows = await conn.fetch(DUE, customer_id, audience)
         for row in rows:
             try:
@@ -372,5 +306,5 @@ async def expire_due(
                 row["expires_at"],
             )
             await ledger.append(conn, vault.index, receipt)
-            await _after_change(conn, vault, row["customer_id"], row["audience"], live=False)
+            await follow(conn, vault, GrantEnded(row["customer_id"], row["audience"]))
         return len(rows)

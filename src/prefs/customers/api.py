@@ -16,7 +16,8 @@ from prefs.customers import service
 from prefs.customers.schemas import Enrolment, Profile, ProfileUpdate
 from prefs.db import Connection
 from prefs.errors import problems
-from prefs.http import CARD_NUMBER, declared_body
+from prefs.http import declared_body
+from prefs.identifiers import CARD_NUMBER
 from prefs.rights import service as rights
 
 CARD = {"properties": {"card": {"anyOf": [CARD_NUMBER, {"type": "null"}]}}}

@@ -6,7 +6,7 @@ from uuid import UUID
 
 import msgspec
 
-from prefs.text import Card
+from prefs.identifiers import Card
 
 
 class Enrolment(msgspec.Struct, forbid_unknown_fields=True):

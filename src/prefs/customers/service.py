@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Mapping
 
 import asyncpg
 
-from prefs.crypto import DataKey, Vault
+from prefs.crypto import Vault
+from prefs.customer_keys import data_key
 from prefs.customers.schemas import Profile
-from prefs.errors import InvalidInput, NotEnrolled, TooManyRequests
-
-_CARD_SEPARATORS = re.compile(r"[ \-]")
-_CARD_DIGITS = re.compile(r"[0-9]{6,24}")
-
-
-def normalise_card(raw: str) -> str:
-    """Loyalty card numbers: spaces and dashes dropped, 6–24 ASCII digits left."""
-    card = _CARD_SEPARATORS.sub("", raw)
-    if not _CARD_DIGITS.fullmatch(card):
-        raise InvalidInput(
-            "card must be 6 to 24 ASCII digits (spaces and dashes are ignored).",
-            errors=[{"key": "card", "source": "body", "message": "6 to 24 ASCII digits"}],
-        )
-    return card
-
+from prefs.errors import NotEnrolled, TooManyRequests
+from prefs.identifiers import normalise_card
 
 FIND_CUSTOMER = """
 SELECT customer_id, subject_hash FROM customer_subjects WHERE subject_hash = ANY($1::bytea[])
@@ -137,30 +123,6 @@ async def require_customer_id(
     if customer_id is None:
         raise NotEnrolled("Enrol first with POST /v1/me.")
     return customer_id
-
-
-DATA_KEY = "SELECT generation, master_version, wrapped FROM customer_keys WHERE customer_id = $1"
-REWRAP = """
-UPDATE customer_keys SET wrapped = $3, master_version = $4, rewrapped_at = now()
-WHERE customer_id = $1 AND wrapped = $2
-"""
-
-
-async def data_key(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID) -> DataKey:
-    """The customer's unwrapped data key; a wrap under an older master key is rewrapped on the way.
-
-    Only forward: during a rolling deploy a process whose primary is older than the wrap's
-    version (it knows the new key, but not yet as primary) leaves the wrap as it is.
-    """
-    row = await conn.fetchrow(DATA_KEY, customer_id)
-    if row is None:
-        raise NotEnrolled("Enrol first with POST /v1/me.")
-    key = vault.envelope.unwrap(customer_id, row["generation"], row["wrapped"])
-    primary = vault.envelope.master.primary
-    if row["master_version"] < primary:
-        rewrapped = vault.envelope.rewrap(customer_id, row["generation"], row["wrapped"])
-        await conn.execute(REWRAP, customer_id, row["wrapped"], rewrapped, primary)
-    return key
 
 
 INSERT_CUSTOMER = "INSERT INTO customers (customer_id) VALUES ($1)"

@@ -7,7 +7,6 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 
 from prefs.auth import api_key_guard
-from prefs.consents.service import expire_due
 from prefs.credentials.service import Credential
 from prefs.crypto import Vault
 from prefs.db import Connection
@@ -34,7 +33,6 @@ class InsightsController(Controller):
         day's release, with noisy counts (ε-differentially private), groups under k withheld."""
         settings = state.settings
         await service.count_read(conn, credential.id, settings.insights_reads_per_day)
-        await expire_due(conn, vault, settings.controller)
         return await service.discontinued_demand(
             conn, vault, settings.k_anonymity, settings.insights_epsilon
         )

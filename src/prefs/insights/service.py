@@ -16,8 +16,9 @@ import asyncpg
 import msgspec
 
 from prefs.crypto import Vault
-from prefs.customers.service import data_key
+from prefs.customer_keys import data_key
 from prefs.errors import TooManyRequests
+from prefs.grants import INSIGHTS, live_grant
 from prefs.insights.mechanism import GROUPS_PER_CUSTOMER, noisy_release
 from prefs.insights.schemas import DemandGroup, DiscontinuedDemand
 from prefs.preferences.schemas import Product
@@ -49,10 +50,6 @@ class _Label(msgspec.Struct):
 
 
 FORGET = "DELETE FROM demand_contributions WHERE pseudonym = ANY($1::bytea[]) RETURNING group_hash"
-GRANT = """
-SELECT fields, preference_ids FROM consents
-WHERE customer_id = $1 AND audience = 'insights' AND (expires_at IS NULL OR expires_at > now())
-"""
 DISCONTINUED = """
 SELECT preference_id, product_ct, attributes_ct FROM preferences
 WHERE customer_id = $1 AND status = 'discontinued'
@@ -71,12 +68,31 @@ INSERT INTO demand_contributions (pseudonym, group_hash) VALUES ($1, $2) ON CONF
 
 
 async def refresh(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID) -> None:
-    """Recount one customer: nothing unless a live `insights` grant covers their discontinued items."""
-    index = vault.index
-    await conn.execute(FORGET, index.all_digests("demand", customer_id.bytes))
-    grant = await conn.fetchrow(GRANT, customer_id)
+    """Recount one customer after their `insights` grant changed: their contributions are taken
+    back, then made again if a live grant covers their discontinued items."""
+    await conn.execute(FORGET, vault.index.all_digests("demand", customer_id.bytes))
+    await _contribute(conn, vault, customer_id, await live_grant(conn, customer_id, INSIGHTS))
+
+
+async def recount_if_granted(
+    conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID
+) -> None:
+    """Recount one customer after their preferences changed; one query and nothing more for a
+    customer without a live `insights` grant (they contribute nothing: the grant's end took
+    their contributions back)."""
+    grant = await live_grant(conn, customer_id, INSIGHTS)
+    if grant is None:
+        return
+    await conn.execute(FORGET, vault.index.all_digests("demand", customer_id.bytes))
+    await _contribute(conn, vault, customer_id, grant)
+
+
+async def _contribute(
+    conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, grant: asyncpg.Record | None
+) -> None:
     if grant is None or "product" not in grant["fields"]:
         return
+    index = vault.index
     rows = await conn.fetch(DISCONTINUED, customer_id, grant["preference_ids"])
     if not rows:
         return

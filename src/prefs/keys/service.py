@@ -228,7 +228,7 @@ async def reindex(
     Subjects are not covered: only their hashes are stored, so each customer gains a hash under
     every configured version when they next sign in (see ``retire_index``).
     """
-    from prefs.customers.service import data_key
+    from prefs.customer_keys import data_key
 
     done, after = 0, uuid.UUID(int=0)
     while True:

@@ -6,8 +6,8 @@ from uuid import UUID
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from prefs.identifiers import Card
 from prefs.preferences.schemas import Product, Status
-from prefs.text import Card
 
 
 class LookupRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

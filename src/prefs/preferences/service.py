@@ -9,10 +9,10 @@ import asyncpg
 from msgspec import UNSET
 
 from prefs.crypto import DataKey, Vault
-from prefs.customers.service import data_key
+from prefs.customer_keys import data_key, lock_customer
 from prefs.db import Row
 from prefs.errors import LimitReached, NotFound, PreconditionFailed
-from prefs.insights import service as insights
+from prefs.events import PreferencesChanged, follow
 from prefs.preferences.schemas import (
     MAX_PREFERENCES,
     Preference,
@@ -53,7 +53,6 @@ COLUMNS = """preference_id, rank, status, purchases, last_purchased_on, purchase
 LIST = f"SELECT {COLUMNS} FROM preferences WHERE customer_id = $1 ORDER BY rank"
 GET = f"SELECT {COLUMNS} FROM preferences WHERE customer_id = $1 AND preference_id = $2"
 GET_FOR_UPDATE = GET + " FOR UPDATE"
-LOCK_CUSTOMER = "SELECT 1 FROM customers WHERE customer_id = $1 FOR UPDATE"
 COUNT = "SELECT count(*) FROM preferences WHERE customer_id = $1"
 
 
@@ -91,7 +90,7 @@ async def create_preference(
 ) -> Preference:
     """Add a preference at ``rank`` (default: last), moving the ones below it down."""
     async with conn.transaction():
-        await conn.execute(LOCK_CUSTOMER, customer_id)
+        await lock_customer(conn, customer_id)
         count: int = await conn.fetchval(COUNT, customer_id)
         if count >= MAX_PREFERENCES:
             raise LimitReached(f"A customer keeps at most {MAX_PREFERENCES} preferences.")
@@ -112,7 +111,7 @@ async def create_preference(
             None if data.note is None else seal(key, pid, "note", data.note),
         )
         assert row is not None
-        await insights.refresh(conn, vault, customer_id)
+        await follow(conn, vault, PreferencesChanged(customer_id))
         return _preference(key, row)
 
 
@@ -154,7 +153,7 @@ async def update_preference(
 ) -> Preference:
     """Apply the fields given, if the stored version is still ``expected_version``."""
     async with conn.transaction():
-        await conn.execute(LOCK_CUSTOMER, customer_id)
+        await lock_customer(conn, customer_id)
         row = await conn.fetchrow(GET_FOR_UPDATE, customer_id, preference_id)
         if row is None:
             raise NotFound("No such preference.")
@@ -198,7 +197,7 @@ async def update_preference(
             note_ct,
         )
         assert updated is not None
-        await insights.refresh(conn, vault, customer_id)
+        await follow(conn, vault, PreferencesChanged(customer_id))
         return _preference(key, updated)
 
 
@@ -215,14 +214,14 @@ async def delete_preference(
 ) -> None:
     """Delete one preference and close the gap it leaves in the order."""
     async with conn.transaction():
-        await conn.execute(LOCK_CUSTOMER, customer_id)
+        await lock_customer(conn, customer_id)
         row = await conn.fetchrow(GET_FOR_UPDATE, customer_id, preference_id)
         if row is None:
             raise NotFound("No such preference.")
         _check_version(row, expected_version)
         await conn.execute(DELETE, customer_id, preference_id)
         await conn.execute(CLOSE_GAP, customer_id, row["rank"])
-        await insights.refresh(conn, vault, customer_id)
+        await follow(conn, vault, PreferencesChanged(customer_id))
 
 
 # The backfill: purchase histories written in clear before revision 0009, a batch at a time in

@@ -13,7 +13,6 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, PathParameter, 
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from prefs.auth import api_key_guard, customer_guard
-from prefs.consents.service import expire_due
 from prefs.credentials.service import Credential
 from prefs.crypto import Vault
 from prefs.db import Connection
@@ -193,7 +192,6 @@ class PartnerController(Controller):
         after: After = None,
     ) -> PartnerFeed:
         """Reorders addressed to this partner, oldest first; poll again with `next`."""
-        await expire_due(conn, vault, state.settings.controller, audience=_audience(credential))
         page = await service.feed(
             conn, vault, credential, after, limit, state.settings.partner_accepted_window_days
         )
@@ -216,7 +214,6 @@ class PartnerController(Controller):
         data: JSONBody[StatusChange],
     ) -> PartnerReorder:
         """accepted → fulfilled, or declined; repeating the current state is a no-op."""
-        await expire_due(conn, vault, state.settings.controller, audience=_audience(credential))
         return await service.set_status(conn, credential, reorder_id, data.state)
 
     @post(

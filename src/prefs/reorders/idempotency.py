@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from prefs.crypto import BlindIndex, Vault
-from prefs.customers.service import data_key
+from prefs.customer_keys import data_key
 from prefs.errors import Conflict, IdempotencyMismatch, InvalidInput
 
 KEY_PATTERN = re.compile(r"[\x21\x23-\x7e][\x21-\x7e]{0,199}")  # a leading " starts the quoted form

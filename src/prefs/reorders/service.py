@@ -12,13 +12,21 @@ import asyncpg
 import msgspec
 from msgspec import UNSET
 
-from prefs import cursors
+from prefs import cursors, partner_refs
 from prefs.access_log import service as access_log
 from prefs.credentials.service import Credential
-from prefs.crypto import BlindIndex, DataKey, Vault
-from prefs.customers.service import data_key
+from prefs.crypto import DataKey, Vault
+from prefs.customer_keys import data_key
 from prefs.db import Row
 from prefs.errors import Conflict, InvalidInput, LimitReached, NotFound
+from prefs.grants import (
+    IN_FORCE,
+    covers,
+    live_grant,
+    partner_audience,
+    partner_audience_sql,
+    partner_of,
+)
 from prefs.preferences.schemas import SharedPreference
 from prefs.preferences.sealed import (
     SHOWN,
@@ -28,7 +36,6 @@ from prefs.preferences.sealed import (
     shared_view,
 )
 from prefs.preferences.service import GET as GET_PREFERENCE
-from prefs.reorders import pairwise
 from prefs.reorders.schemas import (
     PartnerFeed,
     PartnerReorder,
@@ -57,19 +64,13 @@ _snapshot = msgspec.json.Decoder(Snapshot)
 _partner_reorder = msgspec.json.Decoder(PartnerReorder)
 
 
-def partner_id_of(audience_or_fulfiller: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(audience_or_fulfiller.split(":", 1)[1])
-    except (ValueError, IndexError):
-        raise InvalidInput("fulfiller must be `store` or `partner:<partner id>`.") from None
+def partner_id_of(fulfiller: str) -> uuid.UUID:
+    partner_id = partner_of(fulfiller)
+    if partner_id is None:
+        raise InvalidInput("fulfiller must be `store` or `partner:<partner id>`.")
+    return partner_id
 
 
-# FOR SHARE: a withdrawal waits for a reorder being placed under the grant, then cancels it.
-GRANT = """
-SELECT fields, preference_ids FROM consents
-WHERE customer_id = $1 AND audience = $2 AND (expires_at IS NULL OR expires_at > now())
-FOR SHARE
-"""
 PARTNER_EXISTS = "SELECT 1 FROM partners WHERE partner_id = $1 AND retired_at IS NULL"
 
 
@@ -80,33 +81,10 @@ async def partner_grant(
     preference_id: uuid.UUID,
 ) -> list[str] | None:
     """The fields a live grant to the partner reveals of this preference, or None."""
-    row = await conn.fetchrow(GRANT, customer_id, f"partner:{partner_id}")
-    if row is None:
+    grant = await live_grant(conn, customer_id, partner_audience(partner_id), hold=True)
+    if grant is None or not covers(grant, preference_id):
         return None
-    if row["preference_ids"] is not None and preference_id not in row["preference_ids"]:
-        return None
-    return list(row["fields"])
-
-
-REF = "SELECT ref FROM partner_refs WHERE partner_id = $1 AND customer_id = $2"
-ADD_REF = """
-INSERT INTO partner_refs (partner_id, ref, customer_id) VALUES ($1, $2, $3)
-ON CONFLICT DO NOTHING
-"""
-
-
-async def ensure_ref(
-    conn: asyncpg.Connection, index: BlindIndex, partner_id: uuid.UUID, customer_id: uuid.UUID
-) -> str:
-    """The partner's own stable reference for the customer (kept, so key rotation keeps it)."""
-    ref: str | None = await conn.fetchval(REF, partner_id, customer_id)
-    if ref is None:
-        await conn.execute(
-            ADD_REF, partner_id, index.pairwise(partner_id, customer_id), customer_id
-        )
-        ref = await conn.fetchval(REF, partner_id, customer_id)
-    assert ref is not None
-    return ref
+    return list(grant["fields"])
 
 
 def _snapshot_of(key: DataKey, row: Row, fields: list[str]) -> Snapshot:
@@ -203,8 +181,8 @@ async def create_for_customer(
                 f"PUT /v1/me/consents/partner:{partner_id}."
             )
         fields = granted
-        await ensure_ref(conn, vault.index, partner_id, customer_id)
-        refs = await pairwise.refs_for(conn, customer_id, partner_id, [preference_id])
+        await partner_refs.ensure_ref(conn, vault.index, partner_id, customer_id)
+        refs = await partner_refs.refs_for(conn, customer_id, partner_id, [preference_id])
         preference_ref = refs[preference_id]
     key = await data_key(conn, vault, customer_id)
     row, snap = await _insert(
@@ -221,17 +199,14 @@ async def create_for_customer(
     return reorder_view(row, snap)
 
 
-CUSTOMER_REFS = "SELECT customer_id FROM partner_refs WHERE partner_id = $1 AND ref = $2"
-
-
 async def _consenting_customer(
     conn: asyncpg.Connection, partner_id: uuid.UUID, ref: str
 ) -> uuid.UUID:
     """The customer behind a partner's reference, if they grant that partner consent now."""
-    customer_id: uuid.UUID | None = await conn.fetchval(CUSTOMER_REFS, partner_id, ref)
+    customer_id = await partner_refs.customer_of(conn, partner_id, ref)
     if (
         customer_id is None
-        or await conn.fetchrow(GRANT, customer_id, f"partner:{partner_id}") is None
+        or await live_grant(conn, customer_id, partner_audience(partner_id), hold=True) is None
     ):
         raise NotFound("No such customer reference.")
     return customer_id
@@ -317,7 +292,7 @@ async def create_for_partner(
             f"A partner may propose at most {limits.max_quantity} of an item at a time."
         )
     customer_id = await _consenting_customer(conn, partner.partner_id, data.customer)
-    preference_id = await pairwise.preference_of(
+    preference_id = await partner_refs.preference_of(
         conn, customer_id, partner.partner_id, data.preference
     )
     fields = preference = None
@@ -337,7 +312,7 @@ async def create_for_partner(
         conn,
         key,
         preference,
-        f"partner:{partner.partner_id}",
+        partner_audience(partner.partner_id),
         partner.partner_id,
         "partner",
         data.quantity,
@@ -375,7 +350,7 @@ async def replay_for_partner(
     assert partner.partner_id is not None
     if await _consenting_customer(conn, partner.partner_id, data.customer) != customer_id:
         raise NotFound("No such customer reference.")
-    preference_id = await pairwise.preference_of(
+    preference_id = await partner_refs.preference_of(
         conn, customer_id, partner.partner_id, data.preference
     )
     if (
@@ -556,13 +531,19 @@ PARTNER_SIGHT = """
            AND (g.preference_ids IS NULL OR r.preference_id = ANY(g.preference_ids)) AS covered,
        coalesce(r.accepted_at > now() - make_interval(days => $WINDOW::int), false) AS in_window
 """
-GRANT_IN_FORCE = """
-LEFT JOIN consents g ON g.customer_id = r.customer_id AND g.audience = 'partner:' || r.partner_id
-    AND (g.expires_at IS NULL OR g.expires_at > now())
+# A waiting reorder whose grant has ended is cancelled: by the grant's withdrawal at once, by
+# its expiry when the expiry job runs, and as partners see it from the expiry instant on.
+STATE_SEEN = """
+CASE WHEN r.state IN ('proposed', 'requested') AND g.customer_id IS NULL THEN 'cancelled'
+     ELSE r.state END AS state"""
+GRANT_IN_FORCE = f"""
+LEFT JOIN consents g ON g.customer_id = r.customer_id AND g.audience = {partner_audience_sql("r.partner_id")}
+    AND {IN_FORCE}
 """
 FEED = f"""
 SELECT r.customer_id, r.reorder_id, r.preference_id, r.preference_ref, r.origin, r.quantity,
-       r.state, r.fields, r.snapshot_ct, r.created_at, r.updated_at, r.feed_xid::text AS xid, pr.ref,
+       {STATE_SEEN}, r.fields, r.snapshot_ct, r.created_at, r.updated_at, r.feed_xid::text AS xid,
+       pr.ref,
        k.generation, k.wrapped, {PARTNER_SIGHT.replace("$WINDOW", "$5")}
 FROM reorders r
 LEFT JOIN partner_refs pr ON pr.partner_id = r.partner_id AND pr.customer_id = r.customer_id
@@ -574,7 +555,7 @@ ORDER BY r.feed_xid, r.reorder_id
 LIMIT $4
 """
 ONE_FOR_PARTNER = f"""
-SELECT r.reorder_id, r.preference_ref, r.state, r.fields, r.snapshot_ct,
+SELECT r.reorder_id, r.preference_ref, {STATE_SEEN}, r.fields, r.snapshot_ct,
        {PARTNER_SIGHT.replace("$WINDOW", "$3")}
 FROM reorders r
 {GRANT_IN_FORCE}
@@ -616,11 +597,12 @@ async def feed(
     return PartnerFeed(items=items, next=next_cursor)
 
 
-FOR_PARTNER = """
+FOR_PARTNER = f"""
 SELECT r.customer_id, r.reorder_id, r.preference_id, r.preference_ref, r.origin, r.quantity,
-       r.state, r.fields, r.snapshot_ct, r.created_at, r.updated_at, pr.ref
+       {STATE_SEEN}, r.fields, r.snapshot_ct, r.created_at, r.updated_at, pr.ref
 FROM reorders r
 LEFT JOIN partner_refs pr ON pr.partner_id = r.partner_id AND pr.customer_id = r.customer_id
+{GRANT_IN_FORCE}
 WHERE r.reorder_id = $1 AND r.partner_id = $2
 FOR UPDATE OF r
 """
@@ -659,7 +641,7 @@ WITH target AS (
 ), hit AS (
     SELECT g.customer_id, g.fields, g.preference_ids
     FROM target JOIN consents g ON g.customer_id = target.customer_id AND g.audience = $3
-    WHERE g.expires_at IS NULL OR g.expires_at > now()
+    WHERE {IN_FORCE}
 ), shown AS ({SHOWN})
 SELECT hit.customer_id, hit.fields, k.generation, k.wrapped,
        shown.preference_id, shown.rank, shown.status, shown.product_ct, shown.attributes_ct,
@@ -678,14 +660,14 @@ async def partner_preferences(
     assert partner.partner_id is not None
     async with conn.transaction():
         rows = await conn.fetch(
-            PARTNER_PREFERENCES, partner.partner_id, ref, f"partner:{partner.partner_id}"
+            PARTNER_PREFERENCES, partner.partner_id, ref, partner_audience(partner.partner_id)
         )
         if not rows:
             raise NotFound("No such customer reference.")
         first = rows[0]
         key = vault.envelope.unwrap(first["customer_id"], first["generation"], first["wrapped"])
         shown = [shared_view(key, row) for row in rows if row["preference_id"] is not None]
-        refs = await pairwise.refs_for(
+        refs = await partner_refs.refs_for(
             conn, first["customer_id"], partner.partner_id, [p.id for p in shown]
         )
         shown = [p for p in shown if p.id in refs]  # not one deleted meanwhile
@@ -729,5 +711,5 @@ async def cancel_outside_grant(
     """After a grant to a partner changed, its not-yet-accepted reorders of preferences the
     grant no longer covers are cancelled (narrowed fields only narrow what the partner sees)."""
     await conn.execute(
-        CLOSE_WAITING_OUTSIDE_GRANT, customer_id, partner_id, f"partner:{partner_id}"
+        CLOSE_WAITING_OUTSIDE_GRANT, customer_id, partner_id, partner_audience(partner_id)
     )

@@ -1,4 +1,10 @@
-"""Retention: what expires is purged, by `prefs purge` and periodically by the service."""
+"""Retention: what expires is purged, by `prefs purge` and periodically by the service.
+
+Two jobs: expiry (grants past their end are recorded as expired and ended, with what follows
+from that in prefs.consequences) runs every PREFS_EXPIRY_INTERVAL; the purge of expired rows
+every PREFS_PURGE_INTERVAL. Reads never expire anything: every read skips grants past their end
+by the grant-in-force predicate (prefs.grants.IN_FORCE).
+"""
 
 from __future__ import annotations
 
@@ -59,20 +65,37 @@ async def purge(
         }
 
 
-async def run_periodically(
-    pool: Any, vault: Vault, controller: str, access_log_days: int, interval: float
-) -> None:
-    """The service's own purge loop (one purge at a time across all workers).
+async def expire(conn: asyncpg.Connection, vault: Vault, controller: str) -> int:
+    """End every grant past its end (ledger receipt, consequences); returns how many."""
+    return await expire_due(conn, vault, controller)
 
-    A purge that fails is logged and tried again next time: the loop ends only when cancelled.
+
+async def run_periodically(
+    pool: Any,
+    vault: Vault,
+    controller: str,
+    access_log_days: int,
+    interval: float,
+    expiry_interval: float | None = None,
+) -> None:
+    """The service's own expiry and purge loop (one purge at a time across all workers).
+
+    A run that fails is logged and tried again next time: the loop ends only when cancelled.
     The log names the exception's type and its frames, never its message (which may quote a
     value).
     """
+    tick = min(interval, expiry_interval or interval)
+    since_purge = 0.0
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(tick)
+        since_purge += tick
         try:
             async with pool.acquire() as conn:
-                purged = await purge(conn, vault, controller, access_log_days)
+                if since_purge >= interval:
+                    since_purge = 0.0
+                    purged = await purge(conn, vault, controller, access_log_days)
+                else:
+                    purged = {"consents_expired": await expire(conn, vault, controller)}
             if purged and any(purged.values()):
                 log.info("purged %s", purged)
         except DATABASE_DOWN as error:

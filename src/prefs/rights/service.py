@@ -14,9 +14,10 @@ from prefs.access_log import service as access_log
 from prefs.consents import ledger
 from prefs.consents import service as consents
 from prefs.crypto import Vault
-from prefs.customers.service import data_key, profile
+from prefs.customer_keys import data_key
+from prefs.customers.service import profile
 from prefs.db import Row
-from prefs.insights import service as insights
+from prefs.events import CustomerErased, follow
 from prefs.preferences.service import list_preferences
 from prefs.reorders import service as reorders
 
@@ -72,7 +73,7 @@ async def erase(
         if tombstone:
             await conn.execute(TOMBSTONES, customer_id)
         await conn.execute(CLOSE_ACCEPTED, customer_id)
-        await insights.forget(conn, vault, customer_id)
+        await follow(conn, vault, CustomerErased(customer_id))
         for statement in SHRED:
             await conn.execute(statement, customer_id)
     vault.envelope.forget(customer_id)
@@ -198,9 +199,8 @@ async def export(
     Runs in one repeatable-read snapshot; the long lists (reorders, ledger, access log) are read
     through server-side cursors so memory stays flat however much there is.
     """
-    # Both may write (a lazy rewrap, expiries recorded in the ledger): not in the read-only snapshot
+    # A lazy rewrap may write: not in the read-only snapshot
     await data_key(conn, vault, customer_id)
-    await consents.expire_due(conn, vault, controller, customer_id)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         key = await data_key(conn, vault, customer_id)
         me = await profile(conn, vault, customer_id)

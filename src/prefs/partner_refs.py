@@ -1,7 +1,9 @@
-"""The ids a partner knows a customer's preferences by: random, one per (customer, partner,
-preference), stable for that partner and meaningless to any other recipient.
+"""What a partner knows a customer by, and the customer's preferences by.
 
-The customer keeps their own preference ids; a till is shown none at all.
+The customer reference: a keyed pairwise value, one per (partner, customer), kept so that key
+rotation does not change it. Preference ids: random, one per (customer, partner, preference),
+stable for that partner and meaningless to any other recipient. The customer keeps their own
+preference ids; a till is shown none at all.
 """
 
 from __future__ import annotations
@@ -10,6 +12,47 @@ import uuid
 from collections.abc import Sequence
 
 import asyncpg
+
+from prefs.crypto import BlindIndex
+from prefs.grants import partner_audience
+
+REF = "SELECT ref FROM partner_refs WHERE partner_id = $1 AND customer_id = $2"
+ADD_REF = """
+INSERT INTO partner_refs (partner_id, ref, customer_id) VALUES ($1, $2, $3)
+ON CONFLICT DO NOTHING
+"""
+CUSTOMER_OF = "SELECT customer_id FROM partner_refs WHERE partner_id = $1 AND ref = $2"
+
+
+async def reference(
+    conn: asyncpg.Connection, partner_id: uuid.UUID, customer_id: uuid.UUID
+) -> str | None:
+    """The partner's reference for the customer, if one was made."""
+    ref: str | None = await conn.fetchval(REF, partner_id, customer_id)
+    return ref
+
+
+async def ensure_ref(
+    conn: asyncpg.Connection, index: BlindIndex, partner_id: uuid.UUID, customer_id: uuid.UUID
+) -> str:
+    """The partner's own stable reference for the customer (kept, so key rotation keeps it)."""
+    ref = await reference(conn, partner_id, customer_id)
+    if ref is None:
+        await conn.execute(
+            ADD_REF, partner_id, index.pairwise(partner_id, customer_id), customer_id
+        )
+        ref = await reference(conn, partner_id, customer_id)
+    assert ref is not None
+    return ref
+
+
+async def customer_of(
+    conn: asyncpg.Connection, partner_id: uuid.UUID, ref: str
+) -> uuid.UUID | None:
+    """The customer behind a partner's reference, or None."""
+    customer_id: uuid.UUID | None = await conn.fetchval(CUSTOMER_OF, partner_id, ref)
+    return customer_id
+
 
 # Rows another transaction adds at the same moment are neither returned by the insert nor
 # seen by the select (both use the statement's snapshot): the caller asks once more for them.
@@ -65,7 +108,7 @@ async def make_for_grant(
 ) -> None:
     """Make the partner's ids for every preference its grant covers, as the grant is given, so
     that reorders placed later never wait on each other to make the same id."""
-    await conn.execute(GRANTED, customer_id, partner_id, f"partner:{partner_id}")
+    await conn.execute(GRANTED, customer_id, partner_id, partner_audience(partner_id))
 
 
 async def preference_of(
