@@ -40,13 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from catalogue import preference
 
-from prefs import db
+from prefs import credentials, db
 from prefs.consents import ledger
 from prefs.consents import service as consents
 from prefs.consents.schemas import Recipient
-from prefs.credentials import service as credentials
 from prefs.crypto import Vault
-from prefs.preferences.sealed import seal_purchases
+from prefs.sealed_preferences import seal_purchases
 from prefs.settings import DEV_ISSUER, Settings, load
 
 CARD_FORMAT = (

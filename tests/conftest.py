@@ -23,10 +23,9 @@ import httpx
 import pytest
 import uvicorn
 
-from prefs import db
+from prefs import credentials, db
 from prefs.app import create_app
 from prefs.auth import DevIssuer
-from prefs.credentials import service as credentials
 from prefs.crypto import Vault
 from prefs.settings import Settings, load
 

@@ -14,8 +14,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from prefs import partner_refs
-from prefs.credentials import service as credentials
+from prefs import credentials, partner_refs
 from tests.conftest import CHINOS, bearer
 
 PROBLEM_JSON = "application/problem+json"

@@ -24,9 +24,8 @@ from typing import Any
 import asyncpg
 import httpx
 
-from prefs import db
+from prefs import credentials, db
 from prefs.auth import DevIssuer
-from prefs.credentials import service as credentials
 from prefs.crypto import Vault
 from prefs.settings import Settings, load
 from tests.conftest import _admin, bearer, confirm_card, with_database

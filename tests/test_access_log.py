@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from prefs.credentials import service as credentials
+from prefs import credentials
 from tests.conftest import bearer
 from tests.till import (
     checkout_code,

@@ -19,9 +19,9 @@ import httpx
 import pytest
 from litestar.routes import HTTPRoute
 
+from prefs import credentials
 from prefs.app import create_app
 from prefs.auth import DevIssuer
-from prefs.credentials import service as credentials
 from prefs.settings import Settings, load
 from tests.conftest import CHINOS, bearer
 

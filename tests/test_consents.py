@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from prefs import credentials
 from prefs.consents import ledger
-from prefs.credentials import service as credentials
 from prefs.retention import service as retention
 from tests.conftest import CHINOS
 from tests.till import (

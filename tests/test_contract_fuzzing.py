@@ -34,10 +34,9 @@ from schemathesis.specs.openapi.checks import (
     use_after_free,
 )
 
-from prefs import db
+from prefs import credentials, db
 from prefs.auth import DevIssuer
 from prefs.consents.service import MAX_CONSENT_YEARS
-from prefs.credentials import service as credentials
 from prefs.crypto import Vault
 from prefs.cursors import seal_time
 from prefs.reorders.service import encode_feed_cursor

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from prefs.credentials import service as credentials
+from prefs import credentials
 from prefs.errors import InvalidInput
 from tests.conftest import CHINOS, bearer
 from tests.till import grant, look_up, shopper, till_key

@@ -29,9 +29,8 @@ from typing import Any
 import httpx
 import pytest
 
-from prefs import db
+from prefs import credentials, db
 from prefs.auth import DevIssuer
-from prefs.credentials import service as credentials
 from tests.conftest import CHINOS, bearer, confirm_card
 
 START_TIMEOUT = 240.0  # a cold `prefs serve` migrates and seeds the demo data first

@@ -22,8 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from prefs import db
-from prefs.credentials import service as credentials
+from prefs import credentials, db
 from tests.conftest import CHINOS, bearer, confirm_card
 
 PROBLEM_JSON = "application/problem+json"

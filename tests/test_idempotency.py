@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from prefs.reorders import idempotency
+from prefs import idempotency
 from tests.conftest import CHINOS, bearer
 from tests.partner_steps import (
     PROBLEM_JSON,
@@ -239,7 +239,7 @@ async def test_stored_answers_are_encrypted(client, conn, new_customer, vault):
 
 
 async def test_a_partner_replay_after_withdrawal_shows_nothing(client, new_customer, conn):
-    from prefs.credentials import service as credentials
+    from prefs import credentials
 
     cred, key = await credentials.create(conn, "partner", "Replay Tailors")
     alice = await new_customer()

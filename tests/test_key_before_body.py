@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from prefs.credentials import service as credentials
+from prefs import credentials
 from tests.conftest import bearer
 from tests.partner_steps import partner_key
 from tests.till import till_key

@@ -18,8 +18,8 @@ import asyncpg
 import httpx
 import pytest
 
+from prefs import credentials
 from prefs.app import create_app
-from prefs.credentials import service as credentials
 from prefs.keys import service as keys
 from prefs.rights import service as rights
 from prefs.settings import Settings

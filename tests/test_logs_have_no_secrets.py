@@ -31,8 +31,8 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from prefs import credentials
 from prefs.auth import DEV_KID
-from prefs.credentials import service as credentials
 from prefs.observability import JsonFormatter
 from prefs.settings import DEV_AUDIENCE, DEV_ISSUER
 from tests.conftest import _free_port, bearer

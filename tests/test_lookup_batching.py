@@ -12,10 +12,9 @@ import asyncpg
 import pytest
 from msgspec import UNSET
 
-from prefs import db
-from prefs.access_log.service import INSERT_SEALED
-from prefs.credentials import service as credentials
+from prefs import credentials, db
 from prefs.crypto import DecryptionError
+from prefs.disclosures import INSERT_SEALED
 from prefs.errors import NotFound, Unavailable
 from prefs.pos.schemas import LookupResult
 from prefs.pos.service import (

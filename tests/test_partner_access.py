@@ -10,8 +10,7 @@ from typing import Any
 
 import httpx
 
-from prefs import db
-from prefs.credentials import service as credentials
+from prefs import credentials, db
 from prefs.reorders import service as reorders
 from prefs.reorders.schemas import ReorderCreate
 from tests.conftest import CHINOS, bearer

@@ -15,11 +15,10 @@ from typing import Any
 import asyncpg
 import httpx
 
-from prefs import db
+from prefs import db, idempotency
 from prefs.app import create_app
 from prefs.auth import DevIssuer
 from prefs.crypto import Vault
-from prefs.reorders import idempotency
 from prefs.retention import service as retention
 from prefs.settings import Settings, load
 from tests.conftest import Database, LiveServer

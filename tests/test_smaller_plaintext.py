@@ -8,9 +8,9 @@ import uuid
 
 import httpx
 
+from prefs import idempotency
 from prefs.customer_keys import data_key
 from prefs.preferences import service as preferences
-from prefs.reorders import idempotency
 from tests.rights_steps import enrol, keep, preference, reorder
 from tests.test_privacy_at_rest import copy_block, encodings, pg_dump
 

@@ -13,8 +13,8 @@ from typing import Any
 import asyncpg
 import httpx
 
+from prefs import credentials
 from prefs.access_log.service import opened
-from prefs.credentials import service as credentials
 from prefs.crypto import Vault
 from prefs.customer_keys import data_key
 from tests.conftest import CHINOS, bearer

@@ -17,13 +17,12 @@ from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
-from prefs import db
+from prefs import credentials, db
 from prefs.access_log.api import AccessLogController
 from prefs.auth import Customer, TokenVerifier
 from prefs.cards.api import CardsController
 from prefs.checkout.api import CheckoutCodesController
 from prefs.consents.api import ConsentsController
-from prefs.credentials import service as credentials
 from prefs.crypto import Vault
 from prefs.customers.api import MeController
 from prefs.customers.service import require_customer_id

@@ -19,8 +19,8 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 
-from prefs.credentials import service as credentials
-from prefs.credentials.service import Credential, Kind
+from prefs import credentials
+from prefs.credentials import Credential, Kind
 from prefs.crypto import BlindIndex
 from prefs.settings import DEV_AUDIENCE, DEV_ISSUER, Settings
 

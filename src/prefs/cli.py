@@ -194,9 +194,9 @@ def _seal_backlog(settings: Settings, url: str) -> None:
     """Seal what revision 0009's expand step left in clear: access-log entries, purchase
     histories and Idempotency-Key values (it needs the keys: not in a migration). `prefs migrate`
     runs it every time (so it resumes one that was stopped), `prefs serve` when it migrated."""
+    from prefs import idempotency
     from prefs.access_log import service as access_log
     from prefs.preferences import service as preferences
-    from prefs.reorders import idempotency
 
     vault = _vault(settings)
 
@@ -261,7 +261,7 @@ def credentials() -> None:
 @click.option("--description", help="What the partner does (partner only).")
 def credentials_create(kind: str, name: str, store: str | None, description: str | None) -> None:
     """Create a key; it is printed once and stored only as a hash."""
-    from prefs.credentials import service
+    from prefs import credentials as service
     from prefs.errors import Problem
 
     async def action(conn: Any) -> tuple[Any, str]:
@@ -282,7 +282,7 @@ def credentials_create(kind: str, name: str, store: str | None, description: str
 @credentials.command("list")
 def credentials_list() -> None:
     """List keys (never the keys themselves)."""
-    from prefs.credentials import service
+    from prefs import credentials as service
 
     with Database(_settings()) as url:
         rows = _run(url, service.list_all)
@@ -298,7 +298,7 @@ def credentials_list() -> None:
 @click.argument("credential_id", type=click.UUID)
 def credentials_revoke(credential_id: Any) -> None:
     """Revoke a key: refused from its next request on."""
-    from prefs.credentials import service
+    from prefs import credentials as service
     from prefs.errors import Problem
 
     with Database(_settings()) as url:

@@ -12,12 +12,11 @@ import msgspec
 
 from prefs import cursors
 from prefs.access_log.schemas import AccessLogPage, DisclosedPreference, Disclosure, Viewer
-from prefs.access_log.sealed import Visit, as_row, open_visit, seal
-from prefs.credentials.service import Credential
 from prefs.crypto import DataKey, DecryptionError, Vault
 from prefs.customer_keys import data_key
 from prefs.db import Row
-from prefs.preferences.sealed import decrypt_product
+from prefs.disclosures import Visit, as_row, open_visit, seal
+from prefs.sealed_preferences import decrypt_product
 
 FIELD_WORDS = {
     "product": "which products",
@@ -157,65 +156,6 @@ async def disclosures(
         )
         for row in entries
     ]
-
-
-KEYS = """
-SELECT customer_id, generation, wrapped FROM customer_keys WHERE customer_id = ANY($1::uuid[])
-"""
-# every writer inserts sealed entries only (at: the transaction's now())
-INSERT_SEALED = """
-INSERT INTO access_log (disclosure_id, customer_id, sealed)
-SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bytea[])
-"""
-
-
-async def record(
-    conn: asyncpg.Connection,
-    who: Credential,
-    purpose: str,
-    via: str,
-    disclosures: list[tuple[uuid.UUID, list[uuid.UUID], list[str]]],
-    *,
-    vault: Vault,
-) -> None:
-    """Log disclosures to a credential's holder: (customer, preferences, fields) each, sealed
-    under each customer's data key (a customer without one was erased meanwhile: nothing to
-    keep).
-
-    Call inside the transaction that reads what is disclosed, so no answer leaves without its
-    record.
-    """
-    if not disclosures:
-        return
-    keys = {
-        row["customer_id"]: vault.envelope.unwrap(
-            row["customer_id"], row["generation"], row["wrapped"]
-        )
-        for row in await conn.fetch(KEYS, list({customer for customer, _, _ in disclosures}))
-    }
-    ids: list[uuid.UUID] = []
-    customers: list[uuid.UUID] = []
-    sealed: list[bytes] = []
-    for customer_id, preference_ids, fields in disclosures:
-        key = keys.get(customer_id)
-        if key is None:
-            continue
-        visit = Visit(
-            actor_kind=who.kind,
-            credential_id=who.id,
-            actor_name=who.name,
-            store=who.store,
-            partner_id=who.partner_id,
-            purpose=purpose,
-            via=via,
-            preference_ids=list(preference_ids),
-            fields=list(fields),
-        )
-        disclosure_id = uuid.uuid4()
-        ids.append(disclosure_id)
-        customers.append(customer_id)
-        sealed.append(seal(key, disclosure_id, visit))
-    await conn.execute(INSERT_SEALED, ids, customers, sealed)
 
 
 # The backfill: entries written in clear before sealing, a batch at a time in primary-key order

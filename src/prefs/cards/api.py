@@ -12,7 +12,7 @@ from litestar.status_codes import HTTP_204_NO_CONTENT
 from prefs.auth import api_key_guard
 from prefs.cards import service
 from prefs.cards.schemas import CardConfirmation
-from prefs.credentials.service import Credential
+from prefs.credentials import Credential
 from prefs.crypto import Vault, api_key_hash
 from prefs.db import Connection
 from prefs.errors import problems

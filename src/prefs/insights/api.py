@@ -7,7 +7,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 
 from prefs.auth import api_key_guard
-from prefs.credentials.service import Credential
+from prefs.credentials import Credential
 from prefs.crypto import Vault
 from prefs.db import Connection
 from prefs.errors import problems

@@ -4,7 +4,7 @@ from datetime import date
 
 import msgspec
 
-from prefs.preferences.schemas import Product
+from prefs.products import Product
 
 
 class DemandGroup(msgspec.Struct):

@@ -21,8 +21,8 @@ from prefs.errors import TooManyRequests
 from prefs.grants import INSIGHTS, live_grant
 from prefs.insights.mechanism import GROUPS_PER_CUSTOMER, noisy_release
 from prefs.insights.schemas import DemandGroup, DiscontinuedDemand
-from prefs.preferences.schemas import Product
-from prefs.preferences.sealed import decrypt_attributes, decrypt_product
+from prefs.products import Product
+from prefs.sealed_preferences import decrypt_attributes, decrypt_product
 
 SIZE_KEYS = frozenset(
     {

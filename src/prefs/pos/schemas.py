@@ -7,7 +7,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from prefs.identifiers import Card
-from prefs.preferences.schemas import Product, Status
+from prefs.products import Product, Status
 
 
 class LookupRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

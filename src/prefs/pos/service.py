@@ -15,13 +15,12 @@ from typing import Any
 
 import asyncpg
 
-from prefs.access_log.sealed import Visit, seal
-from prefs.access_log.service import INSERT_SEALED
 from prefs.crypto import DecryptionError, Vault, api_key_hash
+from prefs.disclosures import INSERT_SEALED, Visit, seal
 from prefs.errors import NotFound, Problem, TooManyRequests, Unavailable
 from prefs.pos.schemas import LookupResult, TillPreference
-from prefs.preferences.schemas import SharedPreference
-from prefs.preferences.sealed import shared, shown
+from prefs.products import SharedPreference
+from prefs.sealed_preferences import shared, shown
 
 
 class InvalidApiKey(Problem):

@@ -1,27 +1,20 @@
 """Preference shapes: what customers send and what they get back."""
 
 from datetime import date, datetime
-from typing import Annotated, Literal
+from typing import Annotated
 from uuid import UUID
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from prefs.text import AttributeName, AttributeValue, Label, Note, ProductName, Sku
+from prefs.products import Product, Status
+from prefs.text import AttributeName, AttributeValue, Note
 
-Status = Literal["available", "discontinued"]
 Rank = Annotated[int, Meta(ge=1, le=500)]
 Purchases = Annotated[int, Meta(ge=0, le=1_000_000)]
 Attributes = Annotated[dict[AttributeName, AttributeValue], Meta(max_length=32)]
 
 MAX_PREFERENCES = 500
-
-
-class Product(msgspec.Struct, forbid_unknown_fields=True):
-    sku: Sku
-    name: ProductName
-    brand: Label | None = None
-    category: Label | None = None
 
 
 class PreferenceCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -58,17 +51,6 @@ class Preference(msgspec.Struct, kw_only=True):
     version: int
     created_at: datetime
     updated_at: datetime
-
-
-class SharedPreference(msgspec.Struct, kw_only=True):
-    """A preference as an audience sees it: fields not granted are absent."""
-
-    id: UUID
-    rank: int
-    status: Status
-    product: Product | UnsetType = UNSET
-    attributes: dict[str, str] | UnsetType = UNSET
-    note: str | None | UnsetType = UNSET
 
 
 class PreferenceList(msgspec.Struct):

@@ -19,7 +19,9 @@ from prefs.preferences.schemas import (
     PreferenceCreate,
     PreferenceUpdate,
 )
-from prefs.preferences.sealed import (
+from prefs.sealed_preferences import (
+    COLUMNS,
+    GET,
     decrypt_attributes,
     decrypt_note,
     decrypt_product,
@@ -47,11 +49,7 @@ def _preference(key: DataKey, row: Row) -> Preference:
     )
 
 
-# purchases and last_purchased_on: read only for rows not yet sealed (purchases_ct) by the backfill
-COLUMNS = """preference_id, rank, status, purchases, last_purchased_on, purchases_ct, version,
-             product_ct, attributes_ct, note_ct, created_at, updated_at"""
 LIST = f"SELECT {COLUMNS} FROM preferences WHERE customer_id = $1 ORDER BY rank"
-GET = f"SELECT {COLUMNS} FROM preferences WHERE customer_id = $1 AND preference_id = $2"
 GET_FOR_UPDATE = GET + " FOR UPDATE"
 COUNT = "SELECT count(*) FROM preferences WHERE customer_id = $1"
 

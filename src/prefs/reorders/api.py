@@ -12,15 +12,16 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
+from prefs import idempotency
 from prefs.auth import api_key_guard, customer_guard
-from prefs.credentials.service import Credential
+from prefs.credentials import Credential
 from prefs.crypto import Vault
 from prefs.db import Connection
 from prefs.errors import problems
 from prefs.http import STRING_WHEN_SENT, constraints_of, declared_body
 from prefs.observability import DISCLOSURES
-from prefs.preferences.schemas import SharedPreference
-from prefs.reorders import idempotency, service
+from prefs.products import SharedPreference
+from prefs.reorders import service
 from prefs.reorders.schemas import (
     PartnerFeed,
     PartnerRef,

@@ -7,7 +7,7 @@ from uuid import UUID
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from prefs.preferences.schemas import Product
+from prefs.products import Product
 from prefs.text import END, UUID_TEXT
 
 Quantity = Annotated[int, Meta(ge=1, le=99)]

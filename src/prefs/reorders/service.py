@@ -12,9 +12,8 @@ import asyncpg
 import msgspec
 from msgspec import UNSET
 
-from prefs import cursors, partner_refs
-from prefs.access_log import service as access_log
-from prefs.credentials.service import Credential
+from prefs import cursors, disclosures, partner_refs
+from prefs.credentials import Credential
 from prefs.crypto import DataKey, Vault
 from prefs.customer_keys import data_key
 from prefs.db import Row
@@ -27,15 +26,7 @@ from prefs.grants import (
     partner_audience_sql,
     partner_of,
 )
-from prefs.preferences.schemas import SharedPreference
-from prefs.preferences.sealed import (
-    SHOWN,
-    decrypt_attributes,
-    decrypt_note,
-    decrypt_product,
-    shared_view,
-)
-from prefs.preferences.service import GET as GET_PREFERENCE
+from prefs.products import SharedPreference
 from prefs.reorders.schemas import (
     PartnerFeed,
     PartnerReorder,
@@ -44,6 +35,14 @@ from prefs.reorders.schemas import (
     ReorderCreate,
     ReorderList,
     Snapshot,
+)
+from prefs.sealed_preferences import GET as GET_PREFERENCE
+from prefs.sealed_preferences import (
+    SHOWN,
+    decrypt_attributes,
+    decrypt_note,
+    decrypt_product,
+    shared_view,
 )
 
 ALL_FIELDS = ["product", "attributes", "note"]
@@ -320,7 +319,7 @@ async def create_for_partner(
         data.preference,
         "proposed",
     )
-    await access_log.record(
+    await disclosures.record(
         conn,
         partner,
         "reorder",
@@ -366,7 +365,7 @@ async def replay_for_partner(
     key = await data_key(conn, vault, customer_id)
     first.item = narrowed(open_snapshot(key, row), first.fields)
     if first.item is not None:
-        await access_log.record(
+        await disclosures.record(
             conn,
             partner,
             "reorder",
@@ -588,7 +587,7 @@ async def feed(
                 snap = narrowed(open_snapshot(key, row), fields)
                 disclosed.append((row["customer_id"], [row["preference_id"]], fields))
             items.append(_partner_view(row, row["ref"], snap, fields if snap else []))
-        await access_log.record(conn, partner, "reorder", "reorder", disclosed, vault=vault)
+        await disclosures.record(conn, partner, "reorder", "reorder", disclosed, vault=vault)
     next_cursor = (
         encode_feed_cursor(vault, partner.partner_id, rows[-1]["xid"], rows[-1]["reorder_id"])
         if rows
@@ -671,7 +670,7 @@ async def partner_preferences(
             conn, first["customer_id"], partner.partner_id, [p.id for p in shown]
         )
         shown = [p for p in shown if p.id in refs]  # not one deleted meanwhile
-        await access_log.record(
+        await disclosures.record(
             conn,
             partner,
             "partner-read",

@@ -17,9 +17,9 @@ import asyncpg
 from prefs.consents.service import expire_due
 from prefs.crypto import Vault
 from prefs.errors import DATABASE_DOWN
+from prefs.idempotency import purge_expired as purge_idempotency
 from prefs.insights.service import drop_unused_groups, purge_old_releases
 from prefs.pos.service import MISS_WINDOW
-from prefs.reorders.idempotency import purge_expired as purge_idempotency
 
 log = logging.getLogger("prefs.retention")
 

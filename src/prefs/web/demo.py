@@ -14,8 +14,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from prefs import credentials
 from prefs.cards import service as cards
-from prefs.credentials import service as credentials
 from prefs.crypto import Vault
 from prefs.customers import service as customers
 from prefs.preferences import service as preferences

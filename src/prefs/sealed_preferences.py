@@ -11,9 +11,14 @@ import msgspec
 
 from prefs.crypto import DataKey
 from prefs.db import Row
-from prefs.preferences.schemas import Product, SharedPreference
+from prefs.products import Product, SharedPreference
 
 TABLE = "preferences"
+# A preference row with everything its owner may read; purchases and last_purchased_on are read
+# only for rows not yet sealed (purchases_ct) by the backfill.
+COLUMNS = """preference_id, rank, status, purchases, last_purchased_on, purchases_ct, version,
+             product_ct, attributes_ct, note_ct, created_at, updated_at"""
+GET = f"SELECT {COLUMNS} FROM preferences WHERE customer_id = $1 AND preference_id = $2"
 _attributes = msgspec.json.Decoder(dict[str, str])
 _product = msgspec.json.Decoder(Product)
 
