@@ -39,7 +39,7 @@ from prefs.auth import DevIssuer
 from prefs.consents.service import MAX_CONSENT_YEARS
 from prefs.crypto import Vault
 from prefs.cursors import seal_time
-from prefs.reorders.service import encode_feed_cursor
+from prefs.partners.service import encode_feed_cursor
 from tests.conftest import CHINOS, Database, LiveServer, bearer, repo_root
 
 CHECKS = [

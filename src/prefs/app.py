@@ -32,12 +32,12 @@ from prefs.http import InlineBodies, require_json_body
 from prefs.insights.api import InsightsController
 from prefs.keys import service as keys
 from prefs.observability import ObservabilityMiddleware, configure_logging
-from prefs.partners.api import PartnersController
+from prefs.partners.api import PartnerController, PartnersController
 from prefs.pos.api import PosController
 from prefs.pos.service import LOOKUP_SERVER_SETTINGS, LookupBatcher, ThrottledTills
 from prefs.preferences.api import PreferencesController
 from prefs.ratelimit import customer_rate_limit
-from prefs.reorders.api import CustomerReordersController, PartnerController
+from prefs.reorders.api import CustomerReordersController
 from prefs.retention import service as retention
 from prefs.rights.api import ExportController
 from prefs.settings import Settings, load

@@ -84,6 +84,20 @@ def covers(grant: asyncpg.Record, preference_id: uuid.UUID) -> bool:
     return ids is None or preference_id in ids
 
 
+async def partner_fields(
+    conn: asyncpg.Connection,
+    customer_id: uuid.UUID,
+    partner_id: uuid.UUID,
+    preference_id: uuid.UUID,
+) -> list[str] | None:
+    """The fields a live grant to the partner reveals of this preference, or None; the grant is
+    held (a withdrawal waits for what is being done under it, then ends it)."""
+    grant = await live_grant(conn, customer_id, partner_audience(partner_id), hold=True)
+    if grant is None or not covers(grant, preference_id):
+        return None
+    return list(grant["fields"])
+
+
 OWNED = "SELECT preference_id FROM preferences WHERE customer_id = $1 AND preference_id = ANY($2::uuid[])"
 
 

@@ -9,15 +9,20 @@ import copy
 import json
 import types
 from dataclasses import dataclass
-from typing import Any, Union, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import msgspec
-from litestar import Request
+from litestar import Request, Response
+from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
+from litestar.params import HeaderParameter, QueryParameter
 from litestar.plugins import OpenAPISchemaPlugin
 from litestar.typing import FieldDefinition
 
+from prefs import idempotency
+from prefs.crypto import Vault
+from prefs.db import Connection
 from prefs.errors import InvalidInput
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -178,3 +183,58 @@ def _merge(schema: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         both_maps = isinstance(value, dict) and isinstance(merged.get(key), dict)
         merged[key] = _merge(merged[key], value) if both_maps else value
     return merged
+
+
+# --- shared request parts: pagination and idempotent creation ------------------------------------
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        required=True,
+        pattern=idempotency.HEADER_PATTERN,
+        description=(
+            "A unique key per reorder: 1 to 200 printable ASCII characters, bare or as a "
+            'Structured Field string ("…"); both forms name the same key.'
+        ),
+        schema_extra=STRING_WHEN_SENT,
+    ),
+]
+Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Items per page")]
+After = Annotated[
+    str | None,
+    QueryParameter(
+        max_length=200, description="The `next` of the previous page", schema_extra=STRING_WHEN_SENT
+    ),
+]
+
+
+async def once_per_key(
+    request: Request[Any, Any, Any],
+    conn: Connection,
+    vault: Vault,
+    state: State,
+    owner: str,
+    idempotency_key: str | None,
+    data: msgspec.Struct,
+    create: idempotency.Create,
+    replay: idempotency.Replay | None = None,
+) -> Response[Any]:
+    """Run a reorder-creating request once per Idempotency-Key; replays say so in a header."""
+    key = idempotency.check_key(idempotency_key)
+    fingerprint = idempotency.request_fingerprint(
+        "POST", request.url.path, msgspec.json.encode(data)
+    )
+    answer = await idempotency.once(
+        conn,
+        vault,
+        owner,
+        key,
+        fingerprint,
+        state.settings.idempotency_ttl_seconds,
+        create,
+        replay,
+    )
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
+    return Response(
+        answer.body, status_code=answer.status, media_type="application/json", headers=headers
+    )

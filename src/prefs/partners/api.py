@@ -1,15 +1,36 @@
-"""HTTP for the partner directory customers choose from: GET /v1/partners."""
+"""HTTP for partners: the directory customers choose from (GET /v1/partners), and what a
+partner does with its key under /v1/partner."""
 
 from __future__ import annotations
 
-from litestar import Controller, get
-from litestar.di import NamedDependency
+from typing import Annotated, Any
+from uuid import UUID
 
-from prefs.auth import customer_guard
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, PathParameter
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+
+from prefs.auth import api_key_guard, customer_guard
+from prefs.credentials import Credential
+from prefs.crypto import Vault
 from prefs.db import Connection
 from prefs.errors import problems
+from prefs.grants import partner_audience
+from prefs.http import After, IdempotencyKey, Limit, constraints_of, declared_body, once_per_key
+from prefs.observability import DISCLOSURES
 from prefs.partners import service
-from prefs.partners.schemas import PartnerDirectory
+from prefs.partners.schemas import (
+    PartnerDirectory,
+    PartnerFeed,
+    PartnerRef,
+    PartnerReorder,
+    PartnerReorderCreate,
+    StatusChange,
+)
+from prefs.products import SharedPreference
 
 
 class PartnersController(Controller):
@@ -22,3 +43,121 @@ class PartnersController(Controller):
     async def directory(self, conn: NamedDependency[Connection]) -> PartnerDirectory:
         """The partners a customer can grant consent to."""
         return PartnerDirectory(items=await service.directory(conn))
+
+
+Reference = Annotated[
+    PartnerRef,
+    PathParameter(
+        **constraints_of(PartnerRef), description="The customer's reference for this partner"
+    ),
+]
+
+
+class PartnerController(Controller):
+    path = "/v1/partner"
+    tags = ["partner"]
+    guards = [api_key_guard("partner")]
+    security = [{"api_key": []}]
+
+    @get("/reorders", responses=problems(400, 401, 503))
+    async def feed(
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        state: State,
+        credential: NamedDependency[Credential],
+        limit: Limit = 50,
+        after: After = None,
+    ) -> PartnerFeed:
+        """Reorders addressed to this partner, oldest first; poll again with `next`."""
+        page = await service.feed(
+            conn, vault, credential, after, limit, state.settings.partner_accepted_window_days
+        )
+        DISCLOSURES.labels("partner").inc(sum(item.item is not None for item in page.items))
+        return page
+
+    @post(
+        "/reorders/{reorder_id:uuid}/status",
+        status_code=HTTP_200_OK,
+        operation_class=declared_body(StatusChange),
+        responses=problems(400, 401, 404, 409, 413, 415, 503),
+    )
+    async def set_status(
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        state: State,
+        credential: NamedDependency[Credential],
+        reorder_id: FromPath[UUID],
+        data: JSONBody[StatusChange],
+    ) -> PartnerReorder:
+        """accepted → fulfilled, or declined; repeating the current state is a no-op."""
+        return await service.set_status(conn, credential, reorder_id, data.state)
+
+    @post(
+        "/reorders",
+        status_code=HTTP_201_CREATED,
+        operation_class=declared_body(PartnerReorderCreate),
+        responses=problems(400, 401, 404, 409, 413, 415, 422, 503),
+    )
+    async def create(
+        self,
+        request: Request[Any, Any, Any],
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        state: State,
+        credential: NamedDependency[Credential],
+        data: JSONBody[PartnerReorderCreate],
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[PartnerReorder]:
+        """Propose a reorder to a customer who lets this partner see that preference; it waits
+        (`proposed`) until the customer confirms it (409 while too many are waiting)."""
+
+        async def create() -> tuple[UUID, int, bytes]:
+            limits = service.ProposalLimits(
+                state.settings.partner_open_proposals,
+                state.settings.partner_proposal_max_quantity,
+            )
+            customer_id, reorder = await service.create_for_partner(
+                conn, vault, credential, data, limits
+            )
+            return customer_id, HTTP_201_CREATED, msgspec.json.encode(reorder)
+
+        async def replay(customer_id: UUID, answer: bytes) -> bytes:
+            shown, disclosed = await service.replay_for_partner(
+                conn,
+                vault,
+                credential,
+                data,
+                state.settings.partner_accepted_window_days,
+                customer_id,
+                answer,
+            )
+            DISCLOSURES.labels("partner").inc(disclosed)
+            return shown
+
+        assert credential.partner_id is not None  # every partner key names its partner
+        return await once_per_key(
+            request,
+            conn,
+            vault,
+            state,
+            partner_audience(credential.partner_id),
+            idempotency_key,
+            data,
+            create,
+            replay,
+        )
+
+    @get("/customers/{ref:str}/preferences", responses=problems(400, 401, 404, 503))
+    async def preferences(
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        credential: NamedDependency[Credential],
+        ref: Reference,
+    ) -> list[SharedPreference]:
+        """A consenting customer's granted preferences (404 without a live grant)."""
+        shown = await service.partner_preferences(conn, vault, credential, ref)
+        DISCLOSURES.labels("partner").inc()
+        return shown

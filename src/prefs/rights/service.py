@@ -20,6 +20,7 @@ from prefs.db import Row
 from prefs.events import CustomerErased, follow
 from prefs.preferences.service import list_preferences
 from prefs.reorders import service as reorders
+from prefs.sealed_reorders import open_snapshot
 
 # 2: consents name their recipient as the consents page does (with the partner's reference);
 # access-log entries are the access-log page's, preference names and summary included.
@@ -235,7 +236,7 @@ async def export(
         yield b',"reorders":'
         async for chunk in _array(
             await conn.cursor(REORDERS, customer_id),
-            _each(lambda row: reorders.reorder_view(row, reorders.open_snapshot(key, row))),
+            _each(lambda row: reorders.reorder_view(row, open_snapshot(key, row))),
         ):
             yield chunk
         yield b',"access_log":'
