@@ -94,9 +94,19 @@ async def revoke(conn: asyncpg.Connection, credential_id: uuid.UUID) -> Credenti
     return Credential(**dict(row))
 
 
-VERIFY = """
+def live_key(credential: str, key_hash: str, kind: str) -> str:
+    """The one rule for an API key, as SQL: the ``credential`` row (an alias) is the live key of
+    ``kind`` whose hash is ``key_hash``. The guards' check (verify) and the till lookup's own
+    (prefs.pos, inside its single statement) both use it."""
+    return (
+        f"{credential}.key_hash = {key_hash} AND {credential}.kind = {kind} "
+        f"AND {credential}.revoked_at IS NULL"
+    )
+
+
+VERIFY = f"""
 SELECT credential_id AS id, kind, display_name AS name, store, partner_id, created_at, revoked_at
-FROM credentials WHERE key_hash = $1 AND kind = $2 AND revoked_at IS NULL
+FROM credentials c WHERE {live_key("c", "$1", "$2")}
 """
 
 

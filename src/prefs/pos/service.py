@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from prefs.credentials import live_key
 from prefs.crypto import DecryptionError, Vault, api_key_hash
 from prefs.disclosures import INSERT_SEALED, Visit, seal
 from prefs.errors import NotFound, Problem, TooManyRequests, Unavailable
@@ -48,7 +49,7 @@ WITH cred AS MATERIALIZED (
            coalesce(mk.misses, 0) AS key_misses, mk.window_start AS key_window,
            coalesce(ms.misses, 0) AS store_misses, ms.window_start AS store_window
     FROM unnest($1::int[], $2::bytea[]) AS r(i, key_hash)
-    JOIN credentials c ON c.key_hash = r.key_hash AND c.kind = 'pos' AND c.revoked_at IS NULL
+    JOIN credentials c ON {live_key("c", "r.key_hash", "'pos'")}
     LEFT JOIN key_misses mk ON mk.key_hash = r.key_hash
         AND mk.window_start > now() - {MISS_WINDOW}
     LEFT JOIN store_misses ms ON ms.store = c.store
