@@ -19,6 +19,7 @@ from prefs.credentials import live_key
 from prefs.crypto import DecryptionError, Vault, api_key_hash
 from prefs.disclosures import INSERT_SEALED, Visit, seal
 from prefs.errors import NotFound, Problem, TooManyRequests, Unavailable
+from prefs.grants import IN_FORCE
 from prefs.pos.schemas import LookupResult, TillPreference
 from prefs.products import SharedPreference
 from prefs.sealed_preferences import shared, shown
@@ -66,7 +67,7 @@ WITH cred AS MATERIALIZED (
         FROM unnest($3::int[], $4::bytea[]) WITH ORDINALITY AS h(i, card_hash, n)
         JOIN card_index ci ON ci.card_hash = h.card_hash
         JOIN consents g ON g.customer_id = ci.customer_id AND g.audience = 'pos'
-        WHERE g.expires_at IS NULL OR g.expires_at > now()
+        WHERE {IN_FORCE}
         UNION ALL
         SELECT h.i, h.n, k.customer_id, k.fields, k.preference_ids, 'code'
         FROM unnest($5::int[], $6::bytea[]) WITH ORDINALITY AS h(i, code_hash, n)
