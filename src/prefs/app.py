@@ -39,7 +39,7 @@ from prefs.preferences.api import PreferencesController
 from prefs.ratelimit import customer_rate_limit
 from prefs.reorders.api import CustomerReordersController
 from prefs.retention import service as retention
-from prefs.rights.api import ExportController
+from prefs.rights.api import RightsController
 from prefs.settings import Settings, load
 from prefs.web.api import route_handlers as web_routes
 
@@ -154,7 +154,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                     CheckoutCodesController,
                     AccessLogController,
                     CustomerReordersController,
-                    ExportController,
+                    RightsController,
                 ],
                 middleware=[customer_rate_limit(settings.customer_requests_per_minute).middleware],
             ),

@@ -1,10 +1,10 @@
-"""HTTP for the customer's own profile: /v1/me."""
+"""HTTP for the customer's own profile: /v1/me (erasing it: prefs.rights.api)."""
 
 from __future__ import annotations
 
 from uuid import UUID
 
-from litestar import Controller, Response, delete, get, patch, post
+from litestar import Controller, Response, get, patch, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
@@ -18,7 +18,6 @@ from prefs.db import Connection
 from prefs.errors import problems
 from prefs.http import declared_body
 from prefs.identifiers import CARD_NUMBER
-from prefs.rights import service as rights
 
 CARD = {"properties": {"card": {"anyOf": [CARD_NUMBER, {"type": "null"}]}}}
 
@@ -73,13 +72,3 @@ class MeController(Controller):
     ) -> Profile:
         """Set the loyalty card (pending until confirmed at a till) or clear it."""
         return await service.set_card(conn, vault, customer_id, data.card)
-
-    @delete("/", responses=problems(401, 404, 503))
-    async def erase(
-        self,
-        conn: NamedDependency[Connection],
-        vault: NamedDependency[Vault],
-        customer_id: NamedDependency[UUID],
-    ) -> None:
-        """Erase everything: the data key is destroyed with the rows (crypto-shredding)."""
-        await rights.erase(conn, vault, customer_id)

@@ -1,4 +1,4 @@
-"""HTTP for the customer's rights: the export; erasure is DELETE /v1/me (customers/api.py)."""
+"""HTTP for the customer's rights: erasure (DELETE /v1/me) and the export (GET /v1/me/export)."""
 
 from __future__ import annotations
 
@@ -6,23 +6,35 @@ from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
-from litestar import Controller, get
+from litestar import Controller, delete, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.response import Stream
 
 from prefs.auth import customer_guard
+from prefs.crypto import Vault
+from prefs.db import Connection
 from prefs.errors import problems
 from prefs.rights import service
 
 
-class ExportController(Controller):
-    path = "/v1/me/export"
+class RightsController(Controller):
+    path = "/v1/me"
     tags = ["customer"]
     guards = [customer_guard]
     security = [{"customer": []}]
 
-    @get("/", media_type="application/json", responses=problems(401, 404, 503))
+    @delete("/", responses=problems(401, 404, 503))
+    async def erase(
+        self,
+        conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        customer_id: NamedDependency[UUID],
+    ) -> None:
+        """Erase everything: the data key is destroyed with the rows (crypto-shredding)."""
+        await service.erase(conn, vault, customer_id)
+
+    @get("/export", media_type="application/json", responses=problems(401, 404, 503))
     async def export(self, state: State, customer_id: NamedDependency[UUID]) -> Stream:
         """Everything held about you, decrypted, in one JSON document (streamed)."""
         pool: Any = state.pool
