@@ -15,12 +15,11 @@ from msgspec import UNSET
 from prefs import credentials, db
 from prefs.crypto import DecryptionError
 from prefs.disclosures import INSERT_SEALED
-from prefs.errors import NotFound, Unavailable
+from prefs.errors import NotFound, Unauthenticated, Unavailable
 from prefs.pos.schemas import LookupResult
 from prefs.pos.service import (
     LOOKUP,
     LOOKUP_SERVER_SETTINGS,
-    InvalidApiKey,
     LookupBatcher,
     ThrottledTills,
     lookup,
@@ -142,7 +141,7 @@ async def test_lookups_sent_together_share_a_statement_and_each_gets_its_own_ans
     assert [p.note for p in by_code.preferences] == [p.get("note") for p in coded_kept]
     assert all(p.product is UNSET and p.attributes is UNSET for p in by_code.preferences)
     assert isinstance(missing, NotFound) and isinstance(unknown, NotFound)
-    assert isinstance(wrong_key, InvalidApiKey)
+    assert isinstance(wrong_key, Unauthenticated)
     assert await disclosures(conn, ungranted.id) == 0
     assert await disclosures(conn, product_only.id) == 1
     assert await disclosures(conn, coded.id) == 1

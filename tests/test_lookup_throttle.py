@@ -81,7 +81,7 @@ async def test_two_workers_share_one_count_of_a_keys_misses(
     for batcher, tills in (first, second):  # the limit holds on both
         with pytest.raises(TooManyRequests) as refused:
             await lookup(batcher, vault, tills, key, plain(card), None)
-        assert 1 <= int(refused.value.headers["Retry-After"]) <= 60
+        assert 1 <= (refused.value.retry_after or 0) <= 60
     assert await disclosures(conn, customer.id) == 0
     assert await key_misses(conn, key) == 4
 
@@ -240,7 +240,7 @@ async def test_a_store_refusal_is_remembered_until_the_stores_window_ends_not_th
     with pytest.raises(TooManyRequests) as refused:
         await lookup(batcher, vault, tills, key, plain(fresh_card()), None)
 
-    assert 1 <= int(refused.value.headers["Retry-After"]) <= 5
+    assert 1 <= (refused.value.retry_after or 0) <= 5
     assert [scope for scope, _ in tills.until] == ["store"]
     assert tills.until["store", store] - time.monotonic() <= 5
 

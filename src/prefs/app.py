@@ -26,7 +26,6 @@ from prefs.consents.api import ConsentsController
 from prefs.crypto import Vault
 from prefs.customers.api import MeController
 from prefs.customers.service import require_customer_id
-from prefs.errors import exception_handlers
 from prefs.health.api import HealthController, MetricsController
 from prefs.http import InlineBodies, require_json_body
 from prefs.insights.api import InsightsController
@@ -36,6 +35,7 @@ from prefs.partners.api import PartnerController, PartnersController
 from prefs.pos.api import PosController
 from prefs.pos.service import LOOKUP_SERVER_SETTINGS, LookupBatcher, ThrottledTills
 from prefs.preferences.api import PreferencesController
+from prefs.problems import exception_handlers
 from prefs.ratelimit import customer_rate_limit
 from prefs.reorders.api import CustomerReordersController
 from prefs.retention import service as retention

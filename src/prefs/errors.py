@@ -1,24 +1,15 @@
-"""Domain exceptions and the one mapping of every error to problem+json (RFC 9457).
+"""Domain exceptions: what went wrong, in the service's terms (the HTTP mapping: prefs.problems).
 
-Messages never carry personal data or secrets: they name fields and rules, not values.
+Each names the status it maps to and carries meaning, never HTTP headers: how long to wait
+(``retry_after``), the current version (``current_version``). Messages never carry personal data
+or secrets: they name fields and rules, not values.
 """
 
 from __future__ import annotations
 
-import logging
-import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
-import msgspec
-
-if TYPE_CHECKING:
-    from litestar import Request, Response
-    from litestar.types import ExceptionHandlersMap
-
-log = logging.getLogger("prefs.errors")
-
-PROBLEM_JSON = "application/problem+json"
 
 
 class Problem(Exception):
@@ -28,15 +19,29 @@ class Problem(Exception):
     slug = "bad-request"
     title = "Bad request"
 
-    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        retry_after: int | None = None,
+        current_version: int | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
-        self.headers = headers or {}
+        self.retry_after = retry_after  # seconds until trying again makes sense
+        self.current_version = current_version  # of the resource, after a stale If-Match
         self.extra = extra
 
 
 class InvalidInput(Problem):
     status, slug, title = 400, "invalid-input", "Invalid input"
+
+
+class Unauthenticated(Problem):
+    """No valid credential (an unknown or revoked API key, a bad token)."""
+
+    status, slug, title = 401, "unauthenticated", "Authentication required"
 
 
 class NotFound(Problem):
@@ -75,29 +80,7 @@ class Unavailable(Problem):
     status, slug, title = 503, "unavailable", "Service unavailable"
 
 
-class ProblemBody(msgspec.Struct, omit_defaults=True):
-    type: str
-    title: str
-    status: int
-    detail: str | None = None
-    errors: list[dict[str, Any]] | None = None
-    retry_after: int | None = None
-
-
-_TITLES = {
-    400: ("bad-request", "Bad request"),
-    401: ("unauthenticated", "Authentication required"),
-    403: ("forbidden", "Forbidden"),
-    404: ("not-found", "Not found"),
-    405: ("method-not-allowed", "Method not allowed"),
-    413: ("body-too-large", "Request body too large"),
-    415: ("unsupported-media-type", "Unsupported media type"),
-    431: ("headers-too-large", "Request headers too large"),
-    429: ("too-many-requests", "Too many requests"),
-    500: ("internal-error", "Internal error"),
-    503: ("unavailable", "Service unavailable"),
-}
-
+# What the database being away looks like from here: answered 503, and jobs skip a turn.
 DATABASE_DOWN = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown, starting up
@@ -109,164 +92,3 @@ DATABASE_DOWN = (
     OSError,
     TimeoutError,
 )
-
-
-def problem_response(
-    status: int,
-    detail: str | None,
-    *,
-    slug: str | None = None,
-    title: str | None = None,
-    headers: dict[str, str] | None = None,
-    errors: list[dict[str, Any]] | None = None,
-) -> Response[bytes]:
-    from litestar import Response
-
-    default_slug, default_title = _TITLES.get(status, ("error", "Error"))
-    body = ProblemBody(
-        type=f"urn:prefs:problem:{slug or default_slug}",
-        title=title or default_title,
-        status=status,
-        detail=detail,
-        errors=errors,
-    )
-    return Response(
-        msgspec.json.encode(body), status_code=status, media_type=PROBLEM_JSON, headers=headers
-    )
-
-
-def _domain(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    assert isinstance(exc, Problem)
-    return problem_response(
-        exc.status,
-        exc.detail,
-        slug=exc.slug,
-        title=exc.title,
-        headers=exc.headers,
-        errors=exc.extra.get("errors"),
-    )
-
-
-_BODY_FIELD = re.compile(r"^(?P<message>.*?) - at `\$\.data\.(?P<key>[^`]*)`$", re.DOTALL)
-
-
-def _misfiled_body_error(exc: Exception) -> list[dict[str, Any]] | None:
-    """A body field Litestar reported as a server fault: the field shares a dependency's name.
-
-    Litestar decides whether a failed validation is the client's by the field's name, so a body
-    field called like an injected dependency (``customer`` in a partner's reorder) that fails
-    validation becomes a 500. The decoder's message still says it was the body.
-    """
-    cause = exc.__cause__
-    if not isinstance(cause, msgspec.ValidationError):
-        return None
-    match = _BODY_FIELD.match(str(cause))
-    if match is None:
-        return None
-    return [{"message": match["message"], "key": match["key"], "source": "body"}]
-
-
-_QUOTED = re.compile(
-    r"'[^']*'"
-)  # values are quoted 'so'; field names `so` stay: they name the field
-
-
-def _without_values(message: str) -> str:
-    """Validation messages name fields and rules; quoted values sent by the caller are dropped."""
-    return _QUOTED.sub("…", message)
-
-
-def _http(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    from litestar.exceptions import HTTPException, ValidationException
-
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 500 and (misfiled := _misfiled_body_error(exc)) is not None:
-        return problem_response(
-            400, "The request does not match the schema: see errors.", errors=misfiled
-        )
-    errors = None
-    detail = exc.detail
-    if isinstance(exc, ValidationException):
-        detail = "The request does not match the schema: see errors."
-        extra = exc.extra if isinstance(exc.extra, list) else []
-        errors = [
-            {
-                k: _without_values(v) if k == "message" and isinstance(v, str) else v
-                for k, v in item.items()
-                if k in ("message", "key", "source")
-            }
-            for item in extra
-            if isinstance(item, dict)
-        ] or [{"message": _without_values(exc.detail)}]
-    headers = dict(exc.headers or {})
-    if exc.status_code == 401:
-        headers.setdefault("WWW-Authenticate", 'Bearer realm="prefs"')
-    return problem_response(exc.status_code, detail, headers=headers, errors=errors)
-
-
-def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    log.warning("database unavailable: %s on %s", type(exc).__name__, request.scope.get("path"))
-    return problem_response(
-        503, "The database is not reachable right now; retry shortly.", headers={"Retry-After": "2"}
-    )
-
-
-def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    if isinstance(exc, DATABASE_DOWN):
-        return _database_down(request, exc)
-    if getattr(exc, "constraint_name", None) == "retired_master_key":
-        log.error("this process wraps under a retired master key: fix PREFS_MASTER_KEYS")
-        return problem_response(503, "The service is being reconfigured; retry shortly.")
-    log.error(
-        "unhandled %s on %s %s",
-        type(exc).__name__,
-        request.method,
-        request.scope.get("path"),
-        exc_info=exc,
-    )
-    return problem_response(500, "Something went wrong on our side.")
-
-
-_ANSWERS = {
-    400: "The request breaks the schema or a rule; `errors` names the fields.",
-    401: "No valid credential for this route (Bearer token or API key of the right kind).",
-    404: "Not found, not enrolled, or not shared with you: the same answer either way.",
-    409: "Conflicts with the current state (a limit, a transition, a request in flight).",
-    412: "If-Match names a version that is no longer current: read again, then retry.",
-    413: "The body is larger than the service accepts.",
-    415: "The body is not JSON.",
-    422: "This Idempotency-Key was already used with another request.",
-    428: "Send If-Match with the version (ETag) you last read.",
-    429: "Too many requests (a till's misses, a customer's card changes, an insights key's daily "
-    "reads); retry after Retry-After seconds.",
-    503: "The database is not reachable right now; retry after Retry-After seconds.",
-}
-
-
-def problems(*statuses: int) -> dict[int, Any]:
-    """OpenAPI: the problem+json answers a route gives besides its success, for ``responses=``."""
-    from litestar.openapi import ResponseSpec
-
-    return {
-        status: ResponseSpec(
-            ProblemBody,
-            description=_ANSWERS[status],
-            media_type=PROBLEM_JSON,
-            generate_examples=False,
-        )
-        for status in statuses
-    }
-
-
-def exception_handlers() -> ExceptionHandlersMap:
-    from litestar.exceptions import HTTPException
-
-    return {
-        Problem: _domain,
-        HTTPException: _http,
-        asyncpg.PostgresConnectionError: _database_down,
-        asyncpg.exceptions.OperatorInterventionError: _database_down,
-        asyncpg.InterfaceError: _database_down,
-        ConnectionError: _database_down,
-        Exception: _unexpected,
-    }

@@ -14,8 +14,8 @@ from prefs.access_log.schemas import AccessLogPage
 from prefs.auth import customer_guard
 from prefs.crypto import Vault
 from prefs.db import Connection
-from prefs.errors import problems
 from prefs.http import STRING_WHEN_SENT
+from prefs.problems import problems
 
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Disclosures per page")]
 After = Annotated[

@@ -15,9 +15,9 @@ from prefs.cards.schemas import CardConfirmation
 from prefs.credentials import Credential
 from prefs.crypto import Vault, api_key_hash
 from prefs.db import Connection
-from prefs.errors import problems
 from prefs.http import declared_body
 from prefs.identifiers import CARD_NUMBER, CHECKOUT_CODE, normalise_card, normalise_code
+from prefs.problems import problems
 
 CARD_AND_CODE = {"properties": {"card": CARD_NUMBER, "code": CHECKOUT_CODE}}
 

@@ -164,5 +164,5 @@ async def prove(
 def _throttled(wait: int) -> TooManyRequests:
     return TooManyRequests(
         f"Too many lookups found nothing; try again in {wait} s.",
-        headers={"Retry-After": str(wait)},
+        retry_after=wait,
     )

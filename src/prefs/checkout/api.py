@@ -15,8 +15,8 @@ from prefs.checkout import service
 from prefs.checkout.schemas import CheckoutCode, CheckoutCodeRequest
 from prefs.crypto import Vault
 from prefs.db import Connection
-from prefs.errors import problems
 from prefs.http import declared_body
+from prefs.problems import problems
 
 
 class CheckoutCodesController(Controller):

@@ -16,9 +16,10 @@ from prefs.consents import ledger, service
 from prefs.consents.schemas import ConsentChange, ConsentGrant, ConsentList, LedgerPage
 from prefs.crypto import Vault
 from prefs.db import Connection
-from prefs.errors import InvalidInput, problems
+from prefs.errors import InvalidInput
 from prefs.grants import Audience
 from prefs.http import STRING_WHEN_SENT, constraints_of, declared_body
+from prefs.problems import problems
 
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Records per page")]
 Before = Annotated[

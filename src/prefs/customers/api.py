@@ -15,9 +15,9 @@ from prefs.crypto import Vault
 from prefs.customers import service
 from prefs.customers.schemas import Enrolment, Profile, ProfileUpdate
 from prefs.db import Connection
-from prefs.errors import problems
 from prefs.http import declared_body
 from prefs.identifiers import CARD_NUMBER
+from prefs.problems import problems
 
 CARD = {"properties": {"card": {"anyOf": [CARD_NUMBER, {"type": "null"}]}}}
 

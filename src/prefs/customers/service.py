@@ -253,9 +253,7 @@ async def _set_card(
         raise NotEnrolled("Enrol first with POST /v1/me.")
     if counted["card_changes"] > CARD_CHANGES_PER_HOUR:
         wait = counted["retry_after"]
-        raise TooManyRequests(
-            f"Too many card changes; try again in {wait} s.", headers={"Retry-After": str(wait)}
-        )
+        raise TooManyRequests(f"Too many card changes; try again in {wait} s.", retry_after=wait)
     hashes = [vault.index.card(card, v) for v in vault.index.versions] if card else []
     if hashes and await conn.fetchval(OWN_CONFIRMED, customer_id, hashes):
         return  # the same card, already proven

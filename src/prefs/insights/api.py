@@ -10,9 +10,9 @@ from prefs.auth import api_key_guard
 from prefs.credentials import Credential
 from prefs.crypto import Vault
 from prefs.db import Connection
-from prefs.errors import problems
 from prefs.insights import service
 from prefs.insights.schemas import DiscontinuedDemand
+from prefs.problems import problems
 
 
 class InsightsController(Controller):

@@ -247,7 +247,7 @@ async def count_read(
         raise TooManyRequests(
             f"This key has read the discontinued demand {reads_per_day} times today; "
             "the release changes once a day (UTC).",
-            headers={"Retry-After": str(wait)},
+            retry_after=wait,
         )
 
 

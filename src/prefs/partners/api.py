@@ -17,7 +17,6 @@ from prefs.auth import api_key_guard, customer_guard
 from prefs.credentials import Credential
 from prefs.crypto import Vault
 from prefs.db import Connection
-from prefs.errors import problems
 from prefs.grants import partner_audience
 from prefs.http import After, IdempotencyKey, Limit, constraints_of, declared_body, once_per_key
 from prefs.observability import DISCLOSURES
@@ -30,6 +29,7 @@ from prefs.partners.schemas import (
     PartnerReorderCreate,
     StatusChange,
 )
+from prefs.problems import problems
 from prefs.products import SharedPreference
 
 

@@ -11,12 +11,13 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
 from prefs.auth import api_key_guard, require_live_api_key
-from prefs.errors import InvalidInput, Problem, problems
+from prefs.errors import InvalidInput, Problem
 from prefs.http import declared_body, require_json_body
 from prefs.identifiers import CARD_NUMBER, CHECKOUT_CODE, normalise_card, normalise_code
 from prefs.observability import DISCLOSURES, LOOKUPS
 from prefs.pos import service
 from prefs.pos.schemas import LookupRequest, LookupResult
+from prefs.problems import problems
 
 CARD_OR_CODE = {
     "properties": {

@@ -18,16 +18,11 @@ import asyncpg
 from prefs.credentials import live_key
 from prefs.crypto import DecryptionError, Vault, api_key_hash
 from prefs.disclosures import INSERT_SEALED, Visit, seal
-from prefs.errors import NotFound, Problem, TooManyRequests, Unavailable
+from prefs.errors import NotFound, TooManyRequests, Unauthenticated, Unavailable
 from prefs.grants import IN_FORCE
 from prefs.pos.schemas import LookupResult, TillPreference
 from prefs.products import SharedPreference
 from prefs.sealed_preferences import shared, shown
-
-
-class InvalidApiKey(Problem):
-    status, slug, title = 401, "unauthenticated", "Authentication required"
-
 
 NOT_FOUND = "No customer preferences can be shown for this card or code."
 # how long a till key's or a store's window of misses lasts (SQL)
@@ -464,7 +459,7 @@ class ThrottledTills:
 def _throttled(wait: int) -> TooManyRequests:
     return TooManyRequests(
         f"Too many lookups found nothing; try again in {wait} s.",
-        headers={"Retry-After": str(wait)},
+        retry_after=wait,
     )
 
 
@@ -495,9 +490,7 @@ async def lookup(
     code_hashes: Hashes = vault.index.all_digests("checkout-code", code.encode()) if code else ()
     row = await batcher.fetch(key_hash, card_hashes, code_hashes)
     if row is None:
-        raise InvalidApiKey(
-            "The API key is not valid.", headers={"WWW-Authenticate": 'Bearer realm="prefs"'}
-        )
+        raise Unauthenticated("The API key is not valid.")
     if row["refused_by"] is not None:
         throttled.remember(key_hash, row)
         raise _throttled(row["retry_after"])

@@ -13,10 +13,11 @@ from litestar.status_codes import HTTP_201_CREATED
 from prefs.auth import customer_guard
 from prefs.crypto import Vault
 from prefs.db import Connection
-from prefs.errors import InvalidInput, PreconditionFailed, PreconditionRequired, problems
+from prefs.errors import InvalidInput, PreconditionFailed, PreconditionRequired
 from prefs.http import STRING_WHEN_SENT, declared_body
 from prefs.preferences import service
 from prefs.preferences.schemas import Preference, PreferenceCreate, PreferenceList, PreferenceUpdate
+from prefs.problems import problems
 
 IfMatch = Annotated[
     str | None,

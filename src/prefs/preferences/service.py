@@ -130,7 +130,7 @@ def _check_version(row: Row, expected: int | None) -> None:
     if expected is not None and row["version"] != expected:
         raise PreconditionFailed(
             f"The preference changed since you read it: it is now at version {row['version']}.",
-            headers={"ETag": f'"{row["version"]}"'},
+            current_version=row["version"],
         )
 
 

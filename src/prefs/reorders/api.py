@@ -15,8 +15,8 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from prefs.auth import customer_guard
 from prefs.crypto import Vault
 from prefs.db import Connection
-from prefs.errors import problems
 from prefs.http import After, IdempotencyKey, Limit, declared_body, once_per_key
+from prefs.problems import problems
 from prefs.reorders import service
 from prefs.reorders.schemas import Reorder, ReorderCreate, ReorderList
 

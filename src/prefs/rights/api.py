@@ -14,7 +14,7 @@ from litestar.response import Stream
 from prefs.auth import customer_guard
 from prefs.crypto import Vault
 from prefs.db import Connection
-from prefs.errors import problems
+from prefs.problems import problems
 from prefs.rights import service
 
 
