@@ -17,13 +17,8 @@ from prefs.crypto import DecryptionError
 from prefs.disclosures import INSERT_SEALED
 from prefs.errors import NotFound, Unauthenticated, Unavailable
 from prefs.pos.schemas import LookupResult
-from prefs.pos.service import (
-    LOOKUP,
-    LOOKUP_SERVER_SETTINGS,
-    LookupBatcher,
-    ThrottledTills,
-    lookup,
-)
+from prefs.pos.service import LOOKUP, LOOKUP_SERVER_SETTINGS, LookupBatcher, lookup
+from prefs.throttle import ThrottledTills
 from tests.till import (
     checkout_code,
     disclosures,

@@ -16,13 +16,8 @@ from prefs import db
 from prefs.crypto import Vault, api_key_hash
 from prefs.errors import NotFound, TooManyRequests
 from prefs.pos.schemas import LookupResult
-from prefs.pos.service import (
-    LOOKUP_SERVER_SETTINGS,
-    LookupBatcher,
-    ThrottledTills,
-    count_misses,
-    lookup,
-)
+from prefs.pos.service import LOOKUP_SERVER_SETTINGS, LookupBatcher, lookup
+from prefs.throttle import ThrottledTills, count_misses
 from tests.till import disclosures, fresh_card, fresh_store, grant, shopper, till_key
 
 

@@ -33,7 +33,7 @@ from prefs.keys import service as keys
 from prefs.observability import ObservabilityMiddleware, configure_logging
 from prefs.partners.api import PartnerController, PartnersController
 from prefs.pos.api import PosController
-from prefs.pos.service import LOOKUP_SERVER_SETTINGS, LookupBatcher, ThrottledTills
+from prefs.pos.service import LOOKUP_SERVER_SETTINGS, LookupBatcher
 from prefs.preferences.api import PreferencesController
 from prefs.problems import exception_handlers
 from prefs.ratelimit import customer_rate_limit
@@ -41,6 +41,7 @@ from prefs.reorders.api import CustomerReordersController
 from prefs.retention import service as retention
 from prefs.rights.api import RightsController
 from prefs.settings import Settings, load
+from prefs.throttle import ThrottledTills
 from prefs.web.api import route_handlers as web_routes
 
 

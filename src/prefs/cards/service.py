@@ -15,22 +15,9 @@ from collections.abc import Sequence
 import asyncpg
 
 from prefs.crypto import BlindIndex
-from prefs.errors import NotFound, TooManyRequests
-from prefs.pos.service import MISS_WINDOW, NOT_FOUND, count_misses
+from prefs.errors import NotFound
+from prefs.throttle import NOT_FOUND, count_misses, refusal, throttled
 
-# The seconds until the window that refuses this key or store ends; no row while both have
-# misses left.
-REFUSED = f"""
-SELECT greatest(1, ceil(extract(epoch FROM max(window_start) + {MISS_WINDOW} - now())))::int
-FROM (
-    SELECT window_start FROM key_misses
-    WHERE key_hash = $1 AND window_start > now() - {MISS_WINDOW} AND misses >= $3
-    UNION ALL
-    SELECT window_start FROM store_misses
-    WHERE store = $2 AND window_start > now() - {MISS_WINDOW} AND misses >= $4
-) AS full_windows
-HAVING count(*) > 0
-"""
 # The code's customer, if the code is in force here (read, then used under the customer locks:
 # erasure and withdrawal lock the customer before they end codes).
 CODE_OWNER = """
@@ -96,9 +83,7 @@ async def confirm(
     Unknown, expired or ended code, a code bound to another store, a card the code's customer
     has not claimed: all the same 404, counted as a miss of the key and the store.
     """
-    wait = await conn.fetchval(REFUSED, key_hash, store, misses_per_key, misses_per_store)
-    if wait is not None:
-        raise _throttled(wait)
+    await refusal(conn, key_hash, store, misses_per_key, misses_per_store)
     card_hashes = index.all_digests("card", card.encode())
     code_hashes = index.all_digests("checkout-code", code.encode())
     try:
@@ -110,7 +95,7 @@ async def confirm(
     except _NoMatch:
         [refused] = await count_misses(conn, [(key_hash, store)], misses_per_key, misses_per_store)
         if refused is not None:
-            raise _throttled(refused) from None
+            raise throttled(refused) from None
         raise NotFound(NOT_FOUND) from None
 
 
@@ -159,10 +144,3 @@ async def prove(
     except _NoMatch:
         return False
     return True
-
-
-def _throttled(wait: int) -> TooManyRequests:
-    return TooManyRequests(
-        f"Too many lookups found nothing; try again in {wait} s.",
-        retry_after=wait,
-    )

@@ -1,14 +1,11 @@
 """The till lookup — the hot path. One statement checks the key, finds the customer, checks
 consent and reads the granted fields; a second one records the disclosures, sealed under each
 customer's data key, and commits them before anyone is answered. Lookups that arrive while a
-batch is in the database share the next two statements and the one commit (group commit)."""
+batch is in the database share the next two statements and the one commit (group commit,
+prefs.group_commit). Misses are counted, and refused, by prefs.throttle."""
 
 from __future__ import annotations
 
-import asyncio
-import copy
-import math
-import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -18,15 +15,13 @@ import asyncpg
 from prefs.credentials import live_key
 from prefs.crypto import DecryptionError, Vault, api_key_hash
 from prefs.disclosures import INSERT_SEALED, Visit, seal
-from prefs.errors import NotFound, TooManyRequests, Unauthenticated, Unavailable
+from prefs.errors import NotFound, Unauthenticated
 from prefs.grants import IN_FORCE
+from prefs.group_commit import GroupCommit, Queued
 from prefs.pos.schemas import LookupResult, TillPreference
 from prefs.products import SharedPreference
 from prefs.sealed_preferences import shared, shown
-
-NOT_FOUND = "No customer preferences can be shown for this card or code."
-# how long a till key's or a store's window of misses lasts (SQL)
-MISS_WINDOW = "interval '1 minute'"
+from prefs.throttle import MISS_WINDOW, NOT_FOUND, ThrottledTills, count_misses, throttled
 
 # Lookup i of a batch sends its key hash ($1, $2) and the hashes of its card or code under
 # every index key version, primary first ($3, $4 or $5, $6; should versions disagree, the
@@ -158,98 +153,8 @@ def _log_visits(
     return [ids, customers, sealed], broken
 
 
-# Counting a batch's misses decides them: under row locks (keys, then stores, each in order), a
-# miss is counted while its key and its store are under their limits and refused (429) after,
-# so batches that ran side by side on other workers cannot take a key or a store past its limit
-# through misses. A window that has ended starts again.
-ENSURE_MISS_ROWS = """
-WITH keys AS (
-    INSERT INTO key_misses (key_hash, window_start, misses)
-    SELECT DISTINCT key_hash, now(), 0 FROM unnest($1::bytea[]) AS m(key_hash)
-    ON CONFLICT DO NOTHING
-)
-INSERT INTO store_misses (store, window_start, misses)
-SELECT DISTINCT store, now(), 0 FROM unnest($2::text[]) AS m(store)
-ON CONFLICT DO NOTHING
-"""
-# each row as it stands now: an ended window counts 0 from now; retry_after is when it ends
-LOCK_MISS_ROWS = f"""
-WITH locked AS (
-    SELECT * FROM (
-        SELECT 'key' AS scope, key_hash, NULL::text AS store, misses, window_start
-        FROM key_misses WHERE key_hash = ANY($1::bytea[]) ORDER BY key_hash FOR UPDATE
-    ) AS k
-    UNION ALL
-    SELECT * FROM (
-        SELECT 'store', NULL::bytea, store, misses, window_start
-        FROM store_misses WHERE store = ANY($2::text[]) ORDER BY store FOR UPDATE
-    ) AS s
-), windows AS (
-    SELECT scope, key_hash, store,
-           CASE WHEN window_start > now() - {MISS_WINDOW} THEN misses ELSE 0 END AS misses,
-           CASE WHEN window_start > now() - {MISS_WINDOW} THEN window_start ELSE now() END
-               AS window_start
-    FROM locked
-)
-SELECT windows.*, greatest(1, ceil(extract(epoch FROM
-           window_start + {MISS_WINDOW} - now())))::int AS retry_after
-FROM windows
-"""
-SET_MISSES = """
-WITH keys AS (
-    UPDATE key_misses t SET misses = u.misses, window_start = u.window_start
-    FROM unnest($1::bytea[], $2::int[], $3::timestamptz[]) AS u(key_hash, misses, window_start)
-    WHERE t.key_hash = u.key_hash
-)
-UPDATE store_misses t SET misses = u.misses, window_start = u.window_start
-FROM unnest($4::text[], $5::int[], $6::timestamptz[]) AS u(store, misses, window_start)
-WHERE t.store = u.store
-"""
-
-
-async def count_misses(
-    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy[asyncpg.Record],
-    misses: Sequence[tuple[bytes, str]],
-    per_key: int,
-    per_store: int,
-) -> list[int | None]:
-    """Count the misses (key hash, store) in order: None for each one counted, else the seconds
-    until the window that refused it ends."""
-    keys = sorted({key for key, _ in misses})
-    stores = sorted({store for _, store in misses})
-    async with conn.transaction():
-        await conn.execute(ENSURE_MISS_ROWS, keys, stores)
-        windows = {
-            (row["scope"], row["key_hash"] if row["scope"] == "key" else row["store"]): row
-            for row in await conn.fetch(LOCK_MISS_ROWS, keys, stores)
-        }
-        count = {who: window["misses"] for who, window in windows.items()}
-        limits = {"key": per_key, "store": per_store}
-        verdicts: list[int | None] = []
-        for key, store in misses:
-            full = [who for who in (("store", store), ("key", key)) if count[who] >= limits[who[0]]]
-            if full:
-                verdicts.append(windows[full[0]]["retry_after"])
-                continue
-            for who in (("key", key), ("store", store)):
-                count[who] += 1
-            verdicts.append(None)
-        changed = [who for who in count if count[who] != windows[who]["misses"]]
-        arguments: list[list[Any]] = []
-        for scope in ("key", "store"):
-            mine = [who for who in changed if who[0] == scope]
-            arguments += [
-                [who[1] for who in mine],
-                [count[who] for who in mine],
-                [windows[who]["window_start"] for who in mine],
-            ]
-        await conn.execute(SET_MISSES, *arguments)
-    return verdicts
-
-
 Hashes = Sequence[bytes]
-Request = tuple[bytes, Hashes, Hashes]
-Queued = tuple[Request, "asyncio.Future[asyncpg.Record | None]"]
+Request = tuple[bytes, Hashes, Hashes]  # the key's hash, the card's hashes, the code's hashes
 
 
 def _arguments(batch: Sequence[Request]) -> tuple[list[Any], ...]:
@@ -274,20 +179,10 @@ def _arguments(batch: Sequence[Request]) -> tuple[list[Any], ...]:
 LOOKUP_SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off"}
 
 
-# Errors the server reports about one lookup's data (data exceptions, integrity, a trigger's
-# RAISE, serialisation or deadlock): worth trying each lookup of a refused batch alone. Any other
-# error (timeouts, read-only after a failover, disk full) would fail each of them too.
-RETRY_ALONE_CLASSES = ("22", "23", "P0", "40")
-
-
-class LookupBatcher:
-    """Group commit for till lookups, per worker process.
-
-    A lookup that finds fewer than ``in_flight`` batches in the database starts one at once, so
-    a quiet till waits for nothing. Under load, lookups that arrive meanwhile queue and go
-    together, up to ``max_batch``, in the next batch: one lookup statement, one insert of their
-    sealed access-log records (when any was found) and one WAL flush for all of them. If the database refuses a shared batch because of one lookup's data,
-    each of its lookups is retried alone, so that one lookup's error is never another's.
+class LookupBatcher(GroupCommit[Request, "asyncpg.Record | None"]):
+    """Till lookups in group commit (prefs.group_commit), per worker process: each batch is one
+    lookup statement, one insert of its hits' sealed access-log records (when any was found) and
+    one WAL flush; its misses are counted (prefs.throttle) before they are answered.
     """
 
     def __init__(
@@ -300,52 +195,14 @@ class LookupBatcher:
         *,
         vault: Vault,
     ) -> None:
-        self.pool = pool
+        super().__init__(pool, max_batch, in_flight)
         self.vault = vault  # seals each hit's access-log record under its customer's data key
-        self.max_batch = max_batch
-        self.in_flight = in_flight
         self.limits = (misses_per_key, misses_per_store)  # per minute, across all workers
-        self.running = 0
-        self.statements = 0  # statements sent, for tests and the curious
-        self.queue: list[Queued] = []
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.statements = 0  # lookup statements sent, for tests and the curious
 
     async def fetch(self, key_hash: bytes, cards: Hashes, codes: Hashes) -> asyncpg.Record | None:
         """The row of one lookup (None: no live key), from whichever batch carried it."""
-        future: asyncio.Future[asyncpg.Record | None] = asyncio.get_running_loop().create_future()
-        self.queue.append(((key_hash, cards, codes), future))
-        if self.running < self.in_flight:
-            self._start()
-        return await future
-
-    def _start(self) -> None:
-        self.running += 1
-        task = asyncio.create_task(self._drain())
-        self.tasks.add(task)
-        task.add_done_callback(self._drained)
-
-    def _drained(self, task: asyncio.Task[None]) -> None:
-        # counted here, not in a finally: a task cancelled before it ran never runs one
-        self.tasks.discard(task)
-        self.running -= 1
-        if task.cancelled():
-            if not self.tasks:  # the loop is going away: nobody else will answer them
-                _fail(self.queue, Unavailable("The service is stopping; retry shortly."))
-                self.queue = []
-        elif self.queue and self.running < self.in_flight:
-            self._start()  # queued after this task's last look at the queue
-
-    async def close(self) -> None:
-        """Let the batches in flight finish (before their pool closes)."""
-        if self.tasks:
-            await asyncio.wait(set(self.tasks))
-
-    async def _drain(self) -> None:
-        while self.queue:
-            batch, self.queue = self.queue[: self.max_batch], self.queue[self.max_batch :]
-            batch = [queued for queued in batch if not queued[1].done()]  # gone: not asked
-            if batch:
-                await self._run(batch)
+        return await self.submit((key_hash, cards, codes))
 
     async def _fetch(
         self, conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record], requests: Sequence[Request]
@@ -359,108 +216,33 @@ class LookupBatcher:
             await conn.execute(INSERT_SEALED, *visits)
         return rows, broken
 
-    async def _run(self, batch: list[Queued]) -> None:
-        try:
-            async with self.pool.acquire() as conn:
-                try:
-                    rows, broken = await self._fetch(conn, [request for request, _ in batch])
-                except asyncpg.PostgresError as error:
-                    if len(batch) == 1 or not str(error.sqlstate).startswith(RETRY_ALONE_CLASSES):
-                        raise
-                    # rolled back because of some lookup's data: each alone, so that one
-                    # lookup's error fails that lookup only
-                    for request, future in batch:
-                        if future.done():
-                            continue  # its request went away: not asked
-                        try:
-                            alone, unlogged = await self._fetch(conn, [request])
-                            await self._answer(conn, [(request, future)], alone, unlogged)
-                        except asyncpg.PostgresError as its_own:
-                            _fail([(request, future)], its_own)
-                    return
-                await self._answer(conn, batch, rows, broken)
-        except Exception as error:  # every lookup of the batch still waiting gets it
-            _fail(batch, error)
-        except BaseException:
-            _fail(batch, Unavailable("The service is stopping; retry shortly."))
-            raise
-
-    async def _answer(
+    async def commit(
         self,
         conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record],
-        batch: Sequence[Queued],
-        rows: list[asyncpg.Record],
-        broken: dict[int, Exception],
+        batch: Sequence[Queued[Request, asyncpg.Record | None]],
     ) -> None:
         """Answer each lookup with its row; misses only once they are counted."""
+        rows, broken = await self._fetch(conn, [queued.request for queued in batch])
         per_lookup: list[asyncpg.Record | None] = [None] * len(batch)
         for found in rows:
             per_lookup[found["i"]] = found
         misses = []
-        for i, ((request, future), row) in enumerate(zip(batch, per_lookup, strict=True)):
+        for i, (queued, row) in enumerate(zip(batch, per_lookup, strict=True)):
             if i in broken:
-                if not future.done():
-                    future.set_exception(broken[i])  # its own: raised once
+                queued.fail(broken[i])  # its own: raised once
             elif row is not None and row["counted_miss"]:
-                misses.append((request, future, row))
+                misses.append((queued, row))
             else:
-                _settle(future, row)
+                queued.settle(row)
         if misses:
             verdicts = await count_misses(
-                conn, [(request[0], row["store"]) for request, _, row in misses], *self.limits
+                conn, [(queued.request[0], row["store"]) for queued, row in misses], *self.limits
             )
-            for (_, future, row), refused in zip(misses, verdicts, strict=True):
+            for (queued, row), refused in zip(misses, verdicts, strict=True):
                 if refused is None:
-                    _settle(future, row)
-                elif not future.done():
-                    future.set_exception(_throttled(refused))
-
-
-def _settle(future: asyncio.Future[asyncpg.Record | None], result: asyncpg.Record | None) -> None:
-    if not future.done():  # else its request went away while the statement ran: the record stays
-        future.set_result(result)
-
-
-def _fail(batch: list[Queued], error: BaseException) -> None:
-    """Hand ``error`` to each lookup still waiting, each its own copy (a traceback grows on the
-    exception object each time it is raised)."""
-    for _, future in batch:
-        if not future.done():
-            future.set_exception(copy.copy(error))
-
-
-class ThrottledTills:
-    """Keys and stores the database has refused for too many misses, remembered (per process)
-    until their window ends: a throttled till is refused without a round trip. The misses
-    themselves are counted in the database (count_misses), across all workers."""
-
-    def __init__(self) -> None:
-        self.until: dict[tuple[str, Any], float] = {}
-        self.store_of_key: dict[bytes, str] = {}
-
-    def check(self, key_hash: bytes) -> None:
-        now = time.monotonic()
-        for scope, who in (("key", key_hash), ("store", self.store_of_key.get(key_hash))):
-            until = self.until.get((scope, who))
-            if until is not None and until > now:
-                raise _throttled(math.ceil(until - now))
-
-    def remember(self, key_hash: bytes, row: asyncpg.Record) -> None:
-        """Remember the database's refusal of this key or its store until that window ends."""
-        now = time.monotonic()
-        if len(self.until) > 100_000:
-            self.until = {k: v for k, v in self.until.items() if v > now}
-            self.store_of_key.clear()
-        self.store_of_key[key_hash] = row["store"]
-        who = key_hash if row["refused_by"] == "key" else row["store"]
-        self.until[row["refused_by"], who] = now + row["retry_after"]
-
-
-def _throttled(wait: int) -> TooManyRequests:
-    return TooManyRequests(
-        f"Too many lookups found nothing; try again in {wait} s.",
-        retry_after=wait,
-    )
+                    queued.settle(row)
+                else:
+                    queued.fail(throttled(refused))
 
 
 def _for_till(rank: int, preference: SharedPreference) -> TillPreference:
@@ -478,22 +260,22 @@ def _for_till(rank: int, preference: SharedPreference) -> TillPreference:
 async def lookup(
     batcher: LookupBatcher,
     vault: Vault,
-    throttled: ThrottledTills,
+    refused: ThrottledTills,
     api_key: str,
     card: str | None,
     code: str | None,
 ) -> LookupResult:
     """Disclose the granted fields of a customer's ranked preferences to a till, and log it."""
     key_hash = api_key_hash(api_key)
-    throttled.check(key_hash)
+    refused.check(key_hash)
     card_hashes: Hashes = vault.index.all_digests("card", card.encode()) if card else ()
     code_hashes: Hashes = vault.index.all_digests("checkout-code", code.encode()) if code else ()
     row = await batcher.fetch(key_hash, card_hashes, code_hashes)
     if row is None:
         raise Unauthenticated("The API key is not valid.")
     if row["refused_by"] is not None:
-        throttled.remember(key_hash, row)
-        raise _throttled(row["retry_after"])
+        refused.remember(key_hash, row)
+        raise throttled(row["retry_after"])
     if row["customer_id"] is None:
         raise NotFound(NOT_FOUND)
     customer_id: uuid.UUID = row["customer_id"]

@@ -19,25 +19,13 @@ from prefs.crypto import Vault
 from prefs.errors import DATABASE_DOWN
 from prefs.idempotency import purge_expired as purge_idempotency
 from prefs.insights.service import drop_unused_groups, purge_old_releases
-from prefs.pos.service import MISS_WINDOW
+from prefs.throttle import ENDED_KEY_WINDOWS, ENDED_STORE_WINDOWS
 
 log = logging.getLogger("prefs.retention")
 
 LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('prefs.purge'))"
 CODES = "DELETE FROM checkout_codes WHERE expires_at <= now()"
 ACCESS_LOG = "DELETE FROM access_log WHERE at < now() - make_interval(days => $1)"
-# Ended windows of the till's miss throttle; rows a lookup is counting right now are left for
-# the next purge (never waited for, so the purge and a lookup cannot deadlock).
-KEY_MISSES = f"""
-DELETE FROM key_misses WHERE key_hash IN (
-    SELECT key_hash FROM key_misses WHERE window_start <= now() - {MISS_WINDOW}
-    FOR UPDATE SKIP LOCKED
-)"""
-STORE_MISSES = f"""
-DELETE FROM store_misses WHERE store IN (
-    SELECT store FROM store_misses WHERE window_start <= now() - {MISS_WINDOW}
-    FOR UPDATE SKIP LOCKED
-)"""
 
 
 def _count(status: str) -> int:
@@ -60,8 +48,8 @@ async def purge(
             "access_log": _count(await conn.execute(ACCESS_LOG, access_log_days)),
             "demand_groups": await drop_unused_groups(conn),
             "demand_releases": await purge_old_releases(conn),
-            "lookup_miss_windows": _count(await conn.execute(KEY_MISSES))
-            + _count(await conn.execute(STORE_MISSES)),
+            "lookup_miss_windows": _count(await conn.execute(ENDED_KEY_WINDOWS))
+            + _count(await conn.execute(ENDED_STORE_WINDOWS)),
         }
 
 
