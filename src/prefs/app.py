@@ -97,14 +97,33 @@ def _lifespan(settings: Settings) -> Any:
     return lifespan
 
 
-async def provide_conn(state: State) -> AsyncIterator[db.Connection]:
-    async with state.pool.acquire() as conn:
+# App-wide objects reach handlers one way: as named dependencies, read from app.state as they are
+# (an injected `State` would copy the app's state on every request). Guards and middleware, which
+# are not injected, read connection.app.state; so does the till lookup, to keep dependency
+# resolution off the hot path (prefs.pos.api).
+def provide_pool(request: Request[Any, Any, Any]) -> db.Pool:
+    pool: db.Pool = request.app.state.pool
+    return pool
+
+
+async def provide_conn(request: Request[Any, Any, Any]) -> AsyncIterator[db.Connection]:
+    async with request.app.state.pool.acquire() as conn:
         yield conn
 
 
-def provide_vault(state: State) -> Vault:
-    vault: Vault = state.vault
+def provide_vault(request: Request[Any, Any, Any]) -> Vault:
+    vault: Vault = request.app.state.vault
     return vault
+
+
+def provide_settings(request: Request[Any, Any, Any]) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def provide_schema_head(request: Request[Any, Any, Any]) -> str:
+    head: str = request.app.state.schema_head
+    return head
 
 
 def provide_signed_in_customer(request: Request[Any, Any, Any]) -> Customer:
@@ -167,8 +186,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *web_routes(settings),
         ],
         dependencies={
+            "pool": Provide(provide_pool, sync_to_thread=False),
             "conn": Provide(provide_conn),
             "vault": Provide(provide_vault, sync_to_thread=False),
+            "settings": Provide(provide_settings, sync_to_thread=False),
+            "schema_head": Provide(provide_schema_head, sync_to_thread=False),
             "signed_in_customer": Provide(provide_signed_in_customer, sync_to_thread=False),
             "customer_id": Provide(provide_customer_id),
             "credential": Provide(provide_credential, sync_to_thread=False),

@@ -13,7 +13,6 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 import msgspec
 from litestar import Request, Response
-from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
 from litestar.params import HeaderParameter, QueryParameter
@@ -24,6 +23,7 @@ from prefs import idempotency
 from prefs.crypto import Vault
 from prefs.db import Connection
 from prefs.errors import InvalidInput
+from prefs.settings import Settings
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -212,7 +212,7 @@ async def once_per_key(
     request: Request[Any, Any, Any],
     conn: Connection,
     vault: Vault,
-    state: State,
+    settings: Settings,
     owner: str,
     idempotency_key: str | None,
     data: msgspec.Struct,
@@ -230,7 +230,7 @@ async def once_per_key(
         owner,
         key,
         fingerprint,
-        state.settings.idempotency_ttl_seconds,
+        settings.idempotency_ttl_seconds,
         create,
         replay,
     )

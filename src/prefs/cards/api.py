@@ -18,6 +18,7 @@ from prefs.db import Connection
 from prefs.http import declared_body
 from prefs.identifiers import CARD_NUMBER, CHECKOUT_CODE, normalise_card, normalise_code
 from prefs.problems import problems
+from prefs.settings import Settings
 
 CARD_AND_CODE = {"properties": {"card": CARD_NUMBER, "code": CHECKOUT_CODE}}
 
@@ -40,6 +41,7 @@ class CardsController(Controller):
         conn: NamedDependency[Connection],
         vault: NamedDependency[Vault],
         credential: NamedDependency[Credential],
+        settings: NamedDependency[Settings],
         data: JSONBody[CardConfirmation],
     ) -> None:
         """Prove a card: the till scans it while its holder shows a checkout code. From then on
@@ -48,7 +50,6 @@ class CardsController(Controller):
         Anything that does not match answers the same 404 and counts as a lookup miss.
         """
         assert credential.store is not None  # every till key belongs to a store
-        settings = request.app.state.settings
         await service.confirm(
             conn,
             vault.index,

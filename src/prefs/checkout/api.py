@@ -5,7 +5,6 @@ from __future__ import annotations
 from uuid import UUID
 
 from litestar import Controller, delete, post
-from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_201_CREATED
@@ -17,6 +16,7 @@ from prefs.crypto import Vault
 from prefs.db import Connection
 from prefs.http import declared_body
 from prefs.problems import problems
+from prefs.settings import Settings
 
 
 class CheckoutCodesController(Controller):
@@ -35,13 +35,13 @@ class CheckoutCodesController(Controller):
         self,
         conn: NamedDependency[Connection],
         vault: NamedDependency[Vault],
-        state: State,
+        settings: NamedDependency[Settings],
         customer_id: NamedDependency[UUID],
         data: JSONBody[CheckoutCodeRequest],
     ) -> CheckoutCode:
         """A code to show at the till, revealing only the fields chosen, for a few minutes."""
         return await service.create(
-            conn, vault.index, customer_id, data, state.settings.checkout_code_ttl_seconds
+            conn, vault.index, customer_id, data, settings.checkout_code_ttl_seconds
         )
 
     @delete("/{code_id:uuid}", responses=problems(400, 401, 404, 503))

@@ -6,7 +6,6 @@ from typing import Annotated
 from uuid import UUID
 
 from litestar import Controller, delete, get, put
-from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK
@@ -20,6 +19,7 @@ from prefs.errors import InvalidInput
 from prefs.grants import Audience
 from prefs.http import STRING_WHEN_SENT, constraints_of, declared_body
 from prefs.problems import problems
+from prefs.settings import Settings
 
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Records per page")]
 Before = Annotated[
@@ -55,7 +55,7 @@ class ConsentsController(Controller):
         self,
         conn: NamedDependency[Connection],
         vault: NamedDependency[Vault],
-        state: State,
+        settings: NamedDependency[Settings],
         customer_id: NamedDependency[UUID],
     ) -> ConsentList:
         """The grants in force. Nothing is shared until granted."""
@@ -67,7 +67,7 @@ class ConsentsController(Controller):
         self,
         conn: NamedDependency[Connection],
         vault: NamedDependency[Vault],
-        state: State,
+        settings: NamedDependency[Settings],
         customer_id: NamedDependency[UUID],
         limit: Limit = 50,
         before: Before = None,
@@ -90,24 +90,22 @@ class ConsentsController(Controller):
         self,
         conn: NamedDependency[Connection],
         vault: NamedDependency[Vault],
-        state: State,
+        settings: NamedDependency[Settings],
         customer_id: NamedDependency[UUID],
         audience: AudienceParameter,
         data: JSONBody[ConsentGrant],
     ) -> ConsentChange:
         """Grant or change consent for `pos`, `insights` or `partner:<id>`; returns the receipt."""
-        return await service.grant(
-            conn, vault, state.settings.controller, customer_id, audience, data
-        )
+        return await service.grant(conn, vault, settings.controller, customer_id, audience, data)
 
     @delete("/{audience:str}", status_code=HTTP_200_OK, responses=problems(400, 401, 404, 503))
     async def withdraw(
         self,
         conn: NamedDependency[Connection],
         vault: NamedDependency[Vault],
-        state: State,
+        settings: NamedDependency[Settings],
         customer_id: NamedDependency[UUID],
         audience: AudienceParameter,
     ) -> ConsentChange:
         """Withdraw consent; the next request from that audience sees nothing."""
-        return await service.withdraw(conn, vault, state.settings.controller, customer_id, audience)
+        return await service.withdraw(conn, vault, settings.controller, customer_id, audience)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 
 import msgspec
 from litestar import Controller, Response, get
-from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 
 from prefs import db
+from prefs.db import Connection, Pool
 from prefs.errors import DATABASE_DOWN
 from prefs.observability import render_metrics
 
@@ -30,12 +31,13 @@ class HealthController(Controller):
         return Health(status="ok")
 
     @get("/ready", responses={503: ResponseSpec(Health, description="Not ready")})
-    async def ready(self, state: State) -> Response[Health]:
+    async def ready(
+        self, pool: NamedDependency[Pool], schema_head: NamedDependency[str]
+    ) -> Response[Health]:
         """The database answers and its schema is at the head revision."""
-        pool: Any = state.pool
         try:
             async with pool.acquire(timeout=2) as conn:
-                at_head = await db.schema_at_head(conn, state.schema_head)
+                at_head = await db.schema_at_head(cast(Connection, conn), schema_head)
         except DATABASE_DOWN:
             return Response(
                 Health(status="unavailable", database="unreachable"),
@@ -54,7 +56,7 @@ class MetricsController(Controller):
     tags = ["operations"]
 
     @get("/", media_type="text/plain")
-    async def metrics(self, state: State) -> Response[bytes]:
+    async def metrics(self, pool: NamedDependency[Pool]) -> Response[bytes]:
         """Prometheus metrics: request latency per route, statuses, pool use, lookups, disclosures."""
-        body, content_type = render_metrics(getattr(state, "pool", None))
+        body, content_type = render_metrics(pool)
         return Response(body, media_type=content_type)

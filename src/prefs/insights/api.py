@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from litestar import Controller, get
-from litestar.datastructures import State
 from litestar.di import NamedDependency
 
 from prefs.auth import api_key_guard
@@ -13,6 +12,7 @@ from prefs.db import Connection
 from prefs.insights import service
 from prefs.insights.schemas import DiscontinuedDemand
 from prefs.problems import problems
+from prefs.settings import Settings
 
 
 class InsightsController(Controller):
@@ -26,12 +26,11 @@ class InsightsController(Controller):
         self,
         conn: NamedDependency[Connection],
         vault: NamedDependency[Vault],
-        state: State,
+        settings: NamedDependency[Settings],
         credential: NamedDependency[Credential],
     ) -> DiscontinuedDemand:
         """Per discontinued product and size, how many opted-in customers want it again: the
         day's release, with noisy counts (ε-differentially private), groups under k withheld."""
-        settings = state.settings
         await service.count_read(conn, credential.id, settings.insights_reads_per_day)
         return await service.discontinued_demand(
             conn, vault, settings.k_anonymity, settings.insights_epsilon

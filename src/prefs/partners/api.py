@@ -8,7 +8,6 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, PathParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
@@ -31,6 +30,7 @@ from prefs.partners.schemas import (
 )
 from prefs.problems import problems
 from prefs.products import SharedPreference
+from prefs.settings import Settings
 
 
 class PartnersController(Controller):
@@ -64,14 +64,14 @@ class PartnerController(Controller):
         self,
         conn: NamedDependency[Connection],
         vault: NamedDependency[Vault],
-        state: State,
+        settings: NamedDependency[Settings],
         credential: NamedDependency[Credential],
         limit: Limit = 50,
         after: After = None,
     ) -> PartnerFeed:
         """Reorders addressed to this partner, oldest first; poll again with `next`."""
         page = await service.feed(
-            conn, vault, credential, after, limit, state.settings.partner_accepted_window_days
+            conn, vault, credential, after, limit, settings.partner_accepted_window_days
         )
         DISCLOSURES.labels("partner").inc(sum(item.item is not None for item in page.items))
         return page
@@ -85,8 +85,6 @@ class PartnerController(Controller):
     async def set_status(
         self,
         conn: NamedDependency[Connection],
-        vault: NamedDependency[Vault],
-        state: State,
         credential: NamedDependency[Credential],
         reorder_id: FromPath[UUID],
         data: JSONBody[StatusChange],
@@ -105,7 +103,7 @@ class PartnerController(Controller):
         request: Request[Any, Any, Any],
         conn: NamedDependency[Connection],
         vault: NamedDependency[Vault],
-        state: State,
+        settings: NamedDependency[Settings],
         credential: NamedDependency[Credential],
         data: JSONBody[PartnerReorderCreate],
         idempotency_key: IdempotencyKey = None,
@@ -115,8 +113,8 @@ class PartnerController(Controller):
 
         async def create() -> tuple[UUID, int, bytes]:
             limits = service.ProposalLimits(
-                state.settings.partner_open_proposals,
-                state.settings.partner_proposal_max_quantity,
+                settings.partner_open_proposals,
+                settings.partner_proposal_max_quantity,
             )
             customer_id, reorder = await service.create_for_partner(
                 conn, vault, credential, data, limits
@@ -129,7 +127,7 @@ class PartnerController(Controller):
                 vault,
                 credential,
                 data,
-                state.settings.partner_accepted_window_days,
+                settings.partner_accepted_window_days,
                 customer_id,
                 answer,
             )
@@ -141,7 +139,7 @@ class PartnerController(Controller):
             request,
             conn,
             vault,
-            state,
+            settings,
             partner_audience(credential.partner_id),
             idempotency_key,
             data,

@@ -87,7 +87,8 @@ class PosController(Controller):
             await require_live_api_key(request)
             raise
         via = "card" if card is not None else "code"
-        state = request.app.state  # not an injected State: that copies the app's state each time
+        # read as guards do, not injected: no dependency resolution on the hot path (prefs.app)
+        state = request.app.state
         try:
             result = await service.lookup(
                 state.lookup_batcher,

@@ -7,7 +7,6 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
@@ -19,6 +18,7 @@ from prefs.http import After, IdempotencyKey, Limit, declared_body, once_per_key
 from prefs.problems import problems
 from prefs.reorders import service
 from prefs.reorders.schemas import Reorder, ReorderCreate, ReorderList
+from prefs.settings import Settings
 
 
 class CustomerReordersController(Controller):
@@ -38,7 +38,7 @@ class CustomerReordersController(Controller):
         request: Request[Any, Any, Any],
         conn: NamedDependency[Connection],
         vault: NamedDependency[Vault],
-        state: State,
+        settings: NamedDependency[Settings],
         customer_id: NamedDependency[UUID],
         preference_id: FromPath[UUID],
         data: JSONBody[ReorderCreate],
@@ -53,7 +53,7 @@ class CustomerReordersController(Controller):
             return customer_id, HTTP_201_CREATED, msgspec.json.encode(reorder)
 
         return await once_per_key(
-            request, conn, vault, state, f"customer:{customer_id}", idempotency_key, data, create
+            request, conn, vault, settings, f"customer:{customer_id}", idempotency_key, data, create
         )
 
     @get("/reorders", responses=problems(400, 401, 404, 503))

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import cast
 from uuid import UUID
 
 from litestar import Controller, delete, get
-from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.response import Stream
 
 from prefs.auth import customer_guard
 from prefs.crypto import Vault
-from prefs.db import Connection
+from prefs.db import Connection, Pool
 from prefs.problems import problems
 from prefs.rights import service
+from prefs.settings import Settings
 
 
 class RightsController(Controller):
@@ -35,14 +35,19 @@ class RightsController(Controller):
         await service.erase(conn, vault, customer_id)
 
     @get("/export", media_type="application/json", responses=problems(401, 404, 503))
-    async def export(self, state: State, customer_id: NamedDependency[UUID]) -> Stream:
+    async def export(
+        self,
+        pool: NamedDependency[Pool],
+        vault: NamedDependency[Vault],
+        settings: NamedDependency[Settings],
+        customer_id: NamedDependency[UUID],
+    ) -> Stream:
         """Everything held about you, decrypted, in one JSON document (streamed)."""
-        pool: Any = state.pool
 
         async def chunks() -> AsyncIterator[bytes]:
             async with pool.acquire() as conn:
                 async for chunk in service.export(
-                    conn, state.vault, state.settings.controller, customer_id
+                    cast(Connection, conn), vault, settings.controller, customer_id
                 ):
                     yield chunk
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 from litestar import MediaType, Response, get, post
-from litestar.datastructures import MutableScopeHeaders, State
+from litestar.datastructures import MutableScopeHeaders
 from litestar.di import NamedDependency
 from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_200_OK
@@ -98,10 +98,10 @@ def route_handlers(settings: Settings) -> list[Any]:
         async def demo_session(
             conn: NamedDependency[Connection],
             vault: NamedDependency[Vault],
-            state: State,
+            settings: NamedDependency[Settings],
         ) -> Response[DemoSession]:
             """Development only: a token for the demo customer (re-created if it was erased)."""
-            await ensure_demo(conn, vault, state.settings)
+            await ensure_demo(conn, vault, settings)
             token = issuer.mint(DEMO_SUBJECT, DEMO_TOKEN_SECONDS)
             return Response(
                 DemoSession(token=token, subject=DEMO_SUBJECT, expires_in=DEMO_TOKEN_SECONDS),
