@@ -600,6 +600,12 @@ def print_report(result: dict[str, Any]) -> None:
         f"{baseline['cpu_bound_rps']:,} req/s, ratio "
         f"{lookup['cpu_bound_rps'] / baseline['cpu_bound_rps']:.2f} (not a target; a cross-check)"
     )
+    print("\neach server's req/s as a share of the bare baseline's, same run:")
+    for key, row in table.items():
+        target, conns = key.split("@")
+        base = table.get(f"baseline@{conns}")
+        if base and target != "baseline":
+            print(f"  {target:<30}{conns:>4} conns  {row['rps'] / base['rps']:.2f}")
     print(f"\ncores in use during the runs (the machine has {result['cpus']}):")
     for key, row in table.items():
         print(f"  {key:<33}" + "  ".join(f"{g} {c:.2f}" for g, c in row["cores"].items()))
@@ -687,6 +693,18 @@ def variant_target(spec: str, script: Path, workers: int, work: Path, granian: s
     return Target(f"lookup[{spec}]", script, command, "/health/ready", env)
 
 
+def tree_target(spec: str, script: Path, workers: int) -> Target:
+    """`prefs serve` from another checkout: its src/ comes before this one's on the path."""
+    name, _, directory = spec.partition("=")
+    src = Path(directory).resolve() / "src" / "prefs"
+    if not name or not src.is_dir():
+        raise SystemExit(f"--tree {spec}: expected NAME=DIR with DIR/src/prefs in it")
+    return Target(
+        f"lookup[{name}]", script, prefs_command(workers), "/health/ready",
+        {"PYTHONPATH": str(src.parent), "PREFS_TREE": str(src.parent)},
+    )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -727,6 +745,14 @@ def main() -> None:
         metavar="SPEC",
         help="also measure a patched copy of prefs (loadtests/experiments.py), e.g. "
         "no-metrics, or granian+plain to serve it with granian; repeatable",
+    )
+    add(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="also measure the prefs of another checkout (its src/ first on the path), e.g. "
+        "before=../before for a change's before and after in one run; repeatable",
     )
     add(
         "--granian-path",
@@ -816,6 +842,8 @@ def main() -> None:
         ]
         for spec in args.variant:
             targets.append(variant_target(spec, lookup_lua, args.workers, work, args.granian_path))
+        for spec in args.tree:
+            targets.append(tree_target(spec, lookup_lua, args.workers))
         if flat is not None:
             flat_dir, _, flat_url = flat
             db.migrate(flat_url)
@@ -888,7 +916,10 @@ def main() -> None:
             "wrk_threads": args.threads,
             "baseline_pool_reset": args.baseline_reset,
             "servers": {t.name: " ".join(t.command) for t in targets},
-            "variants": {t.name: t.env.get("PREFS_VARIANTS", "") for t in targets[2:]},
+            "variants": {
+                t.name: t.env.get("PREFS_VARIANTS", t.env.get("PREFS_TREE", ""))
+                for t in targets[2:]
+            },
             "git": git_state(),
             "python": platform.python_version(),
             "cpus": psutil.cpu_count(),
