@@ -115,6 +115,14 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/v1/partner/reorders"): partners(201, 404),
     ("POST", "/v1/partner/reorders/{reorder_id:uuid}/status"): partners(200, 404),
     ("GET", "/v1/partner/customers/{ref:str}/preferences"): partners(200, 404),
+    # the catalogue (public product facts): anyone the service knows but insights keys; the
+    # product probed is not in the catalogue, so the allowed get 404 after the guard let them in
+    ("GET", "/v1/catalogue/products"): Access(
+        {TILL: 200, PARTNER: 200, OTHER_PARTNER: 200, CUSTOMER_A: 200, CUSTOMER_B: 200}
+    ),
+    ("GET", "/v1/catalogue/products/{sku:str}"): Access(
+        {TILL: 404, PARTNER: 404, OTHER_PARTNER: 404, CUSTOMER_A: 404, CUSTOMER_B: 404}
+    ),
     # merchandising: insights keys only
     ("GET", "/v1/insights/discontinued-demand"): Access({INSIGHTS: 200}),
 }
@@ -274,6 +282,7 @@ def request_for(world: World, method: str, template: str, principal: str) -> dic
         .replace("{audience:str}", "insights")
         .replace("{file_path:path}", "app.css")
         .replace("{ref:str}", world.ref_a)
+        .replace("{sku:str}", "MATRIX-NOT-IN-THE-CATALOGUE")
     )
     if "{reorder_id:uuid}" in template:
         reorder = (

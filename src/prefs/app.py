@@ -21,6 +21,7 @@ from prefs import credentials, db
 from prefs.access_log.api import AccessLogController
 from prefs.auth import Customer, TokenVerifier
 from prefs.cards.api import CardsController
+from prefs.catalogue.api import CatalogueController
 from prefs.checkout.api import CheckoutCodesController
 from prefs.consents.api import ConsentsController
 from prefs.crypto import Vault
@@ -183,6 +184,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             PartnersController,
             PartnerController,
             InsightsController,
+            CatalogueController,
             *web_routes(settings),
         ],
         dependencies={

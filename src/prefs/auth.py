@@ -230,3 +230,21 @@ async def require_live_api_key(connection: ASGIConnection[Any, Any, Any, Any]) -
     if credential is None:
         raise NotAuthorizedException("The API key is not valid.")
     return credential
+
+
+_TILL_KEY = api_key_guard("pos")
+_PARTNER_KEY = api_key_guard("partner")
+
+
+async def customer_till_or_partner_guard(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """Admit a customer's token, a live till key or a live partner key (public facts, such as the
+    catalogue, for anyone the service knows)."""
+    token = _bearer(connection)
+    if token.startswith(API_KEY_PREFIX["pos"]):
+        await _TILL_KEY(connection, handler)
+    elif token.startswith(API_KEY_PREFIX["partner"]):
+        await _PARTNER_KEY(connection, handler)
+    else:
+        await customer_guard(connection, handler)

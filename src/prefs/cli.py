@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from prefs import db
+from prefs.catalogue import commands as catalogue_commands
 from prefs.settings import Settings, SettingsError, load
 
 T = TypeVar("T")
@@ -557,3 +558,17 @@ def purge() -> None:
         click.echo("another purge is running; nothing done")
         return
     click.echo(", ".join(f"{name}: {count}" for name, count in purged.items()))
+
+
+def _at_head(action: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``action`` on the configured database, once its schema is at the head revision."""
+    with Database(_settings()) as url:
+        head = db.head_revision()
+        if not _run(url, lambda conn: db.schema_at_head(conn, head)):
+            raise click.ClickException(
+                "the database schema is behind this release: run `prefs migrate` first"
+            )
+        return _run(url, action)
+
+
+catalogue_commands.register(main, _at_head)
