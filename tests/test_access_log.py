@@ -10,18 +10,15 @@ import uuid
 import pytest
 
 from prefs import credentials
-from tests.conftest import bearer
-from tests.till import (
-    checkout_code,
+from tests.support.customer import bearer, checkout_code, grant, withdraw
+from tests.support.till import (
     disclosures,
     fresh_card,
     fresh_store,
-    grant,
     look_up,
     shopper,
     till_key,
     visits,
-    withdraw,
 )
 
 

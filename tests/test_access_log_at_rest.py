@@ -8,10 +8,10 @@ import secrets
 import uuid
 
 from prefs.access_log import service as access_log
-from tests.conftest import bearer
-from tests.rights_steps import partner, reference, run_prefs
+from tests.support.customer import CHINOS, bearer, grant, keep_all
+from tests.support.rights import partner, reference, run_prefs
+from tests.support.till import SHIRT, fresh_card, look_up, till_key
 from tests.test_privacy_at_rest import copy_block, encodings, pg_dump
-from tests.till import CHINOS, SHIRT, fresh_card, grant, keep, look_up, till_key
 
 
 async def access_log_page(client, customer) -> list[dict]:
@@ -29,7 +29,7 @@ async def test_a_dump_of_the_access_log_holds_no_store_till_credential_or_prefer
     till_name = f"Till{tag}Name"
     card = fresh_card()
     customer = await new_customer(card=card)
-    kept = await keep(client, customer, CHINOS, SHIRT)
+    kept = await keep_all(client, customer, CHINOS, SHIRT)
     await grant(client, customer)
     cred, key = await till_key(conn, store=store, name=till_name)
     tailor, tailor_key = await partner(conn)
@@ -92,7 +92,7 @@ async def test_entries_written_in_clear_are_read_and_then_sealed_by_the_backfill
     client, conn, vault, new_customer
 ):
     customer = await new_customer(card=fresh_card())
-    kept = await keep(client, customer, CHINOS)
+    kept = await keep_all(client, customer, CHINOS)
     cred, _ = await till_key(conn, name="Till 9")
     legacy_id = uuid.uuid4()
     await conn.execute(
@@ -129,7 +129,7 @@ async def test_prefs_migrate_seals_the_entries_kept_in_clear(
     client, conn, database, settings, new_customer
 ):
     customer = await new_customer(card=fresh_card())
-    kept = await keep(client, customer, CHINOS)
+    kept = await keep_all(client, customer, CHINOS)
     cred, _ = await till_key(conn)
     legacy_id = uuid.uuid4()
     await conn.execute(

@@ -23,7 +23,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prefs.app import create_app
 from prefs.auth import DEV_KID, LEEWAY_SECONDS, DevIssuer
 from prefs.settings import DEV_AUDIENCE, DEV_ISSUER, Settings, load
-from tests.conftest import Database, LiveServer, bearer
+from tests.support.customer import bearer
+from tests.support.database import Database
+from tests.support.servers import LiveServer
 
 EXTERNAL_ISSUER = "https://id.example-retailer.test/"
 EXTERNAL_AUDIENCE = "prefs-api"

@@ -23,7 +23,7 @@ from prefs import credentials
 from prefs.app import create_app
 from prefs.auth import DevIssuer
 from prefs.settings import Settings, load
-from tests.conftest import CHINOS, bearer
+from tests.support.customer import CHINOS, bearer
 
 PROBLEM_JSON = "application/problem+json"
 

@@ -12,8 +12,8 @@ import httpx
 
 from prefs.crypto import Vault
 from prefs.customers.service import CARD_CHANGES_PER_HOUR
-from tests.conftest import CHINOS, confirm_card
-from tests.till import fresh_card, grant, keep, look_up, till_key
+from tests.support.customer import CHINOS, grant, keep_all
+from tests.support.till import confirm_card, fresh_card, look_up, till_key
 
 ROUNDS = 4
 RACING = CARD_CHANGES_PER_HOUR
@@ -31,7 +31,7 @@ async def test_concurrent_card_changes_leave_one_card_the_last_one_acknowledged(
     client: httpx.AsyncClient, conn: asyncpg.Connection, new_customer: Any, vault: Vault
 ) -> None:
     customer = await new_customer(card=fresh_card())
-    await keep(client, customer, CHINOS)
+    await keep_all(client, customer, CHINOS)
     await grant(client, customer)
     _, till = await till_key(conn)
 

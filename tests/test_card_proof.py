@@ -12,16 +12,8 @@ import httpx
 from prefs.crypto import Vault
 from prefs.customers.service import CARD_CHANGES_PER_HOUR
 from prefs.keys import service as keys
-from tests.conftest import CHINOS, bearer
-from tests.till import (
-    NOT_FOUND_DETAIL,
-    checkout_code,
-    fresh_card,
-    grant,
-    keep,
-    look_up,
-    till_key,
-)
+from tests.support.customer import CHINOS, bearer, checkout_code, grant, keep_all
+from tests.support.till import NOT_FOUND_DETAIL, fresh_card, look_up, till_key
 
 
 async def confirm(client: httpx.AsyncClient, key: str, card: str, code: str) -> httpx.Response:
@@ -33,7 +25,7 @@ async def confirm(client: httpx.AsyncClient, key: str, card: str, code: str) -> 
 async def granted(client: httpx.AsyncClient, new_customer: Any, card: str | None) -> Any:
     """A customer who added ``card`` (not confirmed) and lets tills see everything."""
     customer = await new_customer(card=card, confirmed=False)
-    await keep(client, customer, CHINOS)
+    await keep_all(client, customer, CHINOS)
     await grant(client, customer)
     return customer
 

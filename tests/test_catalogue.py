@@ -12,6 +12,7 @@ import os
 import secrets
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,9 @@ import pytest
 from prefs import credentials
 from prefs.auth import DevIssuer
 from prefs.settings import Settings
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+from tests.support.customer import CHINOS, bearer, grant, keep
+from tests.support.partner import partner_key, reference
+from tests.support.till import fresh_card, look_up, till_key
 
 
 def prefs_command(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -257,3 +257,64 @@ async def test_bad_searches_are_clear_400s_and_unknown_products_404(
     assert odd.status_code == 200
     missing = await client.get(f"/v1/catalogue/products/{fresh_word()}", headers=customer)
     assert missing.status_code == 404
+
+
+async def statuses_everywhere(
+    client: httpx.AsyncClient, customer: Any, card: str, till: str, partner: str, ref: str
+) -> dict[str, str]:
+    """The chinos' status as the customer, the export, the till and the partner see it."""
+    mine = await client.get("/v1/me/preferences", headers=customer.headers)
+    export = await client.get("/v1/me/export", headers=customer.headers)
+    at_till = await look_up(client, till, card=card)
+    at_partner = await client.get(
+        f"/v1/partner/customers/{ref}/preferences", headers=bearer(partner)
+    )
+    for answer in (mine, export, at_till, at_partner):
+        assert answer.status_code == 200, answer.text
+    return {
+        "customer": mine.json()["items"][0]["status"],
+        "export": export.json()["preferences"][0]["status"],
+        "till": at_till.json()["preferences"][0]["status"],
+        "partner": at_partner.json()[0]["status"],
+    }
+
+
+async def test_the_catalogues_status_shows_on_every_read_from_the_next_one_on(
+    client: httpx.AsyncClient,
+    conn: asyncpg.Connection,
+    new_customer: Any,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    sku = f"CL-{fresh_word()}"
+    card = fresh_card()
+    customer = await new_customer(card=card)
+    body = {**CHINOS, "product": {**CHINOS["product"], "sku": sku}, "status": "available"}
+    await keep(client, customer, body)
+    # the till is shown statuses only (not the product): the overlay still applies
+    await grant(client, customer, "pos", fields=["attributes"])
+    partner, partner_secret = await partner_key(conn)
+    await grant(client, customer, f"partner:{partner.partner_id}")
+    ref = await reference(client, customer, partner.partner_id)
+    _, till = await till_key(conn)
+
+    def imported(status: str) -> None:
+        line = {"sku": sku, "name": "Classic Chino", "status": status}
+        done = prefs_command(
+            settings, "catalogue", "import", str(write_lines(tmp_path / f"{status}.jsonl", [line]))
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    seen = await statuses_everywhere(client, customer, card, till, partner_secret, ref)
+    assert set(seen.values()) == {"available"}, seen
+    imported("discontinued")
+    seen = await statuses_everywhere(client, customer, card, till, partner_secret, ref)
+    assert set(seen.values()) == {"discontinued"}, seen
+    imported("available")
+    seen = await statuses_everywhere(client, customer, card, till, partner_secret, ref)
+    assert set(seen.values()) == {"available"}, seen
+    # what the customer stored is theirs: a product the catalogue does not know keeps it
+    stored = await conn.fetchval(
+        "SELECT status FROM preferences WHERE customer_id = $1", uuid.UUID(customer.id)
+    )
+    assert stored == "available"

@@ -9,15 +9,15 @@ import asyncpg
 import httpx
 
 from prefs.crypto import api_key_hash
-from tests.conftest import CHINOS
-from tests.till import checkout_code, grant, keep, look_up, shopper, till_key, withdraw
+from tests.support.customer import CHINOS, checkout_code, grant, keep_all, withdraw
+from tests.support.till import look_up, shopper, till_key
 
 
 async def test_a_customer_can_end_a_code_early(
     client: httpx.AsyncClient, conn: asyncpg.Connection, new_customer: Any
 ) -> None:
     customer = await new_customer()
-    await keep(client, customer, CHINOS)
+    await keep_all(client, customer, CHINOS)
     code = await checkout_code(client, customer)
     _, till = await till_key(conn)
 
@@ -33,7 +33,7 @@ async def test_nobody_else_can_end_a_customers_code(
     client: httpx.AsyncClient, conn: asyncpg.Connection, new_customer: Any
 ) -> None:
     customer, other = await new_customer(), await new_customer()
-    await keep(client, customer, CHINOS)
+    await keep_all(client, customer, CHINOS)
     code = await checkout_code(client, customer)
     _, till = await till_key(conn)
 
@@ -60,7 +60,7 @@ async def test_a_code_works_only_at_the_first_store_that_used_it(
     client: httpx.AsyncClient, conn: asyncpg.Connection, new_customer: Any
 ) -> None:
     customer = await new_customer()
-    await keep(client, customer, CHINOS)
+    await keep_all(client, customer, CHINOS)
     code = (await checkout_code(client, customer))["code"]
     _, first = await till_key(conn)
     _, elsewhere = await till_key(conn)

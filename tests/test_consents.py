@@ -14,18 +14,8 @@ import pytest
 from prefs import credentials
 from prefs.consents import ledger
 from prefs.retention import service as retention
-from tests.conftest import CHINOS
-from tests.till import (
-    NOT_FOUND_DETAIL,
-    checkout_code,
-    grant,
-    keep,
-    look_up,
-    preferences_of,
-    shopper,
-    till_key,
-    withdraw,
-)
+from tests.support.customer import CHINOS, checkout_code, grant, keep_all, preferences_of, withdraw
+from tests.support.till import NOT_FOUND_DETAIL, look_up, shopper, till_key
 
 FIELDS = ("product", "attributes", "note")
 FIELD_SUBSETS = [list(c) for n in (1, 2, 3) for c in itertools.combinations(FIELDS, n)]
@@ -73,7 +63,7 @@ async def test_the_till_sees_exactly_the_granted_fields_of_the_granted_preferenc
     client, conn, new_customer, fields, scope
 ):
     customer, card, _ = await shopper(new_customer, client)
-    await keep(client, customer, JACKET)  # kept last, ranked first
+    await keep_all(client, customer, JACKET)  # kept last, ranked first
     mine = await preferences_of(client, customer)
     assert [p["product"]["name"] for p in mine] == [
         "Field Jacket",
@@ -247,7 +237,7 @@ async def test_the_consents_list_shows_each_grant_in_force_with_who_receives_it(
     client, conn, new_customer
 ):
     customer = await new_customer()
-    [chinos] = await keep(client, customer, CHINOS)
+    [chinos] = await keep_all(client, customer, CHINOS)
     partner, _ = await credentials.create(conn, "partner", f"Tailor {uuid.uuid4().hex[:6]}")
     await grant(client, customer, "pos", fields=["product", "attributes"])
     await grant(
@@ -520,8 +510,8 @@ async def test_a_malformed_grant_is_refused_and_shares_nothing(client, new_custo
 
 async def test_a_grant_naming_another_customers_preference_is_refused(client, new_customer):
     alice, bob = await new_customer(), await new_customer()
-    [alices] = await keep(client, alice, CHINOS)
-    [bobs] = await keep(client, bob, CHINOS)
+    [alices] = await keep_all(client, alice, CHINOS)
+    [bobs] = await keep_all(client, bob, CHINOS)
 
     response = await client.put(
         "/v1/me/consents/pos",

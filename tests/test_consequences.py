@@ -10,15 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 from prefs import consequences, events
 from prefs.retention import service as retention
-from tests.partner_steps import (
-    feed_page,
-    grant,
-    keep,
-    partner_key,
-    pull,
-    reorder,
-    set_status,
-)
+from tests.support.customer import grant, keep
+from tests.support.partner import feed_page, partner_key, pull, reorder, set_status
 
 LEDGER_ROWS = "SELECT count(*) FROM consent_ledger WHERE customer_id = $1"
 STATE = "SELECT state FROM reorders WHERE reorder_id = $1"

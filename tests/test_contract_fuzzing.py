@@ -40,7 +40,10 @@ from prefs.consents.service import MAX_CONSENT_YEARS
 from prefs.crypto import Vault
 from prefs.cursors import seal_time
 from prefs.partners.service import encode_feed_cursor
-from tests.conftest import CHINOS, Database, LiveServer, bearer, repo_root
+from tests.support.customer import CHINOS, bearer
+from tests.support.database import Database
+from tests.support.paths import repo_root
+from tests.support.servers import LiveServer
 
 CHECKS = [
     not_a_server_error,

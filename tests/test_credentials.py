@@ -15,8 +15,8 @@ import pytest
 
 from prefs import credentials
 from prefs.errors import InvalidInput
-from tests.conftest import CHINOS, bearer
-from tests.till import grant, look_up, shopper, till_key
+from tests.support.customer import CHINOS, bearer, grant
+from tests.support.till import look_up, shopper, till_key
 
 PREFS = Path(sys.executable).parent / "prefs"
 

@@ -9,8 +9,8 @@ import uuid
 import httpx
 import pytest
 
-from tests.conftest import bearer
-from tests.partner_steps import feed_page, grant, keep, partner_key, pull, reorder
+from tests.support.customer import bearer, grant, keep
+from tests.support.partner import feed_page, partner_key, pull, reorder
 
 PROBLEM_JSON = "application/problem+json"
 

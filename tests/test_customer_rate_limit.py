@@ -11,7 +11,9 @@ import pytest
 from prefs.app import create_app
 from prefs.auth import DevIssuer
 from prefs.settings import Settings, SettingsError, load
-from tests.conftest import Database, LiveServer, bearer
+from tests.support.customer import bearer
+from tests.support.database import Database
+from tests.support.servers import LiveServer
 
 PER_MINUTE = 10
 

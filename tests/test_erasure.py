@@ -23,17 +23,16 @@ from prefs.customer_keys import data_key
 from prefs.errors import NotEnrolled
 from prefs.rights import service as rights
 from prefs.settings import DEV_ISSUER, Settings
-from tests.conftest import Database, LiveServer, bearer
-from tests.rights_steps import (
+from tests.support.customer import bearer, grant, keep
+from tests.support.database import Database
+from tests.support.rights import (
     OwnDatabase,
     Shopper,
     create_database,
     drop_database,
     enrol,
     fresh_card,
-    grant,
     items,
-    keep,
     look_up,
     own_database,
     partner,
@@ -47,6 +46,7 @@ from tests.rights_steps import (
     till,
     typed_strings,
 )
+from tests.support.servers import LiveServer
 
 # Every table that holds rows about one customer, by its customer_id column.
 CUSTOMER_TABLES = [

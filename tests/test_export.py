@@ -11,15 +11,13 @@ import asyncpg
 import httpx
 
 from prefs.auth import DevIssuer
-from tests.conftest import bearer
-from tests.partner_steps import known_as
-from tests.rights_steps import (
+from tests.support.customer import bearer, grant, keep, withdraw
+from tests.support.partner import known_as
+from tests.support.rights import (
     Shopper,
     enrol,
     fresh_card,
-    grant,
     items,
-    keep,
     look_up,
     partner,
     partner_feed,
@@ -28,7 +26,6 @@ from tests.rights_steps import (
     reorder,
     till,
     typed_strings,
-    withdraw,
 )
 
 

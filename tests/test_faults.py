@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,18 +30,14 @@ import pytest
 
 from prefs import credentials, db
 from prefs.auth import DevIssuer
-from tests.conftest import CHINOS, bearer, confirm_card
+from tests.support.customer import CHINOS, bearer
+from tests.support.servers import free_port
+from tests.support.till import confirm_card
 
 START_TIMEOUT = 240.0  # a cold `prefs serve` migrates and seeds the demo data first
 RECOVERY_TIMEOUT = 120.0
 REQUEST_TIMEOUT = 60.0
 PACE = 0.02  # seconds between one client's requests: a steady load, not a flood
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _until(
@@ -66,7 +61,7 @@ class Stack:
         self.data_dir.mkdir(mode=0o700)
         self.embedded = db.EmbeddedPostgres(root / "pg")
         self.database_url = self.embedded.start()
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = root / "serve.log"
         self.process: subprocess.Popen[bytes] | None = None

@@ -23,7 +23,8 @@ import httpx
 import pytest
 
 from prefs import credentials, db
-from tests.conftest import CHINOS, bearer, confirm_card
+from tests.support.customer import CHINOS, bearer
+from tests.support.till import confirm_card
 
 PROBLEM_JSON = "application/problem+json"
 HOSTILE = "__HOSTILE__"  # where a hostile fragment goes in an otherwise valid body

@@ -6,12 +6,10 @@ import asyncio
 import uuid
 
 from prefs import idempotency
-from tests.conftest import CHINOS, bearer
-from tests.partner_steps import (
+from tests.support.customer import CHINOS, bearer, grant, keep
+from tests.support.partner import (
     PROBLEM_JSON,
     access_log,
-    grant,
-    keep,
     known_as,
     my_reorders,
     partner_key,
@@ -19,7 +17,7 @@ from tests.partner_steps import (
     reference,
     reorder,
 )
-from tests.till import BOOTS
+from tests.support.till import BOOTS
 
 REORDER_ROWS = "SELECT count(*) FROM reorders WHERE customer_id = $1"
 

@@ -5,26 +5,22 @@ old key leaves, and the operator is told (and refused) while anybody still depen
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import httpx
 
-from prefs.app import create_app
 from prefs.customers import service as customers
 from prefs.rights import service as rights
-from prefs.settings import DEV_ISSUER, Settings
-from tests.conftest import Database, LiveServer
-from tests.rights_steps import (
+from prefs.settings import DEV_ISSUER
+from tests.support.customer import grant, keep
+from tests.support.database import Database
+from tests.support.rights import (
     OwnDatabase,
     Shopper,
     enrol,
     fresh_card,
-    grant,
-    keep,
     look_up,
     new_key,
     own_database,
@@ -32,15 +28,9 @@ from tests.rights_steps import (
     run_prefs,
     till,
 )
+from tests.support.servers import serving
 
 SMALL_POOL = {"PREFS_POOL_MIN_SIZE": "1", "PREFS_POOL_MAX_SIZE": "4"}
-
-
-@contextlib.asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    with LiveServer(create_app(settings)) as server:
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-            yield http
 
 
 async def signs_in_as(http: httpx.AsyncClient, shopper: Shopper) -> None:

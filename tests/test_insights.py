@@ -27,8 +27,10 @@ from prefs.crypto import Vault
 from prefs.insights import mechanism
 from prefs.retention import service as retention
 from prefs.settings import Settings, SettingsError, load
-from tests.conftest import Database, LiveServer, bearer
-from tests.partner_steps import PROBLEM_JSON, grant, insights_key, keep, withdraw
+from tests.support.customer import bearer, grant, keep, withdraw
+from tests.support.database import Database
+from tests.support.partner import PROBLEM_JSON, insights_key
+from tests.support.servers import LiveServer
 
 SIZE = {"waist": "34", "leg": "34", "fit": "regular"}
 EXACT_READS_PER_DAY = 4

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from prefs.app import create_app
-from tests.conftest import CHINOS, repo_root
-from tests.partner_steps import keep
+from tests.support.customer import CHINOS, keep
+from tests.support.paths import repo_root
 
 PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemBody"}}}
 

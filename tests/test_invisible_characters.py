@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CHINOS
+from tests.support.customer import CHINOS
 
 REFUSED = {
     "right-to-left override": "\u202e",

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from prefs import credentials
-from tests.conftest import bearer
-from tests.partner_steps import partner_key
-from tests.till import till_key
+from tests.support.customer import bearer
+from tests.support.partner import partner_key
+from tests.support.till import till_key
 
 PROBLEM_JSON = "application/problem+json"
 VALID_BODIES = {

@@ -19,19 +19,16 @@ import httpx
 import pytest
 
 from prefs import credentials
-from prefs.app import create_app
 from prefs.keys import service as keys
 from prefs.rights import service as rights
-from prefs.settings import Settings
-from tests.conftest import Database, LiveServer, bearer
-from tests.rights_steps import (
+from tests.support.customer import bearer, grant, keep
+from tests.support.database import Database
+from tests.support.rights import (
     OwnDatabase,
     Shopper,
     enrol,
     fresh_card,
-    grant,
     items,
-    keep,
     look_up,
     new_key,
     own_database,
@@ -40,16 +37,9 @@ from tests.rights_steps import (
     run_prefs,
     till,
 )
+from tests.support.servers import serving
 
 SMALL_POOL = {"PREFS_POOL_MIN_SIZE": "1", "PREFS_POOL_MAX_SIZE": "8"}
-
-
-@contextlib.asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The app built from ``settings`` on a real socket, and a client for it."""
-    with LiveServer(create_app(settings)) as server:
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-            yield http
 
 
 @contextlib.asynccontextmanager

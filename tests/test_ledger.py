@@ -20,10 +20,10 @@ from prefs.consents import ledger
 from prefs.consents import service as consents
 from prefs.consents.schemas import ConsentGrant
 from prefs.customers import service as customers
-from tests.conftest import _admin, with_database
-from tests.rights_steps import new_key, own_database
-from tests.rights_steps import run_prefs as own_run_prefs
-from tests.till import grant, withdraw
+from tests.support.customer import grant, withdraw
+from tests.support.database import admin, with_database
+from tests.support.rights import new_key, own_database
+from tests.support.rights import run_prefs as own_run_prefs
 
 PREFS = Path(sys.executable).parent / "prefs"
 
@@ -205,11 +205,11 @@ async def run_prefs(*args: str, database_url: str, data_dir: Path) -> tuple[int,
 def ledger_database(database: Any) -> Iterator[str]:
     """A database of its own, so that `prefs consent verify` can also be seen to pass."""
     name = f"prefs_ledger_{os.getpid()}_{secrets.token_hex(3)}"
-    asyncio.run(_admin(database.server_url, f"CREATE DATABASE {name}"))
+    asyncio.run(admin(database.server_url, f"CREATE DATABASE {name}"))
     url = with_database(database.server_url, name)
     db.migrate(url)
     yield url
-    asyncio.run(_admin(database.server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    asyncio.run(admin(database.server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 async def enrol_with_changes(conn: asyncpg.Connection, vault: Any, settings: Any) -> uuid.UUID:

@@ -15,8 +15,9 @@ import pytest
 from prefs.consents import ledger
 from prefs.customers.service import find_customer_id
 from prefs.settings import DEV_ISSUER
-from tests.conftest import bearer, repo_root
-from tests.partner_steps import pull, reorder
+from tests.support.customer import bearer
+from tests.support.partner import pull, reorder
+from tests.support.paths import repo_root
 
 CUSTOMERS = 60
 PREFERENCES = 3

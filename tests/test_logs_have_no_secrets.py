@@ -35,7 +35,8 @@ from prefs import credentials
 from prefs.auth import DEV_KID
 from prefs.observability import JsonFormatter
 from prefs.settings import DEV_AUDIENCE, DEV_ISSUER
-from tests.conftest import _free_port, bearer
+from tests.support.customer import bearer
+from tests.support.servers import free_port
 
 PREFS = Path(sys.executable).parent / "prefs"
 START_TIMEOUT = 120
@@ -399,7 +400,7 @@ def serve_environment(settings: Any, database_url: str) -> dict[str, str]:
 @contextmanager
 def prefs_serve(env: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
     """`prefs serve` on a free port; yields its URL and, after it stopped, its output."""
-    port = _free_port()
+    port = free_port()
     output: dict[str, str] = {}
     process = subprocess.Popen(
         [str(PREFS), "serve", "--port", str(port)],

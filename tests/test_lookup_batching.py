@@ -19,16 +19,8 @@ from prefs.errors import NotFound, Unauthenticated, Unavailable
 from prefs.pos.schemas import LookupResult
 from prefs.pos.service import LOOKUP, LOOKUP_SERVER_SETTINGS, LookupBatcher, lookup
 from prefs.throttle import ThrottledTills
-from tests.till import (
-    checkout_code,
-    disclosures,
-    fresh_card,
-    fresh_store,
-    grant,
-    shopper,
-    till_key,
-    visits,
-)
+from tests.support.customer import checkout_code, grant
+from tests.support.till import disclosures, fresh_card, fresh_store, shopper, till_key, visits
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from alembic.script import ScriptDirectory
 
 from prefs import db
-from tests.conftest import Database, _admin, with_database
+from tests.support.database import Database, admin, with_database
 
 SCHEMA = {
     "columns": """
@@ -85,11 +85,11 @@ def revisions_in_order() -> list[tuple[str, str]]:
 @pytest.fixture
 async def empty_database(database: Database) -> AsyncIterator[str]:
     name = f"prefs_stairway_{secrets.token_hex(4)}"
-    await _admin(database.server_url, f"CREATE DATABASE {name}")
+    await admin(database.server_url, f"CREATE DATABASE {name}")
     try:
         yield with_database(database.server_url, name)
     finally:
-        await _admin(database.server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin(database.server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def test_the_revisions_form_one_line_from_base_to_head():

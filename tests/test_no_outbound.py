@@ -16,14 +16,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from prefs import db
-from tests.conftest import (
-    CHINOS,
-    SOCKET_USES,
-    SocketUse,
-    _audit_hook,
-    outbound_violations,
-    repo_root,
-)
+from tests.support.customer import CHINOS
+from tests.support.paths import repo_root
+from tests.support.socket_audit import SOCKET_USES, SocketUse, _audit_hook, outbound_violations
 
 SOURCE = repo_root() / "src" / "prefs"
 

@@ -10,7 +10,7 @@ from litestar.routes import HTTPRoute
 
 from prefs.app import create_app
 from prefs.openapi import render
-from tests.conftest import repo_root
+from tests.support.paths import repo_root
 
 
 def test_the_committed_openapi_document_matches_the_app(settings):

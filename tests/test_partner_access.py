@@ -13,14 +13,12 @@ import httpx
 from prefs import credentials, db
 from prefs.reorders import service as reorders
 from prefs.reorders.schemas import ReorderCreate
-from tests.conftest import CHINOS, bearer
-from tests.partner_steps import (
+from tests.support.customer import CHINOS, bearer, grant, keep, withdraw
+from tests.support.partner import (
     PROBLEM_JSON,
     access_log,
     feed_page,
-    grant,
     insights_key,
-    keep,
     known_as,
     my_reorders,
     partner_key,
@@ -29,9 +27,8 @@ from tests.partner_steps import (
     reference,
     reorder,
     set_status,
-    withdraw,
 )
-from tests.till import till_key
+from tests.support.till import till_key
 
 SHIRT: dict[str, Any] = {
     "product": {

@@ -13,8 +13,8 @@ import asyncpg
 from prefs import db
 from prefs.reorders import service as reorders
 from prefs.reorders.schemas import ReorderCreate
-from tests.conftest import bearer
-from tests.partner_steps import feed_page, grant, keep, partner_key, pull, reorder
+from tests.support.customer import bearer, grant, keep
+from tests.support.partner import feed_page, partner_key, pull, reorder
 
 WRITERS = 8
 PER_WRITER = 25

@@ -10,17 +10,15 @@ import uuid
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.till import (
+from tests.support.customer import checkout_code, grant, withdraw
+from tests.support.till import (
     NOT_FOUND_DETAIL,
-    checkout_code,
     disclosures,
     fresh_card,
     fresh_store,
-    grant,
     look_up,
     shopper,
     till_key,
-    withdraw,
 )
 
 

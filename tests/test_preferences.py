@@ -16,7 +16,7 @@ import pytest
 
 from prefs.preferences import service as preferences
 from prefs.preferences.schemas import PreferenceCreate
-from tests.conftest import CHINOS, bearer
+from tests.support.customer import CHINOS, bearer
 
 
 def problem(response: httpx.Response, status: int) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from prefs import db
-from tests.conftest import bearer
+from tests.support.customer import bearer
 
 # pgserver's own pg_dump (16) dumps both the embedded server and an external 15. Located without
 # importing pgserver, whose import wants a runtime directory that only EmbeddedPostgres sets up.

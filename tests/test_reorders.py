@@ -9,13 +9,11 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import CHINOS, bearer
-from tests.partner_steps import (
+from tests.support.customer import CHINOS, bearer, grant, keep
+from tests.support.partner import (
     PROBLEM_JSON,
     access_log,
     feed_page,
-    grant,
-    keep,
     known_as,
     my_reorders,
     partner_key,

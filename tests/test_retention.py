@@ -21,20 +21,20 @@ from prefs.auth import DevIssuer
 from prefs.crypto import Vault
 from prefs.retention import service as retention
 from prefs.settings import Settings, load
-from tests.conftest import Database, LiveServer
-from tests.rights_steps import (
+from tests.support.customer import grant, keep
+from tests.support.database import Database
+from tests.support.rights import (
     Shopper,
     enrol,
     fresh_card,
-    grant,
     items,
-    keep,
     look_up,
     own_database,
     preference,
     run_prefs,
     till,
 )
+from tests.support.servers import LiveServer
 
 ACCESS_LOG_DEFAULT_DAYS = 400
 

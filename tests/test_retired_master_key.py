@@ -17,7 +17,7 @@ from prefs.customers import service as customers
 from prefs.errors import Conflict
 from prefs.keys import service as keys
 from prefs.settings import Settings, load
-from tests.conftest import Database
+from tests.support.database import Database
 
 RETIRED = 777  # a version nothing else in the test session uses
 

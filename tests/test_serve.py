@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import CHINOS, _free_port, bearer
+from tests.support.customer import CHINOS, bearer
+from tests.support.servers import free_port
 
 PREFS = Path(sys.executable).parent / "prefs"
 START_TIMEOUT = 120  # seconds; a first start runs initdb, and CI machines can be slow
@@ -52,7 +53,7 @@ class Served:
 
 @contextmanager
 def serving(data_dir: Path) -> Iterator[Served]:
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [str(PREFS), "serve", "--port", str(port)],
         env=clean_environment(PREFS_DATA_DIR=str(data_dir)),

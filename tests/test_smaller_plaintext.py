@@ -11,7 +11,8 @@ import httpx
 from prefs import idempotency
 from prefs.customer_keys import data_key
 from prefs.preferences import service as preferences
-from tests.rights_steps import enrol, keep, preference, reorder
+from tests.support.customer import keep
+from tests.support.rights import enrol, preference, reorder
 from tests.test_privacy_at_rest import copy_block, encodings, pg_dump
 
 

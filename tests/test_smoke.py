@@ -1,4 +1,4 @@
-from tests.conftest import CHINOS
+from tests.support.customer import CHINOS
 
 
 async def test_a_customer_keeps_the_chinos(client, new_customer):

@@ -22,7 +22,7 @@ from litestar.exceptions import NotAuthorizedException
 from prefs.auth import DEV_KID, MAX_TOKEN_LIFETIME_SECONDS, TokenVerifier
 from prefs.crypto import BlindIndex, Keyring
 from prefs.settings import load
-from tests.conftest import bearer
+from tests.support.customer import bearer
 from tests.test_auth import assert_refused, b64url, claims, dev_key, dev_token
 
 __all__ = ["dev_key"]  # the module-scoped fixture, shared with test_auth

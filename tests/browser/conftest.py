@@ -9,52 +9,21 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, Service, Watch
+from tests.support.servers import free_port
+
 START_SECONDS = 120
 EXPECT_SECONDS = 15
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Service:
-    """A running `prefs serve` and what it printed for the first minute."""
-
-    url: str
-    data_dir: Path
-    log: Path
-    till_key: str
-    partner_key: str
-    card: str
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 def _printed(pattern: str, output: str) -> str:
@@ -69,7 +38,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """`prefs serve` on a fresh data dir (embedded PostgreSQL), stopped with Ctrl-C at the end."""
     data_dir = tmp_path_factory.mktemp("prefs-web")
     log = data_dir / "serve.log"
-    port = _free_port()
+    port = free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("PREFS_")}
     env.update(PREFS_DATA_DIR=str(data_dir), PREFS_ENV="development")
     prefs = Path(sys.executable).with_name("prefs")
@@ -143,23 +112,6 @@ def chromium() -> Iterator[Any]:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
         browser.close()
-
-
-@dataclass
-class Watch:
-    """Everything a page asked for, and anything that went wrong in it."""
-
-    requests: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def assert_clean(self, service: Service) -> None:
-        elsewhere = [
-            url
-            for url in self.requests
-            if not (url.startswith(service.url + "/") or url.startswith(("blob:", "data:")))
-        ]
-        assert not elsewhere, f"the page asked for something beyond the service: {elsewhere}"
-        assert not self.errors, f"the page reported errors: {self.errors}"
 
 
 CSP_WATCH = """

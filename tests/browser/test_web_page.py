@@ -20,8 +20,8 @@ import pytest
 from playwright.sync_api import expect
 
 from prefs.auth import DevIssuer
-from tests.browser.conftest import CHROMIUM, Service, Watch
 from tests.browser.views import look_at
+from tests.support.browser import CHROMIUM, Service, Watch
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: install Debian's chromium package"

@@ -7,7 +7,7 @@ from typing import Any
 
 import axe_playwright_python
 
-from tests.conftest import repo_root
+from tests.support.paths import repo_root
 
 SCREENSHOTS = repo_root() / "artifacts" / "screenshots"
 WIDTHS = {"phone": (360, 780), "desktop": (1280, 900)}

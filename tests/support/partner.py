@@ -1,4 +1,4 @@
-"""Shared steps for the reorder, partner and insights tests.
+"""The partner's steps (and the insights key's), with the customer's reorders they answer.
 
 The database is shared by the whole session: every test makes its own customers and its own
 partner and insights keys, so a partner's feed holds only that test's reorders.
@@ -15,7 +15,7 @@ import asyncpg
 import httpx
 
 from prefs import credentials, partner_refs
-from tests.conftest import CHINOS, bearer
+from tests.support.customer import bearer
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -34,36 +34,6 @@ async def partner_key(
 
 async def insights_key(conn: asyncpg.Connection) -> tuple[credentials.Credential, str]:
     return await credentials.create(conn, "insights", f"Merch {uuid.uuid4().hex[:8]}")
-
-
-async def keep(
-    client: httpx.AsyncClient, customer: Any, body: dict[str, Any] = CHINOS
-) -> dict[str, Any]:
-    """Save one preference for ``customer``; returns it as the API answered."""
-    response = await client.post("/v1/me/preferences", headers=customer.headers, json=body)
-    assert response.status_code == 201, response.text
-    preference: dict[str, Any] = response.json()
-    return preference
-
-
-async def grant(
-    client: httpx.AsyncClient,
-    customer: Any,
-    audience: str,
-    fields: list[str] | None = None,
-    **body: Any,
-) -> dict[str, Any]:
-    """PUT a consent (default: every field of every preference) and return the answer."""
-    body["fields"] = fields or ["product", "attributes", "note"]
-    response = await client.put(f"/v1/me/consents/{audience}", headers=customer.headers, json=body)
-    assert response.status_code == 200, response.text
-    answer: dict[str, Any] = response.json()
-    return answer
-
-
-async def withdraw(client: httpx.AsyncClient, customer: Any, audience: str) -> None:
-    response = await client.delete(f"/v1/me/consents/{audience}", headers=customer.headers)
-    assert response.status_code == 200, response.text
 
 
 async def reference(client: httpx.AsyncClient, customer: Any, partner_id: uuid.UUID) -> str:

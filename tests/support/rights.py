@@ -28,7 +28,9 @@ from prefs import credentials, db
 from prefs.auth import DevIssuer
 from prefs.crypto import Vault
 from prefs.settings import Settings, load
-from tests.conftest import _admin, bearer, confirm_card, with_database
+from tests.support.customer import bearer
+from tests.support.database import admin, with_database
+from tests.support.till import confirm_card
 
 # Found without importing pgserver (whose import warns when XDG_RUNTIME_DIR is unset).
 _PGSERVER = importlib.util.find_spec("pgserver")
@@ -90,12 +92,12 @@ class OwnDatabase:
 async def create_database(server_url: str, prefix: str) -> tuple[str, str]:
     """A new, empty database on the server (not migrated); returns (name, url)."""
     name = f"prefs_{prefix}_{os.getpid()}_{secrets.token_hex(3)}"
-    await _admin(server_url, f"CREATE DATABASE {name}")
+    await admin(server_url, f"CREATE DATABASE {name}")
     return name, with_database(server_url, name)
 
 
 async def drop_database(server_url: str, name: str) -> None:
-    await _admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    await admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @contextlib.asynccontextmanager
@@ -202,34 +204,6 @@ def typed_strings(body: dict[str, Any]) -> list[str]:
         body["attributes"]["colour"],
         body["note"],
     ]
-
-
-async def keep(http: httpx.AsyncClient, shopper: Shopper, body: dict[str, Any]) -> dict[str, Any]:
-    response = await http.post("/v1/me/preferences", headers=shopper.headers, json=body)
-    assert response.status_code == 201, response.text
-    kept: dict[str, Any] = response.json()
-    return kept
-
-
-async def grant(
-    http: httpx.AsyncClient,
-    shopper: Shopper,
-    audience: str,
-    fields: list[str] | None = None,
-    **body: Any,
-) -> dict[str, Any]:
-    body["fields"] = fields or ["product", "attributes", "note"]
-    response = await http.put(f"/v1/me/consents/{audience}", headers=shopper.headers, json=body)
-    assert response.status_code == 200, response.text
-    answer: dict[str, Any] = response.json()
-    return answer
-
-
-async def withdraw(http: httpx.AsyncClient, shopper: Shopper, audience: str) -> dict[str, Any]:
-    response = await http.delete(f"/v1/me/consents/{audience}", headers=shopper.headers)
-    assert response.status_code == 200, response.text
-    answer: dict[str, Any] = response.json()
-    return answer
 
 
 async def reorder(

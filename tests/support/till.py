@@ -1,4 +1,4 @@
-"""Shared steps for the till tests: fresh stores, cards and keys, a customer's preferences, lookups.
+"""The till's steps: fresh stores, cards and keys, a customer's preferences, lookups.
 
 The database is shared by the whole session, so every test makes its own customers, cards, stores
 and keys (the lookup throttle counts misses per key and per store).
@@ -17,7 +17,7 @@ from prefs import credentials
 from prefs.access_log.service import opened
 from prefs.crypto import Vault
 from prefs.customer_keys import data_key
-from tests.conftest import CHINOS, bearer
+from tests.support.customer import CHINOS, bearer, keep_all
 
 SHIRT: dict[str, Any] = {
     "product": {
@@ -59,61 +59,13 @@ async def look_up(client: httpx.AsyncClient, key: str, **body: Any) -> httpx.Res
     return await client.post("/v1/pos/lookup", headers=bearer(key), json=body)
 
 
-async def keep(
-    client: httpx.AsyncClient, customer: Any, *bodies: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """Save preferences for ``customer``; returns them as the API answered."""
-    kept = []
-    for body in bodies:
-        response = await client.post("/v1/me/preferences", headers=customer.headers, json=body)
-        assert response.status_code == 201, response.text
-        kept.append(response.json())
-    return kept
-
-
-async def preferences_of(client: httpx.AsyncClient, customer: Any) -> list[dict[str, Any]]:
-    """The customer's own view of their preferences, in rank order."""
-    response = await client.get("/v1/me/preferences", headers=customer.headers)
-    assert response.status_code == 200, response.text
-    items: list[dict[str, Any]] = response.json()["items"]
-    return items
-
-
-async def grant(
-    client: httpx.AsyncClient, customer: Any, audience: str = "pos", **body: Any
-) -> dict[str, Any]:
-    """PUT a consent (default: every field of every preference) and return the answer."""
-    body.setdefault("fields", ["product", "attributes", "note"])
-    response = await client.put(f"/v1/me/consents/{audience}", headers=customer.headers, json=body)
-    assert response.status_code == 200, response.text
-    answer: dict[str, Any] = response.json()
-    return answer
-
-
-async def withdraw(
-    client: httpx.AsyncClient, customer: Any, audience: str = "pos"
-) -> dict[str, Any]:
-    response = await client.delete(f"/v1/me/consents/{audience}", headers=customer.headers)
-    assert response.status_code == 200, response.text
-    answer: dict[str, Any] = response.json()
-    return answer
-
-
-async def checkout_code(client: httpx.AsyncClient, customer: Any, **body: Any) -> dict[str, Any]:
-    body.setdefault("fields", ["product", "attributes", "note"])
-    response = await client.post("/v1/me/checkout-codes", headers=customer.headers, json=body)
-    assert response.status_code == 201, response.text
-    answer: dict[str, Any] = response.json()
-    return answer
-
-
 async def shopper(
     new_customer: Any, client: httpx.AsyncClient
 ) -> tuple[Any, str, list[dict[str, Any]]]:
     """A customer with a card and three preferences (chinos, shirt, boots), nothing granted yet."""
     card = fresh_card()
     customer = await new_customer(card=card)
-    kept = await keep(client, customer, CHINOS, SHIRT, BOOTS)
+    kept = await keep_all(client, customer, CHINOS, SHIRT, BOOTS)
     return customer, card, kept
 
 
@@ -132,3 +84,21 @@ async def visits(
     customer = uuid.UUID(str(customer_id))
     rows = await conn.fetch("SELECT * FROM access_log WHERE customer_id = $1", customer)
     return opened(await data_key(conn, vault, customer), rows)
+
+
+async def confirm_card(client: httpx.AsyncClient, till: str, customer: Any, card: str) -> None:
+    """The customer shows a checkout code while ``till`` scans the card; the code is then ended."""
+    code = await client.post(
+        "/v1/me/checkout-codes", headers=customer.headers, json={"fields": ["product"]}
+    )
+    assert code.status_code == 201, code.text
+    confirmed = await client.post(
+        "/v1/pos/cards/confirm",
+        headers=bearer(till),
+        json={"card": card, "code": code.json()["code"]},
+    )
+    assert confirmed.status_code == 204, confirmed.text
+    ended = await client.delete(
+        f"/v1/me/checkout-codes/{code.json()['id']}", headers=customer.headers
+    )
+    assert ended.status_code == 204, ended.text
