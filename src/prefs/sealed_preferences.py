@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 
@@ -11,7 +11,8 @@ import msgspec
 
 from prefs.crypto import DataKey
 from prefs.db import Row
-from prefs.products import Product, SharedPreference
+from prefs.product_status import overlaid
+from prefs.products import Product, SharedPreference, Status
 
 TABLE = "preferences"
 # A preference row with everything its owner may read; purchases and last_purchased_on are read
@@ -73,17 +74,21 @@ def open_purchases(key: DataKey, row: Row) -> PurchaseHistory:
 def shared(
     key: DataKey,
     fields: Sequence[str],
+    catalogue: Mapping[str, Status],
     pid: uuid.UUID,
     rank: int,
-    status: str,
-    product_ct: bytes | None,
+    status: Status,
+    product_ct: bytes,
     attributes_ct: bytes | None,
     note_ct: bytes | None,
 ) -> SharedPreference:
-    """A preference as an audience sees it; the query left non-granted ciphertexts NULL."""
-    view = SharedPreference(id=pid, rank=rank, status=status)  # type: ignore[arg-type]
-    if product_ct is not None:
-        view.product = decrypt_product(key, pid, product_ct)
+    """A preference as an audience sees it: the granted fields (the query left the other
+    ciphertexts NULL but the product's, which is opened for its SKU alone when not granted), and
+    the catalogue's status where it knows the SKU."""
+    product = decrypt_product(key, pid, product_ct)
+    view = SharedPreference(id=pid, rank=rank, status=overlaid(status, product.sku, catalogue))
+    if "product" in fields:
+        view.product = product
     if attributes_ct is not None:
         view.attributes = decrypt_attributes(key, pid, attributes_ct)
     if note_ct is not None or "note" in fields:
@@ -91,11 +96,12 @@ def shared(
     return view
 
 
-def shared_view(key: DataKey, row: Row) -> SharedPreference:
+def shared_view(key: DataKey, catalogue: Mapping[str, Status], row: Row) -> SharedPreference:
     """:func:`shared` for a row of a query built on :func:`shown`."""
     return shared(
         key,
         row["fields"],
+        catalogue,
         row["preference_id"],
         row["rank"],
         row["status"],
@@ -105,14 +111,20 @@ def shared_view(key: DataKey, row: Row) -> SharedPreference:
     )
 
 
+def skus(key: DataKey, rows: Sequence[Row]) -> list[str]:
+    """The SKUs of preference rows (for asking the catalogue about them)."""
+    return [decrypt_product(key, row["preference_id"], row["product_ct"]).sku for row in rows]
+
+
 def shown(*carried: str) -> str:
     """The granted columns of the preferences a grant covers, for a CTE named ``hit`` that
     carries customer_id, fields and preference_ids (NULL meaning all); ``carried`` names more
-    columns of ``hit`` to pass through."""
+    columns of ``hit`` to pass through. The product's ciphertext always comes (its SKU decides
+    the status shown); :func:`shared` shows the product itself only when granted."""
     extra = "".join(f"hit.{column}, " for column in carried)
     return f"""
     SELECT {extra}p.preference_id, p.rank, p.status,
-           CASE WHEN 'product' = ANY(hit.fields) THEN p.product_ct END AS product_ct,
+           p.product_ct,
            CASE WHEN 'attributes' = ANY(hit.fields) THEN p.attributes_ct END AS attributes_ct,
            CASE WHEN 'note' = ANY(hit.fields) THEN p.note_ct END AS note_ct
     FROM hit JOIN preferences p ON p.customer_id = hit.customer_id

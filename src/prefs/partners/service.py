@@ -13,7 +13,7 @@ from typing import NamedTuple
 import asyncpg
 import msgspec
 
-from prefs import cursors, disclosures, partner_refs
+from prefs import cursors, disclosures, partner_refs, product_status
 from prefs.credentials import Credential
 from prefs.crypto import Vault
 from prefs.customer_keys import data_key
@@ -29,7 +29,7 @@ from prefs.grants import (
 from prefs.partners.schemas import Partner, PartnerFeed, PartnerReorder, PartnerReorderCreate
 from prefs.products import SharedPreference
 from prefs.sealed_preferences import GET as GET_PREFERENCE
-from prefs.sealed_preferences import SHOWN, shared_view
+from prefs.sealed_preferences import SHOWN, shared_view, skus
 from prefs.sealed_reorders import Snapshot, insert, narrowed, open_snapshot
 
 DIRECTORY = """
@@ -386,7 +386,9 @@ async def partner_preferences(
             raise NotFound("No such customer reference.")
         first = rows[0]
         key = vault.envelope.unwrap(first["customer_id"], first["generation"], first["wrapped"])
-        shown = [shared_view(key, row) for row in rows if row["preference_id"] is not None]
+        found = [row for row in rows if row["preference_id"] is not None]
+        catalogue = await product_status.of(conn, skus(key, found))
+        shown = [shared_view(key, catalogue, row) for row in found]
         refs = await partner_refs.refs_for(
             conn, first["customer_id"], partner.partner_id, [p.id for p in shown]
         )

@@ -19,6 +19,8 @@ from prefs.errors import NotFound, Unauthenticated
 from prefs.grants import IN_FORCE
 from prefs.group_commit import GroupCommit, Queued
 from prefs.pos.schemas import LookupResult, TillPreference
+from prefs.product_status import VERSION as CATALOGUE_VERSION
+from prefs.product_status import StatusCache
 from prefs.products import SharedPreference
 from prefs.sealed_preferences import shared, shown
 from prefs.throttle import MISS_WINDOW, NOT_FOUND, ThrottledTills, count_misses, throttled
@@ -111,7 +113,8 @@ SELECT j.i, j.store, j.credential_id, j.display_name,
        CASE WHEN j.disclosure_id IS NOT NULL THEN j.fields END AS fields,
        CASE WHEN j.disclosure_id IS NOT NULL THEN j.via END AS via,
        k.generation, k.wrapped, j.disclosure_id, shown.ids, shown.ranks,
-       shown.statuses, shown.products, shown.attributes, shown.notes
+       shown.statuses, shown.products, shown.attributes, shown.notes,
+       {CATALOGUE_VERSION} AS catalogue_version
 FROM judged j
 LEFT JOIN customer_keys k ON k.customer_id = j.customer_id AND j.disclosure_id IS NOT NULL
 LEFT JOIN shown ON shown.i = j.i
@@ -199,6 +202,7 @@ class LookupBatcher(GroupCommit[Request, "asyncpg.Record | None"]):
         self.vault = vault  # seals each hit's access-log record under its customer's data key
         self.limits = (misses_per_key, misses_per_store)  # per minute, across all workers
         self.statements = 0  # lookup statements sent, for tests and the curious
+        self.catalogue = StatusCache()  # the catalogue's statuses, as of the version last seen
 
     async def fetch(self, key_hash: bytes, cards: Hashes, codes: Hashes) -> asyncpg.Record | None:
         """The row of one lookup (None: no live key), from whichever batch carried it."""
@@ -281,11 +285,12 @@ async def lookup(
     customer_id: uuid.UUID = row["customer_id"]
     data_key = vault.envelope.unwrap(customer_id, row["generation"], row["wrapped"])
     fields = row["fields"]
+    catalogue = await batcher.catalogue.current(batcher.pool, row["catalogue_version"])
     return LookupResult(
         via=row["via"],
         fields=list(fields),
         preferences=[
-            _for_till(rank, shared(data_key, fields, *preference))
+            _for_till(rank, shared(data_key, fields, catalogue, *preference))
             for rank, preference in enumerate(
                 zip(
                     row["ids"] or (),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 from msgspec import UNSET
 
+from prefs import product_status
 from prefs.crypto import DataKey, Vault
 from prefs.customer_keys import data_key, lock_customer
 from prefs.db import Row
@@ -19,6 +20,7 @@ from prefs.preferences.schemas import (
     PreferenceCreate,
     PreferenceUpdate,
 )
+from prefs.product_status import overlaid
 from prefs.sealed_preferences import (
     COLUMNS,
     GET,
@@ -31,7 +33,8 @@ from prefs.sealed_preferences import (
 )
 
 
-def _preference(key: DataKey, row: Row) -> Preference:
+def _opened(key: DataKey, row: Row) -> Preference:
+    """A preference row opened, with the status its customer stored."""
     pid = row["preference_id"]
     history = open_purchases(key, row)
     return Preference(
@@ -49,6 +52,21 @@ def _preference(key: DataKey, row: Row) -> Preference:
     )
 
 
+async def _shown(conn: asyncpg.Connection, key: DataKey, rows: Sequence[Row]) -> list[Preference]:
+    """Preference rows as their customer reads them: the catalogue's status where it knows the
+    SKU (prefs.product_status)."""
+    preferences = [_opened(key, row) for row in rows]
+    catalogue = await product_status.of(conn, (p.product.sku for p in preferences))
+    for preference in preferences:
+        preference.status = overlaid(preference.status, preference.product.sku, catalogue)
+    return preferences
+
+
+async def _preference(conn: asyncpg.Connection, key: DataKey, row: Row) -> Preference:
+    [preference] = await _shown(conn, key, [row])
+    return preference
+
+
 LIST = f"SELECT {COLUMNS} FROM preferences WHERE customer_id = $1 ORDER BY rank"
 GET_FOR_UPDATE = GET + " FOR UPDATE"
 COUNT = "SELECT count(*) FROM preferences WHERE customer_id = $1"
@@ -62,7 +80,7 @@ async def list_preferences(
     if not rows:
         return []
     key = await data_key(conn, vault, customer_id)
-    return [_preference(key, row) for row in rows]
+    return await _shown(conn, key, rows)
 
 
 async def get_preference(
@@ -71,7 +89,7 @@ async def get_preference(
     row = await conn.fetchrow(GET, customer_id, preference_id)
     if row is None:
         raise NotFound("No such preference.")
-    return _preference(await data_key(conn, vault, customer_id), row)
+    return await _preference(conn, await data_key(conn, vault, customer_id), row)
 
 
 SHIFT_DOWN_FROM = "UPDATE preferences SET rank = rank + 1 WHERE customer_id = $1 AND rank >= $2"
@@ -110,7 +128,7 @@ async def create_preference(
         )
         assert row is not None
         await follow(conn, vault, PreferencesChanged(customer_id))
-        return _preference(key, row)
+        return await _preference(conn, key, row)
 
 
 MOVE_UP = """UPDATE preferences SET rank = rank + 1
@@ -196,7 +214,7 @@ async def update_preference(
         )
         assert updated is not None
         await follow(conn, vault, PreferencesChanged(customer_id))
-        return _preference(key, updated)
+        return await _preference(conn, key, updated)
 
 
 DELETE = "DELETE FROM preferences WHERE customer_id = $1 AND preference_id = $2"

@@ -1,0 +1,64 @@
+"""The catalogue's word on a product's status, laid over what the customer stored.
+
+A preference keeps the status its customer gave it; where its SKU is in the retailer's catalogue,
+every read shows the catalogue's current status instead (the customer's own words stay theirs).
+The SKU is sealed with the rest of the product, so the overlay happens after opening, never in
+SQL: reads that are not hot ask for the statuses of the SKUs they opened (``of``); the till
+lookup keeps every status in memory (``StatusCache``) and its one statement returns the
+catalogue's version, so the memory is read again only after an import changed something.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import asyncpg
+
+from prefs.products import Status
+
+STATUSES = "SELECT sku, status FROM catalogue_products WHERE sku = ANY($1::text[])"
+ALL_STATUSES = """
+SELECT (SELECT version FROM catalogue_state) AS version,
+       coalesce((SELECT array_agg(sku) FROM catalogue_products), '{}') AS skus,
+       coalesce((SELECT array_agg(status = 'discontinued') FROM catalogue_products), '{}')
+           AS discontinued
+"""
+# for a statement that wants to say which catalogue it read: a scalar subquery
+VERSION = "(SELECT version FROM catalogue_state)"
+
+
+async def of(conn: Any, skus: Iterable[str]) -> dict[str, Status]:
+    """The catalogue's status of each of ``skus`` it knows."""
+    wanted = sorted(set(skus))
+    if not wanted:
+        return {}
+    return {row["sku"]: row["status"] for row in await conn.fetch(STATUSES, wanted)}
+
+
+def overlaid(stored: Status, sku: str | None, catalogue: Mapping[str, Status]) -> Status:
+    """The status a reader sees: the catalogue's for a SKU it knows, else the stored one."""
+    if sku is None:
+        return stored
+    return catalogue.get(sku, stored)
+
+
+class StatusCache:
+    """Every catalogue status, per process, as of a catalogue version."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.statuses: dict[str, Status] = {}
+
+    async def current(self, pool: asyncpg.Pool, version: int) -> Mapping[str, Status]:
+        """The statuses as of ``version`` (read again when an import has changed them)."""
+        if version != self.version:
+            async with pool.acquire() as conn:
+                row = await conn.fetchrow(ALL_STATUSES)
+            assert row is not None
+            self.statuses = {
+                sku: "discontinued" if gone else "available"
+                for sku, gone in zip(row["skus"], row["discontinued"], strict=True)
+            }
+            self.version = row["version"]
+        return self.statuses
