@@ -381,6 +381,12 @@ class Lookups:
         elif [p["product"]["sku"] for p in response.json()["preferences"]] != [self.cards[card][1]]:
             self.failures.append(f"wrong customer for a card: {response.text}")
 
+    async def until(self, count: int) -> None:
+        """Wait, while the traffic runs, until `count` lookups have been answered in all."""
+        async with asyncio.timeout(60):
+            while self.done < count:
+                await asyncio.sleep(0.01)
+
 
 async def test_card_lookups_never_fail_while_the_index_key_rotates(
     database: Database, tmp_path: Path
@@ -416,7 +422,8 @@ async def test_card_lookups_never_fail_while_the_index_key_rotates(
                 async with connected(own) as conn:
                     indexed = await keys.reindex(conn, own.vault(index_keys=both), batch_size=5)
                     status = await keys.status(conn, own.vault(index_keys=both))
-                await asyncio.sleep(0.3)
+                # every card is looked up again after the reindex, whatever the machine's speed
+                await lookups.until(lookups.done + 2 * len(cards))
                 stop.set()
                 await asyncio.gather(*traffic)
 
@@ -434,7 +441,7 @@ async def test_card_lookups_never_fail_while_the_index_key_rotates(
             async with connected(own) as conn:
                 await keys.reindex(conn, own.vault(index_keys=only_new), batch_size=5)
                 status = await keys.status(conn, own.vault(index_keys=only_new))
-            await asyncio.sleep(0.3)
+            await lookups.until(lookups.done + 2 * len(cards))
             stop.set()
             await asyncio.gather(*traffic)
             for card in cards:
