@@ -173,3 +173,28 @@ def preference(rng: random.Random, rank: int, today: date) -> dict[str, Any]:
         "purchases": purchases,
         "last_purchased_on": today - timedelta(days=rng.randrange(1, 1100)) if purchases else None,
     }
+
+
+def catalogue_products(seed: int = 2026) -> list[dict[str, Any]]:
+    """The retailer's catalogue behind those preferences: every SKU ``preference`` can draw
+    (about 2 500), one in seven discontinued, each with the sizes it comes in."""
+    rng = random.Random(seed)
+    products = []
+    for category, prefix, names, brands, attributes_of in CATEGORIES:
+        for name_index, name in enumerate(names):
+            for variant in range(100):
+                options: dict[str, set[str]] = {}
+                for _ in range(6):
+                    for attribute, value in attributes_of(rng).items():
+                        options.setdefault(attribute, set()).add(value)
+                products.append(
+                    {
+                        "sku": f"{prefix}-{name_index:03d}{variant:02d}",
+                        "name": name,
+                        "brand": rng.choice(brands),
+                        "category": category,
+                        "status": "discontinued" if rng.random() < 1 / 7 else "available",
+                        "attributes": {k: sorted(v) for k, v in options.items()},
+                    }
+                )
+    return products

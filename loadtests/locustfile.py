@@ -30,6 +30,7 @@ SEEDED: dict[str, Any] = {}
 PREFERENCE_FIELDS = ["product", "attributes", "note"]
 TEMPORARY_SKU = "LT-0001"  # the preference CustomerUser adds and deletes again: never reordered
 LIVE = ("requested", "accepted")  # reorder states a partner still acts on
+NOT_FOUND = "No customer preferences can be shown for this card or code."  # the till's one 404
 
 
 @events.init_command_line_parser.add_listener
@@ -308,6 +309,132 @@ class CheckoutCodeUser(HttpUser):
             catch_response=True,
         ) as lookup:
             check_lookup(lookup, "code")
+
+
+PURCHASE_SKUS = [f"TRS-{n:03d}{v:02d}" for n in range(5) for v in range(0, 100, 7)]
+
+
+def purchasing_customer() -> tuple[int, int] | None:
+    """A seeded (run, index) whose customer lets tills add what they buy; None when no run
+    seeded such customers (a seed JSON from before purchases)."""
+    runs = [r for r in SEEDED["runs"] if r.get("purchases_every")]
+    if not runs:
+        return None
+    run = random.choices(runs, weights=[r["customers"] for r in runs])[0]
+    every = run["purchases_every"]
+    return run["run"], random.randrange(0, run["customers"], every)
+
+
+def sale(items: int = 1) -> list[dict[str, Any]]:
+    """What a till rang up: a few trousers in a few sizes (so repeats count again)."""
+    return [
+        {
+            "sku": random.choice(PURCHASE_SKUS),
+            "attributes": {"waist": random.choice(["32", "34"]), "leg": "32"},
+            "quantity": random.randint(1, 2),
+        }
+        for _ in range(items)
+    ]
+
+
+def check_counts(response: Any, items: int) -> dict[str, Any] | None:
+    """A 200 whose counts account for every item, and nothing else about the locker."""
+    body = expect(response, 200)
+    if body is None:
+        return None
+    if set(body) != {"added", "updated", "skipped"}:
+        response.failure(f"a purchase answer says more than counts: {response.text[:200]}")
+    elif body["added"] + body["updated"] + body["skipped"] != items:
+        response.failure(f"counts {body} do not add up to {items} items")
+    else:
+        response.success()
+        return dict(body)
+    return None
+
+
+class PurchaseTillUser(HttpUser):
+    """A till recording what customers bought: by card for customers who let tills add their
+    purchases, by a keep-purchases checkout code, a retried request now and then (answered once),
+    and a card whose customer never agreed (the lookup's 404)."""
+
+    weight = 2
+
+    def wait_time(self) -> float:  # type: ignore[override]
+        return random.uniform(0, self.environment.parsed_options.think_time)
+
+    def on_start(self) -> None:
+        till = random.choice(SEEDED["tills"])
+        self.key, self.store = till["key"], till["store"]
+        self.headers = bearer(self.key)
+
+    def _post(self, body: dict[str, Any], key: str, name: str) -> Any:
+        return self.client.post(
+            "/v1/pos/purchases",
+            json=body,
+            headers={**self.headers, "Idempotency-Key": key},
+            name=name,
+            catch_response=True,
+        )
+
+    @task(10)
+    def purchase_by_card(self) -> None:
+        customer = purchasing_customer()
+        if customer is None:
+            return
+        items = sale(random.choice([1, 1, 2, 3]))
+        body, key = {"card": card_of(*customer), "items": items}, str(uuid4())
+        with self._post(body, key, "till: record purchases by card") as response:
+            first = check_counts(response, len(items))
+        if first is None or random.random() >= 0.1:
+            return
+        with self._post(body, key, "till: record purchases, retried (replayed)") as replay:
+            again = expect(replay, 200)
+            if again is None:
+                return
+            if replay.headers.get("Idempotent-Replayed") != "true" or again != first:
+                replay.failure(f"a retry was not the first answer replayed: {replay.text[:200]}")
+            else:
+                replay.success()
+
+    @task(2)
+    def purchase_by_keep_code(self) -> None:
+        token = SEEDED["issuer"].mint(subject_of(*random_customer()))
+        with self.client.post(
+            "/v1/me/checkout-codes",
+            json={"fields": ["product"], "keep_purchases": True},
+            headers=bearer(token),
+            name="customer: create keep-purchases code",
+            catch_response=True,
+        ) as response:
+            made = expect(response, 201)
+            if made is None:
+                return
+            response.success()
+        items = sale()
+        body = {"code": made["code"], "items": items}
+        with self._post(body, str(uuid4()), "till: record purchases by code") as response:
+            check_counts(response, len(items))
+        # the code kept this visit's purchases once; a second sale with it is the one 404
+        if not SEEDED["budget"].take(self.key, self.store):
+            return
+        with self._post(body, str(uuid4()), "till: code used twice (404 expected)") as again:
+            if again.status_code == 404:
+                again.success()
+            else:
+                again.failure(f"expected 404, got {again.status_code}")
+
+    @task(1)
+    def purchase_without_consent(self) -> None:
+        customer = purchasing_customer()
+        if customer is None or not SEEDED["budget"].take(self.key, self.store):
+            return
+        run, index = customer
+        body = {"card": card_of(run, index + 1), "items": sale()}  # odd: never agreed
+        with self._post(body, str(uuid4()), "till: purchases without consent (404 expected)") as r:
+            if r.status_code == 404 and r.json().get("detail") == NOT_FOUND:
+                r.success()
+            else:
+                r.failure(f"expected the lookup's 404, got {r.status_code}: {r.text[:200]}")
 
 
 class CustomerUser(HttpUser):

@@ -9,8 +9,11 @@ of the dev issuer, encrypted preferences and a `pos` grant (all fields, all pref
 ConsentGiven ledger record, so ``prefs consent verify`` passes. A share of them (``--partner-share``,
 drawn per partner) also grants each load-test partner (``--partners``, ``ptn_`` keys) all fields of
 all preferences: a further ConsentGiven record on the same chain, and the partner's pairwise
-reference, exactly as a grant through the API leaves them. Rows go in with binary COPY, one
-transaction per batch, the encryption spread over worker processes.
+reference, exactly as a grant through the API leaves them. Every other customer (even indexes)
+also lets tills add what they buy (a `purchases` grant, no fields). The retailer's catalogue
+(about 2 500 products, every SKU the preferences draw, one in seven discontinued) is imported
+first. Rows go in with binary COPY, one transaction per batch, the encryption spread over worker
+processes.
 
 Card numbers and subjects are derived from a run number and the customer's index, so load tests
 can pick valid cards at random; the JSON written (``--output``) says how, and carries till keys,
@@ -38,9 +41,11 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from catalogue import preference
+from catalogue import catalogue_products, preference
 
 from prefs import credentials, db
+from prefs.catalogue import service as catalogue_service
+from prefs.catalogue.schemas import ImportRow
 from prefs.consents import ledger
 from prefs.consents import service as consents
 from prefs.consents.schemas import Recipient
@@ -104,6 +109,7 @@ COLUMNS = {
     ],
     "partner_refs": ["partner_id", "ref", "customer_id", "created_at"],
 }
+PURCHASES_EVERY = 2  # customers 0, 2, 4, … of each run let tills add what they buy
 GRANTS_SAMPLED_PER_BATCH = 100  # partner grants each batch reports for the JSON's sample
 GRANTS_SAMPLED_PER_RUN = 300  # per partner, kept in the JSON
 
@@ -156,6 +162,9 @@ class Writer:
         self.loop = asyncio.new_event_loop()
         self.conn: asyncpg.Connection = self.loop.run_until_complete(db.connect(url))
         self.pos = Recipient(kind="pos", name="Store tills at checkout")
+        self.purchases = Recipient(
+            kind="purchases", name="Store tills, adding what you buy to your locker"
+        )
 
     def rows(
         self, batch: Batch
@@ -216,6 +225,10 @@ class Writer:
                     )
                 )
             seq, head = self.grant(tables, customer_id, "pos", self.pos, 0, ledger.GENESIS)
+            if i % PURCHASES_EVERY == 0:  # tills may add what they buy
+                seq, head = self.grant(
+                    tables, customer_id, "purchases", self.purchases, seq, head, fields=[]
+                )
             for partner in batch.partners:
                 if rng.random() >= batch.partner_share:
                     continue
@@ -244,12 +257,14 @@ class Writer:
         who: Recipient,
         seq: int,
         head: bytes,
+        fields: list[str] = FIELDS,
     ) -> tuple[int, bytes]:
-        """A grant of all fields of all preferences, appended to the customer's ledger chain
-        after ``seq`` / ``head``; returns the new head (as consents.service.grant records it)."""
+        """A grant of ``fields`` (default: all) of all preferences, appended to the customer's
+        ledger chain after ``seq`` / ``head``; returns the new head (as consents.service.grant
+        records it)."""
         index = self.vault.index
         receipt = consents._receipt(
-            customer_id, audience, who, self.controller, "ConsentGiven", FIELDS, "all", None
+            customer_id, audience, who, self.controller, "ConsentGiven", fields, "all", None
         )
         body = msgspec.to_builtins(receipt)
         seq += 1
@@ -274,7 +289,7 @@ class Writer:
             (
                 customer_id,
                 audience,
-                FIELDS,
+                fields,
                 None,
                 None,
                 receipt.receipt_id,
@@ -390,6 +405,12 @@ async def _prepare(
         run = await _fresh_run(conn, vault)
         identity = await _identity(conn)
         previous = _previous(output, identity)
+        report = await catalogue_service.import_rows(
+            conn,
+            ((n, msgspec.convert(p, ImportRow)) for n, p in enumerate(catalogue_products(), 1)),
+            catalogue_service.ImportReport(),
+        )
+        assert not report.refused, report.refused
         keys = []
         for n in range(tills):
             store = f"{101 + n % stores:04d}"
@@ -558,6 +579,7 @@ def seed(
             "customers": customers,
             "preferences": preferences,
             "partner_share": partner_share if seeded_partners else 0.0,
+            "purchases_every": PURCHASES_EVERY,
         },
     ]
     rng = random.Random(run)

@@ -110,6 +110,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     # the till: live pos keys only (a revoked key is refused)
     ("POST", "/v1/pos/lookup"): Access({TILL: 200}),
     ("POST", "/v1/pos/cards/confirm"): Access({TILL: 204}),
+    ("POST", "/v1/pos/purchases"): Access({TILL: 200}),
     # partners: partner keys only; without the customer's consent a customer-specific route is 404
     ("GET", "/v1/partner/reorders"): partners(200, 200),
     ("POST", "/v1/partner/reorders"): partners(201, 404),
@@ -235,6 +236,7 @@ async def build_world(client: httpx.AsyncClient, conn: Any, new_customer: Any) -
                 ),
                 200,
             )
+    await ok(await client.put("/v1/me/consents/purchases", headers=a.headers, json={}), 200)
     consents = await ok(await client.get("/v1/me/consents", headers=a.headers), 200)
     [ref] = [c["reference"] for c in consents["items"] if c["audience"] == audience]
     [known] = await ok(
@@ -312,6 +314,9 @@ def request_for(world: World, method: str, template: str, principal: str) -> dic
             body = {"card": world.card_a}
         case ("POST", "/v1/pos/cards/confirm"):
             body = {"card": world.card_a, "code": world.code_a["code"]}
+        case ("POST", "/v1/pos/purchases"):
+            body = {"card": world.card_a, "items": [{"sku": "MATRIX-BOUGHT", "quantity": 1}]}
+            headers["Idempotency-Key"] = str(uuid.uuid4())
         case ("POST", "/v1/partner/reorders"):
             body = {
                 "customer": world.ref_a,

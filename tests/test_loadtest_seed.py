@@ -14,6 +14,7 @@ import pytest
 
 from prefs.consents import ledger
 from prefs.customers.service import find_customer_id
+from prefs.preferences.service import list_preferences
 from prefs.settings import DEV_ISSUER
 from tests.support.customer import bearer
 from tests.support.partner import pull, reorder
@@ -94,7 +95,16 @@ async def test_seeded_partner_grants_are_ledger_records_that_verify(seeded, conn
             audiences = [r["audience"] for r in records]
             assert audiences[0] == "pos"
             assert {r["state"] for r in records} == {"ConsentGiven"}
+            # every other customer lets tills add what they buy: a grant of no fields
+            kept_purchases = [r for r in records if r["audience"] == "purchases"]
+            assert len(kept_purchases) == (index % 2 == 0)
+            for record in kept_purchases:
+                assert record["receipt"]["fields"] == []
+                assert record["receipt"]["recipient"]["kind"] == "purchases"
+                assert record["receipt"]["purposes"][0]["dpv"] == ["ServicePersonalisation"]
             for record in records[1:]:
+                if record["audience"] == "purchases":
+                    continue
                 partner = record["audience"].removeprefix("partner:")
                 assert partner in partners
                 assert record["receipt"]["recipient"]["id"] == partner
@@ -105,7 +115,7 @@ async def test_seeded_partner_grants_are_ledger_records_that_verify(seeded, conn
                 customer_id,
             )
             assert sorted(audiences) == [row["audience"] for row in live]
-            grants += len(records) - 1
+            grants += len(records) - 1 - len(kept_purchases)
     # each customer grants each of the two partners with probability 0.5
     assert 0 < grants < 2 * 2 * CUSTOMERS
 
@@ -184,3 +194,17 @@ async def test_a_seeded_partner_cannot_use_the_other_partners_reference(seeded, 
         headers=bearer(_key_of(document, ours)),
     )
     assert shown.status_code == 404
+
+
+async def test_the_seed_imports_the_catalogue_its_preferences_name(seeded, conn, vault):
+    _, document = seeded
+    products = {
+        row["sku"]: row["status"]
+        for row in await conn.fetch("SELECT sku, status FROM catalogue_products")
+    }
+    customer_id = await _customer_id(
+        vault, conn, document["subject_format"].format(run=document["runs"][0]["run"], index=0)
+    )
+    kept = await list_preferences(conn, vault, customer_id)
+    assert kept and all(p.product.sku in products for p in kept)
+    assert sum(status == "discontinued" for status in products.values()) > 100

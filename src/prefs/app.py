@@ -37,6 +37,7 @@ from prefs.pos.api import PosController
 from prefs.pos.service import LOOKUP_SERVER_SETTINGS, LookupBatcher
 from prefs.preferences.api import PreferencesController
 from prefs.problems import exception_handlers
+from prefs.purchases.api import PurchasesController
 from prefs.ratelimit import customer_rate_limit
 from prefs.reorders.api import CustomerReordersController
 from prefs.retention import service as retention
@@ -181,6 +182,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
             PosController,
             CardsController,
+            PurchasesController,
             PartnersController,
             PartnerController,
             InsightsController,

@@ -34,6 +34,11 @@ class Visit(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
     via: str
     preference_ids: list[uuid.UUID]
     fields: list[str]
+    # a till's purchase write (purpose "purchase"): what it added and what it counted again, in
+    # words as they were then ("Classic Chino, waist 34 leg 34"), so the log still says so after
+    # the preference is changed or deleted; visits sealed before these existed decode as empty
+    added: list[str] = msgspec.field(default_factory=list)
+    counted: list[str] = msgspec.field(default_factory=list)
 
 
 _encode = msgspec.msgpack.Encoder()

@@ -1,7 +1,8 @@
 """Audiences and the grant in force: who a customer shares with, and what a live grant shows.
 
 Every capability that discloses something asks the same questions here: which audience is this
-(`pos`, `insights`, `partner:<id>`), is a grant to it in force now, and which fields of which
+(`pos`, `insights`, `partner:<id>`, or `purchases`, which is shown nothing but lets tills add
+what the customer buys), is a grant to it in force now, and which fields of which
 preferences does it cover. Granting and withdrawing (and the receipts) are prefs.consents'.
 """
 
@@ -19,6 +20,7 @@ from prefs.text import END, UUID_TEXT
 
 POS = "pos"
 INSIGHTS = "insights"
+PURCHASES = "purchases"  # tills may add what the customer buys; shown nothing, so no fields
 PARTNER_PREFIX = "partner:"
 
 Field = Literal["product", "attributes", "note"]
@@ -26,7 +28,7 @@ FIELD_ORDER: list[Field] = ["product", "attributes", "note"]
 Fields = Annotated[list[Field], Meta(min_length=1, max_length=3)]
 PreferenceIds = Annotated[list[uuid.UUID], Meta(min_length=1, max_length=500)]
 Audience = Annotated[
-    str, Meta(max_length=64, pattern=r"^(pos|insights|partner:" + UUID_TEXT + ")" + END)
+    str, Meta(max_length=64, pattern=r"^(pos|insights|purchases|partner:" + UUID_TEXT + ")" + END)
 ]
 
 # A grant (alias g) in force now. Expired grants are recorded as expired and removed by the
@@ -45,7 +47,7 @@ def partner_audience_sql(partner_column: str) -> str:
 
 
 def audience_kind(audience: str) -> str:
-    """`pos`, `insights` or `partner`."""
+    """`pos`, `insights`, `purchases` or `partner`."""
     return audience.split(":", 1)[0]
 
 

@@ -58,3 +58,16 @@ def normalise_code(raw: str) -> str:
             errors=[{"key": "code", "source": "body", "message": "not a checkout code"}],
         )
     return code
+
+
+# a till request's card or code, in OpenAPI: exactly one of the two
+CARD_OR_CODE = {
+    "properties": {
+        "card": {"anyOf": [CARD_NUMBER, {"type": "null"}]},
+        "code": {"anyOf": [CHECKOUT_CODE, {"type": "null"}]},
+    },
+    "oneOf": [
+        {"required": ["card"], "properties": {"card": {"type": "string"}}},
+        {"required": ["code"], "properties": {"code": {"type": "string"}}},
+    ],
+}

@@ -4,15 +4,18 @@ Shared by every capability that shows a preference (the till, partners, reorders
 shapes live here, the sealing and opening in prefs.sealed_preferences.
 """
 
-from typing import Literal
+from datetime import date
+from typing import Annotated, Literal
 from uuid import UUID
 
 import msgspec
-from msgspec import UNSET, UnsetType
+from msgspec import UNSET, Meta, UnsetType
 
-from prefs.text import Label, ProductName, Sku
+from prefs.text import AttributeName, AttributeValue, Label, ProductName, Sku
 
 Status = Literal["available", "discontinued"]
+Attributes = Annotated[dict[AttributeName, AttributeValue], Meta(max_length=32)]
+MAX_PREFERENCES = 500  # the most preferences one customer's locker holds
 
 
 class Product(msgspec.Struct, forbid_unknown_fields=True):
@@ -20,6 +23,15 @@ class Product(msgspec.Struct, forbid_unknown_fields=True):
     name: ProductName
     brand: Label | None = None
     category: Label | None = None
+
+
+class Source(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where a preference came from when its customer did not type it: a till at ``store``
+    added what they bought on ``purchased_on`` (the first purchase). Personal, so sealed."""
+
+    kind: Literal["till"]
+    store: str
+    purchased_on: date
 
 
 class SharedPreference(msgspec.Struct, kw_only=True):

@@ -12,16 +12,17 @@ import msgspec
 from prefs.crypto import DataKey
 from prefs.db import Row
 from prefs.product_status import overlaid
-from prefs.products import Product, SharedPreference, Status
+from prefs.products import Product, SharedPreference, Source, Status
 
 TABLE = "preferences"
 # A preference row with everything its owner may read; purchases and last_purchased_on are read
 # only for rows not yet sealed (purchases_ct) by the backfill.
 COLUMNS = """preference_id, rank, status, purchases, last_purchased_on, purchases_ct, version,
-             product_ct, attributes_ct, note_ct, created_at, updated_at"""
+             product_ct, attributes_ct, note_ct, source_ct, created_at, updated_at"""
 GET = f"SELECT {COLUMNS} FROM preferences WHERE customer_id = $1 AND preference_id = $2"
 _attributes = msgspec.json.Decoder(dict[str, str])
 _product = msgspec.json.Decoder(Product)
+_source = msgspec.json.Decoder(Source)
 
 
 def seal(key: DataKey, preference_id: uuid.UUID, column: str, value: Any) -> bytes:
@@ -41,6 +42,13 @@ def decrypt_note(key: DataKey, preference_id: uuid.UUID, blob: bytes | None) -> 
         return None
     note: str = msgspec.json.decode(key.decrypt(blob, TABLE, "note", preference_id))
     return note
+
+
+def decrypt_source(key: DataKey, preference_id: uuid.UUID, blob: bytes | None) -> Source | None:
+    """Where a till-added preference came from (None: its customer typed it)."""
+    if blob is None:
+        return None
+    return _source.decode(key.decrypt(blob, TABLE, "source", preference_id))
 
 
 class PurchaseHistory(msgspec.Struct, array_like=True, forbid_unknown_fields=True):

@@ -518,3 +518,120 @@ def test_a_customer_confirms_or_declines_a_partners_proposal_on_the_page(
         (2, "cancelled"),
     ]
     watch.assert_clean(service)
+
+
+# --- purchases into the locker ------------------------------------------------------------------
+
+
+def test_tills_add_what_the_customer_buys_and_adding_by_hand_finds_the_catalogue(
+    service: Service,
+    browser_page: tuple[Any, Watch],
+) -> None:
+    page, watch = browser_page
+    token = DevIssuer(service.data_dir / "dev-issuer.pem").mint(
+        f"buyer-{uuid.uuid4()}@example.test"
+    )
+    card = f"60{uuid.uuid4().int % 10**14:014d}"
+    page.goto(f"{service.url}/#token={token}")
+    page.get_by_label("Loyalty card number (optional)").fill(card)
+    page.get_by_role("button", name="Start my locker").click()
+    expect(page.get_by_role("heading", level=1, name="My preferences")).to_be_focused()
+    # the card is proven at a till (the customer shows a code while it is scanned)
+    code = httpx.post(
+        f"{service.url}/v1/me/checkout-codes", headers=bearer(token), json={"fields": ["product"]}
+    ).json()["code"]
+    confirmed = httpx.post(
+        f"{service.url}/v1/pos/cards/confirm",
+        headers=bearer(service.till_key),
+        json={"card": card, "code": code},
+    )
+    assert confirmed.status_code == 204, confirmed.text
+
+    def buy() -> httpx.Response:
+        return httpx.post(
+            f"{service.url}/v1/pos/purchases",
+            headers={**bearer(service.till_key), "Idempotency-Key": str(uuid.uuid4())},
+            json={
+                "card": card,
+                "items": [
+                    {
+                        "sku": "AC-CHINO-SLIM",
+                        "attributes": {"waist": "32", "leg": "32"},
+                        "quantity": 1,
+                        "purchased_on": "2026-09-14",
+                    }
+                ],
+            },
+        )
+
+    assert buy().status_code == 404  # not before the customer says so
+
+    go_to(page, "Sharing")
+    purchases = page.locator('[data-audience="purchases"]')
+    expect(purchases.locator(".shared-summary")).to_have_text("The tills add nothing.")
+    purchases.get_by_role("button", name="Let the tills add what I buy…").click()
+    purchases.get_by_role("button", name="Let them add").click()
+    expect(status(page)).to_contain_text("Saved: the tills add what you buy to your preferences.")
+    purchases = page.locator('[data-audience="purchases"]')
+    expect(purchases.locator(".badge")).to_have_text("On")
+    expect(page.locator("#consent-history > li").first).to_contain_text(
+        "You let the store tills add what you buy to your preferences, until you stop it."
+    )
+    look_at(page, "sharing-purchases")
+
+    bought = buy()
+    assert bought.status_code == 200, bought.text
+    assert bought.json() == {"added": 1, "updated": 0, "skipped": 0}
+    go_to(page, "My preferences")
+    slim = preference_card(page, "Slim Chino")
+    expect(slim).to_contain_text("Added by a till: bought at store 0001 on")
+    expect(slim).to_contain_text("14")
+    expect(slim).to_contain_text("code AC-CHINO-SLIM")
+    look_at(page, "purchase-added")
+
+    go_to(page, "Who looked")
+    expect(page.locator("#access-log > li").first).to_contain_text(
+        "Till 1 at store 0001 added Slim Chino, waist 32 leg 32, to your locker, "
+        "using your loyalty card."
+    )
+
+    # Adding by hand: find the product in the catalogue, pick it, then the size.
+    go_to(page, "My preferences")
+    page.get_by_role("button", name="Add a preference").click()
+    page.get_by_label("Find it in the shop's catalogue").fill("chino")
+    results = page.locator(".catalogue-results button")
+    expect(results).to_have_count(3)
+    look_at(page, "catalogue-search")
+    results.filter(has_text="Classic Chino").click()
+    expect(page.locator("#add-panel input[id$='-sku']")).to_have_value("AC-CHINO-CLASSIC")
+    expect(page.locator("#add-panel input[id$='-discontinued']")).to_be_checked()
+    waist = page.locator("#add-panel input[id$='-waist']")
+    expect(waist).to_be_focused()
+    assert waist.get_attribute("list")  # the sizes the product comes in are offered
+    waist.fill("34")
+    page.locator("#add-panel input[id$='-leg']").fill("34")
+    page.get_by_role("button", name="Save preference").click()
+    classic = preference_card(page, "Classic Chino")
+    expect(classic).to_contain_text("Discontinued")
+    expect(classic).to_contain_text("code AC-CHINO-CLASSIC")
+    expect(classic).not_to_contain_text("Added by a till")
+
+    # One visit's purchases through a checkout code instead of the grant.
+    go_to(page, "At the till")
+    page.get_by_label("Let this till add what I buy today to my preferences").check()
+    page.get_by_role("button", name="Make a checkout code").click()
+    expect(page.locator("#keep-purchases-note")).to_be_visible()
+    code = page.locator("section[data-code]").get_attribute("data-code")
+    kept = httpx.post(
+        f"{service.url}/v1/pos/purchases",
+        headers={**bearer(service.till_key), "Idempotency-Key": str(uuid.uuid4())},
+        json={"code": code, "items": [{"sku": "AC-MERINO-SCARF", "quantity": 1}]},
+    )
+    assert kept.status_code == 200, kept.text
+    assert kept.json() == {"added": 1, "updated": 0, "skipped": 0}
+    look_at(page, "till-keep-purchases")
+    page.get_by_role("button", name="End this code").click()
+    expect(status(page)).to_contain_text("Your checkout code is ended.")
+    go_to(page, "My preferences")
+    expect(preference_card(page, "Merino Scarf")).to_contain_text("Added by a till")
+    watch.assert_clean(service)

@@ -25,6 +25,7 @@ FIELD_WORDS = {
 }
 PURPOSE_WORDS = {
     "checkout": "at checkout",
+    "purchase": "from what you bought",
     "reorder": "to fulfil a reorder",
     "partner-read": "to prepare an order for you",
 }
@@ -48,9 +49,17 @@ def _list_words(words: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
+def _at_most_three(items: list[str]) -> str:
+    return _list_words(items[:3] + ([f"{len(items) - 3} more"] if len(items) > 3 else []))
+
+
 def summary(row: Row, names: list[str | None]) -> str:
-    """E.g. "Store 0421, Till 3, saw your sizes and details for Classic Chino at checkout"."""
+    """E.g. "Store 0421, Till 3, saw your sizes and details for Classic Chino at checkout", or
+    for a purchase write "Till 3 at store 0421 added Classic Chino, waist 34 leg 34, to your
+    locker, using your loyalty card"."""
     who = row["actor_name"]
+    if row["purpose"] == "purchase":
+        return _purchase_summary(row, who)
     if row["store"]:
         who = f"Store {row['store']}, {who}"
     seen = (
@@ -68,6 +77,23 @@ def summary(row: Row, names: list[str | None]) -> str:
     return f"{who} saw {seen} for {what} {purpose}, {via}.".replace(" ,", ",").replace(", .", ".")
 
 
+def _purchase_summary(row: Row, till: str) -> str:
+    who = f"{till} at store {row['store']}" if row["store"] else till
+    done = []
+    if row.get("added"):
+        added = _at_most_three(row["added"])
+        # "added Classic Chino, waist 34 leg 34, to your locker": the sizes set off by commas
+        closing = "," if len(row["added"]) <= 3 and ", " in row["added"][-1] else ""
+        done.append(f"added {added}{closing} to your locker")
+    if row.get("counted"):
+        done.append(f"counted another purchase of {_at_most_three(row['counted'])}")
+    what = " and ".join(done) or "added nothing to your locker"
+    via = VIA_WORDS.get(row["via"], "")
+    return f"{who} {what}, {via}.".replace(", .", ".")
+
+
+# what an entry written before sealing held in clear (purchase writes came later, sealed only)
+CLEAR_FIELDS = [field for field in Visit.__struct_fields__ if field not in ("added", "counted")]
 # Entries are sealed (``sealed``); the columns in clear are read for entries written before
 # sealing until the backfill (seal_backlog) has sealed them.
 PAGE = """
@@ -208,7 +234,7 @@ async def seal_backlog(
                         column.append(value)
                     continue
                 key = vault.envelope.unwrap(row["customer_id"], row["generation"], row["wrapped"])
-                visit = Visit(**{field: row[field] for field in Visit.__struct_fields__})
+                visit = Visit(**{field: row[field] for field in CLEAR_FIELDS})
                 for column, value in zip(
                     sealed, [*where, seal(key, row["disclosure_id"], visit)], strict=True
                 ):

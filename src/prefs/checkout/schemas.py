@@ -14,6 +14,8 @@ class CheckoutCodeRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     fields: Fields
     preferences: Literal["all"] | PreferenceIds = "all"
     ttl_seconds: Annotated[int, Meta(ge=30, le=900)] | None = None
+    # the till that uses the code may add this visit's purchases to the locker, once
+    keep_purchases: bool = False
 
 
 class CheckoutCode(msgspec.Struct, kw_only=True):
@@ -22,3 +24,4 @@ class CheckoutCode(msgspec.Struct, kw_only=True):
     expires_at: datetime
     fields: list[str]
     preferences: Literal["all"] | list[UUID]
+    keep_purchases: bool

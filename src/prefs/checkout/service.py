@@ -15,8 +15,9 @@ from prefs.grants import chosen
 from prefs.identifiers import CODE_ALPHABET, CODE_LENGTH
 
 INSERT = """
-INSERT INTO checkout_codes (code_hash, index_version, customer_id, fields, preference_ids, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (code_hash) DO NOTHING RETURNING code_id
+INSERT INTO checkout_codes (code_hash, index_version, customer_id, fields, preference_ids,
+                            expires_at, keep_purchases)
+VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (code_hash) DO NOTHING RETURNING code_id
 """
 
 
@@ -28,13 +29,21 @@ async def create(
     default_ttl: int,
 ) -> CheckoutCode:
     """A fresh random code revealing ``data.fields`` of the chosen preferences until it expires
-    or is ended; the first store whose till uses it is the only one where it works."""
+    or is ended; the first store whose till uses it is the only one where it works. With
+    ``keep_purchases``, that till may also add this visit's purchases to the locker, once."""
     fields, ids = await chosen(conn, customer_id, data.fields, data.preferences)
     expires_at = datetime.now(UTC) + timedelta(seconds=data.ttl_seconds or default_ttl)
     while True:
         code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
         code_id = await conn.fetchval(
-            INSERT, index.checkout_code(code), index.primary, customer_id, fields, ids, expires_at
+            INSERT,
+            index.checkout_code(code),
+            index.primary,
+            customer_id,
+            fields,
+            ids,
+            expires_at,
+            data.keep_purchases,
         )
         if code_id is not None:
             return CheckoutCode(
@@ -43,6 +52,7 @@ async def create(
                 expires_at=expires_at,
                 fields=fields,
                 preferences="all" if ids is None else ids,
+                keep_purchases=data.keep_purchases,
             )
 
 

@@ -34,7 +34,8 @@ Before = Annotated[
 AudienceParameter = Annotated[
     Audience,
     PathParameter(
-        **constraints_of(Audience), description="`pos`, `insights` or `partner:<partner id>`"
+        **constraints_of(Audience),
+        description="`pos`, `insights`, `purchases` or `partner:<partner id>`",
     ),
 ]
 EXPIRING = {
@@ -95,7 +96,8 @@ class ConsentsController(Controller):
         audience: AudienceParameter,
         data: JSONBody[ConsentGrant],
     ) -> ConsentChange:
-        """Grant or change consent for `pos`, `insights` or `partner:<id>`; returns the receipt."""
+        """Grant or change consent for `pos`, `insights`, `partner:<id>` (each with `fields`) or
+        `purchases` (tills may add what you buy; no `fields`); returns the receipt."""
         return await service.grant(conn, vault, settings.controller, customer_id, audience, data)
 
     @delete("/{audience:str}", status_code=HTTP_200_OK, responses=problems(400, 401, 404, 503))

@@ -5,6 +5,7 @@ from typing import Literal
 from uuid import UUID
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from prefs.grants import Fields, PreferenceIds
 
@@ -12,8 +13,11 @@ State = Literal["ConsentGiven", "ConsentWithdrawn", "ConsentExpired"]
 
 
 class ConsentGrant(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    fields: Fields
-    preferences: Literal["all"] | PreferenceIds = "all"
+    """``fields`` is required for every audience that is shown something, and refused for
+    ``purchases`` (shown nothing); ``preferences`` is "all" when not sent."""
+
+    fields: Fields | UnsetType = UNSET
+    preferences: Literal["all"] | PreferenceIds | UnsetType = UNSET
     expires_at: datetime | None = None
 
 
@@ -38,7 +42,7 @@ class Controller(msgspec.Struct):
 
 
 class Recipient(msgspec.Struct):
-    kind: Literal["pos", "partner", "insights"]
+    kind: Literal["pos", "partner", "insights", "purchases"]
     name: str
     id: UUID | None = None
 

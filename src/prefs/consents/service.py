@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+from msgspec import UNSET
 
 from prefs import partner_refs
 from prefs.consents import ledger
@@ -25,7 +26,14 @@ from prefs.customer_keys import lock_customer
 from prefs.db import Row
 from prefs.errors import InvalidInput, NotFound
 from prefs.events import GrantEnded, GrantGiven, follow
-from prefs.grants import IN_FORCE, audience_kind, chosen, partner_audience_sql, partner_of
+from prefs.grants import (
+    IN_FORCE,
+    PURCHASES,
+    audience_kind,
+    chosen,
+    partner_audience_sql,
+    partner_of,
+)
 
 # What each audience does with what it is shown, named with W3C DPV purposes.
 PURPOSES = {
@@ -41,6 +49,10 @@ PURPOSES = {
         "Count, anonymously, how many people want a discontinued product back",
         ["ImproveExistingProductsAndServices"],
     ),
+    "purchases": (
+        "Let store tills add what you buy to your locker, to find and reorder it later",
+        ["ServicePersonalisation"],
+    ),
 }
 # The personal-data categories (DPV-PD) behind each field a grant can name.
 PII_CATEGORIES = {
@@ -48,6 +60,8 @@ PII_CATEGORIES = {
     "attributes": "PhysicalCharacteristic",
     "note": "Preference",
 }
+# what a `purchases` grant lets tills write into the locker: the products bought and their sizes
+PURCHASES_PII = ["PurchasesAndSpendingHabit", "PhysicalCharacteristic"]
 
 
 PARTNER = "SELECT name FROM partners WHERE partner_id = $1 AND retired_at IS NULL"
@@ -59,6 +73,8 @@ async def recipient(conn: asyncpg.Connection, audience: str) -> Recipient:
         return Recipient(kind="pos", name="Store tills at checkout")
     if audience == "insights":
         return Recipient(kind="insights", name="Merchandising (anonymous counts only)")
+    if audience == PURCHASES:
+        return Recipient(kind="purchases", name="Store tills, adding what you buy to your locker")
     partner_id = partner_of(audience)  # only the canonical form is stored
     if partner_id is None:
         raise NotFound("No such audience or partner.")
@@ -97,7 +113,9 @@ def _receipt(
                 third_party_disclosure=who.kind == "partner",
             )
         ],
-        pii_categories=[PII_CATEGORIES[f] for f in fields],
+        pii_categories=(
+            PURCHASES_PII if who.kind == "purchases" else [PII_CATEGORIES[f] for f in fields]
+        ),
         fields=fields,
         preferences=preferences,
         expires_at=expires_at,
@@ -174,6 +192,36 @@ def check_expiry(expires_at: datetime) -> None:
         )
 
 
+def _refused(key: str, detail: str, message: str) -> InvalidInput:
+    return InvalidInput(detail, errors=[{"key": key, "source": "body", "message": message}])
+
+
+async def _scope(
+    conn: asyncpg.Connection, customer_id: uuid.UUID, audience: str, data: ConsentGrant
+) -> tuple[list[str], list[uuid.UUID] | None]:
+    """What a grant covers: the fields (canonical order) and preferences (None: all). A
+    `purchases` grant is shown nothing: it covers no fields and takes none."""
+    if audience == PURCHASES:
+        for key in ("fields", "preferences"):
+            if getattr(data, key) is not UNSET:
+                raise _refused(
+                    key,
+                    f"A purchases grant shows nothing to anyone, so it takes no {key}: send "
+                    "{} or just expires_at.",
+                    "not taken by purchases",
+                )
+        return [], None
+    if data.fields is UNSET:
+        raise _refused(
+            "fields",
+            "fields is required: which of product, attributes and note this audience may see, "
+            'e.g. {"fields": ["product", "attributes"]}.',
+            "required",
+        )
+    preferences = "all" if data.preferences is UNSET else data.preferences
+    return await chosen(conn, customer_id, data.fields, preferences)
+
+
 UPSERT = """
 INSERT INTO consents (customer_id, audience, fields, preference_ids, expires_at, receipt_id)
 VALUES ($1, $2, $3, $4, $5, $6)
@@ -198,7 +246,7 @@ async def grant(
     who = await recipient(conn, audience)
     if data.expires_at is not None:
         check_expiry(data.expires_at)
-    fields, ids = await chosen(conn, customer_id, data.fields, data.preferences)
+    fields, ids = await _scope(conn, customer_id, audience, data)
     async with conn.transaction():
         await expire_due(conn, vault, controller, customer_id, audience)
         receipt = _receipt(

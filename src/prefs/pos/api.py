@@ -13,23 +13,11 @@ from litestar.status_codes import HTTP_200_OK
 from prefs.auth import api_key_guard, require_live_api_key
 from prefs.errors import InvalidInput, Problem
 from prefs.http import declared_body, require_json_body
-from prefs.identifiers import CARD_NUMBER, CHECKOUT_CODE, normalise_card, normalise_code
+from prefs.identifiers import CARD_OR_CODE, normalise_card, normalise_code
 from prefs.observability import DISCLOSURES, LOOKUPS
 from prefs.pos import service
 from prefs.pos.schemas import LookupRequest, LookupResult
 from prefs.problems import problems
-
-CARD_OR_CODE = {
-    "properties": {
-        "card": {"anyOf": [CARD_NUMBER, {"type": "null"}]},
-        "code": {"anyOf": [CHECKOUT_CODE, {"type": "null"}]},
-    },
-    "oneOf": [
-        {"required": ["card"], "properties": {"card": {"type": "string"}}},
-        {"required": ["code"], "properties": {"code": {"type": "string"}}},
-    ],
-}
-
 
 FOUND = {via: LOOKUPS.labels(via, "found") for via in ("card", "code")}
 DISCLOSED = DISCLOSURES.labels("pos")
@@ -49,7 +37,7 @@ async def till_key_then_json_body(request: Request[Any, Any, Any]) -> None:
     """
     await _till_key(request, request.route_handler)
     try:
-        await require_json_body(request)
+        await require_json_body(request, typed=False)  # decoded strictly just below
         _lookup_body.decode(await request.body())
     except msgspec.MsgspecError:  # not the schema, or no body at all
         await require_live_api_key(request)  # then the handler's decoder says what is wrong

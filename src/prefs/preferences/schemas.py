@@ -7,14 +7,13 @@ from uuid import UUID
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from prefs.products import Product, Status
-from prefs.text import AttributeName, AttributeValue, Note
+from prefs.products import MAX_PREFERENCES, Attributes, Product, Source, Status
+from prefs.text import Note
 
-Rank = Annotated[int, Meta(ge=1, le=500)]
+__all__ = ["MAX_PREFERENCES", "Attributes"]  # shared with the till's purchases (prefs.products)
+
+Rank = Annotated[int, Meta(ge=1, le=MAX_PREFERENCES)]
 Purchases = Annotated[int, Meta(ge=0, le=1_000_000)]
-Attributes = Annotated[dict[AttributeName, AttributeValue], Meta(max_length=32)]
-
-MAX_PREFERENCES = 500
 
 
 class PreferenceCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -48,6 +47,7 @@ class Preference(msgspec.Struct, kw_only=True):
     status: Status
     purchases: int
     last_purchased_on: date | None
+    source: Source | None  # set when a till added it from a purchase; null when typed
     version: int
     created_at: datetime
     updated_at: datetime

@@ -16,6 +16,8 @@ import msgspec
 
 from prefs import credentials
 from prefs.cards import service as cards
+from prefs.catalogue import service as catalogue
+from prefs.catalogue.schemas import ImportRow
 from prefs.crypto import Vault
 from prefs.customers import service as customers
 from prefs.preferences import service as preferences
@@ -35,10 +37,71 @@ HINT = (
     "under 'At the till' and look that up instead)"
 )
 
+# A small catalogue, so that adding a preference on the page finds products ("chino"); its
+# SKUs are the demo's own (the tests' fixtures use others, and the tests share a database).
+DEMO_CATALOGUE: list[dict[str, Any]] = [
+    {
+        "sku": "AC-CHINO-CLASSIC",
+        "name": "Classic Chino",
+        "brand": "Acme",
+        "category": "trousers",
+        "status": "discontinued",
+        "replaced_by": "AC-CHINO-SLIM",
+        "attributes": {
+            "waist": ["30", "32", "34", "36"],
+            "leg": ["30", "32", "34"],
+            "colour": ["khaki", "navy", "stone"],
+        },
+    },
+    {
+        "sku": "AC-CHINO-SLIM",
+        "name": "Slim Chino",
+        "brand": "Acme",
+        "category": "trousers",
+        "status": "available",
+        "attributes": {
+            "waist": ["28", "30", "32", "34", "36"],
+            "leg": ["30", "32", "34"],
+            "colour": ["khaki", "navy", "olive"],
+        },
+    },
+    {
+        "sku": "AC-CHINO-SHORT",
+        "name": "Chino Shorts",
+        "brand": "Acme",
+        "category": "trousers",
+        "status": "available",
+        "attributes": {"waist": ["30", "32", "34", "36"]},
+    },
+    {
+        "sku": "AC-OXFORD",
+        "name": "Oxford Shirt",
+        "brand": "Acme",
+        "category": "shirts",
+        "status": "available",
+        "attributes": {"size": ["S", "M", "L", "XL"], "colour": ["blue", "white", "pink"]},
+    },
+    {
+        "sku": "CK-DESERT-BOOT",
+        "name": "Desert Boot",
+        "brand": "Clarks",
+        "category": "shoes",
+        "status": "available",
+        "attributes": {"size": ["7", "8", "9", "10", "11", "12"]},
+    },
+    {
+        "sku": "AC-MERINO-SCARF",
+        "name": "Merino Scarf",
+        "brand": "Acme",
+        "category": "accessories",
+        "status": "discontinued",
+        "attributes": {"colour": ["grey", "navy"]},
+    },
+]
 EXAMPLES: list[dict[str, Any]] = [
     {
         "product": {
-            "sku": "CL-CHINO-3434",
+            "sku": "AC-CHINO-CLASSIC",
             "name": "Classic Chino",
             "brand": "Acme",
             "category": "trousers",
@@ -51,7 +114,7 @@ EXAMPLES: list[dict[str, Any]] = [
     },
     {
         "product": {
-            "sku": "OX-SHIRT-42",
+            "sku": "AC-OXFORD",
             "name": "Oxford Shirt",
             "brand": "Acme",
             "category": "shirts",
@@ -69,7 +132,7 @@ EXAMPLES: list[dict[str, Any]] = [
     },
     {
         "product": {
-            "sku": "DB-BOOT-11",
+            "sku": "CK-DESERT-BOOT",
             "name": "Desert Boot",
             "brand": "Clarks",
             "category": "shoes",
@@ -176,6 +239,8 @@ async def ensure_demo(conn: asyncpg.Connection, vault: Vault, settings: Settings
         if keys != kept:
             _write_keys(path, keys)
         await _demo_customer(conn, vault, card)
+        rows = [(n, msgspec.convert(p, ImportRow)) for n, p in enumerate(DEMO_CATALOGUE, 1)]
+        await catalogue.import_rows(conn, rows, catalogue.ImportReport())
     return Demo(
         subject=DEMO_SUBJECT,
         till_key=till_key,

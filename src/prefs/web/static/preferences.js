@@ -82,6 +82,9 @@ function summary(preference, headingLevel = "h2") {
       : null,
     preference.note ? h("p", { class: "note" }, preference.note) : null,
     bought ? h("p", { class: "meta" }, bought) : null,
+    preference.source
+      ? h("p", { class: "meta source" }, `Added by a till: bought at store ${preference.source.store} on ${friendlyDate(preference.source.purchased_on)}.`)
+      : null,
   ];
 }
 
@@ -323,6 +326,7 @@ function preferenceForm({ legend, preference = null, onCancel, onSave }) {
   cancel.addEventListener("click", onCancel);
   const form = h("form", { class: "card preference-form", novalidate: true, "aria-label": legend },
     h("h2", null, legend),
+    preference ? null : catalogueSearch(prefix, () => form),
     h("fieldset", null, h("legend", null, "The product"),
       h("div", { class: "grid grid-2" },
         textField({ id: `${prefix}-name`, label: "Product name", value: product.name || "", required: true }),
@@ -357,6 +361,73 @@ function preferenceForm({ legend, preference = null, onCancel, onSave }) {
     busy(save, () => onSave(body, form));
   });
   return form;
+}
+
+/** Find the product in the shop's catalogue: type a word or a code, pick it, then the size. */
+function catalogueSearch(prefix, formOf) {
+  const id = `${prefix}-find`;
+  const input = h("input", { type: "search", id, autocomplete: "off", maxlength: 100,
+    "aria-describedby": `${id}-hint`, "aria-controls": `${id}-results` });
+  const status = h("p", { class: "hint", id: `${id}-status`, role: "status" });
+  const results = h("ul", { class: "plain-list catalogue-results", id: `${id}-results` });
+  let timer = null;
+  let asked = 0;
+  const pick = (product) => {
+    const form = formOf();
+    const set = (suffix, value) => { form.querySelector(`#${prefix}-${suffix}`).value = value || ""; };
+    set("name", product.name);
+    set("sku", product.sku);
+    set("brand", product.brand);
+    set("category", product.category);
+    form.querySelector(`#${prefix}-discontinued`).checked = product.status === "discontinued";
+    // the sizes the product comes in, offered as choices for each size field
+    for (const name of SIZE_ATTRIBUTES) {
+      const field = form.querySelector(`#${prefix}-${name}`);
+      const choices = product.attributes[name];
+      if (!field || !choices) continue;
+      const listId = `${prefix}-${name}-choices`;
+      form.querySelector(`#${listId}`)?.remove();
+      field.after(h("datalist", { id: listId }, choices.map((value) => h("option", { value }))));
+      field.setAttribute("list", listId);
+    }
+    fill(results);
+    status.textContent = `${product.name} (code ${product.sku}) is filled in. Now choose the size.`;
+    const firstSize = SIZE_ATTRIBUTES.map((n) => form.querySelector(`#${prefix}-${n}`))
+      .find((field, i) => field && product.attributes[SIZE_ATTRIBUTES[i]]);
+    (firstSize || form.querySelector(`#${prefix}-waist`)).focus();
+  };
+  const search = async () => {
+    const words = input.value.trim();
+    const mine = ++asked;
+    if (words.length < 2) { fill(results); status.textContent = ""; return; }
+    let page;
+    try {
+      page = await api.get(`/v1/catalogue/products?limit=8&q=${encodeURIComponent(words)}`);
+    } catch (error) {
+      if (mine === asked) status.textContent = "The catalogue cannot be searched right now; type the product in below.";
+      return;
+    }
+    if (mine !== asked) return; // a later search has been sent
+    status.textContent = page.items.length
+      ? `${plural(page.items.length, "product")} found${page.next ? " (type more to narrow it down)" : ""}.`
+      : "Nothing found. Type the product in below.";
+    fill(results, page.items.map((product) => {
+      const about = [product.brand, `code ${product.sku}`, product.status === "discontinued" ? "discontinued" : null]
+        .filter(Boolean).join(" · ");
+      const choose = h("button", { type: "button", class: "button-quiet catalogue-pick" },
+        product.name, h("span", { class: "meta" }, ` — ${about}`));
+      choose.addEventListener("click", () => pick(product));
+      return h("li", null, choose);
+    }));
+  };
+  input.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(search, 250); });
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") { event.preventDefault(); clearTimeout(timer); search(); }
+  });
+  return h("div", { class: "field catalogue-search" },
+    h("label", { for: id }, "Find it in the shop's catalogue"),
+    h("span", { class: "hint", id: `${id}-hint` }, "Type a word of its name, like “chino”, or its code. Not there? Fill in the product below."),
+    input, status, results);
 }
 
 function clearInvalid(input) {

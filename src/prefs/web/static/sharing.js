@@ -15,6 +15,8 @@ function audiences(partners, consents) {
       about: "Store tills see these when you give your loyalty card at checkout, so staff can find your size. (A checkout code made under “At the till” works without this; stopping ends your codes too.)" },
     ...partners.map((p) => ({ audience: `partner:${p.id}`, title: p.name,
       about: `${p.description ? `${p.description} ` : ""}A partner you choose can see these to make or supply your items again, and you can reorder from them.` })),
+    { audience: "purchases", title: "Let the tills add what I buy", writes: true,
+      about: "When you give your loyalty card at a till, what you buy is added to your preferences (or counted again if you keep it already), with the store and the day. The tills see nothing of your preferences for this, and every addition shows under “Who looked”." },
     { audience: "insights", title: "Anonymous demand counts",
       about: "Once a day the shop's buyers see roughly how many people want a discontinued product back: counts blurred with random noise and shown only for large groups, so nobody can be picked out — never you, never your notes. Your two highest-ranked discontinued items count at most." },
   ];
@@ -27,7 +29,12 @@ function audiences(partners, consents) {
   return known;
 }
 
-function whatIsShared(consent, preferences) {
+function whatIsShared(consent, preferences, spec) {
+  if (spec.writes) {
+    if (!consent) return "The tills add nothing.";
+    const until = consent.expires_at ? `until ${friendlyDate(localDate(consent.expires_at))}` : "until you stop it";
+    return `The tills add what you buy, ${until}.`;
+  }
   if (!consent) return "Nothing is shared.";
   const which = consent.preferences === "all"
     ? "all your preferences, including ones you add later"
@@ -69,23 +76,25 @@ function audienceCard(spec, consent, preferences, onChanged) {
   }
   const until = h("input", { type: "date", id: `${id}-until`, min: tomorrow(), "aria-describedby": `${id}-until-hint`,
     value: consent?.expires_at ? localDate(consent.expires_at) : "" });
-  const save = h("button", { type: "submit" }, live ? "Save changes" : "Share");
+  const save = h("button", { type: "submit" }, live ? "Save changes" : spec.writes ? "Let them add" : "Share");
   const cancel = h("button", { type: "button", class: "button-quiet" }, "Cancel");
   const heading = h("h2", { id: `${id}-title`, tabindex: "-1" }, spec.title);
-  const form = h("form", { novalidate: true, id: `${id}-form`, hidden: true, "aria-label": `What ${spec.title} may see` },
-    h("fieldset", null, h("legend", null, "What they may see"), fieldBoxes),
-    h("fieldset", null, h("legend", null, "Which preferences"),
+  const form = h("form", { novalidate: true, id: `${id}-form`, hidden: true, "aria-label": spec.writes ? spec.title : `What ${spec.title} may see` },
+    spec.writes ? null : h("fieldset", null, h("legend", null, "What they may see"), fieldBoxes),
+    spec.writes ? null : h("fieldset", null, h("legend", null, "Which preferences"),
       h("div", { class: "check" }, allRadio, h("label", { for: `${id}-all` }, "All, including ones I add later")),
       h("div", { class: "check" }, someRadio, h("label", { for: `${id}-some` }, "Only the ones I choose")),
       preferenceBoxes),
     h("div", { class: "field" },
-      h("label", { for: `${id}-until` }, "Share until (optional)"),
+      h("label", { for: `${id}-until` }, spec.writes ? "Until (optional)" : "Share until (optional)"),
       h("span", { class: "hint", id: `${id}-until-hint` }, "Leave empty to share until you stop it. Sharing ends at the end of that day."),
       until),
     h("div", { class: "actions" }, save, cancel));
   const open = h("button", { type: "button", class: live ? "button-quiet" : "", "aria-expanded": "false",
-    "aria-controls": `${id}-form` }, live ? `Change what ${spec.title} sees` : `Share with ${spec.title}…`);
-  const stop = live ? h("button", { type: "button", class: "button-danger" }, "Stop sharing", hidden(` with ${spec.title}`)) : null;
+    "aria-controls": `${id}-form` }, spec.writes ? (live ? "Change until when" : "Let the tills add what I buy…")
+    : live ? `Change what ${spec.title} sees` : `Share with ${spec.title}…`);
+  const stop = live ? h("button", { type: "button", class: "button-danger" },
+    spec.writes ? "Stop adding purchases" : "Stop sharing", spec.writes ? null : hidden(` with ${spec.title}`)) : null;
   const buttons = h("div", { class: "actions" }, open, stop);
   open.addEventListener("click", () => {
     form.hidden = false;
@@ -103,14 +112,14 @@ function audienceCard(spec, consent, preferences, onChanged) {
     const pickedFields = fieldBoxes.map((row) => row.querySelector("input")).filter((b) => b.checked).map((b) => b.value);
     const picked = [...preferenceBoxes.querySelectorAll("input:checked")].map((b) => b.value);
     const problems = [];
-    if (!pickedFields.length) problems.push("Tick at least one thing they may see, or use “Stop sharing”.");
-    if (someRadio.checked && !picked.length) problems.push("Tick at least one preference, or choose “All”.");
+    if (!spec.writes && !pickedFields.length) problems.push("Tick at least one thing they may see, or use “Stop sharing”.");
+    if (!spec.writes && someRadio.checked && !picked.length) problems.push("Tick at least one preference, or choose “All”.");
     if (until.value && until.value < tomorrow()) problems.push("Choose a day after today to end sharing, or leave it empty.");
     if (problems.length) {
       warn("Please correct the form:", problems);
       return;
     }
-    const body = { fields: pickedFields, preferences: someRadio.checked ? picked : "all" };
+    const body = spec.writes ? {} : { fields: pickedFields, preferences: someRadio.checked ? picked : "all" };
     if (until.value) body.expires_at = endOfDay(until.value);
     busy(save, async () => {
       clearMessages();
@@ -122,7 +131,9 @@ function audienceCard(spec, consent, preferences, onChanged) {
         return;
       }
       await onChanged(spec.audience);
-      announce(`Saved: ${change.consent.recipient} may see ${listWords(change.consent.fields.map((f) => FIELD_WORDS[f]))}. Receipt ${change.receipt.receipt_id.slice(0, 8)} is in your consent history.`);
+      const saved = spec.writes ? "Saved: the tills add what you buy to your preferences."
+        : `Saved: ${change.consent.recipient} may see ${listWords(change.consent.fields.map((f) => FIELD_WORDS[f]))}.`;
+      announce(`${saved} Receipt ${change.receipt.receipt_id.slice(0, 8)} is in your consent history.`);
     });
   });
   stop?.addEventListener("click", () => busy(stop, async () => {
@@ -134,16 +145,17 @@ function audienceCard(spec, consent, preferences, onChanged) {
       return;
     }
     await onChanged(spec.audience);
-    announce(spec.audience === "pos"
+    announce(spec.writes ? "The tills add nothing from now on."
+      : spec.audience === "pos"
       ? `You stopped sharing with ${spec.title}. They see nothing from now on, and your checkout codes have ended.`
       : `You stopped sharing with ${spec.title}. They see nothing from now on.`);
   }));
 
   return h("section", { class: "card audience", "aria-labelledby": `${id}-title`, "data-audience": spec.audience },
     h("div", { class: "audience-head" }, heading,
-      h("span", { class: `badge ${live ? "badge-live" : "badge-off"}` }, live ? "Shared" : "Not shared")),
+      h("span", { class: `badge ${live ? "badge-live" : "badge-off"}` }, spec.writes ? (live ? "On" : "Off") : live ? "Shared" : "Not shared")),
     h("p", null, spec.about),
-    h("p", { class: "shared-summary" }, whatIsShared(consent, preferences)),
+    h("p", { class: "shared-summary" }, whatIsShared(consent, preferences, spec)),
     consent?.reference ? h("p", { class: "meta" }, `They know you only by a reference of their own: ${consent.reference.slice(0, 12)}…`) : null,
     buttons,
     form);
@@ -155,6 +167,14 @@ function historySentence(receipt) {
   const who = receipt.recipient.name;
   const what = listWords(receipt.fields.map((f) => FIELD_WORDS[f] || f));
   const which = receipt.preferences === "all" ? "all your preferences" : plural(receipt.preferences.length, "chosen preference");
+  if (receipt.recipient.kind === "purchases") {
+    if (receipt.state === "ConsentGiven") {
+      const until = receipt.expires_at ? `, until ${friendlyDate(localDate(receipt.expires_at))}` : ", until you stop it";
+      return `You let the store tills add what you buy to your preferences${until}.`;
+    }
+    if (receipt.state === "ConsentWithdrawn") return "You stopped the tills adding what you buy.";
+    return "The tills stopped adding what you buy on the day you had set.";
+  }
   if (receipt.state === "ConsentGiven") {
     const until = receipt.expires_at ? `, until ${friendlyDate(localDate(receipt.expires_at))}` : ", until you stop it";
     return `You let ${who} see ${what} of ${which}${until}.`;
@@ -180,6 +200,7 @@ function receiptDetails(entry) {
     ["Given to a third party", r.purposes.some((p) => p.third_party_disclosure) ? "Yes" : "No"],
     ["Personal data categories", r.pii_categories.join(", ") || "none"],
     ["What they may see", listWords(r.fields.map((f) => FIELD_WORDS[f] || f)) || "nothing"],
+    ...(r.recipient.kind === "purchases" ? [["What they may do", "Add what you buy to your preferences"]] : []),
     ["Which preferences", r.preferences === "all" ? "All" : plural(r.preferences.length, "preference")],
     ["Ends", r.expires_at ? exact.format(new Date(r.expires_at)) : "When you stop it"],
     ["How it was given", r.collection_method === "self-service" ? "By you, on this page or an app" : r.collection_method],

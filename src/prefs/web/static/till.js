@@ -33,6 +33,7 @@ export async function show(root) {
   for (const radio of [allRadio, someRadio]) radio.addEventListener("change", () => { chosen.hidden = allRadio.checked; });
   const minutes = h("select", { id: "code-minutes" },
     MINUTES.map((m) => h("option", { value: m * 60, selected: m === 5 }, `${m} minutes`)));
+  const keep = h("input", { type: "checkbox", id: "code-keep-purchases", "aria-describedby": "code-keep-hint" });
   const make = h("button", { type: "submit", id: "make-code" }, "Make a checkout code");
   const result = h("div", { id: "checkout-result" });
   const form = h("form", { class: "card", novalidate: true, "aria-labelledby": "code-form-heading" },
@@ -43,6 +44,9 @@ export async function show(root) {
       h("div", { class: "check" }, someRadio, h("label", { for: "code-some" }, "Only the ones I choose")),
       chosen),
     h("div", { class: "field" }, h("label", { for: "code-minutes" }, "The code works for"), minutes),
+    h("div", { class: "check" }, keep,
+      h("label", { for: "code-keep-purchases" }, "Let this till add what I buy today to my preferences")),
+    h("p", { class: "hint", id: "code-keep-hint" }, "Once, for this visit only. Every addition shows under “Who looked”."),
     h("div", { class: "actions" }, make));
 
   form.addEventListener("submit", (event) => {
@@ -59,6 +63,7 @@ export async function show(root) {
       try {
         code = await api.post("/v1/me/checkout-codes", {
           fields, preferences: someRadio.checked ? ids : "all", ttl_seconds: Number(minutes.value),
+          keep_purchases: keep.checked,
         });
       } catch (error) {
         warnAbout(error, "No code made");
@@ -83,6 +88,9 @@ export async function show(root) {
       countdown,
       h("p", { class: "meta" }, `The till sees ${listWords(code.fields.map((f) => FIELD_WORDS[f]))} of ${code.preferences === "all" ? "all your preferences" : `${code.preferences.length} chosen`}. The code works only in the first store that uses it. Its look-up will appear under `,
         h("a", { href: "#looked" }, "Who looked"), "."),
+      code.keep_purchases
+        ? h("p", { class: "meta", id: "keep-purchases-note" }, "This till may also add what you buy on this visit to your preferences, once.")
+        : null,
       profile.card_status === "pending"
         ? h("p", { class: "meta", id: "confirm-card-hint" },
           "Your loyalty card is not confirmed yet: show this code at the till while your card is scanned, and the till confirms it.")

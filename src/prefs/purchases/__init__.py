@@ -1,0 +1,1 @@
+"""Purchases into the locker: a till records what a customer bought, at the customer's say-so."""
