@@ -427,3 +427,36 @@ async def test_a_dump_after_purchases_holds_no_sku_name_or_size_of_a_customer(
     [mine] = await preferences_of(client, customer)
     assert mine["source"]["store"] == markers[3]
     assert isinstance(date.fromisoformat(mine["source"]["purchased_on"]), date)
+
+
+async def test_withdrawals_and_ended_codes_racing_purchase_writes_never_deadlock_or_fail(
+    client: httpx.AsyncClient, conn: asyncpg.Connection, new_customer: Any
+) -> None:
+    """A withdrawal locks the customer and then ends what it ends (the `pos` grant ends the
+    codes); a purchase write locks nothing before the customer. Raced, each pair has one order:
+    the write lands before the end (and is logged), or answers the 404 after it."""
+    outcomes = []
+    for round_ in range(12):
+        _, till = await till_key(conn)  # each round's misses on a key of its own
+        card = fresh_card()
+        customer = await new_customer(card=card)
+        await let_tills_add(client, customer)
+        await grant(client, customer, "pos", fields=["product"])
+        code = await checkout_code(client, customer, fields=["product"], keep_purchases=True)
+        sku = fresh_sku()
+        by_card, by_code, withdrawn, ended = await asyncio.gather(
+            buy(client, till, card=card, items=[item(sku)]),
+            buy(client, till, code=code["code"], items=[item(sku, 2)]),
+            client.delete("/v1/me/consents/purchases", headers=customer.headers),
+            client.delete("/v1/me/consents/pos", headers=customer.headers),  # ends the code
+        )
+        assert withdrawn.status_code == 200 and ended.status_code == 200, round_
+        assert {by_card.status_code, by_code.status_code} <= {200, 404}, (by_card, by_code)
+        mine = await preferences_of(client, customer)
+        landed = sum(p["purchases"] for p in mine)
+        assert landed == (by_card.status_code == 200) + 2 * (by_code.status_code == 200)
+        outcomes.append((by_card.status_code, by_code.status_code))
+        # after both ended, nothing gets in
+        assert (await buy(client, till, card=card, items=[item(sku)])).status_code == 404
+        assert (await buy(client, till, code=code["code"], items=[item(sku)])).status_code == 404
+    assert outcomes  # every round answered; the statuses vary with the timing

@@ -52,20 +52,35 @@ class NoCustomer(Exception):
     miss (the transaction is rolled back)."""
 
 
-# a proven card whose customer has a purchases grant in force; the grant is held (FOR SHARE)
+# A proven card whose customer has a purchases grant in force (read without locks: the grant is
+# checked again under the customer lock, which every consent change takes first).
 BY_CARD = f"""
 SELECT ci.customer_id FROM card_index ci
 JOIN consents g ON g.customer_id = ci.customer_id AND g.audience = '{PURCHASES}'
 WHERE ci.card_hash = ANY($1::bytea[]) AND {IN_FORCE}
 ORDER BY array_position($1::bytea[], ci.card_hash)
 LIMIT 1
-FOR SHARE OF g
 """
-# a live code that keeps purchases, bound to (or binding) this store, used up by the write
+# a live code that keeps purchases, bound to (or not yet bound to any) store
 BY_CODE = """
-UPDATE checkout_codes k SET store = $2, keep_purchases = false
+SELECT k.customer_id FROM checkout_codes k
 WHERE k.code_hash = ANY($1::bytea[]) AND k.expires_at > now() AND k.keep_purchases
   AND (k.store IS NULL OR k.store = $2)
+LIMIT 1
+"""
+# Under the customer lock: the grant still in force (nothing can end it while the lock is held)
+STILL_GRANTED = f"""
+SELECT 1 FROM customers c
+WHERE c.customer_id = $1
+  AND EXISTS (SELECT 1 FROM consents g
+              WHERE g.customer_id = c.customer_id AND g.audience = '{PURCHASES}' AND {IN_FORCE})
+FOR UPDATE OF c
+"""
+# under the customer lock: the code used up (still live, still keeping purchases, this store)
+USE_CODE = """
+UPDATE checkout_codes k SET store = $2, keep_purchases = false
+WHERE k.code_hash = ANY($1::bytea[]) AND k.customer_id = $3 AND k.expires_at > now()
+  AND k.keep_purchases AND (k.store IS NULL OR k.store = $2)
 RETURNING k.customer_id
 """
 LOCKER = """
@@ -132,18 +147,28 @@ def check_dates(items: Sequence[PurchasedItem], today: date) -> None:
 async def _customer(
     conn: asyncpg.Connection, index: BlindIndex, store: str, card: str | None, code: str | None
 ) -> uuid.UUID:
+    """The customer who lets this till add purchases, locked (the lock every change to a
+    customer's locker or consents takes first, so a withdrawal or an erasure waits for this
+    write, or this write sees it done). The card's or code's row is never locked before the
+    customer: that order would deadlock with a withdrawal, which locks the customer, then ends
+    codes."""
+    hashes = index.all_digests("card" if card is not None else "checkout-code",
+                               (card or code or "").encode())  # fmt: skip
     if card is not None:
-        found = await conn.fetchval(BY_CARD, index.all_digests("card", card.encode()))
+        found = await conn.fetchval(BY_CARD, hashes)
     else:
-        assert code is not None
-        found = await conn.fetchval(
-            BY_CODE, index.all_digests("checkout-code", code.encode()), store
-        )
+        found = await conn.fetchval(BY_CODE, hashes, store)
     if found is None:
         raise NoCustomer
     customer_id: uuid.UUID = found
-    if not await lock_customer(conn, customer_id):
-        raise NoCustomer  # erased meanwhile
+    if card is not None:
+        if await conn.fetchval(STILL_GRANTED, customer_id) is None:
+            raise NoCustomer  # withdrawn, or erased, meanwhile
+    else:
+        if not await lock_customer(conn, customer_id):
+            raise NoCustomer  # erased meanwhile
+        if await conn.fetchval(USE_CODE, hashes, store, customer_id) is None:
+            raise NoCustomer  # ended, used or bound elsewhere meanwhile
     return customer_id
 
 
