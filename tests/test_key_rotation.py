@@ -385,11 +385,19 @@ class Lookups:
         elif [p["product"]["sku"] for p in response.json()["preferences"]] != [self.cards[card][1]]:
             self.failures.append(f"wrong customer for a card: {response.text}")
 
-    async def until(self, count: int) -> None:
-        """Wait, while the traffic runs, until `count` lookups have been answered in all."""
+    async def until(self, count: int, traffic: list[asyncio.Task[None]]) -> None:
+        """Wait, while the traffic runs, until `count` lookups have been answered in all; a
+        traffic task that stops early raises its error here."""
         self.target, self.reached = count, asyncio.Event()
-        if self.done < count:
-            await asyncio.wait_for(self.reached.wait(), timeout=60)
+        if self.done >= count:
+            return
+        reached = asyncio.ensure_future(self.reached.wait())
+        await asyncio.wait([reached, *traffic], timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        reached.cancel()
+        for task in traffic:
+            if task.done():
+                task.result()
+        assert self.reached.is_set(), f"{self.done} of {count} lookups answered in 120 s"
 
 
 async def test_card_lookups_never_fail_while_the_index_key_rotates(
@@ -427,7 +435,7 @@ async def test_card_lookups_never_fail_while_the_index_key_rotates(
                     indexed = await keys.reindex(conn, own.vault(index_keys=both), batch_size=5)
                     status = await keys.status(conn, own.vault(index_keys=both))
                 # every card is looked up again after the reindex, whatever the machine's speed
-                await lookups.until(lookups.done + 2 * len(cards))
+                await lookups.until(lookups.done + 2 * len(cards), traffic)
                 stop.set()
                 await asyncio.gather(*traffic)
 
@@ -445,7 +453,7 @@ async def test_card_lookups_never_fail_while_the_index_key_rotates(
             async with connected(own) as conn:
                 await keys.reindex(conn, own.vault(index_keys=only_new), batch_size=5)
                 status = await keys.status(conn, own.vault(index_keys=only_new))
-            await lookups.until(lookups.done + 2 * len(cards))
+            await lookups.until(lookups.done + 2 * len(cards), traffic)
             stop.set()
             await asyncio.gather(*traffic)
             for card in cards:

@@ -333,3 +333,16 @@ async def test_stopping_mid_batch_answers_503_and_leaves_nothing_waiting(
     assert batcher.running == 0 and not batcher.queue and not batcher.tasks
     for customer, _, _ in shoppers:
         assert await disclosures(conn, customer.id) == 0  # the statement was cancelled
+
+
+async def test_lookup_connections_never_compile_the_lookup_with_jit(database) -> None:
+    """The lookup's connections disable sequential scans, which inflates its plan's cost past
+    jit_above_cost: a server with LLVM (Debian's PostgreSQL 15) compiled every lookup, about 1 s
+    each. JIT stays off on them."""
+    pool = await db.create_pool(database.url, 1, 1, LOOKUP_SERVER_SETTINGS)
+    try:
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW jit") == "off"
+            assert await conn.fetchval("SHOW enable_seqscan") == "off"
+    finally:
+        await pool.close()

@@ -178,8 +178,14 @@ def _arguments(batch: Sequence[Request]) -> tuple[list[Any], ...]:
 # The lookup's plan depends on no parameter's value (the arrays are keys, looked up by index),
 # and planning it takes longer than running it: its connections keep one generic plan. That plan
 # lasts as long as the connection, so it must not depend on how small a table was when it was
-# made: every table is reached through an index.
-LOOKUP_SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off"}
+# made: every table is reached through an index. Disabling sequential scans inflates the plan's
+# cost past jit_above_cost, and a server built with LLVM (Debian's PostgreSQL is) then compiles
+# every lookup: about 1 s each. JIT is off on these connections.
+LOOKUP_SERVER_SETTINGS = {
+    "plan_cache_mode": "force_generic_plan",
+    "enable_seqscan": "off",
+    "jit": "off",
+}
 
 
 class LookupBatcher(GroupCommit[Request, "asyncpg.Record | None"]):
