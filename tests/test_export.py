@@ -170,6 +170,7 @@ async def test_export_holds_everything_the_customer_created(
         mine["code"]["expires_at"]
     )
     assert (code["fields"], code["preferences"]) == (["product"], [mine["kept"][0]["id"]])
+    assert code["keep_purchases"] is False
     assert mine["code"]["code"] not in json.dumps(document)  # only its keyed hash is kept
 
     assert {r["id"]: r["state"] for r in document["reorders"]} == mine["reorders"]

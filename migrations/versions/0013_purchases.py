@@ -6,8 +6,10 @@ field, where the preference came from when a till added it ({kind: till, store, 
 NULL for preferences the customer typed. checkout_codes.keep_purchases lets the till that
 uses the code record that visit's purchases once (the write clears it).
 
-Both columns are new and nullable or defaulted: the previous release keeps running beside
-this schema (it neither reads nor writes them).
+Both columns are new and nullable or defaulted, so the previous release runs on this schema;
+but it does not know the `purchases` audience: a customer who grants it through the new release
+gets errors from the old one's consent list (and its expiry job would name the grant wrongly in
+the ledger). Finish the rollout before customers are offered the grant.
 
 Revision ID: 0013
 Revises: 0012

@@ -23,7 +23,7 @@ from prefs.events import (
     PreferencesChanged,
     Table,
 )
-from prefs.grants import INSIGHTS, POS, partner_of
+from prefs.grants import INSIGHTS, POS, PURCHASES, partner_of
 from prefs.insights import service as insights
 from prefs.reorders import service as reorders
 
@@ -48,6 +48,13 @@ async def forget_demand(conn: asyncpg.Connection, vault: Vault, happened: Happen
 async def end_checkout_codes(conn: asyncpg.Connection, vault: Vault, happened: Happened) -> None:
     """No longer sharing with tills ends the customer's checkout codes too."""
     await checkout.end_all(conn, happened.customer_id)
+
+
+async def stop_keeping_purchases(
+    conn: asyncpg.Connection, vault: Vault, happened: Happened
+) -> None:
+    """No longer letting tills add purchases ends that for the customer's live codes too."""
+    await checkout.stop_keeping_purchases(conn, happened.customer_id)
 
 
 async def make_partner_references(
@@ -89,6 +96,8 @@ TABLE: Table = {
     (PreferencesChanged, None): (recount_demand_if_granted,),
     (GrantGiven, POS): NONE,
     (GrantEnded, POS): (end_checkout_codes,),
+    (GrantGiven, PURCHASES): NONE,
+    (GrantEnded, PURCHASES): (stop_keeping_purchases,),
     (GrantGiven, INSIGHTS): (recount_demand,),
     (GrantEnded, INSIGHTS): (recount_demand,),
     (GrantGiven, PARTNER): (make_partner_references, cancel_reorders_outside_grant),

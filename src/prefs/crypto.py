@@ -270,6 +270,7 @@ class BlindIndex:
         "demand",
         "demand-group",
         "idempotency-key",
+        "idempotency-request",
     )
 
     def __init__(self, index: Keyring) -> None:

@@ -291,9 +291,15 @@ async def once_per_key(
     data: msgspec.Struct,
     create: idempotency.Create,
     replay: idempotency.Replay | None = None,
+    *,
+    scope: str = "",
 ) -> Response[Any]:
-    """Run a reorder-creating request once per Idempotency-Key; replays say so in a header."""
+    """Run a creating request once per Idempotency-Key; replays say so in a header. ``scope``
+    narrows the key to one caller within ``owner`` (it is stored only inside the key's keyed
+    hash, where ``owner`` is in clear)."""
     key = idempotency.check_key(idempotency_key)
+    if scope:
+        key = f"{scope}\x00{key}"
     fingerprint = idempotency.request_fingerprint(
         "POST", request.url.path, msgspec.json.encode(data)
     )

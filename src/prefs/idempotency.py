@@ -48,6 +48,14 @@ def request_fingerprint(method: str, path: str, body: bytes) -> bytes:
     return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + body).digest()
 
 
+def keyed_fingerprint(index: BlindIndex, fingerprint: bytes, version: int | None) -> bytes:
+    """What is stored of a request: a keyed digest, since a body may hold a loyalty card number,
+    which an unkeyed hash would give away to anyone trying the few numbers a card can be."""
+    if version is None or version not in index.versions:
+        return b""  # a version no longer configured: its records cannot match
+    return index.digest("idempotency-request", fingerprint, version)
+
+
 @dataclass(frozen=True)
 class Answer:
     status: int
@@ -66,7 +74,7 @@ ON CONFLICT (owner, key) DO NOTHING RETURNING key
 """
 # the first stored under any configured version, primary first
 EXISTING = """
-SELECT key, request_hash, customer_id, status, response_ct FROM idempotency_keys
+SELECT key, key_version, request_hash, customer_id, status, response_ct FROM idempotency_keys
 WHERE owner = $1 AND key = ANY($2::text[])
 ORDER BY array_position($2::text[], key)
 LIMIT 1
@@ -118,7 +126,12 @@ async def once(
         row = await conn.fetchrow(EXISTING, owner, every[1:]) if len(every) > 1 else None
         if row is None:
             claimed = await conn.fetchval(
-                CLAIM, owner, primary, vault.index.primary, fingerprint, float(ttl_seconds)
+                CLAIM,
+                owner,
+                primary,
+                vault.index.primary,
+                keyed_fingerprint(vault.index, fingerprint, vault.index.primary),
+                float(ttl_seconds),
             )
             if claimed is not None:
                 customer_id, status, body = await create()
@@ -131,7 +144,10 @@ async def once(
             row = await conn.fetchrow(EXISTING, owner, [primary])
         if row is None or row["status"] is None:
             raise Conflict("A request with this Idempotency-Key is still being processed.")
-        if row["request_hash"] != fingerprint:
+        if row["request_hash"] not in (
+            keyed_fingerprint(vault.index, fingerprint, row["key_version"]),
+            fingerprint,  # stored unkeyed before the keyed fingerprint: gone within a day
+        ):
             raise IdempotencyMismatch("This Idempotency-Key was used with a different request.")
         customer_key = await data_key(conn, vault, row["customer_id"])
         body = customer_key.decrypt(

@@ -71,3 +71,13 @@ END_ALL = "DELETE FROM checkout_codes WHERE customer_id = $1"
 async def end_all(conn: asyncpg.Connection, customer_id: uuid.UUID) -> None:
     """End every checkout code of the customer (they no longer share with tills)."""
     await conn.execute(END_ALL, customer_id)
+
+
+STOP_KEEPING = (
+    "UPDATE checkout_codes SET keep_purchases = false WHERE customer_id = $1 AND keep_purchases"
+)
+
+
+async def stop_keeping_purchases(conn: asyncpg.Connection, customer_id: uuid.UUID) -> None:
+    """No till may add purchases through any of the customer's codes from now on."""
+    await conn.execute(STOP_KEEPING, customer_id)

@@ -76,10 +76,11 @@ class PurchasesController(Controller):
                 conn,
                 vault,
                 settings,
-                f"till:{credential.id}",
+                "till-purchases",  # in clear beside the customer: never which till
                 idempotency_key,
                 data,
                 create,
+                scope=f"{credential.id}",  # each till key's keys are its own, hashed with them
             )
         except service.NoCustomer:
             [refused] = await count_misses(conn, [(key_hash, credential.store)], *limits)

@@ -68,13 +68,14 @@ WHERE k.code_hash = ANY($1::bytea[]) AND k.expires_at > now() AND k.keep_purchas
   AND (k.store IS NULL OR k.store = $2)
 LIMIT 1
 """
-# Under the customer lock: the grant still in force (nothing can end it while the lock is held)
+# Under the customer lock, in a statement of its own (so its snapshot is taken after the lock
+# was granted, and sees a withdrawal or an erasure that committed while this write waited): the
+# card still this customer's, the grant still in force.
 STILL_GRANTED = f"""
-SELECT 1 FROM customers c
-WHERE c.customer_id = $1
-  AND EXISTS (SELECT 1 FROM consents g
-              WHERE g.customer_id = c.customer_id AND g.audience = '{PURCHASES}' AND {IN_FORCE})
-FOR UPDATE OF c
+SELECT 1 FROM card_index ci
+JOIN consents g ON g.customer_id = ci.customer_id AND g.audience = '{PURCHASES}'
+WHERE ci.card_hash = ANY($2::bytea[]) AND ci.customer_id = $1 AND {IN_FORCE}
+LIMIT 1
 """
 # under the customer lock: the code used up (still live, still keeping purchases, this store)
 USE_CODE = """
@@ -161,14 +162,13 @@ async def _customer(
     if found is None:
         raise NoCustomer
     customer_id: uuid.UUID = found
+    if not await lock_customer(conn, customer_id):
+        raise NoCustomer  # erased meanwhile
     if card is not None:
-        if await conn.fetchval(STILL_GRANTED, customer_id) is None:
-            raise NoCustomer  # withdrawn, or erased, meanwhile
-    else:
-        if not await lock_customer(conn, customer_id):
-            raise NoCustomer  # erased meanwhile
-        if await conn.fetchval(USE_CODE, hashes, store, customer_id) is None:
-            raise NoCustomer  # ended, used or bound elsewhere meanwhile
+        if await conn.fetchval(STILL_GRANTED, customer_id, hashes) is None:
+            raise NoCustomer  # withdrawn, or the card moved, meanwhile
+    elif await conn.fetchval(USE_CODE, hashes, store, customer_id) is None:
+        raise NoCustomer  # ended, used or bound elsewhere meanwhile
     return customer_id
 
 
@@ -315,7 +315,7 @@ async def _log(
         purpose="purchase",
         via=via,
         preference_ids=[k.preference_id for k in touched],
-        fields=["product", "attributes"],
+        fields=[],  # the till is shown nothing: it wrote
         added=write.added,
         counted=write.counted,
     )

@@ -143,7 +143,7 @@ async def replay_erasures(
 # -- export ----------------------------------------------------------------------------------
 
 CODES = """
-SELECT fields, preference_ids, created_at, expires_at FROM checkout_codes
+SELECT fields, preference_ids, keep_purchases, created_at, expires_at FROM checkout_codes
 WHERE customer_id = $1 AND expires_at > now() ORDER BY created_at, code_hash
 """
 REORDERS = """
@@ -228,6 +228,7 @@ async def export(
                     else list(r["preference_ids"]),
                     "created_at": r["created_at"],
                     "expires_at": r["expires_at"],
+                    "keep_purchases": r["keep_purchases"],
                     "code": "not stored: only a keyed hash is kept",
                 }
                 for r in codes
