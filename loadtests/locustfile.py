@@ -231,10 +231,10 @@ def check_lookup(response: Any, via: str) -> None:
         response.success()
 
 
-class TillUser(HttpUser):
-    """A store till looking customers up by loyalty card, now and then a card nobody holds."""
+class Till(HttpUser):
+    """A store till: one of the seeded till keys, and its store."""
 
-    weight = 8
+    abstract = True
 
     def wait_time(self) -> float:  # type: ignore[override]
         return random.uniform(0, self.environment.parsed_options.think_time)
@@ -243,6 +243,12 @@ class TillUser(HttpUser):
         till = random.choice(SEEDED["tills"])
         self.key, self.store = till["key"], till["store"]
         self.headers = bearer(self.key)
+
+
+class TillUser(Till):
+    """A store till looking customers up by loyalty card, now and then a card nobody holds."""
+
+    weight = 8
 
     @task(30)
     def lookup_by_card(self) -> None:
@@ -352,20 +358,12 @@ def check_counts(response: Any, items: int) -> dict[str, Any] | None:
     return None
 
 
-class PurchaseTillUser(HttpUser):
+class PurchaseTillUser(Till):
     """A till recording what customers bought: by card for customers who let tills add their
     purchases, by a keep-purchases checkout code, a retried request now and then (answered once),
     and a card whose customer never agreed (the lookup's 404)."""
 
     weight = 2
-
-    def wait_time(self) -> float:  # type: ignore[override]
-        return random.uniform(0, self.environment.parsed_options.think_time)
-
-    def on_start(self) -> None:
-        till = random.choice(SEEDED["tills"])
-        self.key, self.store = till["key"], till["store"]
-        self.headers = bearer(self.key)
 
     def _post(self, body: dict[str, Any], key: str, name: str) -> Any:
         return self.client.post(

@@ -58,6 +58,14 @@ async def let_tills_add(client: httpx.AsyncClient, customer: Any, **body: Any) -
     return answer
 
 
+async def buyer(client: httpx.AsyncClient, new_customer: Any) -> tuple[str, Any]:
+    """A customer with a proven card who lets tills add what they buy."""
+    card = fresh_card()
+    customer = await new_customer(card=card)
+    await let_tills_add(client, customer)
+    return card, customer
+
+
 async def test_a_purchases_grant_has_its_own_receipt_and_takes_no_fields(
     client: httpx.AsyncClient, new_customer: Any
 ) -> None:
@@ -255,9 +263,7 @@ async def test_a_keep_purchases_code_works_once_at_its_own_store(
 async def test_replays_answer_once_and_a_reused_key_with_another_body_is_422(
     client: httpx.AsyncClient, conn: asyncpg.Connection, new_customer: Any
 ) -> None:
-    card = fresh_card()
-    customer = await new_customer(card=card)
-    await let_tills_add(client, customer)
+    card, customer = await buyer(client, new_customer)
     _, till = await till_key(conn)
     sku = fresh_sku()
     key = f"sale-{uuid.uuid4()}"
@@ -292,9 +298,7 @@ async def test_replays_answer_once_and_a_reused_key_with_another_body_is_422(
 async def test_bad_items_are_refused_whole_with_nothing_written(
     client: httpx.AsyncClient, conn: asyncpg.Connection, new_customer: Any
 ) -> None:
-    card = fresh_card()
-    customer = await new_customer(card=card)
-    await let_tills_add(client, customer)
+    card, customer = await buyer(client, new_customer)
     _, till = await till_key(conn)
     sku = fresh_sku()
     good = item(sku)
@@ -333,9 +337,7 @@ async def test_bad_items_are_refused_whole_with_nothing_written(
 async def test_a_full_locker_counts_what_it_holds_and_skips_the_rest(
     client: httpx.AsyncClient, conn: asyncpg.Connection, new_customer: Any
 ) -> None:
-    card = fresh_card()
-    customer = await new_customer(card=card)
-    await let_tills_add(client, customer)
+    card, customer = await buyer(client, new_customer)
     _, till = await till_key(conn)
     sku = fresh_sku()
     first = await buy(client, till, card=card, items=[item(sku)])
@@ -357,9 +359,7 @@ async def test_a_full_locker_counts_what_it_holds_and_skips_the_rest(
 async def test_each_write_is_in_the_access_log_in_words(
     client: httpx.AsyncClient, conn: asyncpg.Connection, vault: Vault, new_customer: Any
 ) -> None:
-    card = fresh_card()
-    customer = await new_customer(card=card)
-    await let_tills_add(client, customer)
+    card, customer = await buyer(client, new_customer)
     store = fresh_store()
     _, till = await till_key(conn, store, name="Till 3")
     sku = fresh_sku()
@@ -396,9 +396,7 @@ async def test_each_write_is_in_the_access_log_in_words(
 async def test_a_dump_after_purchases_holds_no_sku_name_or_size_of_a_customer(
     client: httpx.AsyncClient, conn: asyncpg.Connection, new_customer: Any, database: Any
 ) -> None:
-    card = fresh_card()
-    customer = await new_customer(card=card)
-    await let_tills_add(client, customer)
+    card, customer = await buyer(client, new_customer)
     tag = secrets.token_hex(5).upper()
     markers = [f"SKU{tag}Bought", f"Tillname{tag}Scarf", f"Size{tag}Large", f"Store{tag}"]
     store_credential, store_till = await till_key(conn, markers[3])
@@ -442,9 +440,7 @@ async def test_withdrawals_and_ended_codes_racing_purchase_writes_never_deadlock
     the write lands before the end (and is logged), or answers the 404 after it."""
     for round_ in range(12):
         _, till = await till_key(conn)  # each round's misses on a key of its own
-        card = fresh_card()
-        customer = await new_customer(card=card)
-        await let_tills_add(client, customer)
+        card, customer = await buyer(client, new_customer)
         await grant(client, customer, "pos", fields=["product"])
         code = await checkout_code(client, customer, fields=["product"], keep_purchases=True)
         sku = fresh_sku()
@@ -470,9 +466,7 @@ async def test_a_withdrawal_committed_while_a_write_waits_for_the_customer_is_se
     """The write waits for the customer lock, then checks the grant in a statement of its own:
     a withdrawal that committed meanwhile is seen (a check made in the locking statement would
     read the snapshot from before the wait)."""
-    card = fresh_card()
-    customer = await new_customer(card=card)
-    await let_tills_add(client, customer)
+    card, customer = await buyer(client, new_customer)
     _, till = await till_key(conn)
     customer_id = uuid.UUID(customer.id)
     other = await asyncpg.connect(database.url)
