@@ -70,7 +70,7 @@ def decode_strictly(request: Request[Any, Any, Any], body: bytes) -> None:
     try:
         decoder.decode(body)
     except msgspec.ValidationError as error:
-        if _only_integral_floats(request.route_handler, body):
+        if _only_integral_floats(decoder.type, body):
             return  # 283.0 is an integer in JSON Schema; msgspec's strict mode wants 283
         text = str(error)
         at = _AT.search(text)
@@ -84,12 +84,11 @@ def decode_strictly(request: Request[Any, Any, Any], body: bytes) -> None:
         raise InvalidInput("The body is not valid JSON.") from None
 
 
-def _only_integral_floats(handler: Any, body: bytes) -> bool:
+def _only_integral_floats(body_type: Any, body: bytes) -> bool:
     """Whether the lenient decoding of ``body`` changes nothing but integral floats to integers
     (the one leniency JSON Schema shares): no string read as a number, no 0 read as false."""
-    data = handler.parsed_fn_signature.parameters["data"].annotation
     try:
-        lenient = msgspec.to_builtins(msgspec.json.decode(body, type=data, strict=False))
+        lenient = msgspec.to_builtins(msgspec.json.decode(body, type=body_type, strict=False))
     except msgspec.ValidationError:
         return False
     return _same(json.loads(body), lenient)

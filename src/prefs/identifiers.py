@@ -60,6 +60,16 @@ def normalise_code(raw: str) -> str:
     return code
 
 
+def card_or_code(card: str | None, code: str | None) -> tuple[str | None, str | None]:
+    """A till request's card or code, normalised: exactly one of the two (400 otherwise)."""
+    if (card is None) == (code is None):
+        raise InvalidInput("Send exactly one of card or code.")
+    if card is not None:
+        return normalise_card(card), None
+    assert code is not None
+    return None, normalise_code(code)
+
+
 # a till request's card or code, in OpenAPI: exactly one of the two
 CARD_OR_CODE = {
     "properties": {

@@ -5,7 +5,7 @@ counted, how long a refusal lasts, and what the till is told.
 The misses are counted in the database, under row locks, so the limits hold across every worker
 and every instance (count_misses). The till lookup judges its batch's misses inside its one
 statement (prefs.pos.service.LOOKUP, with MISS_WINDOW from here) and then has them counted here;
-other till writes ask `refusal` first and `count_misses` after a miss. Each process remembers
+other till writes ask `refusal` first and answer a miss with `missed`, which counts it. Each process remembers
 refusals until their window ends (ThrottledTills), so a throttled till costs no round trip.
 """
 
@@ -14,11 +14,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import asyncpg
 
-from prefs.errors import TooManyRequests
+from prefs.errors import NotFound, TooManyRequests
 
 # the one answer to a till for "nothing found": unknown card or code, no grant, a guess
 NOT_FOUND = "No customer preferences can be shown for this card or code."
@@ -160,6 +160,21 @@ async def count_misses(
             ]
         await conn.execute(SET_MISSES, *arguments)
     return verdicts
+
+
+async def missed(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy[asyncpg.Record],
+    key_hash: bytes,
+    store: str,
+    per_key: int,
+    per_store: int,
+) -> NoReturn:
+    """Count one till write that found nothing, and answer it: the one 404, or the 429 when the
+    key or its store has used up its misses."""
+    [refused] = await count_misses(conn, [(key_hash, store)], per_key, per_store)
+    if refused is not None:
+        raise throttled(refused) from None
+    raise NotFound(NOT_FOUND) from None
 
 
 class ThrottledTills:

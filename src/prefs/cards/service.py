@@ -15,8 +15,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from prefs.crypto import BlindIndex
-from prefs.errors import NotFound
-from prefs.throttle import NOT_FOUND, count_misses, refusal, throttled
+from prefs.throttle import missed, refusal
 
 # The code's customer, if the code is in force here (read, then used under the customer locks:
 # erasure and withdrawal lock the customer before they end codes).
@@ -93,10 +92,7 @@ async def confirm(
                 raise _NoMatch
             await _take_over(conn, customer_id, card_hashes, (code_hashes, store))
     except _NoMatch:
-        [refused] = await count_misses(conn, [(key_hash, store)], misses_per_key, misses_per_store)
-        if refused is not None:
-            raise throttled(refused) from None
-        raise NotFound(NOT_FOUND) from None
+        await missed(conn, key_hash, store, misses_per_key, misses_per_store)
 
 
 async def _take_over(

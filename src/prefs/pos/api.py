@@ -13,7 +13,7 @@ from litestar.status_codes import HTTP_200_OK
 from prefs.auth import api_key_guard, require_live_api_key
 from prefs.errors import InvalidInput, Problem
 from prefs.http import declared_body, require_json_body
-from prefs.identifiers import CARD_OR_CODE, normalise_card, normalise_code
+from prefs.identifiers import CARD_OR_CODE, card_or_code
 from prefs.observability import DISCLOSURES, LOOKUPS
 from prefs.pos import service
 from prefs.pos.schemas import LookupRequest, LookupResult
@@ -67,10 +67,7 @@ class PosController(Controller):
         the same 404.
         """
         try:
-            if (data.card is None) == (data.code is None):
-                raise InvalidInput("Send exactly one of card or code.")
-            card = normalise_card(data.card) if data.card is not None else None
-            code = normalise_code(data.code) if data.code is not None else None
+            card, code = card_or_code(data.card, data.code)
         except InvalidInput:
             await require_live_api_key(request)
             raise

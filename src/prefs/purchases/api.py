@@ -13,14 +13,13 @@ from prefs.auth import api_key_guard
 from prefs.credentials import Credential
 from prefs.crypto import Vault, api_key_hash
 from prefs.db import Connection
-from prefs.errors import InvalidInput, NotFound
 from prefs.http import IdempotencyKey, declared_body, once_per_key
-from prefs.identifiers import CARD_OR_CODE, normalise_card, normalise_code
+from prefs.identifiers import CARD_OR_CODE, card_or_code
 from prefs.problems import problems
 from prefs.purchases import service
 from prefs.purchases.schemas import PurchaseRequest, PurchaseResult
 from prefs.settings import Settings
-from prefs.throttle import NOT_FOUND, count_misses, refusal, throttled
+from prefs.throttle import missed, refusal
 
 
 class PurchasesController(Controller):
@@ -52,10 +51,7 @@ class PurchasesController(Controller):
         `keep_purchases` (with `code`, once). Otherwise the same 404 as the lookup's, counted as
         a miss of the key and the store. All items or none; the answer holds counts only.
         """
-        if (data.card is None) == (data.code is None):
-            raise InvalidInput("Send exactly one of card or code.")
-        card = normalise_card(data.card) if data.card is not None else None
-        code = normalise_code(data.code) if data.code is not None else None
+        card, code = card_or_code(data.card, data.code)
         assert credential.store is not None  # every till key belongs to a store
         key_hash = api_key_hash(request.state.api_key.secret)
         limits = (
@@ -83,7 +79,4 @@ class PurchasesController(Controller):
                 scope=f"{credential.id}",  # each till key's keys are its own, hashed with them
             )
         except service.NoCustomer:
-            [refused] = await count_misses(conn, [(key_hash, credential.store)], *limits)
-            if refused is not None:
-                raise throttled(refused) from None
-            raise NotFound(NOT_FOUND) from None
+            await missed(conn, key_hash, credential.store, *limits)

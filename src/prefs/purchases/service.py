@@ -1,8 +1,9 @@
 """Recording what a customer bought into their locker, in one transaction.
 
-The customer is found by a proven card with a `purchases` grant in force (held until the
-transaction ends, so a withdrawal waits for the write, then ends the grant), or by a checkout
-code made with ``keep_purchases`` at this till's store, which the write uses up. Each item
+The customer is found by a proven card with a `purchases` grant in force, or by a checkout code
+made with ``keep_purchases`` at this till's store, which the write uses up; either is checked
+again under the customer lock (which every consent change takes first), so a withdrawal either
+waits for the write or is seen by it. Each item
 either counts again on the preference with the same SKU and attributes (``purchases`` and
 ``last_purchased_on``, both sealed) or becomes a new preference at the end of the order, with
 the catalogue's facts when it knows the SKU and where it came from (``source``, sealed). The
@@ -45,6 +46,11 @@ EARLIEST = date(2000, 1, 1)
 
 
 Match = tuple[str, tuple[tuple[str, str], ...]]  # a SKU and its attributes, in order
+
+
+def _match(sku: str, attributes: Mapping[str, str]) -> Match:
+    """What makes two purchases the same preference: the SKU and the attributes, in any order."""
+    return sku, tuple(sorted(attributes.items()))
 
 
 class NoCustomer(Exception):
@@ -181,7 +187,7 @@ def _locker(key: DataKey, rows: Sequence[asyncpg.Record]) -> dict[Match, _Kept]:
         attributes = decrypt_attributes(key, pid, row["attributes_ct"])
         history = open_purchases(key, row)
         kept.setdefault(
-            (product.sku, tuple(sorted(attributes.items()))),
+            _match(product.sku, attributes),
             _Kept(
                 pid,
                 described(product.name, attributes),
@@ -217,7 +223,8 @@ async def record(
     added: list[tuple[_Kept, Product, dict[str, str], str, Source]] = []
     for item in items:
         day = item.purchased_on or today
-        match = kept.get((item.sku, tuple(sorted(item.attributes.items()))))
+        same = _match(item.sku, item.attributes)
+        match = kept.get(same)
         if match is None:
             if count >= MAX_PREFERENCES:
                 write.skipped += 1
@@ -234,7 +241,7 @@ async def record(
                 else Product(sku=item.sku, name=item.name or item.sku)
             )
             match = _Kept(uuid.uuid4(), described(product.name, item.attributes), 0, None, new=True)
-            kept[(item.sku, tuple(sorted(item.attributes.items())))] = match
+            kept[same] = match
             status = known["status"] if known is not None else "available"
             added.append(
                 (
