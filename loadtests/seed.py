@@ -397,6 +397,9 @@ async def _partners(
     return kept
 
 
+STORE = "INSERT INTO stores (store_id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+
+
 async def _prepare(
     url: str, vault: Vault, tills: int, stores: int, partners: int, output: Path
 ) -> Prepared:
@@ -412,6 +415,8 @@ async def _prepare(
         )
         assert not report.refused, report.refused
         keys = []
+        for n in range(stores):
+            await conn.execute(STORE, f"{101 + n:04d}", f"Load-test store {101 + n:04d}")
         for n in range(tills):
             store = f"{101 + n % stores:04d}"
             credential, api_key = await credentials.create(

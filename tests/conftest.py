@@ -28,6 +28,7 @@ from tests.support import socket_audit
 from tests.support.customer import CustomerSession, bearer
 from tests.support.database import Database, admin, with_database
 from tests.support.servers import LiveServer
+from tests.support.stores import HIGH_STREET, in_directory
 from tests.support.till import confirm_card
 
 socket_audit.install()  # before any test runs: it records from the first socket on
@@ -47,10 +48,20 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
     asyncio.run(admin(server_url, f"CREATE DATABASE {name}"))
     url = with_database(server_url, name)
     db.migrate(url)
+    asyncio.run(_add_high_street(url))
     yield Database(url=url, server_url=server_url, name=name, embedded=embedded)
     asyncio.run(admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
     if embedded is not None:
         embedded.stop()
+
+
+async def _add_high_street(url: str) -> None:
+    connection = await db.connect(url)
+    try:
+        await in_directory(connection, HIGH_STREET, "High Street")
+        await in_directory(connection, "card-desk", "Service desk")
+    finally:
+        await connection.close()
 
 
 @pytest.fixture(scope="session")

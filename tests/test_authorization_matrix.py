@@ -24,6 +24,7 @@ from prefs.app import create_app
 from prefs.auth import DevIssuer
 from prefs.settings import Settings, load
 from tests.support.customer import CHINOS, bearer
+from tests.support.stores import FROM_HIGH_STREET, in_directory
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -107,10 +108,14 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/v1/me/reorders/{reorder_id:uuid}/confirm"): customers(200, 404),
     ("GET", "/v1/me/export"): customers(200, 200),
     ("GET", "/v1/partners"): customers(200, 200),
+    ("GET", "/v1/stores"): customers(200, 200),
     # the till: live pos keys only (a revoked key is refused)
     ("POST", "/v1/pos/lookup"): Access({TILL: 200}),
     ("POST", "/v1/pos/cards/confirm"): Access({TILL: 204}),
     ("POST", "/v1/pos/purchases"): Access({TILL: 200}),
+    # the store's queue: the matrix's till is at another store than A's reorder (404: not its own)
+    ("GET", "/v1/pos/reorders"): Access({TILL: 200}),
+    ("POST", "/v1/pos/reorders/{reorder_id:uuid}/status"): Access({TILL: 404}),
     # partners: partner keys only; without the customer's consent a customer-specific route is 404
     ("GET", "/v1/partner/reorders"): partners(200, 200),
     ("POST", "/v1/partner/reorders"): partners(201, 404),
@@ -206,9 +211,9 @@ async def build_world(client: httpx.AsyncClient, conn: Any, new_customer: Any) -
     card_a = fresh_card()
     a = await new_customer(card=card_a)
     b = await new_customer()
-    _, till = await credentials.create(conn, "pos", "Till 3", store=f"S{secrets.token_hex(4)}")
+    _, till = await credentials.create(conn, "pos", "Till 3", store=await in_directory(conn))
     revoked_cred, revoked = await credentials.create(
-        conn, "pos", "Till 4", store=f"S{secrets.token_hex(4)}"
+        conn, "pos", "Till 4", store=await in_directory(conn)
     )
     await credentials.revoke(conn, revoked_cred.id)
     partner_cred, partner = await credentials.create(
@@ -243,7 +248,7 @@ async def build_world(client: httpx.AsyncClient, conn: Any, new_customer: Any) -
         await client.get(f"/v1/partner/customers/{ref}/preferences", headers=bearer(partner)), 200
     )
     reorders = []
-    for fulfiller in ("store", audience):
+    for fulfiller in (FROM_HIGH_STREET, audience):
         reorders.append(
             await ok(
                 await client.post(
@@ -306,7 +311,7 @@ def request_for(world: World, method: str, template: str, principal: str) -> dic
         case ("DELETE", "/v1/me/preferences/{preference_id:uuid}"):
             headers["If-Match"] = "*"
         case ("POST", "/v1/me/preferences/{preference_id:uuid}/reorders"):
-            body = {"quantity": 1}
+            body = {"quantity": 1, "fulfiller": FROM_HIGH_STREET}
             headers["Idempotency-Key"] = str(uuid.uuid4())
         case ("PUT", "/v1/me/consents/{audience:str}") | ("POST", "/v1/me/checkout-codes"):
             body = {"fields": ["product"]}
@@ -324,7 +329,10 @@ def request_for(world: World, method: str, template: str, principal: str) -> dic
                 "quantity": 1,
             }
             headers["Idempotency-Key"] = str(uuid.uuid4())
-        case ("POST", "/v1/partner/reorders/{reorder_id:uuid}/status"):
+        case ("POST", "/v1/partner/reorders/{reorder_id:uuid}/status") | (
+            "POST",
+            "/v1/pos/reorders/{reorder_id:uuid}/status",
+        ):
             body = {"state": "accepted"}
     request: dict[str, Any] = {"method": method, "url": path, "headers": headers}
     if body is not None:
@@ -382,7 +390,7 @@ async def test_another_customers_ids_answer_exactly_like_ids_that_do_not_exist(
     reordered = await client.post(
         f"/v1/me/preferences/{preference}/reorders",
         headers={**a.headers, "Idempotency-Key": str(uuid.uuid4())},
-        json={"quantity": 1},
+        json={"quantity": 1, "fulfiller": FROM_HIGH_STREET},
     )
     assert reordered.status_code == 201, reordered.text
     reorder = reordered.json()["id"]
@@ -392,7 +400,13 @@ async def test_another_customers_ids_answer_exactly_like_ids_that_do_not_exist(
         ("PATCH", "/v1/me/preferences/{}", preference, {"If-Match": '"1"'}, {"note": "mine now"}),
         ("DELETE", "/v1/me/preferences/{}", preference, {"If-Match": "*"}, None),
         ("DELETE", "/v1/me/preferences/{}", preference, {"If-Match": '"1"'}, None),
-        ("POST", "/v1/me/preferences/{}/reorders", preference, {}, {"quantity": 1}),
+        (
+            "POST",
+            "/v1/me/preferences/{}/reorders",
+            preference,
+            {},
+            {"quantity": 1, "fulfiller": FROM_HIGH_STREET},
+        ),
         ("POST", "/v1/me/reorders/{}/cancel", reorder, {}, None),
     ]
     for method, template, real_id, extra, body in probes:
@@ -481,7 +495,7 @@ async def test_api_keys_never_open_customer_routes_and_tokens_never_open_key_rou
 ):
     customer = await new_customer()
     token = customer.headers["Authorization"].split(" ", 1)[1]
-    _, till = await credentials.create(conn, "pos", "Till 9", store=f"S{secrets.token_hex(4)}")
+    _, till = await credentials.create(conn, "pos", "Till 9", store=await in_directory(conn))
     for credential, path, method in (
         (till, "/v1/me", "GET"),
         (token, "/v1/pos/lookup", "POST"),
@@ -542,7 +556,7 @@ async def test_two_partners_and_a_till_cannot_join_on_any_identifier(client, con
     customer = await new_customer(card=card)
     created = await client.post("/v1/me/preferences", headers=customer.headers, json=CHINOS)
     mine = created.json()["id"]
-    _, till = await credentials.create(conn, "pos", "Till 3", store=f"S{secrets.token_hex(4)}")
+    _, till = await credentials.create(conn, "pos", "Till 3", store=await in_directory(conn))
     x, x_key = await credentials.create(conn, "partner", f"Tailor {uuid.uuid4().hex[:8]}")
     y, y_key = await credentials.create(conn, "partner", f"Cobbler {uuid.uuid4().hex[:8]}")
     everything = {"fields": ["product", "attributes", "note"]}

@@ -25,6 +25,7 @@ from prefs.auth import DevIssuer
 from prefs.settings import Settings
 from tests.support.customer import CHINOS, bearer, grant, keep
 from tests.support.partner import partner_key, reference
+from tests.support.stores import in_directory
 from tests.support.till import fresh_card, look_up, till_key
 
 
@@ -203,7 +204,9 @@ async def test_search_finds_products_by_the_start_of_their_words_page_by_page(
 async def test_tills_and_partners_read_the_catalogue_and_nobody_else(
     client: httpx.AsyncClient, conn: asyncpg.Connection, catalogue: str
 ) -> None:
-    _, till = await credentials.create(conn, "pos", "Till 1", store=f"s-{catalogue}")
+    _, till = await credentials.create(
+        conn, "pos", "Till 1", store=await in_directory(conn, f"s-{catalogue}")
+    )
     _, partner = await credentials.create(conn, "partner", "Tailor", description="Makes chinos")
     _, insights = await credentials.create(conn, "insights", "Merchandising")
     path = f"/v1/catalogue/products/SH-{catalogue}-1"

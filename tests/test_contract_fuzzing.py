@@ -38,12 +38,14 @@ from prefs import credentials, db
 from prefs.auth import DevIssuer
 from prefs.consents.service import MAX_CONSENT_YEARS
 from prefs.crypto import Vault
-from prefs.cursors import seal_time
+from prefs.cursors import seal_text, seal_time
 from prefs.partners.service import encode_feed_cursor
+from prefs.stores.service import DIRECTORY_CURSOR, encode_queue_cursor
 from tests.support.customer import CHINOS, bearer
 from tests.support.database import Database
 from tests.support.paths import repo_root
 from tests.support.servers import LiveServer
+from tests.support.stores import in_directory
 
 CHECKS = [
     not_a_server_error,
@@ -104,6 +106,7 @@ ROLE_BY_PATH = (  # which credential each part of the API takes
     (re.compile(r"^/v1/partner/"), "partner"),
     (re.compile(r"^/v1/insights/"), "insights"),
 )
+FUZZ_STORE = "fuzz-store"  # the till's store, also one customers can reorder from
 CREDENTIALS: dict[str, str] = {}  # role -> bearer credential, filled by the `roles` fixture
 SEALING: dict[str, Any] = {}  # the vault and the partner's id, to mint cursors: likewise
 
@@ -114,6 +117,10 @@ def minted_cursor(path: str, base_url: str) -> str:
     vault: Vault = SEALING["vault"]
     if path.startswith("/v1/partner/"):
         return encode_feed_cursor(vault, SEALING["partner_id"], "1", uuid.uuid4())
+    if path == "/v1/pos/reorders":
+        return encode_queue_cursor(vault, FUZZ_STORE, "1", uuid.uuid4())
+    if path == "/v1/stores":
+        return seal_text(vault.page_cursors, "stores", DIRECTORY_CURSOR, FUZZ_STORE)
     me = httpx.get(f"{base_url}/v1/me", headers=bearer(CREDENTIALS["customer"]))
     customer_id = uuid.UUID(me.json()["id"]) if me.is_success else uuid.uuid4()
     kind = "access-log" if path == "/v1/me/access-log" else "reorders"
@@ -196,7 +203,9 @@ async def roles(
     """A customer with preferences who granted the till, the partner and insights; their keys."""
     conn = await db.connect(database.url)
     try:
-        _, till = await credentials.create(conn, "pos", "Fuzzing till", store="fuzz-store")
+        _, till = await credentials.create(
+            conn, "pos", "Fuzzing till", store=await in_directory(conn, FUZZ_STORE)
+        )
         partner, partner_key = await credentials.create(
             conn, "partner", "Fuzzing tailor", description="Makes trousers again"
         )

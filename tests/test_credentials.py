@@ -16,6 +16,7 @@ import pytest
 from prefs import credentials
 from prefs.errors import InvalidInput
 from tests.support.customer import CHINOS, bearer, grant
+from tests.support.stores import in_directory
 from tests.support.till import look_up, shopper, till_key
 
 PREFS = Path(sys.executable).parent / "prefs"
@@ -48,6 +49,7 @@ async def test_the_operator_creates_lists_and_revokes_a_till_key(
     customer, card, _ = await shopper(new_customer, client)
     await grant(client, customer, fields=["product"])
     name = f"Till 3 {uuid.uuid4().hex[:6]}"
+    await in_directory(conn, "0421")
 
     code, created = await prefs_command(
         database,
@@ -208,6 +210,7 @@ async def test_only_a_till_key_belongs_to_a_store(conn, kind, store):
 
 
 async def test_every_key_is_new_and_carries_its_kind(conn):
+    await in_directory(conn, "0421")
     keys = [
         (await credentials.create(conn, kind, "Key", store="0421" if kind == "pos" else None))[1]
         for kind in ("pos", "pos", "partner", "insights")

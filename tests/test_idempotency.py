@@ -17,6 +17,7 @@ from tests.support.partner import (
     reference,
     reorder,
 )
+from tests.support.stores import FROM_HIGH_STREET
 from tests.support.till import BOOTS
 
 REORDER_ROWS = "SELECT count(*) FROM reorders WHERE customer_id = $1"
@@ -74,7 +75,7 @@ async def test_a_reorder_without_an_idempotency_key_is_a_400(client, conn, new_c
     missing = await client.post(
         f"/v1/me/preferences/{chinos['id']}/reorders",
         headers=customer.headers,
-        json={"quantity": 1},
+        json={"quantity": 1, "fulfiller": FROM_HIGH_STREET},
     )
     assert missing.status_code == 400
     assert missing.headers["content-type"].startswith(PROBLEM_JSON)

@@ -19,6 +19,7 @@ import pytest
 from prefs.app import create_app
 from tests.support.customer import CHINOS, keep
 from tests.support.paths import repo_root
+from tests.support.stores import FROM_HIGH_STREET
 
 PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemBody"}}}
 
@@ -108,7 +109,7 @@ async def test_a_generated_client_drives_a_customers_journey(generated, server, 
         assert isinstance(unknown, models.ProblemBody) and unknown.status == 404
 
         order = reorder.V1MePreferencesPreferenceIdReordersCreateReorderCreate.from_dict(
-            {"quantity": 2}
+            {"quantity": 2, "fulfiller": FROM_HIGH_STREET}
         )
         placed = await reorder.asyncio(
             kept.id, client=client, body=order, idempotency_key=f'"{uuid.uuid4()}"'
@@ -129,7 +130,7 @@ async def _reorder(client: Any, customer: Any, preference: str, key: bytes) -> A
     return await client.post(
         f"/v1/me/preferences/{preference}/reorders",
         headers={**customer.headers, "Idempotency-Key": key},
-        json={"quantity": 1},
+        json={"quantity": 1, "fulfiller": FROM_HIGH_STREET},
     )
 
 

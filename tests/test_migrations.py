@@ -128,3 +128,54 @@ async def test_every_revision_goes_up_down_and_up_again(empty_database):
 
 async def test_the_session_database_is_at_head(conn):
     assert await db.schema_at_head(conn, db.head_revision())
+
+
+LEGACY_REORDER = """
+INSERT INTO reorders (customer_id, reorder_id, preference_id, fulfiller, origin, quantity, state,
+                      fields)
+VALUES (gen_random_uuid(), $1, gen_random_uuid(), 'store', 'customer', 1, $2, '{product}')
+"""
+TILL_AT = """
+INSERT INTO credentials (credential_id, kind, key_hash, display_name, store)
+VALUES (gen_random_uuid(), 'pos', $1, 'Till 1', $2)
+"""
+
+
+async def test_reorders_from_a_bare_store_go_to_the_only_store_or_are_cancelled(empty_database):
+    """Revision 0014: a waiting reorder that named no store reaches the one store there is; with
+    several there is no honest guess, and it is cancelled (the page says it named no store)."""
+    url = empty_database
+    await asyncio.to_thread(db.migrate, url, "0013")
+    conn = await db.connect(url)
+    try:
+        await conn.execute(TILL_AT, secrets.token_bytes(32), "0421")
+        await conn.execute(TILL_AT, secrets.token_bytes(32), "0421")
+        waiting, finished = secrets.token_hex(16), secrets.token_hex(16)
+        await conn.execute(LEGACY_REORDER, waiting, "requested")
+        await conn.execute(LEGACY_REORDER, finished, "cancelled")
+        await asyncio.to_thread(db.migrate, url, "0014")
+        stores = await conn.fetch("SELECT store_id, name, closed_at FROM stores")
+        assert [tuple(r) for r in stores] == [("0421", "Store 0421", None)]
+        moved = {
+            str(r["reorder_id"].hex): tuple(r)[1:]
+            for r in await conn.fetch(
+                "SELECT reorder_id, fulfiller, store_id, state, queue_xid IS NOT NULL FROM reorders"
+            )
+        }
+        assert moved == {
+            waiting: ("store:0421", "0421", "requested", True),  # now in store 0421's queue
+            finished: ("store", None, "cancelled", False),
+        }
+
+        await asyncio.to_thread(db.downgrade, url, "0013")
+        await conn.execute(TILL_AT, secrets.token_bytes(32), "0422")
+        second = secrets.token_hex(16)
+        await conn.execute(LEGACY_REORDER, second, "requested")
+        await asyncio.to_thread(db.migrate, url, "0014")
+        state = await conn.fetchrow(
+            "SELECT fulfiller, store_id, state FROM reorders WHERE reorder_id = $1::text::uuid",
+            second,
+        )
+        assert tuple(state) == ("store", None, "cancelled")
+    finally:
+        await conn.close()

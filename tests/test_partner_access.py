@@ -28,6 +28,7 @@ from tests.support.partner import (
     reorder,
     set_status,
 )
+from tests.support.stores import FROM_HIGH_STREET, in_directory
 from tests.support.till import till_key
 
 SHIRT: dict[str, Any] = {
@@ -225,13 +226,13 @@ async def test_only_the_right_kind_of_credential_is_accepted(client, conn, new_c
     addressed = (
         await reorder(client, customer, chinos["id"], f"partner:{partner.partner_id}")
     ).json()
-    mine = (await reorder(client, customer, chinos["id"], "store")).json()
+    mine = (await reorder(client, customer, chinos["id"], FROM_HIGH_STREET)).json()
 
     revoked = {}
     for kind, extra in (
         ("partner", {"partner_id": partner.partner_id}),
         ("insights", {}),
-        ("pos", {"store": "0421"}),
+        ("pos", {"store": await in_directory(conn, "0421")}),
     ):
         credential, key = await credentials.create(conn, kind, f"Revoked {kind}", **extra)  # type: ignore[arg-type]
         await credentials.revoke(conn, credential.id)
@@ -269,7 +270,14 @@ async def test_only_the_right_kind_of_credential_is_accepted(client, conn, new_c
         ("partner", "GET", f"/v1/partner/customers/{ref}/preferences", None),
         ("insights", "GET", "/v1/insights/discontinued-demand", None),
         ("customer", "GET", "/v1/partners", None),
-        ("customer", "POST", f"/v1/me/preferences/{chinos['id']}/reorders", {"quantity": 1}),
+        (
+            "customer",
+            "POST",
+            f"/v1/me/preferences/{chinos['id']}/reorders",
+            {"quantity": 1, "fulfiller": FROM_HIGH_STREET},
+        ),
+        ("customer", "GET", "/v1/stores", None),
+        ("pos", "GET", "/v1/pos/reorders", None),
         ("customer", "GET", "/v1/me/reorders", None),
         ("customer", "POST", f"/v1/me/reorders/{mine['id']}/cancel", None),
     ]
@@ -289,8 +297,8 @@ async def test_only_the_right_kind_of_credential_is_accepted(client, conn, new_c
                 continue
             if who == "unenrolled token" and right == "customer":
                 # A valid token for someone who never enrolled: they may browse the partner
-                # directory, but nothing of theirs exists.
-                allowed = (200,) if path == "/v1/partners" else (404,)
+                # and store directories, but nothing of theirs exists.
+                allowed = (200,) if path in ("/v1/partners", "/v1/stores") else (404,)
                 if response.status_code not in allowed:
                     wrong.append(f"{who} on {method} {path}: {response.status_code}")
                 continue

@@ -23,6 +23,7 @@ from tests.support.partner import (
     reorder,
     set_status,
 )
+from tests.support.stores import FROM_HIGH_STREET
 
 AVAILABLE_CHINOS: dict[str, Any] = {**CHINOS, "status": "available"}
 
@@ -125,7 +126,7 @@ async def test_editing_a_preference_after_reordering_does_not_change_the_reorder
     )
     placed = await reorder(client, customer, chinos["id"], f"partner:{partner.partner_id}")
     assert placed.status_code == 201, placed.text
-    from_store = await reorder(client, customer, chinos["id"], "store")
+    from_store = await reorder(client, customer, chinos["id"], FROM_HIGH_STREET)
     assert from_store.status_code == 201, from_store.text
 
     edited = await client.patch(
@@ -199,11 +200,11 @@ async def test_reordering_through_an_unknown_partner_or_preference_is_not_found(
     unknown_partner = await reorder(client, customer, chinos["id"], f"partner:{uuid.uuid4()}")
     assert unknown_partner.status_code == 404
     assert unknown_partner.headers["content-type"].startswith(PROBLEM_JSON)
-    unknown_preference = await reorder(client, customer, str(uuid.uuid4()), "store")
+    unknown_preference = await reorder(client, customer, str(uuid.uuid4()), FROM_HIGH_STREET)
     assert unknown_preference.status_code == 404
 
     someone_else = await new_customer()
-    not_theirs = await reorder(client, someone_else, chinos["id"], "store")
+    not_theirs = await reorder(client, someone_else, chinos["id"], FROM_HIGH_STREET)
     assert not_theirs.status_code == 404
     assert await my_reorders(client, customer) == []
 
@@ -212,10 +213,10 @@ async def test_reordering_from_the_store_keeps_every_field(client, new_customer)
     customer = await new_customer()
     chinos = await keep(client, customer)
 
-    placed = await reorder(client, customer, chinos["id"], "store", quantity=3)
+    placed = await reorder(client, customer, chinos["id"], FROM_HIGH_STREET, quantity=3)
     assert placed.status_code == 201, placed.text
     body = placed.json()
-    assert body["fulfiller"] == "store"
+    assert body["fulfiller"] == FROM_HIGH_STREET
     assert body["state"] == "requested"
     assert body["quantity"] == 3
     assert body["item"] == {
@@ -332,7 +333,7 @@ async def test_a_partner_cannot_move_another_partners_reorder(client, conn, new_
     chinos = await keep(client, customer)
     await grant(client, customer, f"partner:{tailor.partner_id}", ["product"])
     placed = (await reorder(client, customer, chinos["id"], f"partner:{tailor.partner_id}")).json()
-    store_reorder = (await reorder(client, customer, chinos["id"], "store")).json()
+    store_reorder = (await reorder(client, customer, chinos["id"], FROM_HIGH_STREET)).json()
 
     for reorder_id in (placed["id"], store_reorder["id"]):
         response = await set_status(client, other_key, reorder_id, "accepted")
@@ -345,7 +346,7 @@ async def test_the_customers_reorders_are_listed_newest_first_in_pages(client, n
     chinos = await keep(client, customer)
     placed = []
     for _ in range(5):
-        response = await reorder(client, customer, chinos["id"], "store")
+        response = await reorder(client, customer, chinos["id"], FROM_HIGH_STREET)
         assert response.status_code == 201
         placed.append(response.json()["id"])
 

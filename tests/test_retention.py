@@ -35,6 +35,7 @@ from tests.support.rights import (
     till,
 )
 from tests.support.servers import LiveServer
+from tests.support.stores import FROM_HIGH_STREET
 
 ACCESS_LOG_DEFAULT_DAYS = 400
 
@@ -68,7 +69,7 @@ async def reorder_with_key(
     return await client.post(
         f"/v1/me/preferences/{preference_id}/reorders",
         headers={**shopper.headers, "Idempotency-Key": key},
-        json={"quantity": 1, "fulfiller": "store"},
+        json={"quantity": 1, "fulfiller": FROM_HIGH_STREET},
     )
 
 

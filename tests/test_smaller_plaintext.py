@@ -13,6 +13,7 @@ from prefs.customer_keys import data_key
 from prefs.preferences import service as preferences
 from tests.support.customer import keep
 from tests.support.rights import enrol, preference, reorder
+from tests.support.stores import FROM_HIGH_STREET
 from tests.test_privacy_at_rest import copy_block, encodings, pg_dump
 
 
@@ -27,7 +28,7 @@ async def test_an_idempotency_key_is_kept_only_as_a_keyed_hash_and_still_replays
     replay = await client.post(
         f"/v1/me/preferences/{kept['id']}/reorders",
         headers={**shopper.headers, "Idempotency-Key": idempotency_key},
-        json={"quantity": 1, "fulfiller": "store"},
+        json={"quantity": 1, "fulfiller": FROM_HIGH_STREET},
     )
     assert replay.status_code == 201, replay.text
     assert replay.headers.get("Idempotent-Replayed") == "true"
@@ -35,7 +36,7 @@ async def test_an_idempotency_key_is_kept_only_as_a_keyed_hash_and_still_replays
     other_body = await client.post(
         f"/v1/me/preferences/{kept['id']}/reorders",
         headers={**shopper.headers, "Idempotency-Key": idempotency_key},
-        json={"quantity": 2, "fulfiller": "store"},
+        json={"quantity": 2, "fulfiller": FROM_HIGH_STREET},
     )
     assert other_body.status_code == 422, other_body.text
 
@@ -141,7 +142,7 @@ async def test_the_backfill_seals_purchase_histories_and_hashes_keys_stored_in_c
     replay = await client.post(
         f"/v1/me/preferences/{kept['id']}/reorders",
         headers={**shopper.headers, "Idempotency-Key": raw},
-        json={"quantity": 1, "fulfiller": "store"},
+        json={"quantity": 1, "fulfiller": FROM_HIGH_STREET},
     )
     assert replay.status_code == 201, replay.text
     assert replay.headers.get("Idempotent-Replayed") == "true"

@@ -43,6 +43,7 @@ from prefs.reorders.api import CustomerReordersController
 from prefs.retention import service as retention
 from prefs.rights.api import RightsController
 from prefs.settings import Settings, load
+from prefs.stores.api import StoreQueueController, StoresController
 from prefs.throttle import ThrottledTills
 from prefs.web.api import route_handlers as web_routes
 
@@ -183,7 +184,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             PosController,
             CardsController,
             PurchasesController,
+            StoreQueueController,
             PartnersController,
+            StoresController,
             PartnerController,
             InsightsController,
             CatalogueController,

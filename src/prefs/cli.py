@@ -15,6 +15,7 @@ import click
 from prefs import db
 from prefs.catalogue import commands as catalogue_commands
 from prefs.settings import Settings, SettingsError, load
+from prefs.stores import commands as store_commands
 
 T = TypeVar("T")
 
@@ -258,7 +259,9 @@ def credentials() -> None:
 @credentials.command("create")
 @click.option("--kind", type=click.Choice(["pos", "partner", "insights"]), required=True)
 @click.option("--name", required=True, help="Display name customers see in their access log.")
-@click.option("--store", help="The store a till key belongs to (pos only).")
+@click.option(
+    "--store", help="The store a till key belongs to (pos only; one of `prefs stores list`)."
+)
 @click.option("--description", help="What the partner does (partner only).")
 def credentials_create(kind: str, name: str, store: str | None, description: str | None) -> None:
     """Create a key; it is printed once and stored only as a hash."""
@@ -572,3 +575,4 @@ def _at_head(action: Callable[[Any], Awaitable[T]]) -> T:
 
 
 catalogue_commands.register(main, _at_head)
+store_commands.register(main, _at_head)

@@ -32,6 +32,7 @@ def new_api_key(kind: Kind) -> str:
     return f"{PREFIX[kind]}_{secrets.token_urlsafe(32)}"
 
 
+STORE = "SELECT closed_at FROM stores WHERE store_id = $1 FOR SHARE"
 INSERT_PARTNER = "INSERT INTO partners (partner_id, name, description) VALUES ($1, $2, $3)"
 INSERT = """
 INSERT INTO credentials (credential_id, kind, key_hash, display_name, store, partner_id)
@@ -51,7 +52,8 @@ async def create(
 ) -> tuple[Credential, str]:
     """A new credential and its API key (the key is never stored, only its hash).
 
-    A partner credential without ``partner_id`` creates the partner itself, named ``name``.
+    A partner credential without ``partner_id`` creates the partner itself, named ``name``; a
+    till's names an open store of the directory.
     """
     name = name.strip()
     if not name or len(name) > 100:
@@ -59,6 +61,14 @@ async def create(
     if (kind == "pos") != (store is not None):
         raise InvalidInput("a till key needs --store, and only a till key takes one.")
     async with conn.transaction():
+        if store is not None:
+            found = await conn.fetchrow(STORE, store)
+            if found is None:
+                raise NotFound(
+                    f"No store {store} in the directory: add it first with `prefs stores add`."
+                )
+            if found["closed_at"] is not None:
+                raise InvalidInput(f"Store {store} is closed: a till key needs an open store.")
         if kind == "partner" and partner_id is None:
             partner_id = uuid.uuid4()
             await conn.execute(INSERT_PARTNER, partner_id, name, description)

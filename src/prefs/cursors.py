@@ -62,3 +62,20 @@ def open_time(
         return _EPOCH + timedelta(microseconds=micros), ident
     except OverflowError:
         raise InvalidInput(FORGED) from None
+
+
+def seal_text(cipher: ServiceCipher, kind: str, owner: uuid.UUID, text: str) -> str:
+    """A cursor for a position named by text (an id that orders the list)."""
+    blob = cipher.encrypt(text.encode(), _context(kind, owner))
+    return base64.urlsafe_b64encode(blob).decode().rstrip("=")
+
+
+def open_text(cipher: ServiceCipher, kind: str, owner: uuid.UUID, cursor: str) -> str:
+    """The text a text cursor holds; 400 for anything the service did not seal for this list."""
+    if len(cursor) > _MAX_LENGTH or not cursor.isascii():
+        raise InvalidInput(FORGED)
+    try:
+        blob = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        return cipher.decrypt(blob, _context(kind, owner)).decode()
+    except (binascii.Error, ValueError, DecryptionError):
+        raise InvalidInput(FORGED) from None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Union, get_args, get_origin
 
 import msgspec
+import msgspec.inspect
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
@@ -77,11 +78,31 @@ def decode_strictly(request: Request[Any, Any, Any], body: bytes) -> None:
         message: dict[str, str] = {"message": _AT.sub("", text), "source": "body"}
         if at and at.group(1):
             message["key"] = at.group(1)
+            hint = _described(decoder.type).get(at.group(1))
+            if hint:
+                message["message"] += f": {hint}"
         raise ValidationException(
             detail=f"Validation failed for {request.method} {request.url.path}", extra=[message]
         ) from None
     except msgspec.DecodeError:
         raise InvalidInput("The body is not valid JSON.") from None
+
+
+_DESCRIBED: dict[Any, dict[str, str]] = {}
+
+
+def _described(body_type: Any) -> dict[str, str]:
+    """The descriptions a body's top-level fields carry (Meta(description=…)), by name: what an
+    error about that field adds, so it says what is allowed rather than only a pattern."""
+    if body_type not in _DESCRIBED:
+        info = msgspec.inspect.type_info(body_type)
+        _DESCRIBED[body_type] = {
+            field.encode_name: extra["description"]
+            for field in getattr(info, "fields", ())
+            if isinstance(field.type, msgspec.inspect.Metadata)
+            and "description" in (extra := field.type.extra_json_schema or {})
+        }
+    return _DESCRIBED[body_type]
 
 
 def _only_integral_floats(body_type: Any, body: bytes) -> bool:

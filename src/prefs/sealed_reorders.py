@@ -20,7 +20,9 @@ from prefs.products import Product
 from prefs.sealed_preferences import decrypt_attributes, decrypt_note, decrypt_product
 
 Quantity = Annotated[int, Meta(ge=1, le=99)]
-State = Literal["proposed", "requested", "accepted", "fulfilled", "declined", "cancelled"]
+State = Literal[
+    "proposed", "requested", "accepted", "ready", "collected", "fulfilled", "declined", "cancelled"
+]
 
 
 class Snapshot(msgspec.Struct, kw_only=True):
@@ -48,10 +50,10 @@ def snapshot_of(key: DataKey, row: Row, fields: list[str]) -> Snapshot:
 
 INSERT = """
 INSERT INTO reorders (customer_id, reorder_id, preference_id, fulfiller, partner_id, origin,
-                      quantity, state, fields, snapshot_ct, preference_ref)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $11, $8, $9, $10)
-RETURNING reorder_id, preference_id, preference_ref, fulfiller, origin, quantity, state, fields,
-          snapshot_ct, created_at, updated_at
+                      quantity, state, fields, snapshot_ct, preference_ref, store_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $11, $8, $9, $10, $12)
+RETURNING reorder_id, preference_id, preference_ref, fulfiller, store_id, origin, quantity, state,
+          fields, snapshot_ct, created_at, updated_at
 """
 
 
@@ -66,6 +68,7 @@ async def insert(
     fields: list[str],
     preference_ref: uuid.UUID | None = None,
     state: str = "requested",
+    store_id: str | None = None,
 ) -> tuple[Row, Snapshot]:
     reorder_id = uuid.uuid4()
     snap = snapshot_of(key, preference, fields)
@@ -83,6 +86,7 @@ async def insert(
         sealed,
         preference_ref,
         state,
+        store_id,
     )
     assert row is not None
     return row, snap

@@ -7,6 +7,7 @@ from msgspec import Meta
 # Python's `$` also matches before a final newline; `(?!\n)` keeps "khaki\n" out (and is valid
 # ECMAScript, so the patterns stay usable in the OpenAPI document, unlike `\Z`).
 END = r"$(?!\n)"
+STORE_ID_TEXT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"  # what till keys and reorders name a store by
 UUID_TEXT = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 # Never in text a cashier or a partner reads: C1 controls; bidirectional embeddings, overrides
 # and isolates (they reorder what is shown); zero-width spaces, word joiners and byte-order marks;

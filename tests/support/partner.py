@@ -16,6 +16,7 @@ import httpx
 
 from prefs import credentials, partner_refs
 from tests.support.customer import bearer
+from tests.support.stores import FROM_HIGH_STREET
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -49,7 +50,7 @@ async def reorder(
     client: httpx.AsyncClient,
     customer: Any,
     preference_id: str,
-    fulfiller: str = "store",
+    fulfiller: str = FROM_HIGH_STREET,
     quantity: int = 1,
     key: str | None = None,
 ) -> httpx.Response:

@@ -30,6 +30,7 @@ from prefs.crypto import Vault
 from prefs.settings import Settings, load
 from tests.support.customer import bearer
 from tests.support.database import admin, with_database
+from tests.support.stores import FROM_HIGH_STREET, in_directory
 from tests.support.till import confirm_card
 
 # Found without importing pgserver (whose import warns when XDG_RUNTIME_DIR is unset).
@@ -210,7 +211,7 @@ async def reorder(
     http: httpx.AsyncClient,
     shopper: Shopper,
     preference_id: str,
-    fulfiller: str = "store",
+    fulfiller: str = FROM_HIGH_STREET,
     key: str | None = None,
 ) -> dict[str, Any]:
     headers = {**shopper.headers, "Idempotency-Key": key or str(uuid.uuid4())}
@@ -229,7 +230,7 @@ async def look_up(http: httpx.AsyncClient, till_key: str, **body: str) -> httpx.
 
 
 async def till(conn: asyncpg.Connection) -> tuple[credentials.Credential, str]:
-    return await credentials.create(conn, "pos", "Till 3", store=f"S{secrets.token_hex(4)}")
+    return await credentials.create(conn, "pos", "Till 3", store=await in_directory(conn))
 
 
 async def partner(conn: asyncpg.Connection) -> tuple[credentials.Credential, str]:

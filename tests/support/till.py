@@ -18,6 +18,7 @@ from prefs.access_log.service import opened
 from prefs.crypto import Vault
 from prefs.customer_keys import data_key
 from tests.support.customer import CHINOS, bearer, keep_all
+from tests.support.stores import in_directory
 
 SHIRT: dict[str, Any] = {
     "product": {
@@ -38,10 +39,6 @@ BOOTS: dict[str, Any] = {
 NOT_FOUND_DETAIL = "No customer preferences can be shown for this card or code."
 
 
-def fresh_store() -> str:
-    return f"S{secrets.token_hex(4)}"
-
-
 def fresh_card() -> str:
     """A random 16-digit card, written the way it is printed: four groups of four."""
     digits = f"{secrets.randbelow(10**15) + 10**15}"
@@ -51,8 +48,8 @@ def fresh_card() -> str:
 async def till_key(
     conn: asyncpg.Connection, store: str | None = None, name: str = "Till 3"
 ) -> tuple[credentials.Credential, str]:
-    """A new till key for ``store`` (a fresh store unless given)."""
-    return await credentials.create(conn, "pos", name, store=store or fresh_store())
+    """A new till key for ``store`` (a fresh store of the directory unless given)."""
+    return await credentials.create(conn, "pos", name, store=await in_directory(conn, store))
 
 
 async def look_up(client: httpx.AsyncClient, key: str, **body: Any) -> httpx.Response:

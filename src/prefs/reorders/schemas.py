@@ -8,14 +8,32 @@ import msgspec
 from msgspec import Meta
 
 from prefs.sealed_reorders import Quantity, Snapshot, State
-from prefs.text import END, UUID_TEXT
+from prefs.text import END, STORE_ID_TEXT, UUID_TEXT
 
-Fulfiller = Annotated[str, Meta(max_length=64, pattern=r"^(store|partner:" + UUID_TEXT + ")" + END)]
+# a bare `store` (what v1 took) is refused with the description: it says to name a store
+Fulfiller = Annotated[
+    str,
+    Meta(
+        max_length=72,
+        pattern=r"^(store:" + STORE_ID_TEXT + "|partner:" + UUID_TEXT + ")" + END,
+        description="name the store, `store:<store id>` (GET /v1/stores lists them), or the "
+        "partner, `partner:<partner id>`",
+    ),
+]
 
 
 class ReorderCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     quantity: Quantity
-    fulfiller: Fulfiller = "store"
+    fulfiller: Fulfiller
+
+
+class ReorderStore(msgspec.Struct, kw_only=True):
+    """The store a reorder is addressed to, as the directory names it now."""
+
+    id: str
+    name: str
+    address: str | None
+    closed: bool
 
 
 class Reorder(msgspec.Struct, kw_only=True):
@@ -29,6 +47,7 @@ class Reorder(msgspec.Struct, kw_only=True):
     item: Snapshot | None
     created_at: datetime
     updated_at: datetime
+    store: ReorderStore | None = None
 
 
 class ReorderList(msgspec.Struct):

@@ -7,33 +7,71 @@ prefs.sealed_reorders, which keeps an encrypted snapshot of exactly what was dis
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 import asyncpg
 
 from prefs import cursors, partner_refs
-from prefs.crypto import Vault
+from prefs.crypto import DataKey, Vault
 from prefs.customer_keys import data_key
 from prefs.db import Row
 from prefs.errors import Conflict, InvalidInput, NotFound
-from prefs.grants import partner_audience, partner_fields, partner_of
-from prefs.reorders.schemas import Reorder, ReorderCreate, ReorderList
+from prefs.grants import partner_audience, partner_fields
+from prefs.reorders.schemas import Reorder, ReorderCreate, ReorderList, ReorderStore
 from prefs.sealed_preferences import GET as GET_PREFERENCE
 from prefs.sealed_reorders import Snapshot, insert, open_snapshot
 
 ALL_FIELDS = ["product", "attributes", "note"]
+STORE_PREFIX = "store:"
 
 
 def partner_id_of(fulfiller: str) -> uuid.UUID:
-    partner_id = partner_of(fulfiller)
-    if partner_id is None:
-        raise InvalidInput("fulfiller must be `store` or `partner:<partner id>`.")
-    return partner_id
+    """The partner a `partner:<id>` fulfiller names (its id in any letter case)."""
+    try:
+        return uuid.UUID(fulfiller.removeprefix("partner:"))
+    except ValueError:
+        raise InvalidInput(
+            "fulfiller must be `store:<store id>` or `partner:<partner id>`."
+        ) from None
 
 
 PARTNER_EXISTS = "SELECT 1 FROM partners WHERE partner_id = $1 AND retired_at IS NULL"
+# FOR SHARE: a store closing meanwhile waits for this reorder, or this reorder sees it closed
+STORE = "SELECT name, closed_at FROM stores WHERE store_id = $1 FOR SHARE"
+STORES = """
+SELECT store_id, name, address, closed_at IS NOT NULL AS closed FROM stores
+WHERE store_id = ANY($1::text[])
+"""
 
 
-def reorder_view(row: Row, snap: Snapshot | None) -> Reorder:
+async def open_store(conn: asyncpg.Connection, fulfiller: str) -> str:
+    """The open store a `store:<id>` fulfiller names; 404 for a store that is not in the
+    directory or has closed (a bare `store` never gets here: the schema refuses it)."""
+    store_id = fulfiller.removeprefix(STORE_PREFIX)
+    store = await conn.fetchrow(STORE, store_id)
+    if store is None:
+        raise NotFound(f"No store {store_id} in the directory: GET /v1/stores lists them.")
+    if store["closed_at"] is not None:
+        raise NotFound(f"{store['name']} has closed: choose another store (GET /v1/stores).")
+    return store_id
+
+
+async def stores_of(conn: asyncpg.Connection, rows: Sequence[Row]) -> dict[str, ReorderStore]:
+    """The directory's entries for the stores these reorder rows are addressed to."""
+    wanted = sorted({row["store_id"] for row in rows if row["store_id"] is not None})
+    if not wanted:
+        return {}
+    return {
+        row["store_id"]: ReorderStore(
+            id=row["store_id"], name=row["name"], address=row["address"], closed=row["closed"]
+        )
+        for row in await conn.fetch(STORES, wanted)
+    }
+
+
+def reorder_view(
+    row: Row, snap: Snapshot | None, stores: dict[str, ReorderStore] | None = None
+) -> Reorder:
     return Reorder(
         id=row["reorder_id"],
         preference_id=row["preference_id"],
@@ -45,7 +83,16 @@ def reorder_view(row: Row, snap: Snapshot | None) -> Reorder:
         item=snap,
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        store=(stores or {}).get(row["store_id"]) if row["store_id"] else None,
     )
+
+
+async def views(
+    conn: asyncpg.Connection, key: DataKey | None, rows: Sequence[Row]
+) -> list[Reorder]:
+    """Reorder rows as their customer sees them (``key``: the customer's data key)."""
+    stores = await stores_of(conn, rows)
+    return [reorder_view(row, open_snapshot(key, row), stores) for row in rows]
 
 
 async def create_for_customer(
@@ -55,15 +102,21 @@ async def create_for_customer(
     preference_id: uuid.UUID,
     data: ReorderCreate,
 ) -> Reorder:
-    """Reorder a preference from the store, or from a partner the customer granted consent to."""
+    """Reorder a preference from a store of the directory, or from a partner the customer
+    granted consent to."""
     preference = await conn.fetchrow(GET_PREFERENCE, customer_id, preference_id)
     if preference is None:
         raise NotFound("No such preference.")
     partner_id: uuid.UUID | None = None
     preference_ref: uuid.UUID | None = None
+    store_id: str | None = None
     fields = ALL_FIELDS
-    if data.fulfiller != "store":
-        partner_id = partner_id_of(data.fulfiller)
+    fulfiller = data.fulfiller
+    if fulfiller.startswith(STORE_PREFIX):
+        store_id = await open_store(conn, fulfiller)
+    else:
+        partner_id = partner_id_of(fulfiller)
+        fulfiller = partner_audience(partner_id)  # as the grant names it
         if await conn.fetchval(PARTNER_EXISTS, partner_id) is None:
             raise NotFound("No such partner.")
         granted = await partner_fields(conn, customer_id, partner_id, preference_id)
@@ -81,19 +134,20 @@ async def create_for_customer(
         conn,
         key,
         preference,
-        data.fulfiller,
+        fulfiller,
         partner_id,
         "customer",
         data.quantity,
         fields,
         preference_ref,
+        store_id=store_id,
     )
-    return reorder_view(row, snap)
+    return reorder_view(row, snap, await stores_of(conn, [row]))
 
 
 CUSTOMER_PAGE = """
-SELECT reorder_id, preference_id, fulfiller, origin, quantity, state, fields, snapshot_ct,
-       created_at, updated_at
+SELECT reorder_id, preference_id, fulfiller, store_id, origin, quantity, state, fields,
+       snapshot_ct, created_at, updated_at
 FROM reorders
 WHERE customer_id = $1 AND ($2::timestamptz IS NULL OR (created_at, reorder_id) < ($2, $3))
 ORDER BY created_at DESC, reorder_id DESC LIMIT $4
@@ -112,7 +166,7 @@ async def list_for_customer(
     rows = await conn.fetch(CUSTOMER_PAGE, customer_id, at, ident, limit + 1)
     more, rows = len(rows) > limit, rows[:limit]
     key = await data_key(conn, vault, customer_id) if rows else None
-    items = [reorder_view(row, open_snapshot(key, row)) for row in rows]
+    items = await views(conn, key, rows)
     next_cursor = (
         cursors.seal_time(
             vault.page_cursors,
@@ -130,12 +184,12 @@ async def list_for_customer(
 CANCEL = """
 UPDATE reorders SET state = 'cancelled', updated_at = now()
 WHERE customer_id = $1 AND reorder_id = $2 AND state IN ('proposed', 'requested')
-RETURNING reorder_id, preference_id, fulfiller, origin, quantity, state, fields, snapshot_ct,
-          created_at, updated_at
+RETURNING reorder_id, preference_id, fulfiller, store_id, origin, quantity, state, fields,
+          snapshot_ct, created_at, updated_at
 """
 ONE = """
-SELECT reorder_id, preference_id, fulfiller, origin, quantity, state, fields, snapshot_ct,
-       created_at, updated_at
+SELECT reorder_id, preference_id, fulfiller, store_id, origin, quantity, state, fields,
+       snapshot_ct, created_at, updated_at
 FROM reorders WHERE customer_id = $1 AND reorder_id = $2
 """
 
@@ -169,7 +223,7 @@ async def cancel(
         conn, CANCEL, customer_id, reorder_id, "cancelled", "can no longer be cancelled"
     )
     key = await data_key(conn, vault, customer_id)
-    return reorder_view(row, open_snapshot(key, row))
+    return reorder_view(row, open_snapshot(key, row), await stores_of(conn, [row]))
 
 
 PROPOSAL = """
@@ -180,8 +234,8 @@ FOR UPDATE
 CONFIRM = """
 UPDATE reorders SET state = 'requested', updated_at = now()
 WHERE customer_id = $1 AND reorder_id = $2 AND state = 'proposed'
-RETURNING reorder_id, preference_id, fulfiller, origin, quantity, state, fields, snapshot_ct,
-          created_at, updated_at
+RETURNING reorder_id, preference_id, fulfiller, store_id, origin, quantity, state, fields,
+          snapshot_ct, created_at, updated_at
 """
 
 
@@ -208,7 +262,7 @@ async def confirm(
             conn, CONFIRM, customer_id, reorder_id, "requested", "cannot be confirmed"
         )
     key = await data_key(conn, vault, customer_id)
-    return reorder_view(row, open_snapshot(key, row))
+    return reorder_view(row, open_snapshot(key, row), await stores_of(conn, [row]))
 
 
 CLOSE_WAITING = """

@@ -20,7 +20,6 @@ from prefs.db import Row
 from prefs.events import CustomerErased, follow
 from prefs.preferences.service import list_preferences
 from prefs.reorders import service as reorders
-from prefs.sealed_reorders import open_snapshot
 
 # 2: consents name their recipient as the consents page does (with the partner's reference);
 # access-log entries are the access-log page's, preference names and summary included.
@@ -35,9 +34,14 @@ INSERT INTO erasures (subject_hash, index_version, erased_at)
 SELECT subject_hash, index_version, now() FROM customer_subjects WHERE customer_id = $1
 ON CONFLICT DO NOTHING
 """
+# Reorders someone is working on stay, closed and without their snapshot, so the partner or the
+# store sees them end: a partner's accepted ones, and every store reorder (a store's tills may
+# have read one while it waited, and its queue shows the change).
 CLOSE_ACCEPTED = """
-UPDATE reorders SET state = 'cancelled', snapshot_ct = NULL, updated_at = now()
-WHERE customer_id = $1 AND state = 'accepted'
+UPDATE reorders
+SET state = CASE WHEN state IN ('requested', 'accepted', 'ready') THEN 'cancelled' ELSE state END,
+    snapshot_ct = NULL, updated_at = now()
+WHERE customer_id = $1 AND (state = 'accepted' OR store_id IS NOT NULL)
 """
 SHRED = [
     "DELETE FROM customer_keys WHERE customer_id = $1",
@@ -49,7 +53,7 @@ SHRED = [
     "DELETE FROM consent_ledger WHERE customer_id = $1",
     "DELETE FROM partner_preference_refs WHERE customer_id = $1",
     "DELETE FROM preferences WHERE customer_id = $1",
-    # what is left of the reorders: the ones a partner had accepted, now closed and unreadable
+    # what is left of the reorders: those closed above, now unreadable
     "DELETE FROM reorders WHERE customer_id = $1 AND snapshot_ct IS NOT NULL",
     "DELETE FROM partner_refs WHERE customer_id = $1",
     "DELETE FROM idempotency_keys WHERE customer_id = $1",
@@ -63,7 +67,8 @@ async def erase(
 ) -> bool:
     """Destroy the customer's data key and every row about them, in one transaction.
 
-    Reorders a partner had accepted stay, closed as cancelled and without their snapshot; any
+    Reorders a partner had accepted, and store reorders, stay: closed (cancelled unless already
+    finished) and without their snapshot; any
     copy of a ciphertext elsewhere can no longer be read, because the key is gone.
     Returns False when there was no such customer.
     """
@@ -147,8 +152,8 @@ SELECT fields, preference_ids, keep_purchases, created_at, expires_at FROM check
 WHERE customer_id = $1 AND expires_at > now() ORDER BY created_at, code_hash
 """
 REORDERS = """
-SELECT reorder_id, preference_id, fulfiller, origin, quantity, state, fields, snapshot_ct,
-       created_at, updated_at
+SELECT reorder_id, preference_id, fulfiller, store_id, origin, quantity, state, fields,
+       snapshot_ct, created_at, updated_at
 FROM reorders WHERE customer_id = $1 ORDER BY created_at, reorder_id
 """
 ACCESS = """
@@ -237,7 +242,7 @@ async def export(
         yield b',"reorders":'
         async for chunk in _array(
             await conn.cursor(REORDERS, customer_id),
-            _each(lambda row: reorders.reorder_view(row, open_snapshot(key, row))),
+            lambda rows: reorders.views(conn, key, rows),
         ):
             yield chunk
         yield b',"access_log":'

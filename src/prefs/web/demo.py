@@ -20,13 +20,21 @@ from prefs.catalogue import service as catalogue
 from prefs.catalogue.schemas import ImportRow
 from prefs.crypto import Vault
 from prefs.customers import service as customers
+from prefs.errors import Conflict
 from prefs.preferences import service as preferences
 from prefs.preferences.schemas import PreferenceCreate
 from prefs.settings import DEV_ISSUER, Settings
+from prefs.stores import service as stores
 
 DEMO_SUBJECT = "demo@prefs.example"
 DEMO_FILE = "demo.json"
 TILL_NAME, TILL_STORE = "Till 1", "0001"
+# The demo's stores: the till's own, and two more to pick from when reordering.
+DEMO_STORES = [
+    ("0001", "Oxford Street", "214 Oxford Street, London W1"),
+    ("0002", "Covent Garden", "12 King Street, London WC2"),
+    ("0003", "Manchester Arndale", "Market Street, Manchester M4"),
+]
 PARTNER_NAME = "Stitch & Co. tailors"
 PARTNER_DESCRIPTION = (
     "Made-to-order tailors: they cut a discontinued pattern again, in your exact size."
@@ -192,6 +200,14 @@ def _write_keys(path: Path, keys: dict[str, str]) -> None:
     os.replace(scratch, path)
 
 
+async def _stores(conn: asyncpg.Connection) -> None:
+    for store_id, name, address in DEMO_STORES:
+        try:
+            await stores.add(conn, stores.entry(store_id, name, address))
+        except Conflict:  # there already (perhaps renamed by the operator: left as it is)
+            pass
+
+
 async def _till_key(conn: asyncpg.Connection, kept: str | None) -> str:
     if kept and await credentials.verify(conn, "pos", kept) is not None:
         return kept
@@ -232,6 +248,7 @@ async def ensure_demo(conn: asyncpg.Connection, vault: Vault, settings: Settings
     async with conn.transaction():
         await conn.execute(LOCK)
         kept = _read_keys(path)
+        await _stores(conn)
         till_key = await _till_key(conn, kept.get("till_key"))
         partner_key, partner_id = await _partner_key(conn, kept.get("partner_key"))
         card = kept.get("card") or "".join(str(secrets.randbelow(10)) for _ in range(16))

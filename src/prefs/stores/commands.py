@@ -1,0 +1,84 @@
+"""`prefs stores …`: the directory of stores from the command line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from prefs.errors import Problem
+from prefs.stores import service
+from prefs.stores.schemas import StoreRecord
+
+
+def _line(store: StoreRecord) -> str:
+    state = f"closed {store.closed_at:%Y-%m-%d}" if store.closed_at else "open"
+    address = f"  {store.address}" if store.address else ""
+    return f"{store.id:<12} {state:<18} {store.name}{address}"
+
+
+def register(main: click.Group, run: Any) -> None:
+    """Add `prefs stores` to the command; ``run(action)`` runs an action on a connection."""
+
+    def attempt(action: Any) -> Any:
+        try:
+            return run(action)
+        except Problem as problem:
+            raise click.ClickException(problem.detail) from None
+
+    @main.group()
+    def stores() -> None:
+        """The stores customers reorder from; every till key belongs to one."""
+
+    @stores.command("add")
+    @click.argument("store_id")
+    @click.option("--name", required=True, help="The name customers see, e.g. 'Oxford Street'.")
+    @click.option("--address", help="One line customers see under the name.")
+    def add(store_id: str, name: str, address: str | None) -> None:
+        """Add a store to the directory (its id is what till keys and reorders name)."""
+        try:
+            store = service.entry(store_id, name, address)
+        except Problem as problem:
+            raise click.ClickException(problem.detail) from None
+        added = attempt(lambda conn: service.add(conn, store))
+        click.echo(f"added {_line(added)}")
+
+    @stores.command("list")
+    def list_() -> None:
+        """Every store, closed ones too."""
+        found = run(service.list_all)
+        for store in found:
+            click.echo(_line(store))
+        if not found:
+            click.echo("no stores yet: add one with `prefs stores add ID --name NAME`")
+
+    @stores.command("rename")
+    @click.argument("store_id")
+    @click.option("--name", required=True, help="The new name.")
+    @click.option("--address", help="A new address ('' removes it); unchanged when left out.")
+    def rename(store_id: str, name: str, address: str | None) -> None:
+        """Give a store a new name (and address): customers see it at once."""
+        try:
+            store = service.entry(store_id, name, address)
+        except Problem as problem:
+            raise click.ClickException(problem.detail) from None
+        renamed = attempt(lambda conn: service.rename(conn, store, new_address=address is not None))
+        click.echo(f"renamed {_line(renamed)}")
+
+    @stores.command("close")
+    @click.argument("store_id")
+    def close(store_id: str) -> None:
+        """Close a store: customers no longer see it or reorder from it; its tills can still
+        finish the reorders it has."""
+        closed, reorders, till_keys = attempt(lambda conn: service.close(conn, store_id))
+        click.echo(f"closed {_line(closed)}")
+        if reorders:
+            click.echo(
+                f"  {reorders} reorder{'s' if reorders != 1 else ''} still to finish there: its "
+                "tills still see and move them"
+            )
+        if till_keys:
+            click.echo(
+                f"  {till_keys} till key{'s' if till_keys != 1 else ''} still live: revoke them "
+                "with `prefs credentials revoke ID` once the store is done"
+            )
