@@ -3,39 +3,18 @@ for the till endpoint only."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import os
 import re
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 
 from prefs import credentials
 from prefs.errors import InvalidInput
 from tests.support.customer import CHINOS, bearer, grant
+from tests.support.operator import prefs_command
 from tests.support.stores import in_directory
 from tests.support.till import look_up, shopper, till_key
-
-PREFS = Path(sys.executable).parent / "prefs"
-
-
-async def prefs_command(database, settings, *args: str) -> tuple[int, str]:
-    """Run `prefs ...` as the operator would, against the test database and keys."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFS_")}
-    env.update(
-        PREFS_DATABASE_URL=database.url,
-        PREFS_DATA_DIR=str(settings.data_dir),
-        PREFS_LOG_LEVEL="WARNING",
-    )
-    process = await asyncio.create_subprocess_exec(
-        str(PREFS), *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    output, _ = await asyncio.wait_for(process.communicate(), timeout=120)
-    assert process.returncode is not None
-    return process.returncode, output.decode()
 
 
 def assert_refused(response, *statuses: int) -> None:

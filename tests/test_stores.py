@@ -20,6 +20,7 @@ from prefs.reorders import service as reorders
 from prefs.reorders.schemas import ReorderCreate
 from prefs.stores import service as stores
 from tests.support.customer import CHINOS, bearer, grant, keep
+from tests.support.operator import prefs_command
 from tests.support.partner import access_log, my_reorders, partner_key, pull, reorder, set_status
 from tests.support.stores import drain, fresh_store, in_directory, move, queue
 from tests.support.till import till_key
@@ -556,3 +557,50 @@ async def test_a_change_held_in_an_open_transaction_is_not_skipped_by_a_later_on
     assert sorted((c["id"], c["state"]) for c in changes) == sorted(
         [(first["id"], "accepted"), (later["id"], "requested")]
     )
+
+
+async def test_the_operator_adds_lists_renames_and_closes_stores_from_the_command_line(
+    client, conn, database, settings, new_customer
+):
+    store = fresh_store()
+
+    async def prefs(*args: str) -> tuple[int, str]:
+        return await prefs_command(database, settings, "stores", *args)
+
+    code, out = await prefs("add", store, "--name", "Oxford Street", "--address", "214 Oxford St")
+    assert code == 0, out
+    assert f"added {store}" in out and "Oxford Street  214 Oxford St" in out
+    code, out = await prefs("add", store, "--name", "Again")
+    assert code == 1 and f"Store {store} is already in the directory." in out
+    assert "Traceback" not in out
+    code, out = await prefs("add", "bad id", "--name", "X")
+    assert code == 1 and "a store id is 1 to 64" in out
+
+    code, out = await prefs_command(
+        database, settings, "credentials", "create", "--kind", "pos", "--name", "Till 1",
+        "--store", fresh_store(),
+    )  # fmt: skip
+    assert code == 1 and "No store" in out and "prefs stores add" in out
+    code, out = await prefs_command(
+        database, settings, "credentials", "create", "--kind", "pos", "--name", "Till 1",
+        "--store", store,
+    )  # fmt: skip
+    assert code == 0, out
+
+    code, out = await prefs("rename", store, "--name", "Oxford Circus")
+    assert code == 0 and "Oxford Circus  214 Oxford St" in out
+    code, out = await prefs("rename", store, "--name", "Oxford Circus", "--address", "")
+    assert code == 0 and out.rstrip().endswith("Oxford Circus")
+    code, out = await prefs("rename", fresh_store(), "--name", "Nowhere")
+    assert code == 1 and "No store" in out
+
+    customer = await new_customer()
+    await placed(client, customer, await keep(client, customer, CHINOS), store)
+    code, out = await prefs("close", store)
+    assert code == 0, out
+    assert "1 reorder still to finish there" in out
+    assert "1 till key still live" in out and "prefs credentials revoke" in out
+    code, out = await prefs("list")
+    assert code == 0
+    [line] = [row for row in out.splitlines() if row.startswith(store)]
+    assert "closed" in line and "Oxford Circus" in line

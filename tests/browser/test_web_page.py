@@ -308,13 +308,50 @@ def move_the_chinos_to_the_top_by_keyboard(
     look_at(page, "preferences")
 
 
-def reorder_the_chinos(page: Any, *, source: str, quantity: int) -> None:
+A_STORE = "A store (I collect it there)"
+
+
+def reorder_the_chinos(
+    page: Any, *, source: str, quantity: int, store: tuple[str, str] | None = None
+) -> None:
+    """Reorder from ``source``; from a store, find it by ``store`` = (words typed, its name)."""
     page.get_by_role("button", name="Reorder Classic Chino").click()
     form = page.get_by_role("form", name="Reorder Classic Chino")
     form.get_by_label("From").select_option(label=source)
     form.get_by_label("How many").fill(str(quantity))
+    if store is not None:
+        words, name = store
+        form.get_by_role("button", name="Place reorder").click()  # no store chosen yet
+        expect(page.locator("#alert")).to_contain_text("Choose the store you will collect it from.")
+        form.get_by_label("Find a store").fill(words)
+        form.get_by_role("radio", name=re.compile(name)).check()
     form.get_by_role("button", name="Place reorder").click()
     expect(status(page)).to_contain_text(f"Reorder placed: {quantity} {TIMES} Classic Chino from")
+
+
+def store_queue(service: Service) -> list[dict[str, Any]]:
+    """Everything in the demo till's store queue, as the till reads it."""
+    items: list[dict[str, Any]] = []
+    after = None
+    while True:
+        page = httpx.get(
+            f"{service.url}/v1/pos/reorders",
+            headers=bearer(service.till_key),
+            params={"after": after} if after else {},
+        ).json()
+        items += page["items"]
+        if not page["items"]:
+            return items
+        after = page["next"]
+
+
+def store_moves(service: Service, reorder_id: str, state: str) -> None:
+    response = httpx.post(
+        f"{service.url}/v1/pos/reorders/{reorder_id}/status",
+        headers=bearer(service.till_key),
+        json={"state": state},
+    )
+    assert response.status_code == 200, response.text
 
 
 def share(page: Any, audience: str, title: str) -> Any:
@@ -343,11 +380,12 @@ def test_a_customer_keeps_shares_reorders_and_erases_their_locker(
     an_edit_elsewhere_is_not_overwritten(page, service, token, chinos)
     move_the_chinos_to_the_top_by_keyboard(page, service, token, chinos)
 
-    # Reorder from the store, then think better of it.
-    reorder_the_chinos(page, source="The store", quantity=2)
+    # Reorder from a store found by its street, then think better of it.
+    reorder_the_chinos(page, source=A_STORE, quantity=2, store=("king street", "Covent Garden"))
     go_to(page, "Reorders")
     store_order = page.locator("#reorder-list > li").filter(has_text=f"2 {TIMES} Classic Chino")
     expect(store_order).to_contain_text("Requested")
+    expect(store_order).to_contain_text("From Covent Garden")
     page.get_by_role("button", name=f"Cancel this reorder of 2 {TIMES} Classic Chino").click()
     page.get_by_role("dialog").get_by_role("button", name="Cancel the reorder").click()
     expect(status(page)).to_contain_text("The reorder of Classic Chino is cancelled.")
@@ -367,7 +405,28 @@ def test_a_customer_keeps_shares_reorders_and_erases_their_locker(
     go_to(page, "Reorders")
     tailored = page.locator("#reorder-list > li").filter(has_text=f"1 {TIMES} Classic Chino")
     expect(tailored).to_contain_text("From Stitch & Co. tailors")
+
+    # Reorder from the demo till's own store: the store accepts it and has it ready to collect.
+    go_to(page, "My preferences")
+    reorder_the_chinos(page, source=A_STORE, quantity=3, store=("oxford", "Oxford Street"))
+    [queued] = [r for r in store_queue(service) if r["quantity"] == 3]
+    assert (queued["state"], queued["item"]["product"]["name"]) == ("requested", "Classic Chino")
+    go_to(page, "Reorders")
+    collect = page.locator("#reorder-list > li").filter(has_text=f"3 {TIMES} Classic Chino")
+    expect(collect).to_contain_text("Requested")
+    store_moves(service, queued["id"], "accepted")
+    go_to(page, "My preferences")
+    go_to(page, "Reorders")
+    expect(collect).to_contain_text("Accepted")
+    expect(collect.get_by_role("button", name=re.compile("Cancel this reorder"))).to_have_count(0)
+    store_moves(service, queued["id"], "ready")
+    go_to(page, "My preferences")
+    go_to(page, "Reorders")
+    number = queued["id"][:8].upper()
+    expect(collect).to_contain_text("Ready to collect")
+    expect(collect).to_contain_text(f"show order number {number} at the till")
     look_at(page, "reorders")
+    store_moves(service, queued["id"], "collected")
 
     # Let tills see the preferences: the card now finds them.
     go_to(page, "Sharing")

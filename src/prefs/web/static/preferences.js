@@ -496,8 +496,10 @@ function openReorder(preference, panel) {
   const allowed = partners.filter((p) => partnerSees(p.id, preference));
   const others = partners.filter((p) => !partnerSees(p.id, preference));
   const from = h("select", { id: `${prefix}-from` },
-    h("option", { value: "store" }, "The store"),
+    h("option", { value: "store" }, "A store (I collect it there)"),
     allowed.map((p) => h("option", { value: `partner:${p.id}` }, p.name)));
+  const stores = storePicker(prefix);
+  from.addEventListener("change", () => { stores.element.hidden = from.value !== "store"; });
   const quantity = h("input", { type: "number", id: `${prefix}-quantity`, min: 1, max: 99, value: "1", inputmode: "numeric" });
   const place = h("button", { type: "submit" }, "Place reorder");
   const cancel = h("button", { type: "button", class: "button-quiet" }, "Cancel");
@@ -508,11 +510,12 @@ function openReorder(preference, panel) {
   const form = h("form", { class: "card reorder-form", novalidate: true, "aria-label": `Reorder ${preference.product.name}` },
     h("h2", null, `Reorder ${preference.product.name}`),
     preference.status === "discontinued"
-      ? h("p", { class: "hint" }, "It is discontinued, but you can still ask for it: the store or a partner may make or find it again.")
+      ? h("p", { class: "hint" }, "It is discontinued, but you can still ask for it: a store or a partner may make or find it again.")
       : null,
     h("div", { class: "grid grid-2" },
       h("div", { class: "field" }, h("label", { for: `${prefix}-from` }, "From"), from),
       h("div", { class: "field" }, h("label", { for: `${prefix}-quantity` }, "How many"), quantity)),
+    stores.element,
     others.length
       ? h("p", { class: "hint" }, `${others.map((p) => p.name).join(", ")} could make it too, once you let them see it under `,
         h("a", { href: "#sharing" }, "Sharing"), ".")
@@ -521,14 +524,19 @@ function openReorder(preference, panel) {
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const count = Number(quantity.value);
+    const problems = [];
     if (!Number.isInteger(count) || count < 1 || count > 99) {
-      warn("Please correct the form:", ["Choose how many, from 1 to 99."]);
+      problems.push("Choose how many, from 1 to 99.");
       quantity.setAttribute("aria-invalid", "true");
-      quantity.focus();
+    } else quantity.removeAttribute("aria-invalid");
+    const store = from.value === "store" ? stores.chosen() : null;
+    if (from.value === "store" && !store) problems.push("Choose the store you will collect it from.");
+    if (problems.length) {
+      warn("Please correct the form:", problems);
+      (quantity.getAttribute("aria-invalid") ? quantity : stores.focusTarget()).focus();
       return;
     }
-    quantity.removeAttribute("aria-invalid");
-    const body = { quantity: count, fulfiller: from.value };
+    const body = { quantity: count, fulfiller: store ? `store:${store.id}` : from.value };
     // The same key again only when retrying the very same request after the connection failed.
     if (sentBody !== null && JSON.stringify(sentBody) !== JSON.stringify(body)) key = api.idempotencyKey();
     sentBody = body;
@@ -540,7 +548,7 @@ function openReorder(preference, panel) {
         warnAbout(error, "Reorder not placed");
         return;
       }
-      const who = from.value === "store" ? "the store" : from.selectedOptions[0].textContent;
+      const who = store ? store.name : from.selectedOptions[0].textContent;
       panel.replaceChildren(h("p", { class: "message message-status" },
         `Reorder placed: ${count} × ${preference.product.name} from ${who}. Follow it under `,
         h("a", { href: "#reorders" }, "Reorders"), "."));
@@ -550,4 +558,57 @@ function openReorder(preference, panel) {
   });
   fill(panel, form);
   from.focus();
+}
+
+/** The store to collect from: the open stores of the directory, searchable by name, address
+ * or number; a few at a time, as radio buttons. */
+function storePicker(prefix) {
+  const id = `${prefix}-store`;
+  const input = h("input", { type: "search", id: `${id}-find`, autocomplete: "off", maxlength: 100,
+    "aria-describedby": `${id}-status` });
+  const status = h("p", { class: "hint", id: `${id}-status`, role: "status" });
+  const choices = h("div", { class: "store-choices", id: `${id}-choices` });
+  const shown = new Map();
+  let chosenId = null;
+  let timer = null;
+  let asked = 0;
+  const search = async () => {
+    const words = input.value.trim();
+    const mine = ++asked;
+    let page;
+    try {
+      page = await api.get(`/v1/stores?limit=8${words ? `&q=${encodeURIComponent(words)}` : ""}`);
+    } catch (error) {
+      if (mine === asked) status.textContent = "The stores cannot be listed right now; try again in a moment.";
+      return;
+    }
+    if (mine !== asked) return; // a later search has been sent
+    status.textContent = page.items.length
+      ? (page.next ? "Type a town, street or store name to find others." : "")
+      : (words ? `No open store matches “${words}”.` : "There are no stores to collect from yet.");
+    for (const store of page.items) shown.set(store.id, store);
+    fill(choices, page.items.map((store) => {
+      const radio = h("input", { type: "radio", name: id, id: `${id}-${store.id}`, value: store.id,
+        checked: store.id === chosenId });
+      radio.addEventListener("change", () => { chosenId = store.id; });
+      return h("div", { class: "check" }, radio,
+        h("label", { for: `${id}-${store.id}` }, store.name,
+          store.address ? h("span", { class: "meta" }, ` — ${store.address}`) : null));
+    }));
+  };
+  input.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(search, 250); });
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") { event.preventDefault(); clearTimeout(timer); search(); }
+  });
+  search();
+  const element = h("fieldset", { class: "store-picker" },
+    h("legend", null, "Which store"),
+    h("div", { class: "field" }, h("label", { for: `${id}-find` }, "Find a store"), input),
+    status,
+    choices);
+  return {
+    element,
+    chosen: () => (chosenId ? shown.get(chosenId) : null),
+    focusTarget: () => choices.querySelector("input") || input,
+  };
 }

@@ -4,6 +4,9 @@ import * as api from "./api.js";
 import { announce, busy, clearMessages, confirmAction, fill, h, hidden, warnAbout } from "./elements.js";
 import { REORDER_STATES, friendlyTime } from "./words.js";
 
+/** The short number a customer shows at the store (the till's queue shows the same). */
+export const orderNumber = (reorder) => reorder.id.slice(0, 8).toUpperCase();
+
 export async function show(root) {
   const [page, preferences, partners] = await Promise.all([
     api.get("/v1/me/reorders?limit=100"),
@@ -17,7 +20,8 @@ export async function show(root) {
     h("div", { class: "view-head" }, h("h1", { id: "reorders-heading", tabindex: "-1" }, "Reorders")),
     h("p", { class: "lead" }, "Things you asked for again. Start a reorder from a preference under ",
       h("a", { href: "#preferences" }, "My preferences"), ". You can cancel one until it is accepted. ",
-      "A partner's proposal waits for you: nothing is made until you confirm it."),
+      "A partner's proposal waits for you: nothing is made until you confirm it. ",
+      "When a store has your reorder ready, show its order number there to collect it."),
     list);
 
   function nameOf(reorder) {
@@ -25,8 +29,25 @@ export async function show(root) {
   }
 
   function whoFrom(reorder) {
-    if (reorder.fulfiller === "store") return "the store";
+    if (reorder.store) return reorder.store.closed ? `${reorder.store.name} (now closed)` : reorder.store.name;
+    if (reorder.fulfiller === "store") return "no store named";
     return partnerNames.get(reorder.fulfiller) || "a partner";
+  }
+
+  function storeLines(reorder) {
+    if (reorder.fulfiller === "store") {
+      // placed before reorders named their store: no store could see it
+      return [h("p", { class: "hint" }, "This reorder named no store, so no store could see it. ",
+        "To have it made or found, reorder it from a store under ", h("a", { href: "#preferences" }, "My preferences"), ".")];
+    }
+    if (!reorder.store) return [];
+    const lines = [h("p", { class: "meta" }, `Order number ${orderNumber(reorder)}`,
+      reorder.store.address ? ` · ${reorder.store.address}` : "")];
+    if (reorder.state === "ready") {
+      lines.push(h("p", { class: "message message-status" },
+        `Ready to collect at ${reorder.store.name}: show order number ${orderNumber(reorder)} at the till.`));
+    }
+    return lines;
   }
 
   function draw(items) {
@@ -40,6 +61,7 @@ export async function show(root) {
         h("h2", null, `${reorder.quantity} × ${name}`),
         h("p", null, h("span", { class: `badge badge-${reorder.state}` }, REORDER_STATES[reorder.state] || reorder.state)),
         h("p", { class: "meta" }, `From ${whoFrom(reorder)}${reorder.origin === "partner" ? ", placed by the partner for you" : ""}.`),
+        ...storeLines(reorder),
         h("time", { datetime: reorder.created_at }, `Asked ${friendlyTime(reorder.created_at)}`));
       if (reorder.state === "proposed") {
         card.append(h("div", { class: "actions" }, ...answerButtons(reorder, name)));

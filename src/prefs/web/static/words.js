@@ -72,6 +72,8 @@ export const REORDER_STATES = {
   proposed: "Proposed — waiting for your answer",
   requested: "Requested — waiting to be accepted",
   accepted: "Accepted — being prepared",
+  ready: "Ready to collect",
+  collected: "Collected",
   fulfilled: "Fulfilled",
   declined: "Declined",
   cancelled: "Cancelled",
