@@ -1,5 +1,6 @@
-"""Load test: the till lookup dominates (card, and checkout code); self-service, partner systems
-and customers reordering through a partner mixed in.
+"""Load test: the till lookup dominates (card, and checkout code); self-service, partner systems,
+customers reordering through a partner or from a store, and store staff working their store's
+queue mixed in.
 
     uv run locust -f loadtests/locustfile.py --headless -u 40 -r 10 -t 2m \
         --host http://127.0.0.1:8000 --seed-file loadtests/results/seed.json \
@@ -111,8 +112,9 @@ class MissBudget:
 
 
 class Claims:
-    """Which PartnerUser moves which reorder on: the first to see it in its feed, so users
-    sharing a partner key never race each other's status changes."""
+    """Which user moves which reorder on: the first PartnerUser to see it in its feed (or
+    StoreStaffUser to see it in a state in its queue), so users sharing a partner or a store
+    never race each other's status changes."""
 
     def __init__(self) -> None:
         self.owned: set[str] = set()
@@ -152,6 +154,8 @@ def _load_seed(environment: Environment, **_: Any) -> None:
         subjects
     )  # a customer user keeps one subject to itself
     SEEDED["claims"] = Claims()
+    SEEDED["stores"] = sorted({till["store"] for till in SEEDED["tills"]})
+    SEEDED["placed_at"] = {}  # reorder id → the store a StoreShopperUser placed it at
     SEEDED["partners"] = SEEDED.get("partners") or []
     SEEDED["next_partner"] = itertools.cycle(SEEDED["partners"])  # users take partners in turn
     SEEDED["partner_grants"] = SEEDED.get("sample", {}).get("partner_grants") or []
@@ -766,6 +770,170 @@ class PartnerUser(HttpUser):
                 return
             response.success()
             self.last = (key, body, made)
+
+
+STORE_TO_DO = ("requested", "accepted", "ready")  # a store sees the item while it has these to do
+STORE_NEXT = {"requested": "accepted", "accepted": "ready", "ready": "collected"}
+
+
+class StoreShopperUser(HttpUser):
+    """A customer reordering a preference from one of the seeded stores, to collect it there;
+    now and then cancelling it again (refused once the store accepted it)."""
+
+    weight = 1
+
+    def wait_time(self) -> float:  # type: ignore[override]
+        return random.uniform(0, self.environment.parsed_options.think_time * 2)
+
+    @task(4)
+    def reorder_from_a_store(self) -> None:
+        run, index = random_customer()
+        headers = bearer(SEEDED["issuer"].mint(subject_of(run, index)))
+        with self.client.get(
+            "/v1/me/preferences", headers=headers, name="customer: list preferences",
+            catch_response=True,
+        ) as response:  # fmt: skip
+            listing = expect(response, 200)
+            if listing is None:
+                return
+            response.success()
+        choices = reorderable(listing["items"])
+        if not choices:
+            return
+        store = random.choice(SEEDED["stores"])
+        body = {"quantity": random.randint(1, 3), "fulfiller": f"store:{store}"}
+        with self.client.post(
+            f"/v1/me/preferences/{random.choice(choices)}/reorders",
+            json=body,
+            headers={**headers, "Idempotency-Key": str(uuid4())},
+            name="customer: reorder from a store",
+            catch_response=True,
+        ) as response:
+            made = expect(response, 201)
+            if made is None:
+                return
+            if (
+                made["fulfiller"] != body["fulfiller"]
+                or (made.get("store") or {}).get("id") != store
+                or made["state"] != "requested"
+                or not made["item"]
+            ):
+                response.failure(f"unexpected reorder: {response.text[:200]}")
+                return
+            response.success()
+        SEEDED["placed_at"][made["id"]] = store
+        if random.random() < 0.2:
+            with self.client.post(
+                f"/v1/me/reorders/{made['id']}/cancel",
+                headers=headers,
+                name="customer: cancel store reorder",
+                catch_response=True,
+            ) as response:
+                if response.status_code == 409 and "can no longer be cancelled" in response.text:
+                    response.success()  # the store accepted it first: one of the two wins
+                    return
+                cancelled = expect(response, 200)
+                if cancelled is not None and cancelled["state"] != "cancelled":
+                    response.failure(f"not cancelled: {response.text[:200]}")
+                elif cancelled is not None:
+                    response.success()
+
+
+class StoreStaffUser(Till):
+    """Store staff at a till draining their store's queue with its cursor: accepting what
+    customers asked for, marking it ready, handing it over (some declined); checking that only
+    their store's reorders arrive, each change once, with the item exactly while there is work."""
+
+    weight = 1
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.cursor: str | None = None
+        self.seen: set[tuple[str, str]] = set()
+        self.work: deque[tuple[str, str]] = deque()
+
+    @task(3)
+    def poll_queue(self) -> None:
+        params = {"limit": "50"} if self.cursor is None else {"limit": "50", "after": self.cursor}
+        with self.client.get(
+            "/v1/pos/reorders", params=params, headers=self.headers,
+            name="store: poll queue", catch_response=True,
+        ) as response:  # fmt: skip
+            page = expect(response, 200)
+            if page is None:
+                return
+            problems = []
+            for item in page["items"]:
+                change = (item["id"], item["state"])
+                placed_at = SEEDED["placed_at"].get(item["id"], self.store)
+                if placed_at != self.store:
+                    problems.append(
+                        f"store {placed_at}'s reorder {item['id']} in {self.store}'s queue"
+                    )
+                if change in self.seen:
+                    problems.append(f"the queue showed {change} again")
+                if (item["state"] in STORE_TO_DO) != (item["item"] is not None):
+                    problems.append(
+                        f"{item['state']} reorder {item['id']} with item {item['item']}"
+                    )
+                self.seen.add(change)
+                if item["state"] in STORE_NEXT and SEEDED["claims"].take(
+                    f"{item['id']}:{item['state']}"
+                ):
+                    self.work.append(change)
+            self.cursor = page["next"] or self.cursor
+            if not page["next"]:
+                problems.append("the queue answered without a cursor")
+            if problems:
+                response.failure("; ".join(problems[:3]))
+            else:
+                response.success()
+
+    @task(4)
+    def move_reorder(self) -> None:
+        if not self.work:
+            self.poll_queue()
+            return
+        reorder_id, state = self.work.popleft()
+        target = "declined" if random.random() < 0.05 else STORE_NEXT[state]
+        with self.client.post(
+            f"/v1/pos/reorders/{reorder_id}/status", json={"state": target}, headers=self.headers,
+            name="store: set reorder status", catch_response=True,
+        ) as response:  # fmt: skip
+            if response.status_code == 409 and "A cancelled reorder" in response.text:
+                response.success()  # the customer cancelled it first
+                return
+            moved = expect(response, 200)
+            if moved is None:
+                return
+            if moved["id"] != reorder_id or moved["state"] != target or moved["item"] is not None:
+                response.failure(f"unexpected status answer: {response.text[:200]}")
+                return
+            response.success()
+        if random.random() < 0.1:  # the till retries: the same state is a no-op
+            with self.client.post(
+                f"/v1/pos/reorders/{reorder_id}/status", json={"state": target},
+                headers=self.headers, name="store: repeat reorder status (no-op)",
+                catch_response=True,
+            ) as response:  # fmt: skip
+                again = expect(response, 200)
+                if again is not None and again["state"] == target:
+                    response.success()
+                elif again is not None:
+                    response.failure(f"a repeat changed the state: {response.text[:200]}")
+
+    @task(1)
+    def move_another_stores_reorder(self) -> None:
+        theirs = [i for i, store in list(SEEDED["placed_at"].items())[-200:] if store != self.store]
+        if not theirs:
+            return
+        with self.client.post(
+            f"/v1/pos/reorders/{random.choice(theirs)}/status", json={"state": "accepted"},
+            headers=self.headers, name="store: move another store's reorder (404)",
+            catch_response=True,
+        ) as response:  # fmt: skip
+            if expect(response, 404) is not None:
+                response.success()
 
 
 @events.quitting.add_listener
