@@ -83,6 +83,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/health/ready"): everyone(),
     ("GET", "/metrics"): everyone(),
     ("GET", "/"): everyone(),
+    ("GET", "/store"): everyone(),  # store staff's page: its calls need a till key
     ("GET", "/static/{file_path:path}"): everyone(),
     ("POST", "/dev/demo-session"): everyone(),  # development only (see the production test)
     # the customer's own data: customers only, and only their own

@@ -69,7 +69,7 @@ def test_the_page_and_its_assets_carry_a_strict_content_security_policy(service:
     assert " style=" not in html, "inline style in the page"
     assert not re.search(r"\son[a-z]+=", html), "inline event handler in the page"
     assert not re.search(r"(src|href)=\"(https?:)?//", html), "the page names another origin"
-    for path in ("/", "/static/app.js", "/static/app.css", "/static/qr.js"):
+    for path in ("/", "/store", "/static/app.js", "/static/app.css", "/static/qr.js"):
         response = httpx.get(f"{service.url}{path}")
         assert response.status_code == 200, path
         assert response.headers["content-security-policy"] == CSP, path
@@ -693,4 +693,58 @@ def test_tills_add_what_the_customer_buys_and_adding_by_hand_finds_the_catalogue
     expect(status(page)).to_contain_text("Your checkout code is ended.")
     go_to(page, "My preferences")
     expect(preference_card(page, "Merino Scarf")).to_contain_text("Added by a till")
+    watch.assert_clean(service)
+
+
+def test_store_staff_work_their_stores_queue_on_their_page(
+    service: Service,
+    browser_page: tuple[Any, Watch],
+) -> None:
+    page, watch = browser_page
+    # A customer (the demo one, through the API) asks the demo till's store for a scarf.
+    token = httpx.post(f"{service.url}/dev/demo-session").json()["token"]
+    mine = httpx.get(f"{service.url}/v1/me/preferences", headers=bearer(token)).json()["items"]
+    wanted = mine[0]
+    placed = httpx.post(
+        f"{service.url}/v1/me/preferences/{wanted['id']}/reorders",
+        headers={**bearer(token), "Idempotency-Key": str(uuid.uuid4())},
+        json={"quantity": 4, "fulfiller": "store:0001"},
+    )
+    assert placed.status_code == 201, placed.text
+    number = placed.json()["id"][:8].upper()
+
+    page.goto(f"{service.url}/store")
+    expect(page.get_by_role("heading", level=1, name="Store reorders")).to_be_visible()
+    page.get_by_label("Till key").fill("not-a-key")
+    page.get_by_role("button", name="Open the queue").click()
+    expect(page.locator("#alert")).to_contain_text("That is not a till key")
+    page.get_by_label("Till key").fill("pos_" + "A" * 43)  # the shape, but no such key
+    page.get_by_role("button", name="Open the queue").click()
+    expect(page.locator("#alert")).to_contain_text("not accepted")
+    page.get_by_label("Till key").fill(service.till_key)
+    page.get_by_role("button", name="Open the queue").click()
+    expect(page.get_by_role("heading", level=1, name="Reorders for this store")).to_be_focused()
+    assert page.evaluate("sessionStorage.getItem('prefs.till-key')") == service.till_key
+
+    order = page.locator("#store-queue > li").filter(has_text=f"order {number}")
+    expect(order).to_contain_text(f"4 {TIMES} {wanted['product']['name']}")
+    expect(order).to_contain_text("New — accept it to start")
+    look_at(page, "store-queue")
+    for button, shown, state in (
+        ("Accept", "Accepted", "accepted"),
+        ("Ready to collect", "Ready — waiting for the customer", "ready"),
+    ):
+        order.get_by_role("button", name=f"{button} order {number}").click()
+        expect(status(page)).to_contain_text(f"Order {number}: {shown}")
+        expect(order).to_contain_text(shown)
+        seen = httpx.get(f"{service.url}/v1/me/reorders", headers=bearer(token)).json()["items"]
+        assert [r["state"] for r in seen if r["id"] == placed.json()["id"]] == [state]
+    order.get_by_role("button", name=f"Handed over order {number}").click()
+    expect(status(page)).to_contain_text(f"Order {number}: Collected")
+    expect(page.locator("#store-queue")).not_to_contain_text(f"order {number}")
+    seen = httpx.get(f"{service.url}/v1/me/reorders", headers=bearer(token)).json()["items"]
+    assert [r["state"] for r in seen if r["id"] == placed.json()["id"]] == ["collected"]
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_label("Till key")).to_be_visible()
+    assert page.evaluate("sessionStorage.getItem('prefs.till-key')") is None
     watch.assert_clean(service)

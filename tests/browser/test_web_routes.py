@@ -21,7 +21,7 @@ def paths(settings: Settings) -> set[str]:
 
 
 def test_development_offers_the_demo_sign_in_beside_the_page(development):
-    assert {"/", "/static/{file_path:path}", "/dev/demo-session"} <= paths(development)
+    assert {"/", "/store", "/static/{file_path:path}", "/dev/demo-session"} <= paths(development)
 
 
 def test_production_serves_the_page_without_the_demo_sign_in(development):
@@ -34,5 +34,7 @@ def test_production_serves_the_page_without_the_demo_sign_in(development):
 def test_neither_the_page_nor_the_demo_sign_in_is_in_the_api_schema(development):
     schema = create_app(development).openapi_schema.to_schema()
     assert not [
-        path for path in schema["paths"] if path == "/" or path.startswith(("/dev", "/static"))
+        path
+        for path in schema["paths"]
+        if path in ("/", "/store") or path.startswith(("/dev", "/static"))
     ]

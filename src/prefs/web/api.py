@@ -1,4 +1,5 @@
-"""HTTP for the web page and, in development only, the demo sign-in."""
+"""HTTP for the web page (the customer's at /, store staff's at /store) and, in development only,
+the demo sign-in."""
 
 from __future__ import annotations
 
@@ -71,11 +72,19 @@ def _page(demo_sign_in: bool) -> bytes:
 def route_handlers(settings: Settings) -> list[Any]:
     """The page's routes; development adds the demo sign-in."""
     page = _page(settings.dev_issuer)
+    store_page = (STATIC / "store.html").read_bytes()
 
     @get("/", include_in_schema=False, middleware=[security_headers], sync_to_thread=False)
     def index() -> Response[bytes]:
         """The self-service page (its script and styles come from /static)."""
         return Response(page, media_type=MediaType.HTML, headers={"cache-control": "no-cache"})
+
+    @get("/store", include_in_schema=False, middleware=[security_headers], sync_to_thread=False)
+    def store() -> Response[bytes]:
+        """Store staff's page: their store's queue of reorders, signed in with a till key."""
+        return Response(
+            store_page, media_type=MediaType.HTML, headers={"cache-control": "no-cache"}
+        )
 
     assets = create_static_files_router(
         path="/static",
@@ -85,7 +94,7 @@ def route_handlers(settings: Settings) -> list[Any]:
         middleware=[security_headers],
         resolve_symlinks=False,
     )
-    handlers: list[Any] = [index, assets]
+    handlers: list[Any] = [index, store, assets]
     if settings.dev_issuer:
         issuer = DevIssuer(settings.dev_issuer_key_path)
 
