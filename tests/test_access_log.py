@@ -11,15 +11,8 @@ import pytest
 
 from prefs import credentials
 from tests.support.customer import bearer, checkout_code, grant, withdraw
-from tests.support.till import (
-    disclosures,
-    fresh_card,
-    fresh_store,
-    look_up,
-    shopper,
-    till_key,
-    visits,
-)
+from tests.support.stores import fresh_store
+from tests.support.till import disclosures, fresh_card, look_up, shopper, till_key, visits
 
 
 async def log_of(client, customer, **params) -> dict:

@@ -20,7 +20,8 @@ from prefs.pos.schemas import LookupResult
 from prefs.pos.service import LOOKUP, LOOKUP_SERVER_SETTINGS, LookupBatcher, lookup
 from prefs.throttle import ThrottledTills
 from tests.support.customer import checkout_code, grant
-from tests.support.till import disclosures, fresh_card, fresh_store, shopper, till_key, visits
+from tests.support.stores import fresh_store
+from tests.support.till import disclosures, fresh_card, shopper, till_key, visits
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ from prefs.pos.schemas import LookupResult
 from prefs.pos.service import LOOKUP_SERVER_SETTINGS, LookupBatcher, lookup
 from prefs.throttle import ThrottledTills, count_misses
 from tests.support.customer import grant
-from tests.support.till import disclosures, fresh_card, fresh_store, shopper, till_key
+from tests.support.stores import fresh_store
+from tests.support.till import disclosures, fresh_card, shopper, till_key
 
 
 @pytest.fixture

@@ -11,15 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.customer import checkout_code, grant, withdraw
-from tests.support.till import (
-    NOT_FOUND_DETAIL,
-    disclosures,
-    fresh_card,
-    fresh_store,
-    look_up,
-    shopper,
-    till_key,
-)
+from tests.support.stores import fresh_store
+from tests.support.till import NOT_FOUND_DETAIL, disclosures, fresh_card, look_up, shopper, till_key
 
 
 def digits_from(zero: int) -> dict[int, int]:

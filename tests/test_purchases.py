@@ -18,7 +18,8 @@ import httpx
 from prefs.crypto import Vault, api_key_hash
 from prefs.settings import Settings
 from tests.support.customer import CHINOS, bearer, checkout_code, grant, keep, preferences_of
-from tests.support.till import NOT_FOUND_DETAIL, fresh_card, fresh_store, till_key, visits
+from tests.support.stores import fresh_store
+from tests.support.till import NOT_FOUND_DETAIL, fresh_card, till_key, visits
 from tests.test_privacy_at_rest import copy_block, encodings, pg_dump
 
 TODAY = datetime.now(UTC).date()
