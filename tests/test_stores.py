@@ -18,6 +18,7 @@ from prefs import credentials, db
 from prefs.errors import InvalidInput, NotFound
 from prefs.reorders import service as reorders
 from prefs.reorders.schemas import ReorderCreate
+from prefs.retention import service as retention
 from prefs.stores import service as stores
 from tests.support.customer import CHINOS, bearer, grant, keep
 from tests.support.operator import prefs_command
@@ -36,9 +37,13 @@ async def store_with_till(conn: Any, name: str | None = None) -> tuple[str, str]
 
 
 async def placed(
-    client: Any, customer: Any, preference: dict[str, Any], store: str
+    client: Any, customer: Any, preference: dict[str, Any], store: str, **extra: Any
 ) -> dict[str, Any]:
-    response = await reorder(client, customer, preference["id"], f"store:{store}")
+    response = await client.post(
+        f"/v1/me/preferences/{preference['id']}/reorders",
+        headers={**customer.headers, "Idempotency-Key": str(uuid.uuid4())},
+        json={"quantity": 1, "fulfiller": f"store:{store}", **extra},
+    )
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
@@ -170,7 +175,7 @@ async def test_a_reorder_names_an_open_store_of_the_directory(client, conn, new_
     body = made.json()
     assert body["fulfiller"] == f"store:{store}"
     assert body["store"] == {"id": store, "name": "Covent Garden", "address": None, "closed": False}
-    assert body["fields"] == ["product", "attributes", "note"]
+    assert body["fields"] == ["product", "attributes"]  # the note only if the customer adds it
 
     await stores.close(conn, store)
     closed = await reorder(client, customer, chinos["id"], f"store:{store}")
@@ -189,7 +194,7 @@ async def test_the_whole_store_reorder_from_request_to_collection(client, conn, 
     customer = await new_customer()
     chinos = await keep(client, customer, CHINOS)
     store, key = await store_with_till(conn, name="Oxford Street")
-    made = await placed(client, customer, chinos, store)
+    made = await placed(client, customer, chinos, store, fields=["note", "product", "attributes"])
 
     items, cursor = await drain(client, key)
     assert [(i["id"], i["state"]) for i in items] == [(made["id"], "requested")]
@@ -220,6 +225,7 @@ async def test_the_whole_store_reorder_from_request_to_collection(client, conn, 
 
     # every reading with the snapshot is in the customer's access log, in words
     reads = [e for e in await access_log(client, customer) if e["who"]["kind"] == "pos"]
+    assert made["fields"] == ["product", "attributes", "note"]  # the customer added their note
     assert len(reads) == 2
     for entry in reads:
         assert entry["who"]["store"] == store
@@ -285,11 +291,11 @@ PATHS = {  # how a reorder reaches each state from requested
 
 
 async def test_every_transition_rule_and_repeats_are_no_ops(client, conn, new_customer):
-    customer = await new_customer()
-    chinos = await keep(client, customer, CHINOS)
     store, key = await store_with_till(conn)
     wrong = []
     for start in STATES:
+        customer = await new_customer()  # a few waiting each: under the limit per customer
+        chinos = await keep(client, customer, CHINOS)
         for target in ("accepted", "ready", "collected", "declined"):
             made = await placed(client, customer, chinos, store)
             if start == "cancelled":
@@ -382,6 +388,7 @@ async def test_erasure_while_a_store_works_a_reorder_leaves_it_cancelled_and_unr
     assert sorted((c["id"], c["state"], c["item"]) for c in changes) == sorted(
         [(accepted["id"], "cancelled", None), (waiting["id"], "cancelled", None)]
     )
+    assert CHINOS["note"] not in str(changes)
     rows = await conn.fetch(
         "SELECT state, snapshot_ct FROM reorders WHERE reorder_id = ANY($1::uuid[])",
         [uuid.UUID(accepted["id"]), uuid.UUID(waiting["id"])],
@@ -424,7 +431,7 @@ async def test_a_polling_till_sees_every_committed_change_once_and_ends_at_each_
     till = await credentials.verify(conn, "pos", key)
     assert till is not None
     shoppers = []
-    for _ in range(3):
+    for _ in range(12):  # store reorders waiting per customer are limited
         customer = await new_customer()
         shoppers.append((customer, await keep(client, customer, CHINOS)))
     data = ReorderCreate(quantity=1, fulfiller=f"store:{store}")
@@ -604,3 +611,88 @@ async def test_the_operator_adds_lists_renames_and_closes_stores_from_the_comman
     assert code == 0
     [line] = [row for row in out.splitlines() if row.startswith(store)]
     assert "closed" in line and "Oxford Circus" in line
+
+
+async def test_the_store_sees_the_product_and_sizes_and_the_note_only_when_the_customer_adds_it(
+    client, conn, new_customer
+):
+    customer = await new_customer()
+    chinos = await keep(client, customer, CHINOS)
+    store, key = await store_with_till(conn)
+    plain = await placed(client, customer, chinos, store)
+    with_note = await placed(client, customer, chinos, store, fields=["product", "note"])
+    items = {i["id"]: i for i in (await drain(client, key))[0]}
+    assert items[plain["id"]]["item"] == {
+        "product": CHINOS["product"],
+        "attributes": CHINOS["attributes"],
+    }
+    assert items[with_note["id"]]["fields"] == ["product", "note"]
+    assert items[with_note["id"]]["item"] == {"product": CHINOS["product"], "note": CHINOS["note"]}
+
+    no_product = await client.post(
+        f"/v1/me/preferences/{chinos['id']}/reorders",
+        headers={**customer.headers, "Idempotency-Key": str(uuid.uuid4())},
+        json={"quantity": 1, "fulfiller": f"store:{store}", "fields": ["note"]},
+    )
+    assert no_product.status_code == 400 and "include `product`" in no_product.text
+    partner, _ = await partner_key(conn)
+    await grant(client, customer, f"partner:{partner.partner_id}", ["product"])
+    through_partner = await client.post(
+        f"/v1/me/preferences/{chinos['id']}/reorders",
+        headers={**customer.headers, "Idempotency-Key": str(uuid.uuid4())},
+        json={"quantity": 1, "fulfiller": f"partner:{partner.partner_id}", "fields": ["product"]},
+    )
+    assert through_partner.status_code == 400
+    assert "your consent to it allows" in through_partner.json()["detail"]
+
+
+async def test_a_customer_may_have_only_so_many_store_reorders_waiting(client, conn, new_customer):
+    customer = await new_customer()
+    chinos = await keep(client, customer, CHINOS)
+    store, key = await store_with_till(conn)
+    made = [
+        await placed(client, customer, chinos, store) for _ in range(reorders.MAX_WAITING_AT_STORES)
+    ]
+    refused = await reorder(client, customer, chinos["id"], f"store:{store}")
+    assert refused.status_code == 409, refused.text
+    assert "store reorders waiting" in refused.json()["detail"]
+    assert (await move(client, key, made[0]["id"], "accepted")).status_code == 200
+    await placed(client, customer, chinos, store)  # one was accepted: room for another
+
+
+async def test_a_closed_store_can_be_reopened(client, conn, new_customer):
+    customer = await new_customer()
+    chinos = await keep(client, customer, CHINOS)
+    store = await in_directory(conn)
+    await stores.close(conn, store)
+    assert (await reorder(client, customer, chinos["id"], f"store:{store}")).status_code == 404
+    reopened = await stores.reopen(conn, store)
+    assert reopened.closed_at is None
+    await placed(client, customer, chinos, store)
+    with pytest.raises(NotFound):
+        await stores.reopen(conn, fresh_store())
+
+
+async def test_what_erasure_left_of_store_reorders_is_purged_once_the_store_had_time_to_see_it(
+    client, conn, new_customer, vault, settings
+):
+    customer = await new_customer()
+    chinos = await keep(client, customer, CHINOS)
+    store, _ = await store_with_till(conn)
+    made = await placed(client, customer, chinos, store)
+    assert (await client.delete("/v1/me", headers=customer.headers)).status_code == 204
+    kept = "SELECT count(*) FROM reorders WHERE reorder_id = $1"
+    assert await conn.fetchval(kept, uuid.UUID(made["id"])) == 1
+    await retention.purge(conn, vault, settings.controller, settings.access_log_retention_days)
+    assert await conn.fetchval(kept, uuid.UUID(made["id"])) == 1  # the store may not have read it
+
+    await conn.execute(
+        "UPDATE reorders SET updated_at = now() - make_interval(days => $2) WHERE reorder_id = $1",
+        uuid.UUID(made["id"]),
+        retention.ERASED_REORDERS_DAYS + 1,
+    )
+    purged = await retention.purge(
+        conn, vault, settings.controller, settings.access_log_retention_days
+    )
+    assert purged is not None and purged["erased_reorders"] >= 1
+    assert await conn.fetchval(kept, uuid.UUID(made["id"])) == 0

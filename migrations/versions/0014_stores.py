@@ -2,26 +2,38 @@
 of reorders.
 
 `stores` is the retailer's directory (nothing personal; a reference table on a cluster). Every
-store a till key already names comes into it (named "Store <id>" until `prefs stores rename`),
-and from now on a till key names a store of the directory (foreign key).
+store a till key already names comes into it, named "Store <id>" until `prefs stores rename`;
+a store whose every till key was revoked comes in closed (a store long gone). A store id the
+previous release took but the directory's rule refuses (empty, longer than 64 characters, or
+other than letters, digits, '.', '_' and '-') gets a new id, `legacy-<12 hex digits>`, on its
+till keys too, and keeps the old text in its name. From now on a till key names a store of the
+directory (foreign key).
 
 A reorder addressed to a store names it (`fulfiller` `store:<id>`, `store_id`). The store's tills
 read their queue in the order of `queue_xid`: the id of the transaction that last changed the
-reorder (created it, addressed it, moved it, or closed it on erasure), kept by a trigger so no writer can
-forget it. The queue shows only changes older than every transaction still running
+reorder (created it, addressed it, moved it on, cancelled it), kept by a trigger so that no
+writer can forget it. The queue shows only changes older than every transaction still running
 (pg_snapshot_xmin), as the partner feed does, so a change that commits late never lands behind
-a cursor already handed out.
+a cursor already handed out. A second trigger keeps the store's work from vanishing: deleting a
+store reorder that is still requested, accepted or ready leaves it cancelled, without its
+snapshot, so the store's queue shows it end (an erasure by the previous release deletes such
+rows; this release cancels them itself).
 
 Reorders placed before this revision with a bare `store` fulfiller reached nobody: no store
-system could see them. Where the directory holds exactly one store, a waiting one is addressed
-to that store (the only store the customer can have meant) and enters its queue. With several
-stores there is no honest guess: a waiting one is cancelled, keeps its bare `store` fulfiller,
-and the page tells the customer it named no store and can be placed again from a store.
+system could see them. Where the directory holds exactly one open store, a waiting (or
+accepted) one is addressed to that store, the only one the customer can have meant, and enters
+its queue. Otherwise there is no honest guess: it is cancelled, keeps its bare `store`
+fulfiller, and the page tells the customer it named no store and can be placed again.
 
 The previous release runs on this schema (the new columns are nullable, bare `store` stays
-valid for rows it writes), but its reorders "from the store" go into the same void as before,
-and a till key it creates for a store outside the directory is refused. Finish the rollout
-before telling customers about store reorders.
+valid for rows it writes), but reorders "from the store" placed through it during the rollout
+go into the same void as before (the rule above ran once, at the upgrade), and a till key it
+creates for a store outside the directory is refused. Finish the rollout before offering store
+reorders.
+
+Downgrading forgets which store each reorder names, and the directory: store reorders become
+bare `store` ones (ready as accepted, collected as fulfilled), and upgrading again applies the
+rule above to them. Keep `prefs stores list` first.
 
 Revision ID: 0014
 Revises: 0013
@@ -34,9 +46,11 @@ down_revision = "0013"
 branch_labels = None
 depends_on = None
 
+STORE_ID = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # prefs.text.STORE_ID_TEXT
+
 
 def upgrade() -> None:
-    run_sql("""
+    run_sql(f"""
     CREATE TABLE stores (
         store_id    text PRIMARY KEY CHECK (length(store_id) BETWEEN 1 AND 64),
         name        text NOT NULL CHECK (length(name) BETWEEN 1 AND 100),
@@ -44,8 +58,23 @@ def upgrade() -> None:
         created_at  timestamptz NOT NULL DEFAULT now(),
         closed_at   timestamptz
     );
-    INSERT INTO stores (store_id, name)
-    SELECT DISTINCT store, 'Store ' || store FROM credentials WHERE store IS NOT NULL;
+    WITH named AS (
+        SELECT store,
+               CASE WHEN store ~ '{STORE_ID}' THEN store
+                    ELSE 'legacy-' || left(md5(store), 12) END AS store_id,
+               bool_or(revoked_at IS NULL) AS live,
+               max(revoked_at) AS last_revoked
+        FROM credentials WHERE store IS NOT NULL GROUP BY store
+    )
+    INSERT INTO stores (store_id, name, closed_at)
+    SELECT store_id,
+           left('Store ' || coalesce(nullif(regexp_replace(store, '[[:cntrl:]]', '', 'g'), ''),
+                                     '(no name)'), 100),
+           CASE WHEN live THEN NULL ELSE last_revoked END
+    FROM named
+    ON CONFLICT (store_id) DO NOTHING;
+    UPDATE credentials SET store = 'legacy-' || left(md5(store), 12)
+    WHERE store IS NOT NULL AND store !~ '{STORE_ID}';
     ALTER TABLE credentials
         ADD CONSTRAINT credentials_store FOREIGN KEY (store) REFERENCES stores (store_id);
 
@@ -69,8 +98,7 @@ def upgrade() -> None:
     BEGIN
         IF NEW.store_id IS NOT NULL AND (TG_OP = 'INSERT'
                 OR OLD.store_id IS DISTINCT FROM NEW.store_id
-                OR OLD.state IS DISTINCT FROM NEW.state
-                OR OLD.snapshot_ct IS DISTINCT FROM NEW.snapshot_ct) THEN
+                OR OLD.state IS DISTINCT FROM NEW.state) THEN
             NEW.queue_xid := pg_current_xact_id();
         END IF;
         RETURN NEW;
@@ -79,19 +107,36 @@ def upgrade() -> None:
     CREATE TRIGGER reorders_queue_position BEFORE INSERT OR UPDATE ON reorders
         FOR EACH ROW EXECUTE FUNCTION reorders_queue_position();
 
+    CREATE FUNCTION reorders_keep_store_work() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO reorders (customer_id, reorder_id, preference_id, fulfiller, store_id,
+                              origin, quantity, state, fields, snapshot_ct, feed_xid,
+                              created_at, updated_at, accepted_at)
+        VALUES (OLD.customer_id, OLD.reorder_id, OLD.preference_id, OLD.fulfiller, OLD.store_id,
+                OLD.origin, OLD.quantity, 'cancelled', OLD.fields, NULL, OLD.feed_xid,
+                OLD.created_at, now(), OLD.accepted_at);
+        RETURN OLD;
+    END
+    $$;
+    CREATE TRIGGER reorders_keep_store_work AFTER DELETE ON reorders
+        FOR EACH ROW
+        WHEN (OLD.store_id IS NOT NULL AND OLD.state IN ('requested', 'accepted', 'ready'))
+        EXECUTE FUNCTION reorders_keep_store_work();
+
     UPDATE reorders
     SET store_id = sole.store_id, fulfiller = 'store:' || sole.store_id, updated_at = now()
-    FROM (SELECT min(store_id) AS store_id FROM stores HAVING count(*) = 1) sole
-    WHERE reorders.fulfiller = 'store' AND reorders.state = 'requested';
+    FROM (SELECT min(store_id) AS store_id FROM stores WHERE closed_at IS NULL
+          HAVING count(*) = 1) sole
+    WHERE reorders.fulfiller = 'store' AND reorders.state IN ('requested', 'accepted');
     UPDATE reorders SET state = 'cancelled', updated_at = now()
-    WHERE fulfiller = 'store' AND state = 'requested';
+    WHERE fulfiller = 'store' AND state IN ('requested', 'accepted');
     """)
 
 
 def downgrade() -> None:
-    # store reorders become bare `store` ones again; ready and collected ones take the states the
-    # previous release knows (accepted, fulfilled)
     run_sql("""
+    DROP TRIGGER reorders_keep_store_work ON reorders;
+    DROP FUNCTION reorders_keep_store_work();
     DROP TRIGGER reorders_queue_position ON reorders;
     DROP FUNCTION reorders_queue_position();
     DROP INDEX reorders_store_queue;

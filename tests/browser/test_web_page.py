@@ -312,7 +312,12 @@ A_STORE = "A store (I collect it there)"
 
 
 def reorder_the_chinos(
-    page: Any, *, source: str, quantity: int, store: tuple[str, str] | None = None
+    page: Any,
+    *,
+    source: str,
+    quantity: int,
+    store: tuple[str, str] | None = None,
+    note: bool = False,
 ) -> None:
     """Reorder from ``source``; from a store, find it by ``store`` = (words typed, its name)."""
     page.get_by_role("button", name="Reorder Classic Chino").click()
@@ -325,6 +330,8 @@ def reorder_the_chinos(
         expect(page.locator("#alert")).to_contain_text("Choose the store you will collect it from.")
         form.get_by_label("Find a store").fill(words)
         form.get_by_role("radio", name=re.compile(name)).check()
+        if note:
+            form.get_by_label("Let the store read my note").check()
     form.get_by_role("button", name="Place reorder").click()
     expect(status(page)).to_contain_text(f"Reorder placed: {quantity} {TIMES} Classic Chino from")
 
@@ -408,9 +415,14 @@ def test_a_customer_keeps_shares_reorders_and_erases_their_locker(
 
     # Reorder from the demo till's own store: the store accepts it and has it ready to collect.
     go_to(page, "My preferences")
-    reorder_the_chinos(page, source=A_STORE, quantity=3, store=("oxford", "Oxford Street"))
+    reorder_the_chinos(
+        page, source=A_STORE, quantity=3, store=("oxford", "Oxford Street"), note=True
+    )
     [queued] = [r for r in store_queue(service) if r["quantity"] == 3]
     assert (queued["state"], queued["item"]["product"]["name"]) == ("requested", "Classic Chino")
+    assert queued["fields"] == ["product", "attributes", "note"] and queued["item"]["note"]
+    # the reorder from Covent Garden is that store's, not in this one's queue
+    assert not [r for r in store_queue(service) if r["quantity"] == 2]
     go_to(page, "Reorders")
     collect = page.locator("#reorder-list > li").filter(has_text=f"3 {TIMES} Classic Chino")
     expect(collect).to_contain_text("Requested")

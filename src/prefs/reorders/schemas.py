@@ -5,8 +5,9 @@ from typing import Annotated, Literal
 from uuid import UUID
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
+from prefs.grants import Fields
 from prefs.sealed_reorders import Quantity, Snapshot, State
 from prefs.text import END, STORE_ID_TEXT, UUID_TEXT
 
@@ -25,6 +26,9 @@ Fulfiller = Annotated[
 class ReorderCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     quantity: Quantity
     fulfiller: Fulfiller
+    # what a store may see of the preference: product and attributes unless the customer adds
+    # their note (a partner sees what the customer's consent to it allows: not set here)
+    fields: Fields | UnsetType = UNSET
 
 
 class ReorderStore(msgspec.Struct, kw_only=True):

@@ -10,19 +10,28 @@ import uuid
 from collections.abc import Sequence
 
 import asyncpg
+from msgspec import UNSET, UnsetType
 
 from prefs import cursors, partner_refs
 from prefs.crypto import DataKey, Vault
-from prefs.customer_keys import data_key
+from prefs.customer_keys import data_key, lock_customer
 from prefs.db import Row
-from prefs.errors import Conflict, InvalidInput, NotFound
-from prefs.grants import partner_audience, partner_fields
+from prefs.errors import Conflict, InvalidInput, LimitReached, NotFound
+from prefs.grants import FIELD_ORDER, Field, partner_audience, partner_fields
 from prefs.reorders.schemas import Reorder, ReorderCreate, ReorderList, ReorderStore
 from prefs.sealed_preferences import GET as GET_PREFERENCE
 from prefs.sealed_reorders import Snapshot, insert, open_snapshot
 
-ALL_FIELDS = ["product", "attributes", "note"]
 STORE_PREFIX = "store:"
+# What a store sees of a reorder unless the customer adds their note: what finding or making the
+# item needs.
+STORE_FIELDS = ["product", "attributes"]
+# Store reorders one customer may have waiting (requested) at once, across stores.
+MAX_WAITING_AT_STORES = 20
+WAITING_AT_STORES = """
+SELECT count(*) FROM reorders
+WHERE customer_id = $1 AND store_id IS NOT NULL AND state = 'requested'
+"""
 
 
 def partner_id_of(fulfiller: str) -> uuid.UUID:
@@ -87,6 +96,15 @@ def reorder_view(
     )
 
 
+def _store_fields(asked: list[Field] | UnsetType) -> list[str]:
+    """What the store may see: product and attributes, or what the customer chose, in order."""
+    if isinstance(asked, UnsetType):
+        return STORE_FIELDS
+    if "product" not in asked:
+        raise InvalidInput("A store needs the product to find or make it: include `product`.")
+    return [field for field in FIELD_ORDER if field in asked]
+
+
 async def views(
     conn: asyncpg.Connection, key: DataKey | None, rows: Sequence[Row]
 ) -> list[Reorder]:
@@ -110,11 +128,22 @@ async def create_for_customer(
     partner_id: uuid.UUID | None = None
     preference_ref: uuid.UUID | None = None
     store_id: str | None = None
-    fields = ALL_FIELDS
     fulfiller = data.fulfiller
     if fulfiller.startswith(STORE_PREFIX):
+        fields = _store_fields(data.fields)
         store_id = await open_store(conn, fulfiller)
+        await lock_customer(conn, customer_id)  # the count below holds until this commits
+        if await conn.fetchval(WAITING_AT_STORES, customer_id) >= MAX_WAITING_AT_STORES:
+            raise LimitReached(
+                f"You already have {MAX_WAITING_AT_STORES} store reorders waiting to be "
+                "accepted: cancel one, or wait for a store to accept one."
+            )
     else:
+        if data.fields is not UNSET:
+            raise InvalidInput(
+                "A partner sees what your consent to it allows: change that with "
+                f"PUT /v1/me/consents/{fulfiller}, not in the reorder."
+            )
         partner_id = partner_id_of(fulfiller)
         fulfiller = partner_audience(partner_id)  # as the grant names it
         if await conn.fetchval(PARTNER_EXISTS, partner_id) is None:

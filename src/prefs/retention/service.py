@@ -26,6 +26,15 @@ log = logging.getLogger("prefs.retention")
 LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('prefs.purge'))"
 CODES = "DELETE FROM checkout_codes WHERE expires_at <= now()"
 ACCESS_LOG = "DELETE FROM access_log WHERE at < now() - make_interval(days => $1)"
+# What erasure left of an erased customer's reorders (closed, without their snapshot, so the
+# partner or store saw them end) goes once they have had ERASED_REORDERS_DAYS to read it.
+ERASED_REORDERS_DAYS = 30
+ERASED_REORDERS = """
+DELETE FROM reorders r
+WHERE r.snapshot_ct IS NULL AND r.state = 'cancelled'
+  AND r.updated_at < now() - make_interval(days => $1)
+  AND NOT EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = r.customer_id)
+"""
 
 
 def _count(status: str) -> int:
@@ -36,7 +45,8 @@ async def purge(
     conn: asyncpg.Connection, vault: Vault, controller: str, access_log_days: int
 ) -> dict[str, int] | None:
     """Purge expired checkout codes, idempotency records, access-log entries older than the
-    retention period and ended miss-throttle windows, and record expired consents. None when
+    retention period, what erasures left of reorders once partners and stores had time to see
+    them end, and ended miss-throttle windows, and record expired consents. None when
     another purge is running."""
     async with conn.transaction():
         if not await conn.fetchval(LOCK):
@@ -46,6 +56,7 @@ async def purge(
             "checkout_codes": _count(await conn.execute(CODES)),
             "idempotency_keys": await purge_idempotency(conn),
             "access_log": _count(await conn.execute(ACCESS_LOG, access_log_days)),
+            "erased_reorders": _count(await conn.execute(ERASED_REORDERS, ERASED_REORDERS_DAYS)),
             "demand_groups": await drop_unused_groups(conn),
             "demand_releases": await purge_old_releases(conn),
             "lookup_miss_windows": _count(await conn.execute(ENDED_KEY_WINDOWS))

@@ -34,14 +34,18 @@ INSERT INTO erasures (subject_hash, index_version, erased_at)
 SELECT subject_hash, index_version, now() FROM customer_subjects WHERE customer_id = $1
 ON CONFLICT DO NOTHING
 """
-# Reorders someone is working on stay, closed and without their snapshot, so the partner or the
-# store sees them end: a partner's accepted ones, and every store reorder (a store's tills may
-# have read one while it waited, and its queue shows the change).
+# What someone may still be working on stays, closed and without its snapshot, so the partner or
+# the store sees it end: a partner's accepted reorders, and a store's requested, accepted or
+# ready ones (its queue shows them cancelled), and store reorders already cancelled, whose end
+# the store may not have read yet. What the store finished itself (collected, declined) goes with
+# the rest. The purge removes what stays after a while (prefs.retention).
 CLOSE_ACCEPTED = """
 UPDATE reorders
-SET state = CASE WHEN state IN ('requested', 'accepted', 'ready') THEN 'cancelled' ELSE state END,
-    snapshot_ct = NULL, updated_at = now()
-WHERE customer_id = $1 AND (state = 'accepted' OR store_id IS NOT NULL)
+SET state = 'cancelled', updated_at = CASE WHEN state = 'cancelled' THEN updated_at ELSE now() END,
+    snapshot_ct = NULL
+WHERE customer_id = $1
+  AND (state = 'accepted'
+       OR (store_id IS NOT NULL AND state IN ('requested', 'ready', 'cancelled')))
 """
 SHRED = [
     "DELETE FROM customer_keys WHERE customer_id = $1",
@@ -67,9 +71,9 @@ async def erase(
 ) -> bool:
     """Destroy the customer's data key and every row about them, in one transaction.
 
-    Reorders a partner had accepted, and store reorders, stay: closed (cancelled unless already
-    finished) and without their snapshot; any
-    copy of a ciphertext elsewhere can no longer be read, because the key is gone.
+    Reorders a partner or a store may still be working on stay, cancelled and without their
+    snapshot (CLOSE_ACCEPTED); any copy of a ciphertext elsewhere can no longer be read, because
+    the key is gone.
     Returns False when there was no such customer.
     """
     async with conn.transaction():

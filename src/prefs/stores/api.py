@@ -15,17 +15,20 @@ from prefs.auth import api_key_guard, customer_guard
 from prefs.credentials import Credential
 from prefs.crypto import Vault
 from prefs.db import Connection
-from prefs.http import After, Limit, declared_body
+from prefs.http import STRING_WHEN_SENT, After, Limit, declared_body
 from prefs.observability import DISCLOSURES
 from prefs.problems import problems
 from prefs.stores import service
 from prefs.stores.schemas import StoreDirectory, StoreQueue, StoreReorder, StoreStatusChange
+from prefs.text import SINGLE_LINE
 
 Search = Annotated[
     str | None,
     QueryParameter(
         max_length=100,
+        pattern=SINGLE_LINE,
         description="The start of a store's id, or words of its name or address",
+        schema_extra=STRING_WHEN_SENT,
     ),
 ]
 

@@ -78,7 +78,20 @@ def register(main: click.Group, run: Any) -> None:
                 "tills still see and move them"
             )
         if till_keys:
+            finish = " once those are finished" if reorders else ""
             click.echo(
                 f"  {till_keys} till key{'s' if till_keys != 1 else ''} still live: revoke them "
-                "with `prefs credentials revoke ID` once the store is done"
+                f"with `prefs credentials revoke ID`{finish} (a store's reorders need its tills)"
             )
+        elif reorders:
+            click.echo(
+                "  no till key of the store is live: create one to finish them, or reopen it "
+                f"with `prefs stores reopen {store_id}`"
+            )
+
+    @stores.command("reopen")
+    @click.argument("store_id")
+    def reopen(store_id: str) -> None:
+        """Open a closed store again: customers see it and can reorder from it."""
+        opened = attempt(lambda conn: service.reopen(conn, store_id))
+        click.echo(f"reopened {_line(opened)}")

@@ -13,7 +13,6 @@ from prefs.text import END, SINGLE_LINE, STORE_ID_TEXT, Label
 StoreId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^" + STORE_ID_TEXT + END)]
 StoreName = Label
 Address = Annotated[str, Meta(min_length=1, max_length=300, pattern=SINGLE_LINE)]
-StoreSearch = Annotated[str, Meta(min_length=1, max_length=100, pattern=SINGLE_LINE)]
 
 
 class StoreEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -83,6 +83,7 @@ WHERE store_id = $1 RETURNING {RECORD}
 CLOSE = f"""
 UPDATE stores SET closed_at = coalesce(closed_at, now()) WHERE store_id = $1 RETURNING {RECORD}
 """
+REOPEN = f"UPDATE stores SET closed_at = NULL WHERE store_id = $1 RETURNING {RECORD}"
 STILL_OPEN = """
 SELECT (SELECT count(*) FROM reorders
         WHERE store_id = $1 AND state IN ('requested', 'accepted', 'ready')) AS reorders,
@@ -136,6 +137,14 @@ async def close(conn: asyncpg.Connection, store_id: str) -> tuple[StoreRecord, i
         still = await conn.fetchrow(STILL_OPEN, store_id)
     assert still is not None
     return StoreRecord(**dict(row)), still["reorders"], still["till_keys"]
+
+
+async def reopen(conn: asyncpg.Connection, store_id: str) -> StoreRecord:
+    """Open a closed store again (closing by mistake is undone); a no-op for an open one."""
+    row = await conn.fetchrow(REOPEN, store_id)
+    if row is None:
+        raise NotFound(f"No store {store_id} in the directory.")
+    return StoreRecord(**dict(row))
 
 
 # -- the store's queue -----------------------------------------------------------------------

@@ -499,6 +499,13 @@ function openReorder(preference, panel) {
     h("option", { value: "store" }, "A store (I collect it there)"),
     allowed.map((p) => h("option", { value: `partner:${p.id}` }, p.name)));
   const stores = storePicker(prefix);
+  const showNote = h("input", { type: "checkbox", id: `${prefix}-note`, "aria-describedby": `${prefix}-note-hint` });
+  const noteChoice = preference.note
+    ? h("div", null,
+      h("div", { class: "check" }, showNote, h("label", { for: `${prefix}-note` }, "Let the store read my note")),
+      h("p", { class: "hint", id: `${prefix}-note-hint` }, "The store sees the product and your sizes; your note only if you tick this."))
+    : null;
+  stores.element.append(...(noteChoice ? [noteChoice] : []));
   from.addEventListener("change", () => { stores.element.hidden = from.value !== "store"; });
   const quantity = h("input", { type: "number", id: `${prefix}-quantity`, min: 1, max: 99, value: "1", inputmode: "numeric" });
   const place = h("button", { type: "submit" }, "Place reorder");
@@ -537,6 +544,7 @@ function openReorder(preference, panel) {
       return;
     }
     const body = { quantity: count, fulfiller: store ? `store:${store.id}` : from.value };
+    if (store && showNote.checked) body.fields = ["product", "attributes", "note"];
     // The same key again only when retrying the very same request after the connection failed.
     if (sentBody !== null && JSON.stringify(sentBody) !== JSON.stringify(body)) key = api.idempotencyKey();
     sentBody = body;
@@ -587,6 +595,7 @@ function storePicker(prefix) {
       ? (page.next ? "Type a town, street or store name to find others." : "")
       : (words ? `No open store matches “${words}”.` : "There are no stores to collect from yet.");
     for (const store of page.items) shown.set(store.id, store);
+    if (!page.items.some((store) => store.id === chosenId)) chosenId = null; // no hidden choice
     fill(choices, page.items.map((store) => {
       const radio = h("input", { type: "radio", name: id, id: `${id}-${store.id}`, value: store.id,
         checked: store.id === chosenId });
