@@ -11,7 +11,7 @@ import pytest
 
 from prefs import credentials
 from tests.support.customer import bearer, checkout_code, grant, withdraw
-from tests.support.stores import fresh_store
+from tests.support.stores import fresh_store, in_directory
 from tests.support.till import disclosures, fresh_card, look_up, shopper, till_key, visits
 
 
@@ -120,7 +120,7 @@ async def test_an_entry_names_the_store_the_till_what_was_seen_and_why(client, c
     await grant(
         client, customer, fields=["product", "attributes"], preferences=[chinos["id"], shirt["id"]]
     )
-    store = fresh_store()
+    store = await in_directory(conn)
     cred, key = await credentials.create(conn, "pos", "Till 3", store=store)
     assert (await look_up(client, key, card=card)).status_code == 200
 

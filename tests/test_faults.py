@@ -32,6 +32,7 @@ from prefs import credentials, db
 from prefs.auth import DevIssuer
 from tests.support.customer import CHINOS, bearer
 from tests.support.servers import free_port
+from tests.support.stores import in_directory
 from tests.support.till import confirm_card
 
 START_TIMEOUT = 240.0  # a cold `prefs serve` migrates and seeds the demo data first
@@ -231,10 +232,15 @@ async def enrol(
     return Shopper(headers=headers, card=card), created
 
 
+FAULT_STORE = "fault-store"
+
+
 async def till_key(stack: Stack) -> str:
     conn = await stack.connect()
     try:
-        _, key = await credentials.create(conn, "pos", "Fault till", store="fault-store")
+        _, key = await credentials.create(
+            conn, "pos", "Fault till", store=await in_directory(conn, FAULT_STORE)
+        )
     finally:
         await conn.close()
     return key
@@ -457,7 +463,7 @@ class Reorderer:
             try:
                 answer = await http.post(
                     f"/v1/me/preferences/{self.preference_id}/reorders",
-                    json={"quantity": 1},
+                    json={"quantity": 1, "fulfiller": f"store:{FAULT_STORE}"},
                     headers={**self.headers, "Idempotency-Key": key},
                 )
             except httpx.TransportError:
@@ -480,6 +486,11 @@ async def test_b_a_killed_service_loses_no_acknowledged_write_disclosure_or_reor
     await stack.wait_ready()
     async with httpx.AsyncClient(base_url=stack.url, timeout=REQUEST_TIMEOUT) as http:
         customer, (preference,) = await enrol(http, stack)
+        conn = await stack.connect()
+        try:
+            await in_directory(conn, FAULT_STORE)  # the store the reorders are placed at
+        finally:
+            await conn.close()
         reorderer = Reorderer(customer.headers, preference["id"])
         restarted = asyncio.Event()
 

@@ -24,6 +24,7 @@ import pytest
 
 from prefs import credentials, db
 from tests.support.customer import CHINOS, bearer
+from tests.support.stores import in_directory
 from tests.support.till import confirm_card
 
 PROBLEM_JSON = "application/problem+json"
@@ -102,7 +103,7 @@ async def _make_victim(client: httpx.AsyncClient, conn: Any, issuer: Any) -> Vic
     preference = await ok(
         await client.post("/v1/me/preferences", headers=headers, json=CHINOS), 201
     )
-    _, till = await credentials.create(conn, "pos", "Till 3", store=f"S{secrets.token_hex(4)}")
+    _, till = await credentials.create(conn, "pos", "Till 3", store=await in_directory(conn))
     await confirm_card(client, till, SimpleNamespace(headers=headers), card)
     partner_cred, partner = await credentials.create(
         conn, "partner", f"Tailor {uuid.uuid4().hex[:8]}"

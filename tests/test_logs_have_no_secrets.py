@@ -37,6 +37,7 @@ from prefs.observability import JsonFormatter
 from prefs.settings import DEV_AUDIENCE, DEV_ISSUER
 from tests.support.customer import bearer
 from tests.support.servers import free_port
+from tests.support.stores import FROM_HIGH_STREET, in_directory
 
 PREFS = Path(sys.executable).parent / "prefs"
 START_TIMEOUT = 120
@@ -144,7 +145,7 @@ async def full_run(client: httpx.AsyncClient, conn: Any, mint: Any, keep: Secret
     await ok(await client.get(f"/v1/me/preferences/{chinos['id']}", headers=me))
     await ok(await client.get("/v1/me", headers=me))
 
-    _, till = await credentials.create(conn, "pos", "Till 3", store=f"S{secrets.token_hex(4)}")
+    _, till = await credentials.create(conn, "pos", "Till 3", store=await in_directory(conn))
     keep.add_key("till key", till)
     partner_cred, partner = await credentials.create(
         conn, "partner", f"Tailor {uuid.uuid4().hex[:8]}"
@@ -152,7 +153,9 @@ async def full_run(client: httpx.AsyncClient, conn: Any, mint: Any, keep: Secret
     keep.add_key("partner key", partner)
     _, insights = await credentials.create(conn, "insights", f"Merch {uuid.uuid4().hex[:8]}")
     keep.add_key("insights key", insights)
-    revoked_cred, revoked = await credentials.create(conn, "pos", "Old till", store="S0")
+    revoked_cred, revoked = await credentials.create(
+        conn, "pos", "Old till", store=await in_directory(conn, "S0")
+    )
     keep.add_key("revoked till key", revoked)
     await credentials.revoke(conn, revoked_cred.id)
 
@@ -201,7 +204,7 @@ async def full_run(client: httpx.AsyncClient, conn: Any, mint: Any, keep: Secret
         await client.post(
             f"/v1/me/preferences/{chinos['id']}/reorders",
             headers={**me, "Idempotency-Key": str(uuid.uuid4())},
-            json={"quantity": 2},
+            json={"quantity": 2, "fulfiller": FROM_HIGH_STREET},
         ),
         201,
     )
