@@ -149,7 +149,11 @@ async def test_editing_a_preference_after_reordering_does_not_change_the_reorder
     }
     reorders = {r["id"]: r for r in await my_reorders(client, customer)}
     assert reorders[placed.json()["id"]]["item"] == as_placed
-    assert reorders[from_store.json()["id"]]["item"] == as_placed
+    # the store's snapshot: product and sizes as placed (the note only when the customer adds it)
+    assert reorders[from_store.json()["id"]]["item"] == {
+        "product": CHINOS["product"],
+        "attributes": CHINOS["attributes"],
+    }
     items, _ = await pull(client, api_key)
     assert [(item["id"], item["item"]) for item in items] == [(placed.json()["id"], as_placed)]
 
@@ -209,7 +213,9 @@ async def test_reordering_through_an_unknown_partner_or_preference_is_not_found(
     assert await my_reorders(client, customer) == []
 
 
-async def test_reordering_from_the_store_keeps_every_field(client, new_customer):
+async def test_reordering_from_a_store_keeps_product_and_sizes_and_the_note_if_asked(
+    client, new_customer
+):
     customer = await new_customer()
     chinos = await keep(client, customer)
 
@@ -219,12 +225,17 @@ async def test_reordering_from_the_store_keeps_every_field(client, new_customer)
     assert body["fulfiller"] == FROM_HIGH_STREET
     assert body["state"] == "requested"
     assert body["quantity"] == 3
-    assert body["item"] == {
-        "product": CHINOS["product"],
-        "attributes": CHINOS["attributes"],
-        "note": CHINOS["note"],
-    }
-    assert [r["id"] for r in await my_reorders(client, customer)] == [body["id"]]
+    assert body["item"] == {"product": CHINOS["product"], "attributes": CHINOS["attributes"]}
+    with_note = await client.post(
+        f"/v1/me/preferences/{chinos['id']}/reorders",
+        headers={**customer.headers, "Idempotency-Key": str(uuid.uuid4())},
+        json={"quantity": 1, "fulfiller": FROM_HIGH_STREET, "fields": ["product", "note"]},
+    )
+    assert with_note.json()["item"] == {"product": CHINOS["product"], "note": CHINOS["note"]}
+    assert [r["id"] for r in await my_reorders(client, customer)] == [
+        with_note.json()["id"],
+        body["id"],
+    ]
 
 
 async def test_bad_reorder_requests_are_refused_at_the_edge(client, new_customer):

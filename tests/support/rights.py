@@ -30,7 +30,7 @@ from prefs.crypto import Vault
 from prefs.settings import Settings, load
 from tests.support.customer import bearer
 from tests.support.database import admin, with_database
-from tests.support.stores import FROM_HIGH_STREET, in_directory
+from tests.support.stores import FROM_HIGH_STREET, HIGH_STREET, in_directory
 from tests.support.till import confirm_card
 
 # Found without importing pgserver (whose import warns when XDG_RUNTIME_DIR is unset).
@@ -107,6 +107,11 @@ async def own_database(server_url: str, data_dir: Path, prefix: str) -> AsyncIte
     name, url = await create_database(server_url, prefix)
     try:
         await asyncio.to_thread(db.migrate, url)
+        conn = await db.connect(url)
+        try:
+            await in_directory(conn, HIGH_STREET, "High Street")  # reorders' default store
+        finally:
+            await conn.close()
         yield OwnDatabase(
             url=url, name=name, data_dir=data_dir, master_keys=new_key(1), index_keys=new_key(1)
         )
