@@ -224,6 +224,7 @@ def external_settings(database: Database, data_dir: Path, jwks: Path, env: str) 
         "PREFS_JWT_JWKS": str(jwks),
     }
     if env == "production":
+        environ["PREFS_OIDC_CLIENT_ID"] = "prefs-page"
         environ["PREFS_MASTER_KEYS"] = "1:" + b64url(b"m" * 32)
         environ["PREFS_INDEX_KEY"] = "1:" + b64url(b"i" * 32)
     return load(environ)

@@ -183,6 +183,7 @@ def test_the_demo_sign_in_does_not_exist_in_production(settings, tmp_path):
             "PREFS_JWT_ISSUER": "https://id.example-retailer.test/",
             "PREFS_JWT_AUDIENCE": "prefs-api",
             "PREFS_JWT_JWKS": str(jwks),
+            "PREFS_OIDC_CLIENT_ID": "prefs-page",
         }
     )
     paths = {path for _, path in served_routes(production)}

@@ -180,6 +180,7 @@ def test_prefs_token_is_refused_in_production(tmp_path):
         PREFS_JWT_ISSUER="https://id.example-retailer.test/",
         PREFS_JWT_AUDIENCE="prefs-api",
         PREFS_JWT_JWKS=str(jwks),
+        PREFS_OIDC_CLIENT_ID="prefs-page",
     )
     result = prefs("token", "--subject", "alice", env=production)
     assert result.returncode != 0

@@ -22,6 +22,7 @@ REQUIRED_IN_PRODUCTION = (
     "PREFS_JWT_ISSUER",
     "PREFS_JWT_AUDIENCE",
     "PREFS_JWT_JWKS",
+    "PREFS_OIDC_CLIENT_ID",
 )
 
 
@@ -44,6 +45,7 @@ def production(tmp_path: Path) -> dict[str, str]:
         "PREFS_JWT_ISSUER": "https://id.example-retailer.test/",
         "PREFS_JWT_AUDIENCE": "prefs-api",
         "PREFS_JWT_JWKS": str(jwks),
+        "PREFS_OIDC_CLIENT_ID": "prefs-page",
     }
 
 
@@ -230,3 +232,42 @@ def test_the_default_data_directory_is_dot_prefs(tmp_path, monkeypatch):
     settings = load({})
     assert settings.data_dir == (tmp_path / ".prefs").resolve()
     assert (tmp_path / ".prefs" / "master.keys").exists()
+
+
+def test_production_signs_the_page_in_with_the_identity_provider_over_tls(production):
+    settings = load(production)
+    assert settings.oidc_issuer == production["PREFS_JWT_ISSUER"]  # the API's issuer by default
+    assert (settings.oidc_client_id, settings.oidc_scopes, settings.oidc_redirect_path) == (
+        "prefs-page",
+        "openid",
+        "/",
+    )
+    own = load({**production, "PREFS_OIDC_ISSUER": "https://login.example-retailer.test"})
+    assert own.oidc_issuer == "https://login.example-retailer.test"
+    for name, value, said in (
+        ("PREFS_OIDC_ISSUER", "http://login.example-retailer.test", "https://"),
+        ("PREFS_OIDC_ISSUER", "http://127.0.0.1:4455", "https://"),
+        ("PREFS_OIDC_SCOPES", "profile email", "openid"),
+        ("PREFS_OIDC_REDIRECT_PATH", "https://elsewhere.test/", "a path"),
+        ("PREFS_OIDC_REDIRECT_PATH", "//elsewhere.test/", "a path"),
+    ):
+        with pytest.raises(SettingsError) as raised:
+            load({**production, name: value})
+        assert name in str(raised.value) and said in str(raised.value)
+
+
+def test_development_may_sign_in_with_a_provider_on_this_machine(tmp_path):
+    base = {"PREFS_DATA_DIR": str(tmp_path), "PREFS_OIDC_CLIENT_ID": "prefs-page"}
+    with pytest.raises(SettingsError, match="PREFS_OIDC_ISSUER"):
+        load(base)  # a client id, but no provider to find
+    local = load({**base, "PREFS_OIDC_ISSUER": "http://127.0.0.1:4455"})
+    assert local.oidc_issuer == "http://127.0.0.1:4455"
+    assert load({"PREFS_DATA_DIR": str(tmp_path)}).oidc_client_id is None  # the demo sign-in only
+    scoped = load(
+        {
+            **base,
+            "PREFS_OIDC_ISSUER": "http://localhost:4455",
+            "PREFS_OIDC_SCOPES": " openid  profile ",
+        }
+    )
+    assert scoped.oidc_scopes == "openid profile"

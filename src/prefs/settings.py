@@ -8,7 +8,8 @@ import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -31,6 +32,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_audience: str | None
     jwt_jwks: str | None
     dev_issuer: bool
+    # the page signs customers in with this OpenID Connect provider (None: not configured)
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_scopes: str = "openid"
+    oidc_redirect_path: str = "/"
     controller: str = "prefs"
     k_anonymity: int = 10
     insights_epsilon: float = 1.0
@@ -99,6 +105,35 @@ def _dev_secret(data_dir: Path, name: str) -> str:
     return path.read_text().strip()
 
 
+def _oidc(environ: Mapping[str, str], env: str, jwt_issuer: str | None) -> dict[str, Any]:
+    """How the page signs customers in: the provider, the page's client id, scopes and the path
+    the provider sends them back to. Production needs it: without it the page has no sign-in."""
+    client_id = environ.get("PREFS_OIDC_CLIENT_ID") or None
+    issuer = environ.get("PREFS_OIDC_ISSUER") or jwt_issuer
+    scopes = " ".join((environ.get("PREFS_OIDC_SCOPES") or "openid").split())
+    redirect_path = environ.get("PREFS_OIDC_REDIRECT_PATH") or "/"
+    if client_id is None:  # development only: production refuses to start without it
+        return {"oidc_issuer": None, "oidc_client_id": None}
+    if issuer is None:
+        raise SettingsError("PREFS_OIDC_CLIENT_ID needs PREFS_OIDC_ISSUER (or PREFS_JWT_ISSUER)")
+    url = urlsplit(issuer)
+    loopback = url.scheme == "http" and url.hostname in ("127.0.0.1", "localhost", "::1")
+    if (url.scheme != "https" and not (loopback and env == "development")) or not url.hostname:
+        raise SettingsError(
+            "PREFS_OIDC_ISSUER must be an https:// URL (http:// only on loopback in development)"
+        )
+    if "openid" not in scopes.split():
+        raise SettingsError("PREFS_OIDC_SCOPES must include openid")
+    if not redirect_path.startswith("/") or redirect_path.startswith("//"):
+        raise SettingsError("PREFS_OIDC_REDIRECT_PATH must be a path on this service, like /")
+    return {
+        "oidc_issuer": issuer,  # exactly as the provider names itself in its discovery document
+        "oidc_client_id": client_id,
+        "oidc_scopes": scopes,
+        "oidc_redirect_path": redirect_path,
+    }
+
+
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from the environment; development fills in keys under the data dir."""
     environ = os.environ if environ is None else environ
@@ -123,6 +158,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
                 ("PREFS_JWT_ISSUER", jwt_issuer),
                 ("PREFS_JWT_AUDIENCE", jwt_audience),
                 ("PREFS_JWT_JWKS", jwt_jwks),
+                # without it the page has no way to sign customers in
+                ("PREFS_OIDC_CLIENT_ID", environ.get("PREFS_OIDC_CLIENT_ID") or None),
             )
             if value is None
         ]
@@ -143,6 +180,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(
             "PREFS_JWT_ISSUER, PREFS_JWT_AUDIENCE and PREFS_JWT_JWKS must be set together"
         )
+    oidc = _oidc(environ, env, jwt_issuer)
     assert master_keys is not None and index_keys is not None
 
     k_anonymity = _int(environ, "PREFS_K_ANONYMITY", 10, minimum=2)
@@ -157,6 +195,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         jwt_audience=jwt_audience,
         jwt_jwks=jwt_jwks,
         dev_issuer=env == "development",
+        **oidc,
         controller=environ.get("PREFS_CONTROLLER", "prefs"),
         k_anonymity=k_anonymity,
         insights_epsilon=_positive_float(environ, "PREFS_INSIGHTS_EPSILON", 1.0),

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +34,13 @@ def _printed(pattern: str, output: str) -> str:
     return found.group(1)
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """`prefs serve` on a fresh data dir (embedded PostgreSQL), stopped with Ctrl-C at the end."""
-    data_dir = tmp_path_factory.mktemp("prefs-web")
+@contextmanager
+def prefs_serve(data_dir: Path, port: int, **extra_env: str) -> Iterator[Service]:
+    """`prefs serve` on ``data_dir`` (embedded PostgreSQL) and ``port``, with ``extra_env`` on top
+    of a development environment; stopped with Ctrl-C at the end."""
     log = data_dir / "serve.log"
-    port = free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("PREFS_")}
-    env.update(PREFS_DATA_DIR=str(data_dir), PREFS_ENV="development")
+    env.update(PREFS_DATA_DIR=str(data_dir), PREFS_ENV="development", **extra_env)
     prefs = Path(sys.executable).with_name("prefs")
     with log.open("wb") as sink:
         process = subprocess.Popen(
@@ -85,6 +85,13 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
                 process.kill()
                 process.wait(10)
                 _stop_leftover_postgres(data_dir)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """`prefs serve` on a fresh data dir, as a newcomer starts it."""
+    with prefs_serve(tmp_path_factory.mktemp("prefs-web"), free_port()) as served:
+        yield served
 
 
 def _stop_leftover_postgres(data_dir: Path) -> None:

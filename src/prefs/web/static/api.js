@@ -1,6 +1,6 @@
 // The JSON API, as the signed-in customer: one place that adds the token and reads problems.
 
-import { token } from "./session.js";
+import { expiresWithin, token } from "./session.js";
 
 export class ApiError extends Error {
   constructor(status, problem) {
@@ -23,6 +23,12 @@ export class ApiError extends Error {
 }
 
 let whenSignedOut = () => {};
+let whenExpiring = null;
+
+/** Called instead of a request when the token is about to run out (then the request is not sent). */
+export function onExpiring(handler) {
+  whenExpiring = handler;
+}
 
 /** Called with the problem when the service no longer accepts the token (401). */
 export function onSignedOut(handler) {
@@ -30,6 +36,10 @@ export function onSignedOut(handler) {
 }
 
 export async function request(method, path, { body, headers = {}, raw = false } = {}) {
+  if (whenExpiring !== null && expiresWithin(30)) {
+    await whenExpiring();
+    throw new ApiError(401, { title: "Signing in again", detail: "Your sign-in ran out: signing you in again." });
+  }
   const init = {
     method,
     headers: { Accept: "application/json", ...headers },

@@ -3,6 +3,8 @@
 import * as api from "./api.js";
 import { announce, busy, clearMessages, fill, h, warn, warnAbout } from "./elements.js";
 import * as session from "./session.js";
+import * as oidc from "./oidc.js";
+import * as draft from "./draft.js";
 import * as preferences from "./preferences.js";
 import * as reorders from "./reorders.js";
 import * as sharing from "./sharing.js";
@@ -82,11 +84,31 @@ function endSession(message) {
 }
 
 api.onSignedOut(() => endSession("Your session has ended. Please sign in again."));
+if (oidc.enabled()) {
+  // Noticed before a request fails: keep what the customer was typing, sign in again, come back.
+  api.onExpiring(async () => {
+    draft.keep(shown || DEFAULT_VIEW);
+    await oidc.signIn(shown || DEFAULT_VIEW);
+  });
+}
 
-signOutButton.addEventListener("click", () => {
+signOutButton.addEventListener("click", async () => {
   endSession();
   announce("You are signed out. This tab no longer holds your sign-in.");
+  if (oidc.enabled()) {
+    const end = await oidc.endSessionUrl();
+    if (end) window.location.assign(end); // and at the identity provider too
+  }
 });
+
+async function signInWithProvider() {
+  clearMessages();
+  try {
+    await oidc.signIn(wantedView() || DEFAULT_VIEW);
+  } catch {
+    warn("The sign-in service cannot be reached right now. Please try again in a moment.");
+  }
+}
 
 function showSignIn() {
   document.title = "Sign in — your preference locker";
@@ -101,6 +123,14 @@ function showSignIn() {
       h("li", null, "You can see every time someone looked."),
       h("li", null, "No newsletters, no offers: prefs never sends you messages.")),
   ];
+  if (oidc.enabled()) {
+    const button = h("button", { type: "button", id: "sign-in" }, "Sign in");
+    button.addEventListener("click", () => busy(button, signInWithProvider));
+    parts.push(h("div", { class: "card" },
+      h("h2", null, "Sign in"),
+      h("p", null, "Sign in with your account at the shop."),
+      button));
+  }
   if (demoSignIn) {
     const button = h("button", { type: "button", id: "demo-sign-in" }, "Sign in as a demo customer");
     button.addEventListener("click", () => busy(button, signInAsDemo));
@@ -108,7 +138,7 @@ function showSignIn() {
       h("h2", null, "Try it"),
       h("p", null, "This is a development server: sign in as the demo customer, who already keeps a few preferences."),
       button));
-  } else {
+  } else if (!oidc.enabled()) {
     parts.push(h("div", { class: "card" },
       h("h2", null, "Sign in"),
       h("p", null, "Open this page from your account on the shop's website: it signs you in here.")));
@@ -181,7 +211,29 @@ document.querySelector(".skip-link").addEventListener("click", (event) => {
   (view.querySelector("h1") || document.getElementById("main")).focus();
 });
 
-if (session.token()) {
+/** Back from the identity provider: finish signing in, then the view and the text the customer had. */
+async function signedInByProvider() {
+  let back;
+  try {
+    back = await oidc.completeSignIn();
+  } catch (error) {
+    showSignIn();
+    warn("Signing in did not work. Please sign in again.", [error.message]);
+    return;
+  }
+  session.keep(back.accessToken);
+  await start(Object.hasOwn(VIEWS, back.view) ? back.view : DEFAULT_VIEW);
+  const kept = draft.take();
+  if (kept && kept.view === shown && await draft.restore(kept)) {
+    announce("You are signed in again. What you were typing is back: check it and save.");
+  } else {
+    announce("You are signed in.");
+  }
+}
+
+if (oidc.returning()) {
+  signedInByProvider();
+} else if (session.token()) {
   const first = (askedFor && Object.hasOwn(VIEWS, askedFor) ? askedFor : null) || wantedView() || DEFAULT_VIEW;
   start(first);
 } else {

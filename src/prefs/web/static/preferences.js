@@ -33,6 +33,7 @@ export async function show(root) {
     if (opening) {
       fill(addPanel, preferenceForm({
         legend: "Add a preference",
+        opener: "add-preference",
         onCancel: () => { addPanel.hidden = true; addButton.setAttribute("aria-expanded", "false"); addButton.focus(); },
         onSave: add,
       }));
@@ -223,7 +224,8 @@ function openEdit(preference, panel) {
       form.querySelector("input")?.focus();
     }
   };
-  fill(panel, preferenceForm({ legend: `Edit ${preference.product.name}`, preference, onCancel: close, onSave: save }));
+  fill(panel, preferenceForm({ legend: `Edit ${preference.product.name}`, opener: `edit-${preference.id}`,
+    preference, onCancel: close, onSave: save }));
   panel.querySelector("input").focus();
 }
 
@@ -304,7 +306,7 @@ function freeDetailRow(prefix, name = "", value = "") {
 }
 
 /** The add/edit form; ``onSave(body, form)`` gets the body for POST or PATCH. */
-function preferenceForm({ legend, preference = null, onCancel, onSave }) {
+function preferenceForm({ legend, opener, preference = null, onCancel, onSave }) {
   const prefix = uniqueId("pref");
   const product = preference?.product || {};
   const attributes = preference?.attributes || {};
@@ -324,7 +326,8 @@ function preferenceForm({ legend, preference = null, onCancel, onSave }) {
   const save = h("button", { type: "submit" }, preference ? "Save changes" : "Save preference");
   const cancel = h("button", { type: "button", class: "button-quiet" }, "Cancel");
   cancel.addEventListener("click", onCancel);
-  const form = h("form", { class: "card preference-form", novalidate: true, "aria-label": legend },
+  // data-opener: the button that opens this form again after a trip through sign-in (draft.js)
+  const form = h("form", { class: "card preference-form", novalidate: true, "aria-label": legend, "data-opener": opener },
     h("h2", null, legend),
     preference ? null : catalogueSearch(prefix, () => form),
     h("fieldset", null, h("legend", null, "The product"),
@@ -514,7 +517,8 @@ function openReorder(preference, panel) {
   cancel.addEventListener("click", close);
   let key = api.idempotencyKey();
   let sentBody = null;
-  const form = h("form", { class: "card reorder-form", novalidate: true, "aria-label": `Reorder ${preference.product.name}` },
+  const form = h("form", { class: "card reorder-form", novalidate: true, "aria-label": `Reorder ${preference.product.name}`,
+    "data-opener": `reorder-${preference.id}` },
     h("h2", null, `Reorder ${preference.product.name}`),
     preference.status === "discontinued"
       ? h("p", { class: "hint" }, "It is discontinued, but you can still ask for it: a store or a partner may make or find it again.")

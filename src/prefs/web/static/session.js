@@ -6,6 +6,7 @@ const STORAGE_KEY = "prefs.customer-token";
 const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 
 let current = null;
+let lapsed = false; // a kept token ran out (the page can send the customer through sign-in again)
 
 function claims(token) {
   try {
@@ -41,6 +42,7 @@ export function takeHandOver() {
 
 export function keep(token) {
   current = token;
+  lapsed = false;
   try {
     window.sessionStorage.setItem(STORAGE_KEY, token);
   } catch {
@@ -57,16 +59,33 @@ export function token() {
       stored = null;
     }
     if (stored !== null && usable(stored)) current = stored;
-    else forget();
+    else {
+      forget();
+      lapsed = stored !== null;
+    }
   }
   return current;
 }
 
 export function forget() {
   current = null;
+  lapsed = false;
   try {
     window.sessionStorage.removeItem(STORAGE_KEY);
   } catch {
     // nothing kept
   }
+}
+
+/** Whether the kept token ran out, or runs out within ``seconds`` (an opaque one: never, as far
+ * as the page knows). */
+export function expiresWithin(seconds) {
+  if (current !== null && !usable(current)) {
+    forget();
+    lapsed = true;
+  }
+  const kept = token();
+  if (kept === null) return lapsed;
+  const payload = claims(kept);
+  return payload !== null && typeof payload.exp === "number" && payload.exp * 1000 - Date.now() < seconds * 1000;
 }
