@@ -186,3 +186,94 @@ def test_prefs_token_is_refused_in_production(tmp_path):
     assert "development issuer" in result.stderr
     assert result.stdout.strip() == ""
     assert not (tmp_path / "d" / "dev-issuer.pem").exists()
+
+
+def refused_with_one_line(result: subprocess.CompletedProcess[str], *words: str) -> str:
+    """The command failed, saying so in one line on stderr that holds ``words``; no traceback."""
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert result.stdout == ""
+    return lines[0]
+
+
+def unreachable_database() -> str:
+    return f"postgresql://prefs:pw-{os.getpid()}@127.0.0.1:{free_port()}/prefs"
+
+
+BAD_SETTINGS: list[tuple[dict[str, str], tuple[str, ...]]] = [
+    ({"PREFS_MASTER_KEYS": "garbage"}, ("PREFS_MASTER_KEYS", "VERSION:BASE64KEY")),
+    ({"PREFS_MASTER_KEYS": "1:abcd"}, ("PREFS_MASTER_KEYS", "32 bytes")),
+    ({"PREFS_INDEX_KEY": "1:abcd"}, ("PREFS_INDEX_KEY", "32 bytes")),
+    (
+        {
+            "PREFS_JWT_ISSUER": "https://id.example-retailer.test/",
+            "PREFS_JWT_AUDIENCE": "prefs-api",
+            "PREFS_JWT_JWKS": "/nonexistent.json",
+        },
+        ("PREFS_JWT_JWKS", "/nonexistent.json"),
+    ),
+    ({"PREFS_JWT_JWKS": "EMPTY-KEY-SET"}, ("PREFS_JWT_JWKS", "no keys")),
+    ({"PREFS_DATABASE_URL": "UNREACHABLE"}, ("PREFS_DATABASE_URL", "connection refused")),
+    ({"PREFS_LOG_LEVEL": "loud"}, ("PREFS_LOG_LEVEL",)),
+]
+
+
+@pytest.mark.parametrize(("bad", "words"), BAD_SETTINGS, ids=lambda v: str(v)[:40])
+def test_a_bad_setting_stops_prefs_serve_with_one_line_before_the_database_is_touched(
+    tmp_path, bad, words
+):
+    data_dir = tmp_path / "data"
+    bad = dict(bad)
+    if bad.get("PREFS_JWT_JWKS") == "EMPTY-KEY-SET":
+        (tmp_path / "jwks.json").write_text('{"keys": []}')
+        bad = {
+            "PREFS_JWT_ISSUER": "https://id.example-retailer.test/",
+            "PREFS_JWT_AUDIENCE": "prefs-api",
+            "PREFS_JWT_JWKS": str(tmp_path / "jwks.json"),
+        }
+    if bad.get("PREFS_DATABASE_URL") == "UNREACHABLE":
+        bad["PREFS_DATABASE_URL"] = unreachable_database()
+    result = prefs(
+        "serve",
+        "--port",
+        str(free_port()),
+        env=clean_environment(PREFS_DATA_DIR=str(data_dir), **bad),
+    )
+    line = refused_with_one_line(result, *words)
+    assert "Traceback" not in result.stderr
+    assert "pw-" not in line, "the database password was printed"
+    assert not (data_dir / "pg").exists(), "the embedded database was started (and migrated)"
+
+
+COMMANDS = [
+    ["migrate"],
+    ["credentials", "create", "--kind", "pos", "--name", "Till", "--store", "1"],
+    ["credentials", "list"],
+    ["consent", "verify"],
+    ["keys", "status"],
+    ["keys", "rotate"],
+    ["keys", "reindex"],
+    ["erasures", "export"],
+    ["purge"],
+    ["token", "--subject", "alice"],
+    ["openapi", "--output", "OUTPUT"],
+]
+
+
+def test_every_command_refuses_bad_keys_and_an_unreachable_database_with_one_line(tmp_path):
+    data_dir = tmp_path / "data"
+    for command in COMMANDS:
+        args = [str(tmp_path / "openapi.json") if arg == "OUTPUT" else arg for arg in command]
+        for bad, words in (BAD_SETTINGS[0], BAD_SETTINGS[1]):
+            result = prefs(*args, env=clean_environment(PREFS_DATA_DIR=str(data_dir), **bad))
+            refused_with_one_line(result, *words)
+        if command[0] not in ("token", "openapi"):  # these two never reach the database
+            unreachable = clean_environment(
+                PREFS_DATA_DIR=str(data_dir), PREFS_DATABASE_URL=unreachable_database()
+            )
+            refused_with_one_line(prefs(*args, env=unreachable), "PREFS_DATABASE_URL")
+    assert not (data_dir / "pg").exists()
+    assert not (tmp_path / "openapi.json").exists()

@@ -14,7 +14,7 @@ import click
 
 from prefs import db
 from prefs.catalogue import commands as catalogue_commands
-from prefs.settings import Settings, SettingsError, load
+from prefs.settings import Settings, SettingsError, load, log_settings
 
 T = TypeVar("T")
 
@@ -35,6 +35,10 @@ class Database:
 
     def __enter__(self) -> str:
         if self.settings.database_url:
+            try:
+                asyncio.run(db.check_reachable(self.settings.database_url))
+            except db.Unreachable as error:
+                raise click.ClickException(f"PREFS_DATABASE_URL: {error}") from None
             return self.settings.database_url
         self.embedded = db.EmbeddedPostgres(self.settings.data_dir / "pg", db.embedded_settings())
         return self.embedded.start()
@@ -60,10 +64,10 @@ def main() -> None:
     """prefs — the customer's own preference locker."""
     from prefs.observability import configure_logging
 
-    configure_logging(
-        os.environ.get("PREFS_LOG_LEVEL", "INFO"),
-        json_lines=os.environ.get("PREFS_LOG_FORMAT", "json") == "json",
-    )
+    try:
+        configure_logging(log_settings())
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @main.command()
@@ -246,7 +250,7 @@ def openapi(output: str) -> None:
     from prefs.app import create_app
     from prefs.openapi import render
 
-    Path(output).write_text(render(create_app()))
+    Path(output).write_text(render(create_app(_settings())))
     click.echo(f"wrote {output}")
 
 

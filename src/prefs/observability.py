@@ -29,6 +29,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
 
+from prefs.settings import LogSettings
+
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REQUESTS = Counter("prefs_http_requests", "HTTP requests answered", ["method", "route", "status"])
@@ -155,15 +157,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
+def configure_logging(log: LogSettings) -> None:
     """Root logging to stderr, JSON lines by default (PREFS_LOG_FORMAT=text for people)."""
     handler = logging.StreamHandler()
     handler.setFormatter(
-        JsonFormatter() if json_lines else logging.Formatter("%(levelname)s %(name)s %(message)s")
+        JsonFormatter()
+        if log.json_lines
+        else logging.Formatter("%(levelname)s %(name)s %(message)s")
     )
     handler.formatter.converter = time.gmtime  # type: ignore[union-attr]
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(log.level)
     for noisy in ("pgserver", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
