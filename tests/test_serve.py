@@ -162,7 +162,8 @@ def test_production_with_nothing_configured_refuses_to_serve_with_one_line(tmp_p
     assert not (tmp_path / "d").exists()
 
 
-def test_prefs_token_is_refused_in_production(tmp_path):
+def production_environment(tmp_path: Path, **settings: str) -> dict[str, str]:
+    """Everything production needs, on a database nothing listens at (127.0.0.1:1)."""
     jwks = tmp_path / "jwks.json"
     public_key = {
         "kty": "OKP",
@@ -170,18 +171,23 @@ def test_prefs_token_is_refused_in_production(tmp_path):
         "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
     }
     jwks.write_text(json.dumps({"keys": [{**public_key, "kid": "idp-1"}]}))
-    key = "1:" + "A" * 43
-    production = clean_environment(
-        PREFS_ENV="production",
-        PREFS_DATA_DIR=str(tmp_path / "d"),
-        PREFS_DATABASE_URL="postgresql://prefs@127.0.0.1:1/prefs",
-        PREFS_MASTER_KEYS=key,
-        PREFS_INDEX_KEY=key,
-        PREFS_JWT_ISSUER="https://id.example-retailer.test/",
-        PREFS_JWT_AUDIENCE="prefs-api",
-        PREFS_JWT_JWKS=str(jwks),
+    return clean_environment(
+        **{
+            "PREFS_ENV": "production",
+            "PREFS_DATA_DIR": str(tmp_path / "d"),
+            "PREFS_DATABASE_URL": "postgresql://prefs@127.0.0.1:1/prefs",
+            "PREFS_MASTER_KEYS": "1:" + "A" * 43,
+            "PREFS_INDEX_KEY": "1:" + "B" * 43,
+            "PREFS_JWT_ISSUER": "https://id.example-retailer.test/",
+            "PREFS_JWT_AUDIENCE": "prefs-api",
+            "PREFS_JWT_JWKS": str(jwks),
+            **settings,
+        }
     )
-    result = prefs("token", "--subject", "alice", env=production)
+
+
+def test_prefs_token_is_refused_in_production(tmp_path):
+    result = prefs("token", "--subject", "alice", env=production_environment(tmp_path))
     assert result.returncode != 0
     assert "development issuer" in result.stderr
     assert result.stdout.strip() == ""
@@ -246,6 +252,13 @@ def test_a_bad_setting_stops_prefs_serve_with_one_line_before_the_database_is_to
     assert "Traceback" not in result.stderr
     assert "pw-" not in line, "the database password was printed"
     assert not (data_dir / "pg").exists(), "the embedded database was started (and migrated)"
+
+
+def test_production_refuses_one_key_for_both_keyrings_with_one_line(tmp_path):
+    key = "1:" + "A" * 43
+    env = production_environment(tmp_path, PREFS_MASTER_KEYS=key, PREFS_INDEX_KEY=key)
+    line = refused_with_one_line(prefs("serve", env=env), "PREFS_INDEX_KEY", "PREFS_MASTER_KEYS")
+    assert "A" * 8 not in line
 
 
 COMMANDS = [

@@ -296,3 +296,18 @@ def test_a_database_url_that_is_not_postgresql_is_refused_without_echoing_it(pro
 def test_a_bad_log_setting_is_refused_naming_it(tmp_path, name, value):
     with pytest.raises(SettingsError, match=name):
         load({"PREFS_DATA_DIR": str(tmp_path), name: value})
+
+
+@pytest.mark.parametrize("env", ["production", "development"])
+def test_the_same_key_for_both_keyrings_is_refused(production, tmp_path, env):
+    version_two = "2:" + key_setting(b"m").partition(":")[2]
+    for master, index in (
+        (key_setting(b"m"), key_setting(b"m")),
+        (key_setting(b"m"), f"{key_setting(b'i')},{version_two}"),  # any key, any version
+    ):
+        environ = {**production, "PREFS_ENV": env, "PREFS_MASTER_KEYS": master}
+        with pytest.raises(SettingsError) as raised:
+            load({**environ, "PREFS_INDEX_KEY": index})
+        message = str(raised.value)
+        assert "PREFS_MASTER_KEYS" in message and "PREFS_INDEX_KEY" in message
+        assert key_setting(b"m")[2:] not in message

@@ -224,6 +224,11 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             index = _keyring(index_keys, f"{data_dir / 'index.key'} (PREFS_INDEX_KEY is unset)")
     assert master is not None and index is not None
     assert master_keys is not None and index_keys is not None
+    if set(master.keys.values()) & set(index.keys.values()):
+        # the keyrings are independent so that either can leak, or be rotated, without the other
+        raise SettingsError(
+            "PREFS_INDEX_KEY must not repeat a key of PREFS_MASTER_KEYS: give each its own keys"
+        )
 
     k_anonymity = _int(environ, "PREFS_K_ANONYMITY", 10, minimum=2)
     pool_min = _int(environ, "PREFS_POOL_MIN_SIZE", 2, minimum=1)
