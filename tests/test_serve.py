@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -290,3 +291,16 @@ def test_every_command_refuses_bad_keys_and_an_unreachable_database_with_one_lin
             refused_with_one_line(prefs(*args, env=unreachable), "PREFS_DATABASE_URL")
     assert not (data_dir / "pg").exists()
     assert not (tmp_path / "openapi.json").exists()
+
+
+def test_prefs_serve_on_a_port_in_use_says_so_in_one_line_before_anything_else(tmp_path):
+    data_dir = tmp_path / "data"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = prefs(
+            "serve", "--port", str(port), env=clean_environment(PREFS_DATA_DIR=str(data_dir))
+        )
+    refused_with_one_line(result, f"port {port}", "in use")
+    assert not (data_dir / "pg").exists(), "the embedded database was started (and migrated)"
