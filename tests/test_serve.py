@@ -304,3 +304,27 @@ def test_prefs_serve_on_a_port_in_use_says_so_in_one_line_before_anything_else(t
         )
     refused_with_one_line(result, f"port {port}", "in use")
     assert not (data_dir / "pg").exists(), "the embedded database was started (and migrated)"
+
+
+def test_the_banner_stops_saying_the_till_lookup_answers_404_once_the_demo_customer_shares(
+    tmp_path,
+):
+    data_dir = tmp_path / "prefs-data"
+    with serving(data_dir) as first:
+        demo = json.loads((data_dir / "demo.json").read_text())
+        lookup = {"headers": bearer(demo["till_key"]), "json": {"card": demo["card"]}}
+        assert httpx.post(f"{first.url}/v1/pos/lookup", **lookup).status_code == 404
+        shared = httpx.put(
+            f"{first.url}/v1/me/consents/pos",
+            headers=bearer(token(data_dir, "demo@prefs.example")),
+            json={"fields": ["product", "attributes"]},
+        )
+        assert shared.status_code in (200, 201), shared.text
+        assert first.stop() == 0, first.stderr
+    assert "answers 404 until the demo customer" in first.stdout
+
+    with serving(data_dir) as second:
+        assert httpx.post(f"{second.url}/v1/pos/lookup", **lookup).status_code == 200
+        assert second.stop() == 0, second.stderr
+    assert "demo till key" in second.stdout
+    assert "404" not in second.stdout, second.stdout

@@ -200,7 +200,7 @@ def _print_demo(demo: Any, base: str) -> None:
         )
     if demo.partner_key:
         click.echo(f"  demo partner key: {demo.partner_key}")
-    if getattr(demo, "hint", None):
+    if demo.hint:
         click.echo(f"  note: {demo.hint}")
 
 
