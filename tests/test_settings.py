@@ -291,7 +291,7 @@ def test_a_database_url_that_is_not_postgresql_is_refused_without_echoing_it(pro
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("PREFS_LOG_LEVEL", "loud"), ("PREFS_LOG_FORMAT", "xml")],
+    [("PREFS_LOG_LEVEL", "loud"), ("PREFS_LOG_FORMAT", "xml"), ("PREFS_REQUEST_LOG", "maybe")],
 )
 def test_a_bad_log_setting_is_refused_naming_it(tmp_path, name, value):
     with pytest.raises(SettingsError, match=name):

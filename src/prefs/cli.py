@@ -144,7 +144,7 @@ def _run_server(settings: Settings, url: str, listening: socket.socket, workers:
             uvicorn.Config(
                 create_app(settings),
                 log_config=None,
-                access_log=False,
+                access_log=False,  # prefs.requests logs each request (prefs.observability)
                 lifespan="on",
                 timeout_graceful_shutdown=30,
             )

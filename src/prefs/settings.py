@@ -30,6 +30,7 @@ class SettingsError(Exception):
 class LogSettings(msgspec.Struct, frozen=True, kw_only=True):
     level: str = "INFO"
     json_lines: bool = True
+    request_log: bool = True  # one line per request, on the `prefs.requests` logger
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -104,7 +105,12 @@ def log_settings(environ: Mapping[str, str] | None = None) -> LogSettings:
     log_format = environ.get("PREFS_LOG_FORMAT") or "json"
     if log_format not in ("json", "text"):
         raise SettingsError("PREFS_LOG_FORMAT must be 'json' or 'text'")
-    return LogSettings(level=level, json_lines=log_format == "json")
+    request_log = environ.get("PREFS_REQUEST_LOG") or "on"
+    if request_log not in ("on", "off"):
+        raise SettingsError("PREFS_REQUEST_LOG must be 'on' or 'off'")
+    return LogSettings(
+        level=level, json_lines=log_format == "json", request_log=request_log == "on"
+    )
 
 
 def _keyring(setting: str, name: str) -> Keyring:
