@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -216,13 +215,11 @@ async def check_reachable(url: str, timeout: float = 10.0) -> None:
         conn = await asyncpg.connect(asyncpg_dsn(url), timeout=timeout)
     except ConnectionRefusedError:
         raise Unreachable(f"nothing listens at {where} (connection refused)") from None
-    except socket.gaierror:
-        raise Unreachable(f"cannot find the host of {where}") from None
     except TimeoutError:
         raise Unreachable(f"no answer from {where} within {timeout:g} s") from None
     except asyncpg.PostgresError as error:  # the server's own words: no password in them
         raise Unreachable(f"{where} refused: {str(error).splitlines()[0]}") from None
-    except OSError as error:
+    except OSError as error:  # an unknown host too (socket.gaierror): "Name or service not known"
         raise Unreachable(
             f"cannot connect to {where} ({error.strerror or type(error).__name__})"
         ) from None
