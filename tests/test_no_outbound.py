@@ -100,6 +100,8 @@ SENDER_NAMES = re.compile(
     re.IGNORECASE,
 )
 JWKS_FETCHER = SOURCE / "auth.py"  # PyJWKClient fetching PREFS_JWT_JWKS, when it is a URL
+LISTENER = SOURCE / "cli.py"  # `prefs serve` binds its own port before it starts anything
+LISTENER_NAMES = {"socket", "AF_INET", "AF_INET6", "SOL_SOCKET", "SO_REUSEADDR"}
 
 
 def python_files() -> list[Path]:
@@ -120,9 +122,31 @@ def test_the_code_imports_no_mail_sms_push_webhook_or_http_client():
                 modules = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
             for module in modules:
                 parts = module.split(".")
+                if module == "socket" and path == LISTENER:
+                    continue  # what it takes from the module: the next test
                 if any(".".join(parts[:n]) in NETWORK_CLIENTS for n in range(1, len(parts) + 1)):
                     found.append(f"{path.relative_to(SOURCE)}:{node.lineno} imports {module}")
     assert not found, "\n".join(found)
+
+
+def test_the_only_socket_the_code_makes_is_the_listener_prefs_serve_binds():
+    """cli.py takes from `socket` only what a listening TCP socket needs (no connect, no
+    datagram, no name lookup); the audit at the end of the session watches what it does."""
+    tree = ast.parse(LISTENER.read_text(encoding="utf-8"))
+    used = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "socket"
+    }
+    assert used, "cli.py no longer uses socket: drop LISTENER"
+    assert used <= LISTENER_NAMES, used - LISTENER_NAMES
+    assert not [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "socket"
+    ], "cli.py imports names from socket directly: keep them behind `socket.`"
 
 
 def test_the_code_opens_no_connection_by_hand_and_names_no_sender():

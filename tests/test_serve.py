@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -162,7 +163,8 @@ def test_production_with_nothing_configured_refuses_to_serve_with_one_line(tmp_p
     assert not (tmp_path / "d").exists()
 
 
-def test_prefs_token_is_refused_in_production(tmp_path):
+def production_environment(tmp_path: Path, **settings: str) -> dict[str, str]:
+    """Everything production needs, on a database nothing listens at (127.0.0.1:1)."""
     jwks = tmp_path / "jwks.json"
     public_key = {
         "kty": "OKP",
@@ -170,20 +172,160 @@ def test_prefs_token_is_refused_in_production(tmp_path):
         "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
     }
     jwks.write_text(json.dumps({"keys": [{**public_key, "kid": "idp-1"}]}))
-    key = "1:" + "A" * 43
-    production = clean_environment(
-        PREFS_ENV="production",
-        PREFS_DATA_DIR=str(tmp_path / "d"),
-        PREFS_DATABASE_URL="postgresql://prefs@127.0.0.1:1/prefs",
-        PREFS_MASTER_KEYS=key,
-        PREFS_INDEX_KEY=key,
-        PREFS_JWT_ISSUER="https://id.example-retailer.test/",
-        PREFS_JWT_AUDIENCE="prefs-api",
-        PREFS_JWT_JWKS=str(jwks),
-        PREFS_OIDC_CLIENT_ID="prefs-page",
+    return clean_environment(
+        **{
+            "PREFS_ENV": "production",
+            "PREFS_DATA_DIR": str(tmp_path / "d"),
+            "PREFS_DATABASE_URL": "postgresql://prefs@127.0.0.1:1/prefs",
+            "PREFS_MASTER_KEYS": "1:" + "A" * 43,
+            "PREFS_INDEX_KEY": "1:" + "B" * 43,
+            "PREFS_JWT_ISSUER": "https://id.example-retailer.test/",
+            "PREFS_JWT_AUDIENCE": "prefs-api",
+            "PREFS_JWT_JWKS": str(jwks),
+            "PREFS_OIDC_CLIENT_ID": "prefs-page",
+            **settings,
+        }
     )
-    result = prefs("token", "--subject", "alice", env=production)
+
+
+def test_prefs_token_is_refused_in_production(tmp_path):
+    result = prefs("token", "--subject", "alice", env=production_environment(tmp_path))
     assert result.returncode != 0
     assert "development issuer" in result.stderr
     assert result.stdout.strip() == ""
     assert not (tmp_path / "d" / "dev-issuer.pem").exists()
+
+
+def refused_with_one_line(result: subprocess.CompletedProcess[str], *words: str) -> str:
+    """The command failed, saying so in one line on stderr that holds ``words``; no traceback."""
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert result.stdout == ""
+    return lines[0]
+
+
+def unreachable_database() -> str:
+    return f"postgresql://prefs:pw-{os.getpid()}@127.0.0.1:{free_port()}/prefs"
+
+
+BAD_SETTINGS: list[tuple[dict[str, str], tuple[str, ...]]] = [
+    ({"PREFS_MASTER_KEYS": "garbage"}, ("PREFS_MASTER_KEYS", "VERSION:BASE64KEY")),
+    ({"PREFS_MASTER_KEYS": "1:abcd"}, ("PREFS_MASTER_KEYS", "32 bytes")),
+    ({"PREFS_INDEX_KEY": "1:abcd"}, ("PREFS_INDEX_KEY", "32 bytes")),
+    (
+        {
+            "PREFS_JWT_ISSUER": "https://id.example-retailer.test/",
+            "PREFS_JWT_AUDIENCE": "prefs-api",
+            "PREFS_JWT_JWKS": "/nonexistent.json",
+        },
+        ("PREFS_JWT_JWKS", "/nonexistent.json"),
+    ),
+    ({"PREFS_JWT_JWKS": "EMPTY-KEY-SET"}, ("PREFS_JWT_JWKS", "no keys")),
+    ({"PREFS_DATABASE_URL": "UNREACHABLE"}, ("PREFS_DATABASE_URL", "connection refused")),
+    ({"PREFS_LOG_LEVEL": "loud"}, ("PREFS_LOG_LEVEL",)),
+]
+
+
+@pytest.mark.parametrize(("bad", "words"), BAD_SETTINGS, ids=lambda v: str(v)[:40])
+def test_a_bad_setting_stops_prefs_serve_with_one_line_before_the_database_is_touched(
+    tmp_path, bad, words
+):
+    data_dir = tmp_path / "data"
+    bad = dict(bad)
+    if bad.get("PREFS_JWT_JWKS") == "EMPTY-KEY-SET":
+        (tmp_path / "jwks.json").write_text('{"keys": []}')
+        bad = {
+            "PREFS_JWT_ISSUER": "https://id.example-retailer.test/",
+            "PREFS_JWT_AUDIENCE": "prefs-api",
+            "PREFS_JWT_JWKS": str(tmp_path / "jwks.json"),
+        }
+    if bad.get("PREFS_DATABASE_URL") == "UNREACHABLE":
+        bad["PREFS_DATABASE_URL"] = unreachable_database()
+    result = prefs(
+        "serve",
+        "--port",
+        str(free_port()),
+        env=clean_environment(PREFS_DATA_DIR=str(data_dir), **bad),
+    )
+    line = refused_with_one_line(result, *words)
+    assert "Traceback" not in result.stderr
+    assert "pw-" not in line, "the database password was printed"
+    assert not (data_dir / "pg").exists(), "the embedded database was started (and migrated)"
+
+
+def test_production_refuses_one_key_for_both_keyrings_with_one_line(tmp_path):
+    key = "1:" + "A" * 43
+    env = production_environment(tmp_path, PREFS_MASTER_KEYS=key, PREFS_INDEX_KEY=key)
+    line = refused_with_one_line(prefs("serve", env=env), "PREFS_INDEX_KEY", "PREFS_MASTER_KEYS")
+    assert "A" * 8 not in line
+
+
+COMMANDS = [
+    ["migrate"],
+    ["credentials", "create", "--kind", "pos", "--name", "Till", "--store", "1"],
+    ["credentials", "list"],
+    ["consent", "verify"],
+    ["keys", "status"],
+    ["keys", "rotate"],
+    ["keys", "reindex"],
+    ["erasures", "export"],
+    ["purge"],
+    ["token", "--subject", "alice"],
+    ["openapi", "--output", "OUTPUT"],
+]
+
+
+def test_every_command_refuses_bad_keys_and_an_unreachable_database_with_one_line(tmp_path):
+    data_dir = tmp_path / "data"
+    for command in COMMANDS:
+        args = [str(tmp_path / "openapi.json") if arg == "OUTPUT" else arg for arg in command]
+        for bad, words in (BAD_SETTINGS[0], BAD_SETTINGS[1]):
+            result = prefs(*args, env=clean_environment(PREFS_DATA_DIR=str(data_dir), **bad))
+            refused_with_one_line(result, *words)
+        if command[0] not in ("token", "openapi"):  # these two never reach the database
+            unreachable = clean_environment(
+                PREFS_DATA_DIR=str(data_dir), PREFS_DATABASE_URL=unreachable_database()
+            )
+            refused_with_one_line(prefs(*args, env=unreachable), "PREFS_DATABASE_URL")
+    assert not (data_dir / "pg").exists()
+    assert not (tmp_path / "openapi.json").exists()
+
+
+def test_prefs_serve_on_a_port_in_use_says_so_in_one_line_before_anything_else(tmp_path):
+    data_dir = tmp_path / "data"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = prefs(
+            "serve", "--port", str(port), env=clean_environment(PREFS_DATA_DIR=str(data_dir))
+        )
+    refused_with_one_line(result, f"port {port}", "in use")
+    assert not (data_dir / "pg").exists(), "the embedded database was started (and migrated)"
+
+
+def test_the_banner_stops_saying_the_till_lookup_answers_404_once_the_demo_customer_shares(
+    tmp_path,
+):
+    data_dir = tmp_path / "prefs-data"
+    with serving(data_dir) as first:
+        demo = json.loads((data_dir / "demo.json").read_text())
+        lookup = {"headers": bearer(demo["till_key"]), "json": {"card": demo["card"]}}
+        assert httpx.post(f"{first.url}/v1/pos/lookup", **lookup).status_code == 404
+        shared = httpx.put(
+            f"{first.url}/v1/me/consents/pos",
+            headers=bearer(token(data_dir, "demo@prefs.example")),
+            json={"fields": ["product", "attributes"]},
+        )
+        assert shared.status_code in (200, 201), shared.text
+        assert first.stop() == 0, first.stderr
+    assert "answers 404 until the demo customer" in first.stdout
+
+    with serving(data_dir) as second:
+        assert httpx.post(f"{second.url}/v1/pos/lookup", **lookup).status_code == 200
+        assert second.stop() == 0, second.stderr
+    assert "demo till key" in second.stdout
+    assert "404" not in second.stdout, second.stdout

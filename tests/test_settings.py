@@ -271,3 +271,84 @@ def test_development_may_sign_in_with_a_provider_on_this_machine(tmp_path):
         }
     )
     assert scoped.oidc_scopes == "openid profile"
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("garbage", "VERSION:BASE64KEY"),
+        ("1:abcd", "must be 32 bytes"),
+        ("1:" + "!" * 43, "not base64"),
+        (key_setting(b"a") + ",1:" + base64.urlsafe_b64encode(b"b" * 32).decode(), "repeated"),
+    ],
+)
+@pytest.mark.parametrize("name", ["PREFS_MASTER_KEYS", "PREFS_INDEX_KEY"])
+def test_a_keyring_that_cannot_be_read_is_refused_at_load_naming_it(production, name, value, says):
+    with pytest.raises(SettingsError) as raised:
+        load({**production, name: value})
+    message = str(raised.value)
+    assert message.startswith(name) and says in message
+    assert "\n" not in message
+    assert (value.partition(":")[2] or value)[:8] not in message  # never the key itself
+
+
+def test_a_damaged_development_key_file_is_named_with_its_path(tmp_path):
+    (tmp_path / "master.keys").write_text("1:abcd\n")
+    with pytest.raises(SettingsError) as raised:
+        load({"PREFS_DATA_DIR": str(tmp_path)})
+    assert str(raised.value).startswith(f"{tmp_path / 'master.keys'} (PREFS_MASTER_KEYS is unset)")
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (None, "there is no file"),
+        ("not json", "is not JSON"),
+        ('[{"kty": "OKP"}]', 'no "keys" list'),
+        ('{"keys": []}', "holds no keys"),
+        ('{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}', "no key tokens can be checked with"),
+        ('{"keys": [{"kty": "OKP", "crv": "Ed25519"}]}', "no key tokens can be checked with"),
+    ],
+)
+def test_a_key_set_file_that_cannot_check_tokens_is_refused_at_load(production, content, says):
+    path = Path(production["PREFS_DATA_DIR"]).parent / "idp-jwks.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SettingsError) as raised:
+        load({**production, "PREFS_JWT_JWKS": str(path)})
+    message = str(raised.value)
+    assert message.startswith("PREFS_JWT_JWKS") and says in message and str(path) in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://prefs:s3cret-pw@db.internal/prefs", "db.internal:5432/prefs", "s3cret-pw"]
+)
+def test_a_database_url_that_is_not_postgresql_is_refused_without_echoing_it(production, url):
+    with pytest.raises(SettingsError) as raised:
+        load({**production, "PREFS_DATABASE_URL": url})
+    assert str(raised.value) == "PREFS_DATABASE_URL must be a postgresql:// URL"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("PREFS_LOG_LEVEL", "loud"), ("PREFS_LOG_FORMAT", "xml"), ("PREFS_REQUEST_LOG", "maybe")],
+)
+def test_a_bad_log_setting_is_refused_naming_it(tmp_path, name, value):
+    with pytest.raises(SettingsError, match=name):
+        load({"PREFS_DATA_DIR": str(tmp_path), name: value})
+
+
+@pytest.mark.parametrize("env", ["production", "development"])
+def test_the_same_key_for_both_keyrings_is_refused(production, tmp_path, env):
+    version_two = "2:" + key_setting(b"m").partition(":")[2]
+    for master, index in (
+        (key_setting(b"m"), key_setting(b"m")),
+        (key_setting(b"m"), f"{key_setting(b'i')},{version_two}"),  # any key, any version
+    ):
+        environ = {**production, "PREFS_ENV": env, "PREFS_MASTER_KEYS": master}
+        with pytest.raises(SettingsError) as raised:
+            load({**environ, "PREFS_INDEX_KEY": index})
+        message = str(raised.value)
+        assert "PREFS_MASTER_KEYS" in message and "PREFS_INDEX_KEY" in message
+        assert key_setting(b"m")[2:] not in message

@@ -150,10 +150,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     """The prefs ASGI application."""
     settings = settings or load()
     if os.environ.get("PREFS_WORKER_LOGGING") == "1":
-        configure_logging(
-            os.environ.get("PREFS_LOG_LEVEL", "INFO"),
-            json_lines=os.environ.get("PREFS_LOG_FORMAT", "json") == "json",
-        )
+        configure_logging(settings.log)
     vault = Vault.from_settings(settings.master_keys, settings.index_keys)
     state = State(
         {

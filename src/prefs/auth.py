@@ -22,9 +22,9 @@ from litestar.handlers.base import BaseRouteHandler
 from prefs import credentials
 from prefs.credentials import Credential, Kind
 from prefs.crypto import BlindIndex
-from prefs.settings import DEV_AUDIENCE, DEV_ISSUER, Settings
+from prefs.settings import DEV_AUDIENCE, DEV_ISSUER, TOKEN_ALGORITHMS, Settings
 
-ALGORITHMS = ("EdDSA", "ES256", "RS256")
+ALGORITHMS = TOKEN_ALGORITHMS
 DEV_KID = "prefs-dev-1"
 LEEWAY_SECONDS = 30
 MAX_TOKEN_LIFETIME_SECONDS = 86_400  # a token may not expire more than a day ahead

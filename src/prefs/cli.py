@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -14,7 +16,7 @@ import click
 
 from prefs import db
 from prefs.catalogue import commands as catalogue_commands
-from prefs.settings import Settings, SettingsError, load
+from prefs.settings import Settings, SettingsError, load, log_settings
 from prefs.stores import commands as store_commands
 
 T = TypeVar("T")
@@ -36,6 +38,10 @@ class Database:
 
     def __enter__(self) -> str:
         if self.settings.database_url:
+            try:
+                asyncio.run(db.check_reachable(self.settings.database_url))
+            except db.Unreachable as error:
+                raise click.ClickException(f"PREFS_DATABASE_URL: {error}") from None
             return self.settings.database_url
         self.embedded = db.EmbeddedPostgres(self.settings.data_dir / "pg", db.embedded_settings())
         return self.embedded.start()
@@ -61,10 +67,10 @@ def main() -> None:
     """prefs — the customer's own preference locker."""
     from prefs.observability import configure_logging
 
-    configure_logging(
-        os.environ.get("PREFS_LOG_LEVEL", "INFO"),
-        json_lines=os.environ.get("PREFS_LOG_FORMAT", "json") == "json",
-    )
+    try:
+        configure_logging(log_settings())
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @main.command()
@@ -74,14 +80,15 @@ def main() -> None:
 def serve(host: str, port: int, workers: int) -> None:
     """Serve the API and the web page (on an embedded PostgreSQL unless PREFS_DATABASE_URL is set)."""
     settings = _settings()
-    with Database(settings) as url:
+    listening = _bind(host, port)  # before the database is touched or anything is printed
+    with listening, Database(settings) as url:
         head = db.head_revision()
         behind = not _run(url, lambda conn: db.schema_at_head(conn, head))
         db.migrate(url)
         settings = load({**os.environ, "PREFS_DATABASE_URL": url})
         if behind:  # each start after this would walk the tables again for nothing
             _seal_backlog(settings, url)
-        base = f"http://{host}:{port}"
+        base = f"http://{host}:{listening.getsockname()[1]}"
         demo = _demo(settings, url)
         click.echo(f"prefs ({settings.env}) listening on {base}")
         click.echo(f"  web page: {base}/")
@@ -97,7 +104,7 @@ def serve(host: str, port: int, workers: int) -> None:
         # the embedded database is stopped too.
         signal.signal(signal.SIGTERM, _stop)
         try:
-            _run_server(settings, url, host, port, workers)
+            _run_server(settings, url, listening, workers)
         except _Stop:
             pass
     click.echo("prefs stopped")
@@ -111,7 +118,24 @@ def _stop(*_: object) -> None:
     raise _Stop
 
 
-def _run_server(settings: Settings, url: str, host: str, port: int, workers: int) -> None:
+def _bind(host: str, port: int) -> socket.socket:
+    """The server's socket, bound (as uvicorn binds it) so that a port in use is one line."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise click.ClickException(
+                f"port {port} on {host} is in use: stop what listens there, or choose --port"
+            ) from None
+        raise click.ClickException(f"cannot listen on {host}:{port} ({error.strerror})") from None
+    sock.set_inheritable(True)  # worker processes serve on it too
+    return sock
+
+
+def _run_server(settings: Settings, url: str, listening: socket.socket, workers: int) -> None:
     import uvicorn
 
     if workers == 1:
@@ -120,31 +144,30 @@ def _run_server(settings: Settings, url: str, host: str, port: int, workers: int
         uvicorn.Server(
             uvicorn.Config(
                 create_app(settings),
-                host=host,
-                port=port,
                 log_config=None,
-                access_log=False,
+                access_log=False,  # prefs.requests logs each request (prefs.observability)
                 lifespan="on",
                 timeout_graceful_shutdown=30,
             )
-        ).run()
+        ).run(sockets=[listening])
     else:
+        from uvicorn.supervisors import Multiprocess
+
         os.environ["PREFS_DATABASE_URL"] = url
         metrics_dir = settings.data_dir / "metrics"
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True, mode=0o700)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         os.environ["PREFS_WORKER_LOGGING"] = "1"  # spawned workers set up the same JSON logs
-        uvicorn.run(
+        config = uvicorn.Config(
             "prefs.app:create_app",
             factory=True,
-            host=host,
-            port=port,
             workers=workers,
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=30,
         )
+        Multiprocess(config, sockets=[listening]).run()  # what uvicorn.run does, on our socket
 
 
 def _demo(settings: Settings, url: str) -> Any:
@@ -178,7 +201,7 @@ def _print_demo(demo: Any, base: str) -> None:
         )
     if demo.partner_key:
         click.echo(f"  demo partner key: {demo.partner_key}")
-    if getattr(demo, "hint", None):
+    if demo.hint:
         click.echo(f"  note: {demo.hint}")
 
 
@@ -247,7 +270,7 @@ def openapi(output: str) -> None:
     from prefs.app import create_app
     from prefs.openapi import render
 
-    Path(output).write_text(render(create_app()))
+    Path(output).write_text(render(create_app(_settings())))
     click.echo(f"wrote {output}")
 
 

@@ -71,7 +71,9 @@ class Keyring:
             except (binascii.Error, ValueError):
                 raise KeyringError(f"{name}: key {version_text} is not base64") from None
             if len(key) != 32:
-                raise KeyringError(f"{name}: key {version_text} must be 32 bytes")
+                raise KeyringError(
+                    f"{name}: key {version_text} must be 32 bytes (it is {len(key)})"
+                )
             version = int(version_text)
             if version in keys or not 1 <= version <= _MAX_VERSION:
                 raise KeyringError(f"{name}: version {version} is repeated or out of range")

@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeAlias
+from urllib.parse import urlsplit
 
 import asyncpg
 import msgspec
@@ -200,6 +201,41 @@ async def schema_at_head(conn: asyncpg.Connection, head: str) -> bool:
     except asyncpg.UndefinedTableError:
         return False
     return bool(current == head)
+
+
+class Unreachable(Exception):
+    """The database did not take a connection; the message is one line saying why (never the
+    URL, which may hold a password)."""
+
+
+async def check_reachable(url: str, timeout: float = 10.0) -> None:
+    """Open one connection and close it, or raise Unreachable naming where and why."""
+    where = _host_and_port(url)
+    try:
+        conn = await asyncpg.connect(asyncpg_dsn(url), timeout=timeout)
+    except ConnectionRefusedError:
+        raise Unreachable(f"nothing listens at {where} (connection refused)") from None
+    except TimeoutError:
+        raise Unreachable(f"no answer from {where} within {timeout:g} s") from None
+    except asyncpg.PostgresError as error:  # the server's own words: no password in them
+        raise Unreachable(f"{where} refused: {str(error).splitlines()[0]}") from None
+    except OSError as error:  # an unknown host too (socket.gaierror): "Name or service not known"
+        raise Unreachable(
+            f"cannot connect to {where} ({error.strerror or type(error).__name__})"
+        ) from None
+    except (ValueError, asyncpg.InterfaceError):  # their messages may quote the URL
+        raise Unreachable("the URL cannot be read as a PostgreSQL connection URL") from None
+    await conn.close()
+
+
+def _host_and_port(url: str) -> str:
+    """host:port of a URL for messages, or a plain description when it names none or several."""
+    try:
+        parts = urlsplit(asyncpg_dsn(url))
+        host, port = parts.hostname, parts.port or 5432
+    except ValueError:
+        return "the database"
+    return f"{host}:{port}" if host else "the database"
 
 
 async def wait_until_reachable(url: str, timeout: float = 30.0) -> None:

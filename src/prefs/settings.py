@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
 import os
 import secrets
@@ -11,15 +12,26 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import jwt
 import msgspec
+
+from prefs.crypto import Keyring, KeyringError
 
 Environment = Literal["development", "production"]
 DEV_ISSUER = "prefs-dev"
 DEV_AUDIENCE = "prefs"
+TOKEN_ALGORITHMS = ("EdDSA", "ES256", "RS256")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class SettingsError(Exception):
     """The environment cannot make a working service; the message is one line saying why."""
+
+
+class LogSettings(msgspec.Struct, frozen=True, kw_only=True):
+    level: str = "INFO"
+    json_lines: bool = True
+    request_log: bool = True  # one line per request, on the `prefs.requests` logger
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,6 +69,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     partner_accepted_window_days: int = 30
     partner_open_proposals: int = 3
     partner_proposal_max_quantity: int = 5
+    log: LogSettings = msgspec.field(default_factory=LogSettings)
 
     @property
     def dev_issuer_key_path(self) -> Path:
@@ -87,6 +100,67 @@ def _positive_float(environ: Mapping[str, str], name: str, default: float) -> fl
     if not math.isfinite(value) or value <= 0:
         raise SettingsError(f"{name} must be a positive, finite number")
     return value
+
+
+def log_settings(environ: Mapping[str, str] | None = None) -> LogSettings:
+    """The logging settings alone: the `prefs` command sets up its logs before anything else."""
+    environ = os.environ if environ is None else environ
+    level = (environ.get("PREFS_LOG_LEVEL") or "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise SettingsError("PREFS_LOG_LEVEL must be one of " + ", ".join(LOG_LEVELS))
+    log_format = environ.get("PREFS_LOG_FORMAT") or "json"
+    if log_format not in ("json", "text"):
+        raise SettingsError("PREFS_LOG_FORMAT must be 'json' or 'text'")
+    request_log = environ.get("PREFS_REQUEST_LOG") or "on"
+    if request_log not in ("on", "off"):
+        raise SettingsError("PREFS_REQUEST_LOG must be 'on' or 'off'")
+    return LogSettings(
+        level=level, json_lines=log_format == "json", request_log=request_log == "on"
+    )
+
+
+def _keyring(setting: str, name: str) -> Keyring:
+    try:
+        return Keyring.parse(setting, name)
+    except KeyringError as error:
+        raise SettingsError(str(error)) from None
+
+
+def _check_database_url(url: str) -> None:
+    """Only the scheme: the rest (hosts, options) is asyncpg's to read, and may hold a password."""
+    scheme = url.partition("://")[0].split("+")[0].lower()
+    if "://" not in url or scheme not in ("postgresql", "postgres"):
+        raise SettingsError("PREFS_DATABASE_URL must be a postgresql:// URL")
+
+
+def _check_key_set_file(source: str) -> None:
+    """A JWKS file must exist, be a JSON Web Key Set, and hold a key tokens can be checked with."""
+    name = "PREFS_JWT_JWKS"
+    try:
+        text = Path(source).read_text()
+    except FileNotFoundError:
+        raise SettingsError(f"{name}: there is no file {source}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or "not text"
+        raise SettingsError(f"{name}: cannot read {source} ({reason})") from None
+    try:
+        document = json.loads(text)
+    except ValueError:
+        raise SettingsError(f"{name}: {source} is not JSON") from None
+    keys = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(keys, list):
+        raise SettingsError(f'{name}: {source} is not a JSON Web Key Set (no "keys" list)')
+    if not keys:
+        raise SettingsError(f"{name}: {source} holds no keys")
+    try:
+        usable = jwt.PyJWKSet(keys).keys
+    except jwt.PyJWKSetError:
+        usable = []
+    if not any(key.algorithm_name in TOKEN_ALGORITHMS for key in usable):
+        raise SettingsError(
+            f"{name}: {source} holds no key tokens can be checked with "
+            f"({', '.join(TOKEN_ALGORITHMS)} public keys)"
+        )
 
 
 def _new_keyring_entry(version: int) -> str:
@@ -172,16 +246,33 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             raise SettingsError(
                 "PREFS_JWT_JWKS must be a file path or an https:// URL in production"
             )
-    else:
-        master_keys = master_keys or _dev_secret(data_dir, "master.keys")
-        index_keys = index_keys or _dev_secret(data_dir, "index.key")
-
     if (jwt_issuer is None) != (jwt_jwks is None) or (jwt_issuer and not jwt_audience):
         raise SettingsError(
             "PREFS_JWT_ISSUER, PREFS_JWT_AUDIENCE and PREFS_JWT_JWKS must be set together"
         )
+    if database_url is not None:
+        _check_database_url(database_url)
+    if jwt_jwks is not None and not jwt_jwks.startswith(("https://", "http://")):
+        _check_key_set_file(jwt_jwks)
+    master = _keyring(master_keys, "PREFS_MASTER_KEYS") if master_keys else None
+    index = _keyring(index_keys, "PREFS_INDEX_KEY") if index_keys else None
+    if env == "development":
+        if master is None:
+            master_keys = _dev_secret(data_dir, "master.keys")
+            master = _keyring(
+                master_keys, f"{data_dir / 'master.keys'} (PREFS_MASTER_KEYS is unset)"
+            )
+        if index is None:
+            index_keys = _dev_secret(data_dir, "index.key")
+            index = _keyring(index_keys, f"{data_dir / 'index.key'} (PREFS_INDEX_KEY is unset)")
+    assert master is not None and index is not None
     oidc = _oidc(environ, env, jwt_issuer)
     assert master_keys is not None and index_keys is not None
+    if set(master.keys.values()) & set(index.keys.values()):
+        # the keyrings are independent so that either can leak, or be rotated, without the other
+        raise SettingsError(
+            "PREFS_INDEX_KEY must not repeat a key of PREFS_MASTER_KEYS: give each its own keys"
+        )
 
     k_anonymity = _int(environ, "PREFS_K_ANONYMITY", 10, minimum=2)
     pool_min = _int(environ, "PREFS_POOL_MIN_SIZE", 2, minimum=1)
@@ -226,4 +317,5 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         partner_proposal_max_quantity=_int(
             environ, "PREFS_PARTNER_PROPOSAL_MAX_QUANTITY", 5, minimum=1
         ),
+        log=log_settings(environ),
     )

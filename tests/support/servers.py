@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -62,3 +66,40 @@ async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     with LiveServer(create_app(settings)) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
             yield http
+
+
+PREFS = Path(sys.executable).parent / "prefs"
+
+
+@contextlib.contextmanager
+def prefs_serve(env: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
+    """`prefs serve` on a free port with ``env``; yields its URL and, once it has stopped (on
+    leaving the block), what it wrote to stdout and stderr."""
+    port = free_port()
+    output: dict[str, str] = {}
+    process = subprocess.Popen(
+        [str(PREFS), "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.communicate()
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "prefs serve did not become ready"
+            time.sleep(0.2)
+        yield url, output
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            output["stdout"], output["stderr"] = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output["stdout"], output["stderr"] = process.communicate()

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from prefs import credentials
+from prefs import credentials, grants
 from prefs.cards import service as cards
 from prefs.catalogue import service as catalogue
 from prefs.catalogue.schemas import ImportRow
@@ -171,7 +171,7 @@ class Demo:
     partner_key: str | None
     card: str | None
     partner_id: uuid.UUID | None = None
-    hint: str | None = HINT
+    hint: str | None = None  # what to do before the till lookup finds the demo customer
 
 
 LOCK = "SELECT pg_advisory_xact_lock(hashtext('prefs.web.demo'))"
@@ -228,16 +228,18 @@ async def _partner_key(conn: asyncpg.Connection, kept: str | None) -> tuple[str,
     return key, credential.partner_id
 
 
-async def _demo_customer(conn: asyncpg.Connection, vault: Vault, card: str) -> None:
-    """Enrol the demo customer with the example preferences, unless they are enrolled."""
+async def _demo_customer(conn: asyncpg.Connection, vault: Vault, card: str) -> uuid.UUID:
+    """The demo customer, enrolled with the example preferences unless they already were."""
     hashes = vault.index.subjects(DEV_ISSUER, DEMO_SUBJECT)
-    if await customers.find_customer_id(conn, hashes) is not None:
-        return
+    found = await customers.find_customer_id(conn, hashes)
+    if found is not None:
+        return found
     profile, _ = await customers.enrol(conn, vault, hashes, card)
     await cards.prove(conn, vault.index, profile.id, card)  # the demo till finds it at once
     for example in EXAMPLES:
         data = msgspec.convert(example, PreferenceCreate)
         await preferences.create_preference(conn, vault, profile.id, data)
+    return profile.id
 
 
 async def ensure_demo(conn: asyncpg.Connection, vault: Vault, settings: Settings) -> Demo | None:
@@ -255,7 +257,8 @@ async def ensure_demo(conn: asyncpg.Connection, vault: Vault, settings: Settings
         keys = {"till_key": till_key, "partner_key": partner_key, "card": card}
         if keys != kept:
             _write_keys(path, keys)
-        await _demo_customer(conn, vault, card)
+        customer_id = await _demo_customer(conn, vault, card)
+        shared_with_tills = await grants.live_grant(conn, customer_id, grants.POS) is not None
         rows = [(n, msgspec.convert(p, ImportRow)) for n, p in enumerate(DEMO_CATALOGUE, 1)]
         await catalogue.import_rows(conn, rows, catalogue.ImportReport())
     return Demo(
@@ -264,4 +267,5 @@ async def ensure_demo(conn: asyncpg.Connection, vault: Vault, settings: Settings
         partner_key=partner_key,
         card=card,
         partner_id=partner_id,
+        hint=None if shared_with_tills else HINT,
     )

@@ -1,0 +1,112 @@
+"""The service log holds one line per request: method, route template, status, duration and
+request id, and nothing the caller sent; PREFS_REQUEST_LOG=off turns it off."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from prefs import credentials
+from tests.support.customer import bearer
+from tests.support.servers import prefs_serve
+from tests.support.stores import in_directory
+
+CARD = "4000 1234 5678 9010"
+
+
+def serve_environment(settings: Any, database_url: str, **more: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("PREFS_") and k != "XDG_RUNTIME_DIR"
+    }
+    return {
+        **env,
+        "PREFS_DATA_DIR": str(settings.data_dir),
+        "PREFS_DATABASE_URL": database_url,
+        "PREFS_MASTER_KEYS": settings.master_keys,
+        "PREFS_INDEX_KEY": settings.index_keys,
+        **more,
+    }
+
+
+async def a_customer_and_a_till(url: str, conn: Any, issuer: Any) -> dict[str, Any]:
+    """A customer reads a preference that is not there (with a query string), and a till looks
+    up an unknown card; returns what was sent and the answers."""
+    _, till = await credentials.create(conn, "pos", "Till 9", store=await in_directory(conn))
+    subject = f"request-log-{uuid.uuid4()}@example.test"
+    token = issuer.mint(subject)
+    preference = uuid.uuid4()
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        enrolled = await http.post("/v1/me", headers=bearer(token), json=None)
+        assert enrolled.status_code == 201, enrolled.text
+        read = await http.get(
+            f"/v1/me/preferences/{preference}",
+            params={"q": "MKquery-value"},
+            headers=bearer(token),
+        )
+        lookup = await http.post("/v1/pos/lookup", headers=bearer(till), json={"card": CARD})
+    return {
+        "read": read,
+        "lookup": lookup,
+        "sent": [
+            str(preference),
+            "MKquery-value",
+            CARD,
+            CARD.replace(" ", ""),
+            till,
+            token,
+            subject,
+        ],
+    }
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+async def test_each_request_is_one_line_naming_its_route_template_not_what_was_sent(
+    conn, issuer, settings, database, log_format
+):
+    env = serve_environment(settings, database.url, PREFS_LOG_FORMAT=log_format)
+    with prefs_serve(env) as (url, output):
+        run = await a_customer_and_a_till(url, conn, issuer)
+    read, lookup = run["read"], run["lookup"]
+    assert (read.status_code, lookup.status_code) == (404, 404)
+    if log_format == "json":
+        entries = [json.loads(line) for line in output["stderr"].splitlines()]
+        by_request = {e["request_id"]: e for e in entries if e["logger"] == "prefs.requests"}
+        line = by_request[read.headers["x-request-id"]]
+        assert line["level"] == "info"
+        assert (line["method"], line["route"], line["status"]) == (
+            "GET",
+            "/v1/me/preferences/{preference_id}",
+            404,
+        )
+        assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
+        assert (
+            line["msg"] == f"GET /v1/me/preferences/{{preference_id}} 404 {line['duration_ms']} ms"
+        )
+        line = by_request[lookup.headers["x-request-id"]]
+        assert (line["method"], line["route"], line["status"]) == ("POST", "/v1/pos/lookup", 404)
+    else:
+        lines = output["stderr"].splitlines()
+        for answer, said in (
+            (read, r"GET /v1/me/preferences/\{preference_id\} 404"),
+            (lookup, r"POST /v1/pos/lookup 404"),
+        ):
+            rid = answer.headers["x-request-id"]
+            expected = re.compile(rf"INFO prefs\.requests {said} \d+\.\d ms request_id={rid}")
+            assert any(expected.fullmatch(line) for line in lines), lines
+    leaked = [value for value in run["sent"] if value in output["stderr"]]
+    assert not leaked, f"the service log holds what the callers sent: {leaked}"
+
+
+async def test_prefs_request_log_off_leaves_the_other_logs_on(conn, issuer, settings, database):
+    env = serve_environment(settings, database.url, PREFS_REQUEST_LOG="off")
+    with prefs_serve(env) as (url, output):
+        await a_customer_and_a_till(url, conn, issuer)
+    entries = [json.loads(line) for line in output["stderr"].splitlines()]
+    assert not [e for e in entries if e["logger"] == "prefs.requests"]
+    assert any(e["msg"] == "Application startup complete." for e in entries), entries
