@@ -20,6 +20,21 @@ from prefs.reorders import service
 from prefs.reorders.schemas import Reorder, ReorderCreate, ReorderList
 from prefs.settings import Settings
 
+# What the service checks of `fields` beyond its type, by fulfiller: a store needs the product;
+# a partner sees what the customer's consent allows, so a partner reorder names no fields.
+FIELDS_BY_FULFILLER = {
+    "allOf": [
+        {
+            "if": {"properties": {"fulfiller": {"pattern": "^store:"}}},
+            "then": {"properties": {"fields": {"contains": {"const": "product"}}}},
+        },
+        {
+            "if": {"properties": {"fulfiller": {"pattern": "^partner:"}}},
+            "then": {"not": {"required": ["fields"]}},
+        },
+    ]
+}
+
 
 class CustomerReordersController(Controller):
     path = "/v1/me"
@@ -30,7 +45,7 @@ class CustomerReordersController(Controller):
     @post(
         "/preferences/{preference_id:uuid}/reorders",
         status_code=HTTP_201_CREATED,
-        operation_class=declared_body(ReorderCreate),
+        operation_class=declared_body(ReorderCreate, refine=FIELDS_BY_FULFILLER),
         responses=problems(400, 401, 404, 409, 413, 415, 422, 503),
     )
     async def create(
