@@ -99,6 +99,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/v1/me/preferences/{preference_id:uuid}/reorders"): customers(201, 404),
     ("GET", "/v1/me/consents"): customers(200, 200),
     ("GET", "/v1/me/consents/history"): customers(200, 200),
+    ("GET", "/v1/me/consents/receipts/{receipt_id:uuid}"): customers(200, 404),
     ("PUT", "/v1/me/consents/{audience:str}"): customers(200, 200),
     ("DELETE", "/v1/me/consents/{audience:str}"): customers(200, 200),
     ("POST", "/v1/me/checkout-codes"): customers(201, 201),
@@ -206,6 +207,7 @@ class World:
     ref_a: str  # A's pairwise reference as the consenting partner knows it
     partner_preference_a: str  # A's preference as the consenting partner knows it
     code_a: dict[str, Any]  # a checkout code of A's (its id and the code)
+    receipt_a: str  # the receipt of one of A's consents
 
 
 async def build_world(client: httpx.AsyncClient, conn: Any, new_customer: Any) -> World:
@@ -242,7 +244,9 @@ async def build_world(client: httpx.AsyncClient, conn: Any, new_customer: Any) -
                 ),
                 200,
             )
-    await ok(await client.put("/v1/me/consents/purchases", headers=a.headers, json={}), 200)
+    purchases = await ok(
+        await client.put("/v1/me/consents/purchases", headers=a.headers, json={}), 200
+    )
     consents = await ok(await client.get("/v1/me/consents", headers=a.headers), 200)
     [ref] = [c["reference"] for c in consents["items"] if c["audience"] == audience]
     [known] = await ok(
@@ -280,6 +284,7 @@ async def build_world(client: httpx.AsyncClient, conn: Any, new_customer: Any) -
         code_a=await ok(
             await client.post("/v1/me/checkout-codes", headers=a.headers, json=everything), 201
         ),
+        receipt_a=purchases["receipt"]["receipt_id"],
     )
 
 
@@ -298,6 +303,7 @@ def request_for(world: World, method: str, template: str, principal: str) -> dic
         )
         path = path.replace("{reorder_id:uuid}", reorder)
     path = path.replace("{code_id:uuid}", world.code_a["id"])
+    path = path.replace("{receipt_id:uuid}", world.receipt_a)
     assert "{" not in path, f"no value for a path parameter of {template}: teach request_for"
     headers = dict(world.headers[principal])
     body: Any = None

@@ -230,3 +230,29 @@ def test_the_default_data_directory_is_dot_prefs(tmp_path, monkeypatch):
     settings = load({})
     assert settings.data_dir == (tmp_path / ".prefs").resolve()
     assert (tmp_path / ".prefs" / "master.keys").exists()
+
+
+def test_receipt_details_come_from_the_environment_with_placeholders_for_development(tmp_path):
+    placeholders = load({"PREFS_DATA_DIR": str(tmp_path)})
+    assert placeholders.controller_email.endswith(".example")
+    assert placeholders.policy_url.startswith("https://prefs.example/")
+    assert placeholders.controller_url is None
+    details = {
+        "PREFS_CONTROLLER_CONTACT": "Data Protection Officer",
+        "PREFS_CONTROLLER_EMAIL": "dpo@retailer.example",
+        "PREFS_CONTROLLER_PHONE": "+44 20 7946 0123",
+        "PREFS_CONTROLLER_ADDRESS": "2 Market Square, Leeds LS1 1AA, United Kingdom",
+        "PREFS_CONTROLLER_URL": "https://retailer.example/",
+        "PREFS_JURISDICTION": "GB",
+        "PREFS_POLICY_URL": "https://retailer.example/privacy/2026-01",
+    }
+    settings = load({"PREFS_DATA_DIR": str(tmp_path), **details})
+    assert (
+        settings.controller_contact,
+        settings.controller_email,
+        settings.controller_phone,
+        settings.controller_address,
+        settings.controller_url,
+        settings.jurisdiction,
+        settings.policy_url,
+    ) == tuple(details.values())

@@ -32,6 +32,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_jwks: str | None
     dev_issuer: bool
     controller: str = "prefs"
+    # What receipts say of the controller and the law they are given under (Kantara v1.1).
+    controller_contact: str
+    controller_email: str
+    controller_phone: str
+    controller_address: str
+    controller_url: str | None
+    jurisdiction: str
+    policy_url: str
     k_anonymity: int = 10
     insights_epsilon: float = 1.0
     insights_reads_per_day: int = 100
@@ -99,6 +107,11 @@ def _dev_secret(data_dir: Path, name: str) -> str:
     return path.read_text().strip()
 
 
+def _text(environ: Mapping[str, str], name: str, default: str) -> str:
+    """A text setting, stripped; unset or empty gives the default."""
+    return environ.get(name, "").strip() or default
+
+
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from the environment; development fills in keys under the data dir."""
     environ = os.environ if environ is None else environ
@@ -158,6 +171,16 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         jwt_jwks=jwt_jwks,
         dev_issuer=env == "development",
         controller=environ.get("PREFS_CONTROLLER", "prefs"),
+        # placeholders (a reserved domain and number range): set them where real customers are
+        controller_contact=_text(environ, "PREFS_CONTROLLER_CONTACT", "The prefs privacy team"),
+        controller_email=_text(environ, "PREFS_CONTROLLER_EMAIL", "privacy@prefs.example"),
+        controller_phone=_text(environ, "PREFS_CONTROLLER_PHONE", "+44 20 7946 0000"),
+        controller_address=_text(
+            environ, "PREFS_CONTROLLER_ADDRESS", "1 Example Street, London, United Kingdom"
+        ),
+        controller_url=_text(environ, "PREFS_CONTROLLER_URL", "") or None,
+        jurisdiction=_text(environ, "PREFS_JURISDICTION", "GB"),
+        policy_url=_text(environ, "PREFS_POLICY_URL", "https://prefs.example/privacy"),
         k_anonymity=k_anonymity,
         insights_epsilon=_positive_float(environ, "PREFS_INSIGHTS_EPSILON", 1.0),
         insights_reads_per_day=_int(environ, "PREFS_INSIGHTS_READS_PER_DAY", 100, minimum=1),

@@ -7,12 +7,18 @@ from uuid import UUID
 
 from litestar import Controller, delete, get, put
 from litestar.di import NamedDependency
-from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK
 
 from prefs.auth import customer_guard
 from prefs.consents import ledger, service
-from prefs.consents.schemas import ConsentChange, ConsentGrant, ConsentList, LedgerPage
+from prefs.consents.schemas import (
+    ConsentChange,
+    ConsentGrant,
+    ConsentList,
+    KantaraReceipt,
+    LedgerPage,
+)
 from prefs.crypto import Vault
 from prefs.db import Connection
 from prefs.errors import InvalidInput
@@ -80,6 +86,18 @@ class ConsentsController(Controller):
         items = await ledger.history(conn, customer_id, before_seq, limit)
         more = len(items) == limit and items[-1].seq > 1
         return LedgerPage(items=items, next=str(items[-1].seq) if more else None)
+
+    @get("/receipts/{receipt_id:uuid}", responses=problems(400, 401, 404, 503))
+    async def receipt(
+        self,
+        conn: NamedDependency[Connection],
+        settings: NamedDependency[Settings],
+        customer_id: NamedDependency[UUID],
+        receipt_id: FromPath[UUID],
+    ) -> KantaraReceipt:
+        """One of your receipts as a Kantara Consent Receipt v1.1 document, taken from the
+        ledger record made when it happened."""
+        return await service.kantara_receipt(conn, settings, customer_id, receipt_id)
 
     @put(
         "/{audience:str}",
