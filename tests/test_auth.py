@@ -226,6 +226,7 @@ def external_settings(database: Database, data_dir: Path, jwks: Path, env: str) 
     if env == "production":
         environ["PREFS_MASTER_KEYS"] = "1:" + b64url(b"m" * 32)
         environ["PREFS_INDEX_KEY"] = "1:" + b64url(b"i" * 32)
+        environ["PREFS_RECEIPT_KEYS"] = "1:" + b64url(b"r" * 32)
     return load(environ)
 
 

@@ -86,6 +86,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/store"): everyone(),  # store staff's page: its calls need a till key
     ("GET", "/static/{file_path:path}"): everyone(),
     ("POST", "/dev/demo-session"): everyone(),  # development only (see the production test)
+    ("GET", "/.well-known/jwks.json"): everyone(),  # the keys that verify signed receipts
     # the customer's own data: customers only, and only their own
     ("POST", "/v1/me"): customers(200, 200),
     ("GET", "/v1/me"): customers(200, 200),
@@ -184,6 +185,7 @@ def test_the_demo_sign_in_does_not_exist_in_production(settings, tmp_path):
             "PREFS_JWT_ISSUER": "https://id.example-retailer.test/",
             "PREFS_JWT_AUDIENCE": "prefs-api",
             "PREFS_JWT_JWKS": str(jwks),
+            "PREFS_RECEIPT_KEYS": settings.receipt_keys,
         }
     )
     paths = {path for _, path in served_routes(production)}

@@ -1,20 +1,28 @@
 """Receipts a customer can keep: every receipt as a Kantara Consent Receipt v1.1 document, valid
-against the specification's fields, taken from the ledger."""
+against the specification's fields, taken from the ledger; signed as a JWS that anyone verifies
+with the keys published at /.well-known/jwks.json, before and after the receipt key is rotated."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import jsonschema_rs
+import jwt
+import msgspec
+import pytest
 
 from prefs.retention import service as retention
-from tests.support.customer import grant, keep, withdraw
+from prefs.settings import Settings
+from tests.support.customer import CHINOS, grant, keep, withdraw
 from tests.support.partner import partner_key
+from tests.support.servers import serving
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -231,6 +239,14 @@ async def kantara(client: httpx.AsyncClient, customer: Any, receipt_id: str) -> 
     return await client.get(f"/v1/me/consents/receipts/{receipt_id}", headers=customer.headers)
 
 
+async def signed(client: httpx.AsyncClient, customer: Any, receipt_id: str) -> httpx.Response:
+    return await client.get(
+        f"/v1/me/consents/receipts/{receipt_id}",
+        headers=customer.headers,
+        params={"format": "jws"},
+    )
+
+
 async def test_every_receipt_the_service_issues_is_a_valid_kantara_v1_1_receipt(
     client, conn, vault, new_customer, settings
 ):
@@ -347,11 +363,149 @@ async def test_another_customers_receipt_is_the_same_404_as_one_that_does_not_ex
     owner, other = await new_customer(), await new_customer()
     await keep(client, owner)
     receipt_id = (await grant(client, owner, "pos", fields=["product"]))["receipt"]["receipt_id"]
-    theirs = await kantara(client, other, receipt_id)
-    unknown = await kantara(client, other, str(uuid.uuid4()))
-    assert theirs.status_code == unknown.status_code == 404
-    assert theirs.headers["content-type"] == unknown.headers["content-type"] == PROBLEM_JSON
-    assert theirs.json() == unknown.json()
-    assert receipt_id not in theirs.text
+    for ask in (kantara, signed):
+        theirs = await ask(client, other, receipt_id)
+        unknown = await ask(client, other, str(uuid.uuid4()))
+        assert theirs.status_code == unknown.status_code == 404
+        assert theirs.headers["content-type"] == unknown.headers["content-type"] == PROBLEM_JSON
+        assert theirs.json() == unknown.json()
+        assert receipt_id not in theirs.text
     anonymous = await client.get(f"/v1/me/consents/receipts/{receipt_id}")
     assert anonymous.status_code == 401
+
+
+# --- signed receipts ------------------------------------------------------------------------------
+
+
+async def published_keys(client: httpx.AsyncClient) -> jwt.PyJWKSet:
+    """The receipt keys, as anyone fetches them: over HTTP, without credentials."""
+    answer = await client.get("/.well-known/jwks.json")
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/jwk-set+json"
+    return jwt.PyJWKSet.from_dict(answer.json())
+
+
+def verified(token: str, keys: jwt.PyJWKSet) -> bytes:
+    """The payload of a compact JWS that verifies under the published key its header names."""
+    header = jwt.get_unverified_header(token)
+    assert header["alg"] == "EdDSA"
+    key = keys[header["kid"]]
+    payload: bytes = jwt.PyJWS().decode(token, key, algorithms=["EdDSA"])
+    return payload
+
+
+async def test_a_signed_receipt_verifies_with_the_published_key_and_holds_the_document(
+    client, new_customer
+):
+    customer = await new_customer()
+    await keep(client, customer)
+    receipt_id = (await grant(client, customer, "pos", fields=["product"]))["receipt"]["receipt_id"]
+
+    answer = await signed(client, customer, receipt_id)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/jose"
+    token = answer.text
+    assert token.count(".") == 2
+    header = jwt.get_unverified_header(token)
+    assert header == {"alg": "EdDSA", "kid": header["kid"], "typ": "JOSE"}
+
+    payload = verified(token, await published_keys(client))
+    document = (await kantara(client, customer, receipt_id)).content
+    assert payload == document
+    assert kantara_problems(json.loads(payload)) == []
+
+
+async def test_the_published_receipt_keys_are_public_ed25519_keys_and_nothing_private(client):
+    answer = await client.get("/.well-known/jwks.json")
+    assert answer.status_code == 200
+    assert "public" in answer.headers["cache-control"]
+    keys = answer.json()["keys"]
+    assert keys
+    for key in keys:
+        assert set(key) == {"kty", "crv", "x", "kid", "use", "alg"}  # no "d": no private part
+        assert (key["kty"], key["crv"], key["use"], key["alg"]) == (
+            "OKP",
+            "Ed25519",
+            "sig",
+            "EdDSA",
+        )
+        assert len(base64.urlsafe_b64decode(key["x"] + "==")) == 32
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+async def test_a_signed_receipt_with_any_byte_changed_does_not_verify(client, new_customer):
+    customer = await new_customer()
+    await keep(client, customer)
+    receipt_id = (await grant(client, customer, "pos", fields=["product"]))["receipt"]["receipt_id"]
+    token = (await signed(client, customer, receipt_id)).text
+    keys = await published_keys(client)
+    key = keys[jwt.get_unverified_header(token)["kid"]]
+    verified(token, keys)
+
+    segments = [_unb64(segment) for segment in token.split(".")]
+    tried = 0
+    for which, segment in enumerate(segments):  # the header, the document, the signature
+        for at in range(len(segment)):
+            changed = bytearray(segment)
+            changed[at] ^= 0x01
+            parts = [
+                _b64(bytes(changed)) if i == which else _b64(s) for i, s in enumerate(segments)
+            ]
+            with pytest.raises(jwt.InvalidTokenError):
+                jwt.PyJWS().decode(".".join(parts), key, algorithms=["EdDSA"])
+            tried += 1
+    assert tried == sum(len(segment) for segment in segments)
+
+
+def new_receipt_key(version: int) -> str:
+    return f"{version}:{base64.urlsafe_b64encode(os.urandom(32)).decode()}"
+
+
+async def test_a_receipt_signed_before_the_key_was_rotated_still_verifies_after(
+    client, new_customer, settings: Settings
+):
+    customer = await new_customer()
+    await keep(client, customer)
+    receipt_id = (await grant(client, customer, "pos", fields=["product"]))["receipt"]["receipt_id"]
+    before = (await signed(client, customer, receipt_id)).text
+    old_kid = jwt.get_unverified_header(before)["kid"]
+
+    # the operator puts a new key first and keeps the old one listed
+    rotated = msgspec.structs.replace(
+        settings, receipt_keys=f"{new_receipt_key(int(old_kid) + 1)},{settings.receipt_keys}"
+    )
+    async with serving(rotated) as after_rotation:
+        keys = await published_keys(after_rotation)
+        assert [key.key_id for key in keys.keys] == [str(int(old_kid) + 1), old_kid]
+        assert verified(before, keys) == (await kantara(client, customer, receipt_id)).content
+
+        after = (await signed(after_rotation, customer, receipt_id)).text
+        new_kid = jwt.get_unverified_header(after)["kid"]
+        assert new_kid == str(int(old_kid) + 1)
+        assert verified(after, keys) == verified(before, keys)
+        with pytest.raises(jwt.InvalidSignatureError):  # signed by the new key, not the old
+            jwt.PyJWS().decode(after, keys[old_kid], algorithms=["EdDSA"])
+
+    # a service that was never given the new key cannot vouch for what it signed
+    with pytest.raises(KeyError):
+        verified(after, await published_keys(client))
+
+
+async def test_an_unknown_format_is_refused(client, new_customer):
+    customer = await new_customer()
+    await keep(client, customer, CHINOS)
+    receipt_id = (await grant(client, customer, "pos", fields=["product"]))["receipt"]["receipt_id"]
+    answer = await client.get(
+        f"/v1/me/consents/receipts/{receipt_id}",
+        headers=customer.headers,
+        params={"format": "pdf"},
+    )
+    assert answer.status_code == 400
+    assert answer.headers["content-type"].startswith(PROBLEM_JSON)

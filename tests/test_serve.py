@@ -132,7 +132,7 @@ def test_prefs_serve_starts_on_an_empty_data_dir_stops_cleanly_and_keeps_data_ac
         )
     assert f"listening on {first.url}" in first.stdout
     assert "prefs token --subject" in first.stdout
-    for key_file in ("master.keys", "index.key", "dev-issuer.pem"):
+    for key_file in ("master.keys", "index.key", "receipt.keys", "dev-issuer.pem"):
         assert stat.S_IMODE((data_dir / key_file).stat().st_mode) == 0o600, key_file
 
     with serving(data_dir) as second:
@@ -156,7 +156,13 @@ def test_production_with_nothing_configured_refuses_to_serve_with_one_line(tmp_p
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    for name in ("PREFS_DATABASE_URL", "PREFS_MASTER_KEYS", "PREFS_INDEX_KEY", "PREFS_JWT_ISSUER"):
+    for name in (
+        "PREFS_DATABASE_URL",
+        "PREFS_MASTER_KEYS",
+        "PREFS_INDEX_KEY",
+        "PREFS_JWT_ISSUER",
+        "PREFS_RECEIPT_KEYS",
+    ):
         assert name in lines[0]
     assert "listening" not in result.stdout
     assert not (tmp_path / "d").exists()
@@ -177,6 +183,7 @@ def test_prefs_token_is_refused_in_production(tmp_path):
         PREFS_DATABASE_URL="postgresql://prefs@127.0.0.1:1/prefs",
         PREFS_MASTER_KEYS=key,
         PREFS_INDEX_KEY=key,
+        PREFS_RECEIPT_KEYS=key,
         PREFS_JWT_ISSUER="https://id.example-retailer.test/",
         PREFS_JWT_AUDIENCE="prefs-api",
         PREFS_JWT_JWKS=str(jwks),

@@ -12,6 +12,8 @@ from typing import Literal
 
 import msgspec
 
+from prefs.crypto import Keyring, KeyringError
+
 Environment = Literal["development", "production"]
 DEV_ISSUER = "prefs-dev"
 DEV_AUDIENCE = "prefs"
@@ -31,6 +33,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_audience: str | None
     jwt_jwks: str | None
     dev_issuer: bool
+    receipt_keys: str  # Ed25519 keys signing receipts, a keyring like the others
     controller: str = "prefs"
     # What receipts say of the controller and the law they are given under (Kantara v1.1).
     controller_contact: str
@@ -125,6 +128,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     jwt_issuer = environ.get("PREFS_JWT_ISSUER") or None
     jwt_audience = environ.get("PREFS_JWT_AUDIENCE") or None
     jwt_jwks = environ.get("PREFS_JWT_JWKS") or None
+    receipt_keys = environ.get("PREFS_RECEIPT_KEYS") or None
 
     if env == "production":
         missing = [
@@ -136,6 +140,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
                 ("PREFS_JWT_ISSUER", jwt_issuer),
                 ("PREFS_JWT_AUDIENCE", jwt_audience),
                 ("PREFS_JWT_JWKS", jwt_jwks),
+                ("PREFS_RECEIPT_KEYS", receipt_keys),
             )
             if value is None
         ]
@@ -151,12 +156,17 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     else:
         master_keys = master_keys or _dev_secret(data_dir, "master.keys")
         index_keys = index_keys or _dev_secret(data_dir, "index.key")
+        receipt_keys = receipt_keys or _dev_secret(data_dir, "receipt.keys")
 
     if (jwt_issuer is None) != (jwt_jwks is None) or (jwt_issuer and not jwt_audience):
         raise SettingsError(
             "PREFS_JWT_ISSUER, PREFS_JWT_AUDIENCE and PREFS_JWT_JWKS must be set together"
         )
-    assert master_keys is not None and index_keys is not None
+    assert master_keys is not None and index_keys is not None and receipt_keys is not None
+    try:  # refused here, on one line, rather than when the first receipt is signed
+        Keyring.parse(receipt_keys, "PREFS_RECEIPT_KEYS")
+    except KeyringError as error:
+        raise SettingsError(str(error)) from None
 
     k_anonymity = _int(environ, "PREFS_K_ANONYMITY", 10, minimum=2)
     pool_min = _int(environ, "PREFS_POOL_MIN_SIZE", 2, minimum=1)
@@ -170,6 +180,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         jwt_audience=jwt_audience,
         jwt_jwks=jwt_jwks,
         dev_issuer=env == "development",
+        receipt_keys=receipt_keys,
         controller=environ.get("PREFS_CONTROLLER", "prefs"),
         # placeholders (a reserved domain and number range): set them where real customers are
         controller_contact=_text(environ, "PREFS_CONTROLLER_CONTACT", "The prefs privacy team"),

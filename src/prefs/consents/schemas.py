@@ -147,3 +147,20 @@ class KantaraReceipt(msgspec.Struct, kw_only=True, rename="camel"):
     services: list[KantaraService]
     sensitive: bool
     spi_cat: list[str]
+
+
+class ReceiptKey(msgspec.Struct, kw_only=True):
+    """A public key that signs receipts, as a JWK (RFC 7517; OKP Ed25519, RFC 8037)."""
+
+    kty: Literal["OKP"]
+    crv: Literal["Ed25519"]
+    x: str
+    kid: str
+    use: Literal["sig"]
+    alg: Literal["EdDSA"]
+
+
+class ReceiptKeys(msgspec.Struct):
+    """A JWK set: every key a receipt the service signed may name."""
+
+    keys: list[ReceiptKey]
