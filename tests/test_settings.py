@@ -265,7 +265,7 @@ def test_a_malformed_receipt_key_is_refused_on_one_line_naming_the_setting(produ
 def test_receipt_details_come_from_the_environment_with_placeholders_for_development(tmp_path):
     placeholders = load({"PREFS_DATA_DIR": str(tmp_path)})
     assert placeholders.controller_email.endswith(".example")
-    assert placeholders.policy_url.startswith("https://prefs.example/")
+    assert placeholders.policy_url == "http://localhost/privacy-policy-not-set"
     assert placeholders.controller_url is None
     details = {
         "PREFS_CONTROLLER_CONTACT": "Data Protection Officer",

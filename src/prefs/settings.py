@@ -182,7 +182,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         dev_issuer=env == "development",
         receipt_keys=receipt_keys,
         controller=environ.get("PREFS_CONTROLLER", "prefs"),
-        # placeholders (a reserved domain and number range): set them where real customers are
+        # placeholders (a reserved domain, a fictional number): set them where real customers are
         controller_contact=_text(environ, "PREFS_CONTROLLER_CONTACT", "The prefs privacy team"),
         controller_email=_text(environ, "PREFS_CONTROLLER_EMAIL", "privacy@prefs.example"),
         controller_phone=_text(environ, "PREFS_CONTROLLER_PHONE", "+44 20 7946 0000"),
@@ -191,7 +191,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         controller_url=_text(environ, "PREFS_CONTROLLER_URL", "") or None,
         jurisdiction=_text(environ, "PREFS_JURISDICTION", "GB"),
-        policy_url=_text(environ, "PREFS_POLICY_URL", "https://prefs.example/privacy"),
+        # a placeholder on this machine: the code names no address elsewhere (test_no_outbound)
+        policy_url=_text(environ, "PREFS_POLICY_URL", "http://localhost/privacy-policy-not-set"),
         k_anonymity=k_anonymity,
         insights_epsilon=_positive_float(environ, "PREFS_INSIGHTS_EPSILON", 1.0),
         insights_reads_per_day=_int(environ, "PREFS_INSIGHTS_READS_PER_DAY", 100, minimum=1),
