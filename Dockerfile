@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 #
 # prefs: production image. Runs `prefs serve` with PREFS_ENV=production, which refuses to start
-# unless these are set: PREFS_DATABASE_URL, PREFS_MASTER_KEYS, PREFS_INDEX_KEY, PREFS_JWT_ISSUER,
-# PREFS_JWT_AUDIENCE, PREFS_JWT_JWKS (a JWKS file path or URL; mount the file read-only).
+# unless these are set: PREFS_DATABASE_URL, PREFS_MASTER_KEYS, PREFS_INDEX_KEY, PREFS_RECEIPT_KEYS,
+# PREFS_JWT_ISSUER, PREFS_JWT_AUDIENCE, PREFS_JWT_JWKS (a JWKS file path or URL; mount the file
+# read-only). Set the PREFS_CONTROLLER_* details and PREFS_POLICY_URL too: receipts carry them.
 # Migrations ship inside the package and run to head at start-up.
 #
 # No container engine runs where this project is developed, so this file is kept correct by

@@ -227,6 +227,7 @@ def external_settings(database: Database, data_dir: Path, jwks: Path, env: str) 
         environ["PREFS_OIDC_CLIENT_ID"] = "prefs-page"
         environ["PREFS_MASTER_KEYS"] = "1:" + b64url(b"m" * 32)
         environ["PREFS_INDEX_KEY"] = "1:" + b64url(b"i" * 32)
+        environ["PREFS_RECEIPT_KEYS"] = "1:" + b64url(b"r" * 32)
     return load(environ)
 
 

@@ -86,6 +86,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/store"): everyone(),  # store staff's page: its calls need a till key
     ("GET", "/static/{file_path:path}"): everyone(),
     ("POST", "/dev/demo-session"): everyone(),  # development only (see the production test)
+    ("GET", "/.well-known/jwks.json"): everyone(),  # the keys that verify signed receipts
     # the customer's own data: customers only, and only their own
     ("POST", "/v1/me"): customers(200, 200),
     ("GET", "/v1/me"): customers(200, 200),
@@ -99,6 +100,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/v1/me/preferences/{preference_id:uuid}/reorders"): customers(201, 404),
     ("GET", "/v1/me/consents"): customers(200, 200),
     ("GET", "/v1/me/consents/history"): customers(200, 200),
+    ("GET", "/v1/me/consents/receipts/{receipt_id:uuid}"): customers(200, 404),
     ("PUT", "/v1/me/consents/{audience:str}"): customers(200, 200),
     ("DELETE", "/v1/me/consents/{audience:str}"): customers(200, 200),
     ("POST", "/v1/me/checkout-codes"): customers(201, 201),
@@ -184,6 +186,7 @@ def test_the_demo_sign_in_does_not_exist_in_production(settings, tmp_path):
             "PREFS_JWT_AUDIENCE": "prefs-api",
             "PREFS_JWT_JWKS": str(jwks),
             "PREFS_OIDC_CLIENT_ID": "prefs-page",
+            "PREFS_RECEIPT_KEYS": settings.receipt_keys,
         }
     )
     paths = {path for _, path in served_routes(production)}
@@ -207,6 +210,7 @@ class World:
     ref_a: str  # A's pairwise reference as the consenting partner knows it
     partner_preference_a: str  # A's preference as the consenting partner knows it
     code_a: dict[str, Any]  # a checkout code of A's (its id and the code)
+    receipt_a: str  # the receipt of one of A's consents
 
 
 async def build_world(client: httpx.AsyncClient, conn: Any, new_customer: Any) -> World:
@@ -243,7 +247,9 @@ async def build_world(client: httpx.AsyncClient, conn: Any, new_customer: Any) -
                 ),
                 200,
             )
-    await ok(await client.put("/v1/me/consents/purchases", headers=a.headers, json={}), 200)
+    purchases = await ok(
+        await client.put("/v1/me/consents/purchases", headers=a.headers, json={}), 200
+    )
     consents = await ok(await client.get("/v1/me/consents", headers=a.headers), 200)
     [ref] = [c["reference"] for c in consents["items"] if c["audience"] == audience]
     [known] = await ok(
@@ -281,6 +287,7 @@ async def build_world(client: httpx.AsyncClient, conn: Any, new_customer: Any) -
         code_a=await ok(
             await client.post("/v1/me/checkout-codes", headers=a.headers, json=everything), 201
         ),
+        receipt_a=purchases["receipt"]["receipt_id"],
     )
 
 
@@ -299,6 +306,7 @@ def request_for(world: World, method: str, template: str, principal: str) -> dic
         )
         path = path.replace("{reorder_id:uuid}", reorder)
     path = path.replace("{code_id:uuid}", world.code_a["id"])
+    path = path.replace("{receipt_id:uuid}", world.receipt_a)
     assert "{" not in path, f"no value for a path parameter of {template}: teach request_for"
     headers = dict(world.headers[principal])
     body: Any = None

@@ -23,6 +23,7 @@ REQUIRED_IN_PRODUCTION = (
     "PREFS_JWT_AUDIENCE",
     "PREFS_JWT_JWKS",
     "PREFS_OIDC_CLIENT_ID",
+    "PREFS_RECEIPT_KEYS",
 )
 
 
@@ -46,6 +47,7 @@ def production(tmp_path: Path) -> dict[str, str]:
         "PREFS_JWT_AUDIENCE": "prefs-api",
         "PREFS_JWT_JWKS": str(jwks),
         "PREFS_OIDC_CLIENT_ID": "prefs-page",
+        "PREFS_RECEIPT_KEYS": key_setting(b"r"),
     }
 
 
@@ -98,10 +100,11 @@ def test_production_never_enables_the_dev_issuer(production):
 
 
 def test_production_settings_never_echo_key_material(production):
-    for name in ("PREFS_MASTER_KEYS", "PREFS_INDEX_KEY"):
+    keyrings = ("PREFS_MASTER_KEYS", "PREFS_INDEX_KEY", "PREFS_RECEIPT_KEYS")
+    for name in keyrings:
         with pytest.raises(SettingsError) as raised:
             load({k: v for k, v in production.items() if k != name})
-        for secret in (production["PREFS_MASTER_KEYS"], production["PREFS_INDEX_KEY"]):
+        for secret in (production[keyring] for keyring in keyrings):
             assert secret[2:] not in str(raised.value)
 
 
@@ -187,9 +190,9 @@ def test_development_creates_owner_only_keys_and_reuses_them(tmp_path):
     assert first.dev_issuer is True
     assert first.data_dir == data_dir.resolve()
     assert mode(data_dir) == 0o700
-    for name in ("master.keys", "index.key"):
+    for name in ("master.keys", "index.key", "receipt.keys"):
         assert mode(data_dir / name) == 0o600, name
-    assert first.master_keys != first.index_keys
+    assert len({first.master_keys, first.index_keys, first.receipt_keys}) == 3
     Vault.from_settings(first.master_keys, first.index_keys)  # both parse
 
     issuer = DevIssuer(first.dev_issuer_key_path)
@@ -197,12 +200,17 @@ def test_development_creates_owner_only_keys_and_reuses_them(tmp_path):
     assert mode(first.dev_issuer_key_path) == 0o600
 
     second = load({"PREFS_DATA_DIR": str(data_dir)})
-    assert (second.master_keys, second.index_keys) == (first.master_keys, first.index_keys)
+    assert (second.master_keys, second.index_keys, second.receipt_keys) == (
+        first.master_keys,
+        first.index_keys,
+        first.receipt_keys,
+    )
     assert DevIssuer(second.dev_issuer_key_path).public_jwk == issuer.public_jwk
     assert sorted(p.name for p in data_dir.iterdir()) == [
         "dev-issuer.pem",
         "index.key",
         "master.keys",
+        "receipt.keys",
     ]
 
 
@@ -211,6 +219,7 @@ def test_development_keys_differ_between_data_directories(tmp_path):
     two = load({"PREFS_DATA_DIR": str(tmp_path / "two")})
     assert one.master_keys != two.master_keys
     assert one.index_keys != two.index_keys
+    assert one.receipt_keys != two.receipt_keys
 
 
 def test_keys_given_in_development_are_used_and_no_key_file_is_written(tmp_path):
@@ -219,12 +228,14 @@ def test_keys_given_in_development_are_used_and_no_key_file_is_written(tmp_path)
             "PREFS_DATA_DIR": str(tmp_path / "data"),
             "PREFS_MASTER_KEYS": key_setting(b"m"),
             "PREFS_INDEX_KEY": key_setting(b"i"),
+            "PREFS_RECEIPT_KEYS": key_setting(b"r"),
         }
     )
     assert settings.master_keys == key_setting(b"m")
     assert settings.index_keys == key_setting(b"i")
-    assert not (tmp_path / "data" / "master.keys").exists()
-    assert not (tmp_path / "data" / "index.key").exists()
+    assert settings.receipt_keys == key_setting(b"r")
+    for name in ("master.keys", "index.key", "receipt.keys"):
+        assert not (tmp_path / "data" / name).exists()
 
 
 def test_the_default_data_directory_is_dot_prefs(tmp_path, monkeypatch):
@@ -352,3 +363,48 @@ def test_the_same_key_for_both_keyrings_is_refused(production, tmp_path, env):
         message = str(raised.value)
         assert "PREFS_MASTER_KEYS" in message and "PREFS_INDEX_KEY" in message
         assert key_setting(b"m")[2:] not in message
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "1:not base64!",
+        "1:" + base64.urlsafe_b64encode(b"short").decode(),
+        "one:" + base64.urlsafe_b64encode(b"r" * 32).decode(),
+        ",",
+    ],
+)
+def test_a_malformed_receipt_key_is_refused_on_one_line_naming_the_setting(production, setting):
+    with pytest.raises(SettingsError) as raised:
+        load({**production, "PREFS_RECEIPT_KEYS": setting})
+    message = str(raised.value)
+    assert message.startswith("PREFS_RECEIPT_KEYS: ")
+    assert "\n" not in message
+    secret = setting.partition(":")[2]
+    assert not secret or secret not in message
+
+
+def test_receipt_details_come_from_the_environment_with_placeholders_for_development(tmp_path):
+    placeholders = load({"PREFS_DATA_DIR": str(tmp_path)})
+    assert placeholders.controller_email.endswith(".example")
+    assert placeholders.policy_url == "http://localhost/privacy-policy-not-set"
+    assert placeholders.controller_url is None
+    details = {
+        "PREFS_CONTROLLER_CONTACT": "Data Protection Officer",
+        "PREFS_CONTROLLER_EMAIL": "dpo@retailer.example",
+        "PREFS_CONTROLLER_PHONE": "+44 20 7946 0123",
+        "PREFS_CONTROLLER_ADDRESS": "2 Market Square, Leeds LS1 1AA, United Kingdom",
+        "PREFS_CONTROLLER_URL": "https://retailer.example/",
+        "PREFS_JURISDICTION": "GB",
+        "PREFS_POLICY_URL": "https://retailer.example/privacy/2026-01",
+    }
+    settings = load({"PREFS_DATA_DIR": str(tmp_path), **details})
+    assert (
+        settings.controller_contact,
+        settings.controller_email,
+        settings.controller_phone,
+        settings.controller_address,
+        settings.controller_url,
+        settings.jurisdiction,
+        settings.policy_url,
+    ) == tuple(details.values())

@@ -23,8 +23,8 @@ from prefs.auth import Customer, TokenVerifier
 from prefs.cards.api import CardsController
 from prefs.catalogue.api import CatalogueController
 from prefs.checkout.api import CheckoutCodesController
-from prefs.consents.api import ConsentsController
-from prefs.crypto import Vault
+from prefs.consents.api import ConsentsController, ReceiptKeysController
+from prefs.crypto import Keyring, ReceiptSigner, Vault
 from prefs.customers.api import MeController
 from prefs.customers.service import require_customer_id
 from prefs.health.api import HealthController, MetricsController
@@ -119,6 +119,11 @@ def provide_vault(request: Request[Any, Any, Any]) -> Vault:
     return vault
 
 
+def provide_receipt_signer(request: Request[Any, Any, Any]) -> ReceiptSigner:
+    signer: ReceiptSigner = request.app.state.receipt_signer
+    return signer
+
+
 def provide_settings(request: Request[Any, Any, Any]) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
@@ -156,6 +161,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         {
             "settings": settings,
             "vault": vault,
+            "receipt_signer": ReceiptSigner(
+                Keyring.parse(settings.receipt_keys, "PREFS_RECEIPT_KEYS")
+            ),
             "verifier": TokenVerifier(settings, vault.index),
             "schema_head": db.head_revision(),
             "throttled_tills": ThrottledTills(),
@@ -165,6 +173,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             HealthController,
             MetricsController,
+            ReceiptKeysController,
             Router(
                 "/",  # the customer's own routes (/v1/me…): their rate limit, nobody else's
                 route_handlers=[
@@ -193,6 +202,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "pool": Provide(provide_pool, sync_to_thread=False),
             "conn": Provide(provide_conn),
             "vault": Provide(provide_vault, sync_to_thread=False),
+            "receipt_signer": Provide(provide_receipt_signer, sync_to_thread=False),
             "settings": Provide(provide_settings, sync_to_thread=False),
             "schema_head": Provide(provide_schema_head, sync_to_thread=False),
             "signed_in_customer": Provide(provide_signed_in_customer, sync_to_thread=False),

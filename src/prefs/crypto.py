@@ -7,7 +7,10 @@ Knows nothing of HTTP or SQL. Two independent keyrings:
 * the index keyring (``PREFS_INDEX_KEY``) derives the HMAC keys for blind indexes (cards,
   checkout codes, subjects), pairwise partner references and the consent-ledger MAC.
 
-Both are written ``VERSION:BASE64KEY[,VERSION:BASE64KEY...]`` with the primary first.
+A third, the receipt keyring (``PREFS_RECEIPT_KEYS``), holds Ed25519 private keys (each 32-byte
+key is the key's seed) that sign consent receipts a customer can keep and anyone can verify.
+
+All are written ``VERSION:BASE64KEY[,VERSION:BASE64KEY...]`` with the primary first.
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ import threading
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
+import jwt
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -323,6 +329,54 @@ class BlindIndex:
         """A partner's own stable reference for a customer; unlinkable across partners."""
         raw = self.digest("pairwise", partner_id.bytes + customer_id.bytes)
         return base64.urlsafe_b64encode(raw[:18]).decode()
+
+
+class ReceiptSigner:
+    """Signs receipts as compact JWS (RFC 7515, EdDSA over Ed25519, RFC 8037) with the receipt
+    keyring's primary key, and publishes the public key of every version as a JWK set, so that
+    a receipt signed before a rotation still verifies while its key is listed.
+
+    The header names the key's version as ``kid`` and is typed ``JOSE`` (a compact JWS that is
+    not a JWT: no token verifier takes a receipt for an access token).
+    """
+
+    ALGORITHM = "EdDSA"
+
+    def __init__(self, receipt: Keyring) -> None:
+        self.keyring = receipt
+        self._keys = {
+            version: Ed25519PrivateKey.from_private_bytes(seed)
+            for version, seed in receipt.keys.items()
+        }
+        self._jws = jwt.PyJWS(algorithms=[self.ALGORITHM])
+
+    def sign(self, payload: bytes) -> str:
+        """``payload`` as a compact JWS under the primary key."""
+        primary = self.keyring.primary
+        return self._jws.encode(
+            payload,
+            self._keys[primary],
+            algorithm=self.ALGORITHM,
+            headers={"kid": str(primary), "typ": "JOSE"},
+        )
+
+    def public_keys(self) -> list[dict[str, Any]]:
+        """Every version's public key as an OKP JWK (RFC 8037), the primary first."""
+        versions = [self.keyring.primary, *sorted(set(self._keys) - {self.keyring.primary})]
+        return [
+            {
+                **jwt.algorithms.OKPAlgorithm.to_jwk(
+                    self._keys[version].public_key(), as_dict=True
+                ),
+                "kid": str(version),
+                "use": "sig",
+                "alg": self.ALGORITHM,
+            }
+            for version in versions
+        ]
+
+    def __repr__(self) -> str:
+        return f"ReceiptSigner({self.keyring!r})"
 
 
 def api_key_hash(api_key: str) -> bytes:

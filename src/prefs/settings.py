@@ -49,7 +49,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     oidc_client_id: str | None = None
     oidc_scopes: str = "openid"
     oidc_redirect_path: str = "/"
+    receipt_keys: str  # Ed25519 keys signing receipts, a keyring like the others
     controller: str = "prefs"
+    # What receipts say of the controller and the law they are given under (Kantara v1.1).
+    controller_contact: str
+    controller_email: str
+    controller_phone: str
+    controller_address: str
+    controller_url: str | None
+    jurisdiction: str
+    policy_url: str
     k_anonymity: int = 10
     insights_epsilon: float = 1.0
     insights_reads_per_day: int = 100
@@ -208,6 +217,11 @@ def _oidc(environ: Mapping[str, str], env: str, jwt_issuer: str | None) -> dict[
     }
 
 
+def _text(environ: Mapping[str, str], name: str, default: str) -> str:
+    """A text setting, stripped; unset or empty gives the default."""
+    return environ.get(name, "").strip() or default
+
+
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from the environment; development fills in keys under the data dir."""
     environ = os.environ if environ is None else environ
@@ -221,6 +235,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     jwt_issuer = environ.get("PREFS_JWT_ISSUER") or None
     jwt_audience = environ.get("PREFS_JWT_AUDIENCE") or None
     jwt_jwks = environ.get("PREFS_JWT_JWKS") or None
+    receipt_keys = environ.get("PREFS_RECEIPT_KEYS") or None
 
     if env == "production":
         missing = [
@@ -234,6 +249,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
                 ("PREFS_JWT_JWKS", jwt_jwks),
                 # without it the page has no way to sign customers in
                 ("PREFS_OIDC_CLIENT_ID", environ.get("PREFS_OIDC_CLIENT_ID") or None),
+                ("PREFS_RECEIPT_KEYS", receipt_keys),
             )
             if value is None
         ]
@@ -265,9 +281,11 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         if index is None:
             index_keys = _dev_secret(data_dir, "index.key")
             index = _keyring(index_keys, f"{data_dir / 'index.key'} (PREFS_INDEX_KEY is unset)")
+        receipt_keys = receipt_keys or _dev_secret(data_dir, "receipt.keys")
     assert master is not None and index is not None
     oidc = _oidc(environ, env, jwt_issuer)
-    assert master_keys is not None and index_keys is not None
+    assert master_keys is not None and index_keys is not None and receipt_keys is not None
+    _keyring(receipt_keys, "PREFS_RECEIPT_KEYS")  # refused here, not when a receipt is signed
     if set(master.keys.values()) & set(index.keys.values()):
         # the keyrings are independent so that either can leak, or be rotated, without the other
         raise SettingsError(
@@ -287,7 +305,19 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         jwt_jwks=jwt_jwks,
         dev_issuer=env == "development",
         **oidc,
+        receipt_keys=receipt_keys,
         controller=environ.get("PREFS_CONTROLLER", "prefs"),
+        # placeholders (a reserved domain, a fictional number): set them where real customers are
+        controller_contact=_text(environ, "PREFS_CONTROLLER_CONTACT", "The prefs privacy team"),
+        controller_email=_text(environ, "PREFS_CONTROLLER_EMAIL", "privacy@prefs.example"),
+        controller_phone=_text(environ, "PREFS_CONTROLLER_PHONE", "+44 20 7946 0000"),
+        controller_address=_text(
+            environ, "PREFS_CONTROLLER_ADDRESS", "1 Example Street, London, United Kingdom"
+        ),
+        controller_url=_text(environ, "PREFS_CONTROLLER_URL", "") or None,
+        jurisdiction=_text(environ, "PREFS_JURISDICTION", "GB"),
+        # a placeholder on this machine: the code names no address elsewhere (test_no_outbound)
+        policy_url=_text(environ, "PREFS_POLICY_URL", "http://localhost/privacy-policy-not-set"),
         k_anonymity=k_anonymity,
         insights_epsilon=_positive_float(environ, "PREFS_INSIGHTS_EPSILON", 1.0),
         insights_reads_per_day=_int(environ, "PREFS_INSIGHTS_READS_PER_DAY", 100, minimum=1),

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from playwright.sync_api import expect
 
@@ -588,6 +589,58 @@ def test_a_customer_confirms_or_declines_a_partners_proposal_on_the_page(
         (1, "requested"),
         (2, "cancelled"),
     ]
+    watch.assert_clean(service)
+
+
+# --- receipts a customer keeps ------------------------------------------------------------------
+
+
+def test_a_customer_downloads_a_receipt_as_kantara_json_and_signed(
+    service: Service,
+    browser_page: tuple[Any, Watch],
+) -> None:
+    page, watch = browser_page
+    token = DevIssuer(service.data_dir / "dev-issuer.pem").mint(
+        f"keeper-{uuid.uuid4()}@example.test"
+    )
+    page.goto(f"{service.url}/#token={token}")
+    page.get_by_role("button", name="Start my locker").click()
+    expect(page.get_by_role("heading", level=1, name="My preferences")).to_be_focused()
+    go_to(page, "Sharing")
+    share(page, "pos", "At the till")
+    [entry] = httpx.get(f"{service.url}/v1/me/consents/history", headers=bearer(token)).json()[
+        "items"
+    ]
+    receipt_id = entry["receipt"]["receipt_id"]
+
+    latest = page.locator("#consent-history > li").first
+    latest.get_by_text("Show the receipt").click()
+    as_json = latest.get_by_role("button", name=f"Download receipt {receipt_id[:8]} (JSON)")
+    signed = latest.get_by_role("button", name=f"Download signed receipt {receipt_id[:8]} (JWS)")
+    expect(as_json).to_be_visible()
+    look_at(page, "receipt-downloads")
+
+    with page.expect_download() as download:
+        as_json.click()
+    expect(status(page)).to_contain_text("The receipt is downloaded as a JSON file")
+    assert download.value.suggested_filename == f"consent-receipt-{receipt_id[:8]}.json"
+    document = Path(download.value.path()).read_bytes()
+    kantara = json.loads(document)
+    assert kantara["version"] == "KI-CR-v1.1.0"
+    assert kantara["consentReceiptID"] == receipt_id
+    assert kantara["services"][0]["purposes"][0]["purposeCategory"][-1] == (
+        "dpv:ServicePersonalisation"
+    )
+
+    with page.expect_download() as download:
+        signed.click()
+    expect(status(page)).to_contain_text("The signed receipt is downloaded.")
+    assert download.value.suggested_filename == f"consent-receipt-{receipt_id[:8]}.jws"
+    jws = Path(download.value.path()).read_text()
+    # anyone verifies it with the keys the service publishes, without signing in
+    keys = jwt.PyJWKSet.from_dict(httpx.get(f"{service.url}/.well-known/jwks.json").json())
+    key = keys[jwt.get_unverified_header(jws)["kid"]]
+    assert jwt.PyJWS().decode(jws, key, algorithms=["EdDSA"]) == document
     watch.assert_clean(service)
 
 

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Literal
 from uuid import UUID
 
-from litestar import Controller, delete, get, put
+import msgspec
+from litestar import Controller, Response, delete, get, put
 from litestar.di import NamedDependency
-from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
+from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK
 
 from prefs.auth import customer_guard
 from prefs.consents import ledger, service
-from prefs.consents.schemas import ConsentChange, ConsentGrant, ConsentList, LedgerPage
-from prefs.crypto import Vault
+from prefs.consents.schemas import (
+    ConsentChange,
+    ConsentGrant,
+    ConsentList,
+    KantaraReceipt,
+    LedgerPage,
+    ReceiptKey,
+    ReceiptKeys,
+)
+from prefs.crypto import ReceiptSigner, Vault
 from prefs.db import Connection
 from prefs.errors import InvalidInput
 from prefs.grants import Audience
@@ -38,6 +50,34 @@ AudienceParameter = Annotated[
         description="`pos`, `insights`, `purchases` or `partner:<partner id>`",
     ),
 ]
+ReceiptFormat = Annotated[
+    Literal["json", "jws"],
+    QueryParameter(
+        description="`json`: the Kantara Consent Receipt v1.1 document; `jws`: that document as a "
+        "compact JWS (EdDSA) signed with a key published at /.well-known/jwks.json"
+    ),
+]
+JOSE = "application/jose"  # RFC 7515: a JWS in compact serialization
+JWK_SET = "application/jwk-set+json"  # RFC 7517
+
+
+@dataclass
+class KantaraOrSigned(Operation):
+    """OpenAPI: a receipt answers either media type, as ``format`` asks."""
+
+    def __post_init__(self) -> None:
+        assert self.responses is not None
+        answer = self.responses["200"]
+        assert isinstance(answer, OpenAPIResponse) and answer.content is not None
+        answer.content[JOSE] = OpenAPIMediaType(
+            schema=Schema(
+                type=OpenAPIType.STRING,
+                pattern=r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$",
+                description="The JSON document as a compact JWS; its header names the key (kid)",
+            )
+        )
+
+
 EXPIRING = {
     "properties": {
         "expires_at": {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]}
@@ -81,6 +121,36 @@ class ConsentsController(Controller):
         more = len(items) == limit and items[-1].seq > 1
         return LedgerPage(items=items, next=str(items[-1].seq) if more else None)
 
+    @get(
+        "/receipts/{receipt_id:uuid}",
+        operation_class=KantaraOrSigned,
+        responses={
+            200: ResponseSpec(
+                KantaraReceipt,
+                description="The receipt, as a Kantara Consent Receipt v1.1 document or a JWS",
+                generate_examples=False,
+            ),
+            **problems(400, 401, 404, 503),
+        },
+    )
+    async def receipt(
+        self,
+        conn: NamedDependency[Connection],
+        settings: NamedDependency[Settings],
+        receipt_signer: NamedDependency[ReceiptSigner],
+        customer_id: NamedDependency[UUID],
+        receipt_id: FromPath[UUID],
+        format: ReceiptFormat = "json",
+    ) -> Response[bytes]:
+        """One of your receipts as a Kantara Consent Receipt v1.1 document, taken from the
+        ledger record made when it happened; `?format=jws` signs it, for keeping and showing."""
+        document = msgspec.json.encode(
+            await service.kantara_receipt(conn, settings, customer_id, receipt_id)
+        )
+        if format == "jws":
+            return Response(receipt_signer.sign(document).encode(), media_type=JOSE)
+        return Response(document, media_type="application/json")
+
     @put(
         "/{audience:str}",
         status_code=HTTP_200_OK,
@@ -111,3 +181,19 @@ class ConsentsController(Controller):
     ) -> ConsentChange:
         """Withdraw consent; the next request from that audience sees nothing."""
         return await service.withdraw(conn, vault, settings.controller, customer_id, audience)
+
+
+class ReceiptKeysController(Controller):
+    path = "/.well-known"
+    tags = ["consents"]
+
+    @get("/jwks.json", media_type=JWK_SET, sync_to_thread=False)
+    def receipt_keys(self, receipt_signer: NamedDependency[ReceiptSigner]) -> Response[ReceiptKeys]:
+        """The public keys that sign receipts (a JWK set), old ones included: a receipt still
+        verifies after its key is no longer the one signing."""
+        keys = [msgspec.convert(key, ReceiptKey) for key in receipt_signer.public_keys()]
+        return Response(
+            ReceiptKeys(keys=keys),
+            media_type=JWK_SET,
+            headers={"cache-control": "public, max-age=300"},
+        )

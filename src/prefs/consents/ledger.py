@@ -91,6 +91,42 @@ async def history(
     ]
 
 
+# One customer's record by its receipt id, with the record before it for the same audience (a
+# grant given while the one before was still given changes it). The customer's records are found
+# by the primary key's first column; a customer has few.
+RECORD = """
+SELECT l.receipt, before.receipt_id AS before_id, before.state AS before_state
+FROM consent_ledger l
+LEFT JOIN LATERAL (
+    SELECT b.receipt_id, b.state FROM consent_ledger b
+    WHERE b.customer_id = l.customer_id AND b.audience = l.audience AND b.seq < l.seq
+    ORDER BY b.seq DESC LIMIT 1
+) before ON true
+WHERE l.customer_id = $1 AND l.receipt_id = $2
+"""
+
+
+@dataclass(frozen=True)
+class Record:
+    """A receipt as the ledger holds it, and the one it changed (a grant given again while the
+    previous grant for its audience was in force)."""
+
+    receipt: Receipt
+    replaces: uuid.UUID | None
+
+
+async def record(
+    conn: asyncpg.Connection, customer_id: uuid.UUID, receipt_id: uuid.UUID
+) -> Record | None:
+    """One of the customer's ledger records by its receipt id; None for anyone else's."""
+    row = await conn.fetchrow(RECORD, customer_id, receipt_id)
+    if row is None:
+        return None
+    receipt = msgspec.convert(row["receipt"], Receipt)
+    changes = receipt.state == "ConsentGiven" and row["before_state"] == "ConsentGiven"
+    return Record(receipt=receipt, replaces=row["before_id"] if changes else None)
+
+
 def entry_from_row(row: Row) -> LedgerEntry:
     return LedgerEntry(
         seq=row["seq"],

@@ -94,3 +94,73 @@ class ConsentChange(msgspec.Struct, kw_only=True):
 class LedgerPage(msgspec.Struct):
     items: list[LedgerEntry]
     next: str | None
+
+
+# --- the receipt as a Kantara Consent Receipt v1.1 document (its JSON names, camelCase) --------
+
+
+class KantaraAddress(msgspec.Struct, rename="camel"):
+    """The controller's postal address (schema.org PostalAddress, as the specification's
+    example writes it): one line, as the operator sets it."""
+
+    street_address: str
+
+
+class KantaraController(msgspec.Struct, kw_only=True, rename="camel"):
+    pii_controller: str
+    contact: str
+    address: KantaraAddress
+    email: str
+    phone: str
+    pii_controller_url: str | UnsetType = UNSET
+
+
+class KantaraPurpose(msgspec.Struct, kw_only=True, rename="camel"):
+    purpose: str
+    purpose_category: list[str]
+    consent_type: str
+    pii_category: list[str]
+    primary_purpose: bool
+    termination: str
+    third_party_disclosure: bool
+    third_party_name: str | UnsetType = UNSET  # named when third_party_disclosure is true
+
+
+class KantaraService(msgspec.Struct, kw_only=True):
+    service: str
+    purposes: list[KantaraPurpose]
+
+
+class KantaraReceipt(msgspec.Struct, kw_only=True, rename="camel"):
+    """A consent receipt as the Kantara Initiative's Consent Receipt Specification v1.1 writes
+    it, derived from one ledger record (the mapping: README, "Receipts a customer can keep")."""
+
+    version: str
+    jurisdiction: str
+    consent_timestamp: int  # seconds since the epoch (the specification's NumericDate)
+    collection_method: str
+    consent_receipt_id: str = msgspec.field(name="consentReceiptID")
+    language: str
+    pii_principal_id: str
+    pii_controllers: list[KantaraController]
+    policy_url: str
+    services: list[KantaraService]
+    sensitive: bool
+    spi_cat: list[str]
+
+
+class ReceiptKey(msgspec.Struct, kw_only=True):
+    """A public key that signs receipts, as a JWK (RFC 7517; OKP Ed25519, RFC 8037)."""
+
+    kty: Literal["OKP"]
+    crv: Literal["Ed25519"]
+    x: str
+    kid: str
+    use: Literal["sig"]
+    alg: Literal["EdDSA"]
+
+
+class ReceiptKeys(msgspec.Struct):
+    """A JWK set: every key a receipt the service signed may name."""
+
+    keys: list[ReceiptKey]

@@ -10,12 +10,13 @@ import asyncpg
 from msgspec import UNSET
 
 from prefs import partner_refs
-from prefs.consents import ledger
+from prefs.consents import kantara, ledger
 from prefs.consents.schemas import (
     Consent,
     ConsentChange,
     ConsentGrant,
     Controller,
+    KantaraReceipt,
     Purpose,
     Receipt,
     Recipient,
@@ -34,6 +35,7 @@ from prefs.grants import (
     partner_audience_sql,
     partner_of,
 )
+from prefs.settings import Settings
 
 # What each audience does with what it is shown, named with W3C DPV purposes.
 PURPOSES = {
@@ -356,3 +358,14 @@ async def expire_due(
             await ledger.append(conn, vault.index, receipt)
             await follow(conn, vault, GrantEnded(row["customer_id"], row["audience"]))
         return len(rows)
+
+
+async def kantara_receipt(
+    conn: asyncpg.Connection, settings: Settings, customer_id: uuid.UUID, receipt_id: uuid.UUID
+) -> KantaraReceipt:
+    """One of the customer's receipts as a Kantara v1.1 document, from its ledger record;
+    anyone else's receipt is the same 404 as one that does not exist."""
+    found = await ledger.record(conn, customer_id, receipt_id)
+    if found is None:
+        raise NotFound("You have no receipt with this id.")
+    return kantara.document(found, settings)

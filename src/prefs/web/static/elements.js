@@ -32,6 +32,16 @@ export function fill(parent, ...children) {
   return append(parent, children);
 }
 
+/** Hand ``blob`` to the browser as a download named ``filename`` (no page change, no new tab). */
+export function saveFile(blob, filename) {
+  const url = URL.createObjectURL(blob);
+  const link = h("a", { href: url, download: filename, hidden: true });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  window.setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
 /** Text only a screen reader reads (e.g. which preference a short button is about). */
 export const hidden = (text) => h("span", { class: "visually-hidden" }, text);
 

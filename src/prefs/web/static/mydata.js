@@ -1,7 +1,7 @@
 // My data: the loyalty card, the export of everything held, and erasing everything.
 
 import * as api from "./api.js";
-import { announce, busy, clearMessages, fill, h, warn, warnAbout } from "./elements.js";
+import { announce, busy, clearMessages, fill, h, saveFile, warn, warnAbout } from "./elements.js";
 import { friendlyTime, plural } from "./words.js";
 
 const CONFIRM_WORD = "ERASE";
@@ -68,12 +68,7 @@ export async function show(root, context) {
       warnAbout(error, "No download");
       return;
     }
-    const url = URL.createObjectURL(new Blob([blob], { type: "application/json" }));
-    const link = h("a", { href: url, download: `prefs-export-${new Date().toISOString().slice(0, 10)}.json`, hidden: true });
-    document.body.append(link);
-    link.click();
-    link.remove();
-    window.setTimeout(() => URL.revokeObjectURL(url), 10_000);
+    saveFile(new Blob([blob], { type: "application/json" }), `prefs-export-${new Date().toISOString().slice(0, 10)}.json`);
     announce("Your data is downloaded as a JSON file.");
   }));
 

@@ -1,7 +1,7 @@
 // Sharing: for each audience, what it sees (per field, per preference, until when); the history.
 
 import * as api from "./api.js";
-import { announce, busy, clearMessages, fill, h, hidden, uniqueId, warn, warnAbout } from "./elements.js";
+import { announce, busy, clearMessages, fill, h, hidden, saveFile, uniqueId, warn, warnAbout } from "./elements.js";
 import {
   FIELDS, FIELD_LABELS, FIELD_WORDS, endOfDay, friendlyDate, friendlyTime, listWords, localDate,
   orderedAttributes, plural,
@@ -212,7 +212,42 @@ function receiptDetails(entry) {
   return h("details", null,
     h("summary", null, "Show the receipt"),
     h("dl", { class: "receipt" }, rows.flatMap(([term, value]) => [h("dt", null, term), h("dd", null, value)])),
-    h("p", { class: "hint" }, "Each record carries the fingerprint of the one before it, so no change can be slipped in or taken out unseen."));
+    h("p", { class: "hint" }, "Each record carries the fingerprint of the one before it, so no change can be slipped in or taken out unseen."),
+    receiptDownloads(r.receipt_id));
+}
+
+// The receipt to keep: the Kantara Consent Receipt v1.1 document, and the same signed by the shop.
+const DOWNLOADS = [
+  { format: "json", label: "Download receipt", kind: "JSON", type: "application/json", extension: "json",
+    done: "The receipt is downloaded as a JSON file (Kantara Consent Receipt v1.1)." },
+  { format: "jws", label: "Download signed receipt", kind: "JWS", type: "application/jose", extension: "jws",
+    done: "The signed receipt is downloaded. Anyone can check it with the keys the shop publishes at /.well-known/jwks.json." },
+];
+
+function receiptDownloads(receiptId) {
+  const short = receiptId.slice(0, 8);
+  const buttons = DOWNLOADS.map((spec) => {
+    const button = h("button", { type: "button", class: "button-quiet", "data-format": spec.format },
+      spec.label, hidden(` ${short}`), ` (${spec.kind})`);
+    button.addEventListener("click", () => busy(button, async () => {
+      clearMessages();
+      let blob;
+      try {
+        const path = `/v1/me/consents/receipts/${encodeURIComponent(receiptId)}?format=${spec.format}`;
+        blob = await (await api.request("GET", path, { raw: true, headers: { Accept: spec.type } })).blob();
+      } catch (error) {
+        warnAbout(error, "No download");
+        return;
+      }
+      saveFile(new Blob([blob], { type: spec.type }), `consent-receipt-${short}.${spec.extension}`);
+      announce(spec.done);
+    }));
+    return button;
+  });
+  return [
+    h("p", { class: "hint" }, "Keep a copy: the receipt in the Kantara Consent Receipt format, and the same signed by the shop, so you can show what you agreed to."),
+    h("div", { class: "actions" }, buttons),
+  ];
 }
 
 function historyEntry(entry) {
