@@ -10,6 +10,7 @@ import httpx
 
 from prefs.crypto import api_key_hash
 from tests.support.customer import CHINOS, checkout_code, grant, keep_all, withdraw
+from tests.support.scanner import Scanned, drawn, quiet_zone, scan
 from tests.support.till import look_up, shopper, till_key
 
 
@@ -78,3 +79,21 @@ async def store_of(conn: asyncpg.Connection, key: str) -> str:
         "SELECT store FROM credentials WHERE key_hash = $1", api_key_hash(key)
     )
     return store
+
+
+async def test_the_qr_code_of_a_checkout_code_reads_as_the_code_at_the_till(
+    client: httpx.AsyncClient, conn: asyncpg.Connection, new_customer: Any
+) -> None:
+    customer = await new_customer()
+    await keep_all(client, customer, CHINOS)
+    made = await checkout_code(client, customer)
+    _, till = await till_key(conn)
+
+    png = drawn(made["qr_svg"])
+
+    scanned = scan(png)
+    assert scanned == [Scanned(made["code"], "QRCode", 1)]
+    assert quiet_zone(png, modules=21) == 4
+    grouped = f"{made['code'][:4]} {made['code'][4:]}"
+    assert f"<title>QR code of the checkout code {grouped}</title>" in made["qr_svg"]
+    assert (await look_up(client, till, code=scanned[0].text)).status_code == 200

@@ -21,8 +21,9 @@ import pytest
 from playwright.sync_api import expect
 
 from prefs.auth import DevIssuer
-from tests.browser.views import look_at
+from tests.browser.views import WIDTHS, look_at
 from tests.support.browser import CHROMIUM, Service, Watch
+from tests.support.scanner import Scanned, quiet_zone, scan
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: install Debian's chromium package"
@@ -70,7 +71,7 @@ def test_the_page_and_its_assets_carry_a_strict_content_security_policy(service:
     assert " style=" not in html, "inline style in the page"
     assert not re.search(r"\son[a-z]+=", html), "inline event handler in the page"
     assert not re.search(r"(src|href)=\"(https?:)?//", html), "the page names another origin"
-    for path in ("/", "/store", "/static/app.js", "/static/app.css", "/static/qr.js"):
+    for path in ("/", "/store", "/static/app.js", "/static/app.css", "/static/till.js"):
         response = httpx.get(f"{service.url}{path}")
         assert response.status_code == 200, path
         assert response.headers["content-security-policy"] == CSP, path
@@ -464,9 +465,14 @@ def test_a_customer_keeps_shares_reorders_and_erases_their_locker(
     assert code
     assert re.fullmatch(r"[23456789A-Z]{8}", code)
     expect(shown.locator(".checkout-code")).to_contain_text(f"{code[:4]} {code[4:]}")
-    expect(
-        shown.get_by_role("img", name=re.compile("QR code of your checkout code"))
-    ).to_be_visible()
+    qr = shown.get_by_role("img", name=f"QR code of your checkout code {code[:4]} {code[4:]}")
+    expect(qr).to_be_visible()
+    # The QR code as the customer's screen shows it reads, with its quiet zone, as the code.
+    for width, height in WIDTHS.values():
+        page.set_viewport_size({"width": width, "height": height})
+        seen = qr.screenshot()
+        assert scan(seen) == [Scanned(code, "QRCode", 1)], width
+        assert quiet_zone(seen, modules=21) == 4, width
     expect(page.locator("#code-countdown")).to_have_text(re.compile(r"Works for [0-5]:[0-5][0-9]"))
     look_at(page, "till")
     lookup = till_lookup(service, code=code)

@@ -25,3 +25,10 @@ class CheckoutCode(msgspec.Struct, kw_only=True):
     fields: list[str]
     preferences: Literal["all"] | list[UUID]
     keep_purchases: bool
+    qr_svg: Annotated[
+        str,
+        Meta(
+            description="the code as a QR code for the till to scan: an SVG document (black "
+            "on white, a four-module quiet zone, a <title> naming the code), made by segno",
+        ),
+    ]

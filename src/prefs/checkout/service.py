@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import segno
 
 from prefs.checkout.schemas import CheckoutCode, CheckoutCodeRequest
 from prefs.crypto import BlindIndex
@@ -53,7 +55,31 @@ async def create(
                 fields=fields,
                 preferences="all" if ids is None else ids,
                 keep_purchases=data.keep_purchases,
+                qr_svg=qr_svg(code),
             )
+
+
+def qr_svg(code: str) -> str:
+    """``code`` as a QR code for the till to scan: an SVG with a quiet zone and a title.
+
+    Only its keyed hash is stored, so the QR code is drawn now, with the code. Never a Micro QR
+    code (``make_qr``): few till scanners read those. segno raises the error correction to the
+    highest level that still fits the smallest version (H for a checkout code)."""
+    svg = io.BytesIO()
+    segno.make_qr(code, error="m").save(
+        svg,
+        kind="svg",
+        xmldecl=False,
+        nl=False,
+        scale=8,
+        border=4,
+        dark="#000",
+        light="#fff",
+        title=f"QR code of the checkout code {code[:4]} {code[4:]}",
+        svgclass=None,
+        lineclass=None,
+    )
+    return svg.getvalue().decode()
 
 
 END = "DELETE FROM checkout_codes WHERE customer_id = $1 AND code_id = $2 AND expires_at > now()"
