@@ -1,14 +1,16 @@
-"""Benchmark of the hot paths: POST /v1/pos/lookup (and POST /v1/pos/purchases) against a bare
-Litestar + asyncpg baseline.
+"""Benchmark of the hot paths: POST /v1/pos/lookup against a bare Litestar + asyncpg baseline
+and against the same lookup written with FastAPI + SQLAlchemy (loadtests/peer_app.py); and
+POST /v1/pos/purchases, on a prefs server of its own.
 
     uv run python loadtests/bench.py                       # 100 000 customers in /tmp/prefs-bench
     uv run python loadtests/bench.py --customers 1000000 --data-dir /tmp/prefs-bench-1m
 
 In one run on this machine: seeds the database up to ``--customers`` if it holds fewer (the
 keys live in ``--data-dir``; the database is PREFS_DATABASE_URL or an embedded PostgreSQL under
-the data dir), starts ``prefs serve --workers 2`` and the baseline (loadtests/baseline_app.py,
-uvicorn, 2 workers), then loads each with wrk on 127.0.0.1: 64 connections for throughput and
-latency, 8 connections for latency, in alternating rounds.
+the data dir), starts ``prefs serve --workers 2`` (one per endpoint), the baseline
+(loadtests/baseline_app.py) and the peer (both uvicorn, 2 workers), then loads each with wrk on
+127.0.0.1: 64 connections for throughput and latency, 8 connections for latency, in alternating
+rounds.
 
 The machine is shared, so every run also records where the CPU went (server workers,
 PostgreSQL, wrk, and everything else on the machine). A run during which other processes used
@@ -58,6 +60,7 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 BIN = Path(sys.executable).parent
 TARGETS = {"ratio": 0.8, "p50_ms_8": 1.5, "p99_ms_8": 5.0, "flat": 0.15, "rss_mb": 150.0}
+PEER_TARGETS = {64: 4.0, 8: 2.0}  # lookup req/s over the FastAPI + SQLAlchemy peer's, by conns
 
 WRK_DONE = """
 function done(summary, latency, requests)
@@ -545,6 +548,17 @@ def checks(result: dict[str, Any], other: dict[str, Any] | None) -> list[dict[st
         ),
         ("errors (non-2xx, socket, timeouts)", str(errors), "0", errors == 0),
     ]
+    for conns, ratio in result.get("against_peer", {}).items():
+        if int(conns) not in PEER_TARGETS:
+            continue
+        found.append(
+            (
+                f"lookup req/s / peer req/s ({conns} conns)",
+                f"{ratio['lookup_rps']:,.0f} / {ratio['peer_rps']:,.0f} = {ratio['rps']:.2f}",
+                f">= {PEER_TARGETS[int(conns)]:g}",
+                ratio["rps"] >= PEER_TARGETS[int(conns)],
+            )
+        )
     flat = result.get("flat_in_run")
     if flat:
         found.append(
@@ -581,6 +595,28 @@ def checks(result: dict[str, Any], other: dict[str, Any] | None) -> list[dict[st
     return [{"name": n, "value": v, "target": t, "held": h} for n, v, t, h in found]
 
 
+def against_peer(table: dict[str, Any], connections: list[int]) -> dict[str, Any]:
+    """The lookup against the FastAPI + SQLAlchemy peer, same run: req/s, p50 and p99 of each,
+    and the lookup's ratio (req/s: lookup over peer; latency: peer over lookup, so above 1 is
+    the lookup ahead on every line)."""
+    found = {}
+    for conns in connections:
+        lookup, peer = table.get(f"lookup@{conns}"), table.get(f"peer@{conns}")
+        if lookup and peer:
+            found[str(conns)] = {
+                "lookup_rps": lookup["rps"],
+                "peer_rps": peer["rps"],
+                "rps": round(lookup["rps"] / max(1.0, peer["rps"]), 2),
+                "lookup_p50_ms": lookup["p50_ms"],
+                "peer_p50_ms": peer["p50_ms"],
+                "p50": round(peer["p50_ms"] / max(0.001, lookup["p50_ms"]), 2),
+                "lookup_p99_ms": lookup["p99_ms"],
+                "peer_p99_ms": peer["p99_ms"],
+                "p99": round(peer["p99_ms"] / max(0.001, lookup["p99_ms"]), 2),
+            }
+    return found
+
+
 def at_low_connections(table: dict[str, Any], connections: int) -> dict[str, Any]:
     """Lookup and baseline at the low connection count: measured latency, the mean it implies
     (closed loop: connections / throughput) and the floor of that mean from CPU per request."""
@@ -595,6 +631,11 @@ def at_low_connections(table: dict[str, Any], connections: int) -> dict[str, Any
                 "floor_ms": round(connections * 1000 / max(1, row["cpu_bound_rps"]), 2),
             }
     return found
+
+
+def busy_groups(cores: dict[str, float]) -> dict[str, float]:
+    """The groups that used a twentieth of a core or more (the idle servers left out)."""
+    return {group: used for group, used in cores.items() if used >= 0.05}
 
 
 def print_report(result: dict[str, Any]) -> None:
@@ -632,9 +673,23 @@ def print_report(result: dict[str, Any]) -> None:
         base = table.get(f"baseline@{conns}")
         if base and target != "baseline":
             print(f"  {target:<30}{conns:>4} conns  {row['rps'] / base['rps']:.2f}")
+    peer = result.get("against_peer")
+    if peer:
+        print(
+            "\nthe lookup against the FastAPI + SQLAlchemy peer (loadtests/peer_app.py), same run"
+            "\n(req/s: lookup / peer; p50, p99: peer / lookup; above 1: the lookup ahead):"
+        )
+        for conns, row in peer.items():
+            print(
+                f"  {conns:>3} conns  req/s {row['lookup_rps']:>7,.0f} / {row['peer_rps']:<7,.0f}"
+                f"= {row['rps']:.2f}   p50 {row['peer_p50_ms']:.2f} / {row['lookup_p50_ms']:.2f} ms"
+                f" = {row['p50']:.2f}   p99 {row['peer_p99_ms']:.2f} / {row['lookup_p99_ms']:.2f}"
+                f" ms = {row['p99']:.2f}"
+            )
     print(f"\ncores in use during the runs (the machine has {result['cpus']}):")
     for key, row in table.items():
-        print(f"  {key:<33}" + "  ".join(f"{g} {c:.2f}" for g, c in row["cores"].items()))
+        cores = busy_groups(row["cores"])
+        print(f"  {key:<33}" + "  ".join(f"{g} {c:.2f}" for g, c in cores.items()))
     rss = result["rss_mb"]
     print(
         "\nlargest resident memory per worker: "
@@ -688,6 +743,13 @@ def prefs_command(workers: int) -> list[str]:
 
 def baseline_command(workers: int) -> list[str]:
     return [sys.executable, "-m", "uvicorn", "baseline_app:create_app", "--factory",
+            "--app-dir", str(HERE), "--host", "127.0.0.1", "--port", "{port}",
+            "--workers", str(workers), "--no-access-log", "--log-level", "warning"]  # fmt: skip
+
+
+def peer_command(workers: int) -> list[str]:
+    """The FastAPI + SQLAlchemy peer, served as the baseline is."""
+    return [sys.executable, "-m", "uvicorn", "peer_app:create_app", "--factory",
             "--app-dir", str(HERE), "--host", "127.0.0.1", "--port", "{port}",
             "--workers", str(workers), "--no-access-log", "--log-level", "warning"]  # fmt: skip
 
@@ -806,6 +868,12 @@ def main() -> None:
         action="store_false",
         help="skip POST /v1/pos/purchases (measured by default, on its own prefs server)",
     )
+    add(
+        "--no-peer",
+        dest="peer",
+        action="store_false",
+        help="skip the FastAPI + SQLAlchemy peer (loadtests/peer_app.py; measured by default)",
+    )
     add("--label", default="", help="a name for this run; the flatness check compares equal labels")
     add("--output", type=Path, default=RESULTS / "bench.json")
     args = parser.parse_args()
@@ -827,7 +895,8 @@ def main() -> None:
     url = os.environ.get("PREFS_DATABASE_URL")
     if not url:
         # each server: 2 workers x a pool of up to 16
-        servers = 2 + len(args.variant) + len(args.tree) + int(args.purchases)
+        servers = 2 + len(args.variant) + len(args.tree)
+        servers += args.purchases + args.peer
         embedded, url = start_embedded(data_dir, 60 + 40 * servers)
     flat = None
     if args.flat_against is not None:
@@ -873,6 +942,8 @@ def main() -> None:
             ),
             Target("lookup", lookup_lua, prefs_command(args.workers), "/health/ready"),
         ]
+        if args.peer:  # the same lookups, next to prefs' in every round
+            targets.append(Target("peer", lookup_lua, peer_command(args.workers), "/health"))
         purchase_cards = card_sample(seeded, args.sample, purchasing=True) if args.purchases else []
         if purchase_cards:
             purchases_lua = work / "purchases.lua"
@@ -945,9 +1016,9 @@ def main() -> None:
                     m.round = round_no
                     runs.append(m)
                     print(
-                        f"round {round_no}: {target.name:<8} {conns:>3} conns {m.rps:>7,.0f} req/s "
+                        f"round {round_no}: {target.name:<11} {conns:>3} conns {m.rps:>7,.0f} req/s "
                         f"p50 {m.p50_ms:6.2f} ms  p99 {m.p99_ms:6.2f} ms  errors {m.errors}  "
-                        f"cores {m.cores}{'  DISTURBED' if m.disturbed else ''}",
+                        f"cores {busy_groups(m.cores)}{'  DISTURBED' if m.disturbed else ''}",
                         flush=True,
                     )
             sampler.stopped.set()
@@ -965,7 +1036,8 @@ def main() -> None:
             "servers": {t.name: " ".join(t.command) for t in targets},
             "variants": {
                 t.name: t.env.get("PREFS_VARIANTS", t.env.get("PREFS_TREE", ""))
-                for t in targets[2:]
+                for t in targets
+                if "PREFS_VARIANTS" in t.env or "PREFS_TREE" in t.env
             },
             "git": git_state(),
             "python": platform.python_version(),
@@ -984,6 +1056,9 @@ def main() -> None:
         large = next((t.name for t in targets if t.name.startswith("lookup-")), None)
         if large is not None:
             result["flat_in_run"] = flat_in_run(runs, large, args.connections)
+        result["against_peer"] = against_peer(
+            result["summary"], [args.connections, args.low_connections]
+        )
         result["checks"] = checks(result, other)
         result["at_8_connections"] = at_low_connections(result["summary"], args.low_connections)
         print_report(result)
