@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from prefs.auth import DevIssuer, TokenVerifier
 from prefs.crypto import Vault
-from prefs.settings import SettingsError, load
+from prefs.settings import SettingsError, load, log_settings
 
 REQUIRED_IN_PRODUCTION = (
     "PREFS_DATABASE_URL",
@@ -408,3 +408,19 @@ def test_receipt_details_come_from_the_environment_with_placeholders_for_develop
         settings.jurisdiction,
         settings.policy_url,
     ) == tuple(details.values())
+
+
+@pytest.mark.parametrize(
+    ("environ", "terminal", "json_lines"),
+    [
+        ({}, True, False),  # development on a terminal: a person reads it
+        ({}, False, True),  # development into a file or a pipe: JSON lines
+        ({"PREFS_ENV": "production"}, True, True),
+        ({"PREFS_LOG_FORMAT": "json"}, True, True),
+        ({"PREFS_LOG_FORMAT": "text"}, False, False),
+    ],
+)
+def test_logs_are_text_on_a_development_terminal_and_json_lines_elsewhere(
+    environ, terminal, json_lines
+):
+    assert log_settings(environ, terminal=terminal).json_lines is json_lines

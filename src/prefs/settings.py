@@ -7,6 +7,7 @@ import json
 import math
 import os
 import secrets
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -111,13 +112,22 @@ def _positive_float(environ: Mapping[str, str], name: str, default: float) -> fl
     return value
 
 
-def log_settings(environ: Mapping[str, str] | None = None) -> LogSettings:
-    """The logging settings alone: the `prefs` command sets up its logs before anything else."""
+def log_settings(
+    environ: Mapping[str, str] | None = None, *, terminal: bool | None = None
+) -> LogSettings:
+    """The logging settings alone: the `prefs` command sets up its logs before anything else.
+
+    Unless PREFS_LOG_FORMAT says, logs are JSON lines, except in development on a terminal
+    (``terminal``: stderr is one), where a person reads them: text.
+    """
     environ = os.environ if environ is None else environ
+    if terminal is None:
+        terminal = sys.stderr.isatty()
     level = (environ.get("PREFS_LOG_LEVEL") or "INFO").upper()
     if level not in LOG_LEVELS:
         raise SettingsError("PREFS_LOG_LEVEL must be one of " + ", ".join(LOG_LEVELS))
-    log_format = environ.get("PREFS_LOG_FORMAT") or "json"
+    development = environ.get("PREFS_ENV", "development") != "production"
+    log_format = environ.get("PREFS_LOG_FORMAT") or ("text" if development and terminal else "json")
     if log_format not in ("json", "text"):
         raise SettingsError("PREFS_LOG_FORMAT must be 'json' or 'text'")
     request_log = environ.get("PREFS_REQUEST_LOG") or "on"
