@@ -75,6 +75,8 @@ class Stack:
             "PREFS_DATA_DIR": str(self.data_dir),
             "PREFS_DATABASE_URL": self.database_url,
             "PREFS_LOG_LEVEL": "WARNING",
+            # the reorderers keep one customer's reorders waiting at one store, hundreds of them
+            "PREFS_STORE_WAITING_REORDERS": "100000",
         }
         command = [
             str(Path(sys.executable).with_name("prefs")),

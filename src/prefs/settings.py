@@ -78,6 +78,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     lookup_batches_in_flight: int = 1
     partner_accepted_window_days: int = 30
     partner_open_proposals: int = 3
+    store_waiting_reorders: int = 20
     partner_proposal_max_quantity: int = 5
     log: LogSettings = msgspec.field(default_factory=LogSettings)
 
@@ -354,6 +355,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             environ, "PREFS_PARTNER_ACCEPTED_WINDOW_DAYS", 30, minimum=1
         ),
         partner_open_proposals=_int(environ, "PREFS_PARTNER_OPEN_PROPOSALS", 3, minimum=1),
+        store_waiting_reorders=_int(environ, "PREFS_STORE_WAITING_REORDERS", 20, minimum=1),
         partner_proposal_max_quantity=_int(
             environ, "PREFS_PARTNER_PROPOSAL_MAX_QUANTITY", 5, minimum=1
         ),

@@ -63,7 +63,7 @@ class CustomerReordersController(Controller):
 
         async def create() -> tuple[UUID, int, bytes]:
             reorder = await service.create_for_customer(
-                conn, vault, customer_id, preference_id, data
+                conn, vault, customer_id, preference_id, data, settings.store_waiting_reorders
             )
             return customer_id, HTTP_201_CREATED, msgspec.json.encode(reorder)
 

@@ -26,7 +26,8 @@ STORE_PREFIX = "store:"
 # What a store sees of a reorder unless the customer adds their note: what finding or making the
 # item needs.
 STORE_FIELDS = ["product", "attributes"]
-# Store reorders one customer may have waiting (requested) at once, across stores.
+# Store reorders one customer may have waiting (requested) at once, across stores, by default
+# (PREFS_STORE_WAITING_REORDERS).
 MAX_WAITING_AT_STORES = 20
 WAITING_AT_STORES = """
 SELECT count(*) FROM reorders
@@ -119,6 +120,7 @@ async def create_for_customer(
     customer_id: uuid.UUID,
     preference_id: uuid.UUID,
     data: ReorderCreate,
+    max_waiting_at_stores: int = MAX_WAITING_AT_STORES,
 ) -> Reorder:
     """Reorder a preference from a store of the directory, or from a partner the customer
     granted consent to."""
@@ -133,9 +135,9 @@ async def create_for_customer(
         fields = _store_fields(data.fields)
         store_id = await open_store(conn, fulfiller)
         await lock_customer(conn, customer_id)  # the count below holds until this commits
-        if await conn.fetchval(WAITING_AT_STORES, customer_id) >= MAX_WAITING_AT_STORES:
+        if await conn.fetchval(WAITING_AT_STORES, customer_id) >= max_waiting_at_stores:
             raise LimitReached(
-                f"You already have {MAX_WAITING_AT_STORES} store reorders waiting to be "
+                f"You already have {max_waiting_at_stores} store reorders waiting to be "
                 "accepted: cancel one, or wait for a store to accept one."
             )
     else:
