@@ -424,3 +424,26 @@ def test_logs_are_text_on_a_development_terminal_and_json_lines_elsewhere(
     environ, terminal, json_lines
 ):
     assert log_settings(environ, terminal=terminal).json_lines is json_lines
+
+
+def test_settings_refuse_an_api_audience_that_is_the_pages_client_id(production):
+    """The API tells the page's ID token from an access token by audience only (typ "JWT" passes
+    _typed_as_an_access_token). With PREFS_JWT_AUDIENCE == PREFS_OIDC_CLIENT_ID -- what many
+    providers issue by default -- the ID token (kept in sessionStorage, put in the end-session
+    URL as id_token_hint, so in history and the provider's logs) is accepted as a bearer token."""
+    with pytest.raises(SettingsError):
+        load(
+            {**production, "PREFS_JWT_AUDIENCE": "prefs-page", "PREFS_OIDC_CLIENT_ID": "prefs-page"}
+        )
+
+
+@pytest.mark.parametrize("path", ["/\\evil.example/", "/\\/evil.example/", "/\t/evil.example/"])
+def test_settings_refuse_a_redirect_path_a_browser_reads_as_another_host(
+    production,
+    path,
+):
+    """oidc.js resolves the path with new URL(path, origin): WHATWG URL parsing reads a
+    backslash as a slash and drops tabs, so "/\\evil.example/" is https://evil.example/ -- the
+    redirect_uri and post_logout_redirect_uri the page sends. The check only refuses "//"."""
+    with pytest.raises(SettingsError):
+        load({**production, "PREFS_OIDC_REDIRECT_PATH": path})

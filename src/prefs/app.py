@@ -24,6 +24,7 @@ from prefs.cards.api import CardsController
 from prefs.catalogue.api import CatalogueController
 from prefs.checkout.api import CheckoutCodesController
 from prefs.consents.api import ConsentsController, ReceiptKeysController
+from prefs.consents.service import terms as consent_terms
 from prefs.crypto import Keyring, ReceiptSigner, Vault
 from prefs.customers.api import MeController
 from prefs.customers.service import require_customer_id
@@ -80,7 +81,7 @@ def _lifespan(settings: Settings) -> Any:
             retention.run_periodically(
                 app.state.pool,
                 app.state.vault,
-                settings.controller,
+                consent_terms(settings),
                 settings.access_log_retention_days,
                 settings.purge_interval_seconds,
                 settings.expiry_interval_seconds,

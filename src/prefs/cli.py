@@ -569,6 +569,7 @@ def erasures_replay(source: Any) -> None:
 @main.command()
 def purge() -> None:
     """Purge expired checkout codes, idempotency records and old access-log entries."""
+    from prefs.consents.service import terms as consent_terms
     from prefs.retention import service
 
     settings = _settings()
@@ -577,7 +578,7 @@ def purge() -> None:
         purged = _run(
             url,
             lambda conn: service.purge(
-                conn, vault, settings.controller, settings.access_log_retention_days
+                conn, vault, consent_terms(settings), settings.access_log_retention_days
             ),
         )
     if purged is None:

@@ -6,6 +6,7 @@ import base64
 import json
 import math
 import os
+import re
 import secrets
 import sys
 from collections.abc import Mapping
@@ -199,7 +200,9 @@ def _dev_secret(data_dir: Path, name: str) -> str:
     return path.read_text().strip()
 
 
-def _oidc(environ: Mapping[str, str], env: str, jwt_issuer: str | None) -> dict[str, Any]:
+def _oidc(
+    environ: Mapping[str, str], env: str, jwt_issuer: str | None, jwt_audience: str | None
+) -> dict[str, Any]:
     """How the page signs customers in: the provider, the page's client id, scopes and the path
     the provider sends them back to. Production needs it: without it the page has no sign-in."""
     client_id = environ.get("PREFS_OIDC_CLIENT_ID") or None
@@ -218,8 +221,15 @@ def _oidc(environ: Mapping[str, str], env: str, jwt_issuer: str | None) -> dict[
         )
     if "openid" not in scopes.split():
         raise SettingsError("PREFS_OIDC_SCOPES must include openid")
-    if not redirect_path.startswith("/") or redirect_path.startswith("//"):
+    # a browser reads "\\" as "/" and drops tabs: only plain path characters, never "//"
+    if not re.fullmatch(r"/[A-Za-z0-9._~/-]*", redirect_path) or "//" in redirect_path:
         raise SettingsError("PREFS_OIDC_REDIRECT_PATH must be a path on this service, like /")
+    if jwt_audience is not None and jwt_audience == client_id:
+        # the API would take the page's ID token (audience: the client) for an access token
+        raise SettingsError(
+            "PREFS_JWT_AUDIENCE must not be PREFS_OIDC_CLIENT_ID: the API's audience is the API, "
+            "not the page"
+        )
     return {
         "oidc_issuer": issuer,  # exactly as the provider names itself in its discovery document
         "oidc_client_id": client_id,
@@ -294,7 +304,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             index = _keyring(index_keys, f"{data_dir / 'index.key'} (PREFS_INDEX_KEY is unset)")
         receipt_keys = receipt_keys or _dev_secret(data_dir, "receipt.keys")
     assert master is not None and index is not None
-    oidc = _oidc(environ, env, jwt_issuer)
+    oidc = _oidc(environ, env, jwt_issuer, jwt_audience)
     assert master_keys is not None and index_keys is not None and receipt_keys is not None
     _keyring(receipt_keys, "PREFS_RECEIPT_KEYS")  # refused here, not when a receipt is signed
     if set(master.keys.values()) & set(index.keys.values()):

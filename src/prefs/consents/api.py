@@ -85,6 +85,10 @@ EXPIRING = {
 }
 
 
+# a receipt names the customer and whom they shared with: no cache keeps it (like the export)
+NOT_KEPT = {"cache-control": "no-store"}
+
+
 class ConsentsController(Controller):
     path = "/v1/me/consents"
     tags = ["consents"]
@@ -148,8 +152,10 @@ class ConsentsController(Controller):
             await service.kantara_receipt(conn, settings, customer_id, receipt_id)
         )
         if format == "jws":
-            return Response(receipt_signer.sign(document).encode(), media_type=JOSE)
-        return Response(document, media_type="application/json")
+            return Response(
+                receipt_signer.sign(document).encode(), media_type=JOSE, headers=NOT_KEPT
+            )
+        return Response(document, media_type="application/json", headers=NOT_KEPT)
 
     @put(
         "/{audience:str}",
@@ -168,7 +174,9 @@ class ConsentsController(Controller):
     ) -> ConsentChange:
         """Grant or change consent for `pos`, `insights`, `partner:<id>` (each with `fields`) or
         `purchases` (tills may add what you buy; no `fields`); returns the receipt."""
-        return await service.grant(conn, vault, settings.controller, customer_id, audience, data)
+        return await service.grant(
+            conn, vault, service.terms(settings), customer_id, audience, data
+        )
 
     @delete("/{audience:str}", status_code=HTTP_200_OK, responses=problems(400, 401, 404, 503))
     async def withdraw(
@@ -180,7 +188,7 @@ class ConsentsController(Controller):
         audience: AudienceParameter,
     ) -> ConsentChange:
         """Withdraw consent; the next request from that audience sees nothing."""
-        return await service.withdraw(conn, vault, settings.controller, customer_id, audience)
+        return await service.withdraw(conn, vault, service.terms(settings), customer_id, audience)
 
 
 class ReceiptKeysController(Controller):

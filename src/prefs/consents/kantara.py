@@ -2,8 +2,9 @@
 
 Everything about the consent comes from the record the ledger chained when it happened (and the
 record before it for the same audience, which tells a change from a first grant): never from the
-consent as it stands now. What the record does not hold — how to reach the controller, the
-jurisdiction, the privacy policy — comes from the settings. README, "Receipts a customer can keep",
+consent as it stands now, nor from today's terms: the privacy policy and jurisdiction are the
+ones the record kept (records written before they were kept take the settings'). How to reach
+the controller comes from the settings. README, "Receipts a customer can keep",
 has the mapping as a table.
 """
 
@@ -107,7 +108,7 @@ def document(record: Record, settings: Settings) -> KantaraReceipt:
     ]
     return KantaraReceipt(
         version=receipt.version,
-        jurisdiction=settings.jurisdiction,
+        jurisdiction=receipt.controller.jurisdiction or settings.jurisdiction,
         consent_timestamp=int(receipt.timestamp.timestamp()),
         collection_method=_collection_method(record),
         consent_receipt_id=str(receipt.receipt_id),
@@ -123,7 +124,7 @@ def document(record: Record, settings: Settings) -> KantaraReceipt:
                 pii_controller_url=settings.controller_url or UNSET,
             )
         ],
-        policy_url=settings.policy_url,
+        policy_url=receipt.controller.policy_url or settings.policy_url,
         services=[KantaraService(service=SERVICES[kind], purposes=purposes)],
         sensitive=receipt.sensitive,
         spi_cat=[],

@@ -37,8 +37,14 @@ class ConsentList(msgspec.Struct):
     items: list[Consent]
 
 
-class Controller(msgspec.Struct):
+class Controller(msgspec.Struct, kw_only=True):
+    """Who the consent is given to, and the terms it is given under: the privacy policy and the
+    jurisdiction in force at that moment (records written before they were kept hold only the
+    name; their Kantara receipts take the settings')."""
+
     name: str
+    policy_url: str | UnsetType = UNSET
+    jurisdiction: str | UnsetType = UNSET
 
 
 class Recipient(msgspec.Struct):

@@ -86,11 +86,18 @@ async def recipient(conn: asyncpg.Connection, audience: str) -> Recipient:
     return Recipient(kind="partner", name=name, id=partner_id)
 
 
+def terms(settings: Settings) -> Controller:
+    """The controller and the terms consents are given under now, as each receipt keeps them."""
+    return Controller(
+        name=settings.controller, policy_url=settings.policy_url, jurisdiction=settings.jurisdiction
+    )
+
+
 def _receipt(
     customer_id: uuid.UUID,
     audience: str,
     who: Recipient,
-    controller: str,
+    controller: str | Controller,
     state: State,
     fields: list[str],
     preferences: Any,
@@ -102,7 +109,9 @@ def _receipt(
         timestamp=datetime.now(UTC),
         collection_method="self-service" if state != "ConsentExpired" else "expiry",
         principal=customer_id,
-        controller=Controller(name=controller),
+        controller=controller
+        if isinstance(controller, Controller)
+        else Controller(name=controller),
         audience=audience,
         recipient=who,
         purposes=[
@@ -239,7 +248,7 @@ RETURNING audience, fields, preference_ids, expires_at, granted_at, updated_at, 
 async def grant(
     conn: asyncpg.Connection,
     vault: Vault,
-    controller: str,
+    controller: str | Controller,
     customer_id: uuid.UUID,
     audience: str,
     data: ConsentGrant,
@@ -277,7 +286,11 @@ RETURNING fields, preference_ids, expires_at
 
 
 async def withdraw(
-    conn: asyncpg.Connection, vault: Vault, controller: str, customer_id: uuid.UUID, audience: str
+    conn: asyncpg.Connection,
+    vault: Vault,
+    controller: str | Controller,
+    customer_id: uuid.UUID,
+    audience: str,
 ) -> ConsentChange:
     """Withdraw consent: effective for the very next request, recorded in the ledger."""
     async with conn.transaction():
@@ -319,7 +332,7 @@ RETURNING customer_id, audience, fields, preference_ids, expires_at
 async def expire_due(
     conn: asyncpg.Connection,
     vault: Vault,
-    controller: str,
+    controller: str | Controller,
     customer_id: uuid.UUID | None = None,
     audience: str | None = None,
 ) -> int:

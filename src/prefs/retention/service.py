@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from prefs.consents.schemas import Controller
 from prefs.consents.service import expire_due
 from prefs.crypto import Vault
 from prefs.errors import DATABASE_DOWN
@@ -42,7 +43,7 @@ def _count(status: str) -> int:
 
 
 async def purge(
-    conn: asyncpg.Connection, vault: Vault, controller: str, access_log_days: int
+    conn: asyncpg.Connection, vault: Vault, controller: str | Controller, access_log_days: int
 ) -> dict[str, int] | None:
     """Purge expired checkout codes, idempotency records, access-log entries older than the
     retention period, what erasures left of reorders once partners and stores had time to see
@@ -64,7 +65,7 @@ async def purge(
         }
 
 
-async def expire(conn: asyncpg.Connection, vault: Vault, controller: str) -> int:
+async def expire(conn: asyncpg.Connection, vault: Vault, controller: str | Controller) -> int:
     """End every grant past its end (ledger receipt, consequences); returns how many."""
     return await expire_due(conn, vault, controller)
 
@@ -72,7 +73,7 @@ async def expire(conn: asyncpg.Connection, vault: Vault, controller: str) -> int
 async def run_periodically(
     pool: Any,
     vault: Vault,
-    controller: str,
+    controller: str | Controller,
     access_log_days: int,
     interval: float,
     expiry_interval: float | None = None,

@@ -107,6 +107,22 @@ def route_handlers(settings: Settings) -> list[Any]:
         """The self-service page (its script and styles come from /static)."""
         return Response(page, media_type=MediaType.HTML, headers={"cache-control": "no-cache"})
 
+    if settings.oidc_client_id and settings.oidc_redirect_path != "/":
+
+        @get(
+            settings.oidc_redirect_path,
+            include_in_schema=False,
+            middleware=[security],
+            sync_to_thread=False,
+        )
+        def signed_in() -> Response[bytes]:
+            """Where the identity provider sends customers back: the same page."""
+            return Response(page, media_type=MediaType.HTML, headers={"cache-control": "no-cache"})
+
+        handlers_before: list[Any] = [signed_in]
+    else:
+        handlers_before = []
+
     @get("/store", include_in_schema=False, middleware=[security], sync_to_thread=False)
     def store() -> Response[bytes]:
         """Store staff's page: their store's queue of reorders, signed in with a till key."""
@@ -122,7 +138,7 @@ def route_handlers(settings: Settings) -> list[Any]:
         middleware=[security],
         resolve_symlinks=False,
     )
-    handlers: list[Any] = [index, store, assets]
+    handlers: list[Any] = [index, *handlers_before, store, assets]
     if settings.dev_issuer:
         issuer = DevIssuer(settings.dev_issuer_key_path)
 

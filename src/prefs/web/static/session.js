@@ -36,6 +36,9 @@ export function takeHandOver() {
   const view = params.get("view");
   const clean = window.location.pathname + window.location.search + (view ? `#${encodeURIComponent(view)}` : "");
   window.history.replaceState(null, "", clean);
+  // A link cannot sign anyone in where the page signs in with the identity provider (no state,
+  // no nonce would tie it to this browser), nor replace a sign-in this tab already holds.
+  if (document.body.dataset.oidcClientId || token() !== null) return view;
   if (usable(handed)) keep(handed);
   return view;
 }
@@ -87,5 +90,8 @@ export function expiresWithin(seconds) {
   const kept = token();
   if (kept === null) return lapsed;
   const payload = claims(kept);
-  return payload !== null && typeof payload.exp === "number" && payload.exp * 1000 - Date.now() < seconds * 1000;
+  if (payload === null || typeof payload.exp !== "number") return false;
+  // never more than a third of the token's life, or a short-lived token would be renewed forever
+  const margin = typeof payload.iat === "number" ? Math.min(seconds, (payload.exp - payload.iat) / 3) : seconds;
+  return payload.exp * 1000 - Date.now() < margin * 1000;
 }
