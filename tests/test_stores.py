@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -696,3 +697,23 @@ async def test_what_erasure_left_of_store_reorders_is_purged_once_the_store_had_
     )
     assert purged is not None and purged["erased_reorders"] >= 1
     assert await conn.fetchval(kept, uuid.UUID(made["id"])) == 0
+
+
+async def test_till_keys_on_a_database_not_yet_migrated_ask_for_prefs_migrate(tmp_path, database):
+    """A newcomer's first command on a fresh database: one line, never a traceback."""
+    from tests.support.database import admin, with_database
+
+    name = f"prefs_fresh_{uuid.uuid4().hex[:8]}"
+    await admin(database.server_url, f"CREATE DATABASE {name}")
+    try:
+        fresh = SimpleNamespace(url=with_database(database.server_url, name))
+        for args in (
+            ("credentials", "create", "--kind", "pos", "--store", "0421", "--name", "Till 3"),
+            ("credentials", "list"),
+            ("stores", "list"),
+        ):
+            code, out = await prefs_command(fresh, SimpleNamespace(data_dir=tmp_path), *args)
+            assert code == 1 and "run `prefs migrate` first" in out, (args, out)
+            assert "Traceback" not in out
+    finally:
+        await admin(database.server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -294,11 +294,10 @@ def credentials_create(kind: str, name: str, store: str | None, description: str
     async def action(conn: Any) -> tuple[Any, str]:
         return await service.create(conn, kind, name, store=store, description=description)  # type: ignore[arg-type]
 
-    with Database(_settings()) as url:
-        try:
-            credential, api_key = _run(url, action)
-        except Problem as problem:
-            raise click.ClickException(problem.detail) from None
+    try:
+        credential, api_key = _at_head(action)  # a fresh database: "run prefs migrate first"
+    except Problem as problem:
+        raise click.ClickException(problem.detail) from None
     click.echo(f"id:      {credential.id}")
     if credential.partner_id:
         click.echo(f"partner: {credential.partner_id}")
@@ -311,8 +310,7 @@ def credentials_list() -> None:
     """List keys (never the keys themselves)."""
     from prefs import credentials as service
 
-    with Database(_settings()) as url:
-        rows = _run(url, service.list_all)
+    rows = _at_head(service.list_all)
     for c in rows:
         state = f"revoked {c.revoked_at:%Y-%m-%d %H:%M}" if c.revoked_at else "active"
         where = (
