@@ -27,21 +27,34 @@ def _context(kind: str, owner: uuid.UUID) -> bytes:
     return kind.encode() + b"\x00" + owner.bytes
 
 
+def _sealed(cipher: ServiceCipher, kind: str, owner: uuid.UUID, position: bytes) -> str:
+    blob = cipher.encrypt(position, _context(kind, owner))
+    return base64.urlsafe_b64encode(blob).decode().rstrip("=")
+
+
+def _opened(cipher: ServiceCipher, kind: str, owner: uuid.UUID, cursor: str) -> bytes:
+    """The position sealed in ``cursor``; InvalidInput (400) for anything the service did not
+    seal for this list."""
+    if len(cursor) > _MAX_LENGTH or not cursor.isascii():
+        raise InvalidInput(FORGED)
+    try:
+        blob = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        return cipher.decrypt(blob, _context(kind, owner))
+    except (binascii.Error, ValueError, DecryptionError):
+        raise InvalidInput(FORGED) from None
+
+
 def seal(cipher: ServiceCipher, kind: str, owner: uuid.UUID, number: int, ident: uuid.UUID) -> str:
     """The cursor for the position (``number``, ``ident``) in ``owner``'s list ``kind``."""
-    blob = cipher.encrypt(_POSITION.pack(number, ident.bytes), _context(kind, owner))
-    return base64.urlsafe_b64encode(blob).decode().rstrip("=")
+    return _sealed(cipher, kind, owner, _POSITION.pack(number, ident.bytes))
 
 
 def open_(cipher: ServiceCipher, kind: str, owner: uuid.UUID, cursor: str) -> tuple[int, uuid.UUID]:
     """The position a cursor holds, or InvalidInput (400) for anything the service did not seal
     for this list."""
-    if len(cursor) > _MAX_LENGTH or not cursor.isascii():
-        raise InvalidInput(FORGED)
     try:
-        blob = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        number, ident = _POSITION.unpack(cipher.decrypt(blob, _context(kind, owner)))
-    except (binascii.Error, ValueError, struct.error, DecryptionError):
+        number, ident = _POSITION.unpack(_opened(cipher, kind, owner, cursor))
+    except struct.error:
         raise InvalidInput(FORGED) from None
     return number, uuid.UUID(bytes=ident)
 
@@ -66,16 +79,30 @@ def open_time(
 
 def seal_text(cipher: ServiceCipher, kind: str, owner: uuid.UUID, text: str) -> str:
     """A cursor for a position named by text (an id that orders the list)."""
-    blob = cipher.encrypt(text.encode(), _context(kind, owner))
-    return base64.urlsafe_b64encode(blob).decode().rstrip("=")
+    return _sealed(cipher, kind, owner, text.encode())
 
 
 def open_text(cipher: ServiceCipher, kind: str, owner: uuid.UUID, cursor: str) -> str:
     """The text a text cursor holds; 400 for anything the service did not seal for this list."""
-    if len(cursor) > _MAX_LENGTH or not cursor.isascii():
-        raise InvalidInput(FORGED)
     try:
-        blob = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return cipher.decrypt(blob, _context(kind, owner)).decode()
-    except (binascii.Error, ValueError, DecryptionError):
+        return _opened(cipher, kind, owner, cursor).decode()
+    except UnicodeDecodeError:
         raise InvalidInput(FORGED) from None
+
+
+def seal_xid(cipher: ServiceCipher, kind: str, owner: uuid.UUID, xid: str, ident: uuid.UUID) -> str:
+    """A cursor for a feed ordered by transaction id (the counter stays hidden)."""
+    return seal(cipher, kind, owner, int(xid), ident)
+
+
+def open_xid(
+    cipher: ServiceCipher, kind: str, owner: uuid.UUID, cursor: str | None
+) -> tuple[str, uuid.UUID]:
+    """The transaction id and id a feed cursor holds (the feed's start without one); 400 for one
+    this owner was not given, or out of range."""
+    if not cursor:
+        return "0", uuid.UUID(int=0)
+    xid, ident = open_(cipher, kind, owner, cursor)
+    if xid < 0:
+        raise InvalidInput(FORGED)
+    return str(xid), ident

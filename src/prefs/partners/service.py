@@ -18,7 +18,7 @@ from prefs.credentials import Credential
 from prefs.crypto import Vault
 from prefs.customer_keys import data_key
 from prefs.db import Row
-from prefs.errors import Conflict, InvalidInput, LimitReached, NotFound
+from prefs.errors import Conflict, LimitReached, NotFound
 from prefs.grants import (
     IN_FORCE,
     live_grant,
@@ -227,19 +227,14 @@ async def replay_for_partner(
 
 def encode_feed_cursor(vault: Vault, partner_id: uuid.UUID, xid: str, reorder_id: uuid.UUID) -> str:
     """The partner's opaque position in its feed (it does not reveal the transaction counter)."""
-    return cursors.seal(vault.page_cursors, "partner-feed", partner_id, int(xid), reorder_id)
+    return cursors.seal_xid(vault.page_cursors, "partner-feed", partner_id, xid, reorder_id)
 
 
 def decode_feed_cursor(
     vault: Vault, partner_id: uuid.UUID, cursor: str | None
 ) -> tuple[str, uuid.UUID]:
     """The position a feed cursor holds; 400 for one this partner was not given (or out of range)."""
-    if not cursor:
-        return "0", uuid.UUID(int=0)
-    xid, ident = cursors.open_(vault.page_cursors, "partner-feed", partner_id, cursor)
-    if xid < 0:
-        raise InvalidInput(cursors.FORGED)
-    return str(xid), ident
+    return cursors.open_xid(vault.page_cursors, "partner-feed", partner_id, cursor)
 
 
 # What decides how much of a reorder its partner sees now (shown_to_partner): the grant in

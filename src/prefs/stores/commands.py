@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -17,14 +19,17 @@ def _line(store: StoreRecord) -> str:
     return f"{store.id:<12} {state:<18} {store.name}{address}"
 
 
+@contextmanager
+def _refused() -> Iterator[None]:
+    """A refusal in the service's words, as the command's one-line error."""
+    try:
+        yield
+    except Problem as problem:
+        raise click.ClickException(problem.detail) from None
+
+
 def register(main: click.Group, run: Any) -> None:
     """Add `prefs stores` to the command; ``run(action)`` runs an action on a connection."""
-
-    def attempt(action: Any) -> Any:
-        try:
-            return run(action)
-        except Problem as problem:
-            raise click.ClickException(problem.detail) from None
 
     @main.group()
     def stores() -> None:
@@ -36,11 +41,9 @@ def register(main: click.Group, run: Any) -> None:
     @click.option("--address", help="One line customers see under the name.")
     def add(store_id: str, name: str, address: str | None) -> None:
         """Add a store to the directory (its id is what till keys and reorders name)."""
-        try:
+        with _refused():
             store = service.entry(store_id, name, address)
-        except Problem as problem:
-            raise click.ClickException(problem.detail) from None
-        added = attempt(lambda conn: service.add(conn, store))
+            added = run(lambda conn: service.add(conn, store))
         click.echo(f"added {_line(added)}")
 
     @stores.command("list")
@@ -58,11 +61,9 @@ def register(main: click.Group, run: Any) -> None:
     @click.option("--address", help="A new address ('' removes it); unchanged when left out.")
     def rename(store_id: str, name: str, address: str | None) -> None:
         """Give a store a new name (and address): customers see it at once."""
-        try:
+        with _refused():
             store = service.entry(store_id, name, address)
-        except Problem as problem:
-            raise click.ClickException(problem.detail) from None
-        renamed = attempt(lambda conn: service.rename(conn, store, new_address=address is not None))
+            renamed = run(lambda conn: service.rename(conn, store, new_address=address is not None))
         click.echo(f"renamed {_line(renamed)}")
 
     @stores.command("close")
@@ -70,7 +71,8 @@ def register(main: click.Group, run: Any) -> None:
     def close(store_id: str) -> None:
         """Close a store: customers no longer see it or reorder from it; its tills can still
         finish the reorders it has."""
-        closed, reorders, till_keys = attempt(lambda conn: service.close(conn, store_id))
+        with _refused():
+            closed, reorders, till_keys = run(lambda conn: service.close(conn, store_id))
         click.echo(f"closed {_line(closed)}")
         if reorders:
             click.echo(
@@ -93,5 +95,6 @@ def register(main: click.Group, run: Any) -> None:
     @click.argument("store_id")
     def reopen(store_id: str) -> None:
         """Open a closed store again: customers see it and can reorder from it."""
-        opened = attempt(lambda conn: service.reopen(conn, store_id))
+        with _refused():
+            opened = run(lambda conn: service.reopen(conn, store_id))
         click.echo(f"reopened {_line(opened)}")

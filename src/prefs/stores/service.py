@@ -18,7 +18,7 @@ from prefs.credentials import Credential
 from prefs.crypto import Vault
 from prefs.db import Row
 from prefs.errors import Conflict, InvalidInput, NotFound
-from prefs.sealed_reorders import open_snapshot
+from prefs.sealed_reorders import Snapshot, open_snapshot
 from prefs.stores.schemas import (
     Store,
     StoreDirectory,
@@ -168,19 +168,15 @@ def _queue_owner(store_id: str) -> uuid.UUID:
 
 
 def encode_queue_cursor(vault: Vault, store_id: str, xid: str, reorder_id: uuid.UUID) -> str:
-    return cursors.seal(
-        vault.page_cursors, "store-queue", _queue_owner(store_id), int(xid), reorder_id
+    """The store's opaque position in its queue."""
+    return cursors.seal_xid(
+        vault.page_cursors, "store-queue", _queue_owner(store_id), xid, reorder_id
     )
 
 
 def decode_queue_cursor(vault: Vault, store_id: str, cursor: str | None) -> tuple[str, uuid.UUID]:
     """The position a queue cursor holds; 400 for one this store was not given."""
-    if not cursor:
-        return "0", uuid.UUID(int=0)
-    xid, ident = cursors.open_(vault.page_cursors, "store-queue", _queue_owner(store_id), cursor)
-    if xid < 0:
-        raise InvalidInput(cursors.FORGED)
-    return str(xid), ident
+    return cursors.open_xid(vault.page_cursors, "store-queue", _queue_owner(store_id), cursor)
 
 
 # Each reorder appears when it is placed and again whenever it changes (queue_xid: the last
@@ -199,13 +195,13 @@ LIMIT $4
 """
 
 
-def _store_view(row: Row, item: object = None) -> StoreReorder:
+def _store_view(row: Row, item: Snapshot | None = None) -> StoreReorder:
     return StoreReorder(
         id=row["reorder_id"],
         quantity=row["quantity"],
         state=row["state"],
         fields=list(row["fields"]) if item is not None else [],
-        item=item,  # type: ignore[arg-type]
+        item=item,
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )

@@ -102,26 +102,13 @@ def route_handlers(settings: Settings) -> list[Any]:
     security = with_headers(security_headers(settings))
     store_page = (STATIC / "store.html").read_bytes()
 
-    @get("/", include_in_schema=False, middleware=[security], sync_to_thread=False)
+    # the identity provider sends customers back to the redirect path: the same page
+    paths = {"/", settings.oidc_redirect_path} if settings.oidc_client_id else {"/"}
+
+    @get(sorted(paths), include_in_schema=False, middleware=[security], sync_to_thread=False)
     def index() -> Response[bytes]:
         """The self-service page (its script and styles come from /static)."""
         return Response(page, media_type=MediaType.HTML, headers={"cache-control": "no-cache"})
-
-    if settings.oidc_client_id and settings.oidc_redirect_path != "/":
-
-        @get(
-            settings.oidc_redirect_path,
-            include_in_schema=False,
-            middleware=[security],
-            sync_to_thread=False,
-        )
-        def signed_in() -> Response[bytes]:
-            """Where the identity provider sends customers back: the same page."""
-            return Response(page, media_type=MediaType.HTML, headers={"cache-control": "no-cache"})
-
-        handlers_before: list[Any] = [signed_in]
-    else:
-        handlers_before = []
 
     @get("/store", include_in_schema=False, middleware=[security], sync_to_thread=False)
     def store() -> Response[bytes]:
@@ -138,7 +125,7 @@ def route_handlers(settings: Settings) -> list[Any]:
         middleware=[security],
         resolve_symlinks=False,
     )
-    handlers: list[Any] = [index, *handlers_before, store, assets]
+    handlers: list[Any] = [index, store, assets]
     if settings.dev_issuer:
         issuer = DevIssuer(settings.dev_issuer_key_path)
 
