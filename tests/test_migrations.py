@@ -127,7 +127,7 @@ async def test_every_revision_goes_up_down_and_up_again(empty_database):
 
 
 async def test_the_session_database_is_at_head(conn):
-    assert await db.schema_at_head(conn, db.head_revision())
+    assert await db.schema_state(conn, db.head_revision()) == (db.head_revision(), "head")
 
 
 LEGACY_REORDER = """
