@@ -40,6 +40,12 @@ class Release:
     root: Path  # its src/ and migrations/, extracted
     head: str  # the newest migration it knows
 
+    @property
+    def serves_later_schemas(self) -> bool:
+        """Whether its readiness and start-up take a later release's schema (db.schema_state):
+        releases before that report "behind" on it and cannot restart."""
+        return "def schema_state(" in (self.root / "src" / "prefs" / "db.py").read_text()
+
 
 def _git(*args: str) -> str:
     try:
