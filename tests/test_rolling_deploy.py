@@ -1,7 +1,7 @@
 """A rolling deploy: the previous release keeps serving on the newest schema, beside this one.
 
-The previous release is the last commit before the newest migration was added (read from git,
-so it moves on with every migration). Its `src/` and `migrations/` are taken out of git and run
+The previous release is the commit before the newest migration arrived (read from git along
+first parents, so it moves on with every migration). Its `src/` and `migrations/` are taken out of git and run
 with this venv's interpreter, as the instances not yet replaced run during a rollout:
 
 1. the previous release's `prefs serve` starts on a fresh database (it migrates it to its head)

@@ -36,7 +36,7 @@ class NoHistory(Exception):
 
 @dataclass(frozen=True)
 class Release:
-    commit: str  # the last commit before the newest migration was added
+    commit: str  # the commit before the newest migration arrived
     root: Path  # its src/ and migrations/, extracted
     head: str  # the newest migration it knows
 
@@ -64,17 +64,22 @@ def newest_migration() -> Path:
 
 
 def previous_release_commit() -> str:
-    """The commit before the newest migration file was added (HEAD while it is not committed)."""
+    """The commit before the newest migration file arrived (HEAD while it is not committed).
+
+    Along first parents, a merge counting as adding what it brings: the commit before it is
+    what ran before the migration (the branch's own parent may lack what the main line had)."""
     _git("rev-parse", "--git-dir")
-    newest = newest_migration().relative_to(ROOT)
-    added = _git("log", "--diff-filter=A", "--format=%H", "--", str(newest)).splitlines()
+    newest = str(newest_migration().relative_to(ROOT))
+    added = _git("log", "--first-parent", "-m", "--diff-filter=A", "--format=%H", "--", newest)
     if not added:
         return _git("rev-parse", "HEAD")  # the migration is new in the work tree
-    if _git("rev-parse", "--is-shallow-repository") == "true":
-        with contextlib.suppress(NoHistory):
-            return _git("rev-parse", "--verify", f"{added[-1]}^^{{commit}}")
-        raise NoHistory(f"a shallow clone: the parent of {added[-1][:12]} is not in it")
-    return _git("rev-parse", "--verify", f"{added[-1]}^^{{commit}}")
+    arrival = added.splitlines()[0]  # the latest arrival, if it was ever removed and re-added
+    try:
+        return _git("rev-parse", "--verify", f"{arrival}^1^{{commit}}")
+    except NoHistory:
+        if _git("rev-parse", "--is-shallow-repository") == "true":
+            raise NoHistory(f"a shallow clone: the parent of {arrival[:12]} is not in it") from None
+        raise
 
 
 def extract(commit: str, into: Path) -> Release:
