@@ -371,6 +371,21 @@ def test_the_previous_release_serves_through_a_rolling_deploy_beside_this_one(
             }
             seen_by_new = customer_reorders(new_api, late)
             assert seen_by_new[old_partner_reorder["id"]]["state"] == "requested"
+            # the partner accepts through one release, the customer reads it through the other
+            for partner_api, customer_api, customer, placed in (
+                (new_api, old_api, early, early_partner_reorder),
+                (old_api, new_api, late, old_partner_reorder),
+            ):
+                partner_api.call(
+                    "POST",
+                    f"/v1/partner/reorders/{placed['id']}/status",
+                    200,
+                    headers=bearer(partner),
+                    json={"state": "accepted"},
+                )
+                assert customer_reorders(customer_api, customer)[placed["id"]]["state"] == (
+                    "accepted"
+                )
             by_old = seen_by_new[old_store_reorder["id"]]
             assert (by_old["fulfiller"], by_old["state"]) == (
                 old_store_reorder["fulfiller"],

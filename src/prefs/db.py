@@ -218,8 +218,16 @@ class Schema(NamedTuple):
 
 # Every release's migrations record, beside alembic's revision, the revisions it descends from
 # (migrations/env.py): an older release reads there that a revision it never saw is a later one.
+# (each start of `prefs serve` migrates: the lock and the write only when something changes)
+HAS_LINEAGE = """
+SELECT EXISTS (SELECT FROM pg_attribute
+               WHERE attrelid = 'alembic_version'::regclass AND attname = 'lineage')
+"""
 LINEAGE_COLUMN = "ALTER TABLE alembic_version ADD COLUMN IF NOT EXISTS lineage text[]"
-RECORD_LINEAGE = "UPDATE alembic_version SET lineage = :lineage"
+RECORD_LINEAGE = """
+UPDATE alembic_version SET lineage = CAST(:lineage AS text[])
+WHERE lineage IS DISTINCT FROM CAST(:lineage AS text[])
+"""
 DESCENDS = "SELECT $1 = ANY(lineage) FROM alembic_version"
 
 
@@ -246,7 +254,8 @@ def record_lineage(connection: Any, script: Any, heads: tuple[str, ...]) -> None
     from sqlalchemy import text
 
     lineage = [s.revision for s in script.iterate_revisions(heads, "base")] if heads else []
-    connection.exec_driver_sql(LINEAGE_COLUMN)
+    if not connection.execute(text(HAS_LINEAGE)).scalar():
+        connection.exec_driver_sql(LINEAGE_COLUMN)
     connection.execute(text(RECORD_LINEAGE), {"lineage": lineage})
 
 
