@@ -7,11 +7,15 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from prefs.db import record_lineage
+
 
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
     with context.begin_transaction():
         context.run_migrations()
+    # what the schema's revision descends from, for older releases serving beside this one
+    record_lineage(connection, context.script, context.get_context().get_current_heads())
 
 
 async def _main() -> None:

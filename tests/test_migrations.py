@@ -127,13 +127,17 @@ async def test_every_revision_goes_up_down_and_up_again(empty_database):
 
 
 async def test_the_session_database_is_at_head(conn):
-    assert await db.schema_at_head(conn, db.head_revision())
+    assert await db.schema_state(conn, db.head_revision()) == (db.head_revision(), "head")
 
 
 LEGACY_REORDER = """
 INSERT INTO reorders (customer_id, reorder_id, preference_id, fulfiller, origin, quantity, state,
                       fields)
 VALUES (gen_random_uuid(), $1, gen_random_uuid(), 'store', 'customer', 1, $2, '{product}')
+"""
+ONE_REORDER = """
+SELECT fulfiller, store_id, state, queue_xid IS NOT NULL FROM reorders
+WHERE reorder_id = $1::text::uuid
 """
 TILL_AT = """
 INSERT INTO credentials (credential_id, kind, key_hash, display_name, store)
@@ -143,7 +147,8 @@ VALUES (gen_random_uuid(), 'pos', $1, 'Till 1', $2)
 
 async def test_reorders_from_a_bare_store_go_to_the_only_store_or_are_cancelled(empty_database):
     """Revision 0014: a waiting reorder that named no store reaches the one store there is; with
-    several there is no honest guess, and it is cancelled (the page says it named no store)."""
+    several there is no honest guess, and it is cancelled (the page says it named no store). The
+    same holds for those the previous release places during the rollout (a trigger)."""
     url = empty_database
     await asyncio.to_thread(db.migrate, url, "0013")
     conn = await db.connect(url)
@@ -166,6 +171,11 @@ async def test_reorders_from_a_bare_store_go_to_the_only_store_or_are_cancelled(
             waiting: ("store:0421", "0421", "requested", True),  # now in store 0421's queue
             finished: ("store", None, "cancelled", False),
         }
+        # the previous release goes on writing bare `store` reorders during the rollout
+        during = secrets.token_hex(16)
+        await conn.execute(LEGACY_REORDER, during, "requested")
+        placed = await conn.fetchrow(ONE_REORDER, during)
+        assert tuple(placed) == ("store:0421", "0421", "requested", True)
 
         await asyncio.to_thread(db.downgrade, url, "0013")
         await conn.execute(TILL_AT, secrets.token_bytes(32), "0422")
@@ -177,5 +187,9 @@ async def test_reorders_from_a_bare_store_go_to_the_only_store_or_are_cancelled(
             second,
         )
         assert tuple(state) == ("store", None, "cancelled")
+        during = secrets.token_hex(16)  # two open stores now: no honest guess
+        await conn.execute(LEGACY_REORDER, during, "requested")
+        placed = await conn.fetchrow(ONE_REORDER, during)
+        assert tuple(placed) == ("store", None, "cancelled", False)
     finally:
         await conn.close()

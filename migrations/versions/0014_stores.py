@@ -26,10 +26,10 @@ its queue. Otherwise there is no honest guess: it is cancelled, keeps its bare `
 fulfiller, and the page tells the customer it named no store and can be placed again.
 
 The previous release runs on this schema (the new columns are nullable, bare `store` stays
-valid for rows it writes), but reorders "from the store" placed through it during the rollout
-go into the same void as before (the rule above ran once, at the upgrade), and a till key it
-creates for a store outside the directory is refused. Finish the rollout before offering store
-reorders.
+valid for rows it writes). A reorder "from the store" it places during the rollout meets the
+rule above too, by a trigger: it reaches the only open store, or it is cancelled at once (its
+answer says so), instead of waiting for a store that never sees it. A till key it creates for a
+store outside the directory is refused.
 
 Downgrading forgets which store each reorder names, and the directory: store reorders become
 bare `store` ones (ready as accepted, collected as fulfilled), and upgrading again applies the
@@ -123,6 +123,25 @@ def upgrade() -> None:
         WHEN (OLD.store_id IS NOT NULL AND OLD.state IN ('requested', 'accepted', 'ready'))
         EXECUTE FUNCTION reorders_keep_store_work();
 
+    CREATE FUNCTION reorders_address_bare_store() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        sole text;
+    BEGIN
+        SELECT min(store_id) INTO sole FROM stores WHERE closed_at IS NULL HAVING count(*) = 1;
+        IF sole IS NULL THEN
+            NEW.state := 'cancelled';
+        ELSE
+            NEW.store_id := sole;
+            NEW.fulfiller := 'store:' || sole;
+        END IF;
+        RETURN NEW;
+    END
+    $$;
+    -- only the previous release writes a bare `store` (this one's API refuses it)
+    CREATE TRIGGER reorders_address_bare_store BEFORE INSERT ON reorders
+        FOR EACH ROW WHEN (NEW.fulfiller = 'store' AND NEW.state IN ('requested', 'accepted'))
+        EXECUTE FUNCTION reorders_address_bare_store();
+
     UPDATE reorders
     SET store_id = sole.store_id, fulfiller = 'store:' || sole.store_id, updated_at = now()
     FROM (SELECT min(store_id) AS store_id FROM stores WHERE closed_at IS NULL
@@ -135,6 +154,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     run_sql("""
+    DROP TRIGGER reorders_address_bare_store ON reorders;
+    DROP FUNCTION reorders_address_bare_store();
     DROP TRIGGER reorders_keep_store_work ON reorders;
     DROP FUNCTION reorders_keep_store_work();
     DROP TRIGGER reorders_queue_position ON reorders;

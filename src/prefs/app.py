@@ -158,6 +158,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     if os.environ.get("PREFS_WORKER_LOGGING") == "1":
         configure_logging(settings.log)
     vault = Vault.from_settings(settings.master_keys, settings.index_keys)
+    db.known_revisions()  # the migration scripts are read here, never in a readiness request
     state = State(
         {
             "settings": settings,

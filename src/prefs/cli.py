@@ -82,11 +82,11 @@ def serve(host: str, port: int, workers: int) -> None:
     settings = _settings()
     listening = _bind(host, port)  # before the database is touched or anything is printed
     with listening, Database(settings) as url:
-        head = db.head_revision()
-        behind = not _run(url, lambda conn: db.schema_at_head(conn, head))
-        db.migrate(url)
+        schema = _schema(url)
+        if schema.state != "ahead":  # a later release's schema serves this one as it is
+            db.migrate(url)
         settings = load({**os.environ, "PREFS_DATABASE_URL": url})
-        if behind:  # each start after this would walk the tables again for nothing
+        if schema.state == "behind":  # each start after this would walk the tables again
             _seal_backlog(settings, url)
         base = f"http://{host}:{listening.getsockname()[1]}"
         demo = _demo(settings, url)
@@ -210,9 +210,29 @@ def migrate() -> None:
     """Upgrade the database schema to the newest revision."""
     settings = _settings()
     with Database(settings) as url:
+        schema = _schema(url)
+        if schema.state == "ahead":
+            click.echo(
+                f"schema at {schema.revision}, a later release's (this one's is "
+                f"{db.head_revision()}): nothing to do"
+            )
+            return
         db.migrate(url)
         click.echo(f"schema at {db.head_revision()}")
         _seal_backlog(settings, url)
+
+
+def _schema(url: str) -> db.Schema:
+    """Where the schema stands; a revision neither this release nor a later one made stops here."""
+    head = db.head_revision()
+    schema = _run(url, lambda conn: db.schema_state(conn, head))
+    if schema.state == "foreign":
+        raise click.ClickException(
+            f"the database's schema is at revision {schema.revision}, which is neither this "
+            f"release's ({head}) nor a later release's made from it: run the release that "
+            "migrated it"
+        )
+    return schema
 
 
 def _seal_backlog(settings: Settings, url: str) -> None:
@@ -586,10 +606,10 @@ def purge() -> None:
 
 
 def _at_head(action: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``action`` on the configured database, once its schema is at the head revision."""
+    """Run ``action`` on the configured database, once its schema is at this release's head (or
+    a later release's)."""
     with Database(_settings()) as url:
-        head = db.head_revision()
-        if not _run(url, lambda conn: db.schema_at_head(conn, head)):
+        if _schema(url).state == "behind":
             raise click.ClickException(
                 "the database schema is behind this release: run `prefs migrate` first"
             )

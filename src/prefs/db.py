@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, Literal, NamedTuple, TypeAlias
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -195,12 +196,67 @@ def head_revision() -> str:
     return head
 
 
-async def schema_at_head(conn: asyncpg.Connection, head: str) -> bool:
+@functools.cache
+def known_revisions() -> frozenset[str]:
+    """Every revision this release's migrations hold."""
+    from alembic.script import ScriptDirectory
+
+    return frozenset(s.revision for s in ScriptDirectory(str(migrations_dir())).walk_revisions())
+
+
+class Schema(NamedTuple):
+    """Where the database's schema stands for this release.
+
+    ``ahead``: a later release migrated it, from this release's head (a rolling deploy: the
+    expand/contract rule, docs/migrations.md, keeps it serving this release).
+    ``foreign``: a revision neither this release nor its descendants' lineage knows.
+    """
+
+    revision: str | None
+    state: Literal["head", "behind", "ahead", "foreign"]
+
+
+# Every release's migrations record, beside alembic's revision, the revisions it descends from
+# (migrations/env.py): an older release reads there that a revision it never saw is a later one.
+# (each start of `prefs serve` migrates: the lock and the write only when something changes)
+HAS_LINEAGE = """
+SELECT EXISTS (SELECT FROM pg_attribute
+               WHERE attrelid = 'alembic_version'::regclass AND attname = 'lineage')
+"""
+LINEAGE_COLUMN = "ALTER TABLE alembic_version ADD COLUMN IF NOT EXISTS lineage text[]"
+RECORD_LINEAGE = """
+UPDATE alembic_version SET lineage = CAST(:lineage AS text[])
+WHERE lineage IS DISTINCT FROM CAST(:lineage AS text[])
+"""
+DESCENDS = "SELECT $1 = ANY(lineage) FROM alembic_version"
+
+
+async def schema_state(conn: asyncpg.Connection, head: str) -> Schema:
+    """The database's revision, and whether it is this release's ``head``, behind or ahead."""
     try:
-        current = await conn.fetchval("SELECT version_num FROM alembic_version")
+        current: str | None = await conn.fetchval("SELECT version_num FROM alembic_version")
     except asyncpg.UndefinedTableError:
-        return False
-    return bool(current == head)
+        return Schema(None, "behind")
+    if current == head:
+        return Schema(current, "head")
+    if current is None or current in known_revisions():
+        return Schema(current, "behind")
+    try:
+        descends = await conn.fetchval(DESCENDS, head)
+    except asyncpg.UndefinedColumnError:
+        descends = False
+    return Schema(current, "ahead" if descends else "foreign")
+
+
+def record_lineage(connection: Any, script: Any, heads: tuple[str, ...]) -> None:
+    """After migrating (in migrations/env.py, on alembic's connection): the revisions the schema's
+    revision descends from, itself first, kept in alembic_version for older releases to read."""
+    from sqlalchemy import text
+
+    lineage = [s.revision for s in script.iterate_revisions(heads, "base")] if heads else []
+    if not connection.execute(text(HAS_LINEAGE)).scalar():
+        connection.exec_driver_sql(LINEAGE_COLUMN)
+    connection.execute(text(RECORD_LINEAGE), {"lineage": lineage})
 
 
 class Unreachable(Exception):

@@ -34,21 +34,22 @@ class HealthController(Controller):
     async def ready(
         self, pool: NamedDependency[Pool], schema_head: NamedDependency[str]
     ) -> Response[Health]:
-        """The database answers and its schema is at the head revision."""
+        """The database answers and its schema is at this release's head revision, or at a later
+        release's (schema "ahead": during a rolling deploy both releases serve)."""
         try:
             async with pool.acquire(timeout=2) as conn:
-                at_head = await db.schema_at_head(cast(Connection, conn), schema_head)
+                schema = await db.schema_state(cast(Connection, conn), schema_head)
         except DATABASE_DOWN:
             return Response(
                 Health(status="unavailable", database="unreachable"),
                 status_code=503,
                 headers={"Retry-After": "2"},
             )
-        if not at_head:
+        if schema.state in ("behind", "foreign"):
             return Response(
-                Health(status="unavailable", database="ok", schema="behind"), status_code=503
+                Health(status="unavailable", database="ok", schema=schema.state), status_code=503
             )
-        return Response(Health(status="ok", database="ok", schema="head"))
+        return Response(Health(status="ok", database="ok", schema=schema.state))
 
 
 class MetricsController(Controller):
