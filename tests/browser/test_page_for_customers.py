@@ -483,3 +483,38 @@ def test_dates_follow_the_pages_language_not_the_browsers(
     latest = page.locator("#consent-history > li").first
     expect(latest.locator("time")).to_have_text(re.compile(r"^today \d{2}:\d{2}$"))  # 24-hour
     context.close()
+
+
+@WIDTHS
+def test_a_product_without_a_code_shows_without_one(
+    service: Service, browser_page: tuple[Any, Watch], width: int
+) -> None:
+    """Once a customer may keep a product without a SKU, its cards show it without a code."""
+    page, watch = browser_page
+    token, [jumper] = signed_in(page, service, width, JUMPER)
+    placed = httpx.post(
+        f"{service.url}/v1/me/preferences/{jumper['id']}/reorders",
+        headers={**bearer(token), "Idempotency-Key": str(uuid.uuid4())},
+        json={"quantity": 1, "fulfiller": "store:0001"},
+    )
+    assert placed.status_code == 201, placed.text
+
+    def without_sku(route: Any) -> None:
+        answer = route.fetch()
+        page_of_items = answer.json()
+        for item in page_of_items["items"]:
+            product = (item.get("item") or item).get("product") or {}
+            product.pop("sku", None)
+        route.fulfill(response=answer, json=page_of_items)
+
+    page.route(re.compile(r".*/v1/me/(preferences|reorders)(\?.*)?$"), without_sku)
+    page.reload()
+    card = card_of(page, "Merino Crew Jumper")
+    expect(card.locator(".meta").first).to_have_text("Fjell")
+    expect(card).not_to_contain_text("code")
+    go_to(page, "Reorders")
+    reorder = page.locator("#reorder-list > li").first
+    expect(reorder).to_contain_text(f"1 {TIMES} Merino Crew Jumper")
+    expect(reorder).to_contain_text("Fjell")
+    expect(reorder).not_to_contain_text("code")
+    watch.assert_clean(service)
