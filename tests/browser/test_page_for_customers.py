@@ -423,6 +423,7 @@ def test_sharing_names_audiences_as_a_sentence_does_and_receipts_start_in_plain_
     tills = page.locator('section[data-audience="pos"]')
     expect(tills.get_by_role("heading", name="Store tills")).to_be_visible()
     expect(page.locator("#view")).not_to_contain_text("Share with At the till")
+    expect(page.locator("#view")).not_to_contain_text("which products")
     expect(page.get_by_role("button", name="Share with Stitch & Co. tailors…")).to_be_visible()
     tills.get_by_role("button", name="Share with the store tills…").click()
     tills.get_by_role("button", name="Share", exact=True).click()
@@ -437,8 +438,8 @@ def test_sharing_names_audiences_as_a_sentence_does_and_receipts_start_in_plain_
     expect(plain).to_be_visible()
     expect(plain).to_have_text(
         re.compile(
-            r"^In short: You let Store tills at checkout see which products and your sizes and "
-            r"details of all your preferences, until you stop it\. .+ is responsible for it, and "
+            r"^In short: You let Store tills at checkout see the products and your sizes and "
+            r"details in all your preferences, until you stop it\. .+ is responsible for it, and "
             r"this receipt, recorded \d{1,2} [A-Z][a-z]+ \d{4} at \d{2}:\d{2}:\d{2}, is your proof\.$"
         )
     )

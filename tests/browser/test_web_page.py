@@ -386,7 +386,7 @@ def share(page: Any, audience: str, who: str) -> Any:
     expect(status(page)).to_contain_text("Saved:")
     section = page.locator(f'section[data-audience="{audience}"]')
     expect(section).to_contain_text(
-        "Shared: which products and your sizes and details of all your preferences"
+        "Shared: the products and your sizes and details in all your preferences"
     )
     return section
 
@@ -465,8 +465,8 @@ def test_a_customer_keeps_shares_reorders_and_erases_their_locker(
     assert till_lookup(service, card=service.card).status_code == 200
     history = page.locator("#consent-history")
     expect(history.locator("li").first).to_contain_text(
-        "You let Store tills at checkout see which products and your sizes and details"
-        " of all your preferences"
+        "You let Store tills at checkout see the products and your sizes and details"
+        " in all your preferences"
     )
     history.locator("li").first.get_by_text("Show the receipt").click()
     history.locator("li").first.get_by_text("Technical details").click()

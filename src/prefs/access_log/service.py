@@ -18,8 +18,8 @@ from prefs.db import Row
 from prefs.disclosures import Visit, as_row, open_visit, seal
 from prefs.sealed_preferences import decrypt_product
 
+# what was seen besides the products, which the summary names
 FIELD_WORDS = {
-    "product": "which products",  # the summary names the products instead
     "attributes": "your sizes and details",
     "note": "your notes",
 }

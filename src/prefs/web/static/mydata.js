@@ -47,7 +47,7 @@ export async function show(root, context) {
     h("h2", { id: "card-heading", tabindex: "-1" }, "Loyalty card"),
     h("div", { class: "field" },
       h("label", { for: "card-number" }, "Card number"),
-      h("span", { class: "hint", id: "card-hint" }, "Stored encrypted. A till finds you by it only once you have confirmed it, and only if you share “At the till”."),
+      h("span", { class: "hint", id: "card-hint" }, "Stored encrypted. A till finds you by it only once you have confirmed it, and only if you share with the store tills under Sharing."),
       card),
     cardStatus(profile.card_status),
     h("div", { class: "actions" }, saveCard, removeCard));

@@ -41,7 +41,7 @@ function whatIsShared(consent, preferences, spec) {
     ? "all your preferences, including ones you add later"
     : listWords(consent.preferences.map((id) => preferences.find((p) => p.id === id)?.product.name || "a preference"));
   const until = consent.expires_at ? `until ${friendlyDate(localDate(consent.expires_at))}` : "until you stop it";
-  return `Shared: ${listWords(consent.fields.map((f) => FIELD_WORDS[f]))} of ${which}, ${until}.`;
+  return `Shared: ${listWords(consent.fields.map((f) => FIELD_WORDS[f]))} in ${which}, ${until}.`;
 }
 
 function preferenceLabel(preference) {

@@ -5,7 +5,7 @@ export const FIELD_LABELS = {
   attributes: "Sizes and details (waist, leg, colour, fit…)",
   note: "Your notes",
 };
-export const FIELD_WORDS = { product: "which products", attributes: "your sizes and details", note: "your notes" };
+export const FIELD_WORDS = { product: "the products", attributes: "your sizes and details", note: "your notes" };
 export const FIELDS = ["product", "attributes", "note"];
 /** The fields in a word each, for short lists ("product, sizes"). */
 export const FIELD_SHORT = { product: "product", attributes: "sizes", note: "note" };
@@ -131,7 +131,7 @@ export function consentSentence(receipt) {
     if (receipt.state === "ConsentWithdrawn") return "You stopped the tills adding what you buy.";
     return "The tills stopped adding what you buy on the day you had set.";
   }
-  if (receipt.state === "ConsentGiven") return `You let ${who} see ${what} of ${which}${until}.`;
+  if (receipt.state === "ConsentGiven") return `You let ${who} see ${what} in ${which}${until}.`;
   if (receipt.state === "ConsentWithdrawn") return `You stopped sharing with ${who}.`;
   return `Sharing with ${who} ended on the day you had set.`;
 }
