@@ -182,6 +182,17 @@ def test_only_a_product_the_catalogue_does_not_know_can_be_marked_discontinued(
         page.get_by_role("button", name="Mark available again — Merino Crew Jumper")
     ).to_be_focused()
     look_at(page, "preference-status-menu")
+
+    # adding a product found in the catalogue: its status is shown, not the customer's to set
+    page.get_by_role("button", name="Add a preference").click()
+    page.get_by_label("Find it in the shop's catalogue").fill("chino")
+    page.locator(".catalogue-results button").filter(has_text="Classic Chino").click()
+    gone = page.get_by_label(re.compile("The shop no longer sells it"))
+    expect(gone).to_be_checked()
+    expect(gone).to_be_disabled()
+    expect(gone).to_have_accessible_name(re.compile("the shop's catalogue says so"))
+    page.locator("#add-panel input[id$='-sku']").fill("MY-OWN-CODE")  # no longer the catalogue's
+    expect(gone).to_be_enabled()
     watch.assert_clean(service)
 
 

@@ -229,6 +229,7 @@ async function setStatus(preference, status) {
     await api.patch(`/v1/me/preferences/${preference.id}`, { status }, api.ifMatch(preference.version));
   } catch (error) {
     if (error.status === 412) return stale(preference, error);
+    if (error.status === 409) await reload(); // the catalogue has come to know it meanwhile
     warnAbout(error, "Could not change it");
     return error;
   }
@@ -429,7 +430,8 @@ function preferenceForm({ legend, opener, preference = null, onCancel, onSave })
       note),
     ownStatus
       ? h("div", { class: "check" }, discontinued,
-        h("label", { for: `${prefix}-discontinued` }, "The shop no longer sells it (discontinued)"))
+        h("label", { for: `${prefix}-discontinued` }, "The shop no longer sells it (discontinued)",
+          h("span", { class: "hint", id: `${prefix}-discontinued-hint` })))
       : h("p", { class: "hint catalogue-status" }, preference.status === "discontinued"
         ? "The shop's catalogue says it is discontinued: the shop keeps that up to date."
         : "The shop's catalogue says it is still sold: the shop keeps that up to date."),
@@ -460,7 +462,16 @@ function catalogueSearch(prefix, formOf) {
     set("sku", product.sku);
     set("brand", product.brand);
     set("category", product.category);
-    form.querySelector(`#${prefix}-discontinued`).checked = product.status === "discontinued";
+    // the catalogue's product: its status is the shop's, shown but not the customer's to set,
+    // until the code is changed to one the catalogue may not know
+    const status = form.querySelector(`#${prefix}-discontinued`);
+    status.checked = product.status === "discontinued";
+    status.disabled = true;
+    form.querySelector(`#${prefix}-discontinued-hint`).textContent = " — the shop's catalogue says so, and keeps it up to date.";
+    form.querySelector(`#${prefix}-sku`).addEventListener("input", () => {
+      status.disabled = false;
+      form.querySelector(`#${prefix}-discontinued-hint`).textContent = "";
+    }, { once: true });
     // the sizes the product comes in, offered as choices for each size field
     for (const name of SIZE_ATTRIBUTES) {
       const field = form.querySelector(`#${prefix}-${name}`);
@@ -560,7 +571,7 @@ function readForm(form, prefix, freeRows, discontinued, note) {
     product: { sku: value("sku"), name: value("name"), brand: value("brand") || null, category: value("category") || null },
     attributes,
     note: note.value.trim() ? note.value.trim() : null,
-    ...(discontinued ? { status: discontinued.checked ? "discontinued" : "available" } : {}),
+    ...(discontinued && !discontinued.disabled ? { status: discontinued.checked ? "discontinued" : "available" } : {}),
   };
 }
 
