@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from prefs import credentials
+from prefs.access_log import service as access_log
 from tests.support.customer import bearer, checkout_code, grant, withdraw
 from tests.support.stores import fresh_store, in_directory
 from tests.support.till import disclosures, fresh_card, look_up, shopper, till_key, visits
@@ -120,7 +121,7 @@ async def test_an_entry_names_the_store_the_till_what_was_seen_and_why(client, c
     await grant(
         client, customer, fields=["product", "attributes"], preferences=[chinos["id"], shirt["id"]]
     )
-    store = await in_directory(conn)
+    store = await in_directory(conn, name="Oxford Street")
     cred, key = await credentials.create(conn, "pos", "Till 3", store=store)
     assert (await look_up(client, key, card=card)).status_code == 200
 
@@ -130,6 +131,7 @@ async def test_an_entry_names_the_store_the_till_what_was_seen_and_why(client, c
     assert entry["who"]["id"] == str(cred.id)
     assert entry["who"]["name"] == "Till 3"
     assert entry["who"]["store"] == store
+    assert entry["who"]["store_name"] == "Oxford Street"
     assert entry["purpose"] == "checkout"
     assert entry["via"] == "card"
     assert entry["fields"] == ["product", "attributes"]
@@ -137,17 +139,44 @@ async def test_an_entry_names_the_store_the_till_what_was_seen_and_why(client, c
         {"id": chinos["id"], "name": "Classic Chino"},
         {"id": shirt["id"], "name": "Oxford Shirt"},
     ]
-    summary = entry["summary"]
-    assert f"Store {store}" in summary
-    assert "Till 3" in summary
-    assert "Classic Chino" in summary
-    assert "Oxford Shirt" in summary
-    assert "Desert Boot" not in summary
-    assert "checkout" in summary
-    assert "loyalty card" in summary
-    assert summary.endswith(".")
-    assert "  " not in summary
-    assert " ," not in summary
+    # the store by its name in the directory, the products by name, what else was seen
+    assert entry["summary"] == (
+        "Till 3 at Oxford Street saw Classic Chino and Oxford Shirt with your sizes and details "
+        "at checkout, using your loyalty card."
+    )
+    assert store not in entry["summary"]
+
+
+def test_a_store_the_directory_does_not_name_is_shown_by_its_number() -> None:
+    # every till's store is in the directory today; an entry whose store has since left it (or
+    # an export read elsewhere) still says which store, by its number
+    row = {"actor_name": "Till 1", "store": "0421", "purpose": "checkout", "via": "code"}
+    seen = {**row, "fields": ["attributes", "note"]}
+    assert access_log.summary(seen, ["Classic Chino", "Oxford Shirt"], {}) == (
+        "Till 1 at store 0421 saw your sizes and details and your notes for Classic Chino and "
+        "Oxford Shirt at checkout, using a checkout code you showed."
+    )
+    assert access_log.summary({**row, "fields": []}, ["Classic Chino"], {"0421": "Soho"}) == (
+        "Till 1 at Soho saw nothing of Classic Chino at checkout, using a checkout code you showed."
+    )
+    many = [f"Item {n}" for n in range(5)]
+    assert "Item 0, Item 1, Item 2 and 2 more" in access_log.summary(
+        {**row, "fields": ["product"]}, many, {}
+    )
+
+
+async def test_a_renamed_store_shows_its_new_name_in_earlier_entries(client, conn, new_customer):
+    customer, card, _ = await shopper(new_customer, client)
+    await grant(client, customer, fields=["product"])
+    store = await in_directory(conn, name="High Street")
+    _, key = await till_key(conn, store=store, name="Till 2")
+    assert (await look_up(client, key, card=card)).status_code == 200
+    await conn.execute("UPDATE stores SET name = 'Market Square' WHERE store_id = $1", store)
+
+    [entry] = (await log_of(client, customer))["items"]
+
+    assert entry["who"]["store_name"] == "Market Square"
+    assert entry["summary"].startswith("Till 2 at Market Square saw Classic Chino, ")
 
 
 async def test_a_checkout_code_disclosure_says_so_and_names_only_what_the_code_showed(

@@ -69,12 +69,13 @@ async def test_a_dump_of_the_access_log_holds_no_store_till_credential_or_prefer
             "id": str(cred.id),
             "name": till_name,
             "store": store,
+            "store_name": f"Store {store}",  # its name in the directory
             "partner_id": None,
         }
         assert (entry["purpose"], entry["via"]) == ("checkout", "card")
         assert entry["fields"] == ["product", "attributes", "note"]
         assert [p["id"] for p in entry["preferences"]] == [p["id"] for p in kept]
-        assert entry["summary"].startswith(f"Store {store}, {till_name} saw ")
+        assert entry["summary"].startswith(f"{till_name} at Store {store} saw ")
     [by_partner] = [e for e in log if e["who"]["kind"] == "partner"]
     assert by_partner["who"]["partner_id"] == str(tailor.partner_id)
     assert (by_partner["purpose"], by_partner["via"]) == ("partner-read", "reference")

@@ -321,3 +321,60 @@ async def test_the_catalogues_status_shows_on_every_read_from_the_next_one_on(
         "SELECT status FROM preferences WHERE customer_id = $1", uuid.UUID(customer.id)
     )
     assert stored == "available"
+
+
+async def test_a_customer_sets_the_status_only_of_products_the_catalogue_does_not_know(
+    client: httpx.AsyncClient, conn: asyncpg.Connection, new_customer: Any
+) -> None:
+    known_sku, own_sku = f"CL-{fresh_word()}", f"CL-{fresh_word()}"
+    await conn.execute(
+        """INSERT INTO catalogue_products (sku, name, status)
+           VALUES ($1, 'Classic Chino', 'discontinued')""",
+        known_sku,
+    )
+    customer = await new_customer()
+    known = await keep(
+        client, customer, {**CHINOS, "product": {**CHINOS["product"], "sku": known_sku}}
+    )
+    own_body = {**CHINOS, "product": {**CHINOS["product"], "sku": own_sku}, "status": "available"}
+    own = await keep(client, customer, own_body)
+    # each answer says whose word the status is
+    assert (known["status"], known["status_source"]) == ("discontinued", "catalogue")
+    assert (own["status"], own["status_source"]) == ("available", "customer")
+    listed = await client.get("/v1/me/preferences", headers=customer.headers)
+    assert {p["id"]: p["status_source"] for p in listed.json()["items"]} == {
+        known["id"]: "catalogue",
+        own["id"]: "customer",
+    }
+
+    def change(preference: dict[str, Any], version: int, **body: Any) -> Any:
+        return client.patch(
+            f"/v1/me/preferences/{preference['id']}",
+            headers={**customer.headers, "If-Match": f'"{version}"'},
+            json=body,
+        )
+
+    refused = await change(known, known["version"], status="available")
+    assert refused.status_code == 409, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert "catalogue" in refused.json()["detail"]
+    stored = await conn.fetchval(
+        "SELECT version FROM preferences WHERE preference_id = $1", uuid.UUID(known["id"])
+    )
+    assert stored == known["version"]  # nothing changed
+    # sending back the status it read is no change: accepted, with the rest of the edit
+    same = await change(known, known["version"], status="discontinued", note="Still the one.")
+    assert same.status_code == 200, same.text
+    # naming another SKU the catalogue does not know makes the status the customer's again
+    moved = await change(
+        known,
+        same.json()["version"],
+        product={**CHINOS["product"], "sku": f"CL-{fresh_word()}"},
+        status="available",
+    )
+    assert moved.status_code == 200, moved.text
+    assert (moved.json()["status"], moved.json()["status_source"]) == ("available", "customer")
+    # the customer's own product: theirs to mark
+    marked = await change(own, own["version"], status="discontinued")
+    assert marked.status_code == 200, marked.text
+    assert (marked.json()["status"], marked.json()["status_source"]) == ("discontinued", "customer")

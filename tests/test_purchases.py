@@ -362,7 +362,7 @@ async def test_each_write_is_in_the_access_log_in_words(
 ) -> None:
     card, customer = await buyer(client, new_customer)
     store = fresh_store()
-    _, till = await till_key(conn, store, name="Till 3")
+    _, till = await till_key(conn, store, name="Till 3")  # named "Store <id>" in the directory
     sku = fresh_sku()
     await catalogue_product(conn, sku)
     await buy(client, till, card=card, items=[item(sku)])
@@ -376,9 +376,9 @@ async def test_each_write_is_in_the_access_log_in_words(
     assert page.status_code == 200
     summaries = [entry["summary"] for entry in page.json()["items"]]
     assert summaries == [
-        f"Till 3 at store {store} added Scarf to your locker and counted another purchase of "
+        f"Till 3 at Store {store} added Scarf to your locker and counted another purchase of "
         "Classic Chino, waist 34 leg 34, using your loyalty card.",
-        f"Till 3 at store {store} added Classic Chino, waist 34 leg 34, to your locker, "
+        f"Till 3 at Store {store} added Classic Chino, waist 34 leg 34, to your locker, "
         "using your loyalty card.",
     ]
     [entry, *_] = page.json()["items"]

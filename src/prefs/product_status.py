@@ -2,6 +2,9 @@
 
 A preference keeps the status its customer gave it; where its SKU is in the retailer's catalogue,
 every read shows the catalogue's current status instead (the customer's own words stay theirs).
+Every read says whose word the status is (``status_source``): ``catalogue`` where the catalogue
+knows the SKU, ``customer`` otherwise. A customer may change the status only of a product the
+catalogue does not know (``refuse_customer_change``): for the rest it is the shop's fact.
 The SKU is sealed with the rest of the product, so the overlay happens after opening, never in
 SQL: reads that are not hot ask for the statuses of the SKUs they opened (``of``); the till
 lookup keeps every status in memory (``StatusCache``) and its one statement returns the
@@ -15,6 +18,7 @@ from typing import Any
 
 import asyncpg
 
+from prefs.errors import Conflict
 from prefs.products import Status
 
 STATUSES = "SELECT sku, status FROM catalogue_products WHERE sku = ANY($1::text[])"
@@ -41,6 +45,19 @@ def overlaid(stored: Status, sku: str | None, catalogue: Mapping[str, Status]) -
     if sku is None:
         return stored
     return catalogue.get(sku, stored)
+
+
+async def refuse_customer_change(conn: Any, sku: str | None, status: Status) -> None:
+    """Refuse (409) a customer's status for a product the catalogue knows, unless it is the
+    catalogue's own (a client sending back the status it read is not changing it)."""
+    if sku is None:
+        return
+    known = (await of(conn, [sku])).get(sku)
+    if known is not None and known != status:
+        raise Conflict(
+            f"The shop's catalogue says this product is {known}, and its status follows the "
+            "catalogue: a customer sets the status only of products the catalogue does not know."
+        )
 
 
 class StatusCache:

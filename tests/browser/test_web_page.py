@@ -45,9 +45,24 @@ def till_lookup(service: Service, **body: str) -> httpx.Response:
     return httpx.post(f"{service.url}/v1/pos/lookup", headers=bearer(service.till_key), json=body)
 
 
+# the navigation's short labels, where a section's heading says more
+NAV_LABELS = {"My preferences": "Preferences"}
+
+
 def go_to(page: Any, section: str) -> None:
-    page.get_by_role("navigation", name="Sections").get_by_role("link", name=section).click()
+    """Follow the navigation to the section whose heading is ``section``."""
+    label = NAV_LABELS.get(section, section)
+    nav = page.get_by_role("navigation", name="Sections")
+    nav.get_by_role("link", name=label, exact=True).click()
     expect(page.get_by_role("heading", level=1, name=section)).to_be_focused()
+
+
+def more_actions(page: Any, name: str) -> Any:
+    """Open the "More" menu of the preference card of ``name``; the menu."""
+    button = page.get_by_role("button", name=f"More actions for {name}")
+    if button.get_attribute("aria-expanded") != "true":
+        button.click()
+    return page.get_by_role("list", name=f"More actions for {name}")
 
 
 def preference_card(page: Any, name: str) -> Any:
@@ -203,7 +218,7 @@ def delete_the_demo_chinos(page: Any) -> None:
     chinos = preference_card(page, "Classic Chino")
     expect(chinos).to_contain_text("Discontinued")
     expect(chinos).to_contain_text("Waist: 34")
-    page.get_by_role("button", name="Delete Classic Chino").click()
+    more_actions(page, "Classic Chino").get_by_role("button", name="Delete Classic Chino").click()
     dialog = page.get_by_role("dialog", name="Delete Classic Chino?")
     expect(dialog).to_be_visible()
     expect(dialog.get_by_role("button", name="Keep it")).to_be_focused()
@@ -295,6 +310,7 @@ def an_edit_elsewhere_is_not_overwritten(
 def move_the_chinos_to_the_top_by_keyboard(
     page: Any, service: Service, token: str, chinos: str
 ) -> None:
+    more_actions(page, "Classic Chino")
     up = page.locator(f"#up-{chinos}")
     up.focus()
     for position in (3, 2, 1):
@@ -363,14 +379,14 @@ def store_moves(service: Service, reorder_id: str, state: str) -> None:
     assert response.status_code == 200, response.text
 
 
-def share(page: Any, audience: str, title: str) -> Any:
+def share(page: Any, audience: str, who: str) -> Any:
     section = page.locator(f'section[data-audience="{audience}"]')
-    section.get_by_role("button", name=f"Share with {title}…").click()
+    section.get_by_role("button", name=f"Share with {who}…").click()
     section.get_by_role("button", name="Share", exact=True).click()
     expect(status(page)).to_contain_text("Saved:")
     section = page.locator(f'section[data-audience="{audience}"]')
     expect(section).to_contain_text(
-        "Shared: which products and your sizes and details of all your preferences"
+        "Shared: the products and your sizes and details in all your preferences"
     )
     return section
 
@@ -444,15 +460,16 @@ def test_a_customer_keeps_shares_reorders_and_erases_their_locker(
 
     # Let tills see the preferences: the card now finds them.
     go_to(page, "Sharing")
-    till = share(page, "pos", "At the till")
+    till = share(page, "pos", "the store tills")
     expect(till.get_by_text("Shared", exact=True)).to_be_visible()
     assert till_lookup(service, card=service.card).status_code == 200
     history = page.locator("#consent-history")
     expect(history.locator("li").first).to_contain_text(
-        "You let Store tills at checkout see which products and your sizes and details"
-        " of all your preferences"
+        "You let Store tills at checkout see the products and your sizes and details"
+        " in all your preferences"
     )
     history.locator("li").first.get_by_text("Show the receipt").click()
+    history.locator("li").first.get_by_text("Technical details").click()
     expect(history.locator("li").first).to_contain_text("ServicePersonalisation")
     look_at(page, "sharing")
 
@@ -487,17 +504,16 @@ def test_a_customer_keeps_shares_reorders_and_erases_their_locker(
     looked = page.locator("#access-log > li")
     by_code = looked.filter(has_text="using a checkout code you showed")
     expect(by_code).to_have_count(1)
-    expect(by_code).to_contain_text(
-        "Store 0001, Till 1 saw which products and your sizes and details for Classic Chino"
-    )
+    expect(by_code).to_contain_text("Till 1 at Oxford Street saw Classic Chino")
+    expect(by_code).to_contain_text("with your sizes and details at checkout")
     expect(by_code).to_contain_text("today")
     expect(looked.filter(has_text="using your loyalty card")).to_have_count(1)
     look_at(page, "looked")
 
     # Withdraw: the very next lookup by card finds nothing.
     go_to(page, "Sharing")
-    page.get_by_role("button", name="Stop sharing with At the till").click()
-    expect(status(page)).to_contain_text("You stopped sharing with At the till.")
+    page.get_by_role("button", name="Stop sharing with the store tills").click()
+    expect(status(page)).to_contain_text("You stopped sharing with the store tills.")
     expect(page.locator('section[data-audience="pos"]')).to_contain_text("Not shared")
     assert till_lookup(service, card=service.card).status_code == 404
     expect(page.locator("#consent-history li").first).to_contain_text(
@@ -613,7 +629,7 @@ def test_a_customer_downloads_a_receipt_as_kantara_json_and_signed(
     page.get_by_role("button", name="Start my locker").click()
     expect(page.get_by_role("heading", level=1, name="My preferences")).to_be_focused()
     go_to(page, "Sharing")
-    share(page, "pos", "At the till")
+    share(page, "pos", "the store tills")
     [entry] = httpx.get(f"{service.url}/v1/me/consents/history", headers=bearer(token)).json()[
         "items"
     ]
@@ -721,7 +737,7 @@ def test_tills_add_what_the_customer_buys_and_adding_by_hand_finds_the_catalogue
 
     go_to(page, "Who looked")
     expect(page.locator("#access-log > li").first).to_contain_text(
-        "Till 1 at store 0001 added Slim Chino, waist 32 leg 32, to your locker, "
+        "Till 1 at Oxford Street added Slim Chino, waist 32 leg 32, to your locker, "
         "using your loyalty card."
     )
 

@@ -11,6 +11,8 @@ class Viewer(msgspec.Struct, kw_only=True):
     id: UUID
     name: str
     store: str | None = None
+    # the store's name in the directory (stores) as it is now; null where it has none
+    store_name: str | None = None
     partner_id: UUID | None = None
 
 

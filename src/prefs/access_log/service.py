@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,8 +18,8 @@ from prefs.db import Row
 from prefs.disclosures import Visit, as_row, open_visit, seal
 from prefs.sealed_preferences import decrypt_product
 
+# what was seen besides the products, which the summary names
 FIELD_WORDS = {
-    "product": "which products",
     "attributes": "your sizes and details",
     "note": "your notes",
 }
@@ -53,32 +53,43 @@ def _at_most_three(items: list[str]) -> str:
     return _list_words(items[:3] + ([f"{len(items) - 3} more"] if len(items) > 3 else []))
 
 
-def summary(row: Row, names: list[str | None]) -> str:
-    """E.g. "Store 0421, Till 3, saw your sizes and details for Classic Chino at checkout", or
-    for a purchase write "Till 3 at store 0421 added Classic Chino, waist 34 leg 34, to your
-    locker, using your loyalty card"."""
-    who = row["actor_name"]
+def _place(row: Row, stores: Mapping[str, str]) -> str:
+    """The till and its store as the customer knows it: "Till 3 at Oxford Street" (the store's
+    directory name; its id where the directory has no name for it)."""
+    who: str = row["actor_name"]
+    if not row["store"]:
+        return who
+    return f"{who} at {stores.get(row['store']) or 'store ' + row['store']}"
+
+
+def summary(row: Row, names: list[str | None], stores: Mapping[str, str] | None = None) -> str:
+    """E.g. "Till 3 at Oxford Street saw Classic Chino with your sizes and details at checkout,
+    using your loyalty card", or for a purchase write "Till 3 at Oxford Street added Classic
+    Chino, waist 34 leg 34, to your locker, using your loyalty card"."""
+    who = _place(row, stores or {})
     if row["purpose"] == "purchase":
         return _purchase_summary(row, who)
-    if row["store"]:
-        who = f"Store {row['store']}, {who}"
-    seen = (
-        _list_words([FIELD_WORDS.get(f, f) for f in row["fields"]]) if row["fields"] else "nothing"
-    )
     known = [n for n in names if n]
     if not names:
         what = "no preferences"
     elif known and len(known) == len(names):
-        what = _list_words(known[:3] + ([f"{len(known) - 3} more"] if len(known) > 3 else []))
+        what = _at_most_three(known)
     else:
         what = f"{len(names)} preference{'s' if len(names) != 1 else ''}"
+    fields = list(row["fields"] or [])
+    more = [FIELD_WORDS[f] for f in ("attributes", "note") if f in fields]
+    if "product" in fields:
+        seen = f"{what} with {_list_words(more)}" if more else what
+    elif more:
+        seen = f"{_list_words(more)} for {what}"
+    else:
+        seen = f"nothing of {what}"
     purpose = PURPOSE_WORDS.get(row["purpose"], row["purpose"])
     via = VIA_WORDS.get(row["via"], "")
-    return f"{who} saw {seen} for {what} {purpose}, {via}.".replace(" ,", ",").replace(", .", ".")
+    return f"{who} saw {seen} {purpose}, {via}.".replace(" ,", ",").replace(", .", ".")
 
 
-def _purchase_summary(row: Row, till: str) -> str:
-    who = f"{till} at store {row['store']}" if row["store"] else till
+def _purchase_summary(row: Row, who: str) -> str:
     done = []
     if row.get("added"):
         added = _at_most_three(row["added"])
@@ -104,6 +115,7 @@ WHERE customer_id = $1 AND ($2::timestamptz IS NULL OR (at, disclosure_id) < ($2
 ORDER BY at DESC, disclosure_id DESC
 LIMIT $4
 """
+STORE_NAMES = "SELECT store_id, name FROM stores WHERE store_id = ANY($1::text[])"
 NAMES = """
 SELECT preference_id, product_ct FROM preferences
 WHERE customer_id = $1 AND preference_id = ANY($2::uuid[])
@@ -161,6 +173,12 @@ async def disclosures(
                 ).name
             except DecryptionError:
                 continue
+    wanted_stores = sorted({entry["store"] for entry in entries if entry["store"]})
+    stores: dict[str, str] = (
+        {row["store_id"]: row["name"] for row in await conn.fetch(STORE_NAMES, wanted_stores)}
+        if wanted_stores
+        else {}
+    )
     return [
         Disclosure(
             id=row["disclosure_id"],
@@ -170,6 +188,7 @@ async def disclosures(
                 id=row["credential_id"],
                 name=row["actor_name"],
                 store=row["store"],
+                store_name=stores.get(row["store"]) if row["store"] else None,
                 partner_id=row["partner_id"],
             ),
             purpose=row["purpose"],
@@ -178,7 +197,7 @@ async def disclosures(
             preferences=[
                 DisclosedPreference(id=pid, name=names.get(pid)) for pid in row["preference_ids"]
             ],
-            summary=summary(row, [names.get(pid) for pid in row["preference_ids"]]),
+            summary=summary(row, [names.get(pid) for pid in row["preference_ids"]], stores),
         )
         for row in entries
     ]

@@ -104,7 +104,7 @@ class PreferencesController(Controller):
     @patch(
         "/{preference_id:uuid}",
         operation_class=declared_body(PreferenceUpdate),
-        responses=problems(400, 401, 404, 412, 413, 415, 428, 503),
+        responses=problems(400, 401, 404, 409, 412, 413, 415, 428, 503),
     )
     async def update(
         self,

@@ -1,7 +1,7 @@
 """Preference shapes: what customers send and what they get back."""
 
 from datetime import date, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
 import msgspec
@@ -45,6 +45,9 @@ class Preference(msgspec.Struct, kw_only=True):
     note: str | None
     rank: int
     status: Status
+    # whose word ``status`` is: the shop's catalogue (it knows the SKU; the customer cannot
+    # change it) or the customer's own
+    status_source: Literal["catalogue", "customer"] = "customer"
     purchases: int
     last_purchased_on: date | None
     source: Source | None  # set when a till added it from a purchase; null when typed

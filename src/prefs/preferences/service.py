@@ -61,6 +61,8 @@ async def _shown(conn: asyncpg.Connection, key: DataKey, rows: Sequence[Row]) ->
     catalogue = await product_status.of(conn, (p.product.sku for p in preferences))
     for preference in preferences:
         preference.status = overlaid(preference.status, preference.product.sku, catalogue)
+        if preference.product.sku in catalogue:
+            preference.status_source = "catalogue"
     return preferences
 
 
@@ -192,6 +194,9 @@ async def update_preference(
             if data.attributes is UNSET
             else seal(key, preference_id, "attributes", data.attributes)
         )
+        if data.status is not UNSET:
+            product = decrypt_product(key, preference_id, product_ct)
+            await product_status.refuse_customer_change(conn, product.sku, data.status)
         note_ct = row["note_ct"]
         history = open_purchases(key, row)
         if data.note is not UNSET:

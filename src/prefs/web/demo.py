@@ -41,7 +41,7 @@ PARTNER_DESCRIPTION = (
 )
 HINT = (
     "the till lookup answers 404 until the demo customer lets tills see their preferences: "
-    "sign in on the page, open Sharing and share with 'At the till' (or make a checkout code "
+    "sign in on the page, open Sharing and share with the store tills (or make a checkout code "
     "under 'At the till' and look that up instead)"
 )
 

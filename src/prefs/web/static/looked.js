@@ -4,6 +4,16 @@ import * as api from "./api.js";
 import { fill, h, warnAbout } from "./elements.js";
 import { friendlyTime } from "./words.js";
 
+// The summary names at most three preferences ("…, Oxford Shirt and 2 more"): the rest on request.
+const NAMED_IN_SUMMARY = 3;
+
+function allPreferences(entry) {
+  if (entry.preferences.length <= NAMED_IN_SUMMARY) return null;
+  return h("details", { class: "log-preferences" },
+    h("summary", null, `Show all ${entry.preferences.length} preferences`),
+    h("ul", null, entry.preferences.map((p) => h("li", null, p.name || "A preference you have since deleted"))));
+}
+
 export async function show(root) {
   const first = await api.get("/v1/me/access-log?limit=50");
   const list = h("ol", { class: "plain-list", id: "access-log", "aria-labelledby": "looked-heading" });
@@ -14,7 +24,8 @@ export async function show(root) {
     for (const entry of page.items) {
       list.append(h("li", { class: "card log-entry" },
         h("p", null, entry.summary),
-        h("time", { datetime: entry.at }, friendlyTime(entry.at))));
+        h("time", { datetime: entry.at }, friendlyTime(entry.at)),
+        allPreferences(entry)));
     }
     next = page.next;
     more.hidden = !next;

@@ -2,6 +2,7 @@
 
 import * as api from "./api.js";
 import { announce, busy, clearMessages, fill, h, saveFile, warn, warnAbout } from "./elements.js";
+import { readableExport } from "./readable.js";
 import { friendlyTime, plural } from "./words.js";
 
 const CONFIRM_WORD = "ERASE";
@@ -46,7 +47,7 @@ export async function show(root, context) {
     h("h2", { id: "card-heading", tabindex: "-1" }, "Loyalty card"),
     h("div", { class: "field" },
       h("label", { for: "card-number" }, "Card number"),
-      h("span", { class: "hint", id: "card-hint" }, "Stored encrypted. A till finds you by it only once you have confirmed it, and only if you share “At the till”."),
+      h("span", { class: "hint", id: "card-hint" }, "Stored encrypted. A till finds you by it only once you have confirmed it, and only if you share with the store tills under Sharing."),
       card),
     cardStatus(profile.card_status),
     h("div", { class: "actions" }, saveCard, removeCard));
@@ -57,19 +58,35 @@ export async function show(root, context) {
   });
   removeCard?.addEventListener("click", () => setCard(null, "Your loyalty card is removed."));
 
-  // -- export
-  const download = h("button", { type: "button", id: "download-export" }, "Download my data");
+  // -- export: the JSON document, and the same as a page a person reads and prints
+  const today = () => new Date().toISOString().slice(0, 10);
+  const exported = async () => (await api.request("GET", "/v1/me/export", { raw: true })).blob();
+  const download = h("button", { type: "button", class: "button-quiet", id: "download-export" }, "Download my data", " (JSON)");
   download.addEventListener("click", () => busy(download, async () => {
     clearMessages();
     let blob;
     try {
-      blob = await (await api.request("GET", "/v1/me/export", { raw: true })).blob();
+      blob = await exported();
     } catch (error) {
       warnAbout(error, "No download");
       return;
     }
-    saveFile(new Blob([blob], { type: "application/json" }), `prefs-export-${new Date().toISOString().slice(0, 10)}.json`);
+    saveFile(new Blob([blob], { type: "application/json" }), `prefs-export-${today()}.json`);
     announce("Your data is downloaded as a JSON file.");
+  }));
+  const readable = h("button", { type: "button", id: "download-readable" },
+    "Download a readable copy", " (HTML)");
+  readable.addEventListener("click", () => busy(readable, async () => {
+    clearMessages();
+    let page;
+    try {
+      page = readableExport(JSON.parse(await (await exported()).text()));
+    } catch (error) {
+      warnAbout(error, "No download");
+      return;
+    }
+    saveFile(new Blob([page], { type: "text/html" }), `prefs-export-${today()}.html`);
+    announce("Your data is downloaded as a page: open it in a browser to read or print it.");
   }));
 
   // -- erase
@@ -111,7 +128,8 @@ export async function show(root, context) {
     cardForm,
     h("section", { class: "card", "aria-labelledby": "export-heading" },
       h("h2", { id: "export-heading" }, "Download everything"),
-      h("p", null, "One file with everything held about you, readable: your preferences, consents with their receipts, reorders and the log of who looked."),
-      download),
+      h("p", null, "Everything held about you: your preferences, consents with their receipts, reorders and the log of who looked."),
+      h("p", { class: "hint" }, "The readable copy is a page to open in any browser and print; the JSON file is the same for another app or service."),
+      h("div", { class: "actions" }, readable, download)),
     eraseForm);
 }

@@ -5,7 +5,8 @@ import {
   announce, busy, clearMessages, confirmAction, fill, h, hidden, uniqueId, warn, warnAbout,
 } from "./elements.js";
 import {
-  SIZE_ATTRIBUTES, attributeLabel, attributeName, friendlyDate, orderedAttributes, plural,
+  FIELD_SHORT, SIZE_ATTRIBUTES, attributeLabel, attributeName, friendlyDate, listWords, orderedAttributes,
+  plural, productMeta, whoMaySee,
 } from "./words.js";
 
 const ATTRIBUTE_NAME = /^[a-z][a-z0-9_]*$/;
@@ -56,6 +57,18 @@ async function reload() {
   drawList();
 }
 
+/** Whether the shop's catalogue knows the product: then its status is the shop's, not the
+ * customer's to change. */
+const catalogueKnows = (preference) => preference.status_source === "catalogue";
+
+/** Focus a card's button, opening the card's "More" menu first if the button is in it. */
+function focusButton(id) {
+  const button = document.getElementById(id);
+  const menu = button?.closest(".more-menu");
+  if (menu?.hidden) setMenu(menu, true);
+  button?.focus();
+}
+
 function drawList() {
   if (!items.length) {
     fill(list, h("li", { class: "card empty" }, "You keep no preferences yet. Add the first one with “Add a preference”."));
@@ -70,13 +83,13 @@ function summary(preference, headingLevel = "h2") {
   if (preference.status === "discontinued") {
     title.append(" ", h("span", { class: "badge badge-discontinued" }, "Discontinued"));
   }
-  const meta = [product.brand, product.category, `code ${product.sku}`].filter(Boolean).join(" · ");
+  const meta = productMeta(product);
   const details = orderedAttributes(preference.attributes);
   const bought = preference.purchases
     ? `Bought ${plural(preference.purchases, "time")}${preference.last_purchased_on ? `, last on ${friendlyDate(preference.last_purchased_on)}` : ""}.`
     : null;
   return [
-    h("div", { class: "preference-title" }, title, h("p", { class: "meta" }, meta)),
+    h("div", { class: "preference-title" }, title, meta ? h("p", { class: "meta" }, meta) : null),
     details.length
       ? h("ul", { class: "details-list", "aria-label": `Sizes and details of ${product.name}` },
         details.map(([name, value]) => h("li", null, h("span", { class: "detail-name" }, `${attributeLabel(name)}: `), value)))
@@ -89,34 +102,92 @@ function summary(preference, headingLevel = "h2") {
   ];
 }
 
+/** Who may see this preference, from the consents in force (tills and partners). */
+function sharedWith(preference) {
+  const seeing = whoMaySee(preference, consents);
+  const who = seeing.length
+    ? listWords(seeing.map((w) => `${w.name} (${w.fields.map((f) => FIELD_SHORT[f] || f).join(", ")})`))
+    : "nobody but you";
+  return h("p", { class: "meta shared-with", id: `shared-${preference.id}` },
+    h("span", { class: "shared-label" }, "Who may see it: "), `${who}. `,
+    h("a", { href: "#sharing" }, seeing.length ? "Change" : "Share it", hidden(` — ${preference.product.name}`)));
+}
+
+/** Open or close a card's "More" menu (a disclosure: a button and the list it shows). */
+function setMenu(menu, open) {
+  menu.hidden = !open;
+  document.querySelector(`[aria-controls="${menu.id}"]`)?.setAttribute("aria-expanded", String(open));
+}
+
+/** The card's less frequent actions behind one button, operable by keyboard: Enter or Space
+ * opens it, the arrow keys move through it, Escape closes it and returns to the button. */
+function moreMenu(preference, index) {
+  const name = preference.product.name;
+  const menuId = `more-menu-${preference.id}`;
+  const opener = h("button", { type: "button", class: "button-quiet button-small more-button", id: `more-${preference.id}`,
+    "aria-expanded": "false", "aria-controls": menuId },
+  "More", hidden(` actions for ${name}`), h("span", { class: "chevron", "aria-hidden": "true" }, "▾"));
+  const item = (button) => h("li", null, button);
+  const up = h("button", { type: "button", class: "menu-item", id: `up-${preference.id}`, disabled: index === 0 },
+    h("span", { "aria-hidden": "true" }, "↑ "), "Move up", hidden(` — ${name}`));
+  const down = h("button", { type: "button", class: "menu-item", id: `down-${preference.id}`, disabled: index === items.length - 1 },
+    h("span", { "aria-hidden": "true" }, "↓ "), "Move down", hidden(` — ${name}`));
+  up.addEventListener("click", () => busy(up, () => move(preference, -1)));
+  down.addEventListener("click", () => busy(down, () => move(preference, +1)));
+  let status = null;
+  if (!catalogueKnows(preference)) {
+    const discontinued = preference.status === "discontinued";
+    status = h("button", { type: "button", class: "menu-item", id: `status-${preference.id}` },
+      discontinued ? "Mark available again" : "Mark discontinued", hidden(` — ${name}`));
+    status.addEventListener("click", () => busy(status, () => setStatus(preference, discontinued ? "available" : "discontinued")));
+  }
+  const remove = h("button", { type: "button", class: "menu-item menu-item-danger", id: `delete-${preference.id}` }, "Delete", hidden(` ${name}`));
+  remove.addEventListener("click", () => busy(remove, () => removePreference(preference)));
+  const menu = h("ul", { class: "more-menu", id: menuId, hidden: true, "aria-label": `More actions for ${name}` },
+    item(up), item(down), status ? item(status) : null, item(remove));
+  opener.addEventListener("click", () => {
+    const opening = menu.hidden;
+    setMenu(menu, opening);
+    if (opening) menu.querySelector("button:not(:disabled)")?.focus();
+  });
+  menu.addEventListener("keydown", (event) => {
+    const buttons = [...menu.querySelectorAll("button:not(:disabled)")];
+    const at = buttons.indexOf(document.activeElement);
+    if (event.key === "Escape") {
+      event.preventDefault();
+      setMenu(menu, false);
+      opener.focus();
+    } else if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+      event.preventDefault();
+      const step = event.key === "ArrowDown" ? 1 : -1;
+      buttons[(at + step + buttons.length) % buttons.length]?.focus();
+    } else if (event.key === "Home" || event.key === "End") {
+      event.preventDefault();
+      buttons[event.key === "Home" ? 0 : buttons.length - 1]?.focus();
+    }
+  });
+  return { opener, menu };
+}
+
 function preferenceCard(preference, index) {
   const name = preference.product.name;
   const card = h("li", { class: "card preference", id: `preference-${preference.id}`,
     "aria-labelledby": `title-${preference.id}` });
   const [title, ...rest] = summary(preference);
   const panel = h("div", { class: "panel" });
-  const up = h("button", { type: "button", class: "button-quiet button-small", id: `up-${preference.id}`,
-    disabled: index === 0 }, h("span", { "aria-hidden": "true" }, "↑ "), "Up", hidden(` — move ${name} up`));
-  const down = h("button", { type: "button", class: "button-quiet button-small", id: `down-${preference.id}`,
-    disabled: index === items.length - 1 }, h("span", { "aria-hidden": "true" }, "↓ "), "Down", hidden(` — move ${name} down`));
-  up.addEventListener("click", () => busy(up, () => move(preference, -1)));
-  down.addEventListener("click", () => busy(down, () => move(preference, +1)));
   const edit = h("button", { type: "button", class: "button-quiet button-small", id: `edit-${preference.id}` }, "Edit", hidden(` ${name}`));
   edit.addEventListener("click", () => openEdit(preference, panel));
   const reorder = h("button", { type: "button", class: "button-small", id: `reorder-${preference.id}` }, "Reorder", hidden(` ${name}`));
   reorder.addEventListener("click", () => openReorder(preference, panel));
-  const discontinued = preference.status === "discontinued";
-  const status = h("button", { type: "button", class: "button-quiet button-small", id: `status-${preference.id}` },
-    discontinued ? "Mark available again" : "Mark discontinued", hidden(` — ${name}`));
-  status.addEventListener("click", () => busy(status, () => setStatus(preference, discontinued ? "available" : "discontinued")));
-  const remove = h("button", { type: "button", class: "button-danger button-small", id: `delete-${preference.id}` }, "Delete", hidden(` ${name}`));
-  remove.addEventListener("click", () => busy(remove, () => removePreference(preference)));
+  const more = moreMenu(preference, index);
   card.append(
     h("div", { class: "preference-head" },
       h("span", { class: "rank" }, hidden("Position "), String(preference.rank)),
       title),
     ...rest.filter(Boolean),
-    h("div", { class: "actions" }, h("span", { class: "move-buttons" }, up, down), edit, reorder, status, remove),
+    sharedWith(preference),
+    h("div", { class: "actions card-actions" }, reorder, edit, more.opener),
+    more.menu,
     panel);
   return card;
 }
@@ -147,7 +218,7 @@ async function move(preference, step) {
   const moved = items.findIndex((p) => p.id === preference.id);
   const same = document.getElementById(`${direction}-${preference.id}`);
   const focusId = same && !same.disabled ? same.id : `${direction === "up" ? "down" : "up"}-${preference.id}`;
-  document.getElementById(focusId)?.focus();
+  focusButton(focusId);
   announce(`${preference.product.name} moved ${direction}, to position ${moved + 1} of ${items.length}.`);
   return null;
 }
@@ -158,11 +229,12 @@ async function setStatus(preference, status) {
     await api.patch(`/v1/me/preferences/${preference.id}`, { status }, api.ifMatch(preference.version));
   } catch (error) {
     if (error.status === 412) return stale(preference, error);
+    if (error.status === 409) await reload(); // the catalogue has come to know it meanwhile
     warnAbout(error, "Could not change it");
     return error;
   }
   await reload();
-  document.getElementById(`status-${preference.id}`)?.focus();
+  focusButton(`status-${preference.id}`);
   announce(status === "discontinued"
     ? `${preference.product.name} is marked discontinued.`
     : `${preference.product.name} is marked available again.`);
@@ -319,8 +391,11 @@ function preferenceForm({ legend, opener, preference = null, onCancel, onSave })
     freeRows.append(row);
     row.querySelector("input").focus();
   });
-  const discontinued = h("input", { type: "checkbox", id: `${prefix}-discontinued`,
-    checked: preference?.status === "discontinued" });
+  // the status is the customer's to set only for a product the shop's catalogue does not know
+  const ownStatus = !(preference && catalogueKnows(preference));
+  const discontinued = ownStatus
+    ? h("input", { type: "checkbox", id: `${prefix}-discontinued`, checked: preference?.status === "discontinued" })
+    : null;
   const note = h("textarea", { id: `${prefix}-note`, maxlength: 2000, rows: 3, "aria-describedby": `${prefix}-note-hint` });
   note.value = preference?.note || "";
   const save = h("button", { type: "submit" }, preference ? "Save changes" : "Save preference");
@@ -353,8 +428,13 @@ function preferenceForm({ legend, opener, preference = null, onCancel, onSave })
       h("label", { for: `${prefix}-note` }, "Note"),
       h("span", { class: "hint", id: `${prefix}-note-hint` }, "In your own words. Only shared where you allow notes."),
       note),
-    h("div", { class: "check" }, discontinued,
-      h("label", { for: `${prefix}-discontinued` }, "The shop no longer sells it (discontinued)")),
+    ownStatus
+      ? h("div", { class: "check" }, discontinued,
+        h("label", { for: `${prefix}-discontinued` }, "The shop no longer sells it (discontinued)",
+          h("span", { class: "hint", id: `${prefix}-discontinued-hint` })))
+      : h("p", { class: "hint catalogue-status" }, preference.status === "discontinued"
+        ? "The shop's catalogue says it is discontinued: the shop keeps that up to date."
+        : "The shop's catalogue says it is still sold: the shop keeps that up to date."),
     h("div", { class: "actions" }, save, cancel));
 
   form.addEventListener("submit", (event) => {
@@ -382,7 +462,16 @@ function catalogueSearch(prefix, formOf) {
     set("sku", product.sku);
     set("brand", product.brand);
     set("category", product.category);
-    form.querySelector(`#${prefix}-discontinued`).checked = product.status === "discontinued";
+    // the catalogue's product: its status is the shop's, shown but not the customer's to set,
+    // until the code is changed to one the catalogue may not know
+    const status = form.querySelector(`#${prefix}-discontinued`);
+    status.checked = product.status === "discontinued";
+    status.disabled = true;
+    form.querySelector(`#${prefix}-discontinued-hint`).textContent = " — the shop's catalogue says so, and keeps it up to date.";
+    form.querySelector(`#${prefix}-sku`).addEventListener("input", () => {
+      status.disabled = false;
+      form.querySelector(`#${prefix}-discontinued-hint`).textContent = "";
+    }, { once: true });
     // the sizes the product comes in, offered as choices for each size field
     for (const name of SIZE_ATTRIBUTES) {
       const field = form.querySelector(`#${prefix}-${name}`);
@@ -415,7 +504,7 @@ function catalogueSearch(prefix, formOf) {
       ? `${plural(page.items.length, "product")} found${page.next ? " (type more to narrow it down)" : ""}.`
       : "Nothing found. Type the product in below.";
     fill(results, page.items.map((product) => {
-      const about = [product.brand, `code ${product.sku}`, product.status === "discontinued" ? "discontinued" : null]
+      const about = [product.brand, product.sku ? `code ${product.sku}` : null, product.status === "discontinued" ? "discontinued" : null]
         .filter(Boolean).join(" · ");
       const choose = h("button", { type: "button", class: "button-quiet catalogue-pick" },
         product.name, h("span", { class: "meta" }, ` — ${about}`));
@@ -482,7 +571,7 @@ function readForm(form, prefix, freeRows, discontinued, note) {
     product: { sku: value("sku"), name: value("name"), brand: value("brand") || null, category: value("category") || null },
     attributes,
     note: note.value.trim() ? note.value.trim() : null,
-    status: discontinued.checked ? "discontinued" : "available",
+    ...(discontinued && !discontinued.disabled ? { status: discontinued.checked ? "discontinued" : "available" } : {}),
   };
 }
 

@@ -2,7 +2,7 @@
 
 import * as api from "./api.js";
 import { announce, busy, clearMessages, confirmAction, fill, h, hidden, warnAbout } from "./elements.js";
-import { REORDER_STATES, friendlyTime } from "./words.js";
+import { REORDER_STATES, attributeLabel, friendlyTime, orderedAttributes, productMeta } from "./words.js";
 
 /** The short number a customer shows at the store (the till's queue shows the same). */
 export const orderNumber = (reorder) => reorder.id.slice(0, 8).toUpperCase();
@@ -34,6 +34,29 @@ export async function show(root) {
     return partnerNames.get(reorder.fulfiller) || "a partner";
   }
 
+  /** "waist 34, leg 34, khaki": the sizes sent with this reorder, to tell two reorders of the
+   * same product apart in a button's name. */
+  function sizesOf(reorder) {
+    return orderedAttributes(reorder.item?.attributes).map(([name, value]) => `${name.replace(/_/g, " ")} ${value}`).join(", ");
+  }
+
+  /** What was sent with the reorder (its snapshot, not the preference as it is now): the
+   * product's brand and code, the sizes and details, and the note if the customer shared it. */
+  function whatWasSent(reorder) {
+    const item = reorder.item;
+    if (!item) return [];
+    const details = orderedAttributes(item.attributes);
+    const meta = item.product ? productMeta(item.product) : "";
+    return [
+      meta ? h("p", { class: "meta" }, meta) : null,
+      details.length
+        ? h("ul", { class: "details-list", "aria-label": `Sizes and details sent with this reorder` },
+          details.map(([name, value]) => h("li", null, h("span", { class: "detail-name" }, `${attributeLabel(name)}: `), value)))
+        : null,
+      item.note ? h("p", { class: "note" }, h("span", { class: "visually-hidden" }, "Your note, shared with it: "), item.note) : null,
+    ];
+  }
+
   function storeLines(reorder) {
     if (reorder.fulfiller === "store") {
       // placed before reorders named their store: no store could see it
@@ -57,8 +80,10 @@ export async function show(root) {
     }
     fill(list, items.map((reorder) => {
       const name = nameOf(reorder);
+      const sizes = sizesOf(reorder);
       const card = h("li", { class: "card reorder", id: `reorder-${reorder.id}` },
         h("h2", null, `${reorder.quantity} × ${name}`),
+        ...whatWasSent(reorder),
         h("p", null, h("span", { class: `badge badge-${reorder.state}` }, REORDER_STATES[reorder.state] || reorder.state)),
         h("p", { class: "meta" }, `From ${whoFrom(reorder)}${reorder.origin === "partner" ? ", placed by the partner for you" : ""}.`),
         ...storeLines(reorder),
@@ -67,7 +92,7 @@ export async function show(root) {
         card.append(h("div", { class: "actions" }, ...answerButtons(reorder, name)));
       } else if (reorder.state === "requested") {
         const cancel = h("button", { type: "button", class: "button-quiet button-small", id: `cancel-${reorder.id}` },
-          "Cancel this reorder", hidden(` of ${reorder.quantity} × ${name}`));
+          "Cancel this reorder", hidden(` of ${reorder.quantity} × ${name}${sizes ? `, ${sizes}` : ""}`));
         cancel.addEventListener("click", () => busy(cancel, async () => {
           const sure = await confirmAction({
             title: "Cancel this reorder?",
@@ -96,7 +121,8 @@ export async function show(root) {
   }
 
   function answerButtons(reorder, name) {
-    const what = ` the proposal of ${reorder.quantity} × ${name}`;
+    const sizes = sizesOf(reorder);
+    const what = ` the proposal of ${reorder.quantity} × ${name}${sizes ? `, ${sizes}` : ""}`;
     const yes = h("button", { type: "button", class: "button-small", id: `confirm-${reorder.id}` },
       "Confirm", hidden(what));
     const no = h("button", { type: "button", class: "button-quiet button-small", id: `decline-${reorder.id}` },

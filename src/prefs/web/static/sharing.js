@@ -3,27 +3,28 @@
 import * as api from "./api.js";
 import { announce, busy, clearMessages, fill, h, hidden, saveFile, uniqueId, warn, warnAbout } from "./elements.js";
 import {
-  FIELDS, FIELD_LABELS, FIELD_WORDS, endOfDay, friendlyDate, friendlyTime, listWords, localDate,
-  orderedAttributes, plural,
+  FIELDS, FIELD_LABELS, FIELD_WORDS, consentSentence, dayName, endOfDay, exactTime, friendlyDate,
+  friendlyTime, listWords, localDate, orderedAttributes, plural,
 } from "./words.js";
 
 const DEFAULT_FIELDS = ["product", "attributes"];
 
 function audiences(partners, consents) {
   const known = [
-    { audience: "pos", title: "At the till",
+    { audience: "pos", title: "Store tills", who: "the store tills",
       about: "Store tills see these when you give your loyalty card at checkout, so staff can find your size. (A checkout code made under “At the till” works without this; stopping ends your codes too.)" },
-    ...partners.map((p) => ({ audience: `partner:${p.id}`, title: p.name,
+    ...partners.map((p) => ({ audience: `partner:${p.id}`, title: p.name, who: p.name,
       about: `${p.description ? `${p.description} ` : ""}A partner you choose can see these to make or supply your items again, and you can reorder from them.` })),
-    { audience: "purchases", title: "Let the tills add what I buy", writes: true,
+    { audience: "purchases", title: "Let the tills add what I buy", who: "the store tills", writes: true,
       about: "When you give your loyalty card at a till, what you buy is added to your preferences (or counted again if you keep it already), with the store and the day. The tills see nothing of your preferences for this, and every addition shows under “Who looked”." },
-    { audience: "insights", title: "Anonymous demand counts",
+    { audience: "insights", title: "Anonymous demand counts", who: "the anonymous demand counts",
       about: "Once a day the shop's buyers see roughly how many people want a discontinued product back: counts blurred with random noise and shown only for large groups, so nobody can be picked out — never you, never your notes. Your two highest-ranked discontinued items count at most." },
   ];
   // A partner that has left the directory but still holds a grant: show it, so it can be withdrawn.
   for (const consent of consents) {
     if (!known.some((a) => a.audience === consent.audience)) {
-      known.push({ audience: consent.audience, title: consent.recipient, about: "This partner is no longer listed." });
+      known.push({ audience: consent.audience, title: consent.recipient, who: consent.recipient,
+        about: "This partner is no longer listed." });
     }
   }
   return known;
@@ -40,7 +41,7 @@ function whatIsShared(consent, preferences, spec) {
     ? "all your preferences, including ones you add later"
     : listWords(consent.preferences.map((id) => preferences.find((p) => p.id === id)?.product.name || "a preference"));
   const until = consent.expires_at ? `until ${friendlyDate(localDate(consent.expires_at))}` : "until you stop it";
-  return `Shared: ${listWords(consent.fields.map((f) => FIELD_WORDS[f]))} of ${which}, ${until}.`;
+  return `Shared: ${listWords(consent.fields.map((f) => FIELD_WORDS[f]))} in ${which}, ${until}.`;
 }
 
 function preferenceLabel(preference) {
@@ -74,12 +75,21 @@ function audienceCard(spec, consent, preferences, onChanged) {
   for (const radio of [allRadio, someRadio]) {
     radio.addEventListener("change", () => { preferenceBoxes.hidden = allRadio.checked; });
   }
-  const until = h("input", { type: "date", id: `${id}-until`, min: tomorrow(), "aria-describedby": `${id}-until-hint`,
+  const until = h("input", { type: "date", id: `${id}-until`, min: tomorrow(),
+    "aria-describedby": `${id}-until-hint ${id}-until-said`,
     value: consent?.expires_at ? localDate(consent.expires_at) : "" });
+  // the chosen day in the page's words: the date field itself shows the browser's own format
+  const untilSaid = h("p", { class: "hint until-said", id: `${id}-until-said` });
+  const sayUntil = () => {
+    untilSaid.textContent = until.value ? `Sharing ends at the end of ${dayName(until.value)}.` : "";
+  };
+  until.addEventListener("input", sayUntil);
+  until.addEventListener("change", sayUntil);
+  sayUntil();
   const save = h("button", { type: "submit" }, live ? "Save changes" : spec.writes ? "Let them add" : "Share");
   const cancel = h("button", { type: "button", class: "button-quiet" }, "Cancel");
   const heading = h("h2", { id: `${id}-title`, tabindex: "-1" }, spec.title);
-  const form = h("form", { novalidate: true, id: `${id}-form`, hidden: true, "aria-label": spec.writes ? spec.title : `What ${spec.title} may see` },
+  const form = h("form", { novalidate: true, id: `${id}-form`, hidden: true, "aria-label": spec.writes ? spec.title : `What ${spec.who} may see` },
     spec.writes ? null : h("fieldset", null, h("legend", null, "What they may see"), fieldBoxes),
     spec.writes ? null : h("fieldset", null, h("legend", null, "Which preferences"),
       h("div", { class: "check" }, allRadio, h("label", { for: `${id}-all` }, "All, including ones I add later")),
@@ -88,13 +98,13 @@ function audienceCard(spec, consent, preferences, onChanged) {
     h("div", { class: "field" },
       h("label", { for: `${id}-until` }, spec.writes ? "Until (optional)" : "Share until (optional)"),
       h("span", { class: "hint", id: `${id}-until-hint` }, "Leave empty to share until you stop it. Sharing ends at the end of that day."),
-      until),
+      until, untilSaid),
     h("div", { class: "actions" }, save, cancel));
   const open = h("button", { type: "button", class: live ? "button-quiet" : "", "aria-expanded": "false",
     "aria-controls": `${id}-form` }, spec.writes ? (live ? "Change until when" : "Let the tills add what I buy…")
-    : live ? `Change what ${spec.title} sees` : `Share with ${spec.title}…`);
+    : live ? `Change what ${spec.who} may see` : `Share with ${spec.who}…`);
   const stop = live ? h("button", { type: "button", class: "button-danger" },
-    spec.writes ? "Stop adding purchases" : "Stop sharing", spec.writes ? null : hidden(` with ${spec.title}`)) : null;
+    spec.writes ? "Stop adding purchases" : "Stop sharing", spec.writes ? null : hidden(` with ${spec.who}`)) : null;
   const buttons = h("div", { class: "actions" }, open, stop);
   open.addEventListener("click", () => {
     form.hidden = false;
@@ -147,8 +157,8 @@ function audienceCard(spec, consent, preferences, onChanged) {
     await onChanged(spec.audience);
     announce(spec.writes ? "The tills add nothing from now on."
       : spec.audience === "pos"
-      ? `You stopped sharing with ${spec.title}. They see nothing from now on, and your checkout codes have ended.`
-      : `You stopped sharing with ${spec.title}. They see nothing from now on.`);
+      ? `You stopped sharing with ${spec.who}. They see nothing from now on, and your checkout codes have ended.`
+      : `You stopped sharing with ${spec.who}. They see nothing from now on.`);
   }));
 
   return h("section", { class: "card audience", "aria-labelledby": `${id}-title`, "data-audience": spec.audience },
@@ -163,56 +173,45 @@ function audienceCard(spec, consent, preferences, onChanged) {
 
 // --- consent history ------------------------------------------------------------------------
 
-function historySentence(receipt) {
-  const who = receipt.recipient.name;
-  const what = listWords(receipt.fields.map((f) => FIELD_WORDS[f] || f));
-  const which = receipt.preferences === "all" ? "all your preferences" : plural(receipt.preferences.length, "chosen preference");
-  if (receipt.recipient.kind === "purchases") {
-    if (receipt.state === "ConsentGiven") {
-      const until = receipt.expires_at ? `, until ${friendlyDate(localDate(receipt.expires_at))}` : ", until you stop it";
-      return `You let the store tills add what you buy to your preferences${until}.`;
-    }
-    if (receipt.state === "ConsentWithdrawn") return "You stopped the tills adding what you buy.";
-    return "The tills stopped adding what you buy on the day you had set.";
-  }
-  if (receipt.state === "ConsentGiven") {
-    const until = receipt.expires_at ? `, until ${friendlyDate(localDate(receipt.expires_at))}` : ", until you stop it";
-    return `You let ${who} see ${what} of ${which}${until}.`;
-  }
-  if (receipt.state === "ConsentWithdrawn") return `You stopped sharing with ${who}.`;
-  return `Sharing with ${who} ended on the day you had set.`;
-}
-
 const STATE_WORDS = { ConsentGiven: "Consent given", ConsentWithdrawn: "Consent withdrawn", ConsentExpired: "Consent expired" };
-const exact = new Intl.DateTimeFormat(undefined, { dateStyle: "long", timeStyle: "medium" });
 
+/** The receipt: first what it says in a sentence, then its terms in plain words, and the
+ * standard vocabulary and fingerprints last, for whoever checks it. */
 function receiptDetails(entry) {
   const r = entry.receipt;
-  const rows = [
+  const plainRows = [
     ["Receipt number", h("span", { class: "mono" }, r.receipt_id)],
-    ["Recorded", exact.format(new Date(r.timestamp))],
+    ["Recorded", exactTime(r.timestamp)],
     ["What happened", STATE_WORDS[r.state] || r.state],
-    ["Who is responsible (controller)", r.controller.name],
+    ["Who is responsible", r.controller.name],
     ["Shared with", r.recipient.name],
     ["Why", r.purposes.map((p) => p.purpose).join("; ")],
+    ["What they may see", listWords(r.fields.map((f) => FIELD_WORDS[f] || f)) || "nothing"],
+    ...(r.recipient.kind === "purchases" ? [["What they may do", "Add what you buy to your preferences"]] : []),
+    ["Which preferences", r.preferences === "all" ? "All" : plural(r.preferences.length, "preference")],
+    ["Ends", r.expires_at ? exactTime(r.expires_at) : "When you stop it"],
+    ["How it was given", r.collection_method === "self-service" ? "By you, on this page or an app" : r.collection_method],
+  ];
+  const technicalRows = [
     ["Purpose, in the standard vocabulary (W3C DPV)", r.purposes.flatMap((p) => p.dpv).join(", ")],
     ["Kind of consent", r.purposes.map((p) => (p.consent_type === "EXPLICIT" ? "Explicit — you chose it" : p.consent_type)).join(", ")],
     ["Given to a third party", r.purposes.some((p) => p.third_party_disclosure) ? "Yes" : "No"],
     ["Personal data categories", r.pii_categories.join(", ") || "none"],
-    ["What they may see", listWords(r.fields.map((f) => FIELD_WORDS[f] || f)) || "nothing"],
-    ...(r.recipient.kind === "purchases" ? [["What they may do", "Add what you buy to your preferences"]] : []),
-    ["Which preferences", r.preferences === "all" ? "All" : plural(r.preferences.length, "preference")],
-    ["Ends", r.expires_at ? exact.format(new Date(r.expires_at)) : "When you stop it"],
-    ["How it was given", r.collection_method === "self-service" ? "By you, on this page or an app" : r.collection_method],
     ["Receipt format", r.version],
     ["Ledger record", `No. ${entry.seq}`],
     ["Fingerprint", h("span", { class: "mono" }, entry.hash)],
     ["Previous fingerprint", h("span", { class: "mono" }, entry.prev_hash)],
   ];
-  return h("details", null,
+  const terms = (rows) => h("dl", { class: "receipt" }, rows.flatMap(([term, value]) => [h("dt", null, term), h("dd", null, value)]));
+  return h("details", { class: "receipt-details" },
     h("summary", null, "Show the receipt"),
-    h("dl", { class: "receipt" }, rows.flatMap(([term, value]) => [h("dt", null, term), h("dd", null, value)])),
-    h("p", { class: "hint" }, "Each record carries the fingerprint of the one before it, so no change can be slipped in or taken out unseen."),
+    h("p", { class: "receipt-summary" },
+      `In short: ${consentSentence(r)} ${r.controller.name} is responsible for it, and this receipt, recorded ${exactTime(r.timestamp)}, is your proof.`),
+    terms(plainRows),
+    h("details", { class: "technical" },
+      h("summary", null, "Technical details: standard terms and fingerprints"),
+      terms(technicalRows),
+      h("p", { class: "hint" }, "Each record carries the fingerprint of the one before it, so no change can be slipped in or taken out unseen.")),
     receiptDownloads(r.receipt_id));
 }
 
@@ -252,7 +251,7 @@ function receiptDownloads(receiptId) {
 
 function historyEntry(entry) {
   return h("li", { class: "history-entry" },
-    h("p", null, historySentence(entry.receipt)),
+    h("p", null, consentSentence(entry.receipt)),
     h("time", { class: "meta", datetime: entry.receipt.timestamp }, friendlyTime(entry.receipt.timestamp)),
     receiptDetails(entry));
 }

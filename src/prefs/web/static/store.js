@@ -83,12 +83,14 @@ async function poll() {
 function describe(reorder) {
   const item = reorder.item || {};
   const sizes = orderedAttributes(item.attributes || {}).map(([name, value]) => `${attributeLabel(name)} ${value}`).join(", ");
+  // a product a customer typed from memory may have no code: the brand still shows
+  const about = [item.product?.sku ? `Code ${item.product.sku}` : null, item.product?.brand].filter(Boolean).join(" · ");
   return [
     h("h2", null, `${reorder.quantity} × ${item.product?.name || "An item"}`,
       h("span", { class: "meta" }, ` · order ${orderNumber(reorder.id)}`)),
     h("p", null, h("span", { class: `badge badge-${reorder.state}` }, STATES[reorder.state] || reorder.state)),
     sizes ? h("p", null, sizes) : null,
-    item.product?.sku ? h("p", { class: "meta" }, `Code ${item.product.sku}${item.product.brand ? ` · ${item.product.brand}` : ""}`) : null,
+    about ? h("p", { class: "meta" }, about) : null,
     item.note ? h("p", { class: "note" }, `“${item.note}”`) : null,
     h("time", { datetime: reorder.created_at }, `Asked ${friendlyTime(reorder.created_at)}`),
   ];

@@ -87,7 +87,7 @@ export async function show(root) {
       h("img", { class: "qr", src: `data:image/svg+xml,${encodeURIComponent(code.qr_svg)}`,
         alt: `QR code of your checkout code ${grouped}` }),
       countdown,
-      h("p", { class: "meta" }, `The till sees ${listWords(code.fields.map((f) => FIELD_WORDS[f]))} of ${code.preferences === "all" ? "all your preferences" : `${code.preferences.length} chosen`}. The code works only in the first store that uses it. Its look-up will appear under `,
+      h("p", { class: "meta" }, `The till sees ${listWords(code.fields.map((f) => FIELD_WORDS[f]))} in ${code.preferences === "all" ? "all your preferences" : `${code.preferences.length} chosen`}. The code works only in the first store that uses it. Its look-up will appear under `,
         h("a", { href: "#looked" }, "Who looked"), "."),
       code.keep_purchases
         ? h("p", { class: "meta", id: "keep-purchases-note" }, "This till may also add what you buy on this visit to your preferences, once.")
@@ -137,7 +137,7 @@ export async function show(root) {
     h("p", { class: "meta" }, !pos
       ? "Tills cannot find you from your loyalty card: you share nothing with them. A code works anyway."
       : profile.card_status === "confirmed"
-        ? "Tills can also find your preferences from your loyalty card, because you share them “At the till” under Sharing."
+        ? "Tills can also find your preferences from your loyalty card, because you share them with the store tills under Sharing."
         : profile.card_status === "pending"
           ? "Tills cannot find you from your loyalty card until it is confirmed: show a code at the till while your card is scanned."
           : "You have not added a loyalty card under My data. A code works anyway."),

@@ -5,20 +5,32 @@ export const FIELD_LABELS = {
   attributes: "Sizes and details (waist, leg, colour, fit…)",
   note: "Your notes",
 };
-export const FIELD_WORDS = { product: "which products", attributes: "your sizes and details", note: "your notes" };
+export const FIELD_WORDS = { product: "the products", attributes: "your sizes and details", note: "your notes" };
 export const FIELDS = ["product", "attributes", "note"];
+/** The fields in a word each, for short lists ("product, sizes"). */
+export const FIELD_SHORT = { product: "product", attributes: "sizes", note: "note" };
 
 export function listWords(words) {
   if (words.length <= 1) return words.join("");
   return `${words.slice(0, -1).join(", ")} and ${words[words.length - 1]}`;
 }
 
-const timeOnly = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
-const dayAndTime = new Intl.DateTimeFormat(undefined, {
+// Dates and times in the page's language (<html lang>), not the browser's: the words around
+// them are the page's, so "14 September 2023" must not turn into "September 14, 2023".
+export const LANGUAGE = document.documentElement.lang || "en-GB";
+const timeOnly = new Intl.DateTimeFormat(LANGUAGE, { hour: "2-digit", minute: "2-digit" });
+const dayAndTime = new Intl.DateTimeFormat(LANGUAGE, {
   day: "numeric", month: "long", year: "numeric", hour: "2-digit", minute: "2-digit",
 });
-const weekday = new Intl.DateTimeFormat(undefined, { weekday: "long" });
-const dayOnly = new Intl.DateTimeFormat(undefined, { day: "numeric", month: "long", year: "numeric" });
+const weekday = new Intl.DateTimeFormat(LANGUAGE, { weekday: "long" });
+const dayOnly = new Intl.DateTimeFormat(LANGUAGE, { day: "numeric", month: "long", year: "numeric" });
+const dayWithWeekday = new Intl.DateTimeFormat(LANGUAGE, {
+  weekday: "long", day: "numeric", month: "long", year: "numeric",
+});
+const exactly = new Intl.DateTimeFormat(LANGUAGE, { dateStyle: "long", timeStyle: "medium" });
+
+/** "4 December 2026 at 08:30:12": a moment to the second (receipts). */
+export const exactTime = (iso) => exactly.format(new Date(iso));
 
 function startOfDay(date) {
   return new Date(date.getFullYear(), date.getMonth(), date.getDate()).getTime();
@@ -41,10 +53,22 @@ export function friendlyDate(isoDate) {
   return dayOnly.format(new Date(y, m - 1, d));
 }
 
+/** "Monday 4 January 2027" from a date input's "2027-01-04". */
+export function dayName(isoDate) {
+  const [y, m, d] = isoDate.split("-").map(Number);
+  return dayWithWeekday.format(new Date(y, m - 1, d));
+}
+
 /** "4:59" for a number of milliseconds. */
 export function clock(ms) {
   const seconds = Math.max(0, Math.ceil(ms / 1000));
   return `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, "0")}`;
+}
+
+/** "Acme · trousers · code AC-CHINO-CLASSIC"; the code only when the product has one (a product
+ * typed from memory may have none). */
+export function productMeta(product) {
+  return [product.brand, product.category, product.sku ? `code ${product.sku}` : null].filter(Boolean).join(" · ");
 }
 
 export const SIZE_ATTRIBUTES = ["waist", "leg", "size", "colour", "fit"];
@@ -94,4 +118,32 @@ export function localDate(iso) {
   const at = new Date(iso);
   const pad = (n) => String(n).padStart(2, "0");
   return `${at.getFullYear()}-${pad(at.getMonth() + 1)}-${pad(at.getDate())}`;
+}
+
+/** One consent change as a sentence ("You let Stitch & Co. tailors see … until you stop it."). */
+export function consentSentence(receipt) {
+  const who = receipt.recipient.name;
+  const what = listWords(receipt.fields.map((f) => FIELD_WORDS[f] || f));
+  const which = receipt.preferences === "all" ? "all your preferences" : plural(receipt.preferences.length, "chosen preference");
+  const until = receipt.expires_at ? `, until ${friendlyDate(localDate(receipt.expires_at))}` : ", until you stop it";
+  if (receipt.recipient.kind === "purchases") {
+    if (receipt.state === "ConsentGiven") return `You let the store tills add what you buy to your preferences${until}.`;
+    if (receipt.state === "ConsentWithdrawn") return "You stopped the tills adding what you buy.";
+    return "The tills stopped adding what you buy on the day you had set.";
+  }
+  if (receipt.state === "ConsentGiven") return `You let ${who} see ${what} in ${which}${until}.`;
+  if (receipt.state === "ConsentWithdrawn") return `You stopped sharing with ${who}.`;
+  return `Sharing with ${who} ended on the day you had set.`;
+}
+
+/** The audiences a consent lets see preferences (not the tills adding purchases, not the
+ * anonymous counts, which show nobody a preference). */
+export const SEEING = (audience) => audience === "pos" || audience.startsWith("partner:");
+
+/** Who may see ``preference`` under ``consents``: [{audience, name, fields}], tills first. */
+export function whoMaySee(preference, consents) {
+  return consents
+    .filter((c) => SEEING(c.audience) && (c.preferences === "all" || c.preferences.includes(preference.id)))
+    .map((c) => ({ audience: c.audience, name: c.audience === "pos" ? "Store tills" : c.recipient, fields: c.fields }))
+    .sort((a, b) => (a.audience === "pos" ? -1 : b.audience === "pos" ? 1 : a.name.localeCompare(b.name, LANGUAGE)));
 }
