@@ -154,3 +154,27 @@ class PgBouncer:
 def pgbouncer(server_url: str, pool_size: int = 2) -> Iterator[PgBouncer]:
     with PgBouncer(server_url, pool_size) as bouncer:
         yield bouncer
+
+
+def main() -> None:
+    """`python -m tests.support.pgbouncer SERVER_URL DATABASE_URL [POOL_SIZE]`: run PgBouncer in
+    front of SERVER_URL until SIGTERM or SIGINT, after printing the URL that reaches
+    DATABASE_URL's database through it (the Locust smoke run uses this)."""
+    import sys
+
+    server_url, database_url = sys.argv[1], sys.argv[2]
+    pool_size = int(sys.argv[3]) if len(sys.argv) > 3 else 2
+
+    def stop(*_: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    with PgBouncer(server_url, pool_size) as bouncer:
+        print(bouncer.url(database_url), flush=True)
+        while bouncer.process is not None and bouncer.process.poll() is None:
+            time.sleep(0.5)
+        raise SystemExit(f"pgbouncer stopped: {bouncer.log()}")
+
+
+if __name__ == "__main__":
+    main()
