@@ -243,7 +243,9 @@ def _locust_figures(cluster: Cluster) -> dict[str, Any]:
     }
 
 
-def test_locust_through_haproxy_loses_nothing_when_an_instance_is_killed(cluster: Cluster):
+def test_locust_through_haproxy_loses_nothing_when_an_instance_is_killed(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+):
     victim = cluster.instances[1]
     tracker = Tracker()
     started = time.monotonic()
@@ -317,10 +319,32 @@ def test_locust_through_haproxy_loses_nothing_when_an_instance_is_killed(cluster
     preferences, reorders = asyncio.run(stored())
     acknowledged = len(tracker.preferences) + len(tracker.reorders)
     lost = acknowledged - preferences - reorders
+    with capsys.disabled():  # the figures belong in CI's log too
+        _print_figures(
+            cluster, figures, tracker, failures_by_second, restarted[0] - kill_mono, lost
+        )
+    assert figures["requests"] > 0 and acknowledged > 0
+    assert not outside, f"Locust failures away from the kill: {outside}\n{output}"
+    assert not tracker_outside, f"tracker failures away from the kill: {tracker_outside}"
+    assert figures["failures"] + len(tracker.failed) <= in_flight_bound, output
+    assert lost == 0
+    assert preferences == len(tracker.preferences) and reorders == len(tracker.reorders)
+
+
+def _print_figures(
+    cluster: Cluster,
+    figures: dict[str, Any],
+    tracker: Tracker,
+    failures_by_second: list[tuple[int, int]],
+    back_after: float,
+    lost: int,
+) -> None:
+    victim = cluster.instances[1]
+    acknowledged = len(tracker.preferences) + len(tracker.reorders)
     print(
         f"\nscale-out [{cluster.via}] 3 instances behind HAProxy, {USERS} Locust users, "
         f"{LOCUST_SECONDS} s, instance {victim.name} SIGKILLed at {KILL_AFTER} s and back in "
-        f"{restarted[0] - kill_mono:.1f} s\n"
+        f"{back_after:.1f} s\n"
         f"  locust: {figures['requests']} requests, {figures['rps']:.1f} req/s, "
         f"p50 {figures['p50']} ms, p95 {figures['p95']} ms, p99 {figures['p99']} ms, "
         f"{figures['failures']} failed (by second: {failures_by_second})\n"
@@ -330,12 +354,6 @@ def test_locust_through_haproxy_loses_nothing_when_an_instance_is_killed(cluster
         f"the same Idempotency-Key), lost = {lost}\n"
         f"  tracker failures: {[what for _, what in tracker.failed]}"
     )
-    assert figures["requests"] > 0 and acknowledged > 0
-    assert not outside, f"Locust failures away from the kill: {outside}\n{output}"
-    assert not tracker_outside, f"tracker failures away from the kill: {tracker_outside}"
-    assert figures["failures"] + len(tracker.failed) <= in_flight_bound, output
-    assert lost == 0
-    assert preferences == len(tracker.preferences) and reorders == len(tracker.reorders)
 
 
 def test_the_miss_throttle_counts_misses_on_every_instance_as_one(cluster: Cluster):
