@@ -6,6 +6,9 @@
 #   bash loadtests/run_smoke.sh            # embedded PostgreSQL in a temporary data dir
 #   PREFS_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres bash loadtests/run_smoke.sh
 #                                          # a throwaway database on that server, dropped afterwards
+#   SMOKE_POOLER=pgbouncer PREFS_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \
+#       bash loadtests/run_smoke.sh        # the same, the service reaching it through PgBouncer in
+#                                          # transaction mode (PREFS_DATABASE_POOLER=transaction)
 #
 # Knobs: SMOKE_CUSTOMERS (2000), SMOKE_USERS (12; 8 or more, or no partner user is spawned),
 # SMOKE_SECONDS (15). About 25 s in all. Latency limits are loose on purpose (the machine is
@@ -21,6 +24,7 @@ PY="$(uv run --locked python -c 'import sys; print(sys.executable)')"
 BIN="$(dirname "$PY")"
 WORK="$(mktemp -d -t prefs-smoke.XXXXXX)"
 SERVER_PID=""
+BOUNCER_PID=""
 SMOKE_DB=""
 ADMIN_URL="${PREFS_DATABASE_URL:-}"
 mkdir -p "$RESULTS"
@@ -42,6 +46,10 @@ cleanup() {
         kill -TERM "$SERVER_PID"
         for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.2; done
         kill -KILL "$SERVER_PID" 2>/dev/null || true
+    fi
+    if [[ -n $BOUNCER_PID ]] && kill -0 "$BOUNCER_PID" 2>/dev/null; then
+        kill -TERM "$BOUNCER_PID"
+        wait "$BOUNCER_PID" 2>/dev/null || true
     fi
     if [[ -n $SMOKE_DB ]]; then
         admin_sql "$ADMIN_URL" "DROP DATABASE IF EXISTS $SMOKE_DB WITH (FORCE)" || true
@@ -66,6 +74,28 @@ if [[ -n $ADMIN_URL ]]; then
 else
     echo "database: embedded PostgreSQL under $PREFS_DATA_DIR"
 fi
+DIRECT_URL="${PREFS_DATABASE_URL:-}"  # the seed writes straight to the database
+
+case "${SMOKE_POOLER:-none}" in
+    none) ;;
+    pgbouncer)
+        if [[ -z $ADMIN_URL ]]; then
+            echo "SMOKE_POOLER=pgbouncer needs PREFS_DATABASE_URL: a server to put PgBouncer in front of"
+            exit 1
+        fi
+        "$PY" -m tests.support.pgbouncer "$ADMIN_URL" "$PREFS_DATABASE_URL" 4 >"$WORK/pgbouncer.url" &
+        BOUNCER_PID=$!
+        for _ in $(seq 1 100); do
+            [[ -s $WORK/pgbouncer.url ]] && break
+            kill -0 "$BOUNCER_PID" 2>/dev/null || { echo "pgbouncer did not start"; exit 1; }
+            sleep 0.1
+        done
+        PREFS_DATABASE_URL="$(head -n 1 "$WORK/pgbouncer.url")"
+        export PREFS_DATABASE_URL PREFS_DATABASE_POOLER=transaction
+        echo "through PgBouncer in transaction mode (4 server connections): $PREFS_DATABASE_URL"
+        ;;
+    *) echo "SMOKE_POOLER must be none or pgbouncer"; exit 1 ;;
+esac
 
 PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 "$BIN/prefs" serve --host 127.0.0.1 --port "$PORT" --workers 1 >"$WORK/serve.log" 2>&1 &
@@ -78,7 +108,7 @@ done
 curl -fsS "http://127.0.0.1:$PORT/health/ready"
 echo
 
-"$PY" loadtests/seed.py --customers "$CUSTOMERS" --preferences 5 --tills 8 --stores 2 \
+PREFS_DATABASE_URL="$DIRECT_URL" "$PY" loadtests/seed.py --customers "$CUSTOMERS" --preferences 5 --tills 8 --stores 2 \
     --output "$WORK/seed.json"
 
 "$BIN/locust" -f loadtests/locustfile.py --headless --only-summary --loglevel WARNING \

@@ -1,6 +1,8 @@
 """Alembic environment: plain-SQL revisions run through the asyncpg driver."""
 
 import asyncio
+import uuid
+from typing import Any
 
 from alembic import context
 from sqlalchemy.engine import Connection
@@ -18,8 +20,23 @@ def _run(connection: Connection) -> None:
     record_lineage(connection, context.script, context.get_context().get_current_heads())
 
 
+def _connect_args() -> dict[str, Any]:
+    """Behind a pooler in transaction mode (PREFS_DATABASE_POOLER=transaction) a prepared
+    statement must not outlive its transaction nor meet another client's of the same name on a
+    shared server connection: no caches, and names no other client picks."""
+    if context.config.attributes.get("pooler") != "transaction":
+        return {}
+    return {
+        "statement_cache_size": 0,
+        "prepared_statement_cache_size": 0,
+        "prepared_statement_name_func": lambda: f"__prefs_migration_{uuid.uuid4().hex}__",
+    }
+
+
 async def _main() -> None:
-    engine = create_async_engine(context.config.attributes["database_url"], poolclass=NullPool)
+    engine = create_async_engine(
+        context.config.attributes["database_url"], poolclass=NullPool, connect_args=_connect_args()
+    )
     async with engine.connect() as connection:
         await connection.run_sync(_run)
         await connection.commit()

@@ -8,6 +8,7 @@ servers, databases and each actor's steps are in tests/support/, which tests imp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import sys
@@ -27,6 +28,7 @@ from prefs.settings import Settings, load
 from tests.support import socket_audit
 from tests.support.customer import CustomerSession, bearer
 from tests.support.database import Database, admin, with_database
+from tests.support.pgbouncer import MISSING, PgBouncer, pgbouncer_path
 from tests.support.servers import LiveServer
 from tests.support.stores import HIGH_STREET, in_directory
 from tests.support.till import confirm_card
@@ -47,12 +49,38 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
     name = f"prefs_test_{os.getpid()}_{secrets.token_hex(3)}"
     asyncio.run(admin(server_url, f"CREATE DATABASE {name}"))
     url = with_database(server_url, name)
-    db.migrate(url)
-    asyncio.run(_add_high_street(url))
-    yield Database(url=url, server_url=server_url, name=name, embedded=embedded)
+    with _pooler(server_url) as bouncer:
+        app_url = bouncer.url(url) if bouncer else url
+        pooler = "transaction" if bouncer else "none"
+        db.migrate(app_url, pooler=pooler)  # as `prefs serve` would, through the pooler
+        asyncio.run(_add_high_street(url))
+        yield Database(
+            url=url,
+            server_url=server_url,
+            name=name,
+            embedded=embedded,
+            app_url=app_url,
+            pooler=pooler,
+        )
     asyncio.run(admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
     if embedded is not None:
         embedded.stop()
+
+
+@contextlib.contextmanager
+def _pooler(server_url: str) -> Iterator[PgBouncer | None]:
+    """PREFS_TEST_POOLER=pgbouncer: the service under test reaches the database through a real
+    PgBouncer in transaction mode (PREFS_TEST_POOLER_SIZE server connections, 4 by default)."""
+    wanted = os.environ.get("PREFS_TEST_POOLER", "")
+    if wanted in ("", "none"):
+        yield None
+        return
+    if wanted != "pgbouncer":
+        raise pytest.UsageError("PREFS_TEST_POOLER must be 'pgbouncer' or unset")
+    if pgbouncer_path() is None:
+        raise pytest.UsageError(f"PREFS_TEST_POOLER=pgbouncer: {MISSING}")
+    with PgBouncer(server_url, int(os.environ.get("PREFS_TEST_POOLER_SIZE", "4"))) as bouncer:
+        yield bouncer
 
 
 async def _add_high_street(url: str) -> None:
@@ -72,7 +100,7 @@ def settings(database: Database, tmp_path_factory: pytest.TempPathFactory) -> Se
     return load(
         {
             "PREFS_DATA_DIR": str(data_dir),
-            "PREFS_DATABASE_URL": database.url,
+            **database.app_env,
             "PREFS_CUSTOMER_REQUESTS_PER_MINUTE": "1000000",
             # The session's server runs no expiry or purge of its own: tests that check what a
             # read leaves untouched would race it. Tests run those jobs themselves

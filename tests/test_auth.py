@@ -218,7 +218,7 @@ def external_settings(database: Database, data_dir: Path, jwks: Path, env: str) 
     environ = {
         "PREFS_ENV": env,
         "PREFS_DATA_DIR": str(data_dir),
-        "PREFS_DATABASE_URL": database.url,
+        **database.app_env,
         "PREFS_JWT_ISSUER": EXTERNAL_ISSUER,
         "PREFS_JWT_AUDIENCE": EXTERNAL_AUDIENCE,
         "PREFS_JWT_JWKS": str(jwks),

@@ -34,6 +34,7 @@ def prefs_command(settings: Settings, *args: str) -> subprocess.CompletedProcess
         **os.environ,
         "PREFS_DATA_DIR": str(settings.data_dir),
         "PREFS_DATABASE_URL": settings.database_url or "",
+        "PREFS_DATABASE_POOLER": settings.database_pooler,
         "PREFS_LOG_LEVEL": "WARNING",
     }
     return subprocess.run(

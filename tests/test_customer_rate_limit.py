@@ -23,7 +23,7 @@ def limited_server(settings: Settings, database: Database) -> Iterator[LiveServe
     limited = load(
         {
             "PREFS_DATA_DIR": str(settings.data_dir),
-            "PREFS_DATABASE_URL": database.url,
+            **database.app_env,
             "PREFS_CUSTOMER_REQUESTS_PER_MINUTE": str(PER_MINUTE),
         }
     )
@@ -73,7 +73,7 @@ def test_the_limit_cannot_be_set_below_ten(settings: Settings, database: Databas
         load(
             {
                 "PREFS_DATA_DIR": str(settings.data_dir),
-                "PREFS_DATABASE_URL": database.url,
+                **database.app_env,
                 "PREFS_CUSTOMER_REQUESTS_PER_MINUTE": "3",
             }
         )

@@ -52,7 +52,7 @@ def exact_server(settings: Settings, database: Database) -> Iterator[LiveServer]
     exact = load(
         {
             "PREFS_DATA_DIR": str(settings.data_dir),
-            "PREFS_DATABASE_URL": database.url,
+            **database.app_env,
             "PREFS_INSIGHTS_EPSILON": "1000",
             "PREFS_INSIGHTS_READS_PER_DAY": str(EXACT_READS_PER_DAY),
         }

@@ -285,7 +285,7 @@ async def test_the_service_purges_on_its_own_schedule(
     every_five_seconds = load(
         {
             "PREFS_DATA_DIR": str(settings.data_dir),
-            "PREFS_DATABASE_URL": database.url,
+            **database.app_env,
             "PREFS_PURGE_INTERVAL": "5",
             "PREFS_POOL_MIN_SIZE": "1",
         }

@@ -80,7 +80,7 @@ async def test_the_service_and_rotation_refuse_a_retired_primary(
         {
             "PREFS_ENV": "development",
             "PREFS_DATA_DIR": str(tmp_path),
-            "PREFS_DATABASE_URL": database.url,
+            **database.app_env,
             "PREFS_MASTER_KEYS": key_setting(RETIRED),
         }
     )

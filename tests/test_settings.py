@@ -183,6 +183,15 @@ def test_a_bad_number_is_refused_naming_the_setting(tmp_path, name, value):
     assert name in str(raised.value)
 
 
+def test_the_database_pooler_is_none_unless_set_and_an_unknown_one_is_refused(tmp_path):
+    assert load({"PREFS_DATA_DIR": str(tmp_path)}).database_pooler == "none"
+    pooled = load({"PREFS_DATA_DIR": str(tmp_path), "PREFS_DATABASE_POOLER": "transaction"})
+    assert pooled.database_pooler == "transaction"
+    with pytest.raises(SettingsError) as raised:
+        load({"PREFS_DATA_DIR": str(tmp_path), "PREFS_DATABASE_POOLER": "session"})
+    assert str(raised.value) == "PREFS_DATABASE_POOLER must be one of none, transaction"
+
+
 def test_development_creates_owner_only_keys_and_reuses_them(tmp_path):
     data_dir = tmp_path / "fresh" / ".prefs"
     first = load({"PREFS_DATA_DIR": str(data_dir)})

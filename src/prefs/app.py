@@ -54,8 +54,9 @@ def _lifespan(settings: Settings) -> Any:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if settings.database_url is None:
             raise RuntimeError("no database URL: start the service with `prefs serve`")
+        pooler = settings.database_pooler
         app.state.pool = await db.create_pool(
-            settings.database_url, settings.pool_min_size, settings.pool_max_size
+            settings.database_url, settings.pool_min_size, settings.pool_max_size, pooler=pooler
         )
         try:
             async with app.state.pool.acquire() as conn:
@@ -67,7 +68,9 @@ def _lifespan(settings: Settings) -> Any:
             settings.database_url,
             1,
             settings.lookup_batches_in_flight,
-            server_settings=LOOKUP_SERVER_SETTINGS,
+            # behind a transaction pooler each batch sets them for its own transaction
+            server_settings=None if pooler == "transaction" else LOOKUP_SERVER_SETTINGS,
+            pooler=pooler,
         )
         app.state.lookup_batcher = LookupBatcher(
             app.state.lookup_pool,
@@ -76,6 +79,7 @@ def _lifespan(settings: Settings) -> Any:
             settings.lookup_misses_per_minute_per_key,
             settings.lookup_misses_per_minute_per_store,
             vault=app.state.vault,
+            settings_per_transaction=pooler == "transaction",
         )
         purger = asyncio.create_task(
             retention.run_periodically(

@@ -16,7 +16,7 @@ import click
 
 from prefs import db
 from prefs.catalogue import commands as catalogue_commands
-from prefs.settings import Settings, SettingsError, load, log_settings
+from prefs.settings import Settings, SettingsError, database_pooler, load, log_settings
 from prefs.stores import commands as store_commands
 
 T = TypeVar("T")
@@ -53,7 +53,7 @@ class Database:
 
 def _run(url: str, action: Callable[[Any], Awaitable[T]]) -> T:
     async def main() -> T:
-        conn = await db.connect(url)
+        conn = await db.connect(url, pooler=database_pooler(os.environ))
         try:
             return await action(conn)
         finally:
@@ -84,7 +84,7 @@ def serve(host: str, port: int, workers: int) -> None:
     with listening, Database(settings) as url:
         schema = _schema(url)
         if schema.state != "ahead":  # a later release's schema serves this one as it is
-            db.migrate(url)
+            db.migrate(url, pooler=settings.database_pooler)
         settings = load({**os.environ, "PREFS_DATABASE_URL": url})
         if schema.state == "behind":  # each start after this would walk the tables again
             _seal_backlog(settings, url)
@@ -217,7 +217,7 @@ def migrate() -> None:
                 f"{db.head_revision()}): nothing to do"
             )
             return
-        db.migrate(url)
+        db.migrate(url, pooler=settings.database_pooler)
         click.echo(f"schema at {db.head_revision()}")
         _seal_backlog(settings, url)
 

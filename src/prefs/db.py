@@ -119,10 +119,33 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
     return None
 
 
+def pooler_options(pooler: str) -> dict[str, Any]:
+    """asyncpg's options behind ``pooler`` (PREFS_DATABASE_POOLER).
+
+    Behind a pooler in transaction mode a client connection holds a server connection for one
+    transaction only, so nothing may outlive one: no named prepared statements (asyncpg's
+    statement cache keeps them on the server session), hence no cache. asyncpg still prepares
+    each statement, unnamed, and binds it before its Sync, which a pooler keeps on one server.
+    """
+    return {"statement_cache_size": 0} if pooler == "transaction" else {}
+
+
 async def create_pool(
-    url: str, min_size: int, max_size: int, server_settings: dict[str, str] | None = None
+    url: str,
+    min_size: int,
+    max_size: int,
+    server_settings: dict[str, str] | None = None,
+    *,
+    pooler: str = "none",
 ) -> asyncpg.Pool:
-    """A pool whose connections speak jsonb through msgspec."""
+    """A pool whose connections speak jsonb through msgspec.
+
+    ``server_settings`` are sent when a connection starts, which a pooler in transaction mode
+    refuses (PgBouncer only passes on a few parameters) and would not keep for the next
+    transaction anyway: there, a caller applies its settings with SET LOCAL per transaction.
+    """
+    if server_settings and pooler == "transaction":
+        raise ValueError("behind a transaction pooler, apply server settings with SET LOCAL")
     pool = await asyncpg.create_pool(
         asyncpg_dsn(url),
         min_size=min_size,
@@ -134,14 +157,15 @@ async def create_pool(
         command_timeout=30,
         max_inactive_connection_lifetime=300,
         server_settings=server_settings,
+        **pooler_options(pooler),
     )
     assert pool is not None
     return pool
 
 
-async def connect(url: str) -> asyncpg.Connection:
+async def connect(url: str, *, pooler: str = "none") -> asyncpg.Connection:
     """One connection outside the pool (commands and tests)."""
-    conn = await asyncpg.connect(asyncpg_dsn(url))
+    conn: asyncpg.Connection = await asyncpg.connect(asyncpg_dsn(url), **pooler_options(pooler))
     await _init_connection(conn)
     return conn
 
@@ -152,12 +176,13 @@ def migrations_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "migrations"
 
 
-def alembic_config(url: str) -> Any:
+def alembic_config(url: str, pooler: str = "none") -> Any:
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     config.attributes["database_url"] = sqlalchemy_url(url)
+    config.attributes["pooler"] = pooler
     return config
 
 
@@ -175,17 +200,17 @@ def run_sql(script: str) -> None:
     await_(driver.execute(script))
 
 
-def migrate(url: str, revision: str = "head") -> None:
+def migrate(url: str, revision: str = "head", *, pooler: str = "none") -> None:
     """Upgrade the schema to ``revision`` (blocking; run it outside an event loop)."""
     from alembic import command
 
-    command.upgrade(alembic_config(url), revision)
+    command.upgrade(alembic_config(url, pooler), revision)
 
 
-def downgrade(url: str, revision: str) -> None:
+def downgrade(url: str, revision: str, *, pooler: str = "none") -> None:
     from alembic import command
 
-    command.downgrade(alembic_config(url), revision)
+    command.downgrade(alembic_config(url, pooler), revision)
 
 
 def head_revision() -> str:

@@ -70,6 +70,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     access_log_retention_days: int = 400
     pool_min_size: int = 2
     pool_max_size: int = 16
+    # what stands between the service and PostgreSQL: "none", or a pooler in transaction mode
+    # (PgBouncer's pool_mode = transaction), where a connection is ours for one transaction only
+    database_pooler: str = "none"
     max_body_bytes: int = 65_536
     purge_interval_seconds: int = 300
     expiry_interval_seconds: int = 60
@@ -238,6 +241,18 @@ def _oidc(
     }
 
 
+POOLERS = ("none", "transaction")
+
+
+def database_pooler(environ: Mapping[str, str]) -> str:
+    """PREFS_DATABASE_POOLER: ``none`` (connections straight to PostgreSQL) or ``transaction``
+    (a pooler such as PgBouncer in transaction mode in between)."""
+    pooler = environ.get("PREFS_DATABASE_POOLER", "").strip() or "none"
+    if pooler not in POOLERS:
+        raise SettingsError("PREFS_DATABASE_POOLER must be one of " + ", ".join(POOLERS))
+    return pooler
+
+
 def _text(environ: Mapping[str, str], name: str, default: str) -> str:
     """A text setting, stripped; unset or empty gives the default."""
     return environ.get(name, "").strip() or default
@@ -350,6 +365,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         access_log_retention_days=_int(environ, "PREFS_ACCESS_LOG_RETENTION_DAYS", 400, minimum=1),
         pool_min_size=pool_min,
         pool_max_size=_int(environ, "PREFS_POOL_MAX_SIZE", 16, minimum=pool_min),
+        database_pooler=database_pooler(environ),
         max_body_bytes=_int(environ, "PREFS_MAX_BODY_BYTES", 65_536, minimum=1024),
         purge_interval_seconds=_int(environ, "PREFS_PURGE_INTERVAL", 300, minimum=5),
         expiry_interval_seconds=_int(environ, "PREFS_EXPIRY_INTERVAL", 60, minimum=1),

@@ -11,10 +11,21 @@ from prefs import db
 
 @dataclass
 class Database:
-    url: str
+    url: str  # straight to PostgreSQL: the tests' own connections (setup, looking at rows)
     server_url: str
     name: str
     embedded: db.EmbeddedPostgres | None
+    # what the service under test is given: through PgBouncer when PREFS_TEST_POOLER=pgbouncer
+    app_url: str = ""
+    pooler: str = "none"
+
+    @property
+    def app_env(self) -> dict[str, str]:
+        """The settings that point a service under test at this database."""
+        return {
+            "PREFS_DATABASE_URL": self.app_url or self.url,
+            "PREFS_DATABASE_POOLER": self.pooler,
+        }
 
 
 async def admin(url: str, sql: str) -> None:

@@ -186,6 +186,13 @@ LOOKUP_SERVER_SETTINGS = {
     "enable_seqscan": "off",
     "jit": "off",
 }
+# The same, for one transaction: behind a pooler in transaction mode a connection's session is
+# not ours between transactions (and PgBouncer refuses these as start-up parameters). There the
+# lookup and its log go in one transaction that begins with these, and each batch's statement is
+# planned again (its plan is not kept between transactions either).
+LOOKUP_LOCAL_SETTINGS = "; ".join(
+    f"SET LOCAL {name} = {value}" for name, value in LOOKUP_SERVER_SETTINGS.items()
+)
 
 
 class LookupBatcher(GroupCommit[Request, "asyncpg.Record | None"]):
@@ -203,8 +210,11 @@ class LookupBatcher(GroupCommit[Request, "asyncpg.Record | None"]):
         misses_per_store: int = 120,
         *,
         vault: Vault,
+        settings_per_transaction: bool = False,
     ) -> None:
         super().__init__(pool, max_batch, in_flight)
+        # True behind a transaction pooler: LOOKUP_LOCAL_SETTINGS in each batch's transaction
+        self.settings_per_transaction = settings_per_transaction
         self.vault = vault  # seals each hit's access-log record under its customer's data key
         self.limits = (misses_per_key, misses_per_store)  # per minute, across all workers
         self.statements = 0  # lookup statements sent, for tests and the curious
@@ -219,6 +229,15 @@ class LookupBatcher(GroupCommit[Request, "asyncpg.Record | None"]):
     ) -> tuple[list[asyncpg.Record], dict[int, Exception]]:
         """The batch's rows, once the records of its hits are committed; and the lookups that
         cannot be answered because their data key cannot be unwrapped."""
+        if self.settings_per_transaction:
+            async with conn.transaction():
+                await conn.execute(LOOKUP_LOCAL_SETTINGS)
+                return await self._lookup_and_log(conn, requests)
+        return await self._lookup_and_log(conn, requests)
+
+    async def _lookup_and_log(
+        self, conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record], requests: Sequence[Request]
+    ) -> tuple[list[asyncpg.Record], dict[int, Exception]]:
         self.statements += 1
         rows: list[asyncpg.Record] = await conn.fetch(LOOKUP, *_arguments(requests), *self.limits)
         visits, broken = _log_visits(self.vault, rows)
