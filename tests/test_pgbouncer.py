@@ -174,7 +174,7 @@ async def test_migrations_run_through_pgbouncer(bouncer, database):
         await asyncio.to_thread(db.migrate, url, pooler="transaction")
         pooled: Any = await db.connect(url, pooler="transaction")
         try:
-            assert await db.schema_at_head(pooled, db.head_revision())
+            assert (await db.schema_state(pooled, db.head_revision())).state == "head"
         finally:
             await pooled.close()
     finally:
