@@ -33,6 +33,17 @@ ORDER BY position
 LIMIT $3
 """
 
+CUSTOMER_OF = "SELECT customer_id FROM feed_entries WHERE recipient = $1 AND reorder_id = $2"
+
+
+async def customer_of(
+    conn: asyncpg.Connection, recipient: str, reorder_id: uuid.UUID
+) -> uuid.UUID | None:
+    """Whose reorder this is, if it is addressed to ``recipient`` (a partner or store names a
+    reorder by its id alone; its entry says which customer's rows to read)."""
+    customer_id: uuid.UUID | None = await conn.fetchval(CUSTOMER_OF, recipient, reorder_id)
+    return customer_id
+
 
 def partner(partner_id: uuid.UUID) -> str:
     """The recipient name of a partner's feed (its reorders' fulfiller)."""

@@ -207,7 +207,9 @@ async def replay_for_partner(
     ):
         raise NotFound("No such preference for this customer reference.")
     first = _partner_reorder.decode(answer)
-    row = await conn.fetchrow(ONE_FOR_PARTNER, first.id, partner.partner_id, window_days)
+    row = await conn.fetchrow(
+        ONE_FOR_PARTNER, first.id, partner.partner_id, window_days, customer_id
+    )
     assert row is not None
     first.preference_id = row["preference_ref"]  # an answer stored before ids were pairwise
     first.fields = shown_to_partner(row)
@@ -274,7 +276,7 @@ SELECT r.reorder_id, r.preference_ref, {STATE_SEEN}, r.fields, r.snapshot_ct,
        {PARTNER_SIGHT.replace("$WINDOW", "$3")}
 FROM reorders r
 {GRANT_IN_FORCE}
-WHERE r.reorder_id = $1 AND r.partner_id = $2
+WHERE r.customer_id = $4 AND r.reorder_id = $1 AND r.partner_id = $2
 """
 
 
@@ -316,11 +318,10 @@ async def feed(
 
 FOR_PARTNER = f"""
 SELECT r.customer_id, r.reorder_id, r.preference_id, r.preference_ref, r.origin, r.quantity,
-       {STATE_SEEN}, r.fields, r.snapshot_ct, r.created_at, r.updated_at, pr.ref
+       {STATE_SEEN}, r.fields, r.snapshot_ct, r.created_at, r.updated_at
 FROM reorders r
-LEFT JOIN partner_refs pr ON pr.partner_id = r.partner_id AND pr.customer_id = r.customer_id
 {GRANT_IN_FORCE}
-WHERE r.reorder_id = $1 AND r.partner_id = $2
+WHERE r.customer_id = $3 AND r.reorder_id = $1 AND r.partner_id = $2
 FOR UPDATE OF r
 """
 MOVE = """
@@ -339,17 +340,24 @@ async def set_status(
 
     The answer carries no item details: partners read those from the feed.
     """
+    assert partner.partner_id is not None
     async with conn.transaction():
-        row = await conn.fetchrow(FOR_PARTNER, reorder_id, partner.partner_id)
+        customer_id = await feeds.customer_of(conn, feeds.partner(partner.partner_id), reorder_id)
+        row = (
+            None
+            if customer_id is None
+            else await conn.fetchrow(FOR_PARTNER, reorder_id, partner.partner_id, customer_id)
+        )
         if row is None:
             raise NotFound("No such reorder.")
+        ref = await partner_refs.reference(conn, partner.partner_id, row["customer_id"])
         if row["state"] != state:
             if (row["state"], state) not in PARTNER_MOVES:
                 raise Conflict(f"A {row['state']} reorder cannot become {state}.")
             moved = await conn.fetchrow(MOVE, row["customer_id"], reorder_id, state)
             assert moved is not None
-            return _partner_view({**dict(row), **dict(moved)}, row["ref"], None, [])
-        return _partner_view(row, row["ref"], None, [])
+            return _partner_view({**dict(row), **dict(moved)}, ref, None, [])
+        return _partner_view(row, ref, None, [])
 
 
 PARTNER_PREFERENCES = f"""

@@ -236,7 +236,7 @@ async def queue(
 
 FOR_STORE = """
 SELECT customer_id, reorder_id, quantity, state, fields, created_at, updated_at
-FROM reorders WHERE reorder_id = $1 AND store_id = $2
+FROM reorders WHERE customer_id = $3 AND reorder_id = $1 AND store_id = $2
 FOR UPDATE
 """
 MOVE = """
@@ -253,8 +253,14 @@ async def set_status(
     """Move one of the store's reorders on (requested → accepted → ready → collected, or
     declined); repeating the current state is a no-op. 404 for another store's reorder. The
     answer carries no item: the queue shows it."""
+    assert till.store is not None
     async with conn.transaction():
-        row = await conn.fetchrow(FOR_STORE, reorder_id, till.store)
+        customer_id = await feeds.customer_of(conn, feeds.store(till.store), reorder_id)
+        row = (
+            None
+            if customer_id is None
+            else await conn.fetchrow(FOR_STORE, reorder_id, till.store, customer_id)
+        )
         if row is None:
             raise NotFound("No such reorder for this store.")
         if row["state"] == state:
