@@ -360,13 +360,14 @@ async def set_status(
         return _partner_view(row, ref, None, [])
 
 
+# The customer comes first from the partner's reference (found by partner), then everything else
+# by customer: `hit` is inlined wherever it is used, so every table is read on that customer's
+# node alone.
 PARTNER_PREFERENCES = f"""
-WITH target AS (
-    SELECT customer_id FROM partner_refs WHERE partner_id = $1 AND ref = $2
-), hit AS (
+WITH hit AS NOT MATERIALIZED (
     SELECT g.customer_id, g.fields, g.preference_ids
-    FROM target JOIN consents g ON g.customer_id = target.customer_id AND g.audience = $3
-    WHERE {IN_FORCE}
+    FROM consents g
+    WHERE g.customer_id = $1 AND g.audience = $2 AND {IN_FORCE}
 ), shown AS ({SHOWN})
 SELECT hit.customer_id, hit.fields, k.generation, k.wrapped,
        shown.preference_id, shown.rank, shown.status, shown.product_ct, shown.attributes_ct,
@@ -384,8 +385,13 @@ async def partner_preferences(
     """The granted fields of the granted preferences of a consenting customer, logged."""
     assert partner.partner_id is not None
     async with conn.transaction():
-        rows = await conn.fetch(
-            PARTNER_PREFERENCES, partner.partner_id, ref, partner_audience(partner.partner_id)
+        customer_id = await partner_refs.customer_of(conn, partner.partner_id, ref)
+        rows = (
+            []
+            if customer_id is None
+            else await conn.fetch(
+                PARTNER_PREFERENCES, customer_id, partner_audience(partner.partner_id)
+            )
         )
         if not rows:
             raise NotFound("No such customer reference.")
