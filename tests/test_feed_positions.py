@@ -161,3 +161,41 @@ def test_a_page_ends_before_a_change_its_node_has_not_shown_yet_and_skips_one_mo
     assert [row["reorder_id"] for row in shown] == [a] and used == 3  # not there yet (or gone)
     shown, used = feeds.in_order("store:1", entries, [*rows[:3], _row(d, 6), rows[4]])  # type: ignore[arg-type]
     assert [row["reorder_id"] for row in shown] == [a, d, e] and used == 5
+
+
+@pytest.mark.parametrize("held", [0, 1])
+async def test_an_erasure_and_a_till_moving_one_of_its_reorders_wait_for_each_other(
+    client, conn, database, new_customer, held
+):
+    """A till holds one of the customer's store reorders (as set_status does) and then moves
+    it, which takes the store's counter; the erasure, meanwhile, closes every one of the
+    customer's store reorders. Neither may deadlock the other."""
+    customer = await new_customer()
+    chinos = await keep(client, customer, CHINOS)
+    store, till_key = await store_with_till(conn)
+    made = [(await placed(client, customer, chinos, store))["id"] for _ in range(2)]
+    _, cursor = await drain(client, till_key)
+    moved = made[held]
+
+    till = await db.connect(database.url)
+    try:
+        async with till.transaction():
+            await till.execute(
+                "SELECT 1 FROM reorders WHERE reorder_id = $1 FOR UPDATE", uuid.UUID(moved)
+            )
+            erasure = asyncio.create_task(client.delete("/v1/me", headers=customer.headers))
+            await asyncio.sleep(0.5)  # the erasure is under way, waiting for the till's row
+            await till.execute(
+                "UPDATE reorders SET state = 'accepted', updated_at = now() "
+                "WHERE customer_id = $1 AND reorder_id = $2",
+                uuid.UUID(customer.id),
+                uuid.UUID(moved),
+            )
+    finally:
+        await till.close()
+    assert (await erasure).status_code == 204
+    # the till's move committed first; the queue shows where each reorder ended, once
+    changes, _ = await drain(client, till_key, cursor)
+    assert sorted((c["id"], c["state"]) for c in changes) == sorted(
+        (reorder_id, "cancelled") for reorder_id in made
+    )

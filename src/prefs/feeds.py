@@ -45,6 +45,26 @@ async def customer_of(
     return customer_id
 
 
+# A statement that moves several of a customer's reorders at once (erasure) takes their rows and
+# then their recipients' counters, one at a time, in an order of its own; a till takes a row, then
+# its store's counter. Locking the customer's reorders first, then the counters in one order,
+# keeps either from holding what the other waits for.
+CUSTOMER_REORDERS = """
+SELECT fulfiller FROM reorders WHERE customer_id = $1 ORDER BY reorder_id FOR UPDATE
+"""
+COUNTERS = """
+SELECT recipient FROM feed_positions WHERE recipient = ANY($1::text[]) ORDER BY recipient
+FOR UPDATE
+"""
+
+
+async def hold_customer(conn: asyncpg.Connection, customer_id: uuid.UUID) -> None:
+    """Lock the customer's reorders, then their recipients' counters, before a statement that
+    moves several of them (inside its transaction)."""
+    rows = await conn.fetch(CUSTOMER_REORDERS, customer_id)
+    await conn.execute(COUNTERS, sorted({row["fulfiller"] for row in rows}))
+
+
 def partner(partner_id: uuid.UUID) -> str:
     """The recipient name of a partner's feed (its reorders' fulfiller)."""
     return f"partner:{partner_id}"
