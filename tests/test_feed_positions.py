@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from prefs import cursors, db, feeds
+from prefs.stores import service as stores
 from prefs.stores.service import QUEUE_CURSOR_BEFORE, _queue_owner
 from tests.support.customer import CHINOS, bearer, grant, keep
 from tests.support.database import Database, admin, with_database
@@ -25,8 +26,12 @@ INSERT INTO reorders (customer_id, reorder_id, preference_id, fulfiller, store_i
 VALUES (gen_random_uuid(), $1, gen_random_uuid(), 'store:' || $2, $2, 'customer', 1, 'requested',
         '{product}')
 """
+# where each reorder stands in its store's queue (the migration numbers the reorders that exist
+# in feed_entries only; a reorder's own feed_position is set when it next changes)
 POSITIONS = """
-SELECT reorder_id, feed_position FROM reorders WHERE store_id = $1 ORDER BY feed_position
+SELECT e.reorder_id, e.position, r.feed_position
+FROM feed_entries e JOIN reorders r USING (reorder_id)
+WHERE e.recipient = 'store:' || $1 ORDER BY e.position
 """
 
 
@@ -56,14 +61,33 @@ async def test_the_migration_numbers_each_queue_in_the_order_the_previous_releas
         await conn.execute("UPDATE reorders SET state = 'accepted' WHERE reorder_id = $1", a)
 
         await asyncio.to_thread(db.migrate, url, "0015")
-        assert [tuple(r) for r in await conn.fetch(POSITIONS, "0421")] == [(b, 1), (d, 2), (a, 3)]
-        assert [tuple(r) for r in await conn.fetch(POSITIONS, "0422")] == [(c, 1)]
+        assert [tuple(r) for r in await conn.fetch(POSITIONS, "0421")] == [
+            (b, 1, None),
+            (d, 2, None),
+            (a, 3, None),
+        ]
+        assert [tuple(r) for r in await conn.fetch(POSITIONS, "0422")] == [(c, 1, None)]
+        # the queue reads them in that order, as they stand
+        rows, last = await feeds.page(conn, "store:0421", 0, 10, stores.QUEUE)
+        assert [(r["reorder_id"], r["state"]) for r in rows] == [
+            (b, "requested"),
+            (d, "requested"),
+            (a, "accepted"),
+        ]
+        assert last == 3
         # what comes next follows, in the right queue only
         await conn.execute("UPDATE reorders SET state = 'ready' WHERE reorder_id = $1", b)
         e = uuid.uuid4()
         await conn.execute(STORE_REORDER, e, "0422")
-        assert [tuple(r) for r in await conn.fetch(POSITIONS, "0421")] == [(d, 2), (a, 3), (b, 4)]
-        assert [tuple(r) for r in await conn.fetch(POSITIONS, "0422")] == [(c, 1), (e, 2)]
+        assert [tuple(r) for r in await conn.fetch(POSITIONS, "0421")] == [
+            (d, 2, None),
+            (a, 3, None),
+            (b, 4, 4),
+        ]
+        assert [tuple(r) for r in await conn.fetch(POSITIONS, "0422")] == [(c, 1, None), (e, 2, 2)]
+        # deleting a store reorder with work left keeps it, cancelled, at a new position
+        await conn.execute("DELETE FROM reorders WHERE reorder_id = $1", c)
+        assert [tuple(r) for r in await conn.fetch(POSITIONS, "0422")] == [(e, 2, 2), (c, 3, 3)]
         entries = await conn.fetch(
             "SELECT recipient, position, reorder_id FROM feed_entries ORDER BY 1, 2"
         )
@@ -71,8 +95,8 @@ async def test_the_migration_numbers_each_queue_in_the_order_the_previous_releas
             ("store:0421", 2, d),
             ("store:0421", 3, a),
             ("store:0421", 4, b),
-            ("store:0422", 1, c),
             ("store:0422", 2, e),
+            ("store:0422", 3, c),
         ]
 
         # Downgrading keeps the previous release's order up to date, and upgrading again
@@ -86,7 +110,11 @@ async def test_the_migration_numbers_each_queue_in_the_order_the_previous_releas
             == 0
         )
         await asyncio.to_thread(db.migrate, url, "0015")
-        assert [tuple(r) for r in await conn.fetch(POSITIONS, "0421")] == [(a, 1), (b, 2), (d, 3)]
+        assert [tuple(r) for r in await conn.fetch(POSITIONS, "0421")] == [
+            (a, 1, None),
+            (b, 2, None),
+            (d, 3, None),
+        ]
         assert (
             await conn.fetchval("SELECT last FROM feed_positions WHERE recipient = 'store:0421'")
             == 3

