@@ -508,8 +508,7 @@ WHERE r.partner_id = $1
 ORDER BY random() LIMIT $2
 """
 FEED_ORDER = """
-SELECT feed_xid::text AS xid, reorder_id FROM reorders WHERE partner_id = $1
-ORDER BY feed_xid, reorder_id
+SELECT position FROM feed_entries WHERE recipient = 'partner:' || $1::text ORDER BY position
 """
 
 
@@ -544,7 +543,7 @@ async def feed_polls(
                     await create_for_customer(conn, vault, customer_id, preference_id, order)
             feed = await conn.fetch(FEED_ORDER, partner_id)
             for row in feed[: max(0, len(feed) - page)]:
-                cursor = encode_feed_cursor(vault, partner_id, row["xid"], row["reorder_id"])
+                cursor = encode_feed_cursor(vault, partner_id, row["position"])
                 polls.append((partner["key"], f"/v1/partner/reorders?after={cursor}&limit={page}"))
     finally:
         await conn.close()

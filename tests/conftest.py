@@ -25,7 +25,7 @@ from prefs.app import create_app
 from prefs.auth import DevIssuer
 from prefs.crypto import Vault
 from prefs.settings import Settings, load
-from tests.support import socket_audit
+from tests.support import socket_audit, sql_capture
 from tests.support.customer import CustomerSession, bearer
 from tests.support.database import Database, admin, with_database
 from tests.support.pgbouncer import MISSING, PgBouncer, pgbouncer_path
@@ -34,6 +34,7 @@ from tests.support.stores import HIGH_STREET, in_directory
 from tests.support.till import confirm_card
 
 socket_audit.install()  # before any test runs: it records from the first socket on
+sql_capture.install()  # every pool the service opens reports its statements (cluster check)
 
 
 @pytest.fixture(scope="session")
@@ -176,6 +177,8 @@ def new_customer(client: httpx.AsyncClient, issuer: DevIssuer, card_desk: str) -
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run if anything in this process reached beyond the database and loopback."""
+    if capture := os.environ.get("PREFS_SQL_CAPTURE"):
+        sql_capture.write(capture)
     wrong = socket_audit.finish()
     if not wrong:
         return

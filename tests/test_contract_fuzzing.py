@@ -116,9 +116,9 @@ def minted_cursor(path: str, base_url: str) -> str:
     the customer's id changes when the fuzzer erases and enrols them again)."""
     vault: Vault = SEALING["vault"]
     if path.startswith("/v1/partner/"):
-        return encode_feed_cursor(vault, SEALING["partner_id"], "1", uuid.uuid4())
+        return encode_feed_cursor(vault, SEALING["partner_id"], 1)
     if path == "/v1/pos/reorders":
-        return encode_queue_cursor(vault, FUZZ_STORE, "1", uuid.uuid4())
+        return encode_queue_cursor(vault, FUZZ_STORE, 1)
     if path == "/v1/stores":
         return seal_text(vault.page_cursors, "stores", DIRECTORY_CURSOR, FUZZ_STORE)
     me = httpx.get(f"{base_url}/v1/me", headers=bearer(CREDENTIALS["customer"]))

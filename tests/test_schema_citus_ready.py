@@ -35,12 +35,16 @@ LOOKUP_TABLES = {
     "checkout_codes": "code_hash",
     # found by (partner, pairwise reference): the partner names the customer only by the ref
     "partner_refs": "partner_id",
+    # found by (recipient, position): a partner's feed or a store's queue (co-located with
+    # feed_positions); it carries customer_id so each entry's reorder is read on its node
+    "feed_entries": "recipient",
     # found by (owner, Idempotency-Key); the owner is a customer or a partner, and a partner's
     # key is claimed before the customer it names is resolved
     "idempotency_keys": "owner",
 }
 # Not listed because they have no customer_id at all: erasures (tombstones keyed by the
-# subject hash), credentials and partners (operator reference data), demand_groups,
+# subject hash), credentials and partners (operator reference data), feed_positions (a counter per
+# partner and store, distributed by recipient with feed_entries), demand_groups,
 # demand_contributions, demand_releases and demand_release_groups (pseudonymous counts and
 # their daily noisy releases), insights_reads (per API key), retired_master_keys,
 # alembic_version.

@@ -535,7 +535,9 @@ async def test_a_polling_till_sees_every_committed_change_once_and_ends_at_each_
 async def test_a_change_held_in_an_open_transaction_is_not_skipped_by_a_later_one(
     client, conn, database, new_customer
 ):
-    """The classic gap: B commits after A started; a cursor past B must not skip A's change."""
+    """The classic gap: B is placed after A's change started; a cursor handed out while A is
+    open must not skip A's change. B waits for A's position to commit (the store's counter is
+    A's until then)."""
     customer = await new_customer()
     chinos = await keep(client, customer, CHINOS)
     store, key = await store_with_till(conn)
@@ -550,7 +552,8 @@ async def test_a_change_held_in_an_open_transaction_is_not_skipped_by_a_later_on
         await transaction.start()
         try:
             await stores.set_status(slow, till, uuid.UUID(first["id"]), "accepted")
-            later = await placed(client, customer, chinos, store)
+            later = asyncio.create_task(placed(client, customer, chinos, store))
+            await asyncio.sleep(0.3)
             page = (await queue(client, key, cursor)).json()
             assert page["items"] == []  # held back while the older transaction is open
             cursor = page["next"]
@@ -562,9 +565,10 @@ async def test_a_change_held_in_an_open_transaction_is_not_skipped_by_a_later_on
         await slow.close()
 
     changes, _ = await drain(client, key, cursor)
-    assert sorted((c["id"], c["state"]) for c in changes) == sorted(
-        [(first["id"], "accepted"), (later["id"], "requested")]
-    )
+    assert [(c["id"], c["state"]) for c in changes] == [
+        (first["id"], "accepted"),
+        ((await later)["id"], "requested"),
+    ]
 
 
 async def test_the_operator_adds_lists_renames_and_closes_stores_from_the_command_line(

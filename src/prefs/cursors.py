@@ -3,7 +3,7 @@
 A cursor holds a position (a number and an id) sealed with AES-GCM under a key derived from
 the index keyring; its associated data names the list and whose list it is, so a cursor of
 another list, another customer or another partner is refused like a forged one. Clients see
-neither timestamps nor the database's transaction counter.
+neither timestamps nor how many changes a partner's or a store's feed has had.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from prefs.crypto import DecryptionError, ServiceCipher
-from prefs.errors import InvalidInput
+from prefs.errors import CursorRetired, InvalidInput
 
 _POSITION = struct.Struct(">q16s")  # a signed 64-bit number and a UUID
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -90,19 +90,36 @@ def open_text(cipher: ServiceCipher, kind: str, owner: uuid.UUID, cursor: str) -
         raise InvalidInput(FORGED) from None
 
 
-def seal_xid(cipher: ServiceCipher, kind: str, owner: uuid.UUID, xid: str, ident: uuid.UUID) -> str:
-    """A cursor for a feed ordered by transaction id (the counter stays hidden)."""
-    return seal(cipher, kind, owner, int(xid), ident)
+_FEED_POSITION = struct.Struct(">q")
+RETIRED = (
+    "This cursor was handed out before the list's order changed and no longer names a place in "
+    "it: read the list again from its start (without `after`); reorders already seen come again."
+)
 
 
-def open_xid(
-    cipher: ServiceCipher, kind: str, owner: uuid.UUID, cursor: str | None
-) -> tuple[str, uuid.UUID]:
-    """The transaction id and id a feed cursor holds (the feed's start without one); 400 for one
-    this owner was not given, or out of range."""
+def seal_position(cipher: ServiceCipher, kind: str, owner: uuid.UUID, position: int) -> str:
+    """A cursor for a feed ordered by its recipient's positions (prefs.feeds)."""
+    return _sealed(cipher, kind, owner, _FEED_POSITION.pack(position))
+
+
+def open_position(
+    cipher: ServiceCipher, kind: str, owner: uuid.UUID, cursor: str | None, *, retired: str
+) -> int:
+    """The position a feed cursor holds (0, the feed's start, without one); 410 for a cursor
+    sealed for this owner's list under its ``retired`` kind (a transaction id, before positions),
+    400 for anything else the service did not seal for this owner's list."""
     if not cursor:
-        return "0", uuid.UUID(int=0)
-    xid, ident = open_(cipher, kind, owner, cursor)
-    if xid < 0:
+        return 0
+    try:
+        (position,) = _FEED_POSITION.unpack(_opened(cipher, kind, owner, cursor))
+    except InvalidInput:
+        try:
+            _opened(cipher, retired, owner, cursor)
+        except InvalidInput:
+            raise InvalidInput(FORGED) from None
+        raise CursorRetired(RETIRED) from None
+    except struct.error:
+        raise InvalidInput(FORGED) from None
+    if position < 0:
         raise InvalidInput(FORGED)
-    return str(xid), ident
+    return int(position)

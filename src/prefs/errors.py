@@ -60,6 +60,10 @@ class LimitReached(Problem):
     status, slug, title = 409, "limit-reached", "Limit reached"
 
 
+class CursorRetired(Problem):
+    status, slug, title = 410, "cursor-retired", "Cursor no longer valid"
+
+
 class PreconditionFailed(Problem):
     status, slug, title = 412, "stale-version", "Version does not match"
 

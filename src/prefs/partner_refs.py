@@ -21,6 +21,9 @@ ADD_REF = """
 INSERT INTO partner_refs (partner_id, ref, customer_id) VALUES ($1, $2, $3)
 ON CONFLICT DO NOTHING
 """
+REFS_OF = """
+SELECT customer_id, ref FROM partner_refs WHERE partner_id = $1 AND customer_id = ANY($2::uuid[])
+"""
 CUSTOMER_OF = "SELECT customer_id FROM partner_refs WHERE partner_id = $1 AND ref = $2"
 
 
@@ -30,6 +33,16 @@ async def reference(
     """The partner's reference for the customer, if one was made."""
     ref: str | None = await conn.fetchval(REF, partner_id, customer_id)
     return ref
+
+
+async def refs_of(
+    conn: asyncpg.Connection, partner_id: uuid.UUID, customer_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    """The partner's references for these customers (those it has one for)."""
+    return {
+        row["customer_id"]: row["ref"]
+        for row in await conn.fetch(REFS_OF, partner_id, customer_ids)
+    }
 
 
 async def ensure_ref(

@@ -59,7 +59,7 @@ class PartnerController(Controller):
     guards = [api_key_guard("partner")]
     security = [{"api_key": []}]
 
-    @get("/reorders", responses=problems(400, 401, 503))
+    @get("/reorders", responses=problems(400, 401, 410, 503))
     async def feed(
         self,
         conn: NamedDependency[Connection],

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import asyncpg
 import msgspec
 
-from prefs import cursors, disclosures, partner_refs, product_status
+from prefs import cursors, disclosures, feeds, partner_refs, product_status
 from prefs.credentials import Credential
 from prefs.crypto import Vault
 from prefs.customer_keys import data_key
@@ -207,7 +207,9 @@ async def replay_for_partner(
     ):
         raise NotFound("No such preference for this customer reference.")
     first = _partner_reorder.decode(answer)
-    row = await conn.fetchrow(ONE_FOR_PARTNER, first.id, partner.partner_id, window_days)
+    row = await conn.fetchrow(
+        ONE_FOR_PARTNER, first.id, partner.partner_id, window_days, customer_id
+    )
     assert row is not None
     first.preference_id = row["preference_ref"]  # an answer stored before ids were pairwise
     first.fields = shown_to_partner(row)
@@ -225,16 +227,20 @@ async def replay_for_partner(
     return msgspec.json.encode(first), first.item is not None
 
 
-def encode_feed_cursor(vault: Vault, partner_id: uuid.UUID, xid: str, reorder_id: uuid.UUID) -> str:
-    """The partner's opaque position in its feed (it does not reveal the transaction counter)."""
-    return cursors.seal_xid(vault.page_cursors, "partner-feed", partner_id, xid, reorder_id)
+FEED_CURSOR, FEED_CURSOR_BEFORE = "partner-feed-position", "partner-feed"
 
 
-def decode_feed_cursor(
-    vault: Vault, partner_id: uuid.UUID, cursor: str | None
-) -> tuple[str, uuid.UUID]:
-    """The position a feed cursor holds; 400 for one this partner was not given (or out of range)."""
-    return cursors.open_xid(vault.page_cursors, "partner-feed", partner_id, cursor)
+def encode_feed_cursor(vault: Vault, partner_id: uuid.UUID, position: int) -> str:
+    """The partner's opaque position in its feed."""
+    return cursors.seal_position(vault.page_cursors, FEED_CURSOR, partner_id, position)
+
+
+def decode_feed_cursor(vault: Vault, partner_id: uuid.UUID, cursor: str | None) -> int:
+    """The position a feed cursor holds; 400 for one this partner was not given, 410 for one the
+    previous release gave it (by transaction id)."""
+    return cursors.open_position(
+        vault.page_cursors, FEED_CURSOR, partner_id, cursor, retired=FEED_CURSOR_BEFORE
+    )
 
 
 # What decides how much of a reorder its partner sees now (shown_to_partner): the grant in
@@ -255,26 +261,22 @@ GRANT_IN_FORCE = f"""
 LEFT JOIN consents g ON g.customer_id = r.customer_id AND g.audience = {partner_audience_sql("r.partner_id")}
     AND {IN_FORCE}
 """
+# The reorders of a page of the partner's feed (prefs.feeds.page), by customer and id.
 FEED = f"""
 SELECT r.customer_id, r.reorder_id, r.preference_id, r.preference_ref, r.origin, r.quantity,
-       {STATE_SEEN}, r.fields, r.snapshot_ct, r.created_at, r.updated_at, r.feed_xid::text AS xid,
-       pr.ref,
-       k.generation, k.wrapped, {PARTNER_SIGHT.replace("$WINDOW", "$5")}
+       {STATE_SEEN}, r.fields, r.snapshot_ct, r.created_at, r.updated_at, r.fulfiller,
+       r.feed_position, k.generation, k.wrapped, {PARTNER_SIGHT.replace("$WINDOW", "$3")}
 FROM reorders r
-LEFT JOIN partner_refs pr ON pr.partner_id = r.partner_id AND pr.customer_id = r.customer_id
 LEFT JOIN customer_keys k ON k.customer_id = r.customer_id
 {GRANT_IN_FORCE}
-WHERE r.partner_id = $1 AND (r.feed_xid, r.reorder_id) > ($2::text::xid8, $3::uuid)
-  AND r.feed_xid < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY r.feed_xid, r.reorder_id
-LIMIT $4
+WHERE r.customer_id = ANY($1::uuid[]) AND r.reorder_id = ANY($2::uuid[])
 """
 ONE_FOR_PARTNER = f"""
 SELECT r.reorder_id, r.preference_ref, {STATE_SEEN}, r.fields, r.snapshot_ct,
        {PARTNER_SIGHT.replace("$WINDOW", "$3")}
 FROM reorders r
 {GRANT_IN_FORCE}
-WHERE r.reorder_id = $1 AND r.partner_id = $2
+WHERE r.customer_id = $4 AND r.reorder_id = $1 AND r.partner_id = $2
 """
 
 
@@ -286,15 +288,17 @@ async def feed(
     limit: int,
     window_days: int,
 ) -> PartnerFeed:
-    """The next reorders addressed to this partner, in commit-safe order.
-
-    Only reorders created by transactions older than every transaction still running are
-    returned, so one that commits late can never land behind a cursor already handed out.
-    """
+    """The next reorders addressed to this partner, in the order of their positions in its feed
+    (prefs.feeds: one that commits late is never skipped, none comes twice)."""
     assert partner.partner_id is not None
-    xid, ident = decode_feed_cursor(vault, partner.partner_id, after)
+    start = decode_feed_cursor(vault, partner.partner_id, after)
     async with conn.transaction():
-        rows = await conn.fetch(FEED, partner.partner_id, xid, ident, limit, window_days)
+        rows, position = await feeds.page(
+            conn, feeds.partner(partner.partner_id), start, limit, FEED, window_days
+        )
+        refs = await partner_refs.refs_of(
+            conn, partner.partner_id, list({row["customer_id"] for row in rows})
+        )
         items, disclosed = [], []
         for row in rows:
             snap, fields = None, shown_to_partner(row)
@@ -302,23 +306,22 @@ async def feed(
                 key = vault.envelope.unwrap(row["customer_id"], row["generation"], row["wrapped"])
                 snap = narrowed(open_snapshot(key, row), fields)
                 disclosed.append((row["customer_id"], [row["preference_id"]], fields))
-            items.append(_partner_view(row, row["ref"], snap, fields if snap else []))
+            items.append(
+                _partner_view(row, refs.get(row["customer_id"]), snap, fields if snap else [])
+            )
         await disclosures.record(conn, partner, "reorder", "reorder", disclosed, vault=vault)
-    next_cursor = (
-        encode_feed_cursor(vault, partner.partner_id, rows[-1]["xid"], rows[-1]["reorder_id"])
-        if rows
-        else (after or encode_feed_cursor(vault, partner.partner_id, xid, ident))
+    same = after if after and position == start else None  # nothing new: the same cursor
+    return PartnerFeed(
+        items=items, next=same or encode_feed_cursor(vault, partner.partner_id, position)
     )
-    return PartnerFeed(items=items, next=next_cursor)
 
 
 FOR_PARTNER = f"""
 SELECT r.customer_id, r.reorder_id, r.preference_id, r.preference_ref, r.origin, r.quantity,
-       {STATE_SEEN}, r.fields, r.snapshot_ct, r.created_at, r.updated_at, pr.ref
+       {STATE_SEEN}, r.fields, r.snapshot_ct, r.created_at, r.updated_at
 FROM reorders r
-LEFT JOIN partner_refs pr ON pr.partner_id = r.partner_id AND pr.customer_id = r.customer_id
 {GRANT_IN_FORCE}
-WHERE r.reorder_id = $1 AND r.partner_id = $2
+WHERE r.customer_id = $3 AND r.reorder_id = $1 AND r.partner_id = $2
 FOR UPDATE OF r
 """
 MOVE = """
@@ -337,26 +340,34 @@ async def set_status(
 
     The answer carries no item details: partners read those from the feed.
     """
+    assert partner.partner_id is not None
     async with conn.transaction():
-        row = await conn.fetchrow(FOR_PARTNER, reorder_id, partner.partner_id)
+        customer_id = await feeds.customer_of(conn, feeds.partner(partner.partner_id), reorder_id)
+        row = (
+            None
+            if customer_id is None
+            else await conn.fetchrow(FOR_PARTNER, reorder_id, partner.partner_id, customer_id)
+        )
         if row is None:
             raise NotFound("No such reorder.")
+        ref = await partner_refs.reference(conn, partner.partner_id, row["customer_id"])
         if row["state"] != state:
             if (row["state"], state) not in PARTNER_MOVES:
                 raise Conflict(f"A {row['state']} reorder cannot become {state}.")
             moved = await conn.fetchrow(MOVE, row["customer_id"], reorder_id, state)
             assert moved is not None
-            return _partner_view({**dict(row), **dict(moved)}, row["ref"], None, [])
-        return _partner_view(row, row["ref"], None, [])
+            return _partner_view({**dict(row), **dict(moved)}, ref, None, [])
+        return _partner_view(row, ref, None, [])
 
 
+# The customer comes first from the partner's reference (found by partner), then everything else
+# by customer: `hit` is inlined wherever it is used, so every table is read on that customer's
+# node alone.
 PARTNER_PREFERENCES = f"""
-WITH target AS (
-    SELECT customer_id FROM partner_refs WHERE partner_id = $1 AND ref = $2
-), hit AS (
+WITH hit AS NOT MATERIALIZED (
     SELECT g.customer_id, g.fields, g.preference_ids
-    FROM target JOIN consents g ON g.customer_id = target.customer_id AND g.audience = $3
-    WHERE {IN_FORCE}
+    FROM consents g
+    WHERE g.customer_id = $1 AND g.audience = $2 AND {IN_FORCE}
 ), shown AS ({SHOWN})
 SELECT hit.customer_id, hit.fields, k.generation, k.wrapped,
        shown.preference_id, shown.rank, shown.status, shown.product_ct, shown.attributes_ct,
@@ -374,8 +385,13 @@ async def partner_preferences(
     """The granted fields of the granted preferences of a consenting customer, logged."""
     assert partner.partner_id is not None
     async with conn.transaction():
-        rows = await conn.fetch(
-            PARTNER_PREFERENCES, partner.partner_id, ref, partner_audience(partner.partner_id)
+        customer_id = await partner_refs.customer_of(conn, partner.partner_id, ref)
+        rows = (
+            []
+            if customer_id is None
+            else await conn.fetch(
+                PARTNER_PREFERENCES, customer_id, partner_audience(partner.partner_id)
+            )
         )
         if not rows:
             raise NotFound("No such customer reference.")

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from prefs import feeds
 from prefs.access_log import service as access_log
 from prefs.consents import ledger
 from prefs.consents import service as consents
@@ -82,6 +83,7 @@ async def erase(
         await conn.execute("SET LOCAL prefs.erasure = 'on'")
         if tombstone:
             await conn.execute(TOMBSTONES, customer_id)
+        await feeds.hold_customer(conn, customer_id)  # the tills wait, none deadlocks
         await conn.execute(CLOSE_ACCEPTED, customer_id)
         await follow(conn, vault, CustomerErased(customer_id))
         for statement in SHRED:

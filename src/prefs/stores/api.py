@@ -58,7 +58,7 @@ class StoreQueueController(Controller):
     guards = [api_key_guard("pos")]
     security = [{"api_key": []}]
 
-    @get("/", responses=problems(400, 401, 503))
+    @get("/", responses=problems(400, 401, 410, 503))
     async def queue(
         self,
         conn: NamedDependency[Connection],

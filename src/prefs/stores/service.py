@@ -13,7 +13,7 @@ import uuid
 import asyncpg
 import msgspec
 
-from prefs import cursors, disclosures
+from prefs import cursors, disclosures, feeds
 from prefs.credentials import Credential
 from prefs.crypto import Vault
 from prefs.db import Row
@@ -167,31 +167,35 @@ def _queue_owner(store_id: str) -> uuid.UUID:
     return uuid.uuid5(uuid.NAMESPACE_URL, f"prefs:store:{store_id}")
 
 
-def encode_queue_cursor(vault: Vault, store_id: str, xid: str, reorder_id: uuid.UUID) -> str:
+QUEUE_CURSOR, QUEUE_CURSOR_BEFORE = "store-queue-position", "store-queue"
+
+
+def encode_queue_cursor(vault: Vault, store_id: str, position: int) -> str:
     """The store's opaque position in its queue."""
-    return cursors.seal_xid(
-        vault.page_cursors, "store-queue", _queue_owner(store_id), xid, reorder_id
+    return cursors.seal_position(vault.page_cursors, QUEUE_CURSOR, _queue_owner(store_id), position)
+
+
+def decode_queue_cursor(vault: Vault, store_id: str, cursor: str | None) -> int:
+    """The position a queue cursor holds; 400 for one this store was not given, 410 for one the
+    previous release gave it (by transaction id)."""
+    return cursors.open_position(
+        vault.page_cursors,
+        QUEUE_CURSOR,
+        _queue_owner(store_id),
+        cursor,
+        retired=QUEUE_CURSOR_BEFORE,
     )
 
 
-def decode_queue_cursor(vault: Vault, store_id: str, cursor: str | None) -> tuple[str, uuid.UUID]:
-    """The position a queue cursor holds; 400 for one this store was not given."""
-    return cursors.open_xid(vault.page_cursors, "store-queue", _queue_owner(store_id), cursor)
-
-
-# Each reorder appears when it is placed and again whenever it changes (queue_xid: the last
-# changing transaction, kept by a trigger), and only once every transaction older than the
-# change has ended, so a change committing late never falls behind a cursor handed out.
+# Each reorder appears when it is placed and again whenever its state changes, at a new position
+# in the store's queue (prefs.feeds); these are the reorders of a page, by customer and id.
 QUEUE = """
 SELECT r.customer_id, r.reorder_id, r.preference_id, r.quantity, r.state, r.fields,
-       r.snapshot_ct, r.created_at, r.updated_at, r.queue_xid::text AS xid,
+       r.snapshot_ct, r.created_at, r.updated_at, r.fulfiller, r.feed_position,
        k.generation, k.wrapped
 FROM reorders r
 LEFT JOIN customer_keys k ON k.customer_id = r.customer_id
-WHERE r.store_id = $1 AND (r.queue_xid, r.reorder_id) > ($2::text::xid8, $3::uuid)
-  AND r.queue_xid < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY r.queue_xid, r.reorder_id
-LIMIT $4
+WHERE r.customer_id = ANY($1::uuid[]) AND r.reorder_id = ANY($2::uuid[])
 """
 
 
@@ -213,9 +217,9 @@ async def queue(
     """The next changes in the till's store's queue, oldest first; every snapshot shown is in its
     customer's access log."""
     assert till.store is not None
-    xid, ident = decode_queue_cursor(vault, till.store, after)
+    start = decode_queue_cursor(vault, till.store, after)
     async with conn.transaction():
-        rows = await conn.fetch(QUEUE, till.store, xid, ident, limit)
+        rows, position = await feeds.page(conn, feeds.store(till.store), start, limit, QUEUE)
         items, disclosed = [], []
         for row in rows:
             snap = None
@@ -226,17 +230,13 @@ async def queue(
                 disclosed.append((row["customer_id"], [row["preference_id"]], list(row["fields"])))
             items.append(_store_view(row, snap))
         await disclosures.record(conn, till, "reorder", "reorder", disclosed, vault=vault)
-    next_cursor = (
-        encode_queue_cursor(vault, till.store, rows[-1]["xid"], rows[-1]["reorder_id"])
-        if rows
-        else (after or encode_queue_cursor(vault, till.store, xid, ident))
-    )
-    return StoreQueue(items=items, next=next_cursor)
+    same = after if after and position == start else None  # nothing new: the same cursor
+    return StoreQueue(items=items, next=same or encode_queue_cursor(vault, till.store, position))
 
 
 FOR_STORE = """
 SELECT customer_id, reorder_id, quantity, state, fields, created_at, updated_at
-FROM reorders WHERE reorder_id = $1 AND store_id = $2
+FROM reorders WHERE customer_id = $3 AND reorder_id = $1 AND store_id = $2
 FOR UPDATE
 """
 MOVE = """
@@ -253,8 +253,14 @@ async def set_status(
     """Move one of the store's reorders on (requested → accepted → ready → collected, or
     declined); repeating the current state is a no-op. 404 for another store's reorder. The
     answer carries no item: the queue shows it."""
+    assert till.store is not None
     async with conn.transaction():
-        row = await conn.fetchrow(FOR_STORE, reorder_id, till.store)
+        customer_id = await feeds.customer_of(conn, feeds.store(till.store), reorder_id)
+        row = (
+            None
+            if customer_id is None
+            else await conn.fetchrow(FOR_STORE, reorder_id, till.store, customer_id)
+        )
         if row is None:
             raise NotFound("No such reorder for this store.")
         if row["state"] == state:
