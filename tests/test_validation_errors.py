@@ -150,3 +150,11 @@ async def test_an_unknown_member_of_the_body_lists_the_members_there_are(client,
     detail = refused(response)
     assert "unknown field `ttl`" in detail
     assert "`ttl_seconds` (optional)" in detail
+
+
+async def test_a_page_size_out_of_range_names_the_range(client, new_customer):
+    customer = await new_customer()
+    response = await client.get("/v1/me/access-log?limit=500", headers=customer.headers)
+    detail = refused(response)
+    assert "`limit`" in detail
+    assert "a whole number from 1 to 200" in detail

@@ -63,7 +63,7 @@ def words(node: Any) -> str:
         values = ", ".join(f"`{value}`" for value in node.values)
         return f"one of {values}" if len(node.values) > 1 else values
     if isinstance(node, inspect.IntType):
-        return "a whole number" + _range(node.ge, node.le)
+        return whole_number(node.ge, node.le)
     if isinstance(node, inspect.StrType):
         line = " on one line" if node.pattern == SINGLE_LINE else ""
         return "text" + _length(node.min_length, node.max_length, "characters") + line
@@ -88,6 +88,11 @@ _SIMPLE: dict[type, str] = {
     inspect.FloatType: "a number",
     inspect.NoneType: "null",
 }
+
+
+def whole_number(low: int | None, high: int | None) -> str:
+    """An integer between optional bounds, in words."""
+    return "a whole number" + _range(low, high)
 
 
 def _range(low: int | None, high: int | None) -> str:

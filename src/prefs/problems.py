@@ -18,7 +18,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
-from prefs.allowed import allowed
+from prefs.allowed import allowed, whole_number
 from prefs.errors import DATABASE_DOWN, Problem, Unauthenticated
 
 log = logging.getLogger("prefs.errors")
@@ -145,11 +145,14 @@ def _with_what_is_allowed(request: Request[Any, Any, Any], error: dict[str, Any]
             said = "Send a JSON object" if message in ("", "…") else message
             return {**error, "message": f"{said}; allowed: {allowed(declared, '')}"}
         hint = allowed(body, key)
-    elif key in parameters:
+    elif key in parameters:  # a path, query or header parameter: its declaration's words
         parameter = parameters[key]
-        hint = getattr(parameter.kwarg_definition, "description", None) or allowed(
-            parameter.annotation, ""
-        )
+        declared = parameter.kwarg_definition
+        low, high = getattr(declared, "ge", None), getattr(declared, "le", None)
+        words = [getattr(declared, "description", None)]
+        if low is not None or high is not None:
+            words.append(whole_number(low, high))
+        hint = ", ".join(filter(None, words)) or allowed(parameter.annotation, "")
     if not hint:
         return error
     return {**error, "message": f"{_PATTERN.sub('', message)}; allowed: {hint}"}
