@@ -106,9 +106,9 @@ class PreferencesController(Controller):
 
     @patch(
         "/{preference_id:uuid}",
-        operation_class=declared_body(
-            PreferenceUpdate, media_types=(MERGE_PATCH, "application/json")
-        ),
+        # documented as merge-patch+json only: a second media type with the same inline schema
+        # makes client generators build the body twice (application/json is still accepted)
+        operation_class=declared_body(PreferenceUpdate, media_types=(MERGE_PATCH,)),
         responses=problems(400, 401, 404, 412, 413, 415, 428, 503),
     )
     async def update(
