@@ -252,9 +252,12 @@ async def build_world(client: httpx.AsyncClient, conn: Any, new_customer: Any) -
     )
     consents = await ok(await client.get("/v1/me/consents", headers=a.headers), 200)
     [ref] = [c["reference"] for c in consents["items"] if c["audience"] == audience]
-    [known] = await ok(
-        await client.get(f"/v1/partner/customers/{ref}/preferences", headers=bearer(partner)), 200
-    )
+    [known] = (
+        await ok(
+            await client.get(f"/v1/partner/customers/{ref}/preferences", headers=bearer(partner)),
+            200,
+        )
+    )["items"]
     reorders = []
     for fulfiller in (FROM_HIGH_STREET, audience):
         reorders.append(
@@ -558,7 +561,7 @@ async def partner_sees(
         if len(items) >= feed_items:
             break
     assert len(items) == feed_items
-    return read.json(), items
+    return read.json()["items"], items
 
 
 async def test_two_partners_and_a_till_cannot_join_on_any_identifier(client, conn, new_customer):

@@ -279,7 +279,7 @@ async def statuses_everywhere(
         "customer": mine.json()["items"][0]["status"],
         "export": export.json()["preferences"][0]["status"],
         "till": at_till.json()["preferences"][0]["status"],
-        "partner": at_partner.json()[0]["status"],
+        "partner": at_partner.json()["items"][0]["status"],
     }
 
 

@@ -51,7 +51,7 @@ async def test_nothing_is_shared_until_the_customer_grants_it(client, conn, new_
 
     consents = await client.get("/v1/me/consents", headers=customer.headers)
     assert consents.status_code == 200
-    assert consents.json() == {"items": []}
+    assert consents.json() == {"items": [], "next": None}
     refused = await look_up(client, key, card=card)
     assert refused.status_code == 404
     assert refused.json()["detail"] == NOT_FOUND_DETAIL
@@ -142,14 +142,25 @@ async def test_withdrawn_consent_hides_preferences_at_the_till_on_the_next_reque
     assert refused.status_code == 404
     assert refused.json()["detail"] == NOT_FOUND_DETAIL
     listed = await client.get("/v1/me/consents", headers=customer.headers)
-    assert listed.json() == {"items": []}
+    assert listed.json() == {"items": [], "next": None}
 
 
-async def test_withdrawing_what_was_never_granted_is_not_found(client, new_customer):
+async def test_withdrawing_what_is_not_in_force_is_an_idempotent_204(client, new_customer):
     customer = await new_customer()
-    response = await client.delete("/v1/me/consents/pos", headers=customer.headers)
-    assert response.status_code == 404
-    assert response.headers["content-type"].startswith("application/problem+json")
+    never = await client.delete("/v1/me/consents/pos", headers=customer.headers)
+    assert (never.status_code, never.content) == (204, b"")
+    await grant(client, customer)
+    first = await client.delete("/v1/me/consents/pos", headers=customer.headers)
+    assert first.status_code == 200, first.text
+    assert first.json()["receipt"]["state"] == "ConsentWithdrawn"
+    again = await client.delete("/v1/me/consents/pos", headers=customer.headers)
+    assert (again.status_code, again.content) == (204, b"")
+    # nothing withdrawn, nothing recorded: one grant, one withdrawal
+    history = await client.get("/v1/me/consents/history", headers=customer.headers)
+    assert [e["receipt"]["state"] for e in history.json()["items"]] == [
+        "ConsentWithdrawn",
+        "ConsentGiven",
+    ]
 
 
 async def test_expired_consent_hides_preferences_and_is_recorded_as_expired(
@@ -168,7 +179,10 @@ async def test_expired_consent_hides_preferences_and_is_recorded_as_expired(
     assert refused.json()["detail"] == NOT_FOUND_DETAIL
     # Hidden from the expiry instant, before the expiry job has recorded anything; reading
     # writes nothing (expiry is one job, not a side effect of reads).
-    assert (await client.get("/v1/me/consents", headers=customer.headers)).json() == {"items": []}
+    assert (await client.get("/v1/me/consents", headers=customer.headers)).json() == {
+        "items": [],
+        "next": None,
+    }
     before = (await client.get("/v1/me/consents/history", headers=customer.headers)).json()
     assert [e["receipt"]["state"] for e in before["items"]] == ["ConsentGiven"]
     assert await retention.expire(conn, vault, "prefs") >= 1
@@ -179,7 +193,7 @@ async def test_expired_consent_hides_preferences_and_is_recorded_as_expired(
     assert expired["fields"] == ["product"]
     assert datetime.fromisoformat(expired["expires_at"]) == expires_at
     listed = await client.get("/v1/me/consents", headers=customer.headers)
-    assert listed.json() == {"items": []}
+    assert listed.json() == {"items": [], "next": None}
     again = (await client.get("/v1/me/consents/history", headers=customer.headers)).json()
     assert [e["receipt"]["state"] for e in again["items"]] == ["ConsentExpired", "ConsentGiven"]
 
@@ -448,7 +462,10 @@ async def test_an_unknown_audience_is_refused(client, new_customer, audience):
     delete = await client.delete(f"/v1/me/consents/{audience}", headers=customer.headers)
     assert_problem(put, 400, 404)
     assert_problem(delete, 400, 404)
-    assert (await client.get("/v1/me/consents", headers=customer.headers)).json() == {"items": []}
+    assert (await client.get("/v1/me/consents", headers=customer.headers)).json() == {
+        "items": [],
+        "next": None,
+    }
 
 
 async def test_a_partner_that_does_not_exist_is_not_found(client, new_customer):
@@ -459,7 +476,7 @@ async def test_a_partner_that_does_not_exist_is_not_found(client, new_customer):
     )
     delete = await client.delete(f"/v1/me/consents/{audience}", headers=customer.headers)
     assert_problem(put, 404)
-    assert_problem(delete, 404)
+    assert delete.status_code == 204  # no consent to it in force: nothing to withdraw
     history = await client.get("/v1/me/consents/history", headers=customer.headers)
     assert history.json()["items"] == []
 
@@ -475,7 +492,10 @@ async def test_a_partner_is_named_by_its_id_as_written_in_the_directory(client, 
     )
 
     assert_problem(shouted, 400, 404)
-    assert (await client.get("/v1/me/consents", headers=customer.headers)).json() == {"items": []}
+    assert (await client.get("/v1/me/consents", headers=customer.headers)).json() == {
+        "items": [],
+        "next": None,
+    }
 
 
 @pytest.mark.parametrize(
@@ -507,7 +527,10 @@ async def test_a_malformed_grant_is_refused_and_shares_nothing(client, new_custo
     customer = await new_customer()
     response = await client.put("/v1/me/consents/pos", headers=customer.headers, json=body)
     assert_problem(response, 400)
-    assert (await client.get("/v1/me/consents", headers=customer.headers)).json() == {"items": []}
+    assert (await client.get("/v1/me/consents", headers=customer.headers)).json() == {
+        "items": [],
+        "next": None,
+    }
 
 
 async def test_a_grant_naming_another_customers_preference_is_refused(client, new_customer):
@@ -529,7 +552,10 @@ async def test_a_grant_naming_another_customers_preference_is_refused(client, ne
     assert_problem(response, 400)
     assert_problem(code, 400)
     assert alices["id"] not in response.text
-    assert (await client.get("/v1/me/consents", headers=bob.headers)).json() == {"items": []}
+    assert (await client.get("/v1/me/consents", headers=bob.headers)).json() == {
+        "items": [],
+        "next": None,
+    }
 
 
 async def test_consent_endpoints_need_a_signed_in_customer(client):

@@ -209,3 +209,30 @@ async def test_a_revoked_key_is_listed_with_when_it_was_revoked(conn):
 
     assert listed.revoked_at is not None
     assert await credentials.verify(conn, "pos", key) is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "told"),
+    [
+        ("pos", "store it in the till's settings"),
+        ("partner", "give it to the partner"),
+        ("insights", "store it in the reporting tool that reads the demand statistics"),
+    ],
+)
+async def test_each_kind_of_key_says_where_it_goes(database, settings, conn, kind, told):
+    extra = ["--store", await in_directory(conn)] if kind == "pos" else []
+    code, created = await prefs_command(
+        database,
+        settings,
+        "credentials",
+        "create",
+        "--kind",
+        kind,
+        "--name",
+        f"A {kind} key {uuid.uuid4().hex[:6]}",
+        *extra,
+    )
+    assert code == 0, created
+    assert told in created
+    if kind == "insights":
+        assert "till" not in created and "partner" not in created

@@ -1,4 +1,5 @@
-"""Envelope encryption, field ciphertexts and blind indexes, as PRODUCT.md guarantees 1 and 2."""
+"""Envelope encryption, field ciphertexts and blind indexes: privacy promises 1 and 2 of
+docs/product.md."""
 
 from __future__ import annotations
 

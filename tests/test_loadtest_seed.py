@@ -160,7 +160,7 @@ async def test_a_seeded_partner_reads_and_receives_reorders_from_a_granting_cust
         f"/v1/partner/customers/{grant['ref']}/preferences", headers=bearer(api_key)
     )
     assert shown.status_code == 200, shown.text
-    preferences = shown.json()
+    preferences = shown.json()["items"]
     assert len(preferences) == PREFERENCES
     assert all({"product", "attributes", "note"} <= set(p) for p in preferences)
 

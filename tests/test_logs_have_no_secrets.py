@@ -216,9 +216,11 @@ async def full_run(client: httpx.AsyncClient, conn: Any, mint: Any, keep: Secret
     ]:
         assert time.monotonic() < deadline, "the partner feed never showed the reorder"
         await asyncio.sleep(0.05)
-    known, *_ = await ok(
-        await client.get(f"/v1/partner/customers/{ref}/preferences", headers=bearer(partner))
-    )
+    known, *_ = (
+        await ok(
+            await client.get(f"/v1/partner/customers/{ref}/preferences", headers=bearer(partner))
+        )
+    )["items"]
     await ok(
         await client.post(
             "/v1/partner/reorders",

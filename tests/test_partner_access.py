@@ -122,7 +122,8 @@ async def test_a_partner_reads_exactly_the_granted_fields_of_the_granted_prefere
     response = await read_preferences(client, api_key, ref)
     assert response.status_code == 200, response.text
     # numbered 1..n, with the partner's own ids: nothing tells it that a third one exists
-    shown = response.json()
+    assert response.json()["next"] is None  # the list shape every list has: all in one page
+    shown = response.json()["items"]
     assert [{k: v for k, v in p.items() if k != "id"} for p in shown] == [
         {
             "rank": rank,
@@ -146,12 +147,12 @@ async def test_a_partner_reads_exactly_the_granted_fields_of_the_granted_prefere
     # Narrowed to notes, of every preference: now only notes are shown, no products or sizes.
     await grant(client, customer, f"partner:{partner.partner_id}", ["note"])
     notes = await read_preferences(client, api_key, ref)
-    assert [{k: v for k, v in p.items() if k != "id"} for p in notes.json()] == [
+    assert [{k: v for k, v in p.items() if k != "id"} for p in notes.json()["items"]] == [
         {"rank": p["rank"], "status": p["status"], "note": p.get("note")}
         for p in (chinos, shirt, boots)
     ]
     # the partner's ids are stable across reads
-    assert {p["id"] for p in shown} <= {p["id"] for p in notes.json()}
+    assert {p["id"] for p in shown} <= {p["id"] for p in notes.json()["items"]}
     assert (
         len([e for e in await access_log(client, customer) if e["who"]["kind"] == "partner"]) == 2
     )
@@ -393,7 +394,10 @@ async def test_consent_to_a_partner_that_does_not_exist_is_refused(client, new_c
     )
     assert response.status_code == 404
     assert response.headers["content-type"].startswith(PROBLEM_JSON)
-    assert (await client.get("/v1/me/consents", headers=customer.headers)).json() == {"items": []}
+    assert (await client.get("/v1/me/consents", headers=customer.headers)).json() == {
+        "items": [],
+        "next": None,
+    }
 
 
 async def test_narrowing_a_grant_cancels_the_partners_waiting_reorders_outside_it(
@@ -473,7 +477,7 @@ async def test_a_deleted_preference_takes_the_partners_id_for_it_along(client, c
     chinos, boots = await keep(client, customer), await keep(client, customer, BOOTS)
     await grant(client, customer, f"partner:{partner.partner_id}", ["product"])
     ref = await reference(client, customer, partner.partner_id)
-    shown = (await read_preferences(client, api_key, ref)).json()
+    shown = (await read_preferences(client, api_key, ref)).json()["items"]
     gone = next(p["id"] for p in shown if p["product"]["sku"] == CHINOS["product"]["sku"])
 
     deleted = await client.delete(
@@ -487,10 +491,110 @@ async def test_a_deleted_preference_takes_the_partners_id_for_it_along(client, c
         uuid.UUID(gone),
     )
     assert left == 0
-    after = (await read_preferences(client, api_key, ref)).json()
+    after = (await read_preferences(client, api_key, ref)).json()["items"]
     assert [(p["rank"], p["product"]["sku"]) for p in after] == [(1, boots["product"]["sku"])]
     assert gone not in {p["id"] for p in after}
     refused = await partner_reorder(client, api_key, ref, gone)
     unknown = await partner_reorder(client, api_key, ref, str(uuid.uuid4()))
     assert refused.status_code == unknown.status_code == 404
     assert refused.json() == unknown.json()
+
+
+async def test_a_status_change_answers_what_the_move_did(client, conn, new_customer):
+    customer = await new_customer()
+    partner, api_key = await partner_key(conn)
+    chinos = await keep(client, customer)
+    audience = f"partner:{partner.partner_id}"
+    await grant(client, customer, audience, ["product", "attributes", "note"])
+    placed = (await reorder(client, customer, chinos["id"], audience)).json()
+
+    accepted = await set_status(client, api_key, placed["id"], "accepted")
+    assert accepted.status_code == 200, accepted.text
+    answer = accepted.json()
+    # what was accepted, as the feed shows it: the partner need not read the feed to fulfil it
+    assert (answer["previous_state"], answer["state"]) == ("requested", "accepted")
+    assert answer["item"] == {
+        "product": CHINOS["product"],
+        "attributes": CHINOS["attributes"],
+        "note": CHINOS["note"],
+    }
+    assert answer["fields"] == ["product", "attributes", "note"]
+    log = [e for e in await access_log(client, customer) if e["who"]["kind"] == "partner"]
+    assert len(log) == 1  # showing the item is a disclosure like any other
+
+    again = (await set_status(client, api_key, placed["id"], "accepted")).json()
+    assert (again["previous_state"], again["state"]) == ("accepted", "accepted")
+
+    fulfilled = (await set_status(client, api_key, placed["id"], "fulfilled")).json()
+    assert (fulfilled["previous_state"], fulfilled["state"]) == ("accepted", "fulfilled")
+    assert (fulfilled["item"], fulfilled["fields"]) == (None, [])  # finished: no details
+
+
+async def test_partners_read_preferences_in_the_list_shape_or_the_old_array_on_request(
+    client, conn, new_customer
+):
+    customer = await new_customer()
+    partner, api_key = await partner_key(conn)
+    await keep(client, customer)
+    await grant(client, customer, f"partner:{partner.partner_id}", ["product"])
+    ref = await reference(client, customer, partner.partner_id)
+
+    current = await read_preferences(client, api_key, ref)
+    assert current.headers["content-type"].startswith("application/json")
+    assert set(current.json()) == {"items", "next"}
+    assert current.json()["next"] is None
+    old = await client.get(
+        f"/v1/partner/customers/{ref}/preferences",
+        headers={**bearer(api_key), "Accept": "application/vnd.prefs.v1.0+json"},
+    )
+    assert old.status_code == 200, old.text
+    assert old.headers["content-type"].startswith("application/vnd.prefs.v1.0+json")
+    assert old.json() == current.json()["items"]
+    assert "accept" in current.headers["vary"].lower()
+
+
+async def test_withdrawing_a_partners_consent_says_which_reorders_it_cancelled(
+    client, conn, new_customer
+):
+    customer = await new_customer()
+    partner, api_key = await partner_key(conn)
+    chinos = await keep(client, customer)
+    audience = f"partner:{partner.partner_id}"
+    await grant(client, customer, audience, ["product", "attributes"])
+    ref = await reference(client, customer, partner.partner_id)
+    accepted = (await reorder(client, customer, chinos["id"], audience)).json()
+    waiting = (await reorder(client, customer, chinos["id"], audience, quantity=2)).json()
+    assert (await set_status(client, api_key, accepted["id"], "accepted")).status_code == 200
+    known = await known_as(conn, partner.partner_id, customer, chinos["id"])
+    proposal = (await partner_reorder(client, api_key, ref, known)).json()
+
+    answer = await withdraw(client, customer, audience)
+    assert sorted(answer["cancelled_reorders"], key=lambda r: r["origin"]) == [
+        {"id": waiting["id"], "preference_id": chinos["id"], "quantity": 2, "origin": "customer"},
+        {"id": proposal["id"], "preference_id": chinos["id"], "quantity": 1, "origin": "partner"},
+    ]  # the accepted one stays the partner's to finish
+    states = {r["id"]: r["state"] for r in await my_reorders(client, customer)}
+    assert states == {
+        accepted["id"]: "accepted",
+        waiting["id"]: "cancelled",
+        proposal["id"]: "cancelled",
+    }
+
+
+async def test_narrowing_a_partners_consent_says_which_reorders_it_cancelled(
+    client, conn, new_customer
+):
+    customer = await new_customer()
+    partner, _ = await partner_key(conn)
+    chinos, boots = await keep(client, customer), await keep(client, customer, BOOTS)
+    audience = f"partner:{partner.partner_id}"
+    await grant(client, customer, audience, ["product"])
+    dropped = (await reorder(client, customer, chinos["id"], audience)).json()
+    await reorder(client, customer, boots["id"], audience)
+
+    answer = await grant(client, customer, audience, ["product"], preferences=[boots["id"]])
+    assert answer["cancelled_reorders"] == [
+        {"id": dropped["id"], "preference_id": chinos["id"], "quantity": 1, "origin": "customer"}
+    ]
+    unchanged = await grant(client, customer, "pos", ["product"])
+    assert unchanged["cancelled_reorders"] == []

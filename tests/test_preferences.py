@@ -234,7 +234,9 @@ async def test_a_preference_round_trips_through_create_read_update_and_delete(cl
     )
     assert updated.status_code == 200, updated.text
     assert updated.headers["etag"] == '"2"'
-    for field, value in change.items():
+    # a merge patch: the attributes not named stay
+    merged = {**change, "attributes": {**CHINOS["attributes"], **change["attributes"]}}
+    for field, value in merged.items():
         assert updated.json()[field] == value
     assert updated.json()["note"] == CHINOS["note"]
     assert updated.json()["version"] == 2
@@ -265,12 +267,7 @@ async def test_a_partial_update_changes_only_the_fields_given(client, new_custom
     assert renamed.status_code == 200, renamed.text
     for field in ("attributes", "note", "status", "purchases", "last_purchased_on", "rank"):
         assert renamed.json()[field] == created[field]
-    assert renamed.json()["product"] == {
-        "sku": "CL-CHINO-3434",
-        "name": "Classic Chino (old cut)",
-        "brand": None,
-        "category": None,
-    }
+    assert renamed.json()["product"] == {**CHINOS["product"], "name": "Classic Chino (old cut)"}
 
     cleared = await client.patch(
         url,
@@ -739,3 +736,71 @@ async def test_a_customers_list_never_shows_anyone_elses(client, new_customer):
         assert {p["id"] for p in listed} == mine[customer.id]
         assert all(p["product"]["name"].startswith(customer.id) for p in listed)
         assert [p["rank"] for p in listed] == [1, 2, 3]
+
+
+async def patch_preference(
+    client: httpx.AsyncClient,
+    customer: Any,
+    preference: dict[str, Any],
+    body: Any,
+    media_type: str = "application/merge-patch+json",
+) -> httpx.Response:
+    return await client.patch(
+        f"/v1/me/preferences/{preference['id']}",
+        headers={**customer.headers, "If-Match": "*", "Content-Type": media_type},
+        content=json.dumps(body),
+    )
+
+
+@pytest.mark.parametrize("media_type", ["application/merge-patch+json", "application/json"])
+async def test_a_patch_merges_nested_objects_member_by_member(client, new_customer, media_type):
+    alice = await new_customer()
+    created = await create(client, alice, CHINOS)
+
+    resized = await patch_preference(
+        client, alice, created, {"attributes": {"waist": "36", "fit": None}}, media_type
+    )
+    assert resized.status_code == 200, resized.text
+    # the size changed, the fit is gone, the colour and leg stay
+    assert resized.json()["attributes"] == {"waist": "36", "leg": "34", "colour": "khaki"}
+
+    renamed = await patch_preference(
+        client, alice, created, {"product": {"name": "Chino, old cut"}}, media_type
+    )
+    assert renamed.status_code == 200, renamed.text  # the sku is not asked for again
+    assert renamed.json()["product"] == {**CHINOS["product"], "name": "Chino, old cut"}
+
+    unbranded = await patch_preference(
+        client, alice, created, {"product": {"brand": None, "sku": None}}, media_type
+    )
+    assert unbranded.status_code == 200, unbranded.text
+    assert unbranded.json()["product"] == {
+        "sku": None,
+        "name": "Chino, old cut",
+        "brand": None,
+        "category": "trousers",
+    }
+
+    bare = await patch_preference(client, alice, created, {"attributes": None}, media_type)
+    assert bare.status_code == 200, bare.text
+    assert bare.json()["attributes"] == {}
+    assert bare.json()["note"] == CHINOS["note"]  # what the patch does not name stays
+
+
+async def test_a_patch_cannot_remove_the_name_or_keep_more_than_32_attributes(client, new_customer):
+    alice = await new_customer()
+    created = await create(client, alice, CHINOS)
+    nameless = problem(
+        await patch_preference(client, alice, created, {"product": {"name": None}}), 400
+    )
+    assert "product.name" in nameless["detail"]
+    many = {f"a{i}": "x" for i in range(30)}  # 4 kept + 30 = 34
+    crowded = problem(await patch_preference(client, alice, created, {"attributes": many}), 400)
+    assert "at most 32 attributes" in crowded["detail"]
+    assert (
+        await patch_preference(
+            client, alice, created, {"attributes": {**many, "fit": None, "colour": None}}
+        )
+    ).status_code == 200
+    stored = (await client.get(f"/v1/me/preferences/{created['id']}", headers=alice.headers)).json()
+    assert len(stored["attributes"]) == 32

@@ -92,6 +92,7 @@ async def test_the_chinos_story_from_discontinued_preference_to_fulfilled_reorde
     accepted = await set_status(client, api_key, pulled["id"], "accepted")
     assert accepted.status_code == 200, accepted.text
     assert accepted.json()["state"] == "accepted"
+    assert accepted.json()["item"] == pulled["item"]  # what it accepted, shown (and logged) again
     assert [r["state"] for r in await my_reorders(client, customer)] == ["accepted"]
 
     fulfilled = await set_status(client, api_key, pulled["id"], "fulfilled")
@@ -112,7 +113,9 @@ async def test_the_chinos_story_from_discontinued_preference_to_fulfilled_reorde
         assert entry["fields"] == ["product", "attributes"]
         assert entry["preferences"] == [{"id": chinos["id"], "name": "Classic Chino"}]
         assert partner.name in entry["summary"]
-    assert [e["purpose"] for e in entries] == ["reorder"]
+    # the feed's read, and the acceptance's answer, which shows the item again; the fulfilment
+    # shows nothing
+    assert [e["purpose"] for e in entries] == ["reorder", "reorder"]
 
 
 async def test_editing_a_preference_after_reordering_does_not_change_the_reorder(

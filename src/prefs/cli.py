@@ -299,6 +299,16 @@ def credentials() -> None:
     """Create, list and revoke API keys for tills, partners and insights."""
 
 
+# where each kind of key goes, told as it is shown (kind -> the sentence)
+KEEP_THE_KEY = {
+    "pos": "store it in the till's settings now (it works only at its store).",
+    "partner": "give it to the partner over a secure channel now; its system sends it as a "
+    "Bearer token.",
+    "insights": "store it in the reporting tool that reads the demand statistics "
+    "(GET /v1/insights/…) now; it reads only anonymous counts.",
+}
+
+
 @credentials.command("create")
 @click.option("--kind", type=click.Choice(["pos", "partner", "insights"]), required=True)
 @click.option("--name", required=True, help="Display name customers see in their access log.")
@@ -322,7 +332,7 @@ def credentials_create(kind: str, name: str, store: str | None, description: str
     if credential.partner_id:
         click.echo(f"partner: {credential.partner_id}")
     click.echo(f"key:     {api_key}")
-    click.echo("The key is shown only this once: store it in the till or partner system now.")
+    click.echo(f"The key is shown only this once: {KEEP_THE_KEY[credential.kind]}")
 
 
 @credentials.command("list")

@@ -21,6 +21,7 @@ from prefs.events import (
     GrantGiven,
     Happened,
     PreferencesChanged,
+    ReorderCancelled,
     Table,
 )
 from prefs.grants import INSIGHTS, POS, PURCHASES, partner_of
@@ -71,22 +72,22 @@ async def make_partner_references(
 
 async def cancel_reorders_outside_grant(
     conn: asyncpg.Connection, vault: Vault, happened: Happened
-) -> None:
+) -> list[ReorderCancelled]:
     """A narrowed grant cancels the partner's waiting reorders of preferences it no longer covers."""
     assert isinstance(happened, GrantGiven)
     partner_id = partner_of(happened.audience)
     assert partner_id is not None
-    await reorders.cancel_outside_grant(conn, happened.customer_id, partner_id)
+    return await reorders.cancel_outside_grant(conn, happened.customer_id, partner_id)
 
 
 async def cancel_partner_reorders(
     conn: asyncpg.Connection, vault: Vault, happened: Happened
-) -> None:
+) -> list[ReorderCancelled]:
     """An ended grant cancels the partner's reorders that it has not accepted yet."""
     assert isinstance(happened, GrantEnded)
     partner_id = partner_of(happened.audience)
     assert partner_id is not None
-    await reorders.cancel_requested_for_partner(conn, happened.customer_id, partner_id)
+    return await reorders.cancel_requested_for_partner(conn, happened.customer_id, partner_id)
 
 
 PARTNER = "partner"

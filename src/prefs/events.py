@@ -53,7 +53,22 @@ class CustomerErased:
 
 
 Happened = PreferencesChanged | GrantGiven | GrantEnded | CustomerErased
-Consequence = Callable[[asyncpg.Connection, Vault, Happened], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ReorderCancelled:
+    """A consequence the writer's answer tells: a partner's reorder cancelled because the grant
+    to it ended or no longer covers the preference."""
+
+    reorder_id: uuid.UUID
+    preference_id: uuid.UUID | None
+    quantity: int
+    origin: str
+
+
+Followed = ReorderCancelled  # what a consequence did that its writer tells the customer
+# a consequence returns what it did that the writer's answer tells, or None
+Consequence = Callable[[asyncpg.Connection, Vault, Happened], Awaitable[Sequence[Followed] | None]]
 # (what happened, the audience kind for grants or None) -> what follows, in order
 Table = Mapping[tuple[type, str | None], Sequence[Consequence]]
 
@@ -65,10 +80,13 @@ def _key(happened: Happened) -> tuple[type, str | None]:
     return type(happened), None if audience is None else audience_kind(audience)
 
 
-async def follow(conn: asyncpg.Connection, vault: Vault, happened: Happened) -> None:
-    """Run what follows from ``happened`` (call inside the writing transaction)."""
+async def follow(conn: asyncpg.Connection, vault: Vault, happened: Happened) -> list[Followed]:
+    """Run what follows from ``happened`` (call inside the writing transaction); returns what
+    followed that the writer's answer should tell (cancelled reorders)."""
     global _table
     if _table is None:
         _table = importlib.import_module("prefs.consequences").TABLE
+    followed: list[Followed] = []
     for consequence in _table.get(_key(happened), ()):
-        await consequence(conn, vault, happened)
+        followed.extend(await consequence(conn, vault, happened) or ())
+    return followed

@@ -48,12 +48,18 @@ _STRICT: dict[Any, msgspec.json.Decoder[Any] | None] = {}
 _AT = re.compile(r" - at `\$\.?([^`]*)`$")
 
 
+def body_type_of(handler: Any) -> Any:
+    """The type a handler's ``data`` (its body) is declared as, or None for a body-less one."""
+    data = handler.parsed_fn_signature.parameters.get("data")
+    return data.annotation if data is not None else None
+
+
 def _strict_decoder(handler: Any) -> msgspec.json.Decoder[Any] | None:
     """A strict decoder of the handler's ``data`` (a msgspec Struct), made once per handler."""
     if handler not in _STRICT:
-        data = handler.parsed_fn_signature.parameters.get("data")
-        body_type = data.annotation if data is not None else None
-        is_struct = isinstance(body_type, type) and issubclass(body_type, msgspec.Struct)
+        body_type = body_type_of(handler)
+        (declared,) = _without_none(body_type) if body_type is not None else (None,)
+        is_struct = isinstance(declared, type) and issubclass(declared, msgspec.Struct)
         _STRICT[handler] = msgspec.json.Decoder(body_type) if is_struct else None
     return _STRICT[handler]
 
@@ -76,33 +82,15 @@ def decode_strictly(request: Request[Any, Any, Any], body: bytes) -> None:
         text = str(error)
         at = _AT.search(text)
         message: dict[str, str] = {"message": _AT.sub("", text), "source": "body"}
-        if at and at.group(1):
-            message["key"] = at.group(1)
-            hint = _described(decoder.type).get(at.group(1))
-            if hint:
-                message["message"] += f": {hint}"
+        # prefs.problems adds what the field allows; ``data`` is the body as a whole (msgspec
+        # names no path for it), and an error about a map's key keeps msgspec's words
+        if at or " - at " not in text:
+            message["key"] = (at.group(1) if at else "") or "data"
         raise ValidationException(
             detail=f"Validation failed for {request.method} {request.url.path}", extra=[message]
         ) from None
     except msgspec.DecodeError:
         raise InvalidInput("The body is not valid JSON.") from None
-
-
-_DESCRIBED: dict[Any, dict[str, str]] = {}
-
-
-def _described(body_type: Any) -> dict[str, str]:
-    """The descriptions a body's top-level fields carry (Meta(description=…)), by name: what an
-    error about that field adds, so it says what is allowed rather than only a pattern."""
-    if body_type not in _DESCRIBED:
-        info = msgspec.inspect.type_info(body_type)
-        _DESCRIBED[body_type] = {
-            field.encode_name: extra["description"]
-            for field in getattr(info, "fields", ())
-            if isinstance(field.type, msgspec.inspect.Metadata)
-            and "description" in (extra := field.type.extra_json_schema or {})
-        }
-    return _DESCRIBED[body_type]
 
 
 def _only_integral_floats(body_type: Any, body: bytes) -> bool:
@@ -198,7 +186,11 @@ _DECLARED: set[type] = set()  # the types declared_body documents: inline wherev
 
 
 def declared_body(
-    body_type: Any, *, required: bool = True, refine: dict[str, Any] | None = None
+    body_type: Any,
+    *,
+    required: bool = True,
+    refine: dict[str, Any] | None = None,
+    media_types: tuple[str, ...] = ("application/json",),
 ) -> type[Operation]:
     """OpenAPI: the request body exactly as msgspec decodes it, for a handler's ``operation_class``.
 
@@ -206,7 +198,8 @@ def declared_body(
     constraints inside unions, patterns of map keys), so a client following the document would
     send bodies the service refuses. ``refine`` merges in rules the services check beyond the
     types (a card's digits, exactly one of card or code); ``required=False`` for an optional body.
-    For ``X | None`` the refinements apply to ``X``.
+    For ``X | None`` the refinements apply to ``X``. ``media_types``: those the body may be
+    sent as (a PATCH names ``application/merge-patch+json`` first).
     """
     body = _decoded_as(body_type, refine or {})
     _DECLARED.update(_without_none(body_type))
@@ -216,7 +209,10 @@ def declared_body(
         def __post_init__(self) -> None:
             self.request_body = RequestBody(
                 required=required,
-                content={"application/json": OpenAPIMediaType(schema=body)},  # type: ignore[arg-type]
+                content={
+                    media_type: OpenAPIMediaType(schema=body)  # type: ignore[arg-type]
+                    for media_type in media_types
+                },
             )
 
     return DeclaredBody

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, get_args
 
 import asyncpg
 import msgspec
@@ -18,6 +18,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
+from prefs.allowed import allowed, whole_number
 from prefs.errors import DATABASE_DOWN, Problem, Unauthenticated
 
 log = logging.getLogger("prefs.errors")
@@ -125,26 +126,69 @@ def _without_values(message: str) -> str:
     return _QUOTED.sub("…", message)
 
 
-def _http(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+_PATTERN = re.compile(r" matching regex …$")
+
+
+def _with_what_is_allowed(request: Request[Any, Any, Any], error: dict[str, Any]) -> dict[str, Any]:
+    """An error about one field, with what that field allows in words (prefs.allowed): the
+    declared description of a parameter, or the rules of a body field's type. A pattern says
+    nothing a client can read, so the words stand in for it."""
+    key, message = error.get("key"), error.get("message")
+    if not isinstance(key, str) or not isinstance(message, str):
+        return error
+    parameters = request.route_handler.parsed_fn_signature.parameters
+    hint = None
+    if error.get("source") == "body" and "data" in parameters:
+        body = parameters["data"].annotation
+        if key == "data":  # the body as a whole: none, not an object, or an unknown member
+            (declared, *_) = [a for a in get_args(body) if a is not type(None)] or [body]
+            said = "Send a JSON object" if message in ("", "…") else message
+            return {**error, "message": f"{said}; allowed: {allowed(declared, '')}"}
+        hint = allowed(body, key)
+    elif key in parameters:  # a path, query or header parameter: its declaration's words
+        parameter = parameters[key]
+        declared = parameter.kwarg_definition
+        low, high = getattr(declared, "ge", None), getattr(declared, "le", None)
+        words = [getattr(declared, "description", None)]
+        if low is not None or high is not None:
+            words.append(whole_number(low, high))
+        hint = ", ".join(filter(None, words)) or allowed(parameter.annotation, "")
+    if not hint:
+        return error
+    return {**error, "message": f"{_PATTERN.sub('', message)}; allowed: {hint}"}
+
+
+def _summary(errors: list[dict[str, Any]]) -> str:
+    """The detail of a validation error: the first error in full (a client reading only the
+    detail learns what to send), and how many more ``errors`` lists."""
+    first = errors[0]
+    where = f"`{first['key']}`: " if isinstance(first.get("key"), str) else ""
+    more = f" ({len(errors) - 1} more in errors)" if len(errors) > 1 else ""
+    return f"The request does not match the schema: {where}{first.get('message', '')}.{more}"
+
+
+def _http(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 500 and (misfiled := _misfiled_body_error(exc)) is not None:
-        return problem_response(
-            400, "The request does not match the schema: see errors.", errors=misfiled
-        )
+        refused = [_with_what_is_allowed(request, error) for error in misfiled]
+        return problem_response(400, _summary(refused), errors=refused)
     errors = None
     detail = exc.detail
     if isinstance(exc, ValidationException):
-        detail = "The request does not match the schema: see errors."
         extra = exc.extra if isinstance(exc.extra, list) else []
         errors = [
-            {
-                k: _without_values(v) if k == "message" and isinstance(v, str) else v
-                for k, v in item.items()
-                if k in ("message", "key", "source")
-            }
+            _with_what_is_allowed(
+                request,
+                {
+                    k: _without_values(v) if k == "message" and isinstance(v, str) else v
+                    for k, v in item.items()
+                    if k in ("message", "key", "source")
+                },
+            )
             for item in extra
             if isinstance(item, dict)
         ] or [{"message": _without_values(exc.detail)}]
+        detail = _summary(errors)
     headers = dict(exc.headers or {})
     if exc.status_code == 401:
         headers.setdefault("WWW-Authenticate", BEARER_CHALLENGE)

@@ -32,9 +32,9 @@ SELECT (SELECT version FROM catalogue_state) AS version,
 VERSION = "(SELECT version FROM catalogue_state)"
 
 
-async def of(conn: Any, skus: Iterable[str]) -> dict[str, Status]:
-    """The catalogue's status of each of ``skus`` it knows."""
-    wanted = sorted(set(skus))
+async def of(conn: Any, skus: Iterable[str | None]) -> dict[str, Status]:
+    """The catalogue's status of each of ``skus`` it knows (a product without one has none)."""
+    wanted = sorted({sku for sku in skus if sku is not None})
     if not wanted:
         return {}
     return {row["sku"]: row["status"] for row in await conn.fetch(STATUSES, wanted)}

@@ -14,12 +14,16 @@ from msgspec import UNSET, Meta, UnsetType
 from prefs.text import AttributeName, AttributeValue, Label, ProductName, Sku
 
 Status = Literal["available", "discontinued"]
-Attributes = Annotated[dict[AttributeName, AttributeValue], Meta(max_length=32)]
+MAX_ATTRIBUTES = 32  # the most attributes (size, colour…) one preference keeps
+Attributes = Annotated[dict[AttributeName, AttributeValue], Meta(max_length=MAX_ATTRIBUTES)]
 MAX_PREFERENCES = 500  # the most preferences one customer's locker holds
 
 
-class Product(msgspec.Struct, forbid_unknown_fields=True):
-    sku: Sku
+class Product(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``sku`` is null for a product its customer typed from memory (a till always names it):
+    such a product takes no catalogue status and matches no purchase."""
+
+    sku: Sku | None = None
     name: ProductName
     brand: Label | None = None
     category: Label | None = None

@@ -119,7 +119,7 @@ def shared_view(key: DataKey, catalogue: Mapping[str, Status], row: Row) -> Shar
     )
 
 
-def skus(key: DataKey, rows: Sequence[Row]) -> list[str]:
+def skus(key: DataKey, rows: Sequence[Row]) -> list[str | None]:
     """The SKUs of preference rows (for asking the catalogue about them)."""
     return [decrypt_product(key, row["preference_id"], row["product_ct"]).sku for row in rows]
 

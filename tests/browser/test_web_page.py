@@ -583,7 +583,7 @@ def test_a_customer_confirms_or_declines_a_partners_proposal_on_the_page(
     shown = httpx.get(
         f"{service.url}/v1/partner/customers/{ref}/preferences",
         headers=bearer(service.partner_key),
-    ).json()
+    ).json()["items"]
     [chinos] = [p["id"] for p in shown if p["product"]["name"] == "Classic Chino"]
     propose(service, ref, chinos, 1)
     propose(service, ref, chinos, 2)
@@ -834,4 +834,43 @@ def test_store_staff_work_their_stores_queue_on_their_page(
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_label("Till key")).to_be_visible()
     assert page.evaluate("sessionStorage.getItem('prefs.till-key')") is None
+    watch.assert_clean(service)
+
+
+def test_a_product_without_a_code_shows_and_an_edit_removes_only_the_cleared_detail(
+    service: Service,
+    browser_page: tuple[Any, Watch],
+) -> None:
+    page, watch = browser_page
+    token = DevIssuer(service.data_dir / "dev-issuer.pem").mint(
+        f"nosku-{uuid.uuid4()}@example.test"
+    )
+    assert httpx.post(f"{service.url}/v1/me", headers=bearer(token)).status_code == 201
+    kept = httpx.post(
+        f"{service.url}/v1/me/preferences",
+        headers=bearer(token),
+        json={
+            "product": {"name": "Blue linen shirt"},
+            "attributes": {"colour": "blue", "fit": "relaxed", "pattern": "plain"},
+        },
+    )
+    assert kept.status_code == 201, kept.text
+    shirt = kept.json()
+    page.goto(f"{service.url}/#token={token}")
+    card = preference_card(page, "Blue linen shirt")
+    expect(card).to_contain_text("Colour: blue")
+    expect(card).not_to_contain_text("code")
+    expect(card).not_to_contain_text("null")
+
+    page.locator(f"#edit-{shirt['id']}").click()
+    form = page.get_by_role("form", name="Edit Blue linen shirt")
+    form.get_by_label("Colour", exact=True).fill("")
+    form.get_by_role("button", name="Save changes").click()
+    expect(status(page)).to_contain_text("Your changes to Blue linen shirt are saved.")
+    stored = httpx.get(
+        f"{service.url}/v1/me/preferences/{shirt['id']}", headers=bearer(token)
+    ).json()
+    # the cleared colour is gone (sent as null in the merge patch); the other details stay
+    assert stored["attributes"] == {"fit": "relaxed", "pattern": "plain"}
+    assert stored["product"]["sku"] is None
     watch.assert_clean(service)

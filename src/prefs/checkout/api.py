@@ -28,7 +28,7 @@ class CheckoutCodesController(Controller):
     @post(
         "/",
         status_code=HTTP_201_CREATED,
-        operation_class=declared_body(CheckoutCodeRequest),
+        operation_class=declared_body(CheckoutCodeRequest | None, required=False),
         responses=problems(400, 401, 404, 413, 415, 503),
     )
     async def create(
@@ -37,11 +37,16 @@ class CheckoutCodesController(Controller):
         vault: NamedDependency[Vault],
         settings: NamedDependency[Settings],
         customer_id: NamedDependency[UUID],
-        data: JSONBody[CheckoutCodeRequest],
+        data: JSONBody[CheckoutCodeRequest | None] = None,
     ) -> CheckoutCode:
-        """A code to show at the till, revealing only the fields chosen, for a few minutes."""
+        """A code to show at the till, revealing only the fields chosen, for a few minutes; with
+        no body, product and attributes of every preference, for the default lifetime."""
         return await service.create(
-            conn, vault.index, customer_id, data, settings.checkout_code_ttl_seconds
+            conn,
+            vault.index,
+            customer_id,
+            data or CheckoutCodeRequest(),
+            settings.checkout_code_ttl_seconds,
         )
 
     @delete("/{code_id:uuid}", responses=problems(400, 401, 404, 503))

@@ -9,11 +9,28 @@ from msgspec import Meta
 
 from prefs.grants import Fields, PreferenceIds
 
+MIN_TTL, MAX_TTL = 30, 900
+
 
 class CheckoutCodeRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    fields: Fields
+    """Every field has a default, and no body at all asks for them all: the till sees product
+    and attributes of every preference, for the service's default lifetime."""
+
+    fields: Fields = msgspec.field(default_factory=lambda: ["product", "attributes"])
     preferences: Literal["all"] | PreferenceIds = "all"
-    ttl_seconds: Annotated[int, Meta(ge=30, le=900)] | None = None
+    ttl_seconds: (
+        Annotated[
+            int,
+            Meta(
+                ge=MIN_TTL,
+                le=MAX_TTL,
+                description=f"the code's lifetime in seconds, from {MIN_TTL} to {MAX_TTL}; when "
+                "absent or null, the service's default (PREFS_CHECKOUT_CODE_TTL, 300 unless "
+                "the operator set another)",
+            ),
+        ]
+        | None
+    ) = None
     # the till that uses the code may add this visit's purchases to the locker, once
     keep_purchases: bool = False
 

@@ -12,7 +12,7 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
 from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
-from litestar.status_codes import HTTP_200_OK
+from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 
 from prefs.auth import customer_guard
 from prefs.consents import ledger, service
@@ -160,7 +160,7 @@ class ConsentsController(Controller):
     @put(
         "/{audience:str}",
         status_code=HTTP_200_OK,
-        operation_class=declared_body(ConsentGrant, refine=EXPIRING),
+        operation_class=declared_body(ConsentGrant | None, required=False, refine=EXPIRING),
         responses=problems(400, 401, 404, 413, 415, 503),
     )
     async def grant(
@@ -170,15 +170,29 @@ class ConsentsController(Controller):
         settings: NamedDependency[Settings],
         customer_id: NamedDependency[UUID],
         audience: AudienceParameter,
-        data: JSONBody[ConsentGrant],
+        data: JSONBody[ConsentGrant | None] = None,
     ) -> ConsentChange:
         """Grant or change consent for `pos`, `insights`, `partner:<id>` (each with `fields`) or
-        `purchases` (tills may add what you buy; no `fields`); returns the receipt."""
+        `purchases` (tills may add what you buy; no `fields`, so no body); returns the receipt."""
         return await service.grant(
-            conn, vault, service.terms(settings), customer_id, audience, data
+            conn, vault, service.terms(settings), customer_id, audience, data or ConsentGrant()
         )
 
-    @delete("/{audience:str}", status_code=HTTP_200_OK, responses=problems(400, 401, 404, 503))
+    @delete(
+        "/{audience:str}",
+        status_code=HTTP_200_OK,
+        responses={
+            200: ResponseSpec(
+                ConsentChange,
+                description="Withdrawn: the receipt, and the partner's reorders it cancelled",
+                generate_examples=False,
+            ),
+            204: ResponseSpec(
+                None, description="No consent to this audience was in force: nothing to withdraw"
+            ),
+            **problems(400, 401, 404, 503),
+        },
+    )
     async def withdraw(
         self,
         conn: NamedDependency[Connection],
@@ -186,9 +200,14 @@ class ConsentsController(Controller):
         settings: NamedDependency[Settings],
         customer_id: NamedDependency[UUID],
         audience: AudienceParameter,
-    ) -> ConsentChange:
-        """Withdraw consent; the next request from that audience sees nothing."""
-        return await service.withdraw(conn, vault, service.terms(settings), customer_id, audience)
+    ) -> Response[ConsentChange | None]:
+        """Withdraw consent; the next request from that audience sees nothing. Answers the
+        receipt and the partner's reorders it cancelled (`cancelled_reorders`: those not
+        accepted yet); 204 when no consent was in force (withdrawing again changes nothing)."""
+        change = await service.withdraw(conn, vault, service.terms(settings), customer_id, audience)
+        if change is None:
+            return Response(None, status_code=HTTP_204_NO_CONTENT)
+        return Response(change)
 
 
 class ReceiptKeysController(Controller):

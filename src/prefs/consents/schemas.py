@@ -35,6 +35,8 @@ class Consent(msgspec.Struct, kw_only=True):
 
 class ConsentList(msgspec.Struct):
     items: list[Consent]
+    # one list shape everywhere, {items, next}: every item fits one page, so next is null
+    next: str | None = None
 
 
 class Controller(msgspec.Struct, kw_only=True):
@@ -91,10 +93,24 @@ class LedgerEntry(msgspec.Struct, kw_only=True):
     hash: str
 
 
+class CancelledReorder(msgspec.Struct, kw_only=True):
+    """A reorder to the partner that the change cancelled: not accepted yet, and the grant no
+    longer lets the partner see its preference. ``preference_id`` is null once deleted."""
+
+    id: UUID
+    preference_id: UUID | None
+    quantity: int
+    origin: Literal["customer", "partner"]  # partner: one of its proposals
+
+
 class ConsentChange(msgspec.Struct, kw_only=True):
+    """A grant or withdrawal: the consent in force after it (null once withdrawn), its receipt
+    and ledger record, and what it cancelled (empty for every audience but a partner)."""
+
     consent: Consent | None
     receipt: Receipt
     ledger: LedgerEntry
+    cancelled_reorders: list[CancelledReorder] = msgspec.field(default_factory=list)
 
 
 class LedgerPage(msgspec.Struct):

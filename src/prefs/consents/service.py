@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,6 +13,7 @@ from msgspec import UNSET
 from prefs import partner_refs
 from prefs.consents import kantara, ledger
 from prefs.consents.schemas import (
+    CancelledReorder,
     Consent,
     ConsentChange,
     ConsentGrant,
@@ -26,7 +28,7 @@ from prefs.crypto import Vault
 from prefs.customer_keys import lock_customer
 from prefs.db import Row
 from prefs.errors import InvalidInput, NotFound
-from prefs.events import GrantEnded, GrantGiven, follow
+from prefs.events import Followed, GrantEnded, GrantGiven, ReorderCancelled, follow
 from prefs.grants import (
     IN_FORCE,
     PURCHASES,
@@ -275,8 +277,13 @@ async def grant(
             UPSERT, customer_id, audience, fields, ids, data.expires_at, receipt.receipt_id
         )
         assert row is not None
-        await follow(conn, vault, GrantGiven(customer_id, audience))
-        return ConsentChange(consent=consent_view(row, who.name), receipt=receipt, ledger=entry)
+        followed = await follow(conn, vault, GrantGiven(customer_id, audience))
+        return ConsentChange(
+            consent=consent_view(row, who.name),
+            receipt=receipt,
+            ledger=entry,
+            cancelled_reorders=cancelled(followed),
+        )
 
 
 REMOVE = """
@@ -291,13 +298,14 @@ async def withdraw(
     controller: str | Controller,
     customer_id: uuid.UUID,
     audience: str,
-) -> ConsentChange:
-    """Withdraw consent: effective for the very next request, recorded in the ledger."""
+) -> ConsentChange | None:
+    """Withdraw consent: effective for the very next request, recorded in the ledger; None when
+    there was none in force (nothing to withdraw, nothing recorded)."""
     async with conn.transaction():
         await expire_due(conn, vault, controller, customer_id, audience)
         row = await conn.fetchrow(REMOVE, customer_id, audience)
         if row is None:
-            raise NotFound("There is no consent in force for this audience.")
+            return None
         try:
             who = await recipient(conn, audience)
         except NotFound:
@@ -314,8 +322,24 @@ async def withdraw(
             row["expires_at"],
         )
         entry = await ledger.append(conn, vault.index, receipt)
-        await follow(conn, vault, GrantEnded(customer_id, audience))
-        return ConsentChange(consent=None, receipt=receipt, ledger=entry)
+        followed = await follow(conn, vault, GrantEnded(customer_id, audience))
+        return ConsentChange(
+            consent=None, receipt=receipt, ledger=entry, cancelled_reorders=cancelled(followed)
+        )
+
+
+def cancelled(followed: Sequence[Followed]) -> list[CancelledReorder]:
+    """The reorders a consent change cancelled, as its answer tells them."""
+    return [
+        CancelledReorder(
+            id=item.reorder_id,
+            preference_id=item.preference_id,
+            quantity=item.quantity,
+            origin=item.origin,  # type: ignore[arg-type]
+        )
+        for item in followed
+        if isinstance(item, ReorderCancelled)
+    ]
 
 
 DUE_CUSTOMERS = """

@@ -3,12 +3,24 @@ partner does with its key under /v1/partner."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import (
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Schema,
+)
+from litestar.openapi.spec import (
+    Reference as SchemaReference,
+)
 from litestar.params import FromPath, JSONBody, PathParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
@@ -23,14 +35,36 @@ from prefs.partners import service
 from prefs.partners.schemas import (
     PartnerDirectory,
     PartnerFeed,
+    PartnerPreferences,
     PartnerRef,
     PartnerReorder,
     PartnerReorderCreate,
     StatusChange,
+    StatusChanged,
 )
 from prefs.problems import problems
-from prefs.products import SharedPreference
 from prefs.settings import Settings
+
+# API v1.0 answered a customer's preferences to a partner as a bare array; a partner that has
+# not moved to {items, next} yet asks for it by this media type (docs/product.md, changelog).
+V1_0_ARRAY = "application/vnd.prefs.v1.0+json"
+
+
+@dataclass
+class AlsoAsBareArray(Operation):
+    """OpenAPI: the preferences answer API v1.0's bare array for its media type."""
+
+    def __post_init__(self) -> None:
+        assert self.responses is not None
+        answer = self.responses["200"]
+        assert isinstance(answer, OpenAPIResponse) and answer.content is not None
+        answer.content[V1_0_ARRAY] = OpenAPIMediaType(
+            schema=Schema(
+                type=OpenAPIType.ARRAY,
+                items=SchemaReference(ref="#/components/schemas/SharedPreference"),
+                description="API v1.0's shape, kept for partners not yet reading `items`",
+            )
+        )
 
 
 class PartnersController(Controller):
@@ -85,12 +119,19 @@ class PartnerController(Controller):
     async def set_status(
         self,
         conn: NamedDependency[Connection],
+        vault: NamedDependency[Vault],
+        settings: NamedDependency[Settings],
         credential: NamedDependency[Credential],
         reorder_id: FromPath[UUID],
         data: JSONBody[StatusChange],
-    ) -> PartnerReorder:
-        """accepted → fulfilled, or declined; repeating the current state is a no-op."""
-        return await service.set_status(conn, credential, reorder_id, data.state)
+    ) -> StatusChanged:
+        """accepted → fulfilled, or declined; repeating the current state is a no-op. Answers
+        the reorder as the feed shows it now (accepted: with its item) and `previous_state`."""
+        changed = await service.set_status(
+            conn, vault, credential, reorder_id, data.state, settings.partner_accepted_window_days
+        )
+        DISCLOSURES.labels("partner").inc(changed.item is not None)
+        return changed
 
     @post(
         "/reorders",
@@ -147,15 +188,31 @@ class PartnerController(Controller):
             replay,
         )
 
-    @get("/customers/{ref:str}/preferences", responses=problems(400, 401, 404, 503))
+    @get(
+        "/customers/{ref:str}/preferences",
+        operation_class=AlsoAsBareArray,
+        responses={
+            200: ResponseSpec(
+                PartnerPreferences,
+                description="The granted fields of the granted preferences, in rank order",
+                generate_examples=False,
+            ),
+            **problems(400, 401, 404, 503),
+        },
+    )
     async def preferences(
         self,
+        request: Request[Any, Any, Any],
         conn: NamedDependency[Connection],
         vault: NamedDependency[Vault],
         credential: NamedDependency[Credential],
         ref: Reference,
-    ) -> list[SharedPreference]:
-        """A consenting customer's granted preferences (404 without a live grant)."""
+    ) -> Response[Any]:
+        """A consenting customer's granted preferences (404 without a live grant), as
+        `{items, next}`; `Accept: application/vnd.prefs.v1.0+json` still answers API v1.0's
+        bare array."""
         shown = await service.partner_preferences(conn, vault, credential, ref)
         DISCLOSURES.labels("partner").inc()
-        return shown
+        if V1_0_ARRAY in request.headers.get("accept", ""):
+            return Response(shown, media_type=V1_0_ARRAY, headers={"Vary": "Accept"})
+        return Response(PartnerPreferences(items=shown), headers={"Vary": "Accept"})

@@ -7,6 +7,7 @@ from uuid import UUID
 import msgspec
 from msgspec import Meta
 
+from prefs.products import SharedPreference
 from prefs.sealed_reorders import Quantity, Snapshot, State
 from prefs.text import END
 
@@ -19,6 +20,8 @@ class Partner(msgspec.Struct):
 
 class PartnerDirectory(msgspec.Struct):
     items: list[Partner]
+    # one list shape everywhere, {items, next}: every item fits one page, so next is null
+    next: str | None = None
 
 
 PartnerRef = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+" + END)]
@@ -53,6 +56,23 @@ class PartnerReorder(msgspec.Struct, kw_only=True):
     item: Snapshot | None
     created_at: datetime
     updated_at: datetime
+
+
+class PartnerPreferences(msgspec.Struct):
+    """A consenting customer's granted preferences, in the list shape every list has (API
+    v1.0 answered the bare array, still served for Accept: application/vnd.prefs.v1.0+json)."""
+
+    items: list[SharedPreference]
+    # one list shape everywhere, {items, next}: every item fits one page, so next is null
+    next: str | None = None
+
+
+class StatusChanged(PartnerReorder, kw_only=True):
+    """What a status change did: the reorder as the feed shows it now (an accepted one with
+    its item, a finished one without), and the state it was in before (the same state when
+    the change repeated it)."""
+
+    previous_state: State
 
 
 class PartnerFeed(msgspec.Struct):

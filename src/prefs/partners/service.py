@@ -26,7 +26,13 @@ from prefs.grants import (
     partner_audience_sql,
     partner_fields,
 )
-from prefs.partners.schemas import Partner, PartnerFeed, PartnerReorder, PartnerReorderCreate
+from prefs.partners.schemas import (
+    Partner,
+    PartnerFeed,
+    PartnerReorder,
+    PartnerReorderCreate,
+    StatusChanged,
+)
 from prefs.products import SharedPreference
 from prefs.sealed_preferences import GET as GET_PREFERENCE
 from prefs.sealed_preferences import SHOWN, shared_view, skus
@@ -334,11 +340,17 @@ RETURNING reorder_id, preference_id, preference_ref, origin, quantity, state, fi
 
 
 async def set_status(
-    conn: asyncpg.Connection, partner: Credential, reorder_id: uuid.UUID, state: str
-) -> PartnerReorder:
+    conn: asyncpg.Connection,
+    vault: Vault,
+    partner: Credential,
+    reorder_id: uuid.UUID,
+    state: str,
+    window_days: int,
+) -> StatusChanged:
     """Move a reorder on (accepted → fulfilled, or declined); repeating a state is a no-op.
 
-    The answer carries no item details: partners read those from the feed.
+    The answer is the reorder as the feed shows it after the move (an accepted one with what
+    fulfilling it needs, a finished one without its item), and the state it moved from.
     """
     assert partner.partner_id is not None
     async with conn.transaction():
@@ -351,13 +363,26 @@ async def set_status(
         if row is None:
             raise NotFound("No such reorder.")
         ref = await partner_refs.reference(conn, partner.partner_id, row["customer_id"])
+        now = dict(row)
         if row["state"] != state:
             if (row["state"], state) not in PARTNER_MOVES:
                 raise Conflict(f"A {row['state']} reorder cannot become {state}.")
             moved = await conn.fetchrow(MOVE, row["customer_id"], reorder_id, state)
             assert moved is not None
-            return _partner_view({**dict(row), **dict(moved)}, ref, None, [])
-        return _partner_view(row, ref, None, [])
+            now.update(moved)
+        sight = await conn.fetchrow(
+            ONE_FOR_PARTNER, reorder_id, partner.partner_id, window_days, row["customer_id"]
+        )
+        assert sight is not None
+        fields, snap = shown_to_partner(sight), None
+        if fields and sight["snapshot_ct"] is not None:  # none left once the customer erased
+            key = await data_key(conn, vault, row["customer_id"])
+            snap = narrowed(open_snapshot(key, sight), fields)
+        if snap is not None:
+            disclosed = [(row["customer_id"], [row["preference_id"]], fields)]
+            await disclosures.record(conn, partner, "reorder", "reorder", disclosed, vault=vault)
+        view = _partner_view(now, ref, snap, fields if snap else [])
+        return StatusChanged(**msgspec.structs.asdict(view), previous_state=row["state"])
 
 
 # The customer comes first from the partner's reference (found by partner), then everything else

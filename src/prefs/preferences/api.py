@@ -32,6 +32,9 @@ IfMatch = Annotated[
 ]
 
 
+MERGE_PATCH = "application/merge-patch+json"  # RFC 7396
+
+
 def expected_version(if_match: str | None) -> int | None:
     """The version an If-Match header asks for; None for ``*``."""
     if if_match is None:
@@ -103,7 +106,9 @@ class PreferencesController(Controller):
 
     @patch(
         "/{preference_id:uuid}",
-        operation_class=declared_body(PreferenceUpdate),
+        # documented as merge-patch+json only: a second media type with the same inline schema
+        # makes client generators build the body twice (application/json is still accepted)
+        operation_class=declared_body(PreferenceUpdate, media_types=(MERGE_PATCH,)),
         responses=problems(400, 401, 404, 409, 412, 413, 415, 428, 503),
     )
     async def update(
@@ -115,7 +120,10 @@ class PreferencesController(Controller):
         data: JSONBody[PreferenceUpdate],
         if_match: IfMatch = None,
     ) -> Response[Preference]:
-        """Change the fields given; needs If-Match (412 when stale, 428 when missing)."""
+        """Change the fields given, as a JSON Merge Patch (RFC 7396; sent as
+        application/merge-patch+json or application/json, the same either way): nested
+        `product` and `attributes` change member by member, null removes one. Needs If-Match
+        (412 when stale, 428 when missing)."""
         version = expected_version(if_match)
         preference = await service.update_preference(
             conn, vault, customer_id, preference_id, data, version

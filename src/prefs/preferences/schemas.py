@@ -7,8 +7,8 @@ from uuid import UUID
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from prefs.products import MAX_PREFERENCES, Attributes, Product, Source, Status
-from prefs.text import Note
+from prefs.products import MAX_ATTRIBUTES, MAX_PREFERENCES, Attributes, Product, Source, Status
+from prefs.text import AttributeName, AttributeValue, Label, Note, ProductName, Sku
 
 __all__ = ["MAX_PREFERENCES", "Attributes"]  # shared with the till's purchases (prefs.products)
 
@@ -26,11 +26,29 @@ class PreferenceCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     last_purchased_on: date | None = None
 
 
-class PreferenceUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Only the fields present change; ``note`` and ``last_purchased_on`` may be set to null."""
+class ProductPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A JSON Merge Patch (RFC 7396) of a product: members sent replace, null removes one; the
+    name stays (it cannot be null)."""
 
-    product: Product | UnsetType = UNSET
-    attributes: Attributes | UnsetType = UNSET
+    sku: Sku | None | UnsetType = UNSET
+    name: ProductName | UnsetType = UNSET
+    brand: Label | None | UnsetType = UNSET
+    category: Label | None | UnsetType = UNSET
+
+
+# an attribute set to null is removed; the attributes after the patch are still at most 32
+AttributesPatch = Annotated[
+    dict[AttributeName, AttributeValue | None], Meta(max_length=2 * MAX_ATTRIBUTES)
+]
+
+
+class PreferenceUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A JSON Merge Patch (RFC 7396): only the members present change, nested objects member by
+    member (``attributes: {"size": "XL"}`` keeps the other attributes, null removes one);
+    ``note``, ``last_purchased_on`` and ``attributes`` (all of them) may be set to null."""
+
+    product: ProductPatch | UnsetType = UNSET
+    attributes: AttributesPatch | None | UnsetType = UNSET
     note: Note | None | UnsetType = UNSET
     rank: Rank | UnsetType = UNSET
     status: Status | UnsetType = UNSET
@@ -56,7 +74,11 @@ class Preference(msgspec.Struct, kw_only=True):
     updated_at: datetime
 
 
-class PreferenceList(msgspec.Struct):
+class PreferenceList(msgspec.Struct, kw_only=True):
+    """Every preference in one page (a locker holds at most ``limit``), in the list shape every
+    list has; ``count`` and ``limit`` are kept from before ``next`` for clients reading them."""
+
     items: list[Preference]
+    next: str | None = None
     count: int
     limit: int = MAX_PREFERENCES

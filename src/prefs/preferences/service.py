@@ -6,21 +6,24 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
+import msgspec
 from msgspec import UNSET
 
 from prefs import product_status
 from prefs.crypto import DataKey, Vault
 from prefs.customer_keys import data_key, lock_customer
 from prefs.db import Row
-from prefs.errors import LimitReached, NotFound, PreconditionFailed
+from prefs.errors import InvalidInput, LimitReached, NotFound, PreconditionFailed
 from prefs.events import PreferencesChanged, follow
 from prefs.preferences.schemas import (
     MAX_PREFERENCES,
     Preference,
     PreferenceCreate,
     PreferenceUpdate,
+    ProductPatch,
 )
 from prefs.product_status import overlaid
+from prefs.products import MAX_ATTRIBUTES, Product
 from prefs.sealed_preferences import (
     COLUMNS,
     GET,
@@ -163,6 +166,32 @@ async def _move(conn: asyncpg.Connection, customer_id: uuid.UUID, old: int, new:
         await conn.execute(MOVE_DOWN, customer_id, old, new)
 
 
+def patched_product(product: Product, patch: ProductPatch) -> Product:
+    """The product with a merge patch applied (RFC 7396): members sent replace, null removes."""
+    changes = {
+        name: value for name, value in msgspec.structs.asdict(patch).items() if value is not UNSET
+    }
+    return msgspec.structs.replace(product, **changes)
+
+
+def patched_attributes(
+    attributes: dict[str, str], patch: dict[str, str | None] | None
+) -> dict[str, str]:
+    """The attributes with a merge patch applied (RFC 7396): a value sent replaces, null removes
+    that attribute, and null for them all removes every one."""
+    if patch is None:
+        return {}
+    merged = {**attributes, **patch}
+    kept = {name: value for name, value in merged.items() if value is not None}
+    if len(kept) > MAX_ATTRIBUTES:
+        raise InvalidInput(
+            f"A preference keeps at most {MAX_ATTRIBUTES} attributes; set some to null to "
+            "remove them.",
+            errors=[{"key": "attributes", "source": "body", "message": "too many attributes"}],
+        )
+    return kept
+
+
 async def update_preference(
     conn: asyncpg.Connection,
     vault: Vault,
@@ -184,16 +213,14 @@ async def update_preference(
             count: int = await conn.fetchval(COUNT, customer_id)
             rank = min(data.rank, count)
             await _move(conn, customer_id, row["rank"], rank)
-        product_ct = (
-            row["product_ct"]
-            if data.product is UNSET
-            else seal(key, preference_id, "product", data.product)
-        )
-        attributes_ct = (
-            row["attributes_ct"]
-            if data.attributes is UNSET
-            else seal(key, preference_id, "attributes", data.attributes)
-        )
+        product_ct, attributes_ct = row["product_ct"], row["attributes_ct"]
+        if data.product is not UNSET:
+            product = decrypt_product(key, preference_id, product_ct)
+            product_ct = seal(key, preference_id, "product", patched_product(product, data.product))
+        if data.attributes is not UNSET:
+            attributes = decrypt_attributes(key, preference_id, attributes_ct)
+            merged = patched_attributes(attributes, data.attributes)
+            attributes_ct = seal(key, preference_id, "attributes", merged)
         if data.status is not UNSET:
             product = decrypt_product(key, preference_id, product_ct)
             await product_status.refuse_customer_change(conn, product.sku, data.status)

@@ -45,10 +45,12 @@ MAX_PURCHASES = 1_000_000  # a preference's purchase count stops here (the custo
 EARLIEST = date(2000, 1, 1)
 
 
-Match = tuple[str, tuple[tuple[str, str], ...]]  # a SKU and its attributes, in order
+# a SKU and its attributes, in order; a preference typed without a SKU (None) matches no
+# purchase, since a till always names one
+Match = tuple[str | None, tuple[tuple[str, str], ...]]
 
 
-def _match(sku: str, attributes: Mapping[str, str]) -> Match:
+def _match(sku: str | None, attributes: Mapping[str, str]) -> Match:
     """What makes two purchases the same preference: the SKU and the attributes, in any order."""
     return sku, tuple(sorted(attributes.items()))
 

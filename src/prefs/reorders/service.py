@@ -17,6 +17,7 @@ from prefs.crypto import DataKey, Vault
 from prefs.customer_keys import data_key, lock_customer
 from prefs.db import Row
 from prefs.errors import Conflict, InvalidInput, LimitReached, NotFound
+from prefs.events import ReorderCancelled
 from prefs.grants import FIELD_ORDER, Field, partner_audience, partner_fields
 from prefs.reorders.schemas import Reorder, ReorderCreate, ReorderList, ReorderStore
 from prefs.sealed_preferences import GET as GET_PREFERENCE
@@ -299,6 +300,7 @@ async def confirm(
 CLOSE_WAITING = """
 UPDATE reorders SET state = 'cancelled', updated_at = now()
 WHERE customer_id = $1 AND partner_id = $2 AND state IN ('proposed', 'requested')
+RETURNING reorder_id, preference_id, quantity, origin
 """
 CLOSE_WAITING_OUTSIDE_GRANT = """
 UPDATE reorders r SET state = 'cancelled', updated_at = now()
@@ -306,21 +308,24 @@ FROM consents g
 WHERE r.customer_id = $1 AND r.partner_id = $2 AND r.state IN ('proposed', 'requested')
   AND g.customer_id = r.customer_id AND g.audience = $3
   AND g.preference_ids IS NOT NULL AND NOT r.preference_id = ANY(g.preference_ids)
+RETURNING r.reorder_id, r.preference_id, r.quantity, r.origin
 """
 
 
 async def cancel_requested_for_partner(
     conn: asyncpg.Connection, customer_id: uuid.UUID, partner_id: uuid.UUID
-) -> None:
+) -> list[ReorderCancelled]:
     """After consent to a partner ends, its not-yet-accepted reorders are cancelled."""
-    await conn.execute(CLOSE_WAITING, customer_id, partner_id)
+    rows = await conn.fetch(CLOSE_WAITING, customer_id, partner_id)
+    return [ReorderCancelled(**dict(row)) for row in rows]
 
 
 async def cancel_outside_grant(
     conn: asyncpg.Connection, customer_id: uuid.UUID, partner_id: uuid.UUID
-) -> None:
+) -> list[ReorderCancelled]:
     """After a grant to a partner changed, its not-yet-accepted reorders of preferences the
     grant no longer covers are cancelled (narrowed fields only narrow what the partner sees)."""
-    await conn.execute(
+    rows = await conn.fetch(
         CLOSE_WAITING_OUTSIDE_GRANT, customer_id, partner_id, partner_audience(partner_id)
     )
+    return [ReorderCancelled(**dict(row)) for row in rows]

@@ -278,12 +278,19 @@ async function add(body, form) {
   }
 }
 
+/** The form's whole state as a merge patch of ``stored`` (PATCH merges attributes member by
+ * member, RFC 7396): the details the customer removed are sent as null, so they go. */
+function replacing(body, stored) {
+  const removed = Object.keys(stored.attributes || {}).filter((name) => !(name in body.attributes));
+  return { ...body, attributes: { ...Object.fromEntries(removed.map((name) => [name, null])), ...body.attributes } };
+}
+
 function openEdit(preference, panel) {
   clearMessages();
   const close = () => { panel.replaceChildren(); document.getElementById(`edit-${preference.id}`)?.focus(); };
   const save = async (body, form, version = preference.version) => {
     try {
-      const saved = await api.patch(`/v1/me/preferences/${preference.id}`, body, api.ifMatch(version));
+      const saved = await api.patch(`/v1/me/preferences/${preference.id}`, replacing(body, preference), api.ifMatch(version));
       await reload();
       document.getElementById(`edit-${saved.id}`)?.focus();
       announce(`Your changes to ${saved.product.name} are saved.`);
@@ -335,7 +342,7 @@ async function showConflict(preference, panel, draft) {
   keepMine.addEventListener("click", () => busy(keepMine, async () => {
     box.remove();
     clearMessages();
-    const response = await api.patch(`/v1/me/preferences/${preference.id}`, draft, api.ifMatch(current.version))
+    const response = await api.patch(`/v1/me/preferences/${preference.id}`, replacing(draft, current), api.ifMatch(current.version))
       .catch((error) => error);
     if (response instanceof api.ApiError) {
       if (response.status === 412) await showConflict(preference, panel, draft);
@@ -408,8 +415,8 @@ function preferenceForm({ legend, opener, preference = null, onCancel, onSave })
     h("fieldset", null, h("legend", null, "The product"),
       h("div", { class: "grid grid-2" },
         textField({ id: `${prefix}-name`, label: "Product name", value: product.name || "", required: true }),
-        textField({ id: `${prefix}-sku`, label: "Product code (SKU)", value: product.sku || "", required: true, maxlength: 64,
-          hint: "On the label or the receipt." }),
+        textField({ id: `${prefix}-sku`, label: "Product code (SKU)", value: product.sku || "", maxlength: 64,
+          hint: "On the label or the receipt, if you have it." }),
         textField({ id: `${prefix}-brand`, label: "Brand", value: product.brand || "", maxlength: 100 }),
         textField({ id: `${prefix}-category`, label: "Category", value: product.category || "", maxlength: 100,
           hint: "For example trousers, shirts, shoes." }))),
@@ -546,7 +553,6 @@ function readForm(form, prefix, freeRows, discontinued, note) {
   const problems = [];
   const invalid = (input, message) => { markInvalid(input, message); problems.push(message); };
   if (!value("name")) invalid(form.querySelector(`#${prefix}-name`), "Enter the product's name.");
-  if (!value("sku")) invalid(form.querySelector(`#${prefix}-sku`), "Enter the product code (SKU), as on the label or receipt.");
   const attributes = {};
   for (const row of freeRows.querySelectorAll(".free-detail")) {
     const nameInput = row.querySelector(".detail-name-input");
@@ -568,7 +574,7 @@ function readForm(form, prefix, freeRows, discontinued, note) {
     return null;
   }
   return {
-    product: { sku: value("sku"), name: value("name"), brand: value("brand") || null, category: value("category") || null },
+    product: { sku: value("sku") || null, name: value("name"), brand: value("brand") || null, category: value("category") || null },
     attributes,
     note: note.value.trim() ? note.value.trim() : null,
     ...(discontinued && !discontinued.disabled ? { status: discontinued.checked ? "discontinued" : "available" } : {}),
