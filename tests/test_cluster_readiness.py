@@ -151,7 +151,9 @@ def test_what_the_allowlist_holds_still_leaves_one_shard_and_says_why():
     for fingerprint, (where, why) in {**distribution.ALLOWED, **distribution.KNOWN_GAPS}.items():
         assert where and len(why) > 30, fingerprint
         if fingerprint in seen:
-            assert distribution.problems(seen[fingerprint]), f"{where} is single-shard now: unlist it"
+            assert distribution.problems(seen[fingerprint]), (
+                f"{where} is single-shard now: unlist it"
+            )
 
 
 @pytest.mark.parametrize(
