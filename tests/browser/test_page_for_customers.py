@@ -530,3 +530,44 @@ def test_a_product_without_a_code_shows_without_one(
     expect(reorder).to_contain_text("Fjell")
     expect(reorder).not_to_contain_text("code")
     watch.assert_clean(service)
+
+
+# --- what withdrawing a partner's consent did ----------------------------------------------------
+
+
+@WIDTHS
+def test_stopping_sharing_with_a_partner_says_which_reorders_it_cancelled(
+    service: Service, browser_page: tuple[Any, Watch], width: int
+) -> None:
+    page, watch = browser_page
+    token, [chinos, jumper] = signed_in(page, service, width, CHINOS, JUMPER)
+    audience = partner_audience(service, token)
+    grant(service, token, audience, fields=["product", "attributes"], preferences="all")
+    partner = audience.split(":", 1)[1]
+    for preference, quantity in ((chinos, 1), (jumper, 2)):
+        placed = httpx.post(
+            f"{service.url}/v1/me/preferences/{preference['id']}/reorders",
+            headers={**bearer(token), "Idempotency-Key": str(uuid.uuid4())},
+            json={"quantity": quantity, "fulfiller": f"partner:{partner}"},
+        )
+        assert placed.status_code == 201, placed.text
+
+    go_to(page, "Sharing")
+    page.get_by_role("button", name="Stop sharing with Stitch & Co. tailors").click()
+    status = page.locator("#status")
+    expect(status).to_contain_text("You stopped sharing with Stitch & Co. tailors.")
+    expect(status).to_contain_text(
+        "This also cancelled 2 reorders Stitch & Co. tailors had not accepted yet:"
+    )
+    expect(status).to_contain_text(f"1 {TIMES} Classic Chino (34, 32, khaki)")
+    expect(status).to_contain_text(f"2 {TIMES} Merino Crew Jumper (L, navy)")
+    look_at(page, "sharing-withdrawal-cancelled")
+
+    # the answer told the truth: both reorders are cancelled
+    mine = httpx.get(f"{service.url}/v1/me/reorders", headers=bearer(token)).json()["items"]
+    assert sorted(r["state"] for r in mine) == ["cancelled", "cancelled"]
+
+    # withdrawing what is not in force again: nothing cancelled, nothing said about reorders
+    again = httpx.delete(f"{service.url}/v1/me/consents/{audience}", headers=bearer(token))
+    assert again.status_code == 204
+    watch.assert_clean(service)

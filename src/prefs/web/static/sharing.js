@@ -49,6 +49,20 @@ function preferenceLabel(preference) {
   return sizes ? `${preference.product.name} (${sizes})` : preference.product.name;
 }
 
+/** What a change of consent cancelled, in words ("" when nothing): the service lists each reorder
+ * a partner had not accepted yet, which a withdrawal (or a narrower grant) cancels. */
+function cancelledWords(change, preferences, spec) {
+  const cancelled = change?.cancelled_reorders || [];
+  if (!cancelled.length) return "";
+  const items = cancelled.map((r) => {
+    const preference = preferences.find((p) => p.id === r.preference_id);
+    return `${r.quantity} × ${preference ? preferenceLabel(preference) : "a preference you deleted"}`;
+  });
+  const what = cancelled.length === 1 ? "the reorder" : `${cancelled.length} reorders`;
+  return ` This also cancelled ${what} ${spec.who} had not accepted yet: ${listWords(items)}. ` +
+    "Reorders shows them as cancelled; reorders they had already accepted are still theirs to finish.";
+}
+
 function tomorrow() {
   const at = new Date();
   at.setDate(at.getDate() + 1);
@@ -141,24 +155,26 @@ function audienceCard(spec, consent, preferences, onChanged) {
         return;
       }
       await onChanged(spec.audience);
+      const cancelledNote = cancelledWords(change, preferences, spec);
       const saved = spec.writes ? "Saved: the tills add what you buy to your preferences."
         : `Saved: ${change.consent.recipient} may see ${listWords(change.consent.fields.map((f) => FIELD_WORDS[f]))}.`;
-      announce(`${saved} Receipt ${change.receipt.receipt_id.slice(0, 8)} is in your consent history.`);
+      announce(`${saved} Receipt ${change.receipt.receipt_id.slice(0, 8)} is in your consent history.${cancelledNote}`);
     });
   });
   stop?.addEventListener("click", () => busy(stop, async () => {
     clearMessages();
+    let change;
     try {
-      await api.del(`/v1/me/consents/${spec.audience}`);
+      change = await api.del(`/v1/me/consents/${spec.audience}`);
     } catch (error) {
       warnAbout(error, "Not stopped");
       return;
     }
     await onChanged(spec.audience);
-    announce(spec.writes ? "The tills add nothing from now on."
+    announce((spec.writes ? "The tills add nothing from now on."
       : spec.audience === "pos"
       ? `You stopped sharing with ${spec.who}. They see nothing from now on, and your checkout codes have ended.`
-      : `You stopped sharing with ${spec.who}. They see nothing from now on.`);
+      : `You stopped sharing with ${spec.who}. They see nothing from now on.`) + cancelledWords(change, preferences, spec));
   }));
 
   return h("section", { class: "card audience", "aria-labelledby": `${id}-title`, "data-audience": spec.audience },
