@@ -16,7 +16,7 @@ from prefs.crypto import DataKey, DecryptionError, Vault
 from prefs.customer_keys import data_key
 from prefs.db import Row
 from prefs.disclosures import Visit, as_row, open_visit, seal
-from prefs.sealed_preferences import decrypt_product
+from prefs.sealed_preferences import product_of
 
 FIELD_WORDS = {
     "product": "which products",
@@ -105,7 +105,7 @@ ORDER BY at DESC, disclosure_id DESC
 LIMIT $4
 """
 NAMES = """
-SELECT preference_id, product_ct FROM preferences
+SELECT preference_id, sealed, product_ct FROM preferences
 WHERE customer_id = $1 AND preference_id = ANY($2::uuid[])
 """
 
@@ -156,9 +156,7 @@ async def disclosures(
     if wanted:
         for pref in await conn.fetch(NAMES, customer_id, wanted):
             try:
-                names[pref["preference_id"]] = decrypt_product(
-                    key, pref["preference_id"], pref["product_ct"]
-                ).name
+                names[pref["preference_id"]] = product_of(key, pref).name
             except DecryptionError:
                 continue
     return [
