@@ -17,6 +17,7 @@ from prefs.customer_keys import data_key
 from prefs.preferences import service as preferences
 from prefs.sealed_preferences import open_sealed
 from tests.support.customer import grant, preferences_of
+from tests.support.rights import run_prefs
 from tests.support.till import look_up, shopper, till_key
 
 CONTENT = "SELECT sealed, product_ct, attributes_ct, note_ct, source_ct, version, updated_at"
@@ -132,3 +133,28 @@ async def test_editing_a_row_kept_field_by_field_seals_it_whole_and_keeps_the_re
     )
     row = await stored(conn, pid)
     assert row["sealed"] is not None and row["product_ct"] is None and row["note_ct"] is None
+
+
+async def test_prefs_migrate_seals_the_preferences_kept_field_by_field(
+    client, conn, database, settings, new_customer, vault: Vault
+):
+    customer, _, kept = await shopper(new_customer, client)
+    key = await data_key(conn, vault, uuid.UUID(customer.id))
+    for preference in kept:
+        await as_before_0016(conn, key, uuid.UUID(preference["id"]))
+    before = await preferences_of(client, customer)
+
+    code, output = await run_prefs(
+        "migrate",
+        database_url=database.url,
+        data_dir=settings.data_dir,
+        master_keys=settings.master_keys,
+        index_keys=settings.index_keys,
+    )
+
+    assert code == 0, output
+    assert "preferences kept field by field as one ciphertext each" in output
+    for preference in kept:
+        row = await stored(conn, uuid.UUID(preference["id"]))
+        assert row["sealed"] is not None and row["product_ct"] is None
+    assert await preferences_of(client, customer) == before
