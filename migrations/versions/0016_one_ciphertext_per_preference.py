@@ -18,8 +18,9 @@ for moments however large it is. The check is added NOT VALID: every existing ro
 (both columns were NOT NULL until now), so scanning the table under the migration's lock would
 prove nothing; rows written from now on are checked.
 
-The previous release cannot read sealed rows: finish the rollout before old processes stop
-serving. The downgrade refuses while sealed rows exist (decrypting them back into the
+The previous release cannot read sealed rows: while old and new processes serve side by side,
+an old one fails on a preference a new one wrote or converted, so keep that overlap short (the
+rows in the per-field format read everywhere). The downgrade refuses while sealed rows exist (decrypting them back into the
 per-field format needs the keys); delete them to roll back (losing them).
 
 Revision ID: 0016
