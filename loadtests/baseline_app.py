@@ -24,7 +24,7 @@ from litestar.exceptions import NotFoundException
 
 SELECT = """
 SELECT customer_id, preference_id, rank, status, purchases_ct, version,
-       product_ct, attributes_ct, note_ct, created_at, updated_at
+       sealed, product_ct, attributes_ct, note_ct, created_at, updated_at
 FROM preferences WHERE customer_id = $1 AND preference_id = $2
 """
 
@@ -36,8 +36,9 @@ class Row(msgspec.Struct):
     status: str
     purchases_ct: bytes | None
     version: int
-    product_ct: bytes
-    attributes_ct: bytes
+    sealed: bytes | None
+    product_ct: bytes | None
+    attributes_ct: bytes | None
     note_ct: bytes | None
     created_at: datetime
     updated_at: datetime

@@ -29,6 +29,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from msgspec import msgpack
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from sqlalchemy import LargeBinary, Text, Uuid, func, or_, select
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -101,8 +102,9 @@ class Preference(Base):
     preference_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     rank: Mapped[int]
     status: Mapped[str]
-    product_ct: Mapped[bytes] = mapped_column(LargeBinary)
-    attributes_ct: Mapped[bytes] = mapped_column(LargeBinary)
+    sealed: Mapped[bytes | None] = mapped_column(LargeBinary)  # everything, one ciphertext
+    product_ct: Mapped[bytes | None] = mapped_column(LargeBinary)  # rows not yet converted
+    attributes_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
     note_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
@@ -268,6 +270,35 @@ def decrypt(key: DataKey, preference: Preference, column: str, blob: bytes) -> b
     return key.decrypt(blob, "preferences", column, preference.preference_id)
 
 
+class Content(BaseModel):
+    """What a preference says: one ciphertext of [product, attributes, note, source] (msgpack,
+    as prefs writes it), or for rows not yet converted one ciphertext per field."""
+
+    product: Product
+    attributes: dict[str, str]
+    note: str | None = None
+
+
+def content(key: DataKey, preference: Preference) -> Content:
+    if preference.sealed is not None:
+        product, attributes, note, _source = msgpack.decode(
+            decrypt(key, preference, "sealed", preference.sealed)
+        )
+        return Content(product=product, attributes=attributes, note=note)
+    assert preference.product_ct is not None and preference.attributes_ct is not None
+    return Content(
+        product=Product.model_validate_json(
+            decrypt(key, preference, "product", preference.product_ct)
+        ),
+        attributes=attributes_json.validate_json(
+            decrypt(key, preference, "attributes", preference.attributes_ct)
+        ),
+        note=None
+        if preference.note_ct is None
+        else note_json.validate_json(decrypt(key, preference, "note", preference.note_ct)),
+    )
+
+
 router = APIRouter()
 
 
@@ -288,35 +319,27 @@ async def lookup(body: LookupRequest, till: Till, session: Session, vault: Keys)
     if preference_ids is not None:
         query = query.where(Preference.preference_id.in_(preference_ids))
     preferences = (await session.scalars(query.order_by(Preference.rank))).all()
-    products = [
-        Product.model_validate_json(decrypt(key, p, "product", p.product_ct)) for p in preferences
-    ]
+    contents = [content(key, p) for p in preferences]
     statuses = {}
-    if products:
+    if contents:
         catalogue = await session.execute(
             select(CatalogueProduct.sku, CatalogueProduct.status).where(
-                CatalogueProduct.sku.in_({product.sku for product in products})
+                CatalogueProduct.sku.in_({c.product.sku for c in contents})
             )
         )
         statuses = {sku: status for sku, status in catalogue}
 
     shown = []
-    for number, (preference, product) in enumerate(zip(preferences, products, strict=True), 1):
+    for number, (preference, opened) in enumerate(zip(preferences, contents, strict=True), 1):
         shown_preference = TillPreference(
-            rank=number, status=statuses.get(product.sku, preference.status)
+            rank=number, status=statuses.get(opened.product.sku, preference.status)
         )
         if "product" in fields:
-            shown_preference.product = product
+            shown_preference.product = opened.product
         if "attributes" in fields:
-            shown_preference.attributes = attributes_json.validate_json(
-                decrypt(key, preference, "attributes", preference.attributes_ct)
-            )
+            shown_preference.attributes = opened.attributes
         if "note" in fields:
-            shown_preference.note = (
-                None
-                if preference.note_ct is None
-                else note_json.validate_json(decrypt(key, preference, "note", preference.note_ct))
-            )
+            shown_preference.note = opened.note
         shown.append(shown_preference)
 
     disclosure_id = uuid.uuid4()

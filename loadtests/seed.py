@@ -49,8 +49,9 @@ from prefs.catalogue.schemas import ImportRow
 from prefs.consents import ledger
 from prefs.consents import service as consents
 from prefs.consents.schemas import Recipient
-from prefs.crypto import Vault
-from prefs.sealed_preferences import seal_purchases
+from prefs.crypto import DataKey, Vault
+from prefs.products import Product
+from prefs.sealed_preferences import Content, seal, seal_purchases
 from prefs.settings import DEV_ISSUER, Settings, load
 
 CARD_FORMAT = (
@@ -79,6 +80,7 @@ COLUMNS = {
         "rank",
         "status",
         "purchases_ct",
+        "sealed",
         "product_ct",
         "attributes_ct",
         "note_ct",
@@ -140,6 +142,7 @@ class Batch:
     preferences: int
     partners: tuple[Partner, ...] = ()
     partner_share: float = 0.0
+    per_field: bool = False  # preferences in the format before revision 0016
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,33 @@ class Written:
     crypto_seconds: float
     copy_seconds: float
     grants: list[tuple[int, str, str]]  # (customer index, partner id, pairwise reference)
+
+
+def _sealed(key: DataKey, pid: uuid.UUID, content: dict[str, Any]) -> tuple[Any, ...]:
+    """sealed, product_ct, attributes_ct, note_ct: one ciphertext, as the service writes it."""
+    product = msgspec.convert(content["product"], Product)
+    return (
+        seal(key, pid, Content(product, content["attributes"], content["note"])),
+        None,
+        None,
+        None,
+    )
+
+
+def _per_field(key: DataKey, pid: uuid.UUID, content: dict[str, Any]) -> tuple[Any, ...]:
+    """The same, one ciphertext per field, as written before revision 0016 (for measuring what
+    reading that format costs, and the backfill that converts it)."""
+    note = content["note"]
+
+    def sealed_field(column: str, value: Any) -> bytes:
+        return key.encrypt(msgspec.json.encode(value), "preferences", column, pid)
+
+    return (
+        None,
+        sealed_field("product", content["product"]),
+        sealed_field("attributes", content["attributes"]),
+        None if note is None else sealed_field("note", note),
+    )
 
 
 class Writer:
@@ -198,7 +228,6 @@ class Writer:
             for rank in range(1, batch.preferences + 1):
                 content = preference(rng, rank, today)
                 pid = uuid.uuid4()
-                note = content["note"]
                 tables["preferences"].append(
                     (
                         customer_id,
@@ -208,18 +237,7 @@ class Writer:
                         seal_purchases(
                             key, pid, content["purchases"], content["last_purchased_on"]
                         ),
-                        key.encrypt(
-                            msgspec.json.encode(content["product"]), "preferences", "product", pid
-                        ),
-                        key.encrypt(
-                            msgspec.json.encode(content["attributes"]),
-                            "preferences",
-                            "attributes",
-                            pid,
-                        ),
-                        None
-                        if note is None
-                        else key.encrypt(msgspec.json.encode(note), "preferences", "note", pid),
+                        *(_per_field if batch.per_field else _sealed)(key, pid, content),
                         enrolled,
                         enrolled,
                     )
@@ -523,6 +541,7 @@ def seed(
     analyse: bool,
     partners: int = 2,
     partner_share: float = 0.25,
+    per_field: bool = False,
 ) -> dict[str, Any]:
     """Seed ``customers`` new customers and write (or extend) the JSON at ``output``."""
     vault = Vault.from_settings(settings.master_keys, settings.index_keys)
@@ -543,6 +562,7 @@ def seed(
             preferences,
             seeded_partners,
             partner_share,
+            per_field,
         )
         for start in range(0, customers, batch_size)
     ]
@@ -652,6 +672,12 @@ def main() -> None:
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument(
+        "--per-field",
+        action="store_true",
+        help="write preferences one ciphertext per field, as before revision 0016 (to measure"
+        " reading that format; `prefs migrate` converts them)",
+    )
+    parser.add_argument(
         "--no-analyse",
         dest="analyse",
         action="store_false",
@@ -680,6 +706,7 @@ def main() -> None:
             args.analyse,
             max(0, args.partners),
             min(1.0, max(0.0, args.partner_share)),
+            args.per_field,
         )
     finally:
         if embedded is not None:

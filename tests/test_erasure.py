@@ -124,12 +124,9 @@ async def copied_ciphertexts(
     lived: (blob, table, column, row)."""
     copies: list[tuple[bytes, str, str, str]] = []
     for row in await conn.fetch(
-        "SELECT preference_id, product_ct, attributes_ct, note_ct FROM preferences "
-        "WHERE customer_id = $1",
-        customer_id,
+        "SELECT preference_id, sealed FROM preferences WHERE customer_id = $1", customer_id
     ):
-        for column in ("product", "attributes", "note"):
-            copies.append((row[f"{column}_ct"], "preferences", column, str(row["preference_id"])))
+        copies.append((row["sealed"], "preferences", "sealed", str(row["preference_id"])))
     card_ct = await conn.fetchval(
         "SELECT card_ct FROM customers WHERE customer_id = $1", customer_id
     )
@@ -170,9 +167,7 @@ async def test_copied_ciphertexts_cannot_be_read_after_erasure(
     copies = await copied_ciphertexts(conn, customer_id)
     tables = {(table, column) for _, table, column, _ in copies}
     assert tables == {
-        ("preferences", "product"),
-        ("preferences", "attributes"),
-        ("preferences", "note"),
+        ("preferences", "sealed"),
         ("customers", "card"),
         ("reorders", "snapshot"),
         ("idempotency_keys", "response"),

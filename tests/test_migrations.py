@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 from alembic.script import ScriptDirectory
 
@@ -191,5 +193,39 @@ async def test_reorders_from_a_bare_store_go_to_the_only_store_or_are_cancelled(
         await conn.execute(LEGACY_REORDER, during, "requested")
         placed = await conn.fetchrow(ONE_REORDER, during)
         assert tuple(placed) == ("store", None, "cancelled", False)
+    finally:
+        await conn.close()
+
+
+CUSTOMER = "INSERT INTO customers (customer_id) VALUES ($1)"
+PREFERENCE = """
+INSERT INTO preferences (customer_id, preference_id, rank, status, purchases_ct, sealed,
+                         product_ct, attributes_ct)
+VALUES ($1, gen_random_uuid(), $2, 'available', '\\x01', $3, $4, $5)
+"""
+
+
+async def test_a_preference_is_sealed_whole_or_field_by_field_and_0016_keeps_the_sealed(
+    empty_database,
+):
+    """Revision 0016: a row holds its content one way or the other, never neither; going back
+    is refused while sealed rows exist (the revision before cannot read them)."""
+    url = empty_database
+    await asyncio.to_thread(db.migrate, url, "0016")
+    conn = await db.connect(url)
+    try:
+        customer = uuid.uuid4()
+        await conn.execute(CUSTOMER, customer)
+        await conn.execute(PREFERENCE, customer, 1, None, b"product", b"attributes")
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(PREFERENCE, customer, 2, None, b"product", None)
+        await conn.execute(PREFERENCE, customer, 2, b"sealed", None, None)
+        with pytest.raises(Exception, match="sealed as one ciphertext"):
+            await asyncio.to_thread(db.downgrade, url, "0015")
+        assert await current_revision(url) == "0016"
+
+        await conn.execute("DELETE FROM preferences WHERE sealed IS NOT NULL")
+        await asyncio.to_thread(db.downgrade, url, "0015")
+        assert await conn.fetchval("SELECT count(*) FROM preferences") == 1
     finally:
         await conn.close()

@@ -32,7 +32,11 @@ from prefs.health.api import HealthController, MetricsController
 from prefs.http import InlineBodies, require_json_body
 from prefs.insights.api import InsightsController
 from prefs.keys import service as keys
-from prefs.observability import ObservabilityMiddleware, configure_logging
+from prefs.observability import (
+    ObservabilityMiddleware,
+    configure_logging,
+    flush_metrics_periodically,
+)
 from prefs.partners.api import PartnerController, PartnersController
 from prefs.pos.api import PosController
 from prefs.pos.service import LOOKUP_SERVER_SETTINGS, LookupBatcher
@@ -91,13 +95,15 @@ def _lifespan(settings: Settings) -> Any:
                 settings.expiry_interval_seconds,
             )
         )
+        flusher = asyncio.create_task(flush_metrics_periodically())
         gc.freeze()  # what startup built lives as long as the process: collections skip it
         try:
             yield
         finally:
-            purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purger
+            for task in (purger, flusher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await app.state.lookup_batcher.close()
             await app.state.lookup_pool.close()
             await app.state.pool.close()

@@ -6,12 +6,14 @@ With several worker processes, metrics are aggregated through PROMETHEUS_MULTIPR
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import os
 import re
 import time
 import traceback
+from bisect import bisect_left
 from typing import Any
 
 import msgspec
@@ -61,15 +63,87 @@ request_log = logging.getLogger("prefs.requests")
 _REQUEST_LINE = "%s %s %d %.1f ms"
 
 
-_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+class BatchedCounter:
+    """A labelled counter the hot path adds to in memory; :func:`flush_metrics` hands the total
+    to Prometheus. With several workers every Prometheus increment takes a lock and writes a
+    memory-mapped file (about 3 µs each, four or five per till lookup); this is an integer add."""
+
+    __slots__ = ("_child", "_pending")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._pending = 0.0
+        _batched.append(self)
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._pending += amount
+
+    def flush(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, 0.0
+            self._child.inc(pending)
 
 
-def _metrics_for(method: str, route: str, status: int) -> tuple[Any, Any]:
+class BatchedHistogram:
+    """A labelled histogram observed in memory, its buckets and sum handed to Prometheus by
+    :func:`flush_metrics` (Prometheus' own ``observe`` writes two memory-mapped values)."""
+
+    __slots__ = ("_bounds", "_child", "_counts", "_sum")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._bounds: list[float] = list(child._upper_bounds)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        _batched.append(self)
+
+    def observe(self, amount: float) -> None:
+        self._sum += amount
+        self._counts[bisect_left(self._bounds, amount)] += 1  # the first bound >= amount
+
+    def flush(self) -> None:
+        if not any(self._counts):
+            return
+        counts, self._counts = self._counts, [0] * len(self._bounds)
+        total, self._sum = self._sum, 0.0
+        self._child._sum.inc(total)
+        for bucket, count in zip(self._child._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
+
+
+_batched: list[BatchedCounter | BatchedHistogram] = []
+FLUSH_SECONDS = 1.0  # how stale another worker's counts may be in a scrape
+
+
+def flush_metrics() -> None:
+    """Hand every batched count of this process to Prometheus."""
+    for metric in _batched:
+        metric.flush()
+
+
+async def flush_metrics_periodically(interval: float = FLUSH_SECONDS) -> None:
+    """Flush this worker's counts every ``interval`` seconds until cancelled, then once more."""
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            flush_metrics()
+    finally:
+        flush_metrics()
+
+
+_children: dict[tuple[str, str, int], tuple[BatchedCounter, BatchedHistogram]] = {}
+
+
+def _metrics_for(method: str, route: str, status: int) -> tuple[BatchedCounter, BatchedHistogram]:
     """The labelled counter and histogram of one method, route and status, looked up once
     (only routed requests get here, so methods and routes are the app's own)."""
     children = _children.get((method, route, status))
     if children is None:
-        children = (REQUESTS.labels(method, route, str(status)), LATENCY.labels(method, route))
+        children = (
+            BatchedCounter(REQUESTS.labels(method, route, str(status))),
+            BatchedHistogram(LATENCY.labels(method, route)),
+        )
         _children[(method, route, status)] = children
     return children
 
@@ -156,7 +230,9 @@ def _log_request(method: str, route: str, status: int, elapsed: float) -> None:
 
 
 def render_metrics(pool: Any) -> tuple[bytes, str]:
-    """The Prometheus exposition text, across all worker processes when there are several."""
+    """The Prometheus exposition text, across all worker processes when there are several (this
+    one's counts as of now, the others' as of their last flush, at most a second ago)."""
+    flush_metrics()
     if pool is not None:
         POOL_SIZE.set(pool.get_size())
         POOL_IDLE.set(pool.get_idle_size())

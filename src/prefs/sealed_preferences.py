@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import date
-from typing import Any
 
 import msgspec
 
@@ -15,18 +14,62 @@ from prefs.product_status import overlaid
 from prefs.products import Product, SharedPreference, Source, Status
 
 TABLE = "preferences"
+# What a preference says: one ciphertext (sealed, revision 0016), or for rows written before it
+# and not yet converted by the backfill, one ciphertext per field.
+CONTENT = "sealed, product_ct, attributes_ct, note_ct, source_ct"
 # A preference row with everything its owner may read; purchases and last_purchased_on are read
 # only for rows not yet sealed (purchases_ct) by the backfill.
-COLUMNS = """preference_id, rank, status, purchases, last_purchased_on, purchases_ct, version,
-             product_ct, attributes_ct, note_ct, source_ct, created_at, updated_at"""
+COLUMNS = f"""preference_id, rank, status, purchases, last_purchased_on, purchases_ct, version,
+             {CONTENT}, created_at, updated_at"""
 GET = f"SELECT {COLUMNS} FROM preferences WHERE customer_id = $1 AND preference_id = $2"
 _attributes = msgspec.json.Decoder(dict[str, str])
 _product = msgspec.json.Decoder(Product)
 _source = msgspec.json.Decoder(Source)
 
 
-def seal(key: DataKey, preference_id: uuid.UUID, column: str, value: Any) -> bytes:
-    return key.encrypt(msgspec.json.encode(value), TABLE, column, preference_id)
+class Content(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    """What a preference says, sealed as one ciphertext (``sealed``): one AES-GCM open per
+    preference instead of one per field. ``source``: where a till-added preference came from
+    (None: its customer typed it)."""
+
+    product: Product
+    attributes: dict[str, str]
+    note: str | None = None
+    source: Source | None = None
+
+
+_content = msgspec.msgpack.Decoder(Content)
+_encoder = msgspec.msgpack.Encoder()
+
+
+def seal(key: DataKey, preference_id: uuid.UUID, content: Content) -> bytes:
+    """A preference's content as one ciphertext, bound to its customer, row and column."""
+    return key.encrypt(_encoder.encode(content), TABLE, "sealed", preference_id)
+
+
+def open_sealed(key: DataKey, preference_id: uuid.UUID, blob: bytes) -> Content:
+    return _content.decode(key.decrypt(blob, TABLE, "sealed", preference_id))
+
+
+def open_content(key: DataKey, row: Row) -> Content:
+    """A preference row's content (a query selecting :data:`CONTENT`): sealed, or, for rows
+    written before revision 0016 until the backfill converts them, field by field."""
+    pid = row["preference_id"]
+    if row["sealed"] is not None:
+        return open_sealed(key, pid, row["sealed"])
+    return Content(
+        product=decrypt_product(key, pid, row["product_ct"]),
+        attributes=decrypt_attributes(key, pid, row["attributes_ct"]),
+        note=decrypt_note(key, pid, row["note_ct"]),
+        source=decrypt_source(key, pid, row["source_ct"]),
+    )
+
+
+def product_of(key: DataKey, row: Row) -> Product:
+    """The product of a preference row (a query selecting ``sealed`` and ``product_ct``)."""
+    if row["sealed"] is not None:
+        return open_sealed(key, row["preference_id"], row["sealed"]).product
+    return decrypt_product(key, row["preference_id"], row["product_ct"])
 
 
 def decrypt_product(key: DataKey, preference_id: uuid.UUID, blob: bytes) -> Product:
@@ -86,13 +129,29 @@ def shared(
     pid: uuid.UUID,
     rank: int,
     status: Status,
-    product_ct: bytes,
+    product_ct: bytes | None,
     attributes_ct: bytes | None,
     note_ct: bytes | None,
+    sealed: bytes | None,
 ) -> SharedPreference:
-    """A preference as an audience sees it: the granted fields (the query left the other
-    ciphertexts NULL but the product's, which is opened for its SKU alone when not granted), and
-    the catalogue's status where it knows the SKU."""
+    """A preference as an audience sees it: the granted fields, and the catalogue's status where
+    it knows the SKU. A sealed preference is opened whole (one ciphertext) and only the granted
+    fields are copied out of it; for a row still in the per-field format the query left the
+    ciphertexts of fields not granted NULL but the product's, which is opened for its SKU alone
+    when not granted."""
+    if sealed is not None:
+        content = open_sealed(key, pid, sealed)
+        view = SharedPreference(
+            id=pid, rank=rank, status=overlaid(status, content.product.sku, catalogue)
+        )
+        if "product" in fields:
+            view.product = content.product
+        if "attributes" in fields:
+            view.attributes = content.attributes
+        if "note" in fields:
+            view.note = content.note
+        return view
+    assert product_ct is not None  # the table's check: sealed or per field
     product = decrypt_product(key, pid, product_ct)
     view = SharedPreference(id=pid, rank=rank, status=overlaid(status, product.sku, catalogue))
     if "product" in fields:
@@ -116,22 +175,23 @@ def shared_view(key: DataKey, catalogue: Mapping[str, Status], row: Row) -> Shar
         row["product_ct"],
         row["attributes_ct"],
         row["note_ct"],
+        row["sealed"],
     )
 
 
 def skus(key: DataKey, rows: Sequence[Row]) -> list[str | None]:
     """The SKUs of preference rows (for asking the catalogue about them)."""
-    return [decrypt_product(key, row["preference_id"], row["product_ct"]).sku for row in rows]
+    return [product_of(key, row).sku for row in rows]
 
 
 def shown(*carried: str) -> str:
     """The granted columns of the preferences a grant covers, for a CTE named ``hit`` that
     carries customer_id, fields and preference_ids (NULL meaning all); ``carried`` names more
-    columns of ``hit`` to pass through. The product's ciphertext always comes (its SKU decides
-    the status shown); :func:`shared` shows the product itself only when granted."""
+    columns of ``hit`` to pass through. The sealed content and the product's ciphertext always
+    come (the SKU decides the status shown); :func:`shared` shows only the granted fields."""
     extra = "".join(f"hit.{column}, " for column in carried)
     return f"""
-    SELECT {extra}p.preference_id, p.rank, p.status,
+    SELECT {extra}p.preference_id, p.rank, p.status, p.sealed,
            p.product_ct,
            CASE WHEN 'attributes' = ANY(hit.fields) THEN p.attributes_ct END AS attributes_ct,
            CASE WHEN 'note' = ANY(hit.fields) THEN p.note_ct END AS note_ct

@@ -17,7 +17,7 @@ from msgspec import UNSET, Meta, UnsetType
 from prefs.crypto import DataKey
 from prefs.db import Row
 from prefs.products import Product
-from prefs.sealed_preferences import decrypt_attributes, decrypt_note, decrypt_product
+from prefs.sealed_preferences import open_content
 
 Quantity = Annotated[int, Meta(ge=1, le=99)]
 State = Literal[
@@ -37,14 +37,15 @@ _snapshot = msgspec.json.Decoder(Snapshot)
 
 
 def snapshot_of(key: DataKey, row: Row, fields: list[str]) -> Snapshot:
-    pid = row["preference_id"]
+    """The granted fields of a preference row (a query selecting its content, all of it)."""
+    content = open_content(key, row)
     snap = Snapshot()
     if "product" in fields:
-        snap.product = decrypt_product(key, pid, row["product_ct"])
+        snap.product = content.product
     if "attributes" in fields:
-        snap.attributes = decrypt_attributes(key, pid, row["attributes_ct"])
+        snap.attributes = content.attributes
     if "note" in fields:
-        snap.note = decrypt_note(key, pid, row["note_ct"])
+        snap.note = content.note
     return snap
 
 

@@ -16,7 +16,7 @@ from prefs.crypto import DataKey, DecryptionError, Vault
 from prefs.customer_keys import data_key
 from prefs.db import Row
 from prefs.disclosures import Visit, as_row, open_visit, seal
-from prefs.sealed_preferences import decrypt_product
+from prefs.sealed_preferences import product_of
 
 # what was seen besides the products, which the summary names
 FIELD_WORDS = {
@@ -117,7 +117,7 @@ LIMIT $4
 """
 STORE_NAMES = "SELECT store_id, name FROM stores WHERE store_id = ANY($1::text[])"
 NAMES = """
-SELECT preference_id, product_ct FROM preferences
+SELECT preference_id, sealed, product_ct FROM preferences
 WHERE customer_id = $1 AND preference_id = ANY($2::uuid[])
 """
 
@@ -168,9 +168,7 @@ async def disclosures(
     if wanted:
         for pref in await conn.fetch(NAMES, customer_id, wanted):
             try:
-                names[pref["preference_id"]] = decrypt_product(
-                    key, pref["preference_id"], pref["product_ct"]
-                ).name
+                names[pref["preference_id"]] = product_of(key, pref).name
             except DecryptionError:
                 continue
     wanted_stores = sorted({entry["store"] for entry in entries if entry["store"]})

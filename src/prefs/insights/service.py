@@ -22,7 +22,7 @@ from prefs.grants import INSIGHTS, live_grant
 from prefs.insights.mechanism import GROUPS_PER_CUSTOMER, noisy_release
 from prefs.insights.schemas import DemandGroup, DiscontinuedDemand
 from prefs.products import Product
-from prefs.sealed_preferences import decrypt_attributes, decrypt_product
+from prefs.sealed_preferences import CONTENT, open_content
 
 SIZE_KEYS = frozenset(
     {
@@ -50,8 +50,8 @@ class _Label(msgspec.Struct):
 
 
 FORGET = "DELETE FROM demand_contributions WHERE pseudonym = ANY($1::bytea[]) RETURNING group_hash"
-DISCONTINUED = """
-SELECT preference_id, product_ct, attributes_ct FROM preferences
+DISCONTINUED = f"""
+SELECT preference_id, {CONTENT} FROM preferences
 WHERE customer_id = $1 AND status = 'discontinued'
   AND ($2::uuid[] IS NULL OR preference_id = ANY($2::uuid[]))
 ORDER BY rank
@@ -100,14 +100,11 @@ async def _contribute(
     pseudonym = index.digest("demand", customer_id.bytes)
     labels: dict[bytes, bytes] = {}
     for row in rows:
-        pid = row["preference_id"]
+        content = open_content(key, row)
         size: dict[str, str] = {}
         if "attributes" in grant["fields"]:
-            attributes = decrypt_attributes(key, pid, row["attributes_ct"])
-            size = {k: v for k, v in sorted(attributes.items()) if k in SIZE_KEYS}
-        label = msgspec.json.encode(
-            _Label(decrypt_product(key, pid, row["product_ct"]), size), order="sorted"
-        )
+            size = {k: v for k, v in sorted(content.attributes.items()) if k in SIZE_KEYS}
+        label = msgspec.json.encode(_Label(content.product, size), order="sorted")
         labels.setdefault(index.digest("demand-group", label), label)
         if len(labels) == GROUPS_PER_CUSTOMER:
             break

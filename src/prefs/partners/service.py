@@ -396,7 +396,7 @@ WITH hit AS NOT MATERIALIZED (
 ), shown AS ({SHOWN})
 SELECT hit.customer_id, hit.fields, k.generation, k.wrapped,
        shown.preference_id, shown.rank, shown.status, shown.product_ct, shown.attributes_ct,
-       shown.note_ct
+       shown.note_ct, shown.sealed
 FROM hit
 JOIN customer_keys k ON k.customer_id = hit.customer_id
 LEFT JOIN shown ON true

@@ -14,13 +14,13 @@ from prefs.auth import api_key_guard, require_live_api_key
 from prefs.errors import InvalidInput, Problem
 from prefs.http import declared_body, require_json_body
 from prefs.identifiers import CARD_OR_CODE, card_or_code
-from prefs.observability import DISCLOSURES, LOOKUPS
+from prefs.observability import DISCLOSURES, LOOKUPS, BatchedCounter
 from prefs.pos import service
 from prefs.pos.schemas import LookupRequest, LookupResult
 from prefs.problems import problems
 
-FOUND = {via: LOOKUPS.labels(via, "found") for via in ("card", "code")}
-DISCLOSED = DISCLOSURES.labels("pos")
+FOUND = {via: BatchedCounter(LOOKUPS.labels(via, "found")) for via in ("card", "code")}
+DISCLOSED = BatchedCounter(DISCLOSURES.labels("pos"))
 
 
 _till_key = api_key_guard("pos", verify=False)  # the lookup statement checks the key itself

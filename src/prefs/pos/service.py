@@ -98,7 +98,8 @@ WITH cred AS MATERIALIZED (
            array_agg(s.status ORDER BY s.rank) AS statuses,
            array_agg(s.product_ct ORDER BY s.rank) AS products,
            array_agg(s.attributes_ct ORDER BY s.rank) AS attributes,
-           array_agg(s.note_ct ORDER BY s.rank) AS notes
+           array_agg(s.note_ct ORDER BY s.rank) AS notes,
+           array_agg(s.sealed ORDER BY s.rank) AS sealed
     FROM ({shown("i")}) s
     GROUP BY s.i
 )
@@ -113,7 +114,7 @@ SELECT j.i, j.store, j.credential_id, j.display_name,
        CASE WHEN j.disclosure_id IS NOT NULL THEN j.fields END AS fields,
        CASE WHEN j.disclosure_id IS NOT NULL THEN j.via END AS via,
        k.generation, k.wrapped, j.disclosure_id, shown.ids, shown.ranks,
-       shown.statuses, shown.products, shown.attributes, shown.notes,
+       shown.statuses, shown.products, shown.attributes, shown.notes, shown.sealed,
        {CATALOGUE_VERSION} AS catalogue_version
 FROM judged j
 LEFT JOIN customer_keys k ON k.customer_id = j.customer_id AND j.disclosure_id IS NOT NULL
@@ -324,6 +325,7 @@ async def lookup(
                     row["products"] or (),
                     row["attributes"] or (),
                     row["notes"] or (),
+                    row["sealed"] or (),
                     strict=True,
                 ),
                 start=1,

@@ -26,11 +26,10 @@ from prefs.product_status import overlaid
 from prefs.products import MAX_ATTRIBUTES, Product
 from prefs.sealed_preferences import (
     COLUMNS,
+    CONTENT,
     GET,
-    decrypt_attributes,
-    decrypt_note,
-    decrypt_product,
-    decrypt_source,
+    Content,
+    open_content,
     open_purchases,
     seal,
     seal_purchases,
@@ -39,18 +38,18 @@ from prefs.sealed_preferences import (
 
 def _opened(key: DataKey, row: Row) -> Preference:
     """A preference row opened, with the status its customer stored."""
-    pid = row["preference_id"]
     history = open_purchases(key, row)
+    content = open_content(key, row)
     return Preference(
-        id=pid,
-        product=decrypt_product(key, pid, row["product_ct"]),
-        attributes=decrypt_attributes(key, pid, row["attributes_ct"]),
-        note=decrypt_note(key, pid, row["note_ct"]),
+        id=row["preference_id"],
+        product=content.product,
+        attributes=content.attributes,
+        note=content.note,
         rank=row["rank"],
         status=row["status"],
         purchases=history.purchases,
         last_purchased_on=history.last_purchased_on,
-        source=decrypt_source(key, pid, row["source_ct"]),
+        source=content.source,
         version=row["version"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
@@ -101,9 +100,8 @@ async def get_preference(
 
 SHIFT_DOWN_FROM = "UPDATE preferences SET rank = rank + 1 WHERE customer_id = $1 AND rank >= $2"
 INSERT = f"""
-INSERT INTO preferences (customer_id, preference_id, rank, status, purchases_ct,
-                         product_ct, attributes_ct, note_ct)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+INSERT INTO preferences (customer_id, preference_id, rank, status, purchases_ct, sealed)
+VALUES ($1, $2, $3, $4, $5, $6)
 RETURNING {COLUMNS}
 """
 
@@ -129,9 +127,7 @@ async def create_preference(
             rank,
             data.status,
             seal_purchases(key, pid, data.purchases, data.last_purchased_on),
-            seal(key, pid, "product", data.product),
-            seal(key, pid, "attributes", data.attributes),
-            None if data.note is None else seal(key, pid, "note", data.note),
+            seal(key, pid, Content(data.product, data.attributes, data.note)),
         )
         assert row is not None
         await follow(conn, vault, PreferencesChanged(customer_id))
@@ -144,8 +140,8 @@ MOVE_DOWN = """UPDATE preferences SET rank = rank - 1
                WHERE customer_id = $1 AND rank > $2 AND rank <= $3"""
 UPDATE = f"""
 UPDATE preferences SET rank = $3, status = $4, purchases_ct = $5, purchases = NULL,
-       last_purchased_on = NULL, product_ct = $6, attributes_ct = $7, note_ct = $8,
-       version = version + 1, updated_at = now()
+       last_purchased_on = NULL, sealed = $6, product_ct = NULL, attributes_ct = NULL,
+       note_ct = NULL, source_ct = NULL, version = version + 1, updated_at = now()
 WHERE customer_id = $1 AND preference_id = $2
 RETURNING {COLUMNS}
 """
@@ -213,21 +209,16 @@ async def update_preference(
             count: int = await conn.fetchval(COUNT, customer_id)
             rank = min(data.rank, count)
             await _move(conn, customer_id, row["rank"], rank)
-        product_ct, attributes_ct = row["product_ct"], row["attributes_ct"]
+        content = open_content(key, row)  # a row in the per-field format is sealed anew
         if data.product is not UNSET:
-            product = decrypt_product(key, preference_id, product_ct)
-            product_ct = seal(key, preference_id, "product", patched_product(product, data.product))
+            content.product = patched_product(content.product, data.product)
         if data.attributes is not UNSET:
-            attributes = decrypt_attributes(key, preference_id, attributes_ct)
-            merged = patched_attributes(attributes, data.attributes)
-            attributes_ct = seal(key, preference_id, "attributes", merged)
+            content.attributes = patched_attributes(content.attributes, data.attributes)
         if data.status is not UNSET:
-            product = decrypt_product(key, preference_id, product_ct)
-            await product_status.refuse_customer_change(conn, product.sku, data.status)
-        note_ct = row["note_ct"]
-        history = open_purchases(key, row)
+            await product_status.refuse_customer_change(conn, content.product.sku, data.status)
         if data.note is not UNSET:
-            note_ct = None if data.note is None else seal(key, preference_id, "note", data.note)
+            content.note = data.note
+        history = open_purchases(key, row)
         updated = await conn.fetchrow(
             UPDATE,
             customer_id,
@@ -242,9 +233,7 @@ async def update_preference(
                 if data.last_purchased_on is UNSET
                 else data.last_purchased_on,
             ),
-            product_ct,
-            attributes_ct,
-            note_ct,
+            seal(key, preference_id, content),
         )
         assert updated is not None
         await follow(conn, vault, PreferencesChanged(customer_id))
@@ -313,6 +302,53 @@ async def seal_purchase_backlog(
             ]
             await conn.execute(
                 SEAL_PURCHASES,
+                [row["customer_id"] for row in rows],
+                [row["preference_id"] for row in rows],
+                sealed,
+            )
+        after = (rows[-1]["customer_id"], rows[-1]["preference_id"])
+        yield len(rows)
+
+
+# The backfill: preferences written field by field before revision 0016, sealed as one
+# ciphertext a batch at a time in primary-key order (rows another transaction holds are skipped:
+# a writer seals them itself, and the next run finds the rest); the per-field columns emptied.
+CONTENT_BACKLOG = f"""
+SELECT p.customer_id, p.preference_id, {", ".join(f"p.{c}" for c in CONTENT.split(", "))},
+       k.generation, k.wrapped
+FROM preferences p JOIN customer_keys k USING (customer_id)
+WHERE (p.customer_id, p.preference_id) > ($2, $3) AND p.sealed IS NULL
+ORDER BY p.customer_id, p.preference_id
+LIMIT $1
+FOR UPDATE OF p SKIP LOCKED
+"""
+SEAL_CONTENT = """
+UPDATE preferences p SET sealed = u.sealed, product_ct = NULL, attributes_ct = NULL,
+       note_ct = NULL, source_ct = NULL
+FROM unnest($1::uuid[], $2::uuid[], $3::bytea[]) AS u(customer_id, preference_id, sealed)
+WHERE (p.customer_id, p.preference_id) = (u.customer_id, u.preference_id)
+"""
+
+
+async def seal_content_backlog(
+    conn: asyncpg.Connection, vault: Vault, batch: int = 500
+) -> AsyncIterator[int]:
+    """Seal each preference still kept field by field as one ciphertext, one short transaction
+    per batch; yields how many each batch converted. Online (only the batch's rows are locked,
+    and only while it runs), and safe to stop and run again. Neither version nor updated_at
+    moves: what the preference says is unchanged."""
+    after = (uuid.UUID(int=0), uuid.UUID(int=0))
+    while True:
+        async with conn.transaction():
+            rows = await conn.fetch(CONTENT_BACKLOG, batch, *after)
+            if not rows:
+                return
+            sealed = []
+            for row in rows:
+                key = vault.envelope.unwrap(row["customer_id"], row["generation"], row["wrapped"])
+                sealed.append(seal(key, row["preference_id"], open_content(key, row)))
+            await conn.execute(
+                SEAL_CONTENT,
                 [row["customer_id"] for row in rows],
                 [row["preference_id"] for row in rows],
                 sealed,

@@ -33,13 +33,7 @@ from prefs.events import PreferencesChanged, follow
 from prefs.grants import IN_FORCE, PURCHASES
 from prefs.products import MAX_PREFERENCES, Product, Source
 from prefs.purchases.schemas import PurchasedItem, PurchaseResult
-from prefs.sealed_preferences import (
-    decrypt_attributes,
-    decrypt_product,
-    open_purchases,
-    seal,
-    seal_purchases,
-)
+from prefs.sealed_preferences import Content, open_content, open_purchases, seal, seal_purchases
 
 MAX_PURCHASES = 1_000_000  # a preference's purchase count stops here (the customer's own limit)
 EARLIEST = date(2000, 1, 1)
@@ -93,17 +87,16 @@ WHERE k.code_hash = ANY($1::bytea[]) AND k.customer_id = $3 AND k.expires_at > n
 RETURNING k.customer_id
 """
 LOCKER = """
-SELECT preference_id, rank, product_ct, attributes_ct, purchases, last_purchased_on, purchases_ct
+SELECT preference_id, rank, sealed, product_ct, attributes_ct, note_ct, source_ct, purchases,
+       last_purchased_on, purchases_ct
 FROM preferences WHERE customer_id = $1 ORDER BY rank
 """
 CATALOGUE = """
 SELECT sku, name, brand, category, status FROM catalogue_products WHERE sku = ANY($1::text[])
 """
 ADD = """
-INSERT INTO preferences (customer_id, preference_id, rank, status, purchases_ct, product_ct,
-                         attributes_ct, source_ct)
-SELECT $1, * FROM unnest($2::uuid[], $3::int[], $4::text[], $5::bytea[], $6::bytea[],
-                         $7::bytea[], $8::bytea[])
+INSERT INTO preferences (customer_id, preference_id, rank, status, purchases_ct, sealed)
+SELECT $1, * FROM unnest($2::uuid[], $3::int[], $4::text[], $5::bytea[], $6::bytea[])
 """
 COUNT_AGAIN = """
 UPDATE preferences p SET purchases_ct = u.sealed, purchases = NULL, last_purchased_on = NULL,
@@ -185,8 +178,8 @@ def _locker(key: DataKey, rows: Sequence[asyncpg.Record]) -> dict[Match, _Kept]:
     kept: dict[Match, _Kept] = {}
     for row in rows:
         pid = row["preference_id"]
-        product = decrypt_product(key, pid, row["product_ct"])
-        attributes = decrypt_attributes(key, pid, row["attributes_ct"])
+        content = open_content(key, row)
+        product, attributes = content.product, content.attributes
         history = open_purchases(key, row)
         kept.setdefault(
             _match(product.sku, attributes),
@@ -276,9 +269,10 @@ async def record(
                 seal_purchases(key, k.preference_id, k.purchases, k.last_purchased_on)
                 for k, *_ in added
             ],
-            [seal(key, k.preference_id, "product", product) for k, product, *_ in added],
-            [seal(key, k.preference_id, "attributes", attrs) for k, _, attrs, *_ in added],
-            [seal(key, k.preference_id, "source", source) for k, *_, source in added],
+            [
+                seal(key, k.preference_id, Content(product, attrs, None, source))
+                for k, product, attrs, _, source in added
+            ],
         )
     again = [k for k in kept.values() if k.touched and not k.new]
     if again:

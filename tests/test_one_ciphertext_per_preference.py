@@ -1,0 +1,160 @@
+"""One ciphertext per preference (revision 0016): what a preference says is sealed whole, bound
+to its row; rows written field by field before it read the same until the backfill converts
+them, and every audience still sees exactly the fields it was granted."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+import pytest
+
+from prefs.crypto import DataKey, DecryptionError, Vault
+from prefs.customer_keys import data_key
+from prefs.preferences import service as preferences
+from prefs.sealed_preferences import open_sealed
+from tests.support.customer import grant, preferences_of
+from tests.support.rights import run_prefs
+from tests.support.till import look_up, shopper, till_key
+
+CONTENT = "SELECT sealed, product_ct, attributes_ct, note_ct, source_ct, version, updated_at"
+
+
+async def stored(conn: asyncpg.Connection, pid: uuid.UUID) -> asyncpg.Record:
+    row = await conn.fetchrow(f"{CONTENT} FROM preferences WHERE preference_id = $1", pid)
+    assert row is not None
+    return row
+
+
+async def as_before_0016(conn: asyncpg.Connection, key: DataKey, pid: uuid.UUID) -> None:
+    """Rewrite a preference as revisions before 0016 wrote it: one ciphertext per field."""
+    content = open_sealed(key, pid, (await stored(conn, pid))["sealed"])
+
+    def field(column: str, value: Any) -> bytes:
+        return key.encrypt(msgspec.json.encode(value), "preferences", column, pid)
+
+    await conn.execute(
+        "UPDATE preferences SET sealed = NULL, product_ct = $2, attributes_ct = $3, note_ct = $4"
+        " WHERE preference_id = $1",
+        pid,
+        field("product", content.product),
+        field("attributes", content.attributes),
+        None if content.note is None else field("note", content.note),
+    )
+
+
+async def everything_shown(
+    client: httpx.AsyncClient, customer: Any, till: str, card: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The customer's own page, their export's preferences and what a till is shown."""
+    answer = await look_up(client, till, card=card)
+    assert answer.status_code == 200, answer.text
+    export = await client.get("/v1/me/export", headers=customer.headers)
+    assert export.status_code == 200, export.text
+    return (
+        await preferences_of(client, customer),
+        export.json()["preferences"],
+        answer.json()["preferences"],
+    )
+
+
+async def test_a_preference_is_one_ciphertext_that_opens_only_where_it_lives(
+    client, conn, new_customer, vault: Vault
+):
+    customer, _, kept = await shopper(new_customer, client)
+    key = await data_key(conn, vault, uuid.UUID(customer.id))
+    first, second = (uuid.UUID(p["id"]) for p in kept[:2])
+    row = await stored(conn, first)
+    assert row["sealed"] is not None
+    assert [row[c] for c in ("product_ct", "attributes_ct", "note_ct", "source_ct")] == [None] * 4
+    assert open_sealed(key, first, row["sealed"]).product.sku == kept[0]["product"]["sku"]
+    for table, column, row_id in [
+        ("preferences", "sealed", second),  # another preference's row
+        ("preferences", "product", first),  # another column
+        ("reorders", "sealed", first),  # another table
+    ]:
+        with pytest.raises(DecryptionError):
+            key.decrypt(row["sealed"], table, column, row_id)
+
+
+async def test_rows_kept_field_by_field_read_the_same_before_and_after_the_backfill(
+    client, conn, new_customer, vault: Vault
+):
+    customer, card, kept = await shopper(new_customer, client)
+    await grant(client, customer, fields=["product", "note"])  # no attributes at the till
+    _, till = await till_key(conn)
+    before = await everything_shown(client, customer, till, card)
+    page, _, at_till = before
+    assert [p["product"]["sku"] for p in at_till] == [p["product"]["sku"] for p in page]
+    assert all("attributes" not in p and "note" in p for p in at_till)
+
+    key = await data_key(conn, vault, uuid.UUID(customer.id))
+    legacy = [uuid.UUID(p["id"]) for p in kept[1:]]  # the first stays sealed: a mixed locker
+    for pid in legacy:
+        await as_before_0016(conn, key, pid)
+    unconverted = {pid: await stored(conn, pid) for pid in legacy}
+    assert await everything_shown(client, customer, till, card) == before
+
+    assert sum([n async for n in preferences.seal_content_backlog(conn, vault, batch=2)]) >= 2
+    for pid in legacy:
+        row = await stored(conn, pid)
+        assert row["sealed"] is not None
+        assert [row[c] for c in ("product_ct", "attributes_ct", "note_ct")] == [None] * 3
+        # what it says did not change, so neither do its version and time of change
+        assert (row["version"], row["updated_at"]) == (
+            unconverted[pid]["version"],
+            unconverted[pid]["updated_at"],
+        )
+    assert await everything_shown(client, customer, till, card) == before
+    assert [n async for n in preferences.seal_content_backlog(conn, vault)] == []
+
+
+async def test_editing_a_row_kept_field_by_field_seals_it_whole_and_keeps_the_rest(
+    client, conn, new_customer, vault: Vault
+):
+    customer, _, kept = await shopper(new_customer, client)
+    boots = kept[2]
+    pid = uuid.UUID(boots["id"])
+    await as_before_0016(conn, await data_key(conn, vault, uuid.UUID(customer.id)), pid)
+
+    edited = await client.patch(
+        f"/v1/me/preferences/{pid}",
+        headers={**customer.headers, "If-Match": "*"},
+        json={"note": "Whole sizes only."},
+    )
+    assert edited.status_code == 200, edited.text
+    assert edited.json()["note"] == "Whole sizes only."
+    assert (edited.json()["product"], edited.json()["attributes"]) == (
+        boots["product"],
+        boots["attributes"],
+    )
+    row = await stored(conn, pid)
+    assert row["sealed"] is not None and row["product_ct"] is None and row["note_ct"] is None
+
+
+async def test_prefs_migrate_seals_the_preferences_kept_field_by_field(
+    client, conn, database, settings, new_customer, vault: Vault
+):
+    customer, _, kept = await shopper(new_customer, client)
+    key = await data_key(conn, vault, uuid.UUID(customer.id))
+    for preference in kept:
+        await as_before_0016(conn, key, uuid.UUID(preference["id"]))
+    before = await preferences_of(client, customer)
+
+    code, output = await run_prefs(
+        "migrate",
+        database_url=database.url,
+        data_dir=settings.data_dir,
+        master_keys=settings.master_keys,
+        index_keys=settings.index_keys,
+    )
+
+    assert code == 0, output
+    assert "preferences kept field by field as one ciphertext each" in output
+    for preference in kept:
+        row = await stored(conn, uuid.UUID(preference["id"]))
+        assert row["sealed"] is not None and row["product_ct"] is None
+    assert await preferences_of(client, customer) == before
