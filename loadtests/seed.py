@@ -51,7 +51,7 @@ from prefs.consents import service as consents
 from prefs.consents.schemas import Recipient
 from prefs.crypto import DataKey, Vault
 from prefs.products import Product
-from prefs.sealed_preferences import Content, seal, seal_purchases
+from prefs.sealed_preferences import Content, seal_purchases, written
 from prefs.settings import DEV_ISSUER, Settings, load
 
 CARD_FORMAT = (
@@ -157,14 +157,11 @@ class Written:
 
 
 def _sealed(key: DataKey, pid: uuid.UUID, content: dict[str, Any]) -> tuple[Any, ...]:
-    """sealed, product_ct, attributes_ct, note_ct: one ciphertext, as the service writes it."""
+    """sealed, product_ct, attributes_ct, note_ct: one ciphertext with the per-field copy the
+    previous release reads, as the service writes it (revision 0016's expand step)."""
     product = msgspec.convert(content["product"], Product)
-    return (
-        seal(key, pid, Content(product, content["attributes"], content["note"])),
-        None,
-        None,
-        None,
-    )
+    kept = written(key, pid, Content(product, content["attributes"], content["note"]))
+    return (kept.sealed, kept.product_ct, kept.attributes_ct, kept.note_ct)
 
 
 def _per_field(key: DataKey, pid: uuid.UUID, content: dict[str, Any]) -> tuple[Any, ...]:

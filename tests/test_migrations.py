@@ -205,27 +205,28 @@ VALUES ($1, gen_random_uuid(), $2, 'available', '\\x01', $3, $4, $5)
 """
 
 
-async def test_a_preference_is_sealed_whole_or_field_by_field_and_0016_keeps_the_sealed(
+async def test_0016_adds_sealed_beside_the_fields_and_goes_back_losing_nothing(
     empty_database,
 ):
-    """Revision 0016: a row holds its content one way or the other, never neither; going back
-    is refused while sealed rows exist (the revision before cannot read them)."""
+    """Revision 0016 is an expand step: rows keep their fields (NOT NULL still), sealed is added
+    beside them, the trigger drops a stale whole when only the fields change, and the downgrade
+    drops sealed alone (every row still has its fields)."""
     url = empty_database
     await asyncio.to_thread(db.migrate, url, "0016")
     conn = await db.connect(url)
     try:
         customer = uuid.uuid4()
         await conn.execute(CUSTOMER, customer)
-        await conn.execute(PREFERENCE, customer, 1, None, b"product", b"attributes")
-        with pytest.raises(asyncpg.CheckViolationError):
-            await conn.execute(PREFERENCE, customer, 2, None, b"product", None)
-        await conn.execute(PREFERENCE, customer, 2, b"sealed", None, None)
-        with pytest.raises(Exception, match="sealed as one ciphertext"):
-            await asyncio.to_thread(db.downgrade, url, "0015")
-        assert await current_revision(url) == "0016"
+        await conn.execute(PREFERENCE, customer, 1, b"sealed", b"product", b"attributes")
+        with pytest.raises(asyncpg.NotNullViolationError):
+            await conn.execute(PREFERENCE, customer, 2, b"sealed", None, None)
+        await conn.execute("UPDATE preferences SET attributes_ct = '\\x02'")  # the old release
+        assert await conn.fetchval("SELECT sealed FROM preferences") is None
+        await conn.execute("UPDATE preferences SET sealed = '\\x03', attributes_ct = '\\x04'")
+        assert await conn.fetchval("SELECT sealed FROM preferences") == b"\x03"
 
-        await conn.execute("DELETE FROM preferences WHERE sealed IS NOT NULL")
         await asyncio.to_thread(db.downgrade, url, "0015")
-        assert await conn.fetchval("SELECT count(*) FROM preferences") == 1
+        assert await current_revision(url) == "0015"
+        assert await conn.fetchval("SELECT attributes_ct FROM preferences") == b"\x04"
     finally:
         await conn.close()

@@ -1,6 +1,8 @@
 """One ciphertext per preference (revision 0016): what a preference says is sealed whole, bound
 to its row; rows written field by field before it read the same until the backfill converts
-them, and every audience still sees exactly the fields it was granted."""
+them, and every audience still sees exactly the fields it was granted. 0016 is an expand step:
+every write keeps the per-field copy the previous release reads, and when that release rewrites
+the fields, the stale whole is dropped."""
 
 from __future__ import annotations
 
@@ -15,7 +17,13 @@ import pytest
 from prefs.crypto import DataKey, DecryptionError, Vault
 from prefs.customer_keys import data_key
 from prefs.preferences import service as preferences
-from prefs.sealed_preferences import open_sealed
+from prefs.sealed_preferences import (
+    NO_SKU,
+    decrypt_attributes,
+    decrypt_note,
+    decrypt_product,
+    open_sealed,
+)
 from tests.support.customer import grant, preferences_of
 from tests.support.rights import run_prefs
 from tests.support.till import look_up, shopper, till_key
@@ -69,8 +77,12 @@ async def test_a_preference_is_one_ciphertext_that_opens_only_where_it_lives(
     first, second = (uuid.UUID(p["id"]) for p in kept[:2])
     row = await stored(conn, first)
     assert row["sealed"] is not None
-    assert [row[c] for c in ("product_ct", "attributes_ct", "note_ct", "source_ct")] == [None] * 4
-    assert open_sealed(key, first, row["sealed"]).product.sku == kept[0]["product"]["sku"]
+    whole = open_sealed(key, first, row["sealed"])
+    assert whole.product.sku == kept[0]["product"]["sku"]
+    # the per-field copy the previous release reads says the same
+    assert decrypt_product(key, first, row["product_ct"]) == whole.product
+    assert decrypt_attributes(key, first, row["attributes_ct"]) == whole.attributes
+    assert decrypt_note(key, first, row["note_ct"]) == whole.note
     for table, column, row_id in [
         ("preferences", "sealed", second),  # another preference's row
         ("preferences", "product", first),  # another column
@@ -102,7 +114,10 @@ async def test_rows_kept_field_by_field_read_the_same_before_and_after_the_backf
     for pid in legacy:
         row = await stored(conn, pid)
         assert row["sealed"] is not None
-        assert [row[c] for c in ("product_ct", "attributes_ct", "note_ct")] == [None] * 3
+        # the fields stay for the previous release's readers, the same ciphertexts
+        assert [row[c] for c in ("product_ct", "attributes_ct", "note_ct")] == [
+            unconverted[pid][c] for c in ("product_ct", "attributes_ct", "note_ct")
+        ]
         # what it says did not change, so neither do its version and time of change
         assert (row["version"], row["updated_at"]) == (
             unconverted[pid]["version"],
@@ -132,7 +147,9 @@ async def test_editing_a_row_kept_field_by_field_seals_it_whole_and_keeps_the_re
         boots["attributes"],
     )
     row = await stored(conn, pid)
-    assert row["sealed"] is not None and row["product_ct"] is None and row["note_ct"] is None
+    key = await data_key(conn, vault, uuid.UUID(customer.id))
+    assert open_sealed(key, pid, row["sealed"]).note == "Whole sizes only."
+    assert decrypt_note(key, pid, row["note_ct"]) == "Whole sizes only."
 
 
 async def test_prefs_migrate_seals_the_preferences_kept_field_by_field(
@@ -156,5 +173,54 @@ async def test_prefs_migrate_seals_the_preferences_kept_field_by_field(
     assert "preferences kept field by field as one ciphertext each" in output
     for preference in kept:
         row = await stored(conn, uuid.UUID(preference["id"]))
-        assert row["sealed"] is not None and row["product_ct"] is None
+        assert row["sealed"] is not None and row["product_ct"] is not None
     assert await preferences_of(client, customer) == before
+
+
+async def test_the_previous_release_rewriting_the_fields_drops_the_stale_whole(
+    client, conn, new_customer, vault: Vault
+):
+    """The previous release knows only the fields: when it rewrites them, the trigger empties
+    sealed, so this release reads the fields it wrote (not what was sealed before)."""
+    customer, _, kept = await shopper(new_customer, client)
+    pid = uuid.UUID(kept[0]["id"])
+    key = await data_key(conn, vault, uuid.UUID(customer.id))
+    rewritten = key.encrypt(
+        msgspec.json.encode("Written by the old release."), "preferences", "note", pid
+    )
+    await conn.execute(
+        "UPDATE preferences SET note_ct = $2 WHERE preference_id = $1", pid, rewritten
+    )
+    assert (await stored(conn, pid))["sealed"] is None
+    [mine] = [p for p in await preferences_of(client, customer) if p["id"] == str(pid)]
+    assert mine["note"] == "Written by the old release."
+    assert sum([n async for n in preferences.seal_content_backlog(conn, vault)]) >= 1
+    assert open_sealed(key, pid, (await stored(conn, pid))["sealed"]).note == (
+        "Written by the old release."
+    )
+    # a write of this release changes both, and keeps what it sealed
+    await conn.execute("UPDATE preferences SET rank = rank WHERE preference_id = $1", pid)
+    assert (await stored(conn, pid))["sealed"] is not None
+
+
+async def test_a_product_without_a_sku_reaches_the_previous_release_with_a_placeholder(
+    client, conn, new_customer, vault: Vault
+):
+    customer = await new_customer()
+    made = await client.post(
+        "/v1/me/preferences",
+        headers=customer.headers,
+        json={"product": {"name": "The old blue cardigan"}, "attributes": {"size": "M"}},
+    )
+    assert made.status_code == 201, made.text
+    pid = uuid.UUID(made.json()["id"])
+    key = await data_key(conn, vault, uuid.UUID(customer.id))
+    row = await stored(conn, pid)
+    # the previous release's product must have a SKU; it reads the placeholder
+    copy = msgspec.json.decode(key.decrypt(row["product_ct"], "preferences", "product", pid))
+    assert copy["sku"] == NO_SKU
+    # and this release reads it back as none, from either format
+    assert decrypt_product(key, pid, row["product_ct"]).sku is None
+    await conn.execute("UPDATE preferences SET sealed = NULL WHERE preference_id = $1", pid)
+    [mine] = await preferences_of(client, customer)
+    assert mine["product"]["sku"] is None

@@ -3,28 +3,27 @@
 ``sealed`` holds everything a preference says (product, attributes, note, where a till-added
 one came from) as one AES-GCM ciphertext under the customer's data key, its associated data
 binding customer, table, column and row (the preference id) as every field's does. A till
-lookup answering five preferences opens five ciphertexts instead of fifteen or more.
+lookup answering five preferences opens five ciphertexts instead of fifteen or more; every
+reader of this release reads ``sealed`` where a row has it.
 
-New and changed rows are written sealed only, their per-field columns (``product_ct``,
-``attributes_ct``, ``note_ct``, ``source_ct``) NULL; rows written before are read field by field
-until the backfill converts them (``prefs migrate`` runs it, and ``prefs serve`` when it
-migrated: it needs the keys, which a migration does not have), a batch at a time, each batch
-its own short transaction. A later revision drops the per-field columns (contract) once every
-deployment has run it. Purchase histories keep their own ciphertext (``purchases_ct``): a till
-purchase rewrites it without touching the content.
+This is the expand half (docs/migrations.md): while the previous release may still serve, it
+reads the per-field columns (``product_ct``, ``attributes_ct``, ``note_ct``, ``source_ct``), so
+this release writes them too, beside ``sealed``, on every insert and update (a product without a
+SKU, new in this release, is copied with the placeholder SKU ``-``, which this release reads
+back as none). When the previous release rewrites a preference's fields it does not know
+``sealed``: the trigger ``preferences_sealed_follows_fields`` empties it then, and readers fall
+back to the fields until the backfill seals the row again. The backfill (``prefs migrate`` runs
+it, and ``prefs serve`` when it migrated: it needs the keys, which a migration does not have)
+seals rows written before, a batch at a time, each batch its own short transaction. The
+contract half, a later revision once no previous-release process is left, stops writing the
+per-field columns and drops them.
 
-Adding a nullable column and dropping NOT NULL change only the catalogue, so the table is locked
-for moments however large it is. The check is added NOT VALID: every existing row satisfies it
-(both columns were NOT NULL until now), so scanning the table under the migration's lock would
-prove nothing; rows written from now on are checked.
-
-The previous release cannot read sealed rows: while old and new processes serve side by side,
-an old one fails on a preference a new one wrote or converted, so keep that overlap short (the
-rows in the per-field format read everywhere). The downgrade refuses while sealed rows exist (decrypting them back into the
-per-field format needs the keys); delete them to roll back (losing them).
+Adding a nullable column changes only the catalogue, so the table is locked for moments however
+large it is. The downgrade drops the column and the trigger: every row still has its fields, so
+nothing is lost.
 
 Revision ID: 0016
-Revises: 0014
+Revises: 0015
 """
 
 from prefs.db import run_sql
@@ -37,24 +36,32 @@ depends_on = None
 
 def upgrade() -> None:
     run_sql("""
-    ALTER TABLE preferences ADD COLUMN sealed bytea,
-        ALTER COLUMN product_ct DROP NOT NULL, ALTER COLUMN attributes_ct DROP NOT NULL,
-        ADD CONSTRAINT preferences_sealed_or_per_field
-            CHECK (sealed IS NOT NULL OR (product_ct IS NOT NULL AND attributes_ct IS NOT NULL))
-            NOT VALID;
+    ALTER TABLE preferences ADD COLUMN sealed bytea;
+
+    CREATE FUNCTION preferences_sealed_follows_fields() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        -- A writer that changed the fields but left sealed as it was is the previous release:
+        -- what it sealed is stale now, so readers must read the fields until the backfill.
+        IF NEW.sealed IS NOT DISTINCT FROM OLD.sealed THEN
+            NEW.sealed := NULL;
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER preferences_sealed_follows_fields
+        BEFORE UPDATE OF product_ct, attributes_ct, note_ct, source_ct ON preferences
+        FOR EACH ROW
+        WHEN (NEW.product_ct IS DISTINCT FROM OLD.product_ct
+              OR NEW.attributes_ct IS DISTINCT FROM OLD.attributes_ct
+              OR NEW.note_ct IS DISTINCT FROM OLD.note_ct
+              OR NEW.source_ct IS DISTINCT FROM OLD.source_ct)
+        EXECUTE FUNCTION preferences_sealed_follows_fields();
     """)
 
 
 def downgrade() -> None:
     run_sql("""
-    DO $$
-    BEGIN
-        IF EXISTS (SELECT FROM preferences WHERE sealed IS NOT NULL) THEN
-            RAISE EXCEPTION 'preferences sealed as one ciphertext exist, which the previous '
-                            'revision cannot read';
-        END IF;
-    END $$;
-    ALTER TABLE preferences DROP CONSTRAINT preferences_sealed_or_per_field,
-        ALTER COLUMN product_ct SET NOT NULL, ALTER COLUMN attributes_ct SET NOT NULL,
-        DROP COLUMN sealed;
+    DROP TRIGGER preferences_sealed_follows_fields ON preferences;
+    DROP FUNCTION preferences_sealed_follows_fields();
+    ALTER TABLE preferences DROP COLUMN sealed;
     """)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import date
+from typing import NamedTuple
 
 import msgspec
 
@@ -16,7 +17,14 @@ from prefs.products import Product, SharedPreference, Source, Status
 TABLE = "preferences"
 # What a preference says: one ciphertext (sealed, revision 0016), or for rows written before it
 # and not yet converted by the backfill, one ciphertext per field.
-CONTENT = "sealed, product_ct, attributes_ct, note_ct, source_ct"
+# Where a row has sealed, the per-field copy (kept for the previous release) is not read.
+CONTENT = ", ".join(
+    ["sealed"]
+    + [
+        f"CASE WHEN sealed IS NULL THEN {column} END AS {column}"
+        for column in ("product_ct", "attributes_ct", "note_ct", "source_ct")
+    ]
+)
 # A preference row with everything its owner may read; purchases and last_purchased_on are read
 # only for rows not yet sealed (purchases_ct) by the backfill.
 COLUMNS = f"""preference_id, rank, status, purchases, last_purchased_on, purchases_ct, version,
@@ -47,6 +55,45 @@ def seal(key: DataKey, preference_id: uuid.UUID, content: Content) -> bytes:
     return key.encrypt(_encoder.encode(content), TABLE, "sealed", preference_id)
 
 
+# Revision 0016 is an expand step: while the previous release may still serve, every write keeps
+# the per-field ciphertexts beside the one ciphertext, so its readers find what they read (a
+# trigger empties ``sealed`` when the previous release rewrites the fields, and readers fall back
+# to them). A product without a SKU is new in this release; the previous one's per-field product
+# must have one, so the copy carries NO_SKU, which this release reads back as None.
+NO_SKU = "-"
+
+
+class Written(NamedTuple):
+    """A preference's content as written: ``sealed`` and the per-field copy (in the order of the
+    columns ``sealed, product_ct, attributes_ct, note_ct, source_ct``)."""
+
+    sealed: bytes
+    product_ct: bytes
+    attributes_ct: bytes
+    note_ct: bytes | None
+    source_ct: bytes | None
+
+
+def _field(key: DataKey, preference_id: uuid.UUID, column: str, value: object) -> bytes:
+    return key.encrypt(msgspec.json.encode(value), TABLE, column, preference_id)
+
+
+def written(key: DataKey, preference_id: uuid.UUID, content: Content) -> Written:
+    """``content`` sealed as one ciphertext, with the per-field copy the previous release reads."""
+    product = content.product
+    if product.sku is None:
+        product = msgspec.structs.replace(product, sku=NO_SKU)
+    return Written(
+        sealed=seal(key, preference_id, content),
+        product_ct=_field(key, preference_id, "product", product),
+        attributes_ct=_field(key, preference_id, "attributes", content.attributes),
+        note_ct=None if content.note is None else _field(key, preference_id, "note", content.note),
+        source_ct=None
+        if content.source is None
+        else _field(key, preference_id, "source", content.source),
+    )
+
+
 def open_sealed(key: DataKey, preference_id: uuid.UUID, blob: bytes) -> Content:
     return _content.decode(key.decrypt(blob, TABLE, "sealed", preference_id))
 
@@ -73,7 +120,10 @@ def product_of(key: DataKey, row: Row) -> Product:
 
 
 def decrypt_product(key: DataKey, preference_id: uuid.UUID, blob: bytes) -> Product:
-    return _product.decode(key.decrypt(blob, TABLE, "product", preference_id))
+    product = _product.decode(key.decrypt(blob, TABLE, "product", preference_id))
+    if product.sku == NO_SKU:
+        return msgspec.structs.replace(product, sku=None)
+    return product
 
 
 def decrypt_attributes(key: DataKey, preference_id: uuid.UUID, blob: bytes) -> dict[str, str]:
@@ -187,14 +237,16 @@ def skus(key: DataKey, rows: Sequence[Row]) -> list[str | None]:
 def shown(*carried: str) -> str:
     """The granted columns of the preferences a grant covers, for a CTE named ``hit`` that
     carries customer_id, fields and preference_ids (NULL meaning all); ``carried`` names more
-    columns of ``hit`` to pass through. The sealed content and the product's ciphertext always
-    come (the SKU decides the status shown); :func:`shared` shows only the granted fields."""
+    columns of ``hit`` to pass through. The sealed content comes where a row has it, and only
+    then, for a row not yet sealed, the granted fields' ciphertexts and the product's (the SKU
+    decides the status shown); :func:`shared` shows only the granted fields."""
     extra = "".join(f"hit.{column}, " for column in carried)
     return f"""
     SELECT {extra}p.preference_id, p.rank, p.status, p.sealed,
-           p.product_ct,
-           CASE WHEN 'attributes' = ANY(hit.fields) THEN p.attributes_ct END AS attributes_ct,
-           CASE WHEN 'note' = ANY(hit.fields) THEN p.note_ct END AS note_ct
+           CASE WHEN p.sealed IS NULL THEN p.product_ct END AS product_ct,
+           CASE WHEN p.sealed IS NULL AND 'attributes' = ANY(hit.fields)
+                THEN p.attributes_ct END AS attributes_ct,
+           CASE WHEN p.sealed IS NULL AND 'note' = ANY(hit.fields) THEN p.note_ct END AS note_ct
     FROM hit JOIN preferences p ON p.customer_id = hit.customer_id
     WHERE hit.preference_ids IS NULL OR p.preference_id = ANY(hit.preference_ids)
 """

@@ -33,6 +33,7 @@ from prefs.sealed_preferences import (
     open_purchases,
     seal,
     seal_purchases,
+    written,
 )
 
 
@@ -100,8 +101,9 @@ async def get_preference(
 
 SHIFT_DOWN_FROM = "UPDATE preferences SET rank = rank + 1 WHERE customer_id = $1 AND rank >= $2"
 INSERT = f"""
-INSERT INTO preferences (customer_id, preference_id, rank, status, purchases_ct, sealed)
-VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO preferences (customer_id, preference_id, rank, status, purchases_ct, sealed,
+                         product_ct, attributes_ct, note_ct, source_ct)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 RETURNING {COLUMNS}
 """
 
@@ -127,7 +129,7 @@ async def create_preference(
             rank,
             data.status,
             seal_purchases(key, pid, data.purchases, data.last_purchased_on),
-            seal(key, pid, Content(data.product, data.attributes, data.note)),
+            *written(key, pid, Content(data.product, data.attributes, data.note)),
         )
         assert row is not None
         await follow(conn, vault, PreferencesChanged(customer_id))
@@ -140,8 +142,8 @@ MOVE_DOWN = """UPDATE preferences SET rank = rank - 1
                WHERE customer_id = $1 AND rank > $2 AND rank <= $3"""
 UPDATE = f"""
 UPDATE preferences SET rank = $3, status = $4, purchases_ct = $5, purchases = NULL,
-       last_purchased_on = NULL, sealed = $6, product_ct = NULL, attributes_ct = NULL,
-       note_ct = NULL, source_ct = NULL, version = version + 1, updated_at = now()
+       last_purchased_on = NULL, sealed = $6, product_ct = $7, attributes_ct = $8,
+       note_ct = $9, source_ct = $10, version = version + 1, updated_at = now()
 WHERE customer_id = $1 AND preference_id = $2
 RETURNING {COLUMNS}
 """
@@ -233,7 +235,7 @@ async def update_preference(
                 if data.last_purchased_on is UNSET
                 else data.last_purchased_on,
             ),
-            seal(key, preference_id, content),
+            *written(key, preference_id, content),
         )
         assert updated is not None
         await follow(conn, vault, PreferencesChanged(customer_id))
@@ -312,9 +314,10 @@ async def seal_purchase_backlog(
 
 # The backfill: preferences written field by field before revision 0016, sealed as one
 # ciphertext a batch at a time in primary-key order (rows another transaction holds are skipped:
-# a writer seals them itself, and the next run finds the rest); the per-field columns emptied.
+# a writer seals them itself, and the next run finds the rest); the per-field columns stay, for
+# the previous release's readers, until a later revision drops them.
 CONTENT_BACKLOG = f"""
-SELECT p.customer_id, p.preference_id, {", ".join(f"p.{c}" for c in CONTENT.split(", "))},
+SELECT p.customer_id, p.preference_id, {CONTENT},
        k.generation, k.wrapped
 FROM preferences p JOIN customer_keys k USING (customer_id)
 WHERE (p.customer_id, p.preference_id) > ($2, $3) AND p.sealed IS NULL
@@ -323,8 +326,7 @@ LIMIT $1
 FOR UPDATE OF p SKIP LOCKED
 """
 SEAL_CONTENT = """
-UPDATE preferences p SET sealed = u.sealed, product_ct = NULL, attributes_ct = NULL,
-       note_ct = NULL, source_ct = NULL
+UPDATE preferences p SET sealed = u.sealed
 FROM unnest($1::uuid[], $2::uuid[], $3::bytea[]) AS u(customer_id, preference_id, sealed)
 WHERE (p.customer_id, p.preference_id) = (u.customer_id, u.preference_id)
 """

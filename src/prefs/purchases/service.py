@@ -33,7 +33,7 @@ from prefs.events import PreferencesChanged, follow
 from prefs.grants import IN_FORCE, PURCHASES
 from prefs.products import MAX_PREFERENCES, Product, Source
 from prefs.purchases.schemas import PurchasedItem, PurchaseResult
-from prefs.sealed_preferences import Content, open_content, open_purchases, seal, seal_purchases
+from prefs.sealed_preferences import Content, open_content, open_purchases, seal_purchases, written
 
 MAX_PURCHASES = 1_000_000  # a preference's purchase count stops here (the customer's own limit)
 EARLIEST = date(2000, 1, 1)
@@ -95,8 +95,10 @@ CATALOGUE = """
 SELECT sku, name, brand, category, status FROM catalogue_products WHERE sku = ANY($1::text[])
 """
 ADD = """
-INSERT INTO preferences (customer_id, preference_id, rank, status, purchases_ct, sealed)
-SELECT $1, * FROM unnest($2::uuid[], $3::int[], $4::text[], $5::bytea[], $6::bytea[])
+INSERT INTO preferences (customer_id, preference_id, rank, status, purchases_ct, sealed,
+                         product_ct, attributes_ct, note_ct, source_ct)
+SELECT $1, * FROM unnest($2::uuid[], $3::int[], $4::text[], $5::bytea[], $6::bytea[],
+                         $7::bytea[], $8::bytea[], $9::bytea[], $10::bytea[])
 """
 COUNT_AGAIN = """
 UPDATE preferences p SET purchases_ct = u.sealed, purchases = NULL, last_purchased_on = NULL,
@@ -269,10 +271,13 @@ async def record(
                 seal_purchases(key, k.preference_id, k.purchases, k.last_purchased_on)
                 for k, *_ in added
             ],
-            [
-                seal(key, k.preference_id, Content(product, attrs, None, source))
-                for k, product, attrs, _, source in added
-            ],
+            *zip(
+                *(
+                    written(key, k.preference_id, Content(product, attrs, None, source))
+                    for k, product, attrs, _, source in added
+                ),
+                strict=True,
+            ),
         )
     again = [k for k in kept.values() if k.touched and not k.new]
     if again:
