@@ -1,0 +1,95 @@
+"""Review of issue 18 (integrators and the page): each test is a problem found, failing until it
+is fixed."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from prefs.crypto import Vault
+from tests.support.customer import CHINOS, grant, keep
+from tests.support.partner import partner_key, reference
+from tests.test_purchases import catalogue_product, fresh_sku
+
+V1_0_ARRAY = "application/vnd.prefs.v1.0+json"
+
+
+async def _contributions(conn: Any, vault: Vault, customer: Any) -> int:
+    """How many demand groups the customer counts in (by their pseudonym, as insights does)."""
+    pseudonym = vault.index.digest("demand", uuid.UUID(customer.id).bytes)
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM demand_contributions WHERE pseudonym = $1", pseudonym
+    )
+    return count
+
+
+async def test_a_customer_cannot_set_a_catalogue_products_status_by_creating_it(
+    client, conn, vault, new_customer
+):
+    """A status change for a product the catalogue knows is a 409 on PATCH, but POST took the
+    customer's word and stored it: "discontinued" for a product the shop sells, which the reads
+    hide behind the catalogue's "available" while anonymous demand (which reads the stored
+    status) counts the customer as wanting a discontinued product back."""
+    customer = await new_customer()
+    sku = fresh_sku()
+    await catalogue_product(conn, sku, "available")
+    await grant(client, customer, "insights", ["product", "attributes"])
+    body = {**CHINOS, "product": {**CHINOS["product"], "sku": sku}, "status": "discontinued"}
+    made = await client.post("/v1/me/preferences", headers=customer.headers, json=body)
+    assert made.status_code == 409, made.text
+    assert made.headers["content-type"] == "application/problem+json"
+    assert "catalogue" in made.json()["detail"]
+    assert await _contributions(conn, vault, customer) == 0
+    # sending back the catalogue's own status is not a change
+    same = await client.post(
+        "/v1/me/preferences", headers=customer.headers, json={**body, "status": "available"}
+    )
+    assert same.status_code == 201, same.text
+
+
+async def test_a_catalogue_product_added_without_a_status_keeps_the_catalogues(
+    client, conn, vault, new_customer
+):
+    """The page sends no status for a product the catalogue knows (its box is locked); the
+    preference was stored "available" whatever the catalogue said, so a product the catalogue
+    has discontinued never counted in the demand for discontinued products."""
+    customer = await new_customer()
+    sku = fresh_sku()
+    await catalogue_product(conn, sku, "discontinued")
+    await grant(client, customer, "insights", ["product", "attributes"])
+    body = {"product": {"sku": sku, "name": "Classic Chino"}, "attributes": {"waist": "34"}}
+    kept = await keep(client, customer, body)
+    assert (kept["status"], kept["status_source"]) == ("discontinued", "catalogue")
+    assert await _contributions(conn, vault, customer) == 1
+    # without a SKU (or with one the catalogue does not know) the default stays "available"
+    typed = await keep(client, customer, {"product": {"name": "Linen shirt"}})
+    assert (typed["status"], typed["status_source"]) == ("available", "customer")
+
+
+async def test_the_v1_0_array_is_chosen_by_media_type_rules_not_by_substring(
+    client, conn, new_customer
+):
+    """Accept is matched as text: `q=0` (RFC 9110: not acceptable) still chose the v1.0 array, a
+    client preferring application/json got the array, and an upper-case media type (media types
+    are case-insensitive) or a made-up `…+jsonx` decided the other way round."""
+    customer = await new_customer()
+    await keep(client, customer)
+    partner, api_key = await partner_key(conn)
+    await grant(client, customer, f"partner:{partner.partner_id}", ["product"])
+    ref = await reference(client, customer, partner.partner_id)
+
+    async def shape(accept: str) -> str:
+        read = await client.get(
+            f"/v1/partner/customers/{ref}/preferences",
+            headers={"Authorization": f"Bearer {api_key}", "Accept": accept},
+        )
+        assert read.status_code == 200, read.text
+        return "array" if isinstance(read.json(), list) else "object"
+
+    assert await shape(V1_0_ARRAY) == "array"
+    assert await shape(V1_0_ARRAY.upper()) == "array"
+    assert await shape(f"{V1_0_ARRAY}, application/json;q=0.5") == "array"
+    assert await shape(f"{V1_0_ARRAY};q=0") == "object"
+    assert await shape(f"application/json, {V1_0_ARRAY};q=0.1") == "object"
+    assert await shape(f"{V1_0_ARRAY}x") == "object"
+    assert await shape("*/*") == "object"
