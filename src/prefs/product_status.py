@@ -50,14 +50,20 @@ def overlaid(stored: Status, sku: str | None, catalogue: Mapping[str, Status]) -
 async def refuse_customer_change(conn: Any, sku: str | None, status: Status) -> None:
     """Refuse (409) a customer's status for a product the catalogue knows, unless it is the
     catalogue's own (a client sending back the status it read is not changing it)."""
-    if sku is None:
-        return
-    known = (await of(conn, [sku])).get(sku)
-    if known is not None and known != status:
+    await kept_status(conn, sku, status)
+
+
+async def kept_status(conn: Any, sku: str | None, status: Status | None) -> Status:
+    """The status to store for a new product: the catalogue's where it knows the SKU (a
+    different one sent by the customer is a 409, as for a change), else the customer's, or
+    ``available`` when they sent none. Anonymous demand reads the stored status."""
+    known = None if sku is None else (await of(conn, [sku])).get(sku)
+    if known is not None and status is not None and known != status:
         raise Conflict(
             f"The shop's catalogue says this product is {known}, and its status follows the "
             "catalogue: a customer sets the status only of products the catalogue does not know."
         )
+    return known or status or "available"
 
 
 class StatusCache:

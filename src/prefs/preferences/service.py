@@ -120,6 +120,9 @@ async def create_preference(
         rank = min(data.rank or count + 1, count + 1)
         if rank <= count:
             await conn.execute(SHIFT_DOWN_FROM, customer_id, rank)
+        status = await product_status.kept_status(
+            conn, data.product.sku, None if data.status is UNSET else data.status
+        )
         key = await data_key(conn, vault, customer_id)
         pid = uuid.uuid4()
         row = await conn.fetchrow(
@@ -127,7 +130,7 @@ async def create_preference(
             customer_id,
             pid,
             rank,
-            data.status,
+            status,
             seal_purchases(key, pid, data.purchases, data.last_purchased_on),
             seal(key, pid, "product", data.product),
             seal(key, pid, "attributes", data.attributes),
