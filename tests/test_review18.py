@@ -93,3 +93,41 @@ async def test_the_v1_0_array_is_chosen_by_media_type_rules_not_by_substring(
     assert await shape(f"application/json, {V1_0_ARRAY};q=0.1") == "object"
     assert await shape(f"{V1_0_ARRAY}x") == "object"
     assert await shape("*/*") == "object"
+
+
+async def test_a_preference_moved_to_a_catalogue_sku_keeps_the_catalogues_status(
+    client, conn, vault, new_customer
+):
+    """A PATCH that changes the SKU to one the catalogue knows, without a status, kept the
+    customer's stored status: reads show the catalogue's "discontinued", but demand reads the
+    stored "available" and never counts it."""
+    customer = await new_customer()
+    sku = fresh_sku()
+    await catalogue_product(conn, sku, "discontinued")
+    await grant(client, customer, "insights", ["product", "attributes"])
+    typed = await keep(client, customer, {"product": {"name": "Classic Chino"}})
+    moved = await client.patch(
+        f"/v1/me/preferences/{typed['id']}",
+        headers={**customer.headers, "If-Match": f'"{typed["version"]}"'},
+        json={"product": {"sku": sku}},
+    )
+    assert moved.status_code == 200, moved.text
+    assert (moved.json()["status"], moved.json()["status_source"]) == ("discontinued", "catalogue")
+    assert await _contributions(conn, vault, customer) == 1
+
+
+async def test_an_attribute_name_refused_says_what_a_name_may_be(client, new_customer):
+    """Validation errors name what is allowed, except for an attribute's name: "Expected `str`
+    matching regex … - at `key` in `$.attributes`" (the regex itself left out) tells a client
+    nothing it can act on."""
+    customer = await new_customer()
+    refused = await client.post(
+        "/v1/me/preferences",
+        headers=customer.headers,
+        json={"product": {"name": "Chino"}, "attributes": {"Waist": "34"}},
+    )
+    assert refused.status_code == 400, refused.text
+    [error] = refused.json()["errors"]
+    assert error["key"] == "attributes", error
+    assert "allowed:" in error["message"] and "lower-case" in error["message"], error
+    assert "allowed:" in refused.json()["detail"]
