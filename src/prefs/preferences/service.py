@@ -120,9 +120,8 @@ async def create_preference(
         rank = min(data.rank or count + 1, count + 1)
         if rank <= count:
             await conn.execute(SHIFT_DOWN_FROM, customer_id, rank)
-        status = await product_status.kept_status(
-            conn, data.product.sku, None if data.status is UNSET else data.status
-        )
+        sent = None if data.status is UNSET else data.status
+        status = await product_status.kept_status(conn, data.product.sku, sent)
         key = await data_key(conn, vault, customer_id)
         pid = uuid.uuid4()
         row = await conn.fetchrow(
@@ -224,9 +223,13 @@ async def update_preference(
             attributes = decrypt_attributes(key, preference_id, attributes_ct)
             merged = patched_attributes(attributes, data.attributes)
             attributes_ct = seal(key, preference_id, "attributes", merged)
-        if data.status is not UNSET:
-            product = decrypt_product(key, preference_id, product_ct)
-            await product_status.refuse_customer_change(conn, product.sku, data.status)
+        status = row["status"]
+        if data.status is not UNSET or data.product is not UNSET:
+            # the catalogue's status for a SKU it knows, the patched one included (demand
+            # reads the stored status); another sent by the customer is a 409
+            sku = decrypt_product(key, preference_id, product_ct).sku
+            sent = None if data.status is UNSET else data.status
+            status = await product_status.kept_status(conn, sku, sent, status)
         note_ct = row["note_ct"]
         history = open_purchases(key, row)
         if data.note is not UNSET:
@@ -236,7 +239,7 @@ async def update_preference(
             customer_id,
             preference_id,
             rank,
-            row["status"] if data.status is UNSET else data.status,
+            status,
             seal_purchases(
                 key,
                 preference_id,
