@@ -22,6 +22,7 @@ from litestar.plugins import OpenAPISchemaPlugin
 from litestar.typing import FieldDefinition
 
 from prefs import idempotency
+from prefs.allowed import ABOUT_A_NAME
 from prefs.crypto import Vault
 from prefs.db import Connection
 from prefs.errors import InvalidInput
@@ -46,6 +47,7 @@ STRING_WHEN_SENT: dict[str, Any] = {"one_of": None, "type": "string"}
 
 _STRICT: dict[Any, msgspec.json.Decoder[Any] | None] = {}
 _AT = re.compile(r" - at `\$\.?([^`]*)`$")
+_AT_KEY = re.compile(r" - at `key` in `\$\.?([^`]*)`$")
 
 
 def body_type_of(handler: Any) -> Any:
@@ -83,8 +85,11 @@ def decode_strictly(request: Request[Any, Any, Any], body: bytes) -> None:
         at = _AT.search(text)
         message: dict[str, str] = {"message": _AT.sub("", text), "source": "body"}
         # prefs.problems adds what the field allows; ``data`` is the body as a whole (msgspec
-        # names no path for it), and an error about a map's key keeps msgspec's words
-        if at or " - at " not in text:
+        # names no path for it), and an error about a map's key names the map
+        if (about_a_name := _AT_KEY.search(text)) is not None:
+            message["message"] = ABOUT_A_NAME + _AT_KEY.sub("", text)
+            message["key"] = about_a_name.group(1) or "data"
+        elif at or " - at " not in text:
             message["key"] = (at.group(1) if at else "") or "data"
         raise ValidationException(
             detail=f"Validation failed for {request.method} {request.url.path}", extra=[message]

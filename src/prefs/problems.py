@@ -18,7 +18,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
-from prefs.allowed import allowed, whole_number
+from prefs.allowed import ABOUT_A_NAME, allowed, allowed_names, whole_number
 from prefs.errors import DATABASE_DOWN, Problem, Unauthenticated
 
 log = logging.getLogger("prefs.errors")
@@ -144,7 +144,7 @@ def _with_what_is_allowed(request: Request[Any, Any, Any], error: dict[str, Any]
             (declared, *_) = [a for a in get_args(body) if a is not type(None)] or [body]
             said = "Send a JSON object" if message in ("", "…") else message
             return {**error, "message": f"{said}; allowed: {allowed(declared, '')}"}
-        hint = allowed(body, key)
+        hint = allowed_names(body, key) if message.startswith(ABOUT_A_NAME) else allowed(body, key)
     elif key in parameters:  # a path, query or header parameter: its declaration's words
         parameter = parameters[key]
         declared = parameter.kwarg_definition
