@@ -3,6 +3,7 @@ is fixed."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -131,3 +132,29 @@ async def test_an_attribute_name_refused_says_what_a_name_may_be(client, new_cus
     assert error["key"] == "attributes", error
     assert "allowed:" in error["message"] and "lower-case" in error["message"], error
     assert "allowed:" in refused.json()["detail"]
+
+
+async def test_a_json_patch_is_refused_as_a_media_type_not_read_as_a_merge_patch(
+    client, new_customer
+):
+    """Any `+json` media type was taken for a merge patch: a JSON Patch (RFC 6902) got "Expected
+    `object`, got `array`", and a JSON Patch media type with an object body changed the
+    preference. A PATCH names the patch formats it takes (415 with Accept-Patch, RFC 5789)."""
+    customer = await new_customer()
+    kept = await keep(client, customer, {"product": {"name": "Chino"}, "note": "as it was"})
+    url = f"/v1/me/preferences/{kept['id']}"
+    for body in ([{"op": "replace", "path": "/note", "value": "x"}], {"note": "x"}):
+        refused = await client.patch(
+            url,
+            headers={
+                **customer.headers,
+                "If-Match": f'"{kept["version"]}"',
+                "Content-Type": "application/json-patch+json",
+            },
+            content=json.dumps(body),
+        )
+        assert refused.status_code == 415, refused.text
+        assert "application/merge-patch+json" in refused.headers["accept-patch"]
+        assert "merge-patch" in refused.json()["detail"]
+    after = await client.get(url, headers=customer.headers)
+    assert after.json()["note"] == "as it was"
