@@ -29,6 +29,9 @@ from prefs.errors import InvalidInput
 from prefs.settings import Settings
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# what a PATCH may be sent as: a JSON Merge Patch (RFC 7396), under its own name or as JSON
+MERGE_PATCH = "application/merge-patch+json"
+PATCH_MEDIA_TYPES = (MERGE_PATCH, "application/json")
 
 
 def constraints_of(constrained: Any) -> dict[str, Any]:
@@ -135,6 +138,13 @@ async def require_json_body(request: Request[Any, Any, Any], *, typed: bool = Tr
     if not has_body:
         return
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if request.method == "PATCH" and media_type not in PATCH_MEDIA_TYPES:
+        raise HTTPException(
+            status_code=415,
+            detail="Send the patch as application/merge-patch+json (RFC 7396) or "
+            "application/json, the same either way; JSON Patch (RFC 6902) is not taken.",
+            headers={"Accept-Patch": ", ".join(PATCH_MEDIA_TYPES)},
+        )
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise HTTPException(status_code=415, detail="Send the body as application/json.")
     body = await request.body()
