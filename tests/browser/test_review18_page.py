@@ -29,6 +29,7 @@ LONG = {
     "note": "W" * 2000,
     "status": "discontinued",
 }
+TIMES = "\u00d7"
 SIDEWAYS = "document.documentElement.scrollWidth - window.innerWidth"
 
 
@@ -69,4 +70,40 @@ def test_the_longest_words_a_customer_can_type_never_make_the_page_scroll_sidewa
     expect(page.locator("#status")).to_contain_text("This also cancelled")
     wide["Sharing, withdrawal said"] = page.evaluate(SIDEWAYS)
     assert wide == dict.fromkeys(wide, 0), wide
+    watch.assert_clean(service)
+
+
+def test_a_withdrawal_names_the_sizes_the_cancelled_reorder_was_for(
+    service: Service, browser_page: tuple[Any, Watch]
+) -> None:
+    """The sharing view said what a withdrawal cancelled with the preference's sizes of today,
+    not those the reorder was placed with: a reorder for waist 34, after the waist was changed
+    to 36, was announced as cancelled "(36, 32, khaki)"."""
+    page, watch = browser_page
+    chinos = {
+        "product": {"name": "Classic Chino"},
+        "attributes": {"waist": "34", "leg": "32", "colour": "khaki"},
+    }
+    token, [kept] = signed_in(page, service, 1280, chinos)
+    audience = partner_audience(service, token)
+    grant(service, token, audience, fields=["product", "attributes"], preferences="all")
+    url = f"{service.url}/v1/me/preferences/{kept['id']}"
+    placed = httpx.post(
+        f"{url}/reorders",
+        headers={**bearer(token), "Idempotency-Key": str(uuid.uuid4())},
+        json={"quantity": 1, "fulfiller": audience},
+    )
+    assert placed.status_code == 201, placed.text
+    changed = httpx.patch(
+        url,
+        headers={**bearer(token), "If-Match": f'"{kept["version"]}"'},
+        json={"attributes": {"waist": "36"}},
+    )
+    assert changed.status_code == 200, changed.text
+    page.reload()
+    go_to(page, "Sharing")
+    page.get_by_role("button", name="Stop sharing with Stitch & Co. tailors").click()
+    status = page.locator("#status")
+    expect(status).to_contain_text("This also cancelled the reorder")
+    expect(status).to_contain_text(f"1 {TIMES} Classic Chino (34, 32, khaki)")
     watch.assert_clean(service)
