@@ -227,7 +227,7 @@ _ANSWERS = {
     "keeps: read the list again from its start (without `after`).",
     412: "If-Match names a version that is no longer current: read again, then retry.",
     413: "The body is larger than the service accepts.",
-    415: "The body is not JSON.",
+    415: "The body is not JSON (for a PATCH: not a JSON Merge Patch, see Accept-Patch).",
     422: "This Idempotency-Key was already used with another request.",
     428: "Send If-Match with the version (ETag) you last read.",
     429: "Too many requests (a till's misses, a customer's card changes, an insights key's daily "
