@@ -13,10 +13,12 @@ from typing import Any
 
 import msgspec.inspect as inspect
 
-from prefs.text import SINGLE_LINE
+from prefs.text import NAME, SINGLE_LINE
 
 _STEP = re.compile(r"\.?([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]|\[[^\]]*\]")
 _described: dict[tuple[Any, str], str | None] = {}
+# how an error about a map's key (msgspec: "... - at `key` in `$.attributes`") begins its message
+ABOUT_A_NAME = "A name in it: "
 
 
 def allowed(declared: Any, path: str) -> str | None:
@@ -30,6 +32,22 @@ def allowed(declared: Any, path: str) -> str | None:
                 break
         _described[declared, path] = None if node is None else words(node)
     return _described[declared, path]
+
+
+def allowed_names(declared: Any, path: str) -> str | None:
+    """In words, what the names (keys) of the map at ``path`` of a ``declared`` body may be."""
+    node: Any = inspect.type_info(declared)
+    for match in _STEP.finditer(path):
+        node = _child(node, match.group(1), match.group(2))
+        if node is None:
+            return None
+    while isinstance(node, inspect.Metadata | inspect.UnionType):
+        node = (
+            node.type
+            if isinstance(node, inspect.Metadata)
+            else next((m for m in node.types if not isinstance(m, inspect.NoneType)), None)
+        )
+    return f"names, each {words(node.key_type)}" if isinstance(node, inspect.DictType) else None
 
 
 def _child(node: Any, field: str | None, index: str | None) -> Any:
@@ -65,8 +83,11 @@ def words(node: Any) -> str:
     if isinstance(node, inspect.IntType):
         return whole_number(node.ge, node.le)
     if isinstance(node, inspect.StrType):
+        length = _length(node.min_length, node.max_length, "characters")
+        if node.pattern == NAME:
+            return f"{length.strip()}: a lower-case letter, then lower-case letters, digits or `_`"
         line = " on one line" if node.pattern == SINGLE_LINE else ""
-        return "text" + _length(node.min_length, node.max_length, "characters") + line
+        return "text" + length + line
     if isinstance(node, inspect.ListType | inspect.SetType | inspect.VarTupleType):
         count = _length(node.min_length, node.max_length, "items")
         return f"a list{count}, each {words(node.item_type)}"

@@ -22,12 +22,16 @@ from litestar.plugins import OpenAPISchemaPlugin
 from litestar.typing import FieldDefinition
 
 from prefs import idempotency
+from prefs.allowed import ABOUT_A_NAME
 from prefs.crypto import Vault
 from prefs.db import Connection
 from prefs.errors import InvalidInput
 from prefs.settings import Settings
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# what a PATCH may be sent as: a JSON Merge Patch (RFC 7396), under its own name or as JSON
+MERGE_PATCH = "application/merge-patch+json"
+PATCH_MEDIA_TYPES = (MERGE_PATCH, "application/json")
 
 
 def constraints_of(constrained: Any) -> dict[str, Any]:
@@ -46,6 +50,7 @@ STRING_WHEN_SENT: dict[str, Any] = {"one_of": None, "type": "string"}
 
 _STRICT: dict[Any, msgspec.json.Decoder[Any] | None] = {}
 _AT = re.compile(r" - at `\$\.?([^`]*)`$")
+_AT_KEY = re.compile(r" - at `key` in `\$\.?([^`]*)`$")
 
 
 def body_type_of(handler: Any) -> Any:
@@ -83,8 +88,11 @@ def decode_strictly(request: Request[Any, Any, Any], body: bytes) -> None:
         at = _AT.search(text)
         message: dict[str, str] = {"message": _AT.sub("", text), "source": "body"}
         # prefs.problems adds what the field allows; ``data`` is the body as a whole (msgspec
-        # names no path for it), and an error about a map's key keeps msgspec's words
-        if at or " - at " not in text:
+        # names no path for it), and an error about a map's key names the map
+        if (about_a_name := _AT_KEY.search(text)) is not None:
+            message["message"] = ABOUT_A_NAME + _AT_KEY.sub("", text)
+            message["key"] = about_a_name.group(1) or "data"
+        elif at or " - at " not in text:
             message["key"] = (at.group(1) if at else "") or "data"
         raise ValidationException(
             detail=f"Validation failed for {request.method} {request.url.path}", extra=[message]
@@ -130,6 +138,13 @@ async def require_json_body(request: Request[Any, Any, Any], *, typed: bool = Tr
     if not has_body:
         return
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if request.method == "PATCH" and media_type not in PATCH_MEDIA_TYPES:
+        raise HTTPException(
+            status_code=415,
+            detail="Send the patch as application/merge-patch+json (RFC 7396) or "
+            "application/json, the same either way; JSON Patch (RFC 6902) is not taken.",
+            headers={"Accept-Patch": ", ".join(PATCH_MEDIA_TYPES)},
+        )
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise HTTPException(status_code=415, detail="Send the body as application/json.")
     body = await request.body()

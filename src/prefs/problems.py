@@ -18,7 +18,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
-from prefs.allowed import allowed, whole_number
+from prefs.allowed import ABOUT_A_NAME, allowed, allowed_names, whole_number
 from prefs.errors import DATABASE_DOWN, Problem, Unauthenticated
 
 log = logging.getLogger("prefs.errors")
@@ -144,7 +144,7 @@ def _with_what_is_allowed(request: Request[Any, Any, Any], error: dict[str, Any]
             (declared, *_) = [a for a in get_args(body) if a is not type(None)] or [body]
             said = "Send a JSON object" if message in ("", "…") else message
             return {**error, "message": f"{said}; allowed: {allowed(declared, '')}"}
-        hint = allowed(body, key)
+        hint = allowed_names(body, key) if message.startswith(ABOUT_A_NAME) else allowed(body, key)
     elif key in parameters:  # a path, query or header parameter: its declaration's words
         parameter = parameters[key]
         declared = parameter.kwarg_definition
@@ -227,7 +227,7 @@ _ANSWERS = {
     "keeps: read the list again from its start (without `after`).",
     412: "If-Match names a version that is no longer current: read again, then retry.",
     413: "The body is larger than the service accepts.",
-    415: "The body is not JSON.",
+    415: "The body is not JSON (for a PATCH: not a JSON Merge Patch, see Accept-Patch).",
     422: "This Idempotency-Key was already used with another request.",
     428: "Send If-Match with the version (ETag) you last read.",
     429: "Too many requests (a till's misses, a customer's card changes, an insights key's daily "

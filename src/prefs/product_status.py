@@ -4,7 +4,7 @@ A preference keeps the status its customer gave it; where its SKU is in the reta
 every read shows the catalogue's current status instead (the customer's own words stay theirs).
 Every read says whose word the status is (``status_source``): ``catalogue`` where the catalogue
 knows the SKU, ``customer`` otherwise. A customer may change the status only of a product the
-catalogue does not know (``refuse_customer_change``): for the rest it is the shop's fact.
+catalogue does not know (``kept_status``): for the rest it is the shop's fact.
 The SKU is sealed with the rest of the product, so the overlay happens after opening, never in
 SQL: reads that are not hot ask for the statuses of the SKUs they opened (``of``); the till
 lookup keeps every status in memory (``StatusCache``) and its one statement returns the
@@ -47,17 +47,20 @@ def overlaid(stored: Status, sku: str | None, catalogue: Mapping[str, Status]) -
     return catalogue.get(sku, stored)
 
 
-async def refuse_customer_change(conn: Any, sku: str | None, status: Status) -> None:
-    """Refuse (409) a customer's status for a product the catalogue knows, unless it is the
-    catalogue's own (a client sending back the status it read is not changing it)."""
-    if sku is None:
-        return
-    known = (await of(conn, [sku])).get(sku)
-    if known is not None and known != status:
+async def kept_status(
+    conn: Any, sku: str | None, sent: Status | None, otherwise: Status = "available"
+) -> Status:
+    """The status to store for a product with ``sku``: the catalogue's where it knows the SKU,
+    else the one the customer ``sent``, else ``otherwise``. A customer's status for a product
+    the catalogue knows is refused (409) unless it is the catalogue's own (a client sending
+    back the status it read is not changing it). Anonymous demand reads the stored status."""
+    known = None if sku is None else (await of(conn, [sku])).get(sku)
+    if known is not None and sent is not None and known != sent:
         raise Conflict(
             f"The shop's catalogue says this product is {known}, and its status follows the "
             "catalogue: a customer sets the status only of products the catalogue does not know."
         )
+    return known or sent or otherwise
 
 
 class StatusCache:

@@ -25,6 +25,7 @@ MULTI_LINE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f" + INVISIBLE + "]*$"
 Sku = Annotated[str, Meta(min_length=1, max_length=64, pattern=SINGLE_LINE)]
 ProductName = Annotated[str, Meta(min_length=1, max_length=200, pattern=SINGLE_LINE)]
 Label = Annotated[str, Meta(min_length=1, max_length=100, pattern=SINGLE_LINE)]
-AttributeName = Annotated[str, Meta(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9_]*" + END)]
+NAME = r"^[a-z][a-z0-9_]*" + END  # an attribute's name: "waist", "sleeve_length"
+AttributeName = Annotated[str, Meta(min_length=1, max_length=40, pattern=NAME)]
 AttributeValue = Annotated[str, Meta(min_length=1, max_length=200, pattern=SINGLE_LINE)]
 Note = Annotated[str, Meta(max_length=2000, pattern=MULTI_LINE)]

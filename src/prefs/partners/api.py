@@ -50,6 +50,34 @@ from prefs.settings import Settings
 V1_0_ARRAY = "application/vnd.prefs.v1.0+json"
 
 
+def _quality(accept: str, media_type: str) -> float:
+    """The q an Accept header gives ``media_type``: that of its most specific matching range
+    (RFC 9110 12.5.1; media types are case-insensitive), 0 when none matches."""
+    kind = media_type.split("/")[0]
+    found: tuple[int, float] = (-1, 0.0)
+    for accepted in accept.lower().split(","):
+        name, *parameters = (part.strip() for part in accepted.split(";"))
+        specificity = {media_type: 2, f"{kind}/*": 1, "*/*": 0}.get(name)
+        if specificity is None or specificity <= found[0]:
+            continue
+        q = 1.0
+        for parameter in parameters:
+            key, _, value = parameter.partition("=")
+            if key.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+                q = q if 0.0 <= q <= 1.0 else 0.0  # nan and out of range: not a weight
+        found = (specificity, q)
+    return found[1]
+
+
+def wants_v1_0_array(accept: str) -> bool:
+    """Whether Accept prefers API v1.0's array to JSON (a tie, ``*/*`` included, is JSON)."""
+    return _quality(accept, V1_0_ARRAY) > _quality(accept, "application/json")
+
+
 @dataclass
 class AlsoAsBareArray(Operation):
     """OpenAPI: the preferences answer API v1.0's bare array for its media type."""
@@ -213,6 +241,6 @@ class PartnerController(Controller):
         bare array."""
         shown = await service.partner_preferences(conn, vault, credential, ref)
         DISCLOSURES.labels("partner").inc()
-        if V1_0_ARRAY in request.headers.get("accept", ""):
+        if wants_v1_0_array(request.headers.get("accept", "")):
             return Response(shown, media_type=V1_0_ARRAY, headers={"Vary": "Accept"})
         return Response(PartnerPreferences(items=shown), headers={"Vary": "Accept"})

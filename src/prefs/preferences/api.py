@@ -14,7 +14,7 @@ from prefs.auth import customer_guard
 from prefs.crypto import Vault
 from prefs.db import Connection
 from prefs.errors import InvalidInput, PreconditionFailed, PreconditionRequired
-from prefs.http import STRING_WHEN_SENT, declared_body
+from prefs.http import MERGE_PATCH, STRING_WHEN_SENT, declared_body
 from prefs.preferences import service
 from prefs.preferences.schemas import Preference, PreferenceCreate, PreferenceList, PreferenceUpdate
 from prefs.problems import problems
@@ -30,9 +30,6 @@ IfMatch = Annotated[
         schema_extra=STRING_WHEN_SENT,
     ),
 ]
-
-
-MERGE_PATCH = "application/merge-patch+json"  # RFC 7396
 
 
 def expected_version(if_match: str | None) -> int | None:

@@ -21,7 +21,8 @@ class PreferenceCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     attributes: Attributes = msgspec.field(default_factory=dict)
     note: Note | None = None
     rank: Rank | None = None
-    status: Status = "available"
+    # the catalogue's for a product it knows (another is a 409), else the one sent, or available
+    status: Status | UnsetType = UNSET
     purchases: Purchases = 0
     last_purchased_on: date | None = None
 

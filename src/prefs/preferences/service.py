@@ -120,6 +120,8 @@ async def create_preference(
         rank = min(data.rank or count + 1, count + 1)
         if rank <= count:
             await conn.execute(SHIFT_DOWN_FROM, customer_id, rank)
+        sent = None if data.status is UNSET else data.status
+        status = await product_status.kept_status(conn, data.product.sku, sent)
         key = await data_key(conn, vault, customer_id)
         pid = uuid.uuid4()
         row = await conn.fetchrow(
@@ -127,7 +129,7 @@ async def create_preference(
             customer_id,
             pid,
             rank,
-            data.status,
+            status,
             seal_purchases(key, pid, data.purchases, data.last_purchased_on),
             *written(key, pid, Content(data.product, data.attributes, data.note)),
         )
@@ -216,8 +218,12 @@ async def update_preference(
             content.product = patched_product(content.product, data.product)
         if data.attributes is not UNSET:
             content.attributes = patched_attributes(content.attributes, data.attributes)
-        if data.status is not UNSET:
-            await product_status.refuse_customer_change(conn, content.product.sku, data.status)
+        status = row["status"]
+        if data.status is not UNSET or data.product is not UNSET:
+            # the catalogue's status for a SKU it knows, the patched one included (demand
+            # reads the stored status); another sent by the customer is a 409
+            sent = None if data.status is UNSET else data.status
+            status = await product_status.kept_status(conn, content.product.sku, sent, status)
         if data.note is not UNSET:
             content.note = data.note
         history = open_purchases(key, row)
@@ -226,7 +232,7 @@ async def update_preference(
             customer_id,
             preference_id,
             rank,
-            row["status"] if data.status is UNSET else data.status,
+            status,
             seal_purchases(
                 key,
                 preference_id,

@@ -51,12 +51,20 @@ function preferenceLabel(preference) {
 
 /** What a change of consent cancelled, in words ("" when nothing): the service lists each reorder
  * a partner had not accepted yet, which a withdrawal (or a narrower grant) cancels. */
-function cancelledWords(change, preferences, spec) {
+async function cancelledWords(change, preferences, spec) {
   const cancelled = change?.cancelled_reorders || [];
   if (!cancelled.length) return "";
+  // each reorder with the sizes it was placed with (the preference's may have changed since)
+  const placed = new Map();
+  try {
+    for (const reorder of (await api.get("/v1/me/reorders?limit=100")).items) placed.set(reorder.id, reorder.item);
+  } catch { /* the preference's words below */ }
   const items = cancelled.map((r) => {
+    const item = placed.get(r.id);
     const preference = preferences.find((p) => p.id === r.preference_id);
-    return `${r.quantity} × ${preference ? preferenceLabel(preference) : "a preference you deleted"}`;
+    const label = item?.product ? preferenceLabel({ attributes: {}, ...item })
+      : preference ? preferenceLabel(preference) : "a preference you deleted";
+    return `${r.quantity} × ${label}`;
   });
   const what = cancelled.length === 1 ? "the reorder" : `${cancelled.length} reorders`;
   return ` This also cancelled ${what} ${spec.who} had not accepted yet: ${listWords(items)}. ` +
@@ -155,7 +163,7 @@ function audienceCard(spec, consent, preferences, onChanged) {
         return;
       }
       await onChanged(spec.audience);
-      const cancelledNote = cancelledWords(change, preferences, spec);
+      const cancelledNote = await cancelledWords(change, preferences, spec);
       const saved = spec.writes ? "Saved: the tills add what you buy to your preferences."
         : `Saved: ${change.consent.recipient} may see ${listWords(change.consent.fields.map((f) => FIELD_WORDS[f]))}.`;
       announce(`${saved} Receipt ${change.receipt.receipt_id.slice(0, 8)} is in your consent history.${cancelledNote}`);
@@ -174,7 +182,7 @@ function audienceCard(spec, consent, preferences, onChanged) {
     announce((spec.writes ? "The tills add nothing from now on."
       : spec.audience === "pos"
       ? `You stopped sharing with ${spec.who}. They see nothing from now on, and your checkout codes have ended.`
-      : `You stopped sharing with ${spec.who}. They see nothing from now on.`) + cancelledWords(change, preferences, spec));
+      : `You stopped sharing with ${spec.who}. They see nothing from now on.`) + await cancelledWords(change, preferences, spec));
   }));
 
   return h("section", { class: "card audience", "aria-labelledby": `${id}-title`, "data-audience": spec.audience },
