@@ -96,7 +96,7 @@ async def _journeys(client, database, settings, vault, new_customer) -> None:
             f"/v1/partner/customers/{ref}/preferences", headers=bearer(partner_api)
         )
         assert shared.status_code == 200, shared.text
-        proposed = await partner_reorder(client, partner_api, ref, shared.json()[0]["id"])
+        proposed = await partner_reorder(client, partner_api, ref, shared.json()["items"][0]["id"])
         assert proposed.status_code == 201, proposed.text
         confirmed = await client.post(
             f"/v1/me/reorders/{proposed.json()['id']}/confirm", headers=customer.headers
