@@ -226,3 +226,32 @@ def test_the_check_catches_a_statement_that_leaves_one_shard(sql, why):
 )
 def test_the_check_lets_single_shard_and_co_located_statements_through(sql):
     assert distribution.problems(sql) == []
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # a subquery anywhere in a statement is a query of its own, not only in WHERE and the
+        # select list
+        "SELECT * FROM reorders WHERE customer_id = $1 LIMIT (SELECT count(*) FROM consents)",
+        "SELECT * FROM reorders WHERE customer_id = $1 ORDER BY (SELECT max(rank) FROM preferences)",
+        "SELECT state FROM reorders WHERE customer_id = $1 GROUP BY state, "
+        "(SELECT 1 FROM consents LIMIT 1)",
+        "UPDATE reorders SET state = 'cancelled' WHERE customer_id = $1 "
+        "RETURNING (SELECT count(*) FROM consents)",
+        "DELETE FROM reorders WHERE customer_id = $1 RETURNING (SELECT count(*) FROM consents)",
+        "INSERT INTO feed_entries (recipient, position, customer_id, reorder_id) "
+        "VALUES ($1, (SELECT max(feed_position) FROM reorders), $2, $3)",
+        "INSERT INTO feed_positions (recipient, last) VALUES ($1, 1) ON CONFLICT (recipient) "
+        "DO UPDATE SET last = (SELECT count(*) FROM reorders)",
+        # statements the checker does not take apart must not pass unread
+        "MERGE INTO reorders r USING stores s ON r.store_id = s.store_id "
+        "WHEN MATCHED THEN UPDATE SET state = 'cancelled'",
+        "CREATE TEMP TABLE t AS SELECT * FROM reorders",
+        "COPY (SELECT * FROM reorders) TO STDOUT",
+        "DECLARE c CURSOR FOR SELECT * FROM reorders",
+    ],
+)
+def test_the_check_reads_every_part_of_a_statement(sql):
+    assert distribution.problems(sql), "passed unread"
+    assert distribution.report([sql]), "the report let it through"

@@ -146,7 +146,15 @@ class Checker:
             self._write(node, outer, ctes)
         elif isinstance(node, ast.ExplainStmt):
             self.statement(node.query, outer, ctes)
-        # anything else (BEGIN, SET, LOCK ...) names no rows of a distributed table
+        else:
+            # anything else (BEGIN, SET ...) must name no table: one it does not take apart
+            # (MERGE, CREATE TABLE AS, COPY, DECLARE ...) is not let through unread
+            named = sorted({t.relname for t in _find_tables(node) if not _catalog(t)})
+            if named:
+                self.problems.append(
+                    f"{type(node).__name__} on {', '.join(named)} is not checked: "
+                    "write it as SELECT, INSERT, UPDATE or DELETE"
+                )
         return None
 
     def _with(
@@ -174,7 +182,9 @@ class Checker:
         for item in node.fromClause or ():
             self._from(item, scope, ctes)
         scope.conditions += _conjuncts(node.whereClause)
-        self._sublinks([node.whereClause, node.targetList, node.havingClause], scope, ctes)
+        # every subquery outside FROM and WITH (the where clause, select list, HAVING, ORDER BY,
+        # GROUP BY, LIMIT, VALUES ...)
+        self._sublinks(_parts(node, "fromClause", "withClause", "larg", "rarg"), scope, ctes)
         pinned = self._judge(scope)
         carried = {}
         for target in node.targetList or ():
@@ -195,16 +205,19 @@ class Checker:
         scope = _Scope(outer=outer)
         self._from(node.relation, scope, ctes)
         if isinstance(node, ast.InsertStmt):
-            select = node.selectStmt
-            if isinstance(select, ast.SelectStmt) and not select.valuesLists:
-                self.statement(select, outer, ctes)
+            if node.selectStmt is not None:  # VALUES too: a subquery in them is checked
+                self.statement(node.selectStmt, outer, ctes)
+            # ON CONFLICT and RETURNING
+            self._sublinks(_parts(node, "relation", "selectStmt", "withClause"), scope, ctes)
             return  # the rows inserted name their own distribution column
         extra = node.fromClause if isinstance(node, ast.UpdateStmt) else node.usingClause
         for item in extra or ():
             self._from(item, scope, ctes)
         scope.conditions += _conjuncts(node.whereClause)
-        targets = node.targetList if isinstance(node, ast.UpdateStmt) else None
-        self._sublinks([node.whereClause, targets], scope, ctes)
+        # the where clause, SET and RETURNING
+        self._sublinks(
+            _parts(node, "relation", "fromClause", "usingClause", "withClause"), scope, ctes
+        )
         self._judge(scope)
 
     def _from(self, item: ast.Node, scope: _Scope, ctes: dict[str, dict[str, str]]) -> None:
@@ -397,6 +410,28 @@ def _inlined(cte: ast.CommonTableExpr, clause: ast.WithClause) -> bool:
 
     visit(_STATEMENT.get())
     return uses <= 1
+
+
+def _parts(node: ast.Node, *leaving: str) -> list[object]:
+    """The parts of ``node`` but those named."""
+    return [getattr(node, name) for name in node if name not in leaving]
+
+
+def _find_tables(node: object) -> list[ast.RangeVar]:
+    found: list[ast.RangeVar] = []
+
+    def visit(node: object) -> None:
+        if isinstance(node, ast.RangeVar):
+            found.append(node)
+        elif isinstance(node, list | tuple):
+            for item in node:
+                visit(item)
+        elif isinstance(node, ast.Node):
+            for name in node:
+                visit(getattr(node, name))
+
+    visit(node)
+    return found
 
 
 def _find_sublinks(nodes: Iterable[object]) -> list[ast.SubLink]:
