@@ -12,7 +12,14 @@ from sqlalchemy.pool import NullPool
 from prefs.db import record_lineage
 
 
+# Several instances starting at once each migrate (`prefs serve` does): the first takes this lock
+# and the others wait for its commit, then find the schema at head. A transaction-scoped lock, so
+# it holds through PgBouncer in transaction mode too; the whole run is that one transaction.
+LOCK = "SELECT pg_advisory_xact_lock(hashtext('prefs.migrate'))"
+
+
 def _run(connection: Connection) -> None:
+    connection.exec_driver_sql(LOCK)  # begins the run's transaction, which alembic then joins
     context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
     with context.begin_transaction():
         context.run_migrations()

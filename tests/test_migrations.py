@@ -14,6 +14,7 @@ from alembic.script import ScriptDirectory
 
 from prefs import db
 from tests.support.database import Database, admin, with_database
+from tests.support.rights import run_prefs
 
 SCHEMA = {
     "columns": """
@@ -230,3 +231,24 @@ async def test_0016_adds_sealed_beside_the_fields_and_goes_back_losing_nothing(
         assert await conn.fetchval("SELECT attributes_ct FROM preferences") == b"\x04"
     finally:
         await conn.close()
+
+
+async def test_instances_migrating_at_once_wait_for_each_other(empty_database, settings):
+    """Several `prefs serve` starting at once on an old schema each migrate: one runs the
+    revisions, the others wait for its commit and find nothing to do (without the lock they
+    would run the same revisions twice and fail on what the first created)."""
+    url = empty_database  # at base: every revision to run, the widest window for a race
+    runs = await asyncio.gather(
+        *(
+            run_prefs(
+                "migrate",
+                database_url=url,
+                data_dir=settings.data_dir,
+                master_keys=settings.master_keys,
+                index_keys=settings.index_keys,
+            )
+            for _ in range(6)
+        )
+    )
+    assert [code for code, _ in runs] == [0] * 6, [output for _, output in runs]
+    assert await current_revision(url) == db.head_revision()
