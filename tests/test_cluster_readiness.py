@@ -3,9 +3,10 @@ Citus cluster laid out as docs/scale-out.md says, or is allowed there with its r
 
 The statements come from the service itself: every pool it opens in this session reports what it
 sends (tests/support/sql_capture.py), and the journeys below make sure the main paths ran —
-enrolment, preferences, consents, the till's lookup and purchases, reorders to a partner and a
-store, the partner's feed and the store's queue, export, erasure, the purge and the operator's
-commands. Whatever else the session ran before is checked too.
+enrolment, preferences, consents, the till's lookup and purchases, checkout codes ended one by
+one and with the grants, reorders to a partner and a store, the partner's feed and the store's
+queue, export, erasure, the purge and the operator's commands. Whatever else the session ran
+before is checked too.
 """
 
 from __future__ import annotations
