@@ -3,9 +3,10 @@ Citus cluster laid out as docs/scale-out.md says, or is allowed there with its r
 
 The statements come from the service itself: every pool it opens in this session reports what it
 sends (tests/support/sql_capture.py), and the journeys below make sure the main paths ran —
-enrolment, preferences, consents, the till's lookup and purchases, reorders to a partner and a
-store, the partner's feed and the store's queue, export, erasure, the purge and the operator's
-commands. Whatever else the session ran before is checked too.
+enrolment, preferences, consents, the till's lookup and purchases, checkout codes ended one by
+one and with the grants, reorders to a partner and a store, the partner's feed and the store's
+queue, export, erasure, the purge and the operator's commands. Whatever else the session ran
+before is checked too.
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ import uuid
 import pytest
 
 from prefs import credentials, db, feeds
+from prefs.cards import service as cards
+from prefs.checkout import service as checkout
 from prefs.consents.service import expire_due
+from prefs.customers import service as customers
 from prefs.partners import service as partners
+from prefs.purchases import service as purchases
 from prefs.retention import service as retention
 from prefs.stores import service as stores
 from tests.support import distribution, sql_capture
@@ -69,6 +74,10 @@ async def _journeys(client, database, settings, vault, new_customer) -> None:
         assert (await look_up(client, till, card=card)).status_code == 200
         code = await checkout_code(client, customer)
         assert (await look_up(client, till, code=code["code"])).status_code == 200
+        ended = await client.delete(f"/v1/me/checkout-codes/{code['id']}", headers=customer.headers)
+        assert ended.status_code == 204, ended.text
+        assert (await look_up(client, till, code=code["code"])).status_code == 404
+        await checkout_code(client, customer, keep_purchases=True)  # ended with the grants below
         await client.put("/v1/me/consents/purchases", headers=customer.headers, json={})
         bought = await client.post(
             "/v1/pos/purchases",
@@ -119,6 +128,9 @@ async def _journeys(client, database, settings, vault, new_customer) -> None:
 
         # insights; the customer withdraws consent, exports, and erases everything
         await client.get("/v1/insights/discontinued-demand", headers=bearer(insights_api))
+        for audience in ("purchases", "pos"):  # their codes stop keeping purchases, then end
+            gone = await client.delete(f"/v1/me/consents/{audience}", headers=customer.headers)
+            assert gone.status_code == 200, gone.text
         withdrawn = await client.delete(f"/v1/me/consents/{fulfiller}", headers=customer.headers)
         assert withdrawn.status_code == 200, withdrawn.text
         assert (await client.get("/v1/me/export", headers=customer.headers)).status_code == 200
@@ -137,7 +149,19 @@ async def test_every_statement_the_service_sends_is_single_shard_co_located_or_a
 ):
     await _journeys(client, database, settings, vault, new_customer)
     statements = list(sql_capture.STATEMENTS)
-    for sent in (feeds.ENTRIES, feeds.CUSTOMER_OF, partners.FEED, stores.QUEUE, stores.STILL_OPEN):
+    for sent in (
+        feeds.ENTRIES,
+        feeds.CUSTOMER_OF,
+        partners.FEED,
+        stores.QUEUE,
+        stores.STILL_OPEN,
+        checkout.END,
+        checkout.END_ALL,
+        checkout.STOP_KEEPING,
+        purchases.STILL_THEIRS,
+        cards.OTHER_HOLDERS,
+        customers.CONFIRMED,
+    ):
         assert sent in sql_capture.STATEMENTS, f"the journeys never sent {sent[:60]}"
     assert len(statements) > 100, f"only {len(statements)} statements collected"
     found = distribution.report(statements)
@@ -206,6 +230,21 @@ def test_the_check_catches_a_statement_that_leaves_one_shard(sql, why):
 @pytest.mark.parametrize(
     "sql",
     [
+        # the statements that replaced joins and reads across shard groups (issue 20)
+        purchases.CARD_HOLDERS,
+        purchases.GRANTED,
+        purchases.STILL_GRANTED,
+        purchases.STILL_THEIRS,
+        cards.OTHER_HOLDERS,
+        cards.PROVEN_BY_ANOTHER,
+        customers.PROFILE,
+        customers.CONFIRMED,
+        customers.CARD_CT,
+        checkout.CODE_HASH,
+        checkout.END,
+        checkout.CODE_HASHES,
+        checkout.END_ALL,
+        checkout.STOP_KEEPING,
         "SELECT * FROM reorders WHERE customer_id = $1 AND reorder_id = $2",
         "SELECT * FROM reorders r JOIN customer_keys k ON k.customer_id = r.customer_id "
         "LEFT JOIN stores s ON s.store_id = r.store_id WHERE r.customer_id = ANY($1::uuid[])",

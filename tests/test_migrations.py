@@ -252,3 +252,47 @@ async def test_instances_migrating_at_once_wait_for_each_other(empty_database, s
     )
     assert [code for code, _ in runs] == [0] * 6, [output for _, output in runs]
     assert await current_revision(url) == db.head_revision()
+
+
+CODE = """
+INSERT INTO checkout_codes (code_hash, index_version, customer_id, fields, expires_at)
+VALUES ($1, 1, $2, '{product}', now() + interval '5 minutes') RETURNING code_id
+"""
+LISTED = "SELECT code_id, code_hash FROM customer_checkout_codes WHERE customer_id = $1"
+
+
+async def test_0017_lists_every_code_under_its_customer_whoever_writes_it(empty_database):
+    """Revision 0017 lists the codes made before it, and its triggers keep the list in step with
+    writes that do not know it (the previous release's, as here): a code inserted is listed under
+    its customer, a code deleted is not; the downgrade drops the list and keeps the codes."""
+    url = empty_database
+    await asyncio.to_thread(db.migrate, url, "0016")
+    conn = await db.connect(url)
+    try:
+        customer, other = uuid.uuid4(), uuid.uuid4()
+        before = await conn.fetchval(CODE, b"before", customer)
+        await asyncio.to_thread(db.migrate, url, "0017")
+        assert [tuple(r) for r in await conn.fetch(LISTED, customer)] == [(before, b"before")]
+
+        during = await conn.fetchval(CODE, b"during", customer)
+        theirs = await conn.fetchval(CODE, b"theirs", other)
+        assert {tuple(r) for r in await conn.fetch(LISTED, customer)} == {
+            (before, b"before"),
+            (during, b"during"),
+        }
+        assert [tuple(r) for r in await conn.fetch(LISTED, other)] == [(theirs, b"theirs")]
+        # ended by the previous release (by customer and id), or by an erasure (every one)
+        await conn.execute(
+            "DELETE FROM checkout_codes WHERE customer_id = $1 AND code_id = $2", customer, before
+        )
+        assert [tuple(r) for r in await conn.fetch(LISTED, customer)] == [(during, b"during")]
+        await conn.execute("DELETE FROM checkout_codes WHERE customer_id = $1", customer)
+        assert await conn.fetch(LISTED, customer) == []
+        assert [tuple(r) for r in await conn.fetch(LISTED, other)] == [(theirs, b"theirs")]
+
+        await asyncio.to_thread(db.downgrade, url, "0016")
+        assert await current_revision(url) == "0016"
+        assert await conn.fetchval("SELECT to_regclass('customer_checkout_codes')") is None
+        assert await conn.fetchval("SELECT count(*) FROM checkout_codes") == 1
+    finally:
+        await conn.close()

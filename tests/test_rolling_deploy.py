@@ -158,6 +158,13 @@ def enrol(api: Api, customer: Customer, desk_till: str) -> None:
     )
 
 
+def checkout_code(api: Api, customer: Customer) -> dict[str, Any]:
+    made: dict[str, Any] = api.call(
+        "POST", "/v1/me/checkout-codes", 201, headers=customer.headers, json={"fields": ["product"]}
+    )
+    return made
+
+
 def change_note(api: Api, customer: Customer, note: str) -> dict[str, Any]:
     first = customer.preferences[0]
     current = api.call("GET", f"/v1/me/preferences/{first['id']}", 200, headers=customer.headers)
@@ -324,6 +331,7 @@ def test_the_previous_release_serves_through_a_rolling_deploy_beside_this_one(
         enrol(before, early, desk)
         share_with(before, early, partner_id)
         early_partner_reorder = reorder(before, early, f"partner:{partner_id}")
+        early_code = checkout_code(before, early)
 
         # 2. This release's expand step, while the previous release serves.
         code, output = run_prefs(None, env, "migrate")
@@ -342,6 +350,7 @@ def test_the_previous_release_serves_through_a_rolling_deploy_beside_this_one(
         assert looked_up(old_api, till, early) == ["CL-CHINO-3434", "OX-SHIRT-42", "DB-BOOT-11"]
         late = Customer(issuer)
         enrol(old_api, late, desk)
+        late_code = checkout_code(old_api, late)
         noted = change_note(old_api, late, "Written by the previous release")
         assert looked_up(old_api, till, late)[0] == "CL-CHINO-3434"
         buy(old_api, till, late, sku)
@@ -392,6 +401,15 @@ def test_the_previous_release_serves_through_a_rolling_deploy_beside_this_one(
                 old_store_reorder["state"],
             )
             assert len(export(new_api, late)["preferences"]) == 4
+            # codes the previous release made, before the expand step and after it, are ended
+            # by this one (it finds their hashes in the customer's list of codes)
+            for customer, made in ((early, early_code), (late, late_code)):
+                path = f"/v1/me/checkout-codes/{made['id']}"
+                new_api.call("DELETE", path, 204, headers=customer.headers)
+                new_api.call("DELETE", path, 404, headers=customer.headers)
+                old_api.call(
+                    "POST", "/v1/pos/lookup", 404, headers=bearer(till), json={"code": made["code"]}
+                )
 
             # written by this release, read by the previous one
             newer = Customer(issuer)

@@ -19,6 +19,7 @@ CUSTOMER_OWNED = frozenset(
         "access_log",
         "reorders",
         "partner_preference_refs",
+        "customer_checkout_codes",
     }
 )
 

@@ -33,6 +33,7 @@ DISTRIBUTED: dict[str, tuple[str, str]] = {
             "access_log",
             "reorders",
             "partner_preference_refs",
+            "customer_checkout_codes",
         )
     },
     "customer_subjects": ("subject_hash", "subject"),
@@ -522,31 +523,6 @@ KNOWN_GAPS: dict[str, tuple[str, str]] = {
         "one statement joins the till's key and store throttles, the card or code (by hash) "
         "and the customer's consent and preferences: split into the throttle read, the lookup "
         "by hash, and the customer's read by customer_id",
-    ),
-    "5707f5304d73c6f7": (
-        "purchases/service.py: the buyer by card",
-        "card_index (by card_hash) joined with consents: read the card first, then the grant",
-    ),
-    "8546c3268848a758": (
-        "purchases/service.py: the card still the buyer's",
-        "the same join, with the customer known: read consents by customer_id on its own",
-    ),
-    "f492f3afa6a50bd8": (
-        "cards/service.py PROVEN_BY_ANOTHER",
-        "card_index joined with customers: read the holders by card_hash, then each customer",
-    ),
-    "8a836889678d41f7": (
-        "customers/service.py PROFILE (GET /v1/me)",
-        "card_index read by customer_id: keep whether the card is confirmed on customers",
-    ),
-    "33be2456c6343079": (
-        "checkout/service.py: the purchases grant ends (consequences)",
-        "checkout_codes read by customer_id: as for ending a code, or the codes' customer-side "
-        "list co-located with the customer",
-    ),
-    "fa8b85990ab2dfa1": (
-        "checkout/service.py END (the customer ends a code)",
-        "checkout_codes read by customer_id: the customer names the code by its hash too",
     ),
 }
 

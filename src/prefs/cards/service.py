@@ -45,10 +45,16 @@ WHERE customer_id = $1 AND card_hash = ANY($2::bytea[])
 """
 PROVEN_OF = "SELECT 1 FROM card_index WHERE customer_id = $1 AND card_hash = ANY($2::bytea[])"
 # Someone else holds the card and proved it at a till: a till confirmation never takes it from
-# them (only a card enrolled before proofs existed, never proven, can be taken over).
+# them (only a card enrolled before proofs existed, never proven, can be taken over). Two reads,
+# each on one shard group: the card's other holders by its hash, then whether any of them proved
+# it, by customer_id. Read after the holders are locked: a card moves to another customer only
+# with every holder locked (this customer among them), so the holders read stay the holders.
+OTHER_HOLDERS = """
+SELECT customer_id FROM card_index WHERE card_hash = ANY($1::bytea[]) AND customer_id <> $2
+"""
 PROVEN_BY_ANOTHER = """
-SELECT 1 FROM card_index i JOIN customers c USING (customer_id)
-WHERE i.card_hash = ANY($1::bytea[]) AND i.customer_id <> $2 AND c.card_proven_at IS NOT NULL
+SELECT 1 FROM customers WHERE customer_id = ANY($1::uuid[]) AND card_proven_at IS NOT NULL
+LIMIT 1
 """
 MARK_PROVEN = "UPDATE customers SET card_proven_at = now() WHERE customer_id = $1"
 END_OTHER_HOLDS = """
@@ -111,7 +117,10 @@ async def _take_over(
     await conn.execute(LOCK_CUSTOMERS, holders)
     if code is not None and await conn.fetchval(USE_CODE, *code) != customer_id:
         raise _NoMatch  # ended, or bound to another store, meanwhile
-    if await conn.fetchval(PROVEN_BY_ANOTHER, card_hashes, customer_id):
+    others = [
+        row["customer_id"] for row in await conn.fetch(OTHER_HOLDERS, card_hashes, customer_id)
+    ]
+    if others and await conn.fetchval(PROVEN_BY_ANOTHER, others):
         raise _NoMatch
     claims = await conn.fetch(CLAIMS_OF, customer_id, card_hashes)
     if not claims:

@@ -82,28 +82,47 @@ def qr_svg(code: str) -> str:
     return svg.getvalue().decode()
 
 
-END = "DELETE FROM checkout_codes WHERE customer_id = $1 AND code_id = $2 AND expires_at > now()"
+# A code lives on the shard of its hash (found by it at the till); the customer's list of their
+# codes (customer_checkout_codes, kept by triggers, revision 0017) lives on the customer's. The
+# customer names a code by its id: its hash comes from the list, then the code by hash.
+CODE_HASH = "SELECT code_hash FROM customer_checkout_codes WHERE customer_id = $1 AND code_id = $2"
+END = """
+DELETE FROM checkout_codes
+WHERE code_hash = $3 AND customer_id = $1 AND code_id = $2 AND expires_at > now()
+"""
 
 
 async def end(conn: asyncpg.Connection, customer_id: uuid.UUID, code_id: uuid.UUID) -> None:
     """End one of the customer's codes in force: no till can use it from now on."""
-    if await conn.execute(END, customer_id, code_id) == "DELETE 0":
+    code_hash = await conn.fetchval(CODE_HASH, customer_id, code_id)
+    if code_hash is None or await conn.execute(END, customer_id, code_id, code_hash) == "DELETE 0":
         raise NotFound("There is no checkout code in force with this id.")
 
 
-END_ALL = "DELETE FROM checkout_codes WHERE customer_id = $1"
+# Every code of the customer, by hash. A grant ends under the customer lock; a code the customer
+# makes at that very moment lands before the list is read (and is ended) or after (as it could
+# land after the one statement that did this before).
+CODE_HASHES = "SELECT code_hash FROM customer_checkout_codes WHERE customer_id = $1"
+END_ALL = "DELETE FROM checkout_codes WHERE code_hash = ANY($2::bytea[]) AND customer_id = $1"
+
+
+async def _code_hashes(conn: asyncpg.Connection, customer_id: uuid.UUID) -> list[bytes]:
+    return [row["code_hash"] for row in await conn.fetch(CODE_HASHES, customer_id)]
 
 
 async def end_all(conn: asyncpg.Connection, customer_id: uuid.UUID) -> None:
     """End every checkout code of the customer (they no longer share with tills)."""
-    await conn.execute(END_ALL, customer_id)
+    if hashes := await _code_hashes(conn, customer_id):
+        await conn.execute(END_ALL, customer_id, hashes)
 
 
-STOP_KEEPING = (
-    "UPDATE checkout_codes SET keep_purchases = false WHERE customer_id = $1 AND keep_purchases"
-)
+STOP_KEEPING = """
+UPDATE checkout_codes SET keep_purchases = false
+WHERE code_hash = ANY($2::bytea[]) AND customer_id = $1 AND keep_purchases
+"""
 
 
 async def stop_keeping_purchases(conn: asyncpg.Connection, customer_id: uuid.UUID) -> None:
     """No till may add purchases through any of the customer's codes from now on."""
-    await conn.execute(STOP_KEEPING, customer_id)
+    if hashes := await _code_hashes(conn, customer_id):
+        await conn.execute(STOP_KEEPING, customer_id, hashes)

@@ -181,28 +181,43 @@ async def enrol(
 
 PROFILE = """
 SELECT c.customer_id, c.card_ct, c.created_at, c.updated_at,
-       (SELECT count(*) FROM preferences p WHERE p.customer_id = c.customer_id) AS preferences,
-       EXISTS (SELECT 1 FROM card_index i WHERE i.customer_id = c.customer_id) AS card_confirmed
+       (SELECT count(*) FROM preferences p WHERE p.customer_id = c.customer_id) AS preferences
 FROM customers c WHERE c.customer_id = $1
 """
+# The card is confirmed when it is in card_index under the customer: found by its hash (the card's
+# shard), which the profile has once it decrypted the card. A customer's card_index rows are
+# always those of the card in card_ct: a card change and a lost card delete them in the
+# transaction that changes card_ct, and a confirmation indexes the customer's own claims of it.
+CONFIRMED = (
+    "SELECT 1 FROM card_index WHERE card_hash = ANY($1::bytea[]) AND customer_id = $2 LIMIT 1"
+)
+# Read again when the card looks pending: a card changed (or lost) between the two reads above
+# would otherwise show the old card as pending (every new card_ct is a new ciphertext). Under the
+# customer lock, or in one snapshot (the export), it reads the same.
+CARD_CT = "SELECT card_ct FROM customers WHERE customer_id = $1"
 
 
 async def profile(conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID) -> Profile:
-    row = await conn.fetchrow(PROFILE, customer_id)
-    if row is None:
-        raise NotEnrolled("Enrol first with POST /v1/me.")
-    card = None
-    if row["card_ct"] is not None:
-        key = await data_key(conn, vault, customer_id)
-        card = key.decrypt(row["card_ct"], "customers", "card", customer_id).decode()
-    return Profile(
-        id=customer_id,
-        card=card,
-        card_status=None if card is None else "confirmed" if row["card_confirmed"] else "pending",
-        preferences=row["preferences"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+    while True:
+        row = await conn.fetchrow(PROFILE, customer_id)
+        if row is None:
+            raise NotEnrolled("Enrol first with POST /v1/me.")
+        card, confirmed = None, False
+        if row["card_ct"] is not None:
+            key = await data_key(conn, vault, customer_id)
+            card = key.decrypt(row["card_ct"], "customers", "card", customer_id).decode()
+            hashes = vault.index.all_digests("card", card.encode())
+            confirmed = await conn.fetchval(CONFIRMED, hashes, customer_id) is not None
+            if not confirmed and await conn.fetchval(CARD_CT, customer_id) != row["card_ct"]:
+                continue  # changed meanwhile: read it all again
+        return Profile(
+            id=customer_id,
+            card=card,
+            card_status=None if card is None else "confirmed" if confirmed else "pending",
+            preferences=row["preferences"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
 
 
 # Card changes per customer per hour (the window starts with the first change in it): a card

@@ -54,14 +54,17 @@ class NoCustomer(Exception):
     miss (the transaction is rolled back)."""
 
 
-# A proven card whose customer has a purchases grant in force (read without locks: the grant is
-# checked again under the customer lock, which every consent change takes first).
-BY_CARD = f"""
-SELECT ci.customer_id FROM card_index ci
-JOIN consents g ON g.customer_id = ci.customer_id AND g.audience = '{PURCHASES}'
-WHERE ci.card_hash = ANY($1::bytea[]) AND {IN_FORCE}
-ORDER BY array_position($1::bytea[], ci.card_hash)
-LIMIT 1
+# A proven card's holders, the current index-key version's hash first (read without locks, by
+# the card's hash alone: card_index lives on the card's shard, consents on the customer's)...
+CARD_HOLDERS = """
+SELECT customer_id FROM card_index WHERE card_hash = ANY($1::bytea[])
+ORDER BY array_position($1::bytea[], card_hash)
+"""
+# ... and which of them has a purchases grant in force (by customer_id: the customers' shards).
+# The grant is checked again under the customer lock, which every consent change takes first.
+GRANTED = f"""
+SELECT g.customer_id FROM consents g
+WHERE g.customer_id = ANY($1::uuid[]) AND g.audience = '{PURCHASES}' AND {IN_FORCE}
 """
 # a live code that keeps purchases, bound to (or not yet bound to any) store
 BY_CODE = """
@@ -70,14 +73,18 @@ WHERE k.code_hash = ANY($1::bytea[]) AND k.expires_at > now() AND k.keep_purchas
   AND (k.store IS NULL OR k.store = $2)
 LIMIT 1
 """
-# Under the customer lock, in a statement of its own (so its snapshot is taken after the lock
-# was granted, and sees a withdrawal or an erasure that committed while this write waited): the
-# card still this customer's, the grant still in force.
+# Under the customer lock, each in a statement of its own (so its snapshot is taken after the
+# lock was granted, and sees a withdrawal, an erasure or a card change that committed while this
+# write waited): the grant still in force (no consent change can commit while the lock is held,
+# and now() is the transaction's, so this stays true until the write ends) ...
 STILL_GRANTED = f"""
-SELECT 1 FROM card_index ci
-JOIN consents g ON g.customer_id = ci.customer_id AND g.audience = '{PURCHASES}'
-WHERE ci.card_hash = ANY($2::bytea[]) AND ci.customer_id = $1 AND {IN_FORCE}
-LIMIT 1
+SELECT 1 FROM consents g
+WHERE g.customer_id = $1 AND g.audience = '{PURCHASES}' AND {IN_FORCE}
+"""
+# ... and then the card still this customer's (a card moves only with its holders locked, this
+# customer among them, and a card change locks the customer too: it stays theirs until the end).
+STILL_THEIRS = """
+SELECT 1 FROM card_index WHERE card_hash = ANY($2::bytea[]) AND customer_id = $1 LIMIT 1
 """
 # under the customer lock: the code used up (still live, still keeping purchases, this store)
 USE_CODE = """
@@ -159,7 +166,11 @@ async def _customer(
     hashes = index.all_digests("card" if card is not None else "checkout-code",
                                (card or code or "").encode())  # fmt: skip
     if card is not None:
-        found = await conn.fetchval(BY_CARD, hashes)
+        holders = [row["customer_id"] for row in await conn.fetch(CARD_HOLDERS, hashes)]
+        granted = (
+            {row["customer_id"] for row in await conn.fetch(GRANTED, holders)} if holders else set()
+        )
+        found = next((holder for holder in holders if holder in granted), None)
     else:
         found = await conn.fetchval(BY_CODE, hashes, store)
     if found is None:
@@ -168,8 +179,10 @@ async def _customer(
     if not await lock_customer(conn, customer_id):
         raise NoCustomer  # erased meanwhile
     if card is not None:
-        if await conn.fetchval(STILL_GRANTED, customer_id, hashes) is None:
-            raise NoCustomer  # withdrawn, or the card moved, meanwhile
+        if await conn.fetchval(STILL_GRANTED, customer_id) is None:
+            raise NoCustomer  # withdrawn meanwhile
+        if await conn.fetchval(STILL_THEIRS, customer_id, hashes) is None:
+            raise NoCustomer  # the card moved, or changed, meanwhile
     elif await conn.fetchval(USE_CODE, hashes, store, customer_id) is None:
         raise NoCustomer  # ended, used or bound elsewhere meanwhile
     return customer_id
