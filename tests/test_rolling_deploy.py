@@ -528,12 +528,6 @@ def test_this_release_serves_on_a_later_releases_schema_and_refuses_a_foreign_on
         ], output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review of issue 20: a feed cursor from one release is refused by the other during "
-    "a rolling deploy (400 forged on the previous release, 410 on this one), so a partner or "
-    "store polling through a load balancer that reaches both cannot follow its feed",
-)
 def test_a_feed_cursor_from_either_release_goes_on_at_the_other_during_a_rolling_deploy(
     previous: Release, fresh_db: str, tmp_path: Path, watched: Watched
 ) -> None:
@@ -571,4 +565,10 @@ def test_a_feed_cursor_from_either_release_goes_on_at_the_other_during_a_rolling
                 ).status_code
                 for api, cursor in ((old_api, from_new), (new_api, from_old))
             ]
+            if not previous.orders_feeds_by_position:
+                # the release that moved the feeds from transaction ids to positions (0015):
+                # neither side reads the other's cursor; docs/migrations.md has operators send
+                # the feed endpoints to one release for that rollout
+                assert answers == [400, 410]
+                pytest.xfail("across revision 0015 a feed cursor does not cross releases")
             assert answers == [200, 200]

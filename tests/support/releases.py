@@ -46,6 +46,12 @@ class Release:
         releases before that report "behind" on it and cannot restart."""
         return "def schema_state(" in (self.root / "src" / "prefs" / "db.py").read_text()
 
+    @property
+    def orders_feeds_by_position(self) -> bool:
+        """Whether its partner feed and store queues hand out position cursors (revision 0015
+        on), which this release reads; releases before hand out transaction-id cursors."""
+        return (self.root / "src" / "prefs" / "feeds.py").exists()
+
 
 def _git(*args: str) -> str:
     try:
