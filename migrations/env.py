@@ -11,7 +11,6 @@ from sqlalchemy.pool import NullPool
 
 from prefs.db import record_lineage
 
-
 # Several instances starting at once each migrate (`prefs serve` does): the first takes this lock
 # and the others wait for its commit, then find the schema at head. A transaction-scoped lock, so
 # it holds through PgBouncer in transaction mode too; the whole run is that one transaction.
