@@ -9,19 +9,7 @@ A new table with a customer_id column that is in neither list fails the test.
 
 from __future__ import annotations
 
-CUSTOMER_OWNED = frozenset(
-    {
-        "customers",
-        "customer_keys",
-        "preferences",
-        "consents",
-        "consent_ledger",
-        "access_log",
-        "reorders",
-        "partner_preference_refs",
-        "customer_checkout_codes",
-    }
-)
+from tests.support.distribution import CUSTOMER_OWNED
 
 # Tables that carry a customer_id but are looked up by another key, before the customer is
 # known; in a cluster each is distributed by (or co-located on) that key instead.
