@@ -508,7 +508,7 @@ WHERE r.partner_id = $1
 ORDER BY random() LIMIT $2
 """
 FEED_ORDER = """
-SELECT position FROM feed_entries WHERE recipient = 'partner:' || $1::text ORDER BY position
+SELECT position FROM feed_entries WHERE recipient = $1 ORDER BY position
 """
 
 
@@ -518,7 +518,7 @@ async def feed_polls(
     """Each partner's feed filled up to ``wanted`` reorders (customers who granted it reorder
     their first preference through it, by the function POST /v1/me/preferences/{id}/reorders
     calls), and a poll from every cursor that leaves a full ``page`` behind it."""
-    from prefs import db
+    from prefs import db, feeds
     from prefs.crypto import Vault
     from prefs.partners.service import encode_feed_cursor
     from prefs.reorders.schemas import ReorderCreate
@@ -541,7 +541,7 @@ async def feed_polls(
             ):
                 async with conn.transaction():
                     await create_for_customer(conn, vault, customer_id, preference_id, order)
-            feed = await conn.fetch(FEED_ORDER, partner_id)
+            feed = await conn.fetch(FEED_ORDER, feeds.partner(partner_id))
             for row in feed[: max(0, len(feed) - page)]:
                 cursor = encode_feed_cursor(vault, partner_id, row["position"])
                 polls.append((partner["key"], f"/v1/partner/reorders?after={cursor}&limit={page}"))
