@@ -16,9 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from pglast import ast, enums, parse_sql, parser
 
+T = TypeVar("T")
 CUSTOMER = "customer_id"
 # the tables that hold one customer's rows, distributed by customer_id (test_schema_citus_ready
 # checks the schema keys each of them by it)
@@ -420,16 +422,18 @@ def _parts(node: ast.Node, *leaving: str) -> list[object]:
     return [getattr(node, name) for name in node if name not in leaving]
 
 
-def _find_tables(node: object) -> list[ast.RangeVar]:
-    found: list[ast.RangeVar] = []
+def _find(node: object, kind: type[T], into: tuple[type, ...] = ()) -> list[T]:
+    """Every ``kind`` node within ``node`` (a node, or a list of them), not looking inside nodes
+    of the types ``into`` names."""
+    found: list[T] = []
 
     def visit(node: object) -> None:
-        if isinstance(node, ast.RangeVar):
+        if isinstance(node, kind):
             found.append(node)
         elif isinstance(node, list | tuple):
             for item in node:
                 visit(item)
-        elif isinstance(node, ast.Node):
+        elif isinstance(node, ast.Node) and not isinstance(node, into):
             for name in node:
                 visit(getattr(node, name))
 
@@ -437,22 +441,13 @@ def _find_tables(node: object) -> list[ast.RangeVar]:
     return found
 
 
+def _find_tables(node: object) -> list[ast.RangeVar]:
+    return _find(node, ast.RangeVar)
+
+
 def _find_sublinks(nodes: Iterable[object]) -> list[ast.SubLink]:
-    found: list[ast.SubLink] = []
-
-    def visit(node: object) -> None:
-        if isinstance(node, ast.SubLink):
-            found.append(node)
-        elif isinstance(node, list | tuple):
-            for item in node:
-                visit(item)
-        elif isinstance(node, ast.Node) and not isinstance(node, ast.SelectStmt):
-            for name in node:
-                visit(getattr(node, name))
-
-    for node in nodes:
-        visit(node)
-    return found
+    """The subqueries of ``nodes``, not those nested in a query of their own."""
+    return _find(list(nodes), ast.SubLink, into=(ast.SelectStmt,))
 
 
 def problems(sql: str) -> list[str]:
