@@ -29,6 +29,7 @@ import pytest
 
 from prefs import credentials, db
 from prefs.auth import DevIssuer
+from prefs.products import MAX_PREFERENCES
 from prefs.settings import load
 from tests.support.cluster import HAPROXY_MISSING, HAProxy, Instance, haproxy_path
 from tests.support.customer import CHINOS, bearer
@@ -46,6 +47,7 @@ LOCUST_SECONDS = 24
 KILL_AFTER = 8  # seconds into the Locust run
 USERS = 12
 WRITERS = 4  # the write tracker's concurrent clients
+LOCKER_FILL = MAX_PREFERENCES - 50  # each tracker customer's preferences, then another's
 MISSES_PER_KEY = 30  # the service's default per till key and minute
 
 
@@ -174,19 +176,27 @@ class Tracker:
             return None
         return response
 
+    async def customer(self, http: httpx.AsyncClient, issuer: DevIssuer) -> dict[str, str]:
+        """A newly enrolled customer's headers."""
+        headers = bearer(issuer.mint(f"tracker-{uuid.uuid4()}@example.test"))
+        enrolled = None
+        while enrolled is None:
+            enrolled = await self.send(http, "POST", "/v1/me", headers=headers)
+        return headers
+
     async def writer(self, base: str, issuer: DevIssuer, until: float) -> None:
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-            headers = bearer(issuer.mint(f"tracker-{uuid.uuid4()}@example.test"))
-            enrolled = None
-            while enrolled is None:
-                enrolled = await self.send(http, "POST", "/v1/me", headers=headers)
+            headers, saved_here = await self.customer(http, issuer), 0
             while time.monotonic() < until:
+                if saved_here == LOCKER_FILL:  # a locker holds MAX_PREFERENCES: the next customer
+                    headers, saved_here = await self.customer(http, issuer), 0
                 saved = await self.send(
                     http, "POST", "/v1/me/preferences", headers=headers, json=CHINOS
                 )
                 if saved is None:
                     continue  # not acknowledged: the tracker does not count it either way
                 self.preferences.append(uuid.UUID(saved.json()["id"]))
+                saved_here += 1
                 key = {**headers, "Idempotency-Key": str(uuid.uuid4())}
                 body = {"quantity": 1, "fulfiller": FROM_HIGH_STREET}
                 path = f"/v1/me/preferences/{saved.json()['id']}/reorders"
