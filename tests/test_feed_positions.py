@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from prefs import cursors, db, feeds
+from prefs.errors import CursorRetired
+from prefs.partners.service import encode_feed_cursor
 from prefs.stores import service as stores
-from prefs.stores.service import QUEUE_CURSOR_BEFORE, _queue_owner
+from prefs.stores.service import QUEUE_CURSOR_BEFORE, _queue_owner, encode_queue_cursor
 from tests.support.customer import CHINOS, bearer, grant, keep
 from tests.support.database import Database, admin, with_database
 from tests.support.partner import partner_key, pull, reorder
@@ -29,10 +31,11 @@ VALUES (gen_random_uuid(), $1, gen_random_uuid(), 'store:' || $2, $2, 'customer'
 # where each reorder stands in its store's queue (the migration numbers the reorders that exist
 # in feed_entries only; a reorder's own feed_position is set when it next changes)
 POSITIONS = """
-SELECT e.reorder_id, e.position, r.feed_position
-FROM feed_entries e JOIN reorders r USING (reorder_id)
+SELECT e.reorder_id, e.position - n.base, r.feed_position - n.base
+FROM feed_entries e JOIN reorders r USING (reorder_id), feed_numbering n
 WHERE e.recipient = 'store:' || $1 ORDER BY e.position
 """
+BASE = "SELECT base FROM feed_numbering"
 
 
 @pytest.fixture
@@ -61,6 +64,9 @@ async def test_the_migration_numbers_each_queue_in_the_order_the_previous_releas
         await conn.execute("UPDATE reorders SET state = 'accepted' WHERE reorder_id = $1", a)
 
         await asyncio.to_thread(db.migrate, url, "0015")
+        base = await conn.fetchval(BASE)
+        assert base >> feeds.NUMBERING_BITS in range(1, 2**22 + 1)
+        assert base % 2**feeds.NUMBERING_BITS == 0
         assert [tuple(r) for r in await conn.fetch(POSITIONS, "0421")] == [
             (b, 1, None),
             (d, 2, None),
@@ -74,7 +80,7 @@ async def test_the_migration_numbers_each_queue_in_the_order_the_previous_releas
             (d, "requested"),
             (a, "accepted"),
         ]
-        assert last == 3
+        assert last == base + 3
         # what comes next follows, in the right queue only
         await conn.execute("UPDATE reorders SET state = 'ready' WHERE reorder_id = $1", b)
         e = uuid.uuid4()
@@ -92,15 +98,15 @@ async def test_the_migration_numbers_each_queue_in_the_order_the_previous_releas
             "SELECT recipient, position, reorder_id FROM feed_entries ORDER BY 1, 2"
         )
         assert [tuple(r) for r in entries] == [
-            ("store:0421", 2, d),
-            ("store:0421", 3, a),
-            ("store:0421", 4, b),
-            ("store:0422", 2, e),
-            ("store:0422", 3, c),
+            ("store:0421", base + 2, d),
+            ("store:0421", base + 3, a),
+            ("store:0421", base + 4, b),
+            ("store:0422", base + 2, e),
+            ("store:0422", base + 3, c),
         ]
 
         # Downgrading keeps the previous release's order up to date, and upgrading again
-        # numbers everything afresh.
+        # numbers everything afresh, under a numbering of its own.
         await asyncio.to_thread(db.downgrade, url, "0014")
         await conn.execute("UPDATE reorders SET state = 'accepted' WHERE reorder_id = $1", d)
         assert (
@@ -110,6 +116,7 @@ async def test_the_migration_numbers_each_queue_in_the_order_the_previous_releas
             == 0
         )
         await asyncio.to_thread(db.migrate, url, "0015")
+        again = await conn.fetchval(BASE)
         assert [tuple(r) for r in await conn.fetch(POSITIONS, "0421")] == [
             (a, 1, None),
             (b, 2, None),
@@ -117,8 +124,13 @@ async def test_the_migration_numbers_each_queue_in_the_order_the_previous_releas
         ]
         assert (
             await conn.fetchval("SELECT last FROM feed_positions WHERE recipient = 'store:0421'")
-            == 3
+            == again + 3
         )
+        # a list's first reorder starts its counter in the numbering too
+        f = uuid.uuid4()
+        await conn.execute("INSERT INTO stores (store_id, name) VALUES ('0423', '0423')")
+        await conn.execute(STORE_REORDER, f, "0423")
+        assert [tuple(r) for r in await conn.fetch(POSITIONS, "0423")] == [(f, 1, 1)]
     finally:
         await conn.close()
 
@@ -160,6 +172,49 @@ async def test_a_cursor_the_previous_release_handed_out_is_a_410_saying_start_ag
     assert response.status_code == 410, response.text
     changes, _ = await drain(client, till_key)
     assert [change["id"] for change in changes] == [waiting["id"]]
+
+
+async def test_a_cursor_of_an_earlier_numbering_is_a_410_saying_start_again(
+    client, conn, vault, new_customer
+):
+    """What a partner or till holds from before a downgrade and upgrade of 0015 (the same list,
+    numbered afresh): a position whose numbering is not the one its list counts in now."""
+    partner, api_key = await partner_key(conn)
+    fulfiller = f"partner:{partner.partner_id}"
+    customer = await new_customer()
+    preference = await keep(client, customer)
+    await grant(client, customer, fulfiller, ["product"])
+    placed_id = (await reorder(client, customer, preference["id"], fulfiller)).json()["id"]
+    items, current = await pull(client, api_key, want=1)
+    assert [item["id"] for item in items] == [placed_id]
+    last = await conn.fetchval(feeds.COUNTER, fulfiller)
+    earlier = last ^ (1 << feeds.NUMBERING_BITS)  # the same place, another numbering
+    before = encode_feed_cursor(vault, partner.partner_id, earlier)
+    response = await client.get(
+        "/v1/partner/reorders", headers=bearer(api_key), params={"after": before}
+    )
+    assert response.status_code == 410, response.text
+    assert response.json()["type"].endswith("cursor-retired")
+    assert "without `after`" in response.json()["detail"]
+    # the cursor of the numbering in force goes on as before
+    response = await client.get(
+        "/v1/partner/reorders", headers=bearer(api_key), params={"after": current}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["items"] == []
+
+    store, till_key = await store_with_till(conn)
+    customer = await new_customer()
+    waiting = await placed(client, customer, await keep(client, customer, CHINOS), store)
+    changes, current = await drain(client, till_key)
+    assert [change["id"] for change in changes] == [waiting["id"]]
+    last = await conn.fetchval(feeds.COUNTER, feeds.store(store))
+    response = await queue(
+        client, till_key, encode_queue_cursor(vault, store, last ^ (1 << feeds.NUMBERING_BITS))
+    )
+    assert response.status_code == 410, response.text
+    assert response.json()["type"].endswith("cursor-retired")
+    assert (await queue(client, till_key, current)).status_code == 200
 
 
 def _entry(position: int, reorder_id: uuid.UUID) -> dict[str, object]:
@@ -229,12 +284,6 @@ async def test_an_erasure_and_a_till_moving_one_of_its_reorders_wait_for_each_ot
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review of issue 20: upgrading again after a downgrade numbers each feed from 1, so a "
-    "cursor handed out before the downgrade (a position, still accepted) silently skips what "
-    "comes next until the counter passes it",
-)
 async def test_a_cursor_from_before_a_downgrade_skips_nothing_after_upgrading_again(
     empty_database,
 ):
@@ -248,14 +297,22 @@ async def test_a_cursor_from_before_a_downgrade_skips_nothing_after_upgrading_ag
         for state in ("accepted", "ready"):  # each change takes the next position
             await conn.execute("UPDATE reorders SET state = $2 WHERE reorder_id = $1", a, state)
         rows, cursor = await feeds.page(conn, "store:0421", 0, 10, stores.QUEUE)
-        assert [r["reorder_id"] for r in rows] == [a] and cursor == 3
+        assert [r["reorder_id"] for r in rows] == [a]
+        assert cursor == await conn.fetchval(BASE) + 3
 
         # the release is rolled back and forward again; the till polls only afterwards
         await asyncio.to_thread(db.downgrade, url, "0014")
         await asyncio.to_thread(db.migrate, url, "0015")
         b = uuid.uuid4()
         await conn.execute(STORE_REORDER, b, "0421")
-        rows, _ = await feeds.page(conn, "store:0421", cursor, 10, stores.QUEUE)
-        assert b in [r["reorder_id"] for r in rows], "the new reorder is skipped"
+        # the old cursor names no place in the list as it is numbered now: start again
+        with pytest.raises(CursorRetired):
+            await feeds.page(conn, "store:0421", cursor, 10, stores.QUEUE)
+        rows, _ = await feeds.page(conn, "store:0421", 0, 10, stores.QUEUE)
+        assert [r["reorder_id"] for r in rows] == [a, b]
+        # a store with no reorder since the round trip has no counter: its old cursors are
+        # retired too
+        with pytest.raises(CursorRetired):
+            await feeds.page(conn, "store:0999", cursor, 10, stores.QUEUE)
     finally:
         await conn.close()

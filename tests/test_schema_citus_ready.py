@@ -33,7 +33,8 @@ LOOKUP_TABLES = {
 }
 # Not listed because they have no customer_id at all: erasures (tombstones keyed by the
 # subject hash), credentials and partners (operator reference data), feed_positions (a counter per
-# partner and store, distributed by recipient with feed_entries), demand_groups,
+# partner and store, distributed by recipient with feed_entries), feed_numbering (the one-row
+# numbering the counters start in, a reference table), demand_groups,
 # demand_contributions, demand_releases and demand_release_groups (pseudonymous counts and
 # their daily noisy releases), insights_reads (per API key), retired_master_keys,
 # alembic_version.

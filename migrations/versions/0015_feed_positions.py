@@ -17,6 +17,18 @@ cancelled through `reorders_keep_store_work`, and so take a new position).
 co-located with each other: docs/scale-out.md); `feed_entries` carries customer_id so that the
 read of each reorder names its customer.
 
+Positions carry a numbering, drawn at random when this migration runs and kept in the one-row
+`feed_numbering.base` (a number from 1 to 2^22, shifted left by 40 bits): every counter starts
+at base + 1, so a position's top bits (position >> 40) name the numbering it belongs to. A
+downgrade forgets the positions, and upgrading again numbers every list afresh under a new base.
+A cursor handed out before that round trip names a position of the old numbering; the feeds
+compare a cursor's numbering with their recipient's counter's and answer such a cursor with 410
+rather than read after it (a smaller number would show again what was seen, a larger one would
+skip the new reorders until the counter passed it). A cursor is still one sealed 64-bit
+position, as the release before 0017 reads it: 2^40 positions per list is far more than a list
+will take, and base + 2^40 stays below 2^63. A new numbering draws the old one again once in
+2^22 round trips.
+
 Existing reorders get positions per recipient in the order the previous release served them
 (`queue_xid` for a store's queue, `feed_xid` for a partner's feed), in `feed_entries` only: their
 own `feed_position` stays NULL until they next change, so the migration rewrites no reorder. Cursors handed out by the
@@ -28,7 +40,8 @@ readers go on; only adding the column, at the end, holds readers for a moment (m
 for a hundred thousand reorders over 200 stores, on PostgreSQL 15 on the 2-core
 build machine).
 
-Downgrading drops the positions; the previous release's columns were kept up to date throughout.
+Downgrading drops the positions and their numbering; the previous release's columns were kept up
+to date throughout.
 
 Revision ID: 0015
 Revises: 0014
@@ -46,6 +59,8 @@ def upgrade() -> None:
     run_sql("""
     -- Writers wait from here to the end; readers go on until the column is added, last.
     LOCK TABLE reorders IN SHARE ROW EXCLUSIVE MODE;
+    CREATE TABLE feed_numbering (base bigint NOT NULL);
+    INSERT INTO feed_numbering (base) VALUES ((1 + floor(random() * 4194304)::bigint) << 40);
     CREATE TABLE feed_positions (
         recipient  text PRIMARY KEY,
         last       bigint NOT NULL
@@ -61,8 +76,9 @@ def upgrade() -> None:
 
     INSERT INTO feed_entries (recipient, position, customer_id, reorder_id)
     SELECT fulfiller,
-           row_number() OVER (PARTITION BY fulfiller
-                              ORDER BY coalesce(queue_xid, feed_xid), reorder_id),
+           (SELECT base FROM feed_numbering)
+               + row_number() OVER (PARTITION BY fulfiller
+                                    ORDER BY coalesce(queue_xid, feed_xid), reorder_id),
            customer_id, reorder_id
     FROM reorders WHERE fulfiller LIKE '%:%';
     INSERT INTO feed_positions (recipient, last)
@@ -77,7 +93,8 @@ def upgrade() -> None:
         IF NEW.fulfiller LIKE '%:%' AND (TG_OP = 'INSERT'
                 OR OLD.fulfiller IS DISTINCT FROM NEW.fulfiller
                 OR (NEW.store_id IS NOT NULL AND OLD.state IS DISTINCT FROM NEW.state)) THEN
-            INSERT INTO feed_positions AS p (recipient, last) VALUES (NEW.fulfiller, 1)
+            INSERT INTO feed_positions AS p (recipient, last)
+            VALUES (NEW.fulfiller, (SELECT base FROM feed_numbering) + 1)
             ON CONFLICT (recipient) DO UPDATE SET last = p.last + 1
             RETURNING p.last INTO NEW.feed_position;
         ELSIF TG_OP = 'UPDATE' THEN
@@ -132,4 +149,5 @@ def downgrade() -> None:
     ALTER TABLE reorders DROP COLUMN feed_position;
     DROP TABLE feed_entries;
     DROP TABLE feed_positions;
+    DROP TABLE feed_numbering;
     """)

@@ -15,6 +15,12 @@ older than its entry (a cluster makes each node's part of a transaction visible 
 another): a reorder that has moved on to a newer position or another recipient is passed over
 (it comes again there); one not yet written at its entry's position, or gone, ends the page
 before it, so the next read finds it or finds its entry gone.
+
+Positions carry their numbering in their top bits (migration 0015): downgrading and upgrading
+again numbers every list afresh, and a cursor from before names a place in a list that is gone.
+A page after a cursor first reads its recipient's counter, which holds the numbering in force
+(read each time: a round trip can happen while the service runs), and answers 410 when the two
+differ, so the client reads its list again from the start instead of skipping what comes next.
 """
 
 from __future__ import annotations
@@ -24,7 +30,11 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from prefs.cursors import RETIRED
 from prefs.db import Row
+from prefs.errors import CursorRetired
+
+NUMBERING_BITS = 40  # a position >> 40 names its numbering (migration 0015)
 
 ENTRIES = """
 SELECT position, customer_id, reorder_id FROM feed_entries
@@ -32,6 +42,8 @@ WHERE recipient = $1 AND position > $2
 ORDER BY position
 LIMIT $3
 """
+
+COUNTER = "SELECT last FROM feed_positions WHERE recipient = $1"
 
 CUSTOMER_OF = "SELECT customer_id FROM feed_entries WHERE recipient = $1 AND reorder_id = $2"
 
@@ -106,7 +118,13 @@ async def page(
 ) -> tuple[list[Row], int]:
     """Up to ``limit`` reorders after position ``after`` in ``recipient``'s feed, and the position
     to go on from. ``reorders`` selects them by ``customer_id = ANY($1)`` and
-    ``reorder_id = ANY($2)`` (``args`` follow) with their ``fulfiller`` and ``feed_position``."""
+    ``reorder_id = ANY($2)`` (``args`` follow) with their ``fulfiller`` and ``feed_position``;
+    CursorRetired (410) when ``after`` is of another numbering than the list's."""
+    if after:
+        last: int | None = await conn.fetchval(COUNTER, recipient)
+        # no counter: the list was numbered afresh and nothing has entered it since
+        if last is None or last >> NUMBERING_BITS != after >> NUMBERING_BITS:
+            raise CursorRetired(RETIRED)
     shown: list[Row] = []
     while len(shown) < limit:
         wanted = limit - len(shown)

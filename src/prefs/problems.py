@@ -223,8 +223,9 @@ _ANSWERS = {
     401: "No valid credential for this route (Bearer token or API key of the right kind).",
     404: "Not found, not enrolled, or not shared with you: the same answer either way.",
     409: "Conflicts with the current state (a limit, a transition, a request in flight).",
-    410: "The cursor was handed out by an earlier release whose order this list no longer "
-    "keeps: read the list again from its start (without `after`).",
+    410: "The cursor names a place in an order this list no longer keeps (an earlier "
+    "release's, or one from before the list was numbered afresh): read the list again from its "
+    "start (without `after`).",
     412: "If-Match names a version that is no longer current: read again, then retry.",
     413: "The body is larger than the service accepts.",
     415: "The body is not JSON (for a PATCH: not a JSON Merge Patch, see Accept-Patch).",
