@@ -61,7 +61,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 BIN = Path(sys.executable).parent
-TARGETS = {"ratio": 0.8, "p50_ms_8": 1.5, "p99_ms_8": 5.0, "flat": 0.15, "rss_mb": 150.0}
+# The targets the lookup is held to: against the bare baseline at 64 and 8 connections, p99 at 64 no
+# worse than the baseline's, flat within 10 % from 100 000 to 1 000 000 customers, worker RSS
+TARGETS = {"ratio": 1.0, "ratio_8": 0.6, "flat": 0.10, "rss_mb": 120.0}
 PEER_TARGETS = {64: 4.0, 8: 2.0}  # lookup req/s over the FastAPI + SQLAlchemy peer's, by conns
 TOKEN_SECONDS = 86_400 - 600  # customer tokens: a day is the longest prefs accepts
 FEED_REORDERS = 1_000  # reorders in each partner's feed
@@ -620,7 +622,9 @@ def checks(result: dict[str, Any], other: dict[str, Any] | None) -> list[dict[st
     """Each target: what was measured and whether it held."""
     table = result["summary"]
     lookup, baseline, low = table["lookup@64"], table["baseline@64"], table["lookup@8"]
+    base_low = table["baseline@8"]
     ratio = lookup["rps"] / baseline["rps"] if baseline["rps"] else 0.0
+    ratio_low = low["rps"] / base_low["rps"] if base_low["rps"] else 0.0
     result["ratio"] = round(ratio, 3)
     rss = max(result["rss_mb"].get("lookup") or [0.0])
     errors = sum(row["errors"] for row in table.values())
@@ -632,16 +636,16 @@ def checks(result: dict[str, Any], other: dict[str, Any] | None) -> list[dict[st
             ratio >= TARGETS["ratio"],
         ),
         (
-            "lookup p50 at 8 connections",
-            f"{low['p50_ms']:.2f} ms",
-            f"<= {TARGETS['p50_ms_8']} ms",
-            low["p50_ms"] <= TARGETS["p50_ms_8"],
+            "lookup req/s / baseline req/s (8 conns)",
+            f"{low['rps']:,.0f} / {base_low['rps']:,.0f} = {ratio_low:.2f}",
+            f">= {TARGETS['ratio_8']}",
+            ratio_low >= TARGETS["ratio_8"],
         ),
         (
-            "lookup p99 at 8 connections",
-            f"{low['p99_ms']:.2f} ms",
-            f"<= {TARGETS['p99_ms_8']} ms",
-            low["p99_ms"] <= TARGETS["p99_ms_8"],
+            "lookup p99 / baseline p99 (64 conns)",
+            f"{lookup['p99_ms']:.2f} ms / {baseline['p99_ms']:.2f} ms",
+            "<= 1",
+            lookup["p99_ms"] <= baseline["p99_ms"],
         ),
         (
             "largest prefs worker RSS",
