@@ -21,6 +21,8 @@ PREFS_VARIANTS (comma-separated) selects them:
                 (PostgreSQL's commit_delay, commit_siblings=1 so it applies from two
                 transactions in progress): other commits may join the flush. Durable: the
                 commit still returns only once its WAL is flushed
+  gather-N      a lookup batch waits N turns of the event loop before it takes its lookups, so
+                that lookups which arrived together (parsed in the same turns) go in one batch
 
 Earlier variants (no pool reset query, an async API-key guard, cached associated-data bytes)
 measured gains and were adopted in src/.
@@ -28,6 +30,7 @@ measured gains and were adopted in src/.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -37,10 +40,11 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from prefs import app, db
+from prefs.group_commit import GroupCommit
 from prefs.pos import service as pos
 
 VARIANTS = {"plain", "no-metrics", "async-commit", "clear-log"}
-NUMBERED = ("in-flight-", "commit-delay-")  # followed by a number
+NUMBERED = ("in-flight-", "commit-delay-", "gather-")  # followed by a number
 
 # The lookup statement as it was before the access log was sealed: its own CTE logs every hit in
 # clear (the columns in clear are still there, nullable, until the contract revision).
@@ -94,6 +98,21 @@ class _PassThrough(ASGIMiddleware):
         await next_app(scope, receive, send)
 
 
+def _gathering_drain(turns: int) -> Any:
+    """GroupCommit._drain, waiting ``turns`` turns of the loop before each batch."""
+
+    async def drain(self: GroupCommit[Any, Any]) -> None:
+        while self.queue:
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            batch, self.queue = self.queue[: self.max_batch], self.queue[self.max_batch :]
+            batch = [queued for queued in batch if not queued.future.done()]
+            if batch:
+                await self._run(batch)
+
+    return drain
+
+
 def apply(variants: set[str]) -> None:
     """Patch this process for the given variants."""
     unknown = {
@@ -112,6 +131,9 @@ def apply(variants: set[str]) -> None:
     in_flight = _number(variants, "in-flight-")
     if in_flight is not None:
         os.environ["PREFS_LOOKUP_BATCHES_IN_FLIGHT"] = str(in_flight)
+    turns = _number(variants, "gather-")
+    if turns is not None:
+        GroupCommit._drain = _gathering_drain(turns)  # type: ignore[method-assign]
     if "clear-log" in variants:
         pos.LookupBatcher._fetch = _clear_log_fetch()  # type: ignore[method-assign]
     if "no-metrics" in variants:
