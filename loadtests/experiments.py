@@ -65,8 +65,15 @@ def _clear_log_fetch() -> Any:
     async def fetch(
         self: pos.LookupBatcher, conn: Any, requests: Any
     ) -> tuple[list[asyncpg.Record], dict[int, Exception]]:
+        arguments = pos._arguments(requests)
+        _, keys, _, cards, _, codes = arguments
+        route = await conn.fetchrow(pos.ROUTE, keys, cards, codes)
+        if not route["stores"]:
+            return [], {}
         self.statements += 1
-        rows = await conn.fetch(statement, *pos._arguments(requests), *self.limits)
+        rows = await conn.fetch(
+            statement, *arguments, *self.limits, route["customers"], route["stores"]
+        )
         return rows, {}
 
     return fetch

@@ -21,6 +21,7 @@ from prefs.checkout import service as checkout
 from prefs.consents.service import expire_due
 from prefs.customers import service as customers
 from prefs.partners import service as partners
+from prefs.pos import service as pos
 from prefs.purchases import service as purchases
 from prefs.retention import service as retention
 from prefs.stores import service as stores
@@ -69,9 +70,11 @@ async def _journeys(client, database, settings, vault, new_customer) -> None:
         )
         assert deleted.status_code == 204, deleted.text
 
-        # consents; the till looks the customer up by card and by checkout code, adds purchases
+        # consents; the till looks the customer up by card and by checkout code (found, and not),
+        # adds purchases
         await grant(client, customer, "pos")
         assert (await look_up(client, till, card=card)).status_code == 200
+        assert (await look_up(client, till, card=fresh_card())).status_code == 404
         code = await checkout_code(client, customer)
         assert (await look_up(client, till, code=code["code"])).status_code == 200
         ended = await client.delete(f"/v1/me/checkout-codes/{code['id']}", headers=customer.headers)
@@ -147,8 +150,12 @@ async def _journeys(client, database, settings, vault, new_customer) -> None:
 async def test_every_statement_the_service_sends_is_single_shard_co_located_or_allowed(
     client, database, settings, vault, new_customer
 ):
+    before = dict(sql_capture.STATEMENTS)
     await _journeys(client, database, settings, vault, new_customer)
     statements = list(sql_capture.STATEMENTS)
+    # the till's four lookups (a card and a code, each found and not), each a batch of its own
+    for sent in (pos.ROUTE, pos.LOOKUP):
+        assert sql_capture.STATEMENTS.get(sent, 0) - before.get(sent, 0) >= 4, sent[:60]
     for sent in (
         feeds.ENTRIES,
         feeds.CUSTOMER_OF,
@@ -162,7 +169,9 @@ async def test_every_statement_the_service_sends_is_single_shard_co_located_or_a
         cards.OTHER_HOLDERS,
         customers.CONFIRMED,
     ):
-        assert sent in sql_capture.STATEMENTS, f"the journeys never sent {sent[:60]}"
+        assert sql_capture.STATEMENTS.get(sent, 0) > before.get(sent, 0), (
+            f"the journeys never sent {sent[:60]}"
+        )
     assert len(statements) > 100, f"only {len(statements)} statements collected"
     found = distribution.report(statements)
     assert not found, "\n".join(found)
@@ -231,6 +240,8 @@ def test_the_check_catches_a_statement_that_leaves_one_shard(sql, why):
     "sql",
     [
         # the statements that replaced joins and reads across shard groups (issue 20)
+        pos.ROUTE,
+        pos.LOOKUP,
         purchases.CARD_HOLDERS,
         purchases.GRANTED,
         purchases.STILL_GRANTED,

@@ -4,6 +4,8 @@ answer and their own access-log record, and one lookup's failure or cancellation
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,11 +15,19 @@ import pytest
 from msgspec import UNSET
 
 from prefs import credentials, db
-from prefs.crypto import DecryptionError
+from prefs.crypto import DecryptionError, api_key_hash
 from prefs.disclosures import INSERT_SEALED
 from prefs.errors import NotFound, Unauthenticated, Unavailable
 from prefs.pos.schemas import LookupResult
-from prefs.pos.service import LOOKUP, LOOKUP_SERVER_SETTINGS, LookupBatcher, lookup
+from prefs.pos.service import (
+    LOOKUP,
+    LOOKUP_LOCAL_SETTINGS,
+    LOOKUP_SERVER_SETTINGS,
+    ROUTE,
+    LookupBatcher,
+    _arguments,
+    lookup,
+)
 from prefs.throttle import ThrottledTills
 from tests.support.customer import checkout_code, grant
 from tests.support.stores import fresh_store
@@ -235,12 +245,15 @@ async def test_a_lookup_cancelled_while_its_batch_runs_keeps_its_record(
     await grant(client, customer)
     batcher = LookupBatcher(pool, 64, 1, misses_per_key=1000, misses_per_store=1000, vault=vault)
     throttle = ThrottledTills()
-    async with pool.acquire() as blocker:  # holds the batch at the database for a moment
-        await blocker.execute("BEGIN; LOCK TABLE access_log IN EXCLUSIVE MODE")
+    # holds the batch at the database for a moment (on the test's own connection: what the
+    # lookup pool sends is checked for the cluster, tests/test_cluster_readiness.py)
+    await conn.execute("BEGIN; LOCK TABLE access_log IN EXCLUSIVE MODE")
+    try:
         dropped = asyncio.create_task(lookup(batcher, vault, throttle, key, plain(card), None))
         await until_a_batch_waits_for_a_lock(conn)
         dropped.cancel()
-        await blocker.execute("COMMIT")
+    finally:
+        await conn.execute("COMMIT")
     with pytest.raises(asyncio.CancelledError):
         await dropped
     await idle(batcher)
@@ -261,15 +274,90 @@ async def test_the_lookup_statement_is_planned_once_and_kept(
             answer = await lookup(batcher, vault, throttle, key, plain(card), None)
             assert isinstance(answer, LookupResult)
         async with one.acquire() as lookup_conn:
-            plans = await lookup_conn.fetchrow(
+            plans = await lookup_conn.fetch(
                 "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
-                " WHERE statement = $1",
-                LOOKUP,
+                " WHERE statement = ANY($1::text[])",
+                [ROUTE, LOOKUP],
             )
     finally:
         await one.close()
-    assert plans is not None
-    assert plans["custom_plans"] == 0 and plans["generic_plans"] >= 1
+    assert len(plans) == 2  # the route and the lookup
+    assert all(p["custom_plans"] == 0 and p["generic_plans"] >= 1 for p in plans)
+
+
+async def generic_plan(conn: asyncpg.Connection, statement: str, types: list[str]) -> Any:
+    """The plan a lookup connection keeps for ``statement`` (EXPLAIN's, as JSON)."""
+    async with conn.transaction():
+        await conn.execute(LOOKUP_LOCAL_SETTINGS)
+        await conn.execute(f"PREPARE planned({', '.join(types)}) AS {statement}")
+        nulls = ", ".join(["NULL"] * len(types))
+        explained = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE planned({nulls})")
+        await conn.execute("DEALLOCATE planned")
+    return json.loads(explained)[0]["Plan"]
+
+
+def reads(plan: Any) -> list[tuple[str, str]]:
+    """(table, index condition) of each table a plan reads; a sequential scan has none."""
+    found = []
+    if "Relation Name" in plan and plan["Node Type"] != "ModifyTable":
+        bitmap = [child for child in plan.get("Plans", ()) if "Index Cond" in child]
+        condition = plan.get("Index Cond") or (bitmap[0]["Index Cond"] if bitmap else "")
+        found.append((plan["Relation Name"], " ".join(condition.split())))
+    for child in plan.get("Plans", ()):
+        found += reads(child)
+    return found
+
+
+async def test_what_a_batch_reads_by_hash_or_customer_is_one_index_scan_by_its_array(conn):
+    """Each table the lookup finds by the batch's arrays is read once, by an index on its
+    distribution column (= ANY of the array), however small the table was when the plan was
+    made: not probed per lookup with the array beside, which sorts it again at every probe.
+    The preferences are read per customer found, without the array."""
+    route = reads(await generic_plan(conn, ROUTE, ["bytea[]"] * 3))
+    assert sorted(route) == [
+        ("card_index", "(card_hash = ANY ($2))"),
+        ("checkout_codes", "(code_hash = ANY ($3))"),
+        ("credentials", "(key_hash = r.key_hash)"),
+    ]
+    types = ["int[]", "bytea[]", "int[]", "bytea[]", "int[]", "bytea[]", "int", "int"]
+    lookup = reads(await generic_plan(conn, LOOKUP, [*types, "uuid[]", "text[]"]))
+    by_array = {
+        "key_misses": ["(key_hash = ANY ($2))"],
+        "store_misses": ["(store = ANY ($10))"],
+        "card_index": ["(card_hash = ANY ($4))"],
+        "checkout_codes": ["(code_hash = ANY ($6))"] * 2,  # read, then bound
+        "customer_keys": ["(customer_id = ANY ($9))"] * 2,  # with the grant; the preferences
+    }
+    for table, conditions in by_array.items():
+        assert sorted(c for t, c in lookup if t == table) == conditions, (table, lookup)
+    [preferences] = [c for t, c in lookup if t == "preferences"]
+    assert re.fullmatch(r"\(customer_id = dk\w*\.customer_id\)", preferences), preferences
+
+
+async def test_a_card_that_moves_between_the_route_and_the_lookup_is_a_miss(
+    client, conn, new_customer, vault
+):
+    """The route only narrows what the lookup reads: the lookup reads the card again, so its
+    answer never comes from the route's older read (neither the card's former holder's
+    preferences, nor those of a customer whose rows the route did not name)."""
+    _, key = await till_key(conn)
+    holder, card, _ = await shopper(new_customer, client)
+    taker, _, _ = await shopper(new_customer, client)
+    for customer in (holder, taker):
+        await grant(client, customer)
+    hashes = vault.index.all_digests("card", plain(card).encode())
+    arguments = _arguments([(api_key_hash(key), hashes, ())])
+    _, keys, _, cards, _, codes = arguments
+    route = await conn.fetchrow(ROUTE, keys, cards, codes)
+    assert route["customers"] == [uuid.UUID(holder.id)]
+    await conn.execute(
+        "UPDATE card_index SET customer_id = $1 WHERE card_hash = ANY($2::bytea[])",
+        uuid.UUID(taker.id),
+        hashes,
+    )
+    [row] = await conn.fetch(LOOKUP, *arguments, 1000, 1000, route["customers"], route["stores"])
+    assert row["counted_miss"]
+    assert row["customer_id"] is None and row["disclosure_id"] is None and row["ids"] is None
 
 
 @pytest.fixture

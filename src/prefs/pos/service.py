@@ -1,8 +1,12 @@
-"""The till lookup — the hot path. One statement checks the key, finds the customer, checks
-consent and reads the granted fields; a second one records the disclosures, sealed under each
-customer's data key, and commits them before anyone is answered. Lookups that arrive while a
-batch is in the database share the next two statements and the one commit (group commit,
-prefs.group_commit). Misses are counted, and refused, by prefs.throttle."""
+"""The till lookup — the hot path. Lookups that arrive while a batch is in the database share
+the next batch (group commit, prefs.group_commit), and a batch is three statements and one commit
+whatever its size. ROUTE reads which stores the till keys belong to and which customers the
+cards and codes name; LOOKUP, given those, checks the keys and the miss throttle, finds the
+customers, checks consent and reads the granted fields, all in one snapshot; INSERT_SEALED
+records the disclosures, sealed under each customer's data key, and commits them before anyone
+is answered. Every table is read by its distribution column on a cluster (docs/scale-out.md):
+the keys, cards and codes by their hashes, the stores' misses by store, the customers' rows by
+customer_id. Misses are counted, and refused, by prefs.throttle."""
 
 from __future__ import annotations
 
@@ -25,50 +29,97 @@ from prefs.products import SharedPreference
 from prefs.sealed_preferences import shared, shown
 from prefs.throttle import MISS_WINDOW, NOT_FOUND, ThrottledTills, count_misses, throttled
 
+# A batch's route: the stores of its live till keys ($1), and the customers its cards ($2) and
+# codes ($3) name under any index key version. LOOKUP needs them before it can read a store's
+# misses by store or a customer's rows by customer_id, and they are known only once credentials,
+# card_index and checkout_codes are read. The route only narrows what LOOKUP reads: LOOKUP reads
+# the keys, cards and codes again and decides everything in its own snapshot, so a card that
+# moved or a code that ended in between is a miss, never an answer from the older read.
+ROUTE = f"""
+SELECT array(
+           SELECT DISTINCT c.store FROM unnest($1::bytea[]) AS r(key_hash)
+           JOIN credentials c ON {live_key("c", "r.key_hash", "'pos'")}
+       ) AS stores,
+       array(
+           SELECT ci.customer_id FROM card_index ci WHERE ci.card_hash = ANY($2::bytea[])
+           UNION
+           SELECT k.customer_id FROM checkout_codes k WHERE k.code_hash = ANY($3::bytea[])
+       ) AS customers
+"""
 # Lookup i of a batch sends its key hash ($1, $2) and the hashes of its card or code under
 # every index key version, primary first ($3, $4 or $5, $6; should versions disagree, the
-# primary's match wins); $7 and $8 are the misses per minute allowed per key and per store. Each
-# lookup whose key is live gets one row: refused (refused_by its store, else its key, with
-# retry_after) when its key or store has used up its misses, counting the misses of earlier
-# lookups in the batch that were not refused; otherwise its shown preferences as arrays in rank
-# order (NULLs when nothing is shown). A refused row carries nothing of what was found. A lookup
-# without a row had no live key. Every hit (a row with a disclosure_id) is logged, sealed under
-# its customer's data key, by the batch's second statement (INSERT_SEALED) before any lookup of the
-# batch is answered: no answer leaves without its committed record. Misses are counted
-# afterwards, by count_misses.
+# primary's match wins); $7 and $8 are the misses per minute allowed per key and per store; $9
+# and $10 are the batch's customers and stores as ROUTE found them (a card or code whose
+# customer is not among them is a miss). Each lookup whose key is live gets one row: refused
+# (refused_by its store, else its key, with retry_after) when its key or store has used up its
+# misses, counting the misses of earlier lookups in the batch that were not refused; otherwise
+# its shown preferences as arrays in rank order (NULLs when nothing is shown). A refused row
+# carries nothing of what was found. A lookup without a row had no live key. Every hit (a row
+# with a disclosure_id) is logged, sealed under its customer's data key, by the batch's last
+# statement (INSERT_SEALED) before any lookup of the batch is answered: no answer leaves without
+# its committed record. Misses are counted afterwards, by count_misses.
+#
+# Each table of a shard group is read by its distribution column equal to a parameter, once per
+# batch (docs/scale-out.md): key_misses, store_misses, card_index, checkout_codes (read, then
+# bound) each on their own, and the customers' rows from customer_keys by customer_id with their
+# consents and preferences joined on it. The rest joins what was read, in memory. The reads by
+# hash are MATERIALIZED so that each is one index scan for the whole batch: a probe per lookup
+# that also carried the = ANY would sort the batch's array again for every probe.
 LOOKUP = f"""
-WITH cred AS MATERIALIZED (
+WITH key_window AS MATERIALIZED (
+    SELECT mk.key_hash, mk.misses, mk.window_start FROM key_misses mk
+    WHERE mk.key_hash = ANY($2::bytea[])
+), store_window AS MATERIALIZED (
+    SELECT ms.store, ms.misses, ms.window_start FROM store_misses ms
+    WHERE ms.store = ANY($10::text[])
+), cred AS MATERIALIZED (
     SELECT r.i, r.key_hash, c.credential_id, c.display_name, c.store,
            coalesce(mk.misses, 0) AS key_misses, mk.window_start AS key_window,
            coalesce(ms.misses, 0) AS store_misses, ms.window_start AS store_window
     FROM unnest($1::int[], $2::bytea[]) AS r(i, key_hash)
     JOIN credentials c ON {live_key("c", "r.key_hash", "'pos'")}
-    LEFT JOIN key_misses mk ON mk.key_hash = r.key_hash
+    LEFT JOIN key_window mk ON mk.key_hash = r.key_hash
         AND mk.window_start > now() - {MISS_WINDOW}
-    LEFT JOIN store_misses ms ON ms.store = c.store
+    LEFT JOIN store_window ms ON ms.store = c.store
         AND ms.window_start > now() - {MISS_WINDOW}
-), bound AS (  -- a checkout code is bound to the first store whose till uses it
-    UPDATE checkout_codes k SET store = cred.store
-    FROM unnest($5::int[], $6::bytea[]) AS h(i, code_hash) JOIN cred ON cred.i = h.i
-    WHERE k.code_hash = h.code_hash AND k.store IS NULL AND k.expires_at > now()
+), code AS MATERIALIZED (
+    SELECT k.code_hash, k.customer_id, k.store, k.fields, k.preference_ids, k.expires_at
+    FROM checkout_codes k WHERE k.code_hash = ANY($6::bytea[])
+), binding AS MATERIALIZED (  -- a checkout code is bound to the first store whose till uses it
+    SELECT DISTINCT ON (k.code_hash) k.code_hash, cred.store
+    FROM unnest($5::int[], $6::bytea[]) AS h(i, code_hash)
+    JOIN code k ON k.code_hash = h.code_hash
+    JOIN cred ON cred.i = h.i
+    WHERE k.store IS NULL AND k.expires_at > now()
       AND cred.key_misses < $7::int AND cred.store_misses < $8::int
+    ORDER BY k.code_hash, h.i
+), bound AS (
+    UPDATE checkout_codes k
+    SET store = (SELECT b.store FROM binding b WHERE b.code_hash = k.code_hash)
+    WHERE k.code_hash = ANY($6::bytea[]) AND k.store IS NULL
+      AND (SELECT b.store FROM binding b WHERE b.code_hash = k.code_hash) IS NOT NULL
     RETURNING k.code_hash, k.store
+), card AS MATERIALIZED (  -- card_index: proven cards only (prefs.cards)
+    SELECT ci.card_hash, ci.customer_id FROM card_index ci WHERE ci.card_hash = ANY($4::bytea[])
+), customer AS MATERIALIZED (  -- with their grant to tills in force, if any
+    SELECT dk.customer_id, dk.generation, dk.wrapped, g.fields, g.preference_ids
+    FROM customer_keys dk
+    LEFT JOIN consents g ON g.customer_id = dk.customer_id AND g.audience = 'pos' AND {IN_FORCE}
+    WHERE dk.customer_id = ANY($9::uuid[])
 ), found AS MATERIALIZED (
-    SELECT DISTINCT ON (f.i) f.* FROM (  -- card_index: proven cards only (prefs.cards)
+    SELECT DISTINCT ON (f.i) f.* FROM (
         SELECT h.i, h.n, ci.customer_id, g.fields, g.preference_ids, 'card' AS via
         FROM unnest($3::int[], $4::bytea[]) WITH ORDINALITY AS h(i, card_hash, n)
-        JOIN card_index ci ON ci.card_hash = h.card_hash
-        JOIN consents g ON g.customer_id = ci.customer_id AND g.audience = 'pos'
-        WHERE {IN_FORCE}
+        JOIN card ci ON ci.card_hash = h.card_hash
+        JOIN customer g ON g.customer_id = ci.customer_id AND g.fields IS NOT NULL
         UNION ALL
         SELECT h.i, h.n, k.customer_id, k.fields, k.preference_ids, 'code'
         FROM unnest($5::int[], $6::bytea[]) WITH ORDINALITY AS h(i, code_hash, n)
         JOIN cred ON cred.i = h.i
-        CROSS JOIN LATERAL (  -- one index probe per code, never a scan of all live codes
-            SELECT * FROM checkout_codes k
-            WHERE k.code_hash = h.code_hash AND k.expires_at > now() OFFSET 0
-        ) k
-        WHERE coalesce(k.store, (SELECT b.store FROM bound b WHERE b.code_hash = k.code_hash))
+        JOIN code k ON k.code_hash = h.code_hash
+        JOIN customer ON customer.customer_id = k.customer_id
+        WHERE k.expires_at > now()
+          AND coalesce(k.store, (SELECT b.store FROM bound b WHERE b.code_hash = k.code_hash))
               = cred.store
     ) f
     ORDER BY f.i, f.n
@@ -92,16 +143,20 @@ WITH cred AS MATERIALIZED (
     ) j
 ), hit AS NOT MATERIALIZED (
     SELECT * FROM judged WHERE disclosure_id IS NOT NULL
-), shown AS MATERIALIZED (
-    SELECT s.i, array_agg(s.preference_id ORDER BY s.rank) AS ids,
-           array_agg(s.rank ORDER BY s.rank) AS ranks,
-           array_agg(s.status ORDER BY s.rank) AS statuses,
-           array_agg(s.product_ct ORDER BY s.rank) AS products,
-           array_agg(s.attributes_ct ORDER BY s.rank) AS attributes,
-           array_agg(s.note_ct ORDER BY s.rank) AS notes,
-           array_agg(s.sealed ORDER BY s.rank) AS sealed
-    FROM ({shown("i")}) s
-    GROUP BY s.i
+), shown AS MATERIALIZED (  -- each customer's preferences, read once for their hits
+    SELECT s.* FROM customer_keys dk
+    CROSS JOIN LATERAL (
+        SELECT s.i, array_agg(s.preference_id ORDER BY s.rank) AS ids,
+               array_agg(s.rank ORDER BY s.rank) AS ranks,
+               array_agg(s.status ORDER BY s.rank) AS statuses,
+               array_agg(s.product_ct ORDER BY s.rank) AS products,
+               array_agg(s.attributes_ct ORDER BY s.rank) AS attributes,
+               array_agg(s.note_ct ORDER BY s.rank) AS notes,
+               array_agg(s.sealed ORDER BY s.rank) AS sealed
+        FROM ({shown("i", customer="dk.customer_id")}) s
+        GROUP BY s.i
+    ) s
+    WHERE dk.customer_id = ANY($9::uuid[])
 )
 SELECT j.i, j.store, j.credential_id, j.display_name,
        j.missed AND NOT (j.key_throttled OR j.store_throttled) AS counted_miss,
@@ -117,7 +172,7 @@ SELECT j.i, j.store, j.credential_id, j.display_name,
        shown.statuses, shown.products, shown.attributes, shown.notes, shown.sealed,
        {CATALOGUE_VERSION} AS catalogue_version
 FROM judged j
-LEFT JOIN customer_keys k ON k.customer_id = j.customer_id AND j.disclosure_id IS NOT NULL
+LEFT JOIN customer k ON k.customer_id = j.customer_id AND j.disclosure_id IS NOT NULL
 LEFT JOIN shown ON shown.i = j.i
 """
 
@@ -176,30 +231,31 @@ def _arguments(batch: Sequence[Request]) -> tuple[list[Any], ...]:
     return list(range(len(batch))), keys, card_i, cards, code_i, codes
 
 
-# The lookup's plan depends on no parameter's value (the arrays are keys, looked up by index),
-# and planning it takes longer than running it: its connections keep one generic plan. That plan
-# lasts as long as the connection, so it must not depend on how small a table was when it was
-# made: every table is reached through an index. Disabling sequential scans inflates the plan's
-# cost past jit_above_cost, and a server built with LLVM (Debian's PostgreSQL is) then compiles
-# every lookup: about 1 s each. JIT is off on these connections.
+# The lookup's plans (ROUTE's and LOOKUP's) depend on no parameter's value (the arrays are keys,
+# looked up by index), and planning them takes longer than running them: their connections keep
+# one generic plan of each. A plan lasts as long as the connection, so it must not depend on how
+# small a table was when it was made: every table is reached through an index. Disabling
+# sequential scans inflates the plan's cost past jit_above_cost, and a server built with LLVM
+# (Debian's PostgreSQL is) then compiles every lookup: about 1 s each. JIT is off on these
+# connections.
 LOOKUP_SERVER_SETTINGS = {
     "plan_cache_mode": "force_generic_plan",
     "enable_seqscan": "off",
     "jit": "off",
 }
 # The same, for one transaction: behind a pooler in transaction mode a connection's session is
-# not ours between transactions (and PgBouncer refuses these as start-up parameters). There the
-# lookup and its log go in one transaction that begins with these, and each batch's statement is
-# planned again (its plan is not kept between transactions either).
+# not ours between transactions (and PgBouncer refuses these as start-up parameters). There a
+# batch's route, lookup and log go in one transaction that begins with these, and each batch's
+# statements are planned again (their plans are not kept between transactions either).
 LOOKUP_LOCAL_SETTINGS = "; ".join(
     f"SET LOCAL {name} = {value}" for name, value in LOOKUP_SERVER_SETTINGS.items()
 )
 
 
 class LookupBatcher(GroupCommit[Request, "asyncpg.Record | None"]):
-    """Till lookups in group commit (prefs.group_commit), per worker process: each batch is one
-    lookup statement, one insert of its hits' sealed access-log records (when any was found) and
-    one WAL flush; its misses are counted (prefs.throttle) before they are answered.
+    """Till lookups in group commit (prefs.group_commit), per worker process: each batch is its
+    route, one lookup statement, one insert of its hits' sealed access-log records (when any was
+    found) and one WAL flush; its misses are counted (prefs.throttle) before they are answered.
     """
 
     def __init__(
@@ -239,8 +295,16 @@ class LookupBatcher(GroupCommit[Request, "asyncpg.Record | None"]):
     async def _lookup_and_log(
         self, conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record], requests: Sequence[Request]
     ) -> tuple[list[asyncpg.Record], dict[int, Exception]]:
+        arguments = _arguments(requests)
+        _, keys, _, cards, _, codes = arguments
+        route = await conn.fetchrow(ROUTE, keys, cards, codes)
+        assert route is not None  # one row, always
+        if not route["stores"]:
+            return [], {}  # no live key: each lookup is answered 401
         self.statements += 1
-        rows: list[asyncpg.Record] = await conn.fetch(LOOKUP, *_arguments(requests), *self.limits)
+        rows: list[asyncpg.Record] = await conn.fetch(
+            LOOKUP, *arguments, *self.limits, route["customers"], route["stores"]
+        )
         visits, broken = _log_visits(self.vault, rows)
         if visits[0]:
             await conn.execute(INSERT_SEALED, *visits)
