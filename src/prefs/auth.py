@@ -205,7 +205,7 @@ def api_key_guard(kind: Kind, *, verify: bool = True) -> Any:
 
     The key is verified against the credentials table on every request (no cache), so a revoked
     key fails at once. ``verify=False`` is for the till, whose lookup statement checks the key
-    itself (one round trip): the guard then checks the key's shape only, and the till checks the
+    itself (no round trip of its own): the guard then checks the key's shape only, and the till checks the
     key with ``require_live_api_key`` before it refuses a body.
     """
     prefix = API_KEY_PREFIX[kind]

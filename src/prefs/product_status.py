@@ -7,7 +7,7 @@ knows the SKU, ``customer`` otherwise. A customer may change the status only of 
 catalogue does not know (``kept_status``): for the rest it is the shop's fact.
 The SKU is sealed with the rest of the product, so the overlay happens after opening, never in
 SQL: reads that are not hot ask for the statuses of the SKUs they opened (``of``); the till
-lookup keeps every status in memory (``StatusCache``) and its one statement returns the
+lookup keeps every status in memory (``StatusCache``) and its lookup statement returns the
 catalogue's version, so the memory is read again only after an import changed something.
 """
 
