@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from tests.support.customer import grant
+from prefs import db, feeds
+from prefs.partners.service import encode_feed_cursor
+from prefs.stores.service import encode_queue_cursor
+from tests.support.customer import CHINOS, bearer, grant, keep
+from tests.support.database import Database, admin, with_database
+from tests.support.partner import partner_key, pull, reorder
+from tests.support.stores import drain, queue
 from tests.support.till import shopper, till_key
+from tests.test_stores import placed, store_with_till
 
 ORDINARY = b"application/json"  # what the lean path serves
 NOT_ORDINARY = b"application/json; charset=utf-8"  # the same body, for the route
@@ -91,3 +100,73 @@ async def test_a_content_length_of_thousands_of_digits_is_a_clear_400_not_a_500(
     assert status == 400, content
     assert headers["content-type"] == "application/problem+json"
     assert headers["x-request-id"] and headers["x-content-type-options"] == "nosniff"
+
+
+async def test_a_cursor_beyond_its_lists_counter_is_a_410_not_a_silent_skip(
+    client, conn, vault, new_customer
+):
+    """A cursor past the last position its list has handed out (the database restored from a
+    backup, or a downgrade and upgrade of 0015 that drew the same numbering again) named a place
+    the list had not reached: its pages came back empty, with the same cursor, and every reorder
+    that entered meanwhile was skipped."""
+    partner, api_key = await partner_key(conn)
+    fulfiller = f"partner:{partner.partner_id}"
+    customer = await new_customer()
+    preference = await keep(client, customer)
+    await grant(client, customer, fulfiller, ["product"])
+    await reorder(client, customer, preference["id"], fulfiller)
+    await pull(client, api_key, want=1)
+    last = await conn.fetchval(feeds.COUNTER, fulfiller)
+    beyond = encode_feed_cursor(vault, partner.partner_id, last + 5)
+    await reorder(client, customer, preference["id"], fulfiller)  # takes last + 1
+
+    response = await client.get(
+        "/v1/partner/reorders", headers=bearer(api_key), params={"after": beyond}
+    )
+
+    assert response.status_code == 410, response.text
+    assert response.json()["type"].endswith("cursor-retired")
+
+    store, till = await store_with_till(conn)
+    shopper_at_store = await new_customer()
+    await placed(client, shopper_at_store, await keep(client, shopper_at_store, CHINOS), store)
+    await drain(client, till)
+    last = await conn.fetchval(feeds.COUNTER, feeds.store(store))
+    beyond = encode_queue_cursor(vault, store, last + 3)
+    await placed(client, shopper_at_store, await keep(client, shopper_at_store, CHINOS), store)
+
+    response = await queue(client, till, beyond)
+
+    assert response.status_code == 410, response.text
+    assert response.json()["type"].endswith("cursor-retired")
+
+
+@pytest.fixture
+async def empty_database(database: Database) -> AsyncIterator[str]:
+    name = f"prefs_review_{secrets.token_hex(4)}"
+    await admin(database.server_url, f"CREATE DATABASE {name}")
+    try:
+        yield with_database(database.server_url, name)
+    finally:
+        await admin(database.server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+async def test_a_schema_whose_0015_ran_before_the_numbering_goes_down_and_up_again(
+    empty_database,
+):
+    """0015 was changed in place: a database the previous release migrated (as
+    tests/test_rolling_deploy.py does) has positions but no feed_numbering, and this release's
+    downgrade of 0015 stopped at DROP TABLE feed_numbering."""
+    url = empty_database
+    await asyncio.to_thread(db.migrate, url, "head")
+    conn = await db.connect(url)
+    try:
+        await conn.execute("DROP TABLE feed_numbering")  # as the previous release's 0015 left it
+
+        await asyncio.to_thread(db.downgrade, url, "0014")
+        await asyncio.to_thread(db.migrate, url, "head")
+
+        base = await conn.fetchval("SELECT base FROM feed_numbering")
+        assert base >> feeds.NUMBERING_BITS >= 1  # numbered afresh
+    finally:
+        await conn.close()

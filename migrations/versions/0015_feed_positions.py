@@ -149,5 +149,5 @@ def downgrade() -> None:
     ALTER TABLE reorders DROP COLUMN feed_position;
     DROP TABLE feed_entries;
     DROP TABLE feed_positions;
-    DROP TABLE feed_numbering;
+    DROP TABLE IF EXISTS feed_numbering;  -- absent where 0015 ran before it drew a numbering
     """)
