@@ -419,6 +419,7 @@ async def test_stopping_mid_batch_answers_503_and_leaves_nothing_waiting(
     finally:
         await conn.execute("COMMIT")
     assert all(isinstance(a, Unavailable) for a in answers), answers
+    assert all(a.retry_after for a in answers)  # answered with Retry-After: try another instance
     assert batcher.running == 0 and not batcher.queue and not batcher.tasks
     for customer, _, _ in shoppers:
         assert await disclosures(conn, customer.id) == 0  # the statement was cancelled

@@ -27,7 +27,8 @@ rather than read after it (a smaller number would show again what was seen, a la
 skip the new reorders until the counter passed it). A cursor is still one sealed 64-bit
 position, as the release before 0017 reads it: 2^40 positions per list is far more than a list
 will take, and base + 2^40 stays below 2^63. A new numbering draws the old one again once in
-2^22 round trips.
+2^22 round trips; even then a cursor beyond its list's counter is answered 410 (no cursor handed
+out is ever beyond it), and only one at or below the new counter would go unnoticed.
 
 Existing reorders get positions per recipient in the order the previous release served them
 (`queue_xid` for a store's queue, `feed_xid` for a partner's feed), in `feed_entries` only: their
@@ -149,5 +150,5 @@ def downgrade() -> None:
     ALTER TABLE reorders DROP COLUMN feed_position;
     DROP TABLE feed_entries;
     DROP TABLE feed_positions;
-    DROP TABLE feed_numbering;
+    DROP TABLE IF EXISTS feed_numbering;  -- absent where 0015 ran before it drew a numbering
     """)

@@ -13,6 +13,7 @@ in clear, for retention, ordering and distribution.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -78,22 +79,25 @@ async def record(
     disclosures: list[tuple[uuid.UUID, list[uuid.UUID], list[str]]],
     *,
     vault: Vault,
+    keys: Mapping[uuid.UUID, DataKey] | None = None,
 ) -> None:
     """Log disclosures to a credential's holder: (customer, preferences, fields) each, sealed
     under each customer's data key (a customer without one was erased meanwhile: nothing to
-    keep).
+    keep). ``keys``: data keys the caller already unwrapped from rows of this transaction, so
+    they are neither read nor unwrapped again.
 
     Call inside the transaction that reads what is disclosed, so no answer leaves without its
     record.
     """
     if not disclosures:
         return
-    keys = {
-        row["customer_id"]: vault.envelope.unwrap(
-            row["customer_id"], row["generation"], row["wrapped"]
+    keys = dict(keys or {})
+    missing = list({customer for customer, _, _ in disclosures} - keys.keys())
+    if missing:
+        keys.update(
+            (row["customer_id"], vault.envelope.unwrap(*row))
+            for row in await conn.fetch(KEYS, missing)
         )
-        for row in await conn.fetch(KEYS, list({customer for customer, _, _ in disclosures}))
-    }
     ids: list[uuid.UUID] = []
     customers: list[uuid.UUID] = []
     sealed: list[bytes] = []

@@ -119,11 +119,13 @@ async def page(
     """Up to ``limit`` reorders after position ``after`` in ``recipient``'s feed, and the position
     to go on from. ``reorders`` selects them by ``customer_id = ANY($1)`` and
     ``reorder_id = ANY($2)`` (``args`` follow) with their ``fulfiller`` and ``feed_position``;
-    CursorRetired (410) when ``after`` is of another numbering than the list's."""
+    CursorRetired (410) when ``after`` is of another numbering than the list's, or beyond it."""
     if after:
         last: int | None = await conn.fetchval(COUNTER, recipient)
-        # no counter: the list was numbered afresh and nothing has entered it since
-        if last is None or last >> NUMBERING_BITS != after >> NUMBERING_BITS:
+        # no counter: the list was numbered afresh and nothing has entered it since; a cursor
+        # beyond the counter names a place the list never reached (a database restored from a
+        # backup, the same numbering drawn again): read after it, it would skip what comes next
+        if last is None or after > last or last >> NUMBERING_BITS != after >> NUMBERING_BITS:
             raise CursorRetired(RETIRED)
     shown: list[Row] = []
     while len(shown) < limit:

@@ -29,6 +29,7 @@ ResultT = TypeVar("ResultT")
 RETRY_ALONE_CLASSES = ("22", "23", "P0", "40")
 
 STOPPING = "The service is stopping; retry shortly."
+STOPPING_RETRY_AFTER = 2  # seconds: another instance, or this one restarted, answers by then
 
 
 class Queued(Generic[RequestT, ResultT]):
@@ -106,7 +107,7 @@ class GroupCommit(Generic[RequestT, ResultT]):
         self.running -= 1
         if task.cancelled():
             if not self.tasks:  # the loop is going away: nobody else will answer them
-                fail_all(self.queue, Unavailable(STOPPING))
+                fail_all(self.queue, Unavailable(STOPPING, retry_after=STOPPING_RETRY_AFTER))
                 self.queue = []
         elif self.queue and self.running < self.in_flight:
             self._start()  # queued after this task's last look at the queue
@@ -138,5 +139,5 @@ class GroupCommit(Generic[RequestT, ResultT]):
         except Exception as error:  # every request of the batch still waiting gets it
             fail_all(batch, error)
         except BaseException:
-            fail_all(batch, Unavailable(STOPPING))
+            fail_all(batch, Unavailable(STOPPING, retry_after=STOPPING_RETRY_AFTER))
             raise

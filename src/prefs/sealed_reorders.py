@@ -14,7 +14,7 @@ import asyncpg
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from prefs.crypto import DataKey
+from prefs.crypto import DataKey, Vault
 from prefs.db import Row
 from prefs.products import Product
 from prefs.sealed_preferences import open_content
@@ -91,6 +91,18 @@ async def insert(
     )
     assert row is not None
     return row, snap
+
+
+def row_key(vault: Vault, keys: dict[uuid.UUID, DataKey], row: Row) -> DataKey:
+    """The data key of the row's customer (its ``customer_id``, ``generation`` and ``wrapped``),
+    unwrapped once per customer into ``keys`` for the rest of a page and its access-log records."""
+    customer_id = row["customer_id"]
+    key = keys.get(customer_id)
+    if key is None:
+        key = keys[customer_id] = vault.envelope.unwrap(
+            customer_id, row["generation"], row["wrapped"]
+        )
+    return key
 
 
 def open_snapshot(key: DataKey | None, row: Row) -> Snapshot | None:

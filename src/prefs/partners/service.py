@@ -15,7 +15,7 @@ import msgspec
 
 from prefs import cursors, disclosures, feeds, partner_refs, product_status
 from prefs.credentials import Credential
-from prefs.crypto import Vault
+from prefs.crypto import DataKey, Vault
 from prefs.customer_keys import data_key
 from prefs.db import Row
 from prefs.errors import Conflict, LimitReached, NotFound
@@ -36,7 +36,7 @@ from prefs.partners.schemas import (
 from prefs.products import SharedPreference
 from prefs.sealed_preferences import GET as GET_PREFERENCE
 from prefs.sealed_preferences import SHOWN, shared_view, skus
-from prefs.sealed_reorders import Snapshot, insert, narrowed, open_snapshot
+from prefs.sealed_reorders import Snapshot, insert, narrowed, open_snapshot, row_key
 
 DIRECTORY = """
 SELECT partner_id AS id, name, description FROM partners WHERE retired_at IS NULL
@@ -306,16 +306,18 @@ async def feed(
             conn, partner.partner_id, list({row["customer_id"] for row in rows})
         )
         items, disclosed = [], []
+        keys: dict[uuid.UUID, DataKey] = {}  # each customer's, unwrapped once per page
         for row in rows:
             snap, fields = None, shown_to_partner(row)
             if fields and row["wrapped"] is not None:
-                key = vault.envelope.unwrap(row["customer_id"], row["generation"], row["wrapped"])
-                snap = narrowed(open_snapshot(key, row), fields)
+                snap = narrowed(open_snapshot(row_key(vault, keys, row), row), fields)
                 disclosed.append((row["customer_id"], [row["preference_id"]], fields))
             items.append(
                 _partner_view(row, refs.get(row["customer_id"]), snap, fields if snap else [])
             )
-        await disclosures.record(conn, partner, "reorder", "reorder", disclosed, vault=vault)
+        await disclosures.record(
+            conn, partner, "reorder", "reorder", disclosed, vault=vault, keys=keys
+        )
     same = after if after and position == start else None  # nothing new: the same cursor
     return PartnerFeed(
         items=items, next=same or encode_feed_cursor(vault, partner.partner_id, position)

@@ -72,6 +72,7 @@ _encode = msgspec.json.Encoder().encode
 _TILL_PREFIX = API_KEY_PREFIX["pos"].encode()
 _JSON = b"application/json"
 _LOOKED_AT = frozenset((b"authorization", b"content-type", b"content-length", b"transfer-encoding"))
+_LENGTH_DIGITS = 18  # a longer Content-Length is the route's (int() refuses 4 301 digits: a 500)
 
 
 def _ordinary(scope: Scope, max_body: int) -> tuple[str, int] | None:
@@ -95,9 +96,12 @@ def _ordinary(scope: Scope, max_body: int) -> tuple[str, int] | None:
     scheme, _, secret = key.partition(b" ")
     if scheme.lower() != b"bearer" or not secret.startswith(_TILL_PREFIX) or len(secret) > 128:
         return None
-    if not 0 < int(length) <= max_body:
+    till_key = secret.decode("latin-1")
+    if till_key != till_key.strip():  # the guard strips it (spaces, tabs, NBSP…): the route's
         return None
-    return secret.decode("latin-1"), int(length)
+    if len(length) > _LENGTH_DIGITS or not 0 < int(length) <= max_body:
+        return None
+    return till_key, int(length)
 
 
 async def _body(receive: Receive, length: int) -> tuple[bytes, list[ReceiveMessage]]:

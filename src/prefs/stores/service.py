@@ -15,10 +15,10 @@ import msgspec
 
 from prefs import cursors, disclosures, feeds
 from prefs.credentials import Credential
-from prefs.crypto import Vault
+from prefs.crypto import DataKey, Vault
 from prefs.db import Row
 from prefs.errors import Conflict, InvalidInput, NotFound
-from prefs.sealed_reorders import Snapshot, open_snapshot
+from prefs.sealed_reorders import Snapshot, open_snapshot, row_key
 from prefs.stores.schemas import (
     Store,
     StoreDirectory,
@@ -221,15 +221,17 @@ async def queue(
     async with conn.transaction():
         rows, position = await feeds.page(conn, feeds.store(till.store), start, limit, QUEUE)
         items, disclosed = [], []
+        keys: dict[uuid.UUID, DataKey] = {}  # each customer's, unwrapped once per page
         for row in rows:
             snap = None
             if row["state"] in TO_DO and row["wrapped"] is not None:
-                key = vault.envelope.unwrap(row["customer_id"], row["generation"], row["wrapped"])
-                snap = open_snapshot(key, row)
+                snap = open_snapshot(row_key(vault, keys, row), row)
             if snap is not None:
                 disclosed.append((row["customer_id"], [row["preference_id"]], list(row["fields"])))
             items.append(_store_view(row, snap))
-        await disclosures.record(conn, till, "reorder", "reorder", disclosed, vault=vault)
+        await disclosures.record(
+            conn, till, "reorder", "reorder", disclosed, vault=vault, keys=keys
+        )
     same = after if after and position == start else None  # nothing new: the same cursor
     return StoreQueue(items=items, next=same or encode_queue_cursor(vault, till.store, position))
 
