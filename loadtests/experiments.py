@@ -59,21 +59,25 @@ SELECT j.i,"""
 
 
 def _clear_log_fetch() -> Any:
-    statement = pos.LOOKUP.replace(")\nSELECT j.i,", CLEAR_LOG, 1)
-    assert statement != pos.LOOKUP, "the lookup statement changed: update CLEAR_LOG"
+    lookups = {False: pos.LOOKUP, True: pos.LOOKUP_ROUTED}  # by LookupBatcher.routed
+    statements = {
+        routed: sql.replace(")\nSELECT j.i,", CLEAR_LOG, 1) for routed, sql in lookups.items()
+    }
+    for routed, sql in lookups.items():
+        assert statements[routed] != sql, "the lookup statement changed: update CLEAR_LOG"
 
     async def fetch(
         self: pos.LookupBatcher, conn: Any, requests: Any
     ) -> tuple[list[asyncpg.Record], dict[int, Exception]]:
-        arguments = pos._arguments(requests)
-        _, keys, _, cards, _, codes = arguments
-        route = await conn.fetchrow(pos.ROUTE, keys, cards, codes)
-        if not route["stores"]:
-            return [], {}
+        arguments = [*pos._arguments(requests), *self.limits]
+        if self.routed:
+            _, keys, _, cards, _, codes, *_ = arguments
+            route = await conn.fetchrow(pos.ROUTE, keys, cards, codes)
+            if not route["stores"]:
+                return [], {}
+            arguments += [route["customers"], route["stores"]]
         self.statements += 1
-        rows = await conn.fetch(
-            statement, *arguments, *self.limits, route["customers"], route["stores"]
-        )
+        rows = await conn.fetch(statements[self.routed], *arguments)
         return rows, {}
 
     return fetch

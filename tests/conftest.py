@@ -24,7 +24,7 @@ from prefs import credentials, db
 from prefs.app import create_app
 from prefs.auth import DevIssuer
 from prefs.crypto import Vault
-from prefs.settings import Settings, load
+from prefs.settings import LAYOUTS, Settings, load
 from tests.support import socket_audit, sql_capture
 from tests.support.customer import CustomerSession, bearer
 from tests.support.database import Database, admin, with_database
@@ -40,6 +40,7 @@ sql_capture.install()  # every pool the service opens reports its statements (cl
 @pytest.fixture(scope="session")
 def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
     """A fresh database, migrated to head, on the configured server or an embedded one."""
+    layout = _layout()
     external = os.environ.get("PREFS_TEST_DATABASE_URL")
     embedded = None
     if external:
@@ -62,6 +63,7 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
             embedded=embedded,
             app_url=app_url,
             pooler=pooler,
+            layout=layout,
         )
     asyncio.run(admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
     if embedded is not None:
@@ -82,6 +84,15 @@ def _pooler(server_url: str) -> Iterator[PgBouncer | None]:
         raise pytest.UsageError(f"PREFS_TEST_POOLER=pgbouncer: {MISSING}")
     with PgBouncer(server_url, int(os.environ.get("PREFS_TEST_POOLER_SIZE", "4"))) as bouncer:
         yield bouncer
+
+
+def _layout() -> str:
+    """PREFS_TEST_LAYOUT=distributed: the services under test send a cluster's statements
+    (PREFS_DATABASE_LAYOUT=distributed: the till's lookup routed first) to the one database."""
+    wanted = os.environ.get("PREFS_TEST_LAYOUT", "") or "single"
+    if wanted not in LAYOUTS:
+        raise pytest.UsageError("PREFS_TEST_LAYOUT must be one of " + ", ".join(LAYOUTS))
+    return wanted
 
 
 async def _add_high_street(url: str) -> None:

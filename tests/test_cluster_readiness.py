@@ -5,17 +5,22 @@ The statements come from the service itself: every pool it opens in this session
 sends (tests/support/sql_capture.py), and the journeys below make sure the main paths ran —
 enrolment, preferences, consents, the till's lookup and purchases, checkout codes ended one by
 one and with the grants, reorders to a partner and a store, the partner's feed and the store's
-queue, export, erasure, the purge and the operator's commands. Whatever else the session ran
-before is checked too.
+queue, export, erasure, the purge and the operator's commands. The journeys' service runs with
+PREFS_DATABASE_LAYOUT=distributed, as it would on a cluster, whatever the suite's layout. Whatever
+else the session ran before is checked too, but the statements only a single node is sent
+(distribution.SINGLE_NODE_ONLY).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
+import msgspec
 import pytest
 
 from prefs import credentials, db, feeds
+from prefs.app import create_app
 from prefs.cards import service as cards
 from prefs.checkout import service as checkout
 from prefs.consents.service import expire_due
@@ -24,6 +29,7 @@ from prefs.partners import service as partners
 from prefs.pos import service as pos
 from prefs.purchases import service as purchases
 from prefs.retention import service as retention
+from prefs.settings import Settings
 from prefs.stores import service as stores
 from tests.support import distribution, sql_capture
 from tests.support.customer import CHINOS, bearer, checkout_code, grant, keep
@@ -36,8 +42,18 @@ from tests.support.partner import (
     reorder,
     set_status,
 )
+from tests.support.servers import LiveServer
 from tests.support.stores import drain, in_directory, move
 from tests.support.till import BOOTS, SHIRT, fresh_card, look_up, till_key
+
+
+@pytest.fixture(scope="module")
+def server(settings: Settings) -> Iterator[LiveServer]:
+    """The service as on a cluster (PREFS_DATABASE_LAYOUT=distributed), on the session's database
+    and keys: the journeys' client and customers talk to it."""
+    distributed = msgspec.structs.replace(settings, database_layout="distributed")
+    with LiveServer(create_app(distributed)) as live:
+        yield live
 
 
 async def _journeys(client, database, settings, vault, new_customer) -> None:
@@ -152,10 +168,12 @@ async def test_every_statement_the_service_sends_is_single_shard_co_located_or_a
 ):
     before = dict(sql_capture.STATEMENTS)
     await _journeys(client, database, settings, vault, new_customer)
-    statements = list(sql_capture.STATEMENTS)
-    # the till's four lookups (a card and a code, each found and not), each a batch of its own
-    for sent in (pos.ROUTE, pos.LOOKUP):
+    statements = distribution.on_a_cluster(sql_capture.STATEMENTS)
+    # the till's four lookups (a card and a code, each found and not), each a batch of its own,
+    # routed: the one-statement lookup is the single layout's
+    for sent in (pos.ROUTE, pos.LOOKUP_ROUTED):
         assert sql_capture.STATEMENTS.get(sent, 0) - before.get(sent, 0) >= 4, sent[:60]
+    assert sql_capture.STATEMENTS.get(pos.LOOKUP, 0) == before.get(pos.LOOKUP, 0)
     for sent in (
         feeds.ENTRIES,
         feeds.CUSTOMER_OF,
@@ -175,6 +193,16 @@ async def test_every_statement_the_service_sends_is_single_shard_co_located_or_a
     assert len(statements) > 100, f"only {len(statements)} statements collected"
     found = distribution.report(statements)
     assert not found, "\n".join(found)
+
+
+def test_the_one_statement_lookup_leaves_one_shard_group_so_a_cluster_needs_the_layout():
+    """Why PREFS_DATABASE_LAYOUT=distributed is needed on a cluster: the single layout's lookup
+    reads the till's store's misses and the customer's rows without their distribution columns
+    pinned, and the check says so (a service on a cluster that sent it would fail the check)."""
+    found = distribution.problems(pos.LOOKUP)
+    for table in ("store_misses", "customer_keys", "consents", "preferences"):
+        assert any(f"{table} read without" in problem for problem in found), (table, found)
+    assert distribution.report([pos.LOOKUP])
 
 
 def test_what_the_allowlist_holds_still_leaves_one_shard_and_says_why():
@@ -241,7 +269,7 @@ def test_the_check_catches_a_statement_that_leaves_one_shard(sql, why):
     [
         # the statements that replaced joins and reads across shard groups (issue 20)
         pos.ROUTE,
-        pos.LOOKUP,
+        pos.LOOKUP_ROUTED,
         purchases.CARD_HOLDERS,
         purchases.GRANTED,
         purchases.STILL_GRANTED,

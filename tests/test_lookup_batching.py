@@ -22,6 +22,7 @@ from prefs.pos.schemas import LookupResult
 from prefs.pos.service import (
     LOOKUP,
     LOOKUP_LOCAL_SETTINGS,
+    LOOKUP_ROUTED,
     LOOKUP_SERVER_SETTINGS,
     ROUTE,
     LookupBatcher,
@@ -32,6 +33,14 @@ from prefs.throttle import ThrottledTills
 from tests.support.customer import checkout_code, grant
 from tests.support.stores import fresh_store
 from tests.support.till import disclosures, fresh_card, shopper, till_key, visits
+
+
+@pytest.fixture(params=[False, True], ids=["single", "distributed"])
+def routed(request: pytest.FixtureRequest) -> bool:
+    """Whether the batcher routes its lookups (PREFS_DATABASE_LAYOUT=distributed): each test runs
+    with both layouts' statements."""
+    routed: bool = request.param
+    return routed
 
 
 @pytest.fixture
@@ -71,9 +80,9 @@ async def until_a_batch_waits_for_a_lock(conn: asyncpg.Connection) -> None:
         await conn.execute("SELECT pg_stat_clear_snapshot()")
         if await conn.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND (starts_with(query, $1) OR starts_with(query, $2))",
-            LOOKUP[:200],  # the activity view keeps only the start of a long statement
-            INSERT_SEALED[:200],
+            " AND EXISTS (SELECT FROM unnest($1::text[]) s WHERE starts_with(query, s))",
+            # the activity view keeps only the start of a long statement
+            [statement[:200] for statement in (LOOKUP, LOOKUP_ROUTED, INSERT_SEALED)],
         ):
             return
         await asyncio.sleep(0.01)
@@ -82,7 +91,7 @@ async def until_a_batch_waits_for_a_lock(conn: asyncpg.Connection) -> None:
 
 @pytest.mark.parametrize("in_flight", [1, 2])
 async def test_lookups_sent_together_share_a_statement_and_each_gets_its_own_answer(
-    client, conn, new_customer, pool, vault, in_flight
+    client, conn, new_customer, pool, vault, in_flight, routed
 ):
     _, key = await till_key(conn, fresh_store())
     revoked, revoked_key = await till_key(conn)
@@ -97,7 +106,7 @@ async def test_lookups_sent_together_share_a_statement_and_each_gets_its_own_ans
     code = (await checkout_code(client, coded, fields=["note"]))["code"]
 
     batcher = LookupBatcher(
-        pool, 64, in_flight, misses_per_key=1000, misses_per_store=1000, vault=vault
+        pool, 64, in_flight, misses_per_key=1000, misses_per_store=1000, vault=vault, routed=routed
     )
     throttle = ThrottledTills()
     cards = [plain(card) for _, card, _ in everything]
@@ -147,7 +156,9 @@ async def test_lookups_sent_together_share_a_statement_and_each_gets_its_own_ans
     assert await disclosures(conn, everything[2][0].id) == 2  # one record per answer
 
 
-async def test_one_lookup_the_database_refuses_fails_alone(client, conn, new_customer, pool, vault):
+async def test_one_lookup_the_database_refuses_fails_alone(
+    client, conn, new_customer, pool, vault, routed
+):
     _, key = await till_key(conn)
     good = [await shopper(new_customer, client) for _ in range(3)]
     bad, bad_card, _ = await shopper(new_customer, client)
@@ -167,7 +178,7 @@ async def test_one_lookup_the_database_refuses_fails_alone(client, conn, new_cus
     )
     try:
         batcher = LookupBatcher(
-            pool, 64, 1, misses_per_key=1000, misses_per_store=1000, vault=vault
+            pool, 64, 1, misses_per_key=1000, misses_per_store=1000, vault=vault, routed=routed
         )
         throttle = ThrottledTills()
         answers = await asyncio.gather(
@@ -187,21 +198,32 @@ async def test_one_lookup_the_database_refuses_fails_alone(client, conn, new_cus
 
 
 async def test_a_lookup_whose_data_key_cannot_be_unwrapped_fails_alone_and_unlogged(
-    client, conn, new_customer, pool, vault
+    client, conn, new_customer, pool, vault, routed
 ):
     key, shoppers = await granted_shoppers(client, conn, new_customer, 3)
     (broken, _, _), *fine = shoppers
+    broken_id = uuid.UUID(broken.id)
+    wrapped = await conn.fetchval(
+        "SELECT wrapped FROM customer_keys WHERE customer_id = $1", broken_id
+    )
     await conn.execute(  # its wrap no longer authenticates (a damaged or foreign key row)
         "UPDATE customer_keys SET wrapped = overlay(wrapped placing '\\x00'::bytea from 20)"
         " WHERE customer_id = $1",
-        uuid.UUID(broken.id),
+        broken_id,
     )
-    batcher = LookupBatcher(pool, 64, 1, misses_per_key=1000, misses_per_store=1000, vault=vault)
-    throttle = ThrottledTills()
-    answers = await asyncio.gather(
-        *(lookup(batcher, vault, throttle, key, plain(c), None) for _, c, _ in shoppers),
-        return_exceptions=True,
-    )
+    try:
+        batcher = LookupBatcher(
+            pool, 64, 1, misses_per_key=1000, misses_per_store=1000, vault=vault, routed=routed
+        )
+        throttle = ThrottledTills()
+        answers = await asyncio.gather(
+            *(lookup(batcher, vault, throttle, key, plain(c), None) for _, c, _ in shoppers),
+            return_exceptions=True,
+        )
+    finally:  # the session's other tests (a reindexing, the purge) read every customer's key
+        await conn.execute(
+            "UPDATE customer_keys SET wrapped = $2 WHERE customer_id = $1", broken_id, wrapped
+        )
     assert isinstance(answers[0], DecryptionError)
     assert await disclosures(conn, broken.id) == 0  # nothing shown, nothing to keep
     for (customer, _, _), answer in zip(fine, answers[1:], strict=True):
@@ -211,7 +233,7 @@ async def test_a_lookup_whose_data_key_cannot_be_unwrapped_fails_alone_and_unlog
 
 
 async def test_a_lookup_cancelled_before_its_batch_is_not_sent_and_the_next_ones_are_answered(
-    client, conn, new_customer, pool, vault
+    client, conn, new_customer, pool, vault, routed
 ):
     _, key = await till_key(conn)
     (first, first_card, _), (second, second_card, _) = [
@@ -219,7 +241,9 @@ async def test_a_lookup_cancelled_before_its_batch_is_not_sent_and_the_next_ones
     ]
     await grant(client, first)
     await grant(client, second)
-    batcher = LookupBatcher(pool, 64, 1, misses_per_key=1000, misses_per_store=1000, vault=vault)
+    batcher = LookupBatcher(
+        pool, 64, 1, misses_per_key=1000, misses_per_store=1000, vault=vault, routed=routed
+    )
     throttle = ThrottledTills()
     kept = asyncio.create_task(lookup(batcher, vault, throttle, key, plain(first_card), None))
     dropped = asyncio.create_task(lookup(batcher, vault, throttle, key, plain(second_card), None))
@@ -238,12 +262,14 @@ async def test_a_lookup_cancelled_before_its_batch_is_not_sent_and_the_next_ones
 
 
 async def test_a_lookup_cancelled_while_its_batch_runs_keeps_its_record(
-    client, conn, new_customer, pool, vault
+    client, conn, new_customer, pool, vault, routed
 ):
     _, key = await till_key(conn)
     customer, card, _ = await shopper(new_customer, client)
     await grant(client, customer)
-    batcher = LookupBatcher(pool, 64, 1, misses_per_key=1000, misses_per_store=1000, vault=vault)
+    batcher = LookupBatcher(
+        pool, 64, 1, misses_per_key=1000, misses_per_store=1000, vault=vault, routed=routed
+    )
     throttle = ThrottledTills()
     # holds the batch at the database for a moment (on the test's own connection: what the
     # lookup pool sends is checked for the cluster, tests/test_cluster_readiness.py)
@@ -261,14 +287,16 @@ async def test_a_lookup_cancelled_while_its_batch_runs_keeps_its_record(
 
 
 async def test_the_lookup_statement_is_planned_once_and_kept(
-    client, conn, new_customer, database, vault
+    client, conn, new_customer, database, vault, routed
 ):
     _, key = await till_key(conn)
     customer, card, _ = await shopper(new_customer, client)
     await grant(client, customer)
     one = await db.create_pool(database.url, 1, 1, LOOKUP_SERVER_SETTINGS)  # one connection
     try:
-        batcher = LookupBatcher(one, 64, 1, misses_per_key=1000, misses_per_store=1000, vault=vault)
+        batcher = LookupBatcher(
+            one, 64, 1, misses_per_key=1000, misses_per_store=1000, vault=vault, routed=routed
+        )
         throttle = ThrottledTills()
         for _ in range(8):
             answer = await lookup(batcher, vault, throttle, key, plain(card), None)
@@ -277,11 +305,11 @@ async def test_the_lookup_statement_is_planned_once_and_kept(
             plans = await lookup_conn.fetch(
                 "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
                 " WHERE statement = ANY($1::text[])",
-                [ROUTE, LOOKUP],
+                [ROUTE, LOOKUP_ROUTED] if routed else [LOOKUP],
             )
     finally:
         await one.close()
-    assert len(plans) == 2  # the route and the lookup
+    assert len(plans) == (2 if routed else 1)  # the route and the lookup, or the one lookup
     assert all(p["custom_plans"] == 0 and p["generic_plans"] >= 1 for p in plans)
 
 
@@ -308,8 +336,30 @@ def reads(plan: Any) -> list[tuple[str, str]]:
     return found
 
 
+# LOOKUP's parameters (LOOKUP_ROUTED's first eight)
+LOOKUP_TYPES = ["int[]", "bytea[]", "int[]", "bytea[]", "int[]", "bytea[]", "int", "int"]
+
+
+async def test_the_one_lookup_statement_reaches_every_table_through_an_index(conn):
+    """LOOKUP (the layout single's) keeps its generic plan as long as its connection: every table
+    it reads is reached through an index, however small the table was when the plan was made
+    (but catalogue_state, one row)."""
+    found = reads(await generic_plan(conn, LOOKUP, LOOKUP_TYPES))
+    assert {table for table, _ in found} >= {
+        "credentials",
+        "key_misses",
+        "store_misses",
+        "checkout_codes",
+        "card_index",
+        "consents",
+        "customer_keys",
+        "preferences",
+    }, found
+    assert [read for read in found if not read[1] and read[0] != "catalogue_state"] == []
+
+
 async def test_what_a_batch_reads_by_hash_or_customer_is_one_index_scan_by_its_array(conn):
-    """Each table the lookup finds by the batch's arrays is read once, by an index on its
+    """Each table the routed lookup (ROUTE, LOOKUP_ROUTED) finds by the batch's arrays is read once, by an index on its
     distribution column (= ANY of the array), however small the table was when the plan was
     made: not probed per lookup with the array beside, which sorts it again at every probe.
     The preferences are read per customer found, without the array."""
@@ -319,8 +369,7 @@ async def test_what_a_batch_reads_by_hash_or_customer_is_one_index_scan_by_its_a
         ("checkout_codes", "(code_hash = ANY ($3))"),
         ("credentials", "(key_hash = r.key_hash)"),
     ]
-    types = ["int[]", "bytea[]", "int[]", "bytea[]", "int[]", "bytea[]", "int", "int"]
-    lookup = reads(await generic_plan(conn, LOOKUP, [*types, "uuid[]", "text[]"]))
+    lookup = reads(await generic_plan(conn, LOOKUP_ROUTED, [*LOOKUP_TYPES, "uuid[]", "text[]"]))
     by_array = {
         "key_misses": ["(key_hash = ANY ($2))"],
         "store_misses": ["(store = ANY ($10))"],
@@ -355,7 +404,9 @@ async def test_a_card_that_moves_between_the_route_and_the_lookup_is_a_miss(
         uuid.UUID(taker.id),
         hashes,
     )
-    [row] = await conn.fetch(LOOKUP, *arguments, 1000, 1000, route["customers"], route["stores"])
+    [row] = await conn.fetch(
+        LOOKUP_ROUTED, *arguments, 1000, 1000, route["customers"], route["stores"]
+    )
     assert row["counted_miss"]
     assert row["customer_id"] is None and row["disclosure_id"] is None and row["ids"] is None
 
@@ -370,11 +421,17 @@ async def impatient_pool(database) -> AsyncIterator[asyncpg.Pool]:
 
 
 async def test_a_batch_the_database_refuses_as_a_whole_fails_at_once_and_the_next_is_answered(
-    client, conn, new_customer, impatient_pool, vault
+    client, conn, new_customer, impatient_pool, vault, routed
 ):
     key, shoppers = await granted_shoppers(client, conn, new_customer, 3)
     batcher = LookupBatcher(
-        impatient_pool, 64, 1, misses_per_key=1000, misses_per_store=1000, vault=vault
+        impatient_pool,
+        64,
+        1,
+        misses_per_key=1000,
+        misses_per_store=1000,
+        vault=vault,
+        routed=routed,
     )
     throttle = ThrottledTills()
     await conn.execute("BEGIN; LOCK TABLE access_log IN EXCLUSIVE MODE")
@@ -399,11 +456,11 @@ async def test_a_batch_the_database_refuses_as_a_whole_fails_at_once_and_the_nex
 
 
 async def test_stopping_mid_batch_answers_503_and_leaves_nothing_waiting(
-    client, conn, new_customer, pool, vault
+    client, conn, new_customer, pool, vault, routed
 ):
     key, shoppers = await granted_shoppers(client, conn, new_customer, 2)
     batcher = LookupBatcher(
-        pool, max_batch=1, in_flight=1, vault=vault
+        pool, max_batch=1, in_flight=1, vault=vault, routed=routed
     )  # the second waits in the queue
     throttle = ThrottledTills()
     await conn.execute("BEGIN; LOCK TABLE access_log IN EXCLUSIVE MODE")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -32,11 +32,26 @@ async def pools(database) -> AsyncIterator[list[asyncpg.Pool]]:
         await pool.close()
 
 
-def worker(
-    pool: asyncpg.Pool, vault: Vault, per_key: int, per_store: int
-) -> tuple[LookupBatcher, ThrottledTills]:
-    batcher = LookupBatcher(pool, misses_per_key=per_key, misses_per_store=per_store, vault=vault)
-    return batcher, ThrottledTills()
+Worker = Callable[..., tuple[LookupBatcher, ThrottledTills]]
+
+
+@pytest.fixture(params=[False, True], ids=["single", "distributed"])
+def worker(request: pytest.FixtureRequest) -> Worker:
+    """A worker's batcher and refusals, with either layout's lookup statements (routed or not)."""
+
+    def start(
+        pool: asyncpg.Pool, vault: Vault, per_key: int, per_store: int
+    ) -> tuple[LookupBatcher, ThrottledTills]:
+        batcher = LookupBatcher(
+            pool,
+            misses_per_key=per_key,
+            misses_per_store=per_store,
+            vault=vault,
+            routed=request.param,
+        )
+        return batcher, ThrottledTills()
+
+    return start
 
 
 def plain(card: str) -> str:
@@ -66,7 +81,7 @@ async def store_misses(conn: asyncpg.Connection, store: str) -> int | None:
 
 
 async def test_two_workers_share_one_count_of_a_keys_misses(
-    client, conn, new_customer, pools, vault
+    client, conn, new_customer, pools, vault, worker
 ):
     customer, card, key = await granted_shopper(client, conn, new_customer)
     first, second = (worker(pool, vault, per_key=4, per_store=100) for pool in pools)
@@ -84,7 +99,7 @@ async def test_two_workers_share_one_count_of_a_keys_misses(
 
 
 async def test_a_batch_counts_the_misses_before_each_of_its_lookups(
-    client, conn, new_customer, pools, vault
+    client, conn, new_customer, pools, vault, worker
 ):
     customer, card, key = await granted_shopper(client, conn, new_customer)
     batcher, tills = worker(pools[0], vault, per_key=5, per_store=100)
@@ -100,7 +115,7 @@ async def test_a_batch_counts_the_misses_before_each_of_its_lookups(
     assert await key_misses(conn, key) == 5
 
 
-async def test_lookups_that_were_refused_do_not_count_against_the_store(conn, pools, vault):
+async def test_lookups_that_were_refused_do_not_count_against_the_store(conn, pools, vault, worker):
     store = fresh_store()
     _, guesser = await till_key(conn, store)
     _, neighbour = await till_key(conn, store)
@@ -121,7 +136,7 @@ async def test_lookups_that_were_refused_do_not_count_against_the_store(conn, po
 
 
 async def test_a_refused_till_is_refused_at_once_then_answered_when_its_minute_is_over(
-    client, conn, new_customer, pools, vault
+    client, conn, new_customer, pools, vault, worker
 ):
     customer, card, key = await granted_shopper(client, conn, new_customer)
     batcher, tills = worker(pools[0], vault, per_key=2, per_store=100)
@@ -153,7 +168,7 @@ async def test_a_refused_till_is_refused_at_once_then_answered_when_its_minute_i
 
 
 async def test_a_miss_is_answered_only_once_counted_and_a_hit_beside_it_is_not_held_up(
-    client, conn, new_customer, pools, vault
+    client, conn, new_customer, pools, vault, worker
 ):
     customer, card, key = await granted_shopper(client, conn, new_customer)
     trigger = f"refuse_{uuid.uuid4().hex}"
@@ -227,7 +242,7 @@ async def test_a_till_past_its_own_limit_does_not_use_up_its_stores(conn):
 
 
 async def test_a_store_refusal_is_remembered_until_the_stores_window_ends_not_the_keys(
-    conn, pools, vault
+    conn, pools, vault, worker
 ):
     store = fresh_store()
     _, key = await till_key(conn, store)

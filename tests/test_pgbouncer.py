@@ -48,6 +48,7 @@ def pooled_settings(bouncer: PgBouncer, database: Database, settings: Settings) 
             "PREFS_DATA_DIR": str(settings.data_dir),
             "PREFS_DATABASE_URL": bouncer.url(database.url),
             "PREFS_DATABASE_POOLER": "transaction",
+            "PREFS_DATABASE_LAYOUT": database.layout,
             "PREFS_CUSTOMER_REQUESTS_PER_MINUTE": "1000000",
             "PREFS_EXPIRY_INTERVAL": "86400",
             "PREFS_PURGE_INTERVAL": "86400",

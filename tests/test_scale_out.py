@@ -99,6 +99,7 @@ def cluster(
                 PREFS_DATA_DIR=str(data_dir),
                 PREFS_DATABASE_URL=app_url,
                 PREFS_DATABASE_POOLER=pooler,
+                PREFS_DATABASE_LAYOUT=database.layout,
                 PREFS_LOG_LEVEL="WARNING",
                 PREFS_PURGE_INTERVAL="5",  # three purgers on one database: one runs at a time
                 PREFS_STORE_WAITING_REORDERS="100000",

@@ -233,6 +233,7 @@ BAD_SETTINGS: list[tuple[dict[str, str], tuple[str, ...]]] = [
     ({"PREFS_JWT_JWKS": "EMPTY-KEY-SET"}, ("PREFS_JWT_JWKS", "no keys")),
     ({"PREFS_DATABASE_URL": "UNREACHABLE"}, ("PREFS_DATABASE_URL", "connection refused")),
     ({"PREFS_LOG_LEVEL": "loud"}, ("PREFS_LOG_LEVEL",)),
+    ({"PREFS_DATABASE_LAYOUT": "citus"}, ("PREFS_DATABASE_LAYOUT", "single, distributed")),
 ]
 
 

@@ -192,6 +192,15 @@ def test_the_database_pooler_is_none_unless_set_and_an_unknown_one_is_refused(tm
     assert str(raised.value) == "PREFS_DATABASE_POOLER must be one of none, transaction"
 
 
+def test_the_database_layout_is_single_unless_set_and_an_unknown_one_is_refused(tmp_path):
+    assert load({"PREFS_DATA_DIR": str(tmp_path)}).database_layout == "single"
+    cluster = load({"PREFS_DATA_DIR": str(tmp_path), "PREFS_DATABASE_LAYOUT": "distributed"})
+    assert cluster.database_layout == "distributed"
+    with pytest.raises(SettingsError) as raised:
+        load({"PREFS_DATA_DIR": str(tmp_path), "PREFS_DATABASE_LAYOUT": "citus"})
+    assert str(raised.value) == "PREFS_DATABASE_LAYOUT must be one of single, distributed"
+
+
 def test_development_creates_owner_only_keys_and_reuses_them(tmp_path):
     data_dir = tmp_path / "fresh" / ".prefs"
     first = load({"PREFS_DATA_DIR": str(data_dir)})

@@ -83,6 +83,7 @@ def _lifespan(settings: Settings) -> Any:
             settings.lookup_misses_per_minute_per_key,
             settings.lookup_misses_per_minute_per_store,
             vault=app.state.vault,
+            routed=settings.database_layout == "distributed",
             settings_per_transaction=pooler == "transaction",
         )
         purger = asyncio.create_task(

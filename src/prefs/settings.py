@@ -73,6 +73,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # what stands between the service and PostgreSQL: "none", or a pooler in transaction mode
     # (PgBouncer's pool_mode = transaction), where a connection is ours for one transaction only
     database_pooler: str = "none"
+    # how the tables are laid out: "single" (one PostgreSQL) or "distributed" (a Citus cluster,
+    # docs/scale-out.md), where the till's lookup is sent as statements each of one shard group
+    database_layout: str = "single"
     max_body_bytes: int = 65_536
     purge_interval_seconds: int = 300
     expiry_interval_seconds: int = 60
@@ -253,6 +256,18 @@ def database_pooler(environ: Mapping[str, str]) -> str:
     return pooler
 
 
+LAYOUTS = ("single", "distributed")
+
+
+def database_layout(environ: Mapping[str, str]) -> str:
+    """PREFS_DATABASE_LAYOUT: ``single`` (one PostgreSQL: the till's lookup is one statement) or
+    ``distributed`` (a cluster: it is routed first, at the cost of a round trip per batch)."""
+    layout = environ.get("PREFS_DATABASE_LAYOUT", "").strip() or "single"
+    if layout not in LAYOUTS:
+        raise SettingsError("PREFS_DATABASE_LAYOUT must be one of " + ", ".join(LAYOUTS))
+    return layout
+
+
 def _text(environ: Mapping[str, str], name: str, default: str) -> str:
     """A text setting, stripped; unset or empty gives the default."""
     return environ.get(name, "").strip() or default
@@ -366,6 +381,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         pool_min_size=pool_min,
         pool_max_size=_int(environ, "PREFS_POOL_MAX_SIZE", 16, minimum=pool_min),
         database_pooler=database_pooler(environ),
+        database_layout=database_layout(environ),
         max_body_bytes=_int(environ, "PREFS_MAX_BODY_BYTES", 65_536, minimum=1024),
         purge_interval_seconds=_int(environ, "PREFS_PURGE_INTERVAL", 300, minimum=5),
         expiry_interval_seconds=_int(environ, "PREFS_EXPIRY_INTERVAL", 60, minimum=1),

@@ -18,6 +18,7 @@ class Database:
     # what the service under test is given: through PgBouncer when PREFS_TEST_POOLER=pgbouncer
     app_url: str = ""
     pooler: str = "none"
+    layout: str = "single"  # PREFS_TEST_LAYOUT: the tables' layout the service is told of
 
     @property
     def app_env(self) -> dict[str, str]:
@@ -25,6 +26,7 @@ class Database:
         return {
             "PREFS_DATABASE_URL": self.app_url or self.url,
             "PREFS_DATABASE_POOLER": self.pooler,
+            "PREFS_DATABASE_LAYOUT": self.layout,
         }
 
 

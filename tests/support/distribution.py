@@ -20,6 +20,8 @@ from typing import TypeVar
 
 from pglast import ast, enums, parse_sql, parser
 
+from prefs.pos import service as pos
+
 T = TypeVar("T")
 CUSTOMER = "customer_id"
 # the tables that hold one customer's rows, distributed by customer_id (test_schema_citus_ready
@@ -518,6 +520,17 @@ ALLOWED: dict[str, tuple[str, str]] = {
 # fingerprint -> (where, the change). None today: the till's lookup, the last, was split into
 # router statements (issue 20). A new one is listed here only with the change it needs.
 KNOWN_GAPS: dict[str, tuple[str, str]] = {}
+# Statements the service sends only on one PostgreSQL (PREFS_DATABASE_LAYOUT=single), never on a
+# cluster: there the till's lookup is ROUTE and LOOKUP_ROUTED instead of the one statement, which
+# reads the key's and store's misses and the customer's rows without their distribution columns
+# pinned (test_cluster_readiness checks that it still does: else the setting would be needless).
+# The suite sends both layouts' statements, whatever PREFS_TEST_LAYOUT says.
+SINGLE_NODE_ONLY = frozenset({pos.LOOKUP})
+
+
+def on_a_cluster(statements: Iterable[str]) -> list[str]:
+    """``statements`` but those a service on a cluster does not send (SINGLE_NODE_ONLY)."""
+    return [sql for sql in statements if sql not in SINGLE_NODE_ONLY]
 
 
 def report(statements: Iterable[str]) -> list[str]:

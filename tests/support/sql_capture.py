@@ -71,8 +71,8 @@ def read(path: str | Path) -> list[str]:
 
 
 if __name__ == "__main__":
-    from tests.support.distribution import report
+    from tests.support.distribution import on_a_cluster, report
 
-    found = report(read(sys.argv[1]))
+    found = report(on_a_cluster(read(sys.argv[1])))
     print("\n".join(found) or "every statement is single-shard, co-located or allowed")
     sys.exit(1 if found else 0)

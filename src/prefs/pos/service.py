@@ -1,12 +1,17 @@
 """The till lookup — the hot path. Lookups that arrive while a batch is in the database share
-the next batch (group commit, prefs.group_commit), and a batch is three statements and one commit
-whatever its size. ROUTE reads which stores the till keys belong to and which customers the
-cards and codes name; LOOKUP, given those, checks the keys and the miss throttle, finds the
-customers, checks consent and reads the granted fields, all in one snapshot; INSERT_SEALED
-records the disclosures, sealed under each customer's data key, and commits them before anyone
-is answered. Every table is read by its distribution column on a cluster (docs/scale-out.md):
-the keys, cards and codes by their hashes, the stores' misses by store, the customers' rows by
-customer_id. Misses are counted, and refused, by prefs.throttle."""
+the next batch (group commit, prefs.group_commit), and a batch is one lookup statement, one insert
+and one commit whatever its size. The lookup statement checks the keys and the miss throttle,
+finds the customers, checks consent and reads the granted fields, all in one snapshot;
+INSERT_SEALED records the disclosures, sealed under each customer's data key, and commits them
+before anyone is answered. Misses are counted, and refused, by prefs.throttle.
+
+The lookup statement follows the database's layout (PREFS_DATABASE_LAYOUT). On one PostgreSQL
+(``single``) it is LOOKUP, which joins the keys, cards, codes and customers' rows as it goes. On a
+cluster (``distributed``, docs/scale-out.md) every table must be read by its distribution column
+equal to a parameter: ROUTE first reads which stores the till keys belong to and which customers
+the cards and codes name, then LOOKUP_ROUTED reads the keys, cards and codes by their hashes, the
+stores' misses by store and the customers' rows by customer_id. The route is a round trip more
+per batch, which one node does not pay (docs/scale-out.md has the measured cost)."""
 
 from __future__ import annotations
 
@@ -29,12 +34,131 @@ from prefs.products import SharedPreference
 from prefs.sealed_preferences import shared, shown
 from prefs.throttle import MISS_WINDOW, NOT_FOUND, ThrottledTills, count_misses, throttled
 
-# A batch's route: the stores of its live till keys ($1), and the customers its cards ($2) and
-# codes ($3) name under any index key version. LOOKUP needs them before it can read a store's
-# misses by store or a customer's rows by customer_id, and they are known only once credentials,
-# card_index and checkout_codes are read. The route only narrows what LOOKUP reads: LOOKUP reads
-# the keys, cards and codes again and decides everything in its own snapshot, so a card that
-# moved or a code that ended in between is a miss, never an answer from the older read.
+# Both layouts' lookup statements end alike. Once each lookup with a live key has its key's row
+# (cred: the key's and its store's misses in the window) and what its card or code found (found,
+# at most one customer per lookup), the batch is judged: a lookup is refused when its key or store
+# has used up its misses ($7, $8), counting the misses of earlier lookups in the batch that were
+# not refused; every other lookup that found a customer is a hit, with a disclosure_id.
+_JUDGED = """judged AS MATERIALIZED (
+    SELECT j.*, CASE WHEN NOT (j.missed OR j.key_throttled OR j.store_throttled)
+                     THEN gen_random_uuid() END AS disclosure_id
+    FROM (
+        SELECT k.*, k.store_misses + count(*) FILTER (WHERE k.missed AND NOT k.key_throttled)
+                    OVER (PARTITION BY k.store ORDER BY k.i
+                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) >= $8::int
+                    AS store_throttled
+        FROM (
+            SELECT cred.*, f.customer_id, f.fields, f.preference_ids, f.via,
+                   f.i IS NULL AS missed,
+                   cred.key_misses + count(*) FILTER (WHERE f.i IS NULL)
+                       OVER (PARTITION BY cred.key_hash ORDER BY cred.i
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) >= $7::int
+                       AS key_throttled
+            FROM cred LEFT JOIN found f ON f.i = cred.i
+        ) k
+    ) j
+), hit AS NOT MATERIALIZED (
+    SELECT * FROM judged WHERE disclosure_id IS NOT NULL
+)"""
+
+
+def _per_lookup(preferences: str) -> str:
+    """Each hit's shown ``preferences`` (a query of sealed_preferences.shown carrying i) as
+    arrays in rank order, one row per lookup."""
+    return f"""SELECT s.i, array_agg(s.preference_id ORDER BY s.rank) AS ids,
+           array_agg(s.rank ORDER BY s.rank) AS ranks,
+           array_agg(s.status ORDER BY s.rank) AS statuses,
+           array_agg(s.product_ct ORDER BY s.rank) AS products,
+           array_agg(s.attributes_ct ORDER BY s.rank) AS attributes,
+           array_agg(s.note_ct ORDER BY s.rank) AS notes,
+           array_agg(s.sealed ORDER BY s.rank) AS sealed
+    FROM ({preferences}) s
+    GROUP BY s.i"""
+
+
+def _rows(keys: str) -> str:
+    """One row per judged lookup, a refused one carrying nothing of what was found; a hit's data
+    key comes from ``keys`` (customer_keys, or a CTE that read it), its preferences from shown."""
+    return f"""SELECT j.i, j.store, j.credential_id, j.display_name,
+       j.missed AND NOT (j.key_throttled OR j.store_throttled) AS counted_miss,
+       CASE WHEN j.store_throttled THEN 'store' WHEN j.key_throttled THEN 'key' END AS refused_by,
+       greatest(1, ceil(extract(epoch FROM CASE
+           WHEN j.store_throttled THEN coalesce(j.store_window, now())
+           WHEN j.key_throttled THEN coalesce(j.key_window, now())
+       END + {MISS_WINDOW} - now())))::int AS retry_after,
+       CASE WHEN j.disclosure_id IS NOT NULL THEN j.customer_id END AS customer_id,
+       CASE WHEN j.disclosure_id IS NOT NULL THEN j.fields END AS fields,
+       CASE WHEN j.disclosure_id IS NOT NULL THEN j.via END AS via,
+       k.generation, k.wrapped, j.disclosure_id, shown.ids, shown.ranks,
+       shown.statuses, shown.products, shown.attributes, shown.notes, shown.sealed,
+       {CATALOGUE_VERSION} AS catalogue_version
+FROM judged j
+LEFT JOIN {keys} k ON k.customer_id = j.customer_id AND j.disclosure_id IS NOT NULL
+LEFT JOIN shown ON shown.i = j.i
+"""
+
+
+# Lookup i of a batch sends its key hash ($1, $2) and the hashes of its card or code under
+# every index key version, primary first ($3, $4 or $5, $6; should versions disagree, the
+# primary's match wins); $7 and $8 are the misses per minute allowed per key and per store. Each
+# lookup whose key is live gets one row: refused (refused_by its store, else its key, with
+# retry_after) when its key or store has used up its misses, counting the misses of earlier
+# lookups in the batch that were not refused; otherwise its shown preferences as arrays in rank
+# order (NULLs when nothing is shown). A refused row carries nothing of what was found. A lookup
+# without a row had no live key. Every hit (a row with a disclosure_id) is logged, sealed under
+# its customer's data key, by the batch's next statement (INSERT_SEALED) before any lookup of the
+# batch is answered: no answer leaves without its committed record. Misses are counted
+# afterwards, by count_misses.
+#
+# LOOKUP is the layout ``single``'s: one statement, each table joined where it is needed.
+LOOKUP = f"""
+WITH cred AS MATERIALIZED (
+    SELECT r.i, r.key_hash, c.credential_id, c.display_name, c.store,
+           coalesce(mk.misses, 0) AS key_misses, mk.window_start AS key_window,
+           coalesce(ms.misses, 0) AS store_misses, ms.window_start AS store_window
+    FROM unnest($1::int[], $2::bytea[]) AS r(i, key_hash)
+    JOIN credentials c ON {live_key("c", "r.key_hash", "'pos'")}
+    LEFT JOIN key_misses mk ON mk.key_hash = r.key_hash
+        AND mk.window_start > now() - {MISS_WINDOW}
+    LEFT JOIN store_misses ms ON ms.store = c.store
+        AND ms.window_start > now() - {MISS_WINDOW}
+), bound AS (  -- a checkout code is bound to the first store whose till uses it
+    UPDATE checkout_codes k SET store = cred.store
+    FROM unnest($5::int[], $6::bytea[]) AS h(i, code_hash) JOIN cred ON cred.i = h.i
+    WHERE k.code_hash = h.code_hash AND k.store IS NULL AND k.expires_at > now()
+      AND cred.key_misses < $7::int AND cred.store_misses < $8::int
+    RETURNING k.code_hash, k.store
+), found AS MATERIALIZED (
+    SELECT DISTINCT ON (f.i) f.* FROM (  -- card_index: proven cards only (prefs.cards)
+        SELECT h.i, h.n, ci.customer_id, g.fields, g.preference_ids, 'card' AS via
+        FROM unnest($3::int[], $4::bytea[]) WITH ORDINALITY AS h(i, card_hash, n)
+        JOIN card_index ci ON ci.card_hash = h.card_hash
+        JOIN consents g ON g.customer_id = ci.customer_id AND g.audience = 'pos'
+        WHERE {IN_FORCE}
+        UNION ALL
+        SELECT h.i, h.n, k.customer_id, k.fields, k.preference_ids, 'code'
+        FROM unnest($5::int[], $6::bytea[]) WITH ORDINALITY AS h(i, code_hash, n)
+        JOIN cred ON cred.i = h.i
+        CROSS JOIN LATERAL (  -- one index probe per code, never a scan of all live codes
+            SELECT * FROM checkout_codes k
+            WHERE k.code_hash = h.code_hash AND k.expires_at > now() OFFSET 0
+        ) k
+        WHERE coalesce(k.store, (SELECT b.store FROM bound b WHERE b.code_hash = k.code_hash))
+              = cred.store
+    ) f
+    ORDER BY f.i, f.n
+), {_JUDGED}, shown AS MATERIALIZED (
+    {_per_lookup(shown("i"))}
+)
+{_rows("customer_keys")}"""
+
+# The layout ``distributed``'s route: the stores of a batch's live till keys ($1), and the
+# customers its cards ($2) and codes ($3) name under any index key version. LOOKUP_ROUTED needs
+# them before it can read a store's misses by store or a customer's rows by customer_id, and they
+# are known only once credentials, card_index and checkout_codes are read. The route only narrows
+# what LOOKUP_ROUTED reads: that reads the keys, cards and codes again and decides everything in
+# its own snapshot, so a card that moved or a code that ended in between is a miss, never an
+# answer from the older read.
 ROUTE = f"""
 SELECT array(
            SELECT DISTINCT c.store FROM unnest($1::bytea[]) AS r(key_hash)
@@ -46,26 +170,15 @@ SELECT array(
            SELECT k.customer_id FROM checkout_codes k WHERE k.code_hash = ANY($3::bytea[])
        ) AS customers
 """
-# Lookup i of a batch sends its key hash ($1, $2) and the hashes of its card or code under
-# every index key version, primary first ($3, $4 or $5, $6; should versions disagree, the
-# primary's match wins); $7 and $8 are the misses per minute allowed per key and per store; $9
-# and $10 are the batch's customers and stores as ROUTE found them (a card or code whose
-# customer is not among them is a miss). Each lookup whose key is live gets one row: refused
-# (refused_by its store, else its key, with retry_after) when its key or store has used up its
-# misses, counting the misses of earlier lookups in the batch that were not refused; otherwise
-# its shown preferences as arrays in rank order (NULLs when nothing is shown). A refused row
-# carries nothing of what was found. A lookup without a row had no live key. Every hit (a row
-# with a disclosure_id) is logged, sealed under its customer's data key, by the batch's last
-# statement (INSERT_SEALED) before any lookup of the batch is answered: no answer leaves without
-# its committed record. Misses are counted afterwards, by count_misses.
-#
-# Each table of a shard group is read by its distribution column equal to a parameter, once per
-# batch (docs/scale-out.md): key_misses, store_misses, card_index, checkout_codes (read, then
-# bound) each on their own, and the customers' rows from customer_keys by customer_id with their
-# consents and preferences joined on it. The rest joins what was read, in memory. The reads by
-# hash are MATERIALIZED so that each is one index scan for the whole batch: a probe per lookup
+# The layout ``distributed``'s lookup: LOOKUP's arguments and rows, and $9 and $10, the batch's
+# customers and stores as ROUTE found them (a card or code whose customer is not among them is a
+# miss). Each table of a shard group is read by its distribution column equal to a parameter,
+# once per batch (docs/scale-out.md): key_misses, store_misses, card_index, checkout_codes (read,
+# then bound) each on their own, and the customers' rows from customer_keys by customer_id with
+# their consents and preferences joined on it. The rest joins what was read, in memory. The reads
+# by hash are MATERIALIZED so that each is one index scan for the whole batch: a probe per lookup
 # that also carried the = ANY would sort the batch's array again for every probe.
-LOOKUP = f"""
+LOOKUP_ROUTED = f"""
 WITH key_window AS MATERIALIZED (
     SELECT mk.key_hash, mk.misses, mk.window_start FROM key_misses mk
     WHERE mk.key_hash = ANY($2::bytea[])
@@ -123,58 +236,14 @@ WITH key_window AS MATERIALIZED (
               = cred.store
     ) f
     ORDER BY f.i, f.n
-), judged AS MATERIALIZED (
-    SELECT j.*, CASE WHEN NOT (j.missed OR j.key_throttled OR j.store_throttled)
-                     THEN gen_random_uuid() END AS disclosure_id
-    FROM (
-        SELECT k.*, k.store_misses + count(*) FILTER (WHERE k.missed AND NOT k.key_throttled)
-                    OVER (PARTITION BY k.store ORDER BY k.i
-                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) >= $8::int
-                    AS store_throttled
-        FROM (
-            SELECT cred.*, f.customer_id, f.fields, f.preference_ids, f.via,
-                   f.i IS NULL AS missed,
-                   cred.key_misses + count(*) FILTER (WHERE f.i IS NULL)
-                       OVER (PARTITION BY cred.key_hash ORDER BY cred.i
-                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) >= $7::int
-                       AS key_throttled
-            FROM cred LEFT JOIN found f ON f.i = cred.i
-        ) k
-    ) j
-), hit AS NOT MATERIALIZED (
-    SELECT * FROM judged WHERE disclosure_id IS NOT NULL
-), shown AS MATERIALIZED (  -- each customer's preferences, read once for their hits
+), {_JUDGED}, shown AS MATERIALIZED (  -- each customer's preferences, read once for their hits
     SELECT s.* FROM customer_keys dk
     CROSS JOIN LATERAL (
-        SELECT s.i, array_agg(s.preference_id ORDER BY s.rank) AS ids,
-               array_agg(s.rank ORDER BY s.rank) AS ranks,
-               array_agg(s.status ORDER BY s.rank) AS statuses,
-               array_agg(s.product_ct ORDER BY s.rank) AS products,
-               array_agg(s.attributes_ct ORDER BY s.rank) AS attributes,
-               array_agg(s.note_ct ORDER BY s.rank) AS notes,
-               array_agg(s.sealed ORDER BY s.rank) AS sealed
-        FROM ({shown("i", customer="dk.customer_id")}) s
-        GROUP BY s.i
+        {_per_lookup(shown("i", customer="dk.customer_id"))}
     ) s
     WHERE dk.customer_id = ANY($9::uuid[])
 )
-SELECT j.i, j.store, j.credential_id, j.display_name,
-       j.missed AND NOT (j.key_throttled OR j.store_throttled) AS counted_miss,
-       CASE WHEN j.store_throttled THEN 'store' WHEN j.key_throttled THEN 'key' END AS refused_by,
-       greatest(1, ceil(extract(epoch FROM CASE
-           WHEN j.store_throttled THEN coalesce(j.store_window, now())
-           WHEN j.key_throttled THEN coalesce(j.key_window, now())
-       END + {MISS_WINDOW} - now())))::int AS retry_after,
-       CASE WHEN j.disclosure_id IS NOT NULL THEN j.customer_id END AS customer_id,
-       CASE WHEN j.disclosure_id IS NOT NULL THEN j.fields END AS fields,
-       CASE WHEN j.disclosure_id IS NOT NULL THEN j.via END AS via,
-       k.generation, k.wrapped, j.disclosure_id, shown.ids, shown.ranks,
-       shown.statuses, shown.products, shown.attributes, shown.notes, shown.sealed,
-       {CATALOGUE_VERSION} AS catalogue_version
-FROM judged j
-LEFT JOIN customer k ON k.customer_id = j.customer_id AND j.disclosure_id IS NOT NULL
-LEFT JOIN shown ON shown.i = j.i
-"""
+{_rows("customer")}"""
 
 
 def _log_visits(
@@ -231,13 +300,12 @@ def _arguments(batch: Sequence[Request]) -> tuple[list[Any], ...]:
     return list(range(len(batch))), keys, card_i, cards, code_i, codes
 
 
-# The lookup's plans (ROUTE's and LOOKUP's) depend on no parameter's value (the arrays are keys,
-# looked up by index), and planning them takes longer than running them: their connections keep
-# one generic plan of each. A plan lasts as long as the connection, so it must not depend on how
-# small a table was when it was made: every table is reached through an index. Disabling
-# sequential scans inflates the plan's cost past jit_above_cost, and a server built with LLVM
-# (Debian's PostgreSQL is) then compiles every lookup: about 1 s each. JIT is off on these
-# connections.
+# The lookup's plans depend on no parameter's value (the arrays are keys, looked up by index),
+# and planning them takes longer than running them: their connections keep one generic plan of
+# each statement. A plan lasts as long as the connection, so it must not depend on how small a
+# table was when it was made: every table is reached through an index. Disabling sequential scans
+# inflates the plan's cost past jit_above_cost, and a server built with LLVM (Debian's PostgreSQL
+# is) then compiles every lookup: about 1 s each. JIT is off on these connections.
 LOOKUP_SERVER_SETTINGS = {
     "plan_cache_mode": "force_generic_plan",
     "enable_seqscan": "off",
@@ -245,17 +313,18 @@ LOOKUP_SERVER_SETTINGS = {
 }
 # The same, for one transaction: behind a pooler in transaction mode a connection's session is
 # not ours between transactions (and PgBouncer refuses these as start-up parameters). There a
-# batch's route, lookup and log go in one transaction that begins with these, and each batch's
-# statements are planned again (their plans are not kept between transactions either).
+# batch's statements go in one transaction that begins with these, and are planned again for
+# each batch (their plans are not kept between transactions either).
 LOOKUP_LOCAL_SETTINGS = "; ".join(
     f"SET LOCAL {name} = {value}" for name, value in LOOKUP_SERVER_SETTINGS.items()
 )
 
 
 class LookupBatcher(GroupCommit[Request, "asyncpg.Record | None"]):
-    """Till lookups in group commit (prefs.group_commit), per worker process: each batch is its
-    route, one lookup statement, one insert of its hits' sealed access-log records (when any was
-    found) and one WAL flush; its misses are counted (prefs.throttle) before they are answered.
+    """Till lookups in group commit (prefs.group_commit), per worker process: each batch is one
+    lookup statement (after its route when ``routed``), one insert of its hits' sealed access-log
+    records (when any was found) and one WAL flush; its misses are counted (prefs.throttle)
+    before they are answered.
     """
 
     def __init__(
@@ -267,9 +336,12 @@ class LookupBatcher(GroupCommit[Request, "asyncpg.Record | None"]):
         misses_per_store: int = 120,
         *,
         vault: Vault,
+        routed: bool,
         settings_per_transaction: bool = False,
     ) -> None:
         super().__init__(pool, max_batch, in_flight)
+        # True on a cluster (PREFS_DATABASE_LAYOUT=distributed): ROUTE, then LOOKUP_ROUTED
+        self.routed = routed
         # True behind a transaction pooler: LOOKUP_LOCAL_SETTINGS in each batch's transaction
         self.settings_per_transaction = settings_per_transaction
         self.vault = vault  # seals each hit's access-log record under its customer's data key
@@ -295,20 +367,29 @@ class LookupBatcher(GroupCommit[Request, "asyncpg.Record | None"]):
     async def _lookup_and_log(
         self, conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record], requests: Sequence[Request]
     ) -> tuple[list[asyncpg.Record], dict[int, Exception]]:
-        arguments = _arguments(requests)
-        _, keys, _, cards, _, codes = arguments
-        route = await conn.fetchrow(ROUTE, keys, cards, codes)
-        assert route is not None  # one row, always
-        if not route["stores"]:
-            return [], {}  # no live key: each lookup is answered 401
-        self.statements += 1
-        rows: list[asyncpg.Record] = await conn.fetch(
-            LOOKUP, *arguments, *self.limits, route["customers"], route["stores"]
-        )
+        rows = await self._look_up(conn, requests)
         visits, broken = _log_visits(self.vault, rows)
         if visits[0]:
             await conn.execute(INSERT_SEALED, *visits)
         return rows, broken
+
+    async def _look_up(
+        self, conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record], requests: Sequence[Request]
+    ) -> list[asyncpg.Record]:
+        """The batch's rows: LOOKUP's, or when routed, ROUTE's and then LOOKUP_ROUTED's."""
+        arguments = _arguments(requests)
+        if not self.routed:
+            self.statements += 1
+            return await conn.fetch(LOOKUP, *arguments, *self.limits)
+        _, keys, _, cards, _, codes = arguments
+        route = await conn.fetchrow(ROUTE, keys, cards, codes)
+        assert route is not None  # one row, always
+        if not route["stores"]:
+            return []  # no live key: each lookup is answered 401
+        self.statements += 1
+        return await conn.fetch(
+            LOOKUP_ROUTED, *arguments, *self.limits, route["customers"], route["stores"]
+        )
 
     async def commit(
         self,
