@@ -4,7 +4,8 @@ counted, how long a refusal lasts, and what the till is told.
 
 The misses are counted in the database, under row locks, so the limits hold across every worker
 and every instance (count_misses). The till lookup judges its batch's misses inside its lookup
-statement (prefs.pos.service.LOOKUP, with MISS_WINDOW from here) and then has them counted here;
+statement (prefs.pos.service's LOOKUP or LOOKUP_ROUTED, with MISS_WINDOW from here) and then has
+them counted here;
 other till writes ask `refusal` first and answer a miss with `missed`, which counts it. Each process remembers
 refusals until their window ends (ThrottledTills), so a throttled till costs no round trip.
 """
