@@ -234,7 +234,7 @@ def skus(key: DataKey, rows: Sequence[Row]) -> list[str | None]:
     return [product_of(key, row).sku for row in rows]
 
 
-def shown(*carried: str, customer: str | None = None) -> str:
+def shown(*carried: str, customer: str | None = None, probe: bool = False) -> str:
     """The granted columns of the preferences a grant covers, for a CTE named ``hit`` that
     carries customer_id, fields and preference_ids (NULL meaning all); ``carried`` names more
     columns of ``hit`` to pass through. The sealed content comes where a row has it, and only
@@ -243,16 +243,25 @@ def shown(*carried: str, customer: str | None = None) -> str:
 
     ``customer``: the one customer to read, as a column of an outer query that read them by
     customer_id (for a ``hit`` of several customers that does not carry it from such a read):
-    on a cluster, the preferences are read on that customer's node."""
+    on a cluster, the preferences are read on that customer's node.
+
+    ``probe``: each hit's preferences read by its own index probe (a plan kept as long as its
+    connection, made while the tables were nearly empty, would otherwise read them all at once)."""
     extra = "".join(f"hit.{column}, " for column in carried)
     one = "" if customer is None else f" AND p.customer_id = {customer}"
+    reads = (
+        "hit CROSS JOIN LATERAL (SELECT * FROM preferences p "
+        f"WHERE p.customer_id = hit.customer_id{one} OFFSET 0) p"
+        if probe
+        else f"hit JOIN preferences p ON p.customer_id = hit.customer_id{one}"
+    )
     return f"""
     SELECT {extra}p.preference_id, p.rank, p.status, p.sealed,
            CASE WHEN p.sealed IS NULL THEN p.product_ct END AS product_ct,
            CASE WHEN p.sealed IS NULL AND 'attributes' = ANY(hit.fields)
                 THEN p.attributes_ct END AS attributes_ct,
            CASE WHEN p.sealed IS NULL AND 'note' = ANY(hit.fields) THEN p.note_ct END AS note_ct
-    FROM hit JOIN preferences p ON p.customer_id = hit.customer_id{one}
+    FROM {reads}
     WHERE hit.preference_ids IS NULL OR p.preference_id = ANY(hit.preference_ids)
 """
 

@@ -76,9 +76,16 @@ def _per_lookup(preferences: str) -> str:
     GROUP BY s.i"""
 
 
+PROBE_KEYS = """LEFT JOIN LATERAL (
+    SELECT k.generation, k.wrapped FROM customer_keys k
+    WHERE k.customer_id = j.customer_id AND j.disclosure_id IS NOT NULL OFFSET 0
+) k ON true"""
+
+
 def _rows(keys: str) -> str:
     """One row per judged lookup, a refused one carrying nothing of what was found; a hit's data
-    key comes from ``keys`` (customer_keys, or a CTE that read it), its preferences from shown."""
+    key comes from ``keys`` (a join naming ``k``: customer_keys probed per hit, or a CTE that
+    read them), its preferences from shown."""
     return f"""SELECT j.i, j.store, j.credential_id, j.display_name,
        j.missed AND NOT (j.key_throttled OR j.store_throttled) AS counted_miss,
        CASE WHEN j.store_throttled THEN 'store' WHEN j.key_throttled THEN 'key' END AS refused_by,
@@ -93,7 +100,7 @@ def _rows(keys: str) -> str:
        shown.statuses, shown.products, shown.attributes, shown.notes, shown.sealed,
        {CATALOGUE_VERSION} AS catalogue_version
 FROM judged j
-LEFT JOIN {keys} k ON k.customer_id = j.customer_id AND j.disclosure_id IS NOT NULL
+{keys}
 LEFT JOIN shown ON shown.i = j.i
 """
 
@@ -117,11 +124,17 @@ WITH cred AS MATERIALIZED (
            coalesce(mk.misses, 0) AS key_misses, mk.window_start AS key_window,
            coalesce(ms.misses, 0) AS store_misses, ms.window_start AS store_window
     FROM unnest($1::int[], $2::bytea[]) AS r(i, key_hash)
-    JOIN credentials c ON {live_key("c", "r.key_hash", "'pos'")}
-    LEFT JOIN key_misses mk ON mk.key_hash = r.key_hash
-        AND mk.window_start > now() - {MISS_WINDOW}
-    LEFT JOIN store_misses ms ON ms.store = c.store
-        AND ms.window_start > now() - {MISS_WINDOW}
+    CROSS JOIN LATERAL (
+        SELECT * FROM credentials c WHERE {live_key("c", "r.key_hash", "'pos'")} OFFSET 0
+    ) c
+    LEFT JOIN LATERAL (
+        SELECT * FROM key_misses mk
+        WHERE mk.key_hash = r.key_hash AND mk.window_start > now() - {MISS_WINDOW} OFFSET 0
+    ) mk ON true
+    LEFT JOIN LATERAL (
+        SELECT * FROM store_misses ms
+        WHERE ms.store = c.store AND ms.window_start > now() - {MISS_WINDOW} OFFSET 0
+    ) ms ON true
 ), bound AS (  -- a checkout code is bound to the first store whose till uses it
     UPDATE checkout_codes k SET store = cred.store
     FROM unnest($5::int[], $6::bytea[]) AS h(i, code_hash) JOIN cred ON cred.i = h.i
@@ -132,9 +145,13 @@ WITH cred AS MATERIALIZED (
     SELECT DISTINCT ON (f.i) f.* FROM (  -- card_index: proven cards only (prefs.cards)
         SELECT h.i, h.n, ci.customer_id, g.fields, g.preference_ids, 'card' AS via
         FROM unnest($3::int[], $4::bytea[]) WITH ORDINALITY AS h(i, card_hash, n)
-        JOIN card_index ci ON ci.card_hash = h.card_hash
-        JOIN consents g ON g.customer_id = ci.customer_id AND g.audience = 'pos'
-        WHERE {IN_FORCE}
+        CROSS JOIN LATERAL (
+            SELECT ci.customer_id FROM card_index ci WHERE ci.card_hash = h.card_hash OFFSET 0
+        ) ci
+        CROSS JOIN LATERAL (
+            SELECT g.fields, g.preference_ids FROM consents g
+            WHERE g.customer_id = ci.customer_id AND g.audience = 'pos' AND {IN_FORCE} OFFSET 0
+        ) g
         UNION ALL
         SELECT h.i, h.n, k.customer_id, k.fields, k.preference_ids, 'code'
         FROM unnest($5::int[], $6::bytea[]) WITH ORDINALITY AS h(i, code_hash, n)
@@ -148,9 +165,9 @@ WITH cred AS MATERIALIZED (
     ) f
     ORDER BY f.i, f.n
 ), {_JUDGED}, shown AS MATERIALIZED (
-    {_per_lookup(shown("i"))}
+    {_per_lookup(shown("i", probe=True))}
 )
-{_rows("customer_keys")}"""
+{_rows(PROBE_KEYS)}"""
 
 # The layout ``distributed``'s route: the stores of a batch's live till keys ($1), and the
 # customers its cards ($2) and codes ($3) name under any index key version. LOOKUP_ROUTED needs
@@ -243,7 +260,7 @@ WITH key_window AS MATERIALIZED (
     ) s
     WHERE dk.customer_id = ANY($9::uuid[])
 )
-{_rows("customer")}"""
+{_rows("LEFT JOIN customer k ON k.customer_id = j.customer_id AND j.disclosure_id IS NOT NULL")}"""
 
 
 def _log_visits(
