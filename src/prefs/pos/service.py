@@ -174,10 +174,11 @@ SELECT array(
 # customers and stores as ROUTE found them (a card or code whose customer is not among them is a
 # miss). Each table of a shard group is read by its distribution column equal to a parameter,
 # once per batch (docs/scale-out.md): key_misses, store_misses, card_index, checkout_codes (read,
-# then bound) each on their own, and the customers' rows from customer_keys by customer_id with
-# their consents and preferences joined on it. The rest joins what was read, in memory. The reads
-# by hash are MATERIALIZED so that each is one index scan for the whole batch: a probe per lookup
-# that also carried the = ANY would sort the batch's array again for every probe.
+# then bound), the customers' grants (consents) and data keys (customer_keys) each on their own,
+# and their preferences joined on customer_keys by customer_id. The rest joins what was read, in
+# memory. The reads by hash are MATERIALIZED so that each is one index scan for the whole batch:
+# a probe per lookup that also carried the = ANY would sort the batch's array again for every
+# probe.
 LOOKUP_ROUTED = f"""
 WITH key_window AS MATERIALIZED (
     SELECT mk.key_hash, mk.misses, mk.window_start FROM key_misses mk
@@ -214,24 +215,24 @@ WITH key_window AS MATERIALIZED (
     RETURNING k.code_hash, k.store
 ), card AS MATERIALIZED (  -- card_index: proven cards only (prefs.cards)
     SELECT ci.card_hash, ci.customer_id FROM card_index ci WHERE ci.card_hash = ANY($4::bytea[])
-), customer AS MATERIALIZED (  -- with their grant to tills in force, if any
-    SELECT dk.customer_id, dk.generation, dk.wrapped, g.fields, g.preference_ids
-    FROM customer_keys dk
-    LEFT JOIN consents g ON g.customer_id = dk.customer_id AND g.audience = 'pos' AND {IN_FORCE}
+), pos_grant AS MATERIALIZED (  -- their grants to tills in force
+    SELECT g.customer_id, g.fields, g.preference_ids FROM consents g
+    WHERE g.customer_id = ANY($9::uuid[]) AND g.audience = 'pos' AND {IN_FORCE}
+), data_key AS MATERIALIZED (  -- apart: a hit whose key row is gone fails alone, as in LOOKUP
+    SELECT dk.customer_id, dk.generation, dk.wrapped FROM customer_keys dk
     WHERE dk.customer_id = ANY($9::uuid[])
 ), found AS MATERIALIZED (
     SELECT DISTINCT ON (f.i) f.* FROM (
         SELECT h.i, h.n, ci.customer_id, g.fields, g.preference_ids, 'card' AS via
         FROM unnest($3::int[], $4::bytea[]) WITH ORDINALITY AS h(i, card_hash, n)
         JOIN card ci ON ci.card_hash = h.card_hash
-        JOIN customer g ON g.customer_id = ci.customer_id AND g.fields IS NOT NULL
+        JOIN pos_grant g ON g.customer_id = ci.customer_id
         UNION ALL
         SELECT h.i, h.n, k.customer_id, k.fields, k.preference_ids, 'code'
         FROM unnest($5::int[], $6::bytea[]) WITH ORDINALITY AS h(i, code_hash, n)
         JOIN cred ON cred.i = h.i
         JOIN code k ON k.code_hash = h.code_hash
-        JOIN customer ON customer.customer_id = k.customer_id
-        WHERE k.expires_at > now()
+        WHERE k.expires_at > now() AND k.customer_id = ANY($9::uuid[])
           AND coalesce(k.store, (SELECT b.store FROM bound b WHERE b.code_hash = k.code_hash))
               = cred.store
     ) f
@@ -243,7 +244,7 @@ WITH key_window AS MATERIALIZED (
     ) s
     WHERE dk.customer_id = ANY($9::uuid[])
 )
-{_rows("customer")}"""
+{_rows("data_key")}"""
 
 
 def _log_visits(
@@ -260,6 +261,8 @@ def _log_visits(
         if disclosure_id is None:
             continue
         try:
+            if row["wrapped"] is None:  # its key row is gone: as unreadable as a damaged one
+                raise DecryptionError
             key = vault.envelope.unwrap(row["customer_id"], row["generation"], row["wrapped"])
         except DecryptionError as error:
             broken[row["i"]] = error
