@@ -29,6 +29,7 @@ from prefs.throttle import ThrottledTills
 from tests.support.customer import checkout_code, grant
 from tests.support.stores import fresh_store
 from tests.support.till import disclosures, fresh_card, shopper, till_key, visits
+from tests.test_lookup_batching import LOOKUP_TYPES, generic_plan, reads
 
 
 @pytest.fixture(params=[False, True], ids=["single", "distributed"])
@@ -337,3 +338,37 @@ async def test_a_till_refused_within_its_batch_binds_no_code(
     assert isinstance(refused, TooManyRequests)
     assert await code_store(conn, vault, code) is None
     assert isinstance(await lookup(batcher, vault, tills, key_b, None, code), LookupResult)
+
+
+async def empty_plan_reads(conn: asyncpg.Connection, statement: str, types: list[str]) -> Any:
+    """What ``statement``'s kept generic plan reads when made on empty, analyzed tables: copies
+    of the lookup's tables in a schema of their own, first on the search path, all rolled back
+    (ANALYZE writes a table's size in place, outside any transaction: never the real tables)."""
+    tables = ["credentials", "key_misses", "store_misses", "checkout_codes", "card_index"]
+    tables += ["consents", "customer_keys", "preferences", "catalogue_state"]
+    empty = conn.transaction()
+    await empty.start()
+    try:
+        await conn.execute(
+            "CREATE SCHEMA review_empty; SET LOCAL search_path = review_empty, public"
+        )
+        for table in tables:
+            await conn.execute(
+                f"CREATE TABLE review_empty.{table} (LIKE public.{table} INCLUDING ALL)"
+            )
+        await conn.execute(f"ANALYZE {', '.join(tables)}")
+        return reads(await generic_plan(conn, statement, types))
+    finally:
+        await empty.rollback()
+
+
+async def test_the_routed_statements_kept_plans_read_by_key_even_when_planned_on_empty_tables(
+    conn,
+):
+    """A lookup connection keeps its generic plan while the tables grow: planned when the till's
+    tables were empty, ROUTE and LOOKUP_ROUTED still read every table by its key, never a whole
+    index."""
+    route = await empty_plan_reads(conn, ROUTE, ["bytea[]"] * 3)
+    routed = await empty_plan_reads(conn, LOOKUP_ROUTED, [*LOOKUP_TYPES, "uuid[]", "text[]"])
+    whole = [read for read in route + routed if not read[1] and read[0] != "catalogue_state"]
+    assert whole == [], whole

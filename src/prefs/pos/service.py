@@ -161,8 +161,8 @@ WITH cred AS MATERIALIZED (
 # answer from the older read.
 ROUTE = f"""
 SELECT array(
-           SELECT DISTINCT c.store FROM unnest($1::bytea[]) AS r(key_hash)
-           JOIN credentials c ON {live_key("c", "r.key_hash", "'pos'")}
+           SELECT DISTINCT c.store FROM credentials c
+           WHERE {live_key("c", "ANY($1::bytea[])", "'pos'")}
        ) AS stores,
        array(
            SELECT ci.customer_id FROM card_index ci WHERE ci.card_hash = ANY($2::bytea[])
@@ -175,10 +175,12 @@ SELECT array(
 # miss). Each table of a shard group is read by its distribution column equal to a parameter,
 # once per batch (docs/scale-out.md): key_misses, store_misses, card_index, checkout_codes (read,
 # then bound), the customers' grants (consents) and data keys (customer_keys) each on their own,
-# and their preferences joined on customer_keys by customer_id. The rest joins what was read, in
-# memory. The reads by hash are MATERIALIZED so that each is one index scan for the whole batch:
-# a probe per lookup that also carried the = ANY would sort the batch's array again for every
-# probe.
+# and their preferences joined on customer_keys by customer_id; the till keys (credentials, a
+# reference table) by their hashes too. The rest joins what was read, in memory. The reads by hash
+# are MATERIALIZED so that each is one index scan for the whole batch: a probe per lookup that also
+# carried the = ANY would sort the batch's array again for every probe. A read by = ANY stays an
+# index scan by its key however small the table was when the kept plan was made; a join there
+# turns into a hash join over the whole index when the table is nearly empty.
 LOOKUP_ROUTED = f"""
 WITH key_window AS MATERIALIZED (
     SELECT mk.key_hash, mk.misses, mk.window_start FROM key_misses mk
@@ -186,12 +188,15 @@ WITH key_window AS MATERIALIZED (
 ), store_window AS MATERIALIZED (
     SELECT ms.store, ms.misses, ms.window_start FROM store_misses ms
     WHERE ms.store = ANY($10::text[])
+), till AS MATERIALIZED (
+    SELECT c.key_hash, c.credential_id, c.display_name, c.store FROM credentials c
+    WHERE {live_key("c", "ANY($2::bytea[])", "'pos'")}
 ), cred AS MATERIALIZED (
     SELECT r.i, r.key_hash, c.credential_id, c.display_name, c.store,
            coalesce(mk.misses, 0) AS key_misses, mk.window_start AS key_window,
            coalesce(ms.misses, 0) AS store_misses, ms.window_start AS store_window
     FROM unnest($1::int[], $2::bytea[]) AS r(i, key_hash)
-    JOIN credentials c ON {live_key("c", "r.key_hash", "'pos'")}
+    JOIN till c ON c.key_hash = r.key_hash
     LEFT JOIN key_window mk ON mk.key_hash = r.key_hash
         AND mk.window_start > now() - {MISS_WINDOW}
     LEFT JOIN store_window ms ON ms.store = c.store
