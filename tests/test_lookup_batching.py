@@ -385,15 +385,17 @@ async def test_what_a_batch_reads_by_hash_or_customer_is_one_index_scan_by_its_a
     assert sorted(route) == [
         ("card_index", "(card_hash = ANY ($2))"),
         ("checkout_codes", "(code_hash = ANY ($3))"),
-        ("credentials", "(key_hash = r.key_hash)"),
+        ("credentials", "(key_hash = ANY ($1))"),
     ]
     lookup = reads(await generic_plan(conn, LOOKUP_ROUTED, [*LOOKUP_TYPES, "uuid[]", "text[]"]))
     by_array = {
+        "credentials": ["(key_hash = ANY ($2))"],
         "key_misses": ["(key_hash = ANY ($2))"],
         "store_misses": ["(store = ANY ($10))"],
         "card_index": ["(card_hash = ANY ($4))"],
+        "consents": ["((customer_id = ANY ($9)) AND (audience = 'pos'::text))"],
         "checkout_codes": ["(code_hash = ANY ($6))"] * 2,  # read, then bound
-        "customer_keys": ["(customer_id = ANY ($9))"] * 2,  # with the grant; the preferences
+        "customer_keys": ["(customer_id = ANY ($9))"] * 2,  # the data keys; the preferences
     }
     for table, conditions in by_array.items():
         assert sorted(c for t, c in lookup if t == table) == conditions, (table, lookup)

@@ -178,8 +178,8 @@ WITH cred AS MATERIALIZED (
 # answer from the older read.
 ROUTE = f"""
 SELECT array(
-           SELECT DISTINCT c.store FROM unnest($1::bytea[]) AS r(key_hash)
-           JOIN credentials c ON {live_key("c", "r.key_hash", "'pos'")}
+           SELECT DISTINCT c.store FROM credentials c
+           WHERE {live_key("c", "ANY($1::bytea[])", "'pos'")}
        ) AS stores,
        array(
            SELECT ci.customer_id FROM card_index ci WHERE ci.card_hash = ANY($2::bytea[])
@@ -191,10 +191,13 @@ SELECT array(
 # customers and stores as ROUTE found them (a card or code whose customer is not among them is a
 # miss). Each table of a shard group is read by its distribution column equal to a parameter,
 # once per batch (docs/scale-out.md): key_misses, store_misses, card_index, checkout_codes (read,
-# then bound) each on their own, and the customers' rows from customer_keys by customer_id with
-# their consents and preferences joined on it. The rest joins what was read, in memory. The reads
-# by hash are MATERIALIZED so that each is one index scan for the whole batch: a probe per lookup
-# that also carried the = ANY would sort the batch's array again for every probe.
+# then bound), the customers' grants (consents) and data keys (customer_keys) each on their own,
+# and their preferences joined on customer_keys by customer_id; the till keys (credentials, a
+# reference table) by their hashes too. The rest joins what was read, in memory. The reads by hash
+# are MATERIALIZED so that each is one index scan for the whole batch: a probe per lookup that also
+# carried the = ANY would sort the batch's array again for every probe. A read by = ANY stays an
+# index scan by its key however small the table was when the kept plan was made; a join there
+# turns into a hash join over the whole index when the table is nearly empty.
 LOOKUP_ROUTED = f"""
 WITH key_window AS MATERIALIZED (
     SELECT mk.key_hash, mk.misses, mk.window_start FROM key_misses mk
@@ -202,12 +205,15 @@ WITH key_window AS MATERIALIZED (
 ), store_window AS MATERIALIZED (
     SELECT ms.store, ms.misses, ms.window_start FROM store_misses ms
     WHERE ms.store = ANY($10::text[])
+), till AS MATERIALIZED (
+    SELECT c.key_hash, c.credential_id, c.display_name, c.store FROM credentials c
+    WHERE {live_key("c", "ANY($2::bytea[])", "'pos'")}
 ), cred AS MATERIALIZED (
     SELECT r.i, r.key_hash, c.credential_id, c.display_name, c.store,
            coalesce(mk.misses, 0) AS key_misses, mk.window_start AS key_window,
            coalesce(ms.misses, 0) AS store_misses, ms.window_start AS store_window
     FROM unnest($1::int[], $2::bytea[]) AS r(i, key_hash)
-    JOIN credentials c ON {live_key("c", "r.key_hash", "'pos'")}
+    JOIN till c ON c.key_hash = r.key_hash
     LEFT JOIN key_window mk ON mk.key_hash = r.key_hash
         AND mk.window_start > now() - {MISS_WINDOW}
     LEFT JOIN store_window ms ON ms.store = c.store
@@ -231,24 +237,24 @@ WITH key_window AS MATERIALIZED (
     RETURNING k.code_hash, k.store
 ), card AS MATERIALIZED (  -- card_index: proven cards only (prefs.cards)
     SELECT ci.card_hash, ci.customer_id FROM card_index ci WHERE ci.card_hash = ANY($4::bytea[])
-), customer AS MATERIALIZED (  -- with their grant to tills in force, if any
-    SELECT dk.customer_id, dk.generation, dk.wrapped, g.fields, g.preference_ids
-    FROM customer_keys dk
-    LEFT JOIN consents g ON g.customer_id = dk.customer_id AND g.audience = 'pos' AND {IN_FORCE}
+), pos_grant AS MATERIALIZED (  -- their grants to tills in force
+    SELECT g.customer_id, g.fields, g.preference_ids FROM consents g
+    WHERE g.customer_id = ANY($9::uuid[]) AND g.audience = 'pos' AND {IN_FORCE}
+), data_key AS MATERIALIZED (  -- apart: a hit whose key row is gone fails alone, as in LOOKUP
+    SELECT dk.customer_id, dk.generation, dk.wrapped FROM customer_keys dk
     WHERE dk.customer_id = ANY($9::uuid[])
 ), found AS MATERIALIZED (
     SELECT DISTINCT ON (f.i) f.* FROM (
         SELECT h.i, h.n, ci.customer_id, g.fields, g.preference_ids, 'card' AS via
         FROM unnest($3::int[], $4::bytea[]) WITH ORDINALITY AS h(i, card_hash, n)
         JOIN card ci ON ci.card_hash = h.card_hash
-        JOIN customer g ON g.customer_id = ci.customer_id AND g.fields IS NOT NULL
+        JOIN pos_grant g ON g.customer_id = ci.customer_id
         UNION ALL
         SELECT h.i, h.n, k.customer_id, k.fields, k.preference_ids, 'code'
         FROM unnest($5::int[], $6::bytea[]) WITH ORDINALITY AS h(i, code_hash, n)
         JOIN cred ON cred.i = h.i
         JOIN code k ON k.code_hash = h.code_hash
-        JOIN customer ON customer.customer_id = k.customer_id
-        WHERE k.expires_at > now()
+        WHERE k.expires_at > now() AND k.customer_id = ANY($9::uuid[])
           AND coalesce(k.store, (SELECT b.store FROM bound b WHERE b.code_hash = k.code_hash))
               = cred.store
     ) f
@@ -260,7 +266,7 @@ WITH key_window AS MATERIALIZED (
     ) s
     WHERE dk.customer_id = ANY($9::uuid[])
 )
-{_rows("LEFT JOIN customer k ON k.customer_id = j.customer_id AND j.disclosure_id IS NOT NULL")}"""
+{_rows("LEFT JOIN data_key k ON k.customer_id = j.customer_id AND j.disclosure_id IS NOT NULL")}"""
 
 
 def _log_visits(
@@ -277,6 +283,8 @@ def _log_visits(
         if disclosure_id is None:
             continue
         try:
+            if row["wrapped"] is None:  # its key row is gone: as unreadable as a damaged one
+                raise DecryptionError
             key = vault.envelope.unwrap(row["customer_id"], row["generation"], row["wrapped"])
         except DecryptionError as error:
             broken[row["i"]] = error
