@@ -328,7 +328,9 @@ def _arguments(batch: Sequence[Request]) -> tuple[list[Any], ...]:
 # The lookup's plans depend on no parameter's value (the arrays are keys, looked up by index),
 # and planning them takes longer than running them: their connections keep one generic plan of
 # each statement. A plan lasts as long as the connection, so it must not depend on how small a
-# table was when it was made: every table is reached through an index. Disabling sequential scans
+# table was when it was made: every table is reached through an index, by a probe from what the
+# till sent (LOOKUP's LATERAL … OFFSET 0 subqueries, which no table size turns into a read of a
+# whole index joined afterwards; tests/test_lookup_batching.py plans it on nearly empty tables). Disabling sequential scans
 # inflates the plan's cost past jit_above_cost, and a server built with LLVM (Debian's PostgreSQL
 # is) then compiles every lookup: about 1 s each. JIT is off on these connections.
 LOOKUP_SERVER_SETTINGS = {
