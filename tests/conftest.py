@@ -208,3 +208,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Browser tests last: Playwright's sync API holds an event loop on the main thread while
     it runs, which the session-scoped asyncio fixtures of the other tests must not meet."""
     items.sort(key=lambda item: "tests/browser/" in item.nodeid.replace("\\", "/"))
+
+
+@pytest.fixture(params=[False, True], ids=["single", "distributed"])
+def routed(request: pytest.FixtureRequest) -> bool:
+    """Whether a test's own lookup batcher routes its lookups (PREFS_DATABASE_LAYOUT=distributed):
+    a test taking it runs with both layouts' statements."""
+    routed: bool = request.param
+    return routed

@@ -35,14 +35,6 @@ from tests.support.stores import fresh_store
 from tests.support.till import disclosures, fresh_card, shopper, till_key, visits
 
 
-@pytest.fixture(params=[False, True], ids=["single", "distributed"])
-def routed(request: pytest.FixtureRequest) -> bool:
-    """Whether the batcher routes its lookups (PREFS_DATABASE_LAYOUT=distributed): each test runs
-    with both layouts' statements."""
-    routed: bool = request.param
-    return routed
-
-
 @pytest.fixture
 async def pool(database) -> AsyncIterator[asyncpg.Pool]:
     connections = await db.create_pool(database.url, 1, 2, LOOKUP_SERVER_SETTINGS)

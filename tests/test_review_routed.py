@@ -32,12 +32,6 @@ from tests.support.till import disclosures, fresh_card, shopper, till_key, visit
 from tests.test_lookup_batching import LOOKUP_TYPES, generic_plan, reads
 
 
-@pytest.fixture(params=[False, True], ids=["single", "distributed"])
-def routed(request: pytest.FixtureRequest) -> bool:
-    routed: bool = request.param
-    return routed
-
-
 @pytest.fixture
 async def pools(database) -> AsyncIterator[list[asyncpg.Pool]]:
     """Two pools: the connections of two worker processes."""
