@@ -147,7 +147,8 @@ class LeanLookup(ASGIMiddleware):
 
     def __init__(self) -> None:
         super().__init__()
-        self._app: ASGIApp | None = None
+        # its errors answered by the route's exception handlers, inside the app's middleware
+        self._app = wrap_in_exception_handler(self._answer)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         state = scope["litestar_app"].state
@@ -166,8 +167,6 @@ class LeanLookup(ASGIMiddleware):
         except (msgspec.MsgspecError, Problem):  # the route says what is wrong, in its order
             await next_app(scope, _replay(messages, receive), send)
             return
-        if self._app is None:  # its errors answered by the route's exception handlers
-            self._app = wrap_in_exception_handler(self._answer)
         scope["state"]["lean_lookup"] = (secret, card, code)
         LeanLookup.served += 1
         await self._app(scope, receive, send)
