@@ -89,12 +89,16 @@ def _pool_with(extra: dict[str, str], lookup_only: bool = False) -> Any:
     create_pool = db.create_pool
 
     async def create(
-        url: str, min_size: int, max_size: int, server_settings: dict[str, str] | None = None
+        url: str,
+        min_size: int,
+        max_size: int,
+        server_settings: dict[str, str] | None = None,
+        **options: Any,
     ) -> asyncpg.Pool:
         settings = dict(server_settings or {})
         if not lookup_only or settings.get("plan_cache_mode") == "force_generic_plan":
             settings.update(extra)
-        return await create_pool(url, min_size, max_size, settings)
+        return await create_pool(url, min_size, max_size, settings, **options)
 
     return create
 

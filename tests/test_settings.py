@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import multiprocessing
 import stat
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -230,6 +232,44 @@ def test_development_creates_owner_only_keys_and_reuses_them(tmp_path):
         "master.keys",
         "receipt.keys",
     ]
+
+
+def _start_on(data_dir: str, barrier: Any, results: Any) -> None:
+    """One process starting on ``data_dir``: what it reads of its keys and its token issuer's
+    key, or the error it met."""
+    barrier.wait()
+    try:
+        settings = load({"PREFS_DATA_DIR": data_dir})
+        issuer = DevIssuer(settings.dev_issuer_key_path)
+    except Exception as error:
+        results.put(repr(error))
+    else:
+        keys = (settings.master_keys, settings.index_keys, settings.receipt_keys)
+        results.put(repr((*keys, issuer.public_jwk["x"])))
+
+
+def test_processes_starting_together_on_a_new_data_dir_all_read_the_same_whole_keys(tmp_path):
+    """`prefs serve --workers 2` on a fresh data dir: each worker creates the keys it does not
+    find. None may read a key file another is still writing, or fail because another created it
+    first, and all must end up with the same keys."""
+    processes = 6
+    context = multiprocessing.get_context("fork")
+    for attempt in range(15):
+        data_dir = str(tmp_path / str(attempt) / ".prefs")
+        barrier, results = context.Barrier(processes), context.SimpleQueue()
+        started = [
+            context.Process(target=_start_on, args=(data_dir, barrier, results))
+            for _ in range(processes)
+        ]
+        for process in started:
+            process.start()
+        read = [results.get() for _ in started]
+        for process in started:
+            process.join()
+        assert len(set(read)) == 1, f"attempt {attempt}: {sorted(set(read))}"
+        assert "Error" not in read[0], read[0]
+        files = sorted(p.name for p in Path(data_dir).iterdir())
+        assert files == ["dev-issuer.pem", "index.key", "master.keys", "receipt.keys"]
 
 
 def test_development_keys_differ_between_data_directories(tmp_path):

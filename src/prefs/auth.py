@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 from collections.abc import Mapping
@@ -22,7 +21,7 @@ from litestar.handlers.base import BaseRouteHandler
 from prefs import credentials
 from prefs.credentials import Credential, Kind
 from prefs.crypto import BlindIndex
-from prefs.settings import DEV_AUDIENCE, DEV_ISSUER, TOKEN_ALGORITHMS, Settings
+from prefs.settings import DEV_AUDIENCE, DEV_ISSUER, TOKEN_ALGORITHMS, Settings, create_once
 
 ALGORITHMS = TOKEN_ALGORITHMS
 DEV_KID = "prefs-dev-1"
@@ -49,21 +48,12 @@ class DevIssuer:
     """The embedded development token issuer: an Ed25519 key kept under the data dir."""
 
     def __init__(self, key_path: Path) -> None:
-        if not key_path.exists():
-            key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            pem = Ed25519PrivateKey.generate().private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-            try:
-                fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(pem)
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        pem = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        key = serialization.load_pem_private_key(create_once(key_path, pem), password=None)
         assert isinstance(key, Ed25519PrivateKey)
         self._key = key
         public = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key()))

@@ -194,16 +194,37 @@ def _new_keyring_entry(version: int) -> str:
     return f"{version}:{base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()}"
 
 
+def create_once(path: Path, content: bytes) -> bytes:
+    """The content of ``path``, written (owner-only) with ``content`` if it does not exist yet.
+
+    Several processes may start at once on a new data dir (``prefs serve --workers 2``): the
+    file appears whole or not at all (written aside, then linked into place, which fails if
+    another process linked first), so no process reads a half-written key, and all read the
+    same one."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        scratch = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(scratch, path)
+            except FileExistsError:
+                pass  # another process's key is the key
+        finally:
+            scratch.unlink()
+    return path.read_bytes()
+
+
 def _dev_secret(data_dir: Path, name: str) -> str:
     """Read a development key file, creating it (owner-only) on first use."""
-    path = data_dir / name
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        data_dir.chmod(0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(_new_keyring_entry(1) + "\n")
-    return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data_dir.chmod(0o700)
+    entry = (_new_keyring_entry(1) + "\n").encode()
+    return create_once(data_dir / name, entry).decode().strip()
 
 
 def _oidc(
