@@ -272,6 +272,18 @@ def test_processes_starting_together_on_a_new_data_dir_all_read_the_same_whole_k
         assert files == ["dev-issuer.pem", "index.key", "master.keys", "receipt.keys"]
 
 
+def test_later_starts_leave_the_data_dirs_permissions_as_the_embedded_database_set_them(tmp_path):
+    """Run as root, the embedded PostgreSQL runs as its own user and opens the data dir for it
+    to traverse on its first start. A later start that made the dir owner-only again would lock
+    the database out of its own files (pg_ctl: Permission denied)."""
+    data_dir = tmp_path / ".prefs"
+    load({"PREFS_DATA_DIR": str(data_dir)})
+    assert mode(data_dir) == 0o700
+    data_dir.chmod(0o755)  # what pgserver does for its user
+    load({"PREFS_DATA_DIR": str(data_dir)})
+    assert mode(data_dir) == 0o755
+
+
 def test_development_keys_differ_between_data_directories(tmp_path):
     one = load({"PREFS_DATA_DIR": str(tmp_path / "one")})
     two = load({"PREFS_DATA_DIR": str(tmp_path / "two")})

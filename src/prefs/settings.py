@@ -220,11 +220,14 @@ def create_once(path: Path, content: bytes) -> bytes:
 
 
 def _dev_secret(data_dir: Path, name: str) -> str:
-    """Read a development key file, creating it (owner-only) on first use."""
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    data_dir.chmod(0o700)
-    entry = (_new_keyring_entry(1) + "\n").encode()
-    return create_once(data_dir / name, entry).decode().strip()
+    """Read a development key file, creating it (owner-only) on first use. The data dir is
+    made owner-only only then: the embedded PostgreSQL, run as its own user when prefs runs as
+    root, opens it for that user to traverse on its first start, and must find it so after."""
+    path = data_dir / name
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data_dir.chmod(0o700)
+    return create_once(path, (_new_keyring_entry(1) + "\n").encode()).decode().strip()
 
 
 def _oidc(
