@@ -68,7 +68,7 @@ def _clear_log_fetch() -> Any:
 
     async def fetch(
         self: pos.LookupBatcher, conn: Any, requests: Any
-    ) -> tuple[list[asyncpg.Record], dict[int, Exception]]:
+    ) -> tuple[list[asyncpg.Record], dict[int, Any]]:
         arguments = [*pos._arguments(requests), *self.limits]
         if self.routed:
             _, keys, _, cards, _, codes, *_ = arguments
@@ -78,7 +78,15 @@ def _clear_log_fetch() -> Any:
             arguments += [route["customers"], route["stores"]]
         self.statements += 1
         rows = await conn.fetch(statements[self.routed], *arguments)
-        return rows, {}
+        answers: dict[int, Any] = {}
+        for row in rows:
+            if row["disclosure_id"] is not None:
+                catalogue = await self.catalogue.current(conn, row["catalogue_version"])
+                key = self.vault.envelope.unwrap(
+                    row["customer_id"], row["generation"], row["wrapped"]
+                )
+                answers[row["i"]] = pos._answer(row, key, catalogue)
+        return rows, answers
 
     return fetch
 

@@ -224,6 +224,36 @@ async def test_a_lookup_whose_data_key_cannot_be_unwrapped_fails_alone_and_unlog
     assert batcher.statements == 1
 
 
+async def test_no_lookup_is_answered_before_its_access_log_record_is_committed(
+    client, conn, new_customer, pool, vault, routed
+):
+    """The batch opens its hits' answers while their records are being inserted: none may be
+    handed over until the insert has returned, and a batch whose insert waits holds them all."""
+    key, shoppers = await granted_shoppers(client, conn, new_customer, 3)
+    batcher = LookupBatcher(
+        pool, 64, 1, misses_per_key=1000, misses_per_store=1000, vault=vault, routed=routed
+    )
+    throttle = ThrottledTills()
+    await conn.execute("BEGIN; LOCK TABLE access_log IN EXCLUSIVE MODE")
+    try:
+        waiting = [
+            asyncio.create_task(lookup(batcher, vault, throttle, key, plain(card), None))
+            for _, card, _ in shoppers
+        ]
+        await until_a_batch_waits_for_a_lock(conn)
+        await asyncio.sleep(0.2)  # time enough for an answer to get out, were it let out
+        assert not any(task.done() for task in waiting)
+        for customer, _, _ in shoppers:
+            assert await disclosures(conn, customer.id) == 0
+    finally:
+        await conn.execute("COMMIT")
+    answers = await asyncio.gather(*waiting)
+    for (customer, _, _), answer in zip(shoppers, answers, strict=True):
+        assert isinstance(answer, LookupResult) and answer.preferences
+        assert await disclosures(conn, customer.id) == 1
+    assert batcher.statements == 1
+
+
 async def test_a_lookup_cancelled_before_its_batch_is_not_sent_and_the_next_ones_are_answered(
     client, conn, new_customer, pool, vault, routed
 ):

@@ -16,8 +16,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import asyncpg
-
 from prefs.errors import Conflict
 from prefs.products import Status
 
@@ -70,11 +68,11 @@ class StatusCache:
         self.version = 0
         self.statuses: dict[str, Status] = {}
 
-    async def current(self, pool: asyncpg.Pool, version: int) -> Mapping[str, Status]:
-        """The statuses as of ``version`` (read again when an import has changed them)."""
+    async def current(self, db: Any, version: int) -> Mapping[str, Status]:
+        """The statuses as of ``version`` (read again, from ``db``, a pool or a connection,
+        when an import has changed them)."""
         if version != self.version:
-            async with pool.acquire() as conn:
-                row = await conn.fetchrow(ALL_STATUSES)
+            row = await db.fetchrow(ALL_STATUSES)
             assert row is not None
             self.statuses = {
                 sku: "discontinued" if gone else "available"

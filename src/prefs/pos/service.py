@@ -15,14 +15,15 @@ per batch, which one node does not pay (docs/scale-out.md has the measured cost)
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
 
 from prefs.credentials import live_key
-from prefs.crypto import DecryptionError, Vault, api_key_hash
+from prefs.crypto import DataKey, DecryptionError, Vault, api_key_hash
 from prefs.disclosures import INSERT_SEALED, Visit, seal
 from prefs.errors import NotFound, Unauthenticated
 from prefs.grants import IN_FORCE
@@ -30,7 +31,7 @@ from prefs.group_commit import GroupCommit, Queued
 from prefs.pos.schemas import LookupResult, TillPreference
 from prefs.product_status import VERSION as CATALOGUE_VERSION
 from prefs.product_status import StatusCache
-from prefs.products import SharedPreference
+from prefs.products import SharedPreference, Status
 from prefs.sealed_preferences import shared, shown
 from prefs.throttle import MISS_WINDOW, NOT_FOUND, ThrottledTills, count_misses, throttled
 
@@ -271,12 +272,14 @@ WITH key_window AS MATERIALIZED (
 
 def _log_visits(
     vault: Vault, rows: Sequence[asyncpg.Record]
-) -> tuple[list[Any], dict[int, Exception]]:
-    """The sealed access-log records of a batch's hits (INSERT_SEALED's arguments), and the error of
-    each hit whose data key cannot be unwrapped (that lookup fails alone, unlogged)."""
+) -> tuple[list[Any], dict[int, DataKey], dict[int, Exception]]:
+    """The sealed access-log records of a batch's hits (INSERT_SEALED's arguments), the data key
+    of each (by lookup, unwrapped once: it opens the preferences too), and the error of each hit
+    whose data key cannot be unwrapped (that lookup fails alone, unlogged)."""
     ids: list[uuid.UUID] = []
     customers: list[uuid.UUID] = []
     sealed: list[bytes] = []
+    keys: dict[int, DataKey] = {}
     broken: dict[int, Exception] = {}
     for row in rows:
         disclosure_id = row["disclosure_id"]
@@ -303,7 +306,36 @@ def _log_visits(
         ids.append(disclosure_id)
         customers.append(row["customer_id"])
         sealed.append(seal(key, disclosure_id, visit))
-    return [ids, customers, sealed], broken
+        keys[row["i"]] = key
+    return [ids, customers, sealed], keys, broken
+
+
+def _answer(
+    row: asyncpg.Record, data_key: DataKey, catalogue: Mapping[str, Status]
+) -> LookupResult:
+    """What a hit's till is shown: its preferences opened, with only the granted fields."""
+    fields = row["fields"]
+    return LookupResult(
+        via=row["via"],
+        fields=list(fields),
+        preferences=[
+            _for_till(rank, shared(data_key, fields, catalogue, *preference))
+            for rank, preference in enumerate(
+                zip(
+                    row["ids"] or (),
+                    row["ranks"] or (),
+                    row["statuses"] or (),
+                    row["products"] or (),
+                    row["attributes"] or (),
+                    row["notes"] or (),
+                    row["sealed"] or (),
+                    strict=True,
+                ),
+                start=1,
+            )
+        ],
+        disclosure_id=row["disclosure_id"],
+    )
 
 
 Hashes = Sequence[bytes]
@@ -347,7 +379,12 @@ LOOKUP_LOCAL_SETTINGS = "; ".join(
 )
 
 
-class LookupBatcher(GroupCommit[Request, "asyncpg.Record | None"]):
+# What a lookup's batch answers: a hit's answer, or the row of a lookup that found nothing to
+# show (refused, or a miss), or None (no live key).
+Looked = LookupResult | asyncpg.Record | None
+
+
+class LookupBatcher(GroupCommit[Request, Looked]):
     """Till lookups in group commit (prefs.group_commit), per worker process: each batch is one
     lookup statement (after its route when ``routed``), one insert of its hits' sealed access-log
     records (when any was found) and one WAL flush; its misses are counted (prefs.throttle)
@@ -376,15 +413,15 @@ class LookupBatcher(GroupCommit[Request, "asyncpg.Record | None"]):
         self.statements = 0  # lookup statements sent, for tests and the curious
         self.catalogue = StatusCache()  # the catalogue's statuses, as of the version last seen
 
-    async def fetch(self, key_hash: bytes, cards: Hashes, codes: Hashes) -> asyncpg.Record | None:
-        """The row of one lookup (None: no live key), from whichever batch carried it."""
+    async def fetch(self, key_hash: bytes, cards: Hashes, codes: Hashes) -> Looked:
+        """What one lookup found, from whichever batch carried it."""
         return await self.submit((key_hash, cards, codes))
 
     async def _fetch(
         self, conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record], requests: Sequence[Request]
-    ) -> tuple[list[asyncpg.Record], dict[int, Exception]]:
-        """The batch's rows, once the records of its hits are committed; and the lookups that
-        cannot be answered because their data key cannot be unwrapped."""
+    ) -> tuple[list[asyncpg.Record], dict[int, LookupResult | Exception]]:
+        """The batch's rows and, once the records of its hits are committed, each hit's answer
+        (or the error that fails it alone, such as a data key that cannot be unwrapped)."""
         if self.settings_per_transaction:
             async with conn.transaction():
                 await conn.execute(LOOKUP_LOCAL_SETTINGS)
@@ -393,12 +430,30 @@ class LookupBatcher(GroupCommit[Request, "asyncpg.Record | None"]):
 
     async def _lookup_and_log(
         self, conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record], requests: Sequence[Request]
-    ) -> tuple[list[asyncpg.Record], dict[int, Exception]]:
+    ) -> tuple[list[asyncpg.Record], dict[int, LookupResult | Exception]]:
         rows = await self._look_up(conn, requests)
-        visits, broken = _log_visits(self.vault, rows)
-        if visits[0]:
-            await conn.execute(INSERT_SEALED, *visits)
-        return rows, broken
+        visits, keys, broken = _log_visits(self.vault, rows)
+        answers: dict[int, LookupResult | Exception] = dict(broken)
+        if not keys:
+            return rows, answers
+        catalogue = await self.catalogue.current(conn, rows[0]["catalogue_version"])
+        # The hits' answers are opened while their records are committed: the insert goes out
+        # first (its task sends it on the loop's next turn, before this one goes on), and no
+        # answer leaves before it returns. The insert's task is awaited whatever happens, so the
+        # connection goes back to the pool only once the database is done with it.
+        insert = asyncio.ensure_future(conn.execute(INSERT_SEALED, *visits))
+        try:
+            await asyncio.sleep(0)
+            for row in rows:
+                key = keys.get(row["i"])
+                if key is not None:
+                    try:
+                        answers[row["i"]] = _answer(row, key, catalogue)
+                    except Exception as error:  # this lookup's own (a damaged ciphertext)
+                        answers[row["i"]] = error
+        finally:
+            await insert
+        return rows, answers
 
     async def _look_up(
         self, conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record], requests: Sequence[Request]
@@ -421,17 +476,21 @@ class LookupBatcher(GroupCommit[Request, "asyncpg.Record | None"]):
     async def commit(
         self,
         conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record],
-        batch: Sequence[Queued[Request, asyncpg.Record | None]],
+        batch: Sequence[Queued[Request, Looked]],
     ) -> None:
-        """Answer each lookup with its row; misses only once they are counted."""
-        rows, broken = await self._fetch(conn, [queued.request for queued in batch])
+        """Answer each lookup: a hit with what it is shown, anything else with its row, misses
+        only once they are counted."""
+        rows, answers = await self._fetch(conn, [queued.request for queued in batch])
         per_lookup: list[asyncpg.Record | None] = [None] * len(batch)
         for found in rows:
             per_lookup[found["i"]] = found
         misses = []
         for i, (queued, row) in enumerate(zip(batch, per_lookup, strict=True)):
-            if i in broken:
-                queued.fail(broken[i])  # its own: raised once
+            answer = answers.get(i)
+            if isinstance(answer, Exception):
+                queued.fail(answer)  # its own: raised once
+            elif answer is not None:
+                queued.settle(answer)
             elif row is not None and row["counted_miss"]:
                 misses.append((queued, row))
             else:
@@ -472,36 +531,12 @@ async def lookup(
     refused.check(key_hash)
     card_hashes: Hashes = vault.index.all_digests("card", card.encode()) if card else ()
     code_hashes: Hashes = vault.index.all_digests("checkout-code", code.encode()) if code else ()
-    row = await batcher.fetch(key_hash, card_hashes, code_hashes)
-    if row is None:
+    found = await batcher.fetch(key_hash, card_hashes, code_hashes)
+    if isinstance(found, LookupResult):
+        return found
+    if found is None:
         raise Unauthenticated("The API key is not valid.")
-    if row["refused_by"] is not None:
-        refused.remember(key_hash, row)
-        raise throttled(row["retry_after"])
-    if row["customer_id"] is None:
-        raise NotFound(NOT_FOUND)
-    customer_id: uuid.UUID = row["customer_id"]
-    data_key = vault.envelope.unwrap(customer_id, row["generation"], row["wrapped"])
-    fields = row["fields"]
-    catalogue = await batcher.catalogue.current(batcher.pool, row["catalogue_version"])
-    return LookupResult(
-        via=row["via"],
-        fields=list(fields),
-        preferences=[
-            _for_till(rank, shared(data_key, fields, catalogue, *preference))
-            for rank, preference in enumerate(
-                zip(
-                    row["ids"] or (),
-                    row["ranks"] or (),
-                    row["statuses"] or (),
-                    row["products"] or (),
-                    row["attributes"] or (),
-                    row["notes"] or (),
-                    row["sealed"] or (),
-                    strict=True,
-                ),
-                start=1,
-            )
-        ],
-        disclosure_id=row["disclosure_id"],
-    )
+    if found["refused_by"] is not None:
+        refused.remember(key_hash, found)
+        raise throttled(found["retry_after"])
+    raise NotFound(NOT_FOUND)
