@@ -7,6 +7,7 @@ the fields, the stale whole is dropped."""
 from __future__ import annotations
 
 import uuid
+from datetime import date
 from typing import Any
 
 import asyncpg
@@ -17,12 +18,17 @@ import pytest
 from prefs.crypto import DataKey, DecryptionError, Vault
 from prefs.customer_keys import data_key
 from prefs.preferences import service as preferences
+from prefs.products import Product, Source
 from prefs.sealed_preferences import (
     NO_SKU,
+    Content,
+    _Stored,
+    _StoredProduct,
     decrypt_attributes,
     decrypt_note,
     decrypt_product,
     open_sealed,
+    seal,
 )
 from tests.support.customer import grant, preferences_of
 from tests.support.rights import run_prefs
@@ -224,3 +230,23 @@ async def test_a_product_without_a_sku_reaches_the_previous_release_with_a_place
     await conn.execute("UPDATE preferences SET sealed = NULL WHERE preference_id = $1", pid)
     [mine] = await preferences_of(client, customer)
     assert mine["product"]["sku"] is None
+
+
+def test_a_preference_is_read_back_into_the_shapes_it_was_sealed_from():
+    """Opening reads the sealed content into unchecked mirrors of Content and Product (the checks
+    ran when it was written). A field added to either must be added to its mirror, or it would
+    be dropped, or refused, on the way back."""
+    assert _Stored.__struct_fields__ == Content.__struct_fields__
+    assert _StoredProduct.__struct_fields__ == Product.__struct_fields__
+    assert _StoredProduct.__struct_defaults__ == Product.__struct_defaults__
+    key = DataKey(uuid.uuid4(), 1, bytes(range(32)))
+    preference_id = uuid.uuid4()
+    content = Content(
+        product=Product(sku="CH-34", name="Classic Chino", brand="Acme", category="trousers"),
+        attributes={"waist": "34", "leg": "34"},
+        note="the old cut",
+        source=Source(kind="till", store="0421", purchased_on=date(2026, 11, 30)),
+    )
+    opened = open_sealed(key, preference_id, seal(key, preference_id, content))
+    assert opened == content
+    assert type(opened.product) is Product
