@@ -30,7 +30,7 @@ from prefs.pos.service import (
     lookup,
 )
 from prefs.throttle import ThrottledTills
-from tests.support.customer import checkout_code, grant
+from tests.support.customer import checkout_code, grant, keep
 from tests.support.stores import fresh_store
 from tests.support.till import disclosures, fresh_card, shopper, till_key, visits
 
@@ -252,6 +252,51 @@ async def test_no_lookup_is_answered_before_its_access_log_record_is_committed(
         assert isinstance(answer, LookupResult) and answer.preferences
         assert await disclosures(conn, customer.id) == 1
     assert batcher.statements == 1
+
+
+@pytest.mark.parametrize("per_transaction", [False, True], ids=["session", "pooler"])
+async def test_the_till_is_shown_each_products_own_catalogue_status(
+    client, conn, new_customer, database, vault, routed, per_transaction
+):
+    """A batch reads the catalogue's statuses on its own connection, where sequential scans are
+    off (LOOKUP_SERVER_SETTINGS, or SET LOCAL behind a pooler): a vacuumed catalogue's SKUs then
+    come by their index, in SKU order, whatever order its rows lie in. The statuses must come in
+    the same order as the SKUs, or a product is shown another one's status."""
+    prefix = f"ZZ-{uuid.uuid4().hex[:8]}-"
+    skus = [f"{prefix}{n:02}" for n in range(12)]
+    status = {sku: "discontinued" if n % 2 else "available" for n, sku in enumerate(skus)}
+    await conn.execute(  # the rows lie in the reverse of SKU order
+        "INSERT INTO catalogue_products (sku, name, status)"
+        " SELECT s, 'Chino', t FROM unnest($1::text[], $2::text[]) AS r(s, t)",
+        skus[::-1],
+        [status[sku] for sku in skus[::-1]],
+    )
+    await conn.execute("UPDATE catalogue_state SET version = version + 1")
+    await conn.execute("VACUUM (ANALYZE) catalogue_products")  # all visible: index-only scans
+    settings = None if per_transaction else LOOKUP_SERVER_SETTINGS
+    one = await db.create_pool(database.url, 1, 1, settings)
+    try:
+        card = fresh_card()
+        customer = await new_customer(card=card)
+        for sku in skus:
+            await keep(
+                client,
+                customer,
+                {"product": {"sku": sku, "name": "Chino"}, "attributes": {}, "status": status[sku]},
+            )
+        await grant(client, customer)
+        _, key = await till_key(conn)
+        batcher = LookupBatcher(
+            one, vault=vault, routed=routed, settings_per_transaction=per_transaction
+        )
+        answer = await lookup(batcher, vault, ThrottledTills(), key, plain(card), None)
+        assert isinstance(answer, LookupResult)
+        shown = {p.product.sku: p.status for p in answer.preferences}  # type: ignore[union-attr]
+        assert shown == status
+    finally:
+        await one.close()
+        await conn.execute("DELETE FROM catalogue_products WHERE starts_with(sku, $1)", prefix)
+        await conn.execute("UPDATE catalogue_state SET version = version + 1")
 
 
 async def test_a_lookup_cancelled_before_its_batch_is_not_sent_and_the_next_ones_are_answered(

@@ -20,11 +20,15 @@ from prefs.errors import Conflict
 from prefs.products import Status
 
 STATUSES = "SELECT sku, status FROM catalogue_products WHERE sku = ANY($1::text[])"
+# Both arrays from one read of the table, so in the same order: two reads may take different
+# paths (on the till's connections, where sequential scans are off, the SKUs alone come by their
+# index in SKU order and the statuses in the rows' order), which would pair each SKU with
+# another's status.
 ALL_STATUSES = """
 SELECT (SELECT version FROM catalogue_state) AS version,
-       coalesce((SELECT array_agg(sku) FROM catalogue_products), '{}') AS skus,
-       coalesce((SELECT array_agg(status = 'discontinued') FROM catalogue_products), '{}')
-           AS discontinued
+       coalesce(array_agg(sku), '{}') AS skus,
+       coalesce(array_agg(status = 'discontinued'), '{}') AS discontinued
+FROM catalogue_products
 """
 # for a statement that wants to say which catalogue it read: a scalar subquery
 VERSION = "(SELECT version FROM catalogue_state)"
