@@ -284,6 +284,20 @@ def test_later_starts_leave_the_data_dirs_permissions_as_the_embedded_database_s
     assert mode(data_dir) == 0o755
 
 
+def test_a_key_file_added_on_a_later_start_leaves_the_data_dirs_permissions_alone(tmp_path):
+    """A data dir from a release that kept fewer keys (receipt.keys came later) gets the new
+    key file on its next start; the embedded PostgreSQL already opened the dir for its user on
+    its first start, and must still find it open."""
+    data_dir = tmp_path / ".prefs"
+    load({"PREFS_DATA_DIR": str(data_dir)})
+    (data_dir / "pg").mkdir()  # the embedded database's first start
+    data_dir.chmod(0o755)  # what pgserver does for its user
+    (data_dir / "receipt.keys").unlink()  # not kept by the release that made the dir
+    load({"PREFS_DATA_DIR": str(data_dir)})
+    assert (data_dir / "receipt.keys").exists()
+    assert mode(data_dir) == 0o755
+
+
 def test_development_keys_differ_between_data_directories(tmp_path):
     one = load({"PREFS_DATA_DIR": str(tmp_path / "one")})
     two = load({"PREFS_DATA_DIR": str(tmp_path / "two")})

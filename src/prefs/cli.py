@@ -16,7 +16,14 @@ import click
 
 from prefs import db
 from prefs.catalogue import commands as catalogue_commands
-from prefs.settings import Settings, SettingsError, database_pooler, load, log_settings
+from prefs.settings import (
+    EMBEDDED_PGDATA,
+    Settings,
+    SettingsError,
+    database_pooler,
+    load,
+    log_settings,
+)
 from prefs.stores import commands as store_commands
 
 T = TypeVar("T")
@@ -43,7 +50,9 @@ class Database:
             except db.Unreachable as error:
                 raise click.ClickException(f"PREFS_DATABASE_URL: {error}") from None
             return self.settings.database_url
-        self.embedded = db.EmbeddedPostgres(self.settings.data_dir / "pg", db.embedded_settings())
+        self.embedded = db.EmbeddedPostgres(
+            self.settings.data_dir / EMBEDDED_PGDATA, db.embedded_settings()
+        )
         return self.embedded.start()
 
     def __exit__(self, *_: object) -> None:
@@ -93,7 +102,7 @@ def serve(host: str, port: int, workers: int) -> None:
         click.echo(f"prefs ({settings.env}) listening on {base}")
         click.echo(f"  web page: {base}/")
         click.echo(
-            f"  database: {'embedded PostgreSQL in ' + str(settings.data_dir / 'pg') if not os.environ.get('PREFS_DATABASE_URL') else 'PREFS_DATABASE_URL'}"
+            f"  database: {'embedded PostgreSQL in ' + str(settings.data_dir / EMBEDDED_PGDATA) if not os.environ.get('PREFS_DATABASE_URL') else 'PREFS_DATABASE_URL'}"
         )
         if settings.dev_issuer:
             click.echo("  a development customer token: uv run prefs token --subject alice")

@@ -219,12 +219,16 @@ def create_once(path: Path, content: bytes) -> bytes:
     return path.read_bytes()
 
 
+EMBEDDED_PGDATA = "pg"  # the embedded PostgreSQL's files, under the data dir
+
+
 def _dev_secret(data_dir: Path, name: str) -> str:
     """Read a development key file, creating it (owner-only) on first use. The data dir is
-    made owner-only only then: the embedded PostgreSQL, run as its own user when prefs runs as
-    root, opens it for that user to traverse on its first start, and must find it so after."""
+    made owner-only only then, and only before the embedded PostgreSQL first started in it: run
+    as its own user when prefs runs as root, it opens the dir for that user to traverse on its
+    first start, and must find it so after, also when a later release adds a key file."""
     path = data_dir / name
-    if not path.exists():
+    if not path.exists() and not (data_dir / EMBEDDED_PGDATA).exists():
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         data_dir.chmod(0o700)
     return create_once(path, (_new_keyring_entry(1) + "\n").encode()).decode().strip()
