@@ -214,6 +214,12 @@ def create_once(path: Path, content: bytes) -> bytes:
                 os.link(scratch, path)
             except FileExistsError:
                 pass  # another process's key is the key
+            else:  # the link survives a crash too, or a later start would make another key
+                directory = os.open(path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(directory)
+                finally:
+                    os.close(directory)
         finally:
             scratch.unlink()
     return path.read_bytes()

@@ -16,6 +16,7 @@ per batch, which one node does not pay (docs/scale-out.md has the measured cost)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -451,8 +452,11 @@ class LookupBatcher(GroupCommit[Request, Looked]):
                         answers[row["i"]] = _answer(row, key, catalogue)
                     except Exception as error:  # this lookup's own (a damaged ciphertext)
                         answers[row["i"]] = error
-        finally:
-            await insert
+        except BaseException:  # cancelled meanwhile: that stands, whatever the insert meets
+            with contextlib.suppress(Exception):
+                await insert
+            raise
+        await insert
         return rows, answers
 
     async def _look_up(
