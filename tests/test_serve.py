@@ -264,6 +264,22 @@ def test_a_bad_setting_stops_prefs_serve_with_one_line_before_the_database_is_to
     assert not (data_dir / "pg").exists(), "the embedded database was started (and migrated)"
 
 
+@pytest.mark.parametrize("name", ["master.keys", "index.key", "receipt.keys", "dev-issuer.pem"])
+def test_a_damaged_development_key_file_stops_prefs_serve_with_one_line_naming_it(tmp_path, name):
+    """A key file left empty (a crash while it was written, before keys were written aside and
+    linked into place) is named, before the database starts: never a traceback per worker."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)
+    (data_dir / name).write_text("")
+    result = prefs(
+        "serve", "--port", str(free_port()), env=clean_environment(PREFS_DATA_DIR=str(data_dir))
+    )
+    refused_with_one_line(result, str(data_dir / name))
+    assert "Traceback" not in result.stderr
+    assert not (data_dir / "pg").exists(), "the embedded database was started (and migrated)"
+    assert (data_dir / name).read_text() == "", "the damaged key was replaced"
+
+
 def test_production_refuses_one_key_for_both_keyrings_with_one_line(tmp_path):
     key = "1:" + "A" * 43
     env = production_environment(tmp_path, PREFS_MASTER_KEYS=key, PREFS_INDEX_KEY=key)

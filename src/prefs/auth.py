@@ -21,7 +21,14 @@ from litestar.handlers.base import BaseRouteHandler
 from prefs import credentials
 from prefs.credentials import Credential, Kind
 from prefs.crypto import BlindIndex
-from prefs.settings import DEV_AUDIENCE, DEV_ISSUER, TOKEN_ALGORITHMS, Settings, create_once
+from prefs.settings import (
+    DEV_AUDIENCE,
+    DEV_ISSUER,
+    TOKEN_ALGORITHMS,
+    Settings,
+    SettingsError,
+    create_once,
+)
 
 ALGORITHMS = TOKEN_ALGORITHMS
 DEV_KID = "prefs-dev-1"
@@ -53,8 +60,16 @@ class DevIssuer:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        key = serialization.load_pem_private_key(create_once(key_path, pem), password=None)
-        assert isinstance(key, Ed25519PrivateKey)
+        try:
+            key = serialization.load_pem_private_key(create_once(key_path, pem), password=None)
+        except (ValueError, TypeError):
+            key = None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise SettingsError(
+                f"{key_path} is not an unencrypted Ed25519 private key in PEM (the development "
+                "token issuer's key): restore it, or remove it to make a new one, which ends "
+                "the tokens the old one signed"
+            )
         self._key = key
         public = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key()))
         self.public_jwk: dict[str, Any] = {**public, "kid": DEV_KID, "alg": "EdDSA", "use": "sig"}

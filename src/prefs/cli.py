@@ -30,10 +30,17 @@ T = TypeVar("T")
 
 
 def _settings() -> Settings:
+    """The settings, and in development the token issuer's key, checked here: what is wrong is
+    one line before anything starts, not a traceback from each worker."""
+    from prefs.auth import DevIssuer
+
     try:
-        return load()
+        settings = load()
+        if settings.dev_issuer:
+            DevIssuer(settings.dev_issuer_key_path)
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
+    return settings
 
 
 class Database:

@@ -366,11 +366,14 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         if index is None:
             index_keys = _dev_secret(data_dir, "index.key")
             index = _keyring(index_keys, f"{data_dir / 'index.key'} (PREFS_INDEX_KEY is unset)")
-        receipt_keys = receipt_keys or _dev_secret(data_dir, "receipt.keys")
+    receipt_source = "PREFS_RECEIPT_KEYS"
+    if env == "development" and receipt_keys is None:
+        receipt_keys = _dev_secret(data_dir, "receipt.keys")
+        receipt_source = f"{data_dir / 'receipt.keys'} (PREFS_RECEIPT_KEYS is unset)"
     assert master is not None and index is not None
     oidc = _oidc(environ, env, jwt_issuer, jwt_audience)
     assert master_keys is not None and index_keys is not None and receipt_keys is not None
-    _keyring(receipt_keys, "PREFS_RECEIPT_KEYS")  # refused here, not when a receipt is signed
+    _keyring(receipt_keys, receipt_source)  # refused here, not when a receipt is signed
     if set(master.keys.values()) & set(index.keys.values()):
         # the keyrings are independent so that either can leak, or be rotated, without the other
         raise SettingsError(
