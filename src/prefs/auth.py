@@ -51,17 +51,18 @@ class ApiKey:
     secret: str
 
 
+def _new_key() -> bytes:
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
 class DevIssuer:
     """The embedded development token issuer: an Ed25519 key kept under the data dir."""
 
     def __init__(self, key_path: Path) -> None:
-        pem = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
         try:
-            key = serialization.load_pem_private_key(create_once(key_path, pem), password=None)
+            key = serialization.load_pem_private_key(create_once(key_path, _new_key), password=None)
         except (ValueError, TypeError):
             key = None
         if not isinstance(key, Ed25519PrivateKey):

@@ -9,7 +9,7 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -194,8 +194,9 @@ def _new_keyring_entry(version: int) -> str:
     return f"{version}:{base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()}"
 
 
-def create_once(path: Path, content: bytes) -> bytes:
-    """The content of ``path``, written (owner-only) with ``content`` if it does not exist yet.
+def create_once(path: Path, make: Callable[[], bytes]) -> bytes:
+    """The content of ``path``, written (owner-only) with what ``make`` returns if it does not
+    exist yet (a new key is made only then).
 
     Several processes may start at once on a new data dir (``prefs serve --workers 2``): the
     file appears whole or not at all (written aside, then linked into place, which fails if
@@ -207,7 +208,7 @@ def create_once(path: Path, content: bytes) -> bytes:
         fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(content)
+                handle.write(make())
                 handle.flush()
                 os.fsync(handle.fileno())
             try:
@@ -237,7 +238,7 @@ def _dev_secret(data_dir: Path, name: str) -> str:
     if not path.exists() and not (data_dir / EMBEDDED_PGDATA).exists():
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         data_dir.chmod(0o700)
-    return create_once(path, (_new_keyring_entry(1) + "\n").encode()).decode().strip()
+    return create_once(path, lambda: (_new_keyring_entry(1) + "\n").encode()).decode().strip()
 
 
 def _oidc(
