@@ -163,6 +163,10 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+# json.loads(…, object_pairs_hook=…) would build a decoder (and its scanner) for every body
+_CHECKING_DECODER = json.JSONDecoder(object_pairs_hook=_refuse_duplicate_keys)
+
+
 def check_json(body: bytes) -> None:
     """Refuse what the schema decoder would let through: repeated keys, absurd nesting."""
     if not body:
@@ -170,7 +174,7 @@ def check_json(body: bytes) -> None:
     if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _nesting(body) > MAX_JSON_DEPTH:
         raise InvalidInput(f"The JSON body nests deeper than {MAX_JSON_DEPTH} levels.")
     try:
-        json.loads(body.decode("utf-8"), object_pairs_hook=_refuse_duplicate_keys)  # strict UTF-8
+        _CHECKING_DECODER.decode(body.decode("utf-8"))  # strict UTF-8
     except (ValueError, RecursionError):
         raise InvalidInput("The body is not valid JSON.") from None
 
