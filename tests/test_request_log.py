@@ -3,7 +3,10 @@ request id, and nothing the caller sent; PREFS_REQUEST_LOG=off turns it off."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
+import logging
 import os
 import re
 import uuid
@@ -13,6 +16,7 @@ import httpx
 import pytest
 
 from prefs import credentials
+from prefs.observability import LoopBatchedHandler
 from tests.support.customer import bearer
 from tests.support.servers import prefs_serve
 from tests.support.stores import in_directory
@@ -110,3 +114,56 @@ async def test_prefs_request_log_off_leaves_the_other_logs_on(conn, issuer, sett
     entries = [json.loads(line) for line in output["stderr"].splitlines()]
     assert not [e for e in entries if e["logger"] == "prefs.requests"]
     assert any(e["msg"] == "Application startup complete." for e in entries), entries
+
+
+class CountingStream(io.StringIO):
+    """A real text stream that counts the writes it is given."""
+
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def batched_logger(stream: CountingStream) -> logging.Logger:
+    handler = LoopBatchedHandler()
+    handler.setStream(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger(f"prefs.test-batched-{uuid.uuid4()}")
+    logger.propagate = False
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+async def test_the_lines_of_one_event_loop_turn_go_to_stderr_in_one_write_on_the_next_turn():
+    """A line per request would cost the hot path a write to stderr each: the lines one turn
+    of the loop logs are written together, in order, one turn later."""
+    stream = CountingStream()
+    logger = batched_logger(stream)
+    for n in range(3):
+        logger.info("request %d", n)
+    assert (stream.getvalue(), stream.writes) == ("", 0)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert (stream.getvalue(), stream.writes) == ("request 0\nrequest 1\nrequest 2\n", 1)
+    logger.info("request 3")
+    logger.handlers[0].flush()  # as logging.shutdown does at exit: nothing pending is lost
+    assert (stream.getvalue().splitlines()[-1], stream.writes) == ("request 3", 2)
+
+
+def test_lines_logged_outside_an_event_loop_are_written_at_once_after_any_pending():
+    stream = CountingStream()
+    logger = batched_logger(stream)
+    logger.info("no loop here")
+    assert (stream.getvalue(), stream.writes) == ("no loop here\n", 1)
+
+    async def logs_then_returns() -> None:
+        logger.info("in the loop")
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(logs_then_returns())  # its flush is left scheduled, never run
+    loop.close()
+    logger.info("after the loop")
+    assert stream.getvalue().splitlines() == ["no loop here", "in the loop", "after the loop"]

@@ -287,10 +287,51 @@ class TextFormatter(logging.Formatter):
         return line if rid == "-" else f"{line} request_id={rid}"
 
 
+class LoopBatchedHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes the lines an event loop's turn logs in one write, on the
+    loop's next turn: a line per request would otherwise cost a write to stderr each (stderr is
+    line-buffered), a system call per request on the hot path. Lines logged outside a running
+    loop, and every line pending when the handler is flushed (at exit, by logging.shutdown), are
+    written at once. Order is kept: pending lines go out before any line written directly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:  # as logging.StreamHandler: a bad record is reported, not raised
+            self.handleError(record)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread: as a plain stream handler
+            self._pending.append(line)
+            self.flush()
+            return
+        self._pending.append(line)
+        if len(self._pending) == 1:
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            if self._pending:
+                lines, self._pending = "".join(self._pending), []
+                try:
+                    self.stream.write(lines)
+                except Exception:  # a closed or broken stderr loses these lines, never a request
+                    self.handleError(logging.makeLogRecord({"msg": "log lines lost"}))
+            super().flush()
+        finally:
+            self.release()
+
+
 def configure_logging(log: LogSettings) -> None:
     """Root logging to stderr, JSON lines by default (PREFS_LOG_FORMAT=text for people); the
     request log follows the root level unless PREFS_REQUEST_LOG=off."""
-    handler = logging.StreamHandler()
+    handler = LoopBatchedHandler()
     handler.setFormatter(JsonFormatter() if log.json_lines else TextFormatter())
     handler.formatter.converter = time.gmtime  # type: ignore[union-attr]
     root = logging.getLogger()
