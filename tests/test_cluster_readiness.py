@@ -173,7 +173,8 @@ async def test_every_statement_the_service_sends_is_single_shard_co_located_or_a
     # routed: the one-statement lookup is the single layout's
     for sent in (pos.ROUTE, pos.LOOKUP_ROUTED):
         assert sql_capture.STATEMENTS.get(sent, 0) - before.get(sent, 0) >= 4, sent[:60]
-    assert sql_capture.STATEMENTS.get(pos.LOOKUP, 0) == before.get(pos.LOOKUP, 0)
+    for single in (pos.LOOKUP, pos.LOOKUP_CARDS):
+        assert sql_capture.STATEMENTS.get(single, 0) == before.get(single, 0)
     for sent in (
         feeds.ENTRIES,
         feeds.CUSTOMER_OF,
@@ -199,10 +200,11 @@ def test_the_one_statement_lookup_leaves_one_shard_group_so_a_cluster_needs_the_
     """Why PREFS_DATABASE_LAYOUT=distributed is needed on a cluster: the single layout's lookup
     reads the till's store's misses and the customer's rows without their distribution columns
     pinned, and the check says so (a service on a cluster that sent it would fail the check)."""
-    found = distribution.problems(pos.LOOKUP)
-    for table in ("store_misses", "customer_keys", "consents", "preferences"):
-        assert any(f"{table} read without" in problem for problem in found), (table, found)
-    assert distribution.report([pos.LOOKUP])
+    for single in (pos.LOOKUP, pos.LOOKUP_CARDS):
+        found = distribution.problems(single)
+        for table in ("store_misses", "customer_keys", "consents", "preferences"):
+            assert any(f"{table} read without" in problem for problem in found), (table, found)
+        assert distribution.report([single])
 
 
 def test_what_the_allowlist_holds_still_leaves_one_shard_and_says_why():

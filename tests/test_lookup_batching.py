@@ -21,6 +21,7 @@ from prefs.errors import NotFound, Unauthenticated, Unavailable
 from prefs.pos.schemas import LookupResult
 from prefs.pos.service import (
     LOOKUP,
+    LOOKUP_CARDS,
     LOOKUP_LOCAL_SETTINGS,
     LOOKUP_ROUTED,
     LOOKUP_SERVER_SETTINGS,
@@ -365,18 +366,22 @@ async def test_the_lookup_statement_is_planned_once_and_kept(
             one, 64, 1, misses_per_key=1000, misses_per_store=1000, vault=vault, routed=routed
         )
         throttle = ThrottledTills()
+        code = (await checkout_code(client, customer))["code"]
         for _ in range(8):
             answer = await lookup(batcher, vault, throttle, key, plain(card), None)
+            assert isinstance(answer, LookupResult)
+            answer = await lookup(batcher, vault, throttle, key, None, code)
             assert isinstance(answer, LookupResult)
         async with one.acquire() as lookup_conn:
             plans = await lookup_conn.fetch(
                 "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
                 " WHERE statement = ANY($1::text[])",
-                [ROUTE, LOOKUP_ROUTED] if routed else [LOOKUP],
+                [ROUTE, LOOKUP_ROUTED] if routed else [LOOKUP, LOOKUP_CARDS],
             )
     finally:
         await one.close()
-    assert len(plans) == (2 if routed else 1)  # the route and the lookup, or the one lookup
+    # the route and the lookup, or the one lookup (for a batch of cards only, LOOKUP_CARDS)
+    assert len(plans) == 2
     assert all(p["custom_plans"] == 0 and p["generic_plans"] >= 1 for p in plans)
 
 
@@ -419,17 +424,21 @@ def reads(plan: Any) -> list[tuple[str, str]]:
 LOOKUP_TYPES = ["int[]", "bytea[]", "int[]", "bytea[]", "int[]", "bytea[]", "int", "int"]
 
 
+@pytest.mark.parametrize("codes", [True, False], ids=["LOOKUP", "LOOKUP_CARDS"])
 @pytest.mark.parametrize("tiny", [False, True], ids=["as-the-tables-are", "tables-nearly-empty"])
-async def test_the_one_lookup_statement_reaches_every_table_through_an_index(conn, tiny):
+async def test_the_one_lookup_statement_reaches_every_table_through_an_index(conn, tiny, codes):
     """LOOKUP (the layout single's) keeps its generic plan as long as its connection: every table
     it reads is reached through an index, however small the table was when the plan was made
-    (but catalogue_state, one row)."""
-    found = reads(await generic_plan(conn, LOOKUP, LOOKUP_TYPES, tiny=tiny))
+    (but catalogue_state, one row). So does LOOKUP_CARDS, its form for a batch of cards only."""
+    statement, types = (
+        (LOOKUP, LOOKUP_TYPES) if codes else (LOOKUP_CARDS, [*LOOKUP_TYPES[:4], "int", "int"])
+    )
+    found = reads(await generic_plan(conn, statement, types, tiny=tiny))
     assert {table for table, _ in found} >= {
         "credentials",
         "key_misses",
         "store_misses",
-        "checkout_codes",
+        *(["checkout_codes"] if codes else []),
         "card_index",
         "consents",
         "customer_keys",

@@ -521,11 +521,12 @@ ALLOWED: dict[str, tuple[str, str]] = {
 # router statements (issue 20). A new one is listed here only with the change it needs.
 KNOWN_GAPS: dict[str, tuple[str, str]] = {}
 # Statements the service sends only on one PostgreSQL (PREFS_DATABASE_LAYOUT=single), never on a
-# cluster: there the till's lookup is ROUTE and LOOKUP_ROUTED instead of the one statement, which
-# reads the key's and store's misses and the customer's rows without their distribution columns
-# pinned (test_cluster_readiness checks that it still does: else the setting would be needless).
+# cluster: there the till's lookup is ROUTE and LOOKUP_ROUTED instead of the one statement
+# (LOOKUP, or LOOKUP_CARDS for a batch of cards only), which reads the key's and store's misses
+# and the customer's rows without their distribution columns pinned (test_cluster_readiness
+# checks that it still does: else the setting would be needless).
 # The suite sends both layouts' statements, whatever PREFS_TEST_LAYOUT says.
-SINGLE_NODE_ONLY = frozenset({pos.LOOKUP})
+SINGLE_NODE_ONLY = frozenset({pos.LOOKUP, pos.LOOKUP_CARDS})
 
 
 def on_a_cluster(statements: Iterable[str]) -> list[str]:
