@@ -23,6 +23,8 @@ PREFS_VARIANTS (comma-separated) selects them:
                 commit still returns only once its WAL is flushed
   gather-N      a lookup batch waits N turns of the event loop before it takes its lookups, so
                 that lookups which arrived together (parsed in the same turns) go in one batch
+  spill-N       with in-flight-M: a batch beyond the first starts only while at least N lookups
+                wait (under load, batches overlap; a quiet till still waits for one batch only)
 
 Earlier variants (no pool reset query, an async API-key guard, cached associated-data bytes)
 measured gains and were adopted in src/.
@@ -40,11 +42,11 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from prefs import app, db
-from prefs.group_commit import GroupCommit
+from prefs.group_commit import GroupCommit, Queued, fail_all
 from prefs.pos import service as pos
 
 VARIANTS = {"plain", "no-metrics", "async-commit", "clear-log"}
-NUMBERED = ("in-flight-", "commit-delay-", "gather-")  # followed by a number
+NUMBERED = ("in-flight-", "commit-delay-", "gather-", "spill-")  # followed by a number
 
 # The lookup statement as it was before the access log was sealed: its own CTE logs every hit in
 # clear (the columns in clear are still there, nullable, until the contract revision).
@@ -136,6 +138,40 @@ def _gathering_drain(turns: int) -> Any:
     return drain
 
 
+def _spilling(least: int) -> tuple[Any, Any, Any]:
+    """GroupCommit's submit, _drained and _drain, a batch beyond the first started or kept going
+    only while at least ``least`` requests wait."""
+
+    def more(self: GroupCommit[Any, Any]) -> bool:
+        return self.running == 0 or (self.running < self.in_flight and len(self.queue) >= least)
+
+    async def submit(self: GroupCommit[Any, Any], request: Any) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.queue.append(Queued(request, future))
+        if more(self):
+            self._start()
+        return await future
+
+    def drained(self: GroupCommit[Any, Any], task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.running -= 1
+        if task.cancelled():
+            if not self.tasks:
+                fail_all(self.queue, RuntimeError("stopping"))
+                self.queue = []
+        elif self.queue and more(self):
+            self._start()
+
+    async def drain(self: GroupCommit[Any, Any]) -> None:
+        while self.queue and (self.running == 1 or len(self.queue) >= least):
+            batch, self.queue = self.queue[: self.max_batch], self.queue[self.max_batch :]
+            batch = [queued for queued in batch if not queued.future.done()]
+            if batch:
+                await self._run(batch)
+
+    return submit, drained, drain
+
+
 def apply(variants: set[str]) -> None:
     """Patch this process for the given variants."""
     unknown = {
@@ -157,6 +193,12 @@ def apply(variants: set[str]) -> None:
     turns = _number(variants, "gather-")
     if turns is not None:
         GroupCommit._drain = _gathering_drain(turns)  # type: ignore[method-assign]
+    least = _number(variants, "spill-")
+    if least is not None:
+        submit, drained, drain = _spilling(least)
+        GroupCommit.submit = submit  # type: ignore[method-assign]
+        GroupCommit._drained = drained  # type: ignore[method-assign]
+        GroupCommit._drain = drain  # type: ignore[method-assign]
     if "clear-log" in variants:
         pos.LookupBatcher._fetch = _clear_log_fetch()  # type: ignore[method-assign]
     if "no-metrics" in variants:
