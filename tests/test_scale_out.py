@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import threading
@@ -434,3 +436,26 @@ def test_one_idempotency_key_sent_to_each_instance_orders_once(cluster: Cluster)
     assert all(answer.status_code in (201, 409) for answer in answers), answers
     assert len({answer.content for answer in ordered}) == 1
     assert sum("idempotent-replayed" not in answer.headers for answer in ordered) == 1
+
+
+def test_a_request_whose_body_never_arrives_whole_is_answered_408_by_the_load_balancer(
+    cluster: Cluster,
+):
+    """prefs waits for a declared body as long as its client stays: the load balancer in front
+    (docs/deploy.md) answers a till that declares more than it sends, within its 10 s, as prefs
+    answers errors (problem+json), and closes the connection."""
+    with socket.create_connection(("127.0.0.1", cluster.haproxy.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /v1/pos/lookup HTTP/1.1\r\nHost: prefs\r\nAuthorization: Bearer pos_x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n" + b'{"card":'
+        )
+        started = time.monotonic()
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    waited = time.monotonic() - started
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer
+    assert b"content-type: application/problem+json" in head.lower(), head
+    assert json.loads(body)["type"] == "urn:prefs:problem:request-timeout"
+    assert 9 < waited < 20, waited

@@ -6,6 +6,7 @@ import contextlib
 import csv
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -71,6 +72,18 @@ class Instance:
                 self.process.wait()
 
 
+# A request (headers and body) must arrive whole within 10 s, or HAProxy answers 408 as prefs
+# would, problem+json: prefs (uvicorn) waits for a body as long as its client keeps the
+# connection, so a client that declares more than it sends would hold its connection forever.
+REQUEST_TIMEOUT = [
+    "    timeout http-request 10s",
+    "    option http-buffer-request",
+    "    http-error status 408 content-type application/problem+json string"
+    """ '{"type":"urn:prefs:problem:request-timeout","title":"Request timeout","status":408,"""
+    """"detail":"The request did not arrive whole within 10 s."}'""",
+]
+
+
 class HAProxy:
     """HAProxy on a free loopback port, round robin over ``instances``.
 
@@ -105,6 +118,7 @@ class HAProxy:
                 "    timeout client 60s",
                 "    timeout server 60s",
                 "    timeout http-keep-alive 10s",
+                *REQUEST_TIMEOUT,
                 "    retries 3",
                 "    retry-on conn-failure",
                 "    option redispatch 1",
@@ -139,11 +153,20 @@ class HAProxy:
                 [self.executable, "-db", "-f", str(config)], stdout=sink, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + 20
-        while not all(state == "UP" for state in self.states().values()):
+        # its servers up, and its frontend listening (it may start to a few ms after the checks)
+        while not (all(state == "UP" for state in self.states().values()) and self.accepting()):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"haproxy: servers not up: {output.read_text()}")
             time.sleep(0.1)
         return self
+
+    def accepting(self) -> bool:
+        """Whether the frontend takes connections."""
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            return False
+        return True
 
     def stats(self) -> list[dict[str, str]]:
         """HAProxy's statistics (CSV): one row per frontend, server and backend."""
