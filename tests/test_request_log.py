@@ -167,3 +167,43 @@ def test_lines_logged_outside_an_event_loop_are_written_at_once_after_any_pendin
     loop.close()
     logger.info("after the loop")
     assert stream.getvalue().splitlines() == ["no loop here", "in the loop", "after the loop"]
+
+
+async def test_each_worker_of_prefs_serve_writes_its_last_lines_when_stopped(settings, database):
+    """With --workers, SIGTERM stops each worker gracefully and uvicorn then re-raises the
+    signal in it, which ends the process at once: its last lines ("Application shutdown
+    complete.", "Finished server process [pid]") must already be written by then."""
+    with prefs_serve(serve_environment(settings, database.url), workers=2) as (_, output):
+        pass
+    messages = [json.loads(line)["msg"] for line in output["stderr"].splitlines()]
+
+    def workers(said: str) -> set[str]:
+        return {
+            m[1]
+            for m in map(re.compile(rf"{said} server process \[(\d+)\]").fullmatch, messages)
+            if m
+        }
+
+    assert workers("Started") and workers("Finished") == workers("Started"), messages
+
+
+def test_a_loop_closed_with_a_line_pending_leaves_the_next_loops_lines_written_on_its_turns():
+    """A loop stopped and closed in the turn a line was logged never runs that line's flush (the
+    line waits for the next write). Every later loop's lines must still go out on its own next
+    turn, not pile up until the process exits."""
+    stream = CountingStream()
+    logger = batched_logger(stream)
+    loop = asyncio.new_event_loop()
+    loop.call_soon(logger.info, "in the first loop")
+    loop.call_soon(loop.stop)  # the same turn: the flush the line scheduled never runs
+    loop.run_forever()
+    loop.close()
+    assert stream.getvalue() == ""
+
+    async def logs_then_looks() -> list[str]:
+        logger.info("in the second loop")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return stream.getvalue().splitlines()
+
+    assert asyncio.run(logs_then_looks()) == ["in the first loop", "in the second loop"]

@@ -72,13 +72,13 @@ PREFS = Path(sys.executable).parent / "prefs"
 
 
 @contextlib.contextmanager
-def prefs_serve(env: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
-    """`prefs serve` on a free port with ``env``; yields its URL and, once it has stopped (on
-    leaving the block), what it wrote to stdout and stderr."""
+def prefs_serve(env: dict[str, str], workers: int = 1) -> Iterator[tuple[str, dict[str, str]]]:
+    """`prefs serve` on a free port with ``env`` (and ``workers`` worker processes); yields its
+    URL and, once it has stopped (on leaving the block), what it wrote to stdout and stderr."""
     port = free_port()
     output: dict[str, str] = {}
     process = subprocess.Popen(
-        [str(PREFS), "serve", "--port", str(port)],
+        [str(PREFS), "serve", "--port", str(port), "--workers", str(workers)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
