@@ -127,10 +127,12 @@ class CountingStream(io.StringIO):
 
 
 def batched_logger(stream: CountingStream) -> logging.Logger:
-    handler = LoopBatchedHandler()
+    """A logger of its own whose lines the handler batches, as it does the request log's."""
+    name = f"prefs.test-batched-{uuid.uuid4()}"
+    handler = LoopBatchedHandler(batched=frozenset({name}))
     handler.setStream(stream)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger(f"prefs.test-batched-{uuid.uuid4()}")
+    logger = logging.getLogger(name)
     logger.propagate = False
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
@@ -207,3 +209,18 @@ def test_a_loop_closed_with_a_line_pending_leaves_the_next_loops_lines_written_o
         return stream.getvalue().splitlines()
 
     assert asyncio.run(logs_then_looks()) == ["in the first loop", "in the second loop"]
+
+
+async def test_a_line_of_another_logger_in_a_loop_is_written_at_once_after_the_pending_ones():
+    """Only the request log's lines wait for the next turn: uvicorn's last lines in a worker are
+    logged in the turn that ends the process."""
+    stream = CountingStream()
+    requests = batched_logger(stream)
+    handler = requests.handlers[0]
+    other = logging.getLogger(f"prefs.test-unbatched-{uuid.uuid4()}")
+    other.propagate = False
+    other.handlers[:] = [handler]
+    other.setLevel(logging.INFO)
+    requests.info("request 0")
+    other.info("Finished server process")
+    assert (stream.getvalue(), stream.writes) == ("request 0\nFinished server process\n", 1)

@@ -7,6 +7,7 @@ With several worker processes, metrics are aggregated through PROMETHEUS_MULTIPR
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import os
@@ -288,15 +289,23 @@ class TextFormatter(logging.Formatter):
 
 
 class LoopBatchedHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A stream handler that writes the lines an event loop's turn logs in one write, on the
-    loop's next turn: a line per request would otherwise cost a write to stderr each (stderr is
-    line-buffered), a system call per request on the hot path. Lines logged outside a running
-    loop, and every line pending when the handler is flushed (at exit, by logging.shutdown), are
-    written at once. Order is kept: pending lines go out before any line written directly."""
+    """A stream handler that writes the request lines an event loop's turn logs in one write, on
+    the loop's next turn: a line per request would otherwise cost a write to stderr each (stderr
+    is line-buffered), a system call per request on the hot path. Every other line (those of the
+    loggers not in ``batched``, and any logged outside a running loop) is written at once, and so
+    is every line pending when the handler is flushed (at exit, by logging.shutdown). Order is
+    kept: pending lines go out before any line written directly.
 
-    def __init__(self) -> None:
+    Only the request log waits: a worker process of `prefs serve --workers` ends the moment its
+    graceful shutdown is over (uvicorn raises SIGTERM again, and the worker's handler is the
+    default), in the turn that logs its last lines, so a line kept for the next turn there would
+    be lost."""
+
+    def __init__(self, batched: frozenset[str] = frozenset({request_log.name})) -> None:
         super().__init__()
+        self.batched = batched
         self._pending: list[str] = []
+        self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush waits on
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -304,19 +313,21 @@ class LoopBatchedHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:  # as logging.StreamHandler: a bad record is reported, not raised
             self.handleError(record)
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop in this thread: as a plain stream handler
-            self._pending.append(line)
-            self.flush()
-            return
         self._pending.append(line)
-        if len(self._pending) == 1:
+        loop = None
+        if record.name in self.batched:
+            with contextlib.suppress(RuntimeError):  # no loop in this thread: written at once
+                loop = asyncio.get_running_loop()
+        if loop is None:
+            self.flush()
+        elif self._flush_on is not loop:  # a loop closed before its flush ran waits no more
+            self._flush_on = loop
             loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self.acquire()
         try:
+            self._flush_on = None
             if self._pending:
                 lines, self._pending = "".join(self._pending), []
                 try:
