@@ -25,7 +25,7 @@ from prefs.pos.service import (
     _arguments,
     lookup,
 )
-from prefs.throttle import ThrottledTills
+from prefs.throttle import ThrottledTills, count_misses
 from tests.support.customer import checkout_code, grant
 from tests.support.stores import fresh_store
 from tests.support.till import disclosures, fresh_card, shopper, till_key, visits
@@ -423,3 +423,69 @@ async def test_the_routed_statements_kept_plans_read_by_key_even_when_planned_on
     routed = await empty_plan_reads(conn, LOOKUP_ROUTED, [*LOOKUP_TYPES, "uuid[]", "text[]"])
     whole = [read for read in route + routed if not read[1] and read[0] != "catalogue_state"]
     assert whole == [], whole
+
+
+@pytest.mark.parametrize("per_transaction", [False, True], ids=["autocommit", "pooler"])
+async def test_a_code_bound_by_a_batch_looked_up_again_stays_free_when_its_till_is_refused_then(
+    client, conn, new_customer, pools, vault, routed, per_transaction
+):
+    """A batch with an undecided lookup is looked up again one by one; the code a safe till
+    bound in the first look must not stay bound if that till, looked up again after another
+    worker counted its last misses, is refused: the code stays free for the next store."""
+    hit_customer, hit_card, _ = await shopper(new_customer, client)
+    await grant(client, hit_customer)
+    owner, _, _ = await shopper(new_customer, client)
+    code = (await checkout_code(client, owner))["code"]  # the safe till's
+    near, _, _ = await shopper(new_customer, client)
+    undecided_code = (await checkout_code(client, near))["code"]
+    store_a, store_b, store_u = fresh_store(), fresh_store(), fresh_store()
+    _, key_a = await till_key(conn, store_a)
+    _, key_b = await till_key(conn, store_b)
+    _, key_u = await till_key(conn, store_u)
+    per_key = 3
+    # till u one miss from its limit; till b with a miss row, held below while b is looked up
+    await count_misses(conn, [(api_key_hash(key_u), store_u)] * (per_key - 1), per_key, 1000)
+    await count_misses(conn, [(api_key_hash(key_b), store_b)], per_key, 1000)
+    batcher = LookupBatcher(
+        pools[0],
+        64,
+        1,
+        misses_per_key=per_key,
+        misses_per_store=1000,
+        vault=vault,
+        routed=routed,
+        settings_per_transaction=per_transaction,
+    )
+    tills = ThrottledTills()
+    await conn.execute("BEGIN")
+    await conn.execute(
+        "SELECT * FROM key_misses WHERE key_hash = $1 FOR UPDATE", api_key_hash(key_b)
+    )
+    try:
+        batch = [
+            asyncio.create_task(lookup(batcher, vault, tills, key_b, plain(fresh_card()), None)),
+            asyncio.create_task(lookup(batcher, vault, tills, key_a, None, code)),  # safe: binds
+            asyncio.create_task(lookup(batcher, vault, tills, key_u, plain(hit_card), None)),
+            asyncio.create_task(lookup(batcher, vault, tills, key_u, None, undecided_code)),
+        ]
+        for _ in range(500):  # the first look is over: b's miss, looked up alone, waits
+            waiting = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND pid <> pg_backend_pid()"
+            )
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            if waiting >= 1:
+                break
+            await asyncio.sleep(0.01)
+        assert waiting >= 1
+        async with pools[1].acquire() as other_worker:  # till a's misses, on another worker
+            await count_misses(
+                other_worker, [(api_key_hash(key_a), store_a)] * per_key, per_key, 1000
+            )
+    finally:
+        await conn.execute("COMMIT")
+    answers = await asyncio.gather(*batch, return_exceptions=True)
+    assert [type(a) for a in answers] == [NotFound, TooManyRequests, LookupResult, LookupResult]
+    assert batcher.statements == 1 + 4
+    assert await code_store(conn, vault, code) is None, "a refused till bound the code"
+    assert await disclosures(conn, owner.id) == 0
