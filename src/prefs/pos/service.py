@@ -485,6 +485,12 @@ class LookupBatcher(GroupCommit[Request, Looked]):
             async with conn.transaction():
                 await conn.execute(LOOKUP_LOCAL_SETTINGS)
                 return await self._lookup_and_log(conn, requests)
+        if len(requests) > 1 and any(codes for _, _, codes in requests):
+            # a batch that may bind codes may also be looked up again one by one (_Undecided):
+            # its binds are undone with it, else a till refused when looked up again (for misses
+            # another worker counted meanwhile) would keep the code the first look bound for it
+            async with conn.transaction():
+                return await self._lookup_and_log(conn, requests)
         return await self._lookup_and_log(conn, requests)
 
     async def _lookup_and_log(
@@ -492,7 +498,7 @@ class LookupBatcher(GroupCommit[Request, Looked]):
     ) -> tuple[list[asyncpg.Record], dict[int, LookupResult | Exception]]:
         rows = await self._look_up(conn, requests)
         if len(requests) > 1 and any(row["undecided"] for row in rows):
-            raise _Undecided  # before anything is logged or counted (behind a pooler: rolled back)
+            raise _Undecided  # before anything is logged or counted; its binds are rolled back
         visits, keys, broken = _log_visits(self.vault, rows)
         answers: dict[int, LookupResult | Exception] = dict(broken)
         if not keys:
