@@ -481,17 +481,16 @@ class LookupBatcher(GroupCommit[Request, Looked]):
     ) -> tuple[list[asyncpg.Record], dict[int, LookupResult | Exception]]:
         """The batch's rows and, once the records of its hits are committed, each hit's answer
         (or the error that fails it alone, such as a data key that cannot be unwrapped)."""
-        if self.settings_per_transaction:
-            async with conn.transaction():
+        # A batch that may bind codes may also be looked up again one by one (_Undecided): its
+        # binds are undone with it, else a till refused when looked up again (for misses another
+        # worker counted meanwhile) would keep the code the first look bound for it.
+        binds = len(requests) > 1 and any(codes for _, _, codes in requests)
+        if not (self.settings_per_transaction or binds):
+            return await self._lookup_and_log(conn, requests)
+        async with conn.transaction():
+            if self.settings_per_transaction:
                 await conn.execute(LOOKUP_LOCAL_SETTINGS)
-                return await self._lookup_and_log(conn, requests)
-        if len(requests) > 1 and any(codes for _, _, codes in requests):
-            # a batch that may bind codes may also be looked up again one by one (_Undecided):
-            # its binds are undone with it, else a till refused when looked up again (for misses
-            # another worker counted meanwhile) would keep the code the first look bound for it
-            async with conn.transaction():
-                return await self._lookup_and_log(conn, requests)
-        return await self._lookup_and_log(conn, requests)
+            return await self._lookup_and_log(conn, requests)
 
     async def _lookup_and_log(
         self, conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record], requests: Sequence[Request]
