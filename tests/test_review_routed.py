@@ -334,8 +334,9 @@ async def test_a_till_near_its_limit_is_shown_a_code_its_batch_could_not_judge_a
 ):
     """A till one miss from its limit uses a code after a hit and a miss in the same batch: the
     batch cannot know at once whether the code's lookup is refused (that depends on the lookups
-    before it), so it binds nothing and is looked up again one lookup at a time, in order. The
-    code's lookup is not refused (one miss before it), so it binds the code and is shown it."""
+    before it), so it binds nothing and is looked up again: the hit and the miss as a batch,
+    then the code's lookup. That is not refused (one miss before it), so it binds the code and
+    is shown it."""
     hit_customer, hit_card, _ = await shopper(new_customer, client)
     await grant(client, hit_customer)
     code_customer, _, _ = await shopper(new_customer, client)
@@ -353,7 +354,7 @@ async def test_a_till_near_its_limit_is_shown_a_code_its_batch_could_not_judge_a
     hit, miss, by_code = answers
     assert isinstance(hit, LookupResult) and isinstance(miss, NotFound), answers
     assert isinstance(by_code, LookupResult) and by_code.via == "code", answers
-    assert batcher.statements == 1 + 3  # the batch, then each of its lookups alone
+    assert batcher.statements == 1 + 2  # the batch, the two lookups before the code, the code
     assert await code_store(conn, vault, code) == store
     assert await disclosures(conn, hit_customer.id) == 1  # logged once, by its lookup alone
     assert await disclosures(conn, code_customer.id) == 1
@@ -367,6 +368,47 @@ async def test_a_till_near_its_limit_is_shown_a_code_its_batch_could_not_judge_a
         lookup(batcher, vault, tills, key, plain(hit_card), None), return_exceptions=True
     )
     assert isinstance(refused[0], TooManyRequests)
+
+
+async def test_a_till_that_makes_its_batch_undecided_costs_the_other_tills_two_looks_not_one_each(
+    client, conn, new_customer, pools, vault, routed
+):
+    """One till near its limit can make any batch it joins undecided (a hit, then a fresh code).
+    The other tills' lookups in that batch are answered by three looks in all (the batch, the
+    lookups before the undecided one, the rest), not one each, and each is answered as alone:
+    every hit shown and logged once, every miss counted once."""
+    shared_customer, shared_card, _ = await shopper(new_customer, client)
+    await grant(client, shared_customer)
+    near, _, _ = await shopper(new_customer, client)
+    fresh_code = (await checkout_code(client, near))["code"]
+    _, near_key = await till_key(conn, fresh_store())
+    others = [(await till_key(conn, fresh_store()))[1] for _ in range(12)]
+    batcher = batcher_of(pools[0], vault, routed, per_key=2, per_store=100)
+    await count_misses(conn, [(api_key_hash(near_key), "elsewhere")], 2, 100)  # one miss left
+    tills = ThrottledTills()
+    before = [lookup(batcher, vault, tills, key, plain(shared_card), None) for key in others[:6]]
+    misses = [lookup(batcher, vault, tills, key, plain(fresh_card()), None) for key in others[6:]]
+    answers = await asyncio.gather(
+        *before,
+        lookup(batcher, vault, tills, near_key, plain(shared_card), None),
+        lookup(batcher, vault, tills, near_key, None, fresh_code),  # undecided: one miss left
+        *misses,
+        return_exceptions=True,
+    )
+    assert [type(a).__name__ for a in answers] == ["LookupResult"] * 8 + ["NotFound"] * 6
+    assert answers[7].via == "code", answers[7]
+    assert batcher.statements == 3, "the other tills' lookups were looked up one by one"
+    assert await disclosures(conn, shared_customer.id) == 7  # six other tills and the near one
+    assert await disclosures(conn, near.id) == 1
+    for key in others[6:]:  # each miss counted once: one more is each key's last
+        miss = await asyncio.gather(
+            lookup(batcher, vault, tills, key, plain(fresh_card()), None), return_exceptions=True
+        )
+        assert isinstance(miss[0], NotFound), miss
+        refused = await asyncio.gather(
+            lookup(batcher, vault, tills, key, plain(shared_card), None), return_exceptions=True
+        )
+        assert isinstance(refused[0], TooManyRequests), refused
 
 
 async def test_the_first_store_in_a_batch_to_use_a_code_binds_it_when_its_till_is_safe(
@@ -429,9 +471,10 @@ async def test_the_routed_statements_kept_plans_read_by_key_even_when_planned_on
 async def test_a_code_bound_by_a_batch_looked_up_again_stays_free_when_its_till_is_refused_then(
     client, conn, new_customer, pools, vault, routed, per_transaction
 ):
-    """A batch with an undecided lookup is looked up again one by one; the code a safe till
-    bound in the first look must not stay bound if that till, looked up again after another
-    worker counted its last misses, is refused: the code stays free for the next store."""
+    """A batch with an undecided lookup is looked up again: the lookups before it as a batch,
+    then the rest. The code a safe till after it bound in the first look must not stay bound if
+    that till, looked up again after another worker counted its last misses, is refused: the
+    code stays free for the next store."""
     hit_customer, hit_card, _ = await shopper(new_customer, client)
     await grant(client, hit_customer)
     owner, _, _ = await shopper(new_customer, client)
@@ -464,11 +507,11 @@ async def test_a_code_bound_by_a_batch_looked_up_again_stays_free_when_its_till_
     try:
         batch = [
             asyncio.create_task(lookup(batcher, vault, tills, key_b, plain(fresh_card()), None)),
-            asyncio.create_task(lookup(batcher, vault, tills, key_a, None, code)),  # safe: binds
             asyncio.create_task(lookup(batcher, vault, tills, key_u, plain(hit_card), None)),
             asyncio.create_task(lookup(batcher, vault, tills, key_u, None, undecided_code)),
+            asyncio.create_task(lookup(batcher, vault, tills, key_a, None, code)),  # safe: binds
         ]
-        for _ in range(500):  # the first look is over: b's miss, looked up alone, waits
+        for _ in range(500):  # the first look is over: b's miss, looked up again, waits
             waiting = await conn.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                 " AND pid <> pg_backend_pid()"
@@ -485,7 +528,7 @@ async def test_a_code_bound_by_a_batch_looked_up_again_stays_free_when_its_till_
     finally:
         await conn.execute("COMMIT")
     answers = await asyncio.gather(*batch, return_exceptions=True)
-    assert [type(a) for a in answers] == [NotFound, TooManyRequests, LookupResult, LookupResult]
-    assert batcher.statements == 1 + 4
+    assert [type(a) for a in answers] == [NotFound, LookupResult, LookupResult, TooManyRequests]
+    assert batcher.statements == 1 + 2  # the batch, the two lookups before u's code, the rest
     assert await code_store(conn, vault, code) is None, "a refused till bound the code"
     assert await disclosures(conn, owner.id) == 0

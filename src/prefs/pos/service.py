@@ -28,7 +28,7 @@ from prefs.crypto import DataKey, DecryptionError, Vault, api_key_hash
 from prefs.disclosures import INSERT_SEALED, Visit, seal
 from prefs.errors import NotFound, Unauthenticated
 from prefs.grants import IN_FORCE
-from prefs.group_commit import GroupCommit, Queued
+from prefs.group_commit import GroupCommit, Queued, fail_all
 from prefs.pos.schemas import LookupResult, TillPreference
 from prefs.product_status import VERSION as CATALOGUE_VERSION
 from prefs.product_status import StatusCache
@@ -48,8 +48,9 @@ from prefs.throttle import MISS_WINDOW, NOT_FOUND, ThrottledTills, count_misses,
 # is bound only by its first user in the batch, and only when that lookup is safe: not refused
 # even if every earlier lookup of its key and store missed (first_user counts them). A lookup of
 # a code left unbound that is not refused is undecided: its row says so, and the batch is looked
-# up again one lookup at a time, in order (alone, a lookup is always safe or refused). Only a
-# till near its limit meets this; the binds a batch makes are those its lookups make one by one.
+# up again in two parts, the lookups before the first undecided one, then the rest (first in its
+# batch, a lookup is always safe or refused). Only a till near its limit meets this; the binds a
+# batch makes are those its lookups would make one by one.
 _FIRST_USERS = """SELECT DISTINCT ON (h.code_hash) h.code_hash, cred.store,
                cred.key_misses + (SELECT count(*) FROM cred e
                                   WHERE e.key_hash = cred.key_hash AND e.i < cred.i) < $7::int
@@ -435,7 +436,12 @@ LOOKUP_LOCAL_SETTINGS = "; ".join(
 
 
 class _Undecided(Exception):
-    """A batch with a lookup it cannot judge at once (_FIRST_USERS): looked up one by one."""
+    """A batch with a lookup it cannot judge at once (_FIRST_USERS), the first such being the
+    ``at``-th: the lookups before it are looked up again as a batch, then the rest."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__(at)
+        self.at = at
 
 
 # What a lookup's batch answers: a hit's answer, or the row of a lookup that found nothing to
@@ -481,7 +487,7 @@ class LookupBatcher(GroupCommit[Request, Looked]):
     ) -> tuple[list[asyncpg.Record], dict[int, LookupResult | Exception]]:
         """The batch's rows and, once the records of its hits are committed, each hit's answer
         (or the error that fails it alone, such as a data key that cannot be unwrapped)."""
-        # A batch that may bind codes may also be looked up again one by one (_Undecided): its
+        # A batch that may bind codes may also be looked up again in parts (_Undecided): its
         # binds are undone with it, else a till refused when looked up again (for misses another
         # worker counted meanwhile) would keep the code the first look bound for it.
         binds = len(requests) > 1 and any(codes for _, _, codes in requests)
@@ -496,8 +502,10 @@ class LookupBatcher(GroupCommit[Request, Looked]):
         self, conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record], requests: Sequence[Request]
     ) -> tuple[list[asyncpg.Record], dict[int, LookupResult | Exception]]:
         rows = await self._look_up(conn, requests)
-        if len(requests) > 1 and any(row["undecided"] for row in rows):
-            raise _Undecided  # before anything is logged or counted; its binds are rolled back
+        if len(requests) > 1:
+            undecided = [row["i"] for row in rows if row["undecided"]]
+            if undecided:  # before anything is logged or counted; its binds are rolled back
+                raise _Undecided(min(undecided))
         visits, keys, broken = _log_visits(self.vault, rows)
         answers: dict[int, LookupResult | Exception] = dict(broken)
         if not keys:
@@ -553,13 +561,19 @@ class LookupBatcher(GroupCommit[Request, Looked]):
         only once they are counted."""
         try:
             rows, answers = await self._fetch(conn, [queued.request for queued in batch])
-        except _Undecided:  # a till near its limit used a code: its lookups one at a time
-            for queued in batch:
-                if not queued.future.done():
-                    try:
-                        await self.commit(conn, [queued])
-                    except asyncpg.PostgresError as its_own:
-                        queued.fail(its_own)
+        except _Undecided as undecided:  # a till near its limit used a code
+            # Judging a lookup reads only the lookups before it: those are answered as a batch
+            # (judged as before, unless another worker counted misses meanwhile), then the rest,
+            # whose first lookup is always decided (first in its batch, it is safe or refused).
+            # A till that causes this costs its batch two more looks, not one per lookup.
+            for part in (batch[: undecided.at], batch[undecided.at :]):
+                waiting = [queued for queued in part if not queued.future.done()]
+                if not waiting:
+                    continue
+                try:
+                    await self.commit(conn, waiting)
+                except asyncpg.PostgresError as theirs:
+                    fail_all(waiting, theirs)
             return
         per_lookup: list[asyncpg.Record | None] = [None] * len(batch)
         for found in rows:
