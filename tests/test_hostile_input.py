@@ -24,8 +24,10 @@ import pytest
 
 from prefs import credentials, db
 from tests.support.customer import CHINOS, bearer
+from tests.support.servers import prefs_serve
 from tests.support.stores import in_directory
 from tests.support.till import confirm_card
+from tests.test_request_log import serve_environment
 
 PROBLEM_JSON = "application/problem+json"
 HOSTILE = "__HOSTILE__"  # where a hostile fragment goes in an otherwise valid body
@@ -782,10 +784,14 @@ async def test_a_hostile_request_id_is_replaced_not_echoed(victim, request_id):
         b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
         b"X-Nul: a\x00b\r\n",
         b"X-Bad\r\n",
+        b"Content-Length: +2\r\n",
+        b"Content-Length: 0x02\r\n",
+        b"Content-Length: " + b"9" * 30 + b"\r\n",
     ],
 )
 async def test_a_malformed_http_request_is_refused_by_the_server(victim, server, raw):
-    """Framing errors are answered by the HTTP server, before the app: a 4xx all the same."""
+    """Framing errors are answered by the HTTP server, before the app: a 4xx problem+json all
+    the same (prefs.serving), and nothing stored changes."""
     request = (
         b"POST /v1/me/preferences HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         + f"Authorization: {victim.headers['Authorization']}\r\n".encode()
@@ -796,10 +802,50 @@ async def test_a_malformed_http_request_is_refused_by_the_server(victim, server,
     before = await victim.stored()
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(request)
-        answer = sock.recv(65536)
-    status = int(answer.split(b" ", 2)[1])
+        answer = read_answer(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
     assert 400 <= status < 500, answer[:300]
+    headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    assert headers[b"content-type"] == b"application/problem+json", answer[:300]
+    assert json.loads(body)["status"] == status, answer[:300]
     assert await victim.stored() == before
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_prefs_serve_answers_a_request_it_cannot_parse_with_a_problem(settings, database, workers):
+    """`prefs serve` (one process, or worker processes) answers a malformed Content-Length with
+    the service's problem+json, not uvicorn's text/plain."""
+    with prefs_serve(serve_environment(settings, database.url), workers=workers) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\nx")
+            answer = read_answer(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert b"\r\ncontent-type: application/problem+json\r\n" in head, answer
+    assert b"\r\nx-content-type-options: nosniff\r\n" in head, answer
+    assert json.loads(body)["type"] == "urn:prefs:problem:bad-request", answer
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """An HTTP/1.1 answer with a Content-Length, whole."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(65536)
+        assert chunk, answer
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, answer
+        body += chunk
+    return head + b"\r\n\r\n" + body
 
 
 # --- timestamps, dates and numbers at and past their ranges (no overflow reaches the database) ---

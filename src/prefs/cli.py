@@ -154,12 +154,15 @@ def _bind(host: str, port: int) -> socket.socket:
 def _run_server(settings: Settings, url: str, listening: socket.socket, workers: int) -> None:
     import uvicorn
 
+    from prefs.serving import Protocol  # problem+json for a request uvicorn cannot parse
+
     if workers == 1:
         from prefs.app import create_app
 
         uvicorn.Server(
             uvicorn.Config(
                 create_app(settings),
+                http=Protocol,
                 log_config=None,
                 access_log=False,  # prefs.requests logs each request (prefs.observability)
                 lifespan="on",
@@ -179,6 +182,7 @@ def _run_server(settings: Settings, url: str, listening: socket.socket, workers:
             "prefs.app:create_app",
             factory=True,
             workers=workers,
+            http=Protocol,
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=30,

@@ -17,6 +17,7 @@ import httpx
 import uvicorn
 
 from prefs.app import create_app
+from prefs.serving import Protocol
 from prefs.settings import Settings
 
 
@@ -37,6 +38,7 @@ class LiveServer:
             app,
             host="127.0.0.1",
             port=self.port,
+            http=Protocol,  # as `prefs serve` runs it
             log_level="warning",
             access_log=False,
             lifespan="on",
