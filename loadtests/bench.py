@@ -915,7 +915,7 @@ def main() -> None:
     add("--workers", type=int, default=2, help="server workers, for both servers")
     add("--duration", type=float, default=15, help="seconds per wrk run")
     add("--warmup", type=float, default=5, help="seconds of wrk warm-up per server")
-    add("--rounds", type=int, default=3, help="rounds of baseline and lookup runs")
+    add("--rounds", type=int, default=3, help="rounds of baseline and lookup runs (0: only seed)")
     add("--connections", type=int, default=64)
     add("--low-connections", type=int, default=8)
     add("--threads", type=int, default=2, help="wrk threads")
@@ -1028,7 +1028,7 @@ def main() -> None:
         if not (flat_dir / "seed.json").exists():
             raise SystemExit(
                 f"{flat_dir} holds no seeded database: seed it first with "
-                f"`uv run python loadtests/bench.py --customers N --data-dir {flat_dir}`"
+                f"`uv run python loadtests/bench.py --rounds 0 --customers N --data-dir {flat_dir}`"
             )
         flat_embedded, flat_url = start_embedded(flat_dir, 100)
         flat = (flat_dir, flat_embedded, flat_url)
@@ -1049,6 +1049,9 @@ def main() -> None:
     try:
         db.migrate(url)
         seeded = ensure_seeded(env, data_dir / "seed.json", args.customers, args.seed_batch)
+        if args.rounds == 0:
+            print(f"seeded {seeded['customers']:,} customers under {data_dir}; --rounds 0: no runs")
+            return
         lookup_lua, baseline_lua = work / "lookup.lua", work / "baseline.lua"
         cards = card_sample(seeded, args.sample)
         lookup_lua.write_text(lookup_script(cards, [t["key"] for t in seeded["tills"]]))
