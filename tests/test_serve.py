@@ -45,9 +45,9 @@ class Served:
         self.stdout = ""
         self.stderr = ""
 
-    def stop(self) -> int:
-        """SIGTERM, as a process manager would send, and wait for the exit."""
-        self.process.send_signal(signal.SIGTERM)
+    def stop(self, sent: signal.Signals = signal.SIGTERM) -> int:
+        """SIGTERM, as a process manager would send (or SIGINT: Ctrl-C), and wait for the exit."""
+        self.process.send_signal(sent)
         self.stdout, self.stderr = self.process.communicate(timeout=60)
         return self.process.returncode
 
@@ -144,10 +144,13 @@ def test_prefs_serve_starts_on_an_empty_data_dir_stops_cleanly_and_keeps_data_ac
             assert profile.json()["card"] == "600123456789"
             listed = httpx.get(f"{second.url}/v1/me/preferences", headers=credentials)
             assert listed.json()["items"] == [created.json()]
-        assert second.stop() == 0, second.stderr
+        assert second.stop(signal.SIGINT) == 0, second.stderr  # Ctrl-C stops it as cleanly
         assert not (data_dir / "pg" / "postmaster.pid").exists(), (
             "the embedded PostgreSQL is still running"
         )
+    for stopped in (first, second):
+        assert stopped.stdout.rstrip().endswith("prefs stopped"), stopped.stdout
+        assert "Aborted" not in stopped.stderr, stopped.stderr
 
 
 def test_production_with_nothing_configured_refuses_to_serve_with_one_line(tmp_path):

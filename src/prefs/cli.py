@@ -116,12 +116,12 @@ def serve(host: str, port: int, workers: int) -> None:
         if demo is not None:
             _print_demo(demo, base)
         sys.stdout.flush()
-        # uvicorn re-raises SIGTERM after its graceful shutdown; turn that into a clean return so
-        # the embedded database is stopped too.
+        # uvicorn re-raises SIGTERM and SIGINT (Ctrl-C) after its graceful shutdown; turn either
+        # into a clean return so the embedded database is stopped too.
         signal.signal(signal.SIGTERM, _stop)
         try:
             _run_server(settings, url, listening, workers)
-        except _Stop:
+        except (_Stop, KeyboardInterrupt):
             pass
     click.echo("prefs stopped")
 
