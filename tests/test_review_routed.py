@@ -411,6 +411,58 @@ async def test_a_till_that_makes_its_batch_undecided_costs_the_other_tills_two_l
         assert isinstance(refused[0], TooManyRequests), refused
 
 
+async def test_a_lookup_the_database_refuses_in_a_batch_looked_up_again_fails_alone(
+    client, conn, new_customer, pools, vault, routed
+):
+    """A batch made undecided by a till near its limit is looked up again in parts; when the
+    database refuses a part for one lookup's data (here its access-log record), that lookup
+    fails alone and the other tills' lookups of its part are answered, as for any batch."""
+    good = [await shopper(new_customer, client) for _ in range(3)]
+    bad, bad_card, _ = await shopper(new_customer, client)
+    for customer, _, _ in [*good, (bad, bad_card, None)]:
+        await grant(client, customer)
+    near, _, _ = await shopper(new_customer, client)
+    code = (await checkout_code(client, near))["code"]
+    _, near_key = await till_key(conn, fresh_store())
+    keys = [(await till_key(conn, fresh_store()))[1] for _ in range(4)]
+    batcher = batcher_of(pools[0], vault, routed, per_key=2, per_store=100)
+    await count_misses(conn, [(api_key_hash(near_key), "elsewhere")], 2, 100)  # one miss left
+    trigger = f"refuse_{uuid.uuid4().hex}"
+    await conn.execute(
+        f"""
+        CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.customer_id = '{bad.id}' THEN RAISE EXCEPTION 'refused for the test'; END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER {trigger} BEFORE INSERT ON access_log
+            FOR EACH ROW EXECUTE FUNCTION {trigger}();
+        """
+    )
+    try:
+        tills = ThrottledTills()
+        answers = await asyncio.gather(
+            *(
+                lookup(batcher, vault, tills, key, plain(card), None)
+                for key, (_, card, _) in zip(keys[:3], good, strict=True)
+            ),
+            lookup(batcher, vault, tills, keys[3], plain(bad_card), None),
+            lookup(batcher, vault, tills, near_key, plain(good[0][1]), None),
+            lookup(batcher, vault, tills, near_key, None, code),  # undecided: one miss left
+            return_exceptions=True,
+        )
+    finally:
+        await conn.execute(f"DROP TRIGGER {trigger} ON access_log; DROP FUNCTION {trigger}()")
+    *fine, refused, near_hit, by_code = answers
+    assert all(isinstance(answer, LookupResult) for answer in fine), fine
+    assert isinstance(refused, asyncpg.RaiseError), refused
+    assert isinstance(near_hit, LookupResult) and isinstance(by_code, LookupResult), answers
+    assert await disclosures(conn, good[0][0].id) == 2  # a till's, and the near till's
+    assert [await disclosures(conn, customer.id) for customer, _, _ in good[1:]] == [1, 1]
+    assert await disclosures(conn, bad.id) == 0
+    assert await code_store(conn, vault, code) is not None
+
+
 async def test_the_first_store_in_a_batch_to_use_a_code_binds_it_when_its_till_is_safe(
     client, conn, new_customer, pools, vault, routed
 ):

@@ -570,8 +570,8 @@ class LookupBatcher(GroupCommit[Request, Looked]):
                 waiting = [queued for queued in part if not queued.future.done()]
                 if not waiting:
                     continue
-                try:
-                    await self.commit(conn, waiting)
+                try:  # like any batch: a lookup the database refuses fails alone
+                    await self.commit_or_each_alone(conn, waiting)
                 except asyncpg.PostgresError as theirs:
                     fail_all(waiting, theirs)
             return
