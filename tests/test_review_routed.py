@@ -411,6 +411,119 @@ async def test_a_till_that_makes_its_batch_undecided_costs_the_other_tills_two_l
         assert isinstance(refused[0], TooManyRequests), refused
 
 
+class LooksNoted(LookupBatcher):
+    """A batcher that notes the till keys each of its looks (lookup statements) carried."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.looks: list[list[bytes]] = []
+
+    async def _look_up(self, conn: Any, requests: Any) -> Any:
+        self.looks.append([key_hash for key_hash, _, _ in requests])
+        return await super()._look_up(conn, requests)
+
+
+async def test_a_till_near_its_limit_with_several_fresh_codes_costs_the_others_one_look_each(
+    client, conn, new_customer, pools, vault, routed
+):
+    """A till one miss from its limit uses three fresh codes, each after one of its own hits: each
+    code's lookup is undecided in turn (the first look judges the till's later lookups refused,
+    for the miss its first code's lookup seems to be). The other tills' lookups after the till's
+    are independent of its (other keys, stores, cards): each is looked at twice, the batch's
+    look and one more, not once more per code the till brings."""
+    shared_customer, shared_card, _ = await shopper(new_customer, client)
+    await grant(client, shared_customer)
+    near, near_card, _ = await shopper(new_customer, client)
+    await grant(client, near)
+    codes = [(await checkout_code(client, near))["code"] for _ in range(3)]
+    _, near_key = await till_key(conn, fresh_store())
+    others = [(await till_key(conn, fresh_store()))[1] for _ in range(8)]
+    batcher = LooksNoted(
+        pools[0], 64, 1, misses_per_key=2, misses_per_store=100, vault=vault, routed=routed
+    )
+    await count_misses(conn, [(api_key_hash(near_key), "elsewhere")], 2, 100)  # one miss left
+    tills = ThrottledTills()
+    near_lookups = []
+    for code in codes:
+        near_lookups += [
+            lookup(batcher, vault, tills, near_key, plain(near_card), None),
+            lookup(batcher, vault, tills, near_key, None, code),
+        ]
+    answers = await asyncio.gather(
+        *(lookup(batcher, vault, tills, key, plain(shared_card), None) for key in others[:4]),
+        *near_lookups,
+        *(lookup(batcher, vault, tills, key, plain(fresh_card()), None) for key in others[4:]),
+        return_exceptions=True,
+    )
+    assert [type(a).__name__ for a in answers] == ["LookupResult"] * 10 + ["NotFound"] * 4
+    assert [a.via for a in answers[4:10]] == ["card", "code"] * 3, answers[4:10]
+    assert await disclosures(conn, shared_customer.id) == 4
+    assert await disclosures(conn, near.id) == 6
+    looked = {key: sum(look.count(api_key_hash(key)) for look in batcher.looks) for key in others}
+    assert looked == dict.fromkeys(others, 2), list(looked.values())
+    for key in others[4:]:  # each miss counted once: one more is each key's last
+        miss = await asyncio.gather(
+            lookup(batcher, vault, tills, key, plain(fresh_card()), None), return_exceptions=True
+        )
+        assert isinstance(miss[0], NotFound), miss
+        refused = await asyncio.gather(
+            lookup(batcher, vault, tills, key, plain(shared_card), None), return_exceptions=True
+        )
+        assert isinstance(refused[0], TooManyRequests), refused
+
+
+async def test_a_lookup_the_database_refuses_in_a_batch_looked_up_again_fails_alone(
+    client, conn, new_customer, pools, vault, routed
+):
+    """A batch made undecided by a till near its limit is looked up again in parts; when the
+    database refuses a part for one lookup's data (here its access-log record), that lookup
+    fails alone and the other tills' lookups of its part are answered, as for any batch."""
+    good = [await shopper(new_customer, client) for _ in range(3)]
+    bad, bad_card, _ = await shopper(new_customer, client)
+    for customer, _, _ in [*good, (bad, bad_card, None)]:
+        await grant(client, customer)
+    near, _, _ = await shopper(new_customer, client)
+    code = (await checkout_code(client, near))["code"]
+    _, near_key = await till_key(conn, fresh_store())
+    keys = [(await till_key(conn, fresh_store()))[1] for _ in range(4)]
+    batcher = batcher_of(pools[0], vault, routed, per_key=2, per_store=100)
+    await count_misses(conn, [(api_key_hash(near_key), "elsewhere")], 2, 100)  # one miss left
+    trigger = f"refuse_{uuid.uuid4().hex}"
+    await conn.execute(
+        f"""
+        CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.customer_id = '{bad.id}' THEN RAISE EXCEPTION 'refused for the test'; END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER {trigger} BEFORE INSERT ON access_log
+            FOR EACH ROW EXECUTE FUNCTION {trigger}();
+        """
+    )
+    try:
+        tills = ThrottledTills()
+        answers = await asyncio.gather(
+            *(
+                lookup(batcher, vault, tills, key, plain(card), None)
+                for key, (_, card, _) in zip(keys[:3], good, strict=True)
+            ),
+            lookup(batcher, vault, tills, keys[3], plain(bad_card), None),
+            lookup(batcher, vault, tills, near_key, plain(good[0][1]), None),
+            lookup(batcher, vault, tills, near_key, None, code),  # undecided: one miss left
+            return_exceptions=True,
+        )
+    finally:
+        await conn.execute(f"DROP TRIGGER {trigger} ON access_log; DROP FUNCTION {trigger}()")
+    *fine, refused, near_hit, by_code = answers
+    assert all(isinstance(answer, LookupResult) for answer in fine), fine
+    assert isinstance(refused, asyncpg.RaiseError), refused
+    assert isinstance(near_hit, LookupResult) and isinstance(by_code, LookupResult), answers
+    assert await disclosures(conn, good[0][0].id) == 2  # a till's, and the near till's
+    assert [await disclosures(conn, customer.id) for customer, _, _ in good[1:]] == [1, 1]
+    assert await disclosures(conn, bad.id) == 0
+    assert await code_store(conn, vault, code) is not None
+
+
 async def test_the_first_store_in_a_batch_to_use_a_code_binds_it_when_its_till_is_safe(
     client, conn, new_customer, pools, vault, routed
 ):
@@ -471,18 +584,19 @@ async def test_the_routed_statements_kept_plans_read_by_key_even_when_planned_on
 async def test_a_code_bound_by_a_batch_looked_up_again_stays_free_when_its_till_is_refused_then(
     client, conn, new_customer, pools, vault, routed, per_transaction
 ):
-    """A batch with an undecided lookup is looked up again: the lookups before it as a batch,
-    then the rest. The code a safe till after it bound in the first look must not stay bound if
-    that till, looked up again after another worker counted its last misses, is refused: the
-    code stays free for the next store."""
+    """A batch with an undecided lookup is looked up again: the lookups not entangled with it
+    as a batch, then the entangled ones. The code a safe till after it (a till of the same
+    store: entangled) bound in the first look must not stay bound if that till, looked up again
+    after another worker counted its last misses, is refused: the code stays free for the next
+    store."""
     hit_customer, hit_card, _ = await shopper(new_customer, client)
     await grant(client, hit_customer)
     owner, _, _ = await shopper(new_customer, client)
     code = (await checkout_code(client, owner))["code"]  # the safe till's
     near, _, _ = await shopper(new_customer, client)
     undecided_code = (await checkout_code(client, near))["code"]
-    store_a, store_b, store_u = fresh_store(), fresh_store(), fresh_store()
-    _, key_a = await till_key(conn, store_a)
+    store_b, store_u = fresh_store(), fresh_store()
+    _, key_a = await till_key(conn, store_u)
     _, key_b = await till_key(conn, store_b)
     _, key_u = await till_key(conn, store_u)
     per_key = 3
@@ -523,12 +637,12 @@ async def test_a_code_bound_by_a_batch_looked_up_again_stays_free_when_its_till_
         assert waiting >= 1
         async with pools[1].acquire() as other_worker:  # till a's misses, on another worker
             await count_misses(
-                other_worker, [(api_key_hash(key_a), store_a)] * per_key, per_key, 1000
+                other_worker, [(api_key_hash(key_a), store_u)] * per_key, per_key, 1000
             )
     finally:
         await conn.execute("COMMIT")
     answers = await asyncio.gather(*batch, return_exceptions=True)
     assert [type(a) for a in answers] == [NotFound, LookupResult, LookupResult, TooManyRequests]
-    assert batcher.statements == 1 + 2  # the batch, the two lookups before u's code, the rest
+    assert batcher.statements == 1 + 2  # the batch, b's and u's hit, u's code and a's
     assert await code_store(conn, vault, code) is None, "a refused till bound the code"
     assert await disclosures(conn, owner.id) == 0

@@ -119,23 +119,31 @@ class GroupCommit(Generic[RequestT, ResultT]):
             if batch:
                 await self._run(batch)
 
+    async def commit_or_each_alone(
+        self,
+        conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record],
+        batch: Sequence[Queued[RequestT, ResultT]],
+    ) -> None:
+        """``commit`` the batch; when the database refuses it because of some request's data,
+        each request still waiting alone, so that one request's error fails that request only.
+        Any other PostgresError is raised (it would fail each of them too)."""
+        try:
+            await self.commit(conn, batch)
+        except asyncpg.PostgresError as error:
+            if len(batch) == 1 or not str(error.sqlstate).startswith(RETRY_ALONE_CLASSES):
+                raise
+            for queued in batch:
+                if queued.future.done():
+                    continue  # answered, or its caller went away: not asked again
+                try:
+                    await self.commit(conn, [queued])
+                except asyncpg.PostgresError as its_own:
+                    queued.fail(its_own)
+
     async def _run(self, batch: list[Queued[RequestT, ResultT]]) -> None:
         try:
             async with self.pool.acquire() as conn:
-                try:
-                    await self.commit(conn, batch)
-                except asyncpg.PostgresError as error:
-                    if len(batch) == 1 or not str(error.sqlstate).startswith(RETRY_ALONE_CLASSES):
-                        raise
-                    # rolled back because of some request's data: each alone, so that one
-                    # request's error fails that request only
-                    for queued in batch:
-                        if queued.future.done():
-                            continue  # answered, or its caller went away: not asked again
-                        try:
-                            await self.commit(conn, [queued])
-                        except asyncpg.PostgresError as its_own:
-                            queued.fail(its_own)
+                await self.commit_or_each_alone(conn, batch)
         except Exception as error:  # every request of the batch still waiting gets it
             fail_all(batch, error)
         except BaseException:

@@ -48,9 +48,10 @@ from prefs.throttle import MISS_WINDOW, NOT_FOUND, ThrottledTills, count_misses,
 # is bound only by its first user in the batch, and only when that lookup is safe: not refused
 # even if every earlier lookup of its key and store missed (first_user counts them). A lookup of
 # a code left unbound that is not refused is undecided: its row says so, and the batch is looked
-# up again in two parts, the lookups before the first undecided one, then the rest (first in its
-# batch, a lookup is always safe or refused). Only a till near its limit meets this; the binds a
-# batch makes are those its lookups would make one by one.
+# up again in two parts (_entangled): the lookups whose verdicts cannot depend on an undecided
+# one's, then the others, from the first undecided one on (first in its batch, a lookup is always
+# safe or refused). Only a till near its limit meets this; the binds a batch makes are those its
+# lookups would make one by one.
 _FIRST_USERS = """SELECT DISTINCT ON (h.code_hash) h.code_hash, cred.store,
                cred.key_misses + (SELECT count(*) FROM cred e
                                   WHERE e.key_hash = cred.key_hash AND e.i < cred.i) < $7::int
@@ -436,12 +437,39 @@ LOOKUP_LOCAL_SETTINGS = "; ".join(
 
 
 class _Undecided(Exception):
-    """A batch with a lookup it cannot judge at once (_FIRST_USERS), the first such being the
-    ``at``-th: the lookups before it are looked up again as a batch, then the rest."""
+    """A batch with lookups it cannot judge at once (_FIRST_USERS): their places in the batch
+    (``undecided``), and the store of each lookup with a live key (``stores``)."""
 
-    def __init__(self, at: int) -> None:
-        super().__init__(at)
-        self.at = at
+    def __init__(self, undecided: set[int], stores: dict[int, str]) -> None:
+        super().__init__(sorted(undecided))
+        self.undecided = undecided
+        self.stores = stores
+
+
+def _entangled(requests: Sequence[Request], undecided: _Undecided) -> set[int]:
+    """The lookups whose verdicts may depend on an undecided lookup's: the undecided ones and,
+    after the first of them, each lookup that shares a till key, a store or a code with one of
+    these before it. A lookup's verdict reads only the lookups before it of its key, its store
+    and its code: the others' verdicts stand whatever the undecided ones' turn out to be."""
+    keys: set[bytes] = set()
+    stores: set[str] = set()
+    codes: set[bytes] = set()
+    entangled: set[int] = set()
+    for i in range(min(undecided.undecided), len(requests)):
+        key_hash, _, code_hashes = requests[i]
+        store = undecided.stores.get(i)
+        if (
+            i in undecided.undecided
+            or key_hash in keys
+            or store in stores
+            or not codes.isdisjoint(code_hashes)
+        ):
+            entangled.add(i)
+            keys.add(key_hash)
+            codes.update(code_hashes)
+            if store is not None:
+                stores.add(store)
+    return entangled
 
 
 # What a lookup's batch answers: a hit's answer, or the row of a lookup that found nothing to
@@ -503,9 +531,9 @@ class LookupBatcher(GroupCommit[Request, Looked]):
     ) -> tuple[list[asyncpg.Record], dict[int, LookupResult | Exception]]:
         rows = await self._look_up(conn, requests)
         if len(requests) > 1:
-            undecided = [row["i"] for row in rows if row["undecided"]]
+            undecided = {row["i"] for row in rows if row["undecided"]}
             if undecided:  # before anything is logged or counted; its binds are rolled back
-                raise _Undecided(min(undecided))
+                raise _Undecided(undecided, {row["i"]: row["store"] for row in rows})
         visits, keys, broken = _log_visits(self.vault, rows)
         answers: dict[int, LookupResult | Exception] = dict(broken)
         if not keys:
@@ -562,16 +590,27 @@ class LookupBatcher(GroupCommit[Request, Looked]):
         try:
             rows, answers = await self._fetch(conn, [queued.request for queued in batch])
         except _Undecided as undecided:  # a till near its limit used a code
-            # Judging a lookup reads only the lookups before it: those are answered as a batch
-            # (judged as before, unless another worker counted misses meanwhile), then the rest,
-            # whose first lookup is always decided (first in its batch, it is safe or refused).
-            # A till that causes this costs its batch two more looks, not one per lookup.
-            for part in (batch[: undecided.at], batch[undecided.at :]):
+            # Judging a lookup reads only the lookups before it of its key, store and code: the
+            # lookups not entangled with an undecided one (all those before the first) are
+            # answered as a batch, judged as before (unless another worker counted misses
+            # meanwhile), then the entangled ones, in order, whose first is always decided (first
+            # in its batch, it is safe or refused). Each part keeps the batch's order, and no
+            # lookup of the first part follows one of the second that it shares anything with:
+            # the answers are those of the lookups one by one. The other tills' lookups cost one
+            # more look each, however many codes a till near its limit brings: only the lookups
+            # entangled with its own (its key's, its store's, its codes') are looked up again
+            # once per undecided lookup.
+            entangled = _entangled([queued.request for queued in batch], undecided)
+            parts = (
+                [queued for i, queued in enumerate(batch) if i not in entangled],
+                [queued for i, queued in enumerate(batch) if i in entangled],
+            )
+            for part in parts:
                 waiting = [queued for queued in part if not queued.future.done()]
                 if not waiting:
                     continue
-                try:
-                    await self.commit(conn, waiting)
+                try:  # like any batch: a lookup the database refuses fails alone
+                    await self.commit_or_each_alone(conn, waiting)
                 except asyncpg.PostgresError as theirs:
                     fail_all(waiting, theirs)
             return
