@@ -425,6 +425,7 @@ async def _prepare(
         previous = _previous(output, identity)
         report = await catalogue_service.import_rows(
             conn,
+            vault,
             ((n, msgspec.convert(p, ImportRow)) for n, p in enumerate(catalogue_products(), 1)),
             catalogue_service.ImportReport(),
         )

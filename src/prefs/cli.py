@@ -650,5 +650,5 @@ def _at_head(action: Callable[[Any], Awaitable[T]]) -> T:
         return _run(url, action)
 
 
-catalogue_commands.register(main, _at_head)
+catalogue_commands.register(main, _at_head, lambda: _vault(_settings()))
 store_commands.register(main, _at_head)
