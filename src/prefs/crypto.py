@@ -5,7 +5,8 @@ Knows nothing of HTTP or SQL. Two independent keyrings:
 * the master keyring (``PREFS_MASTER_KEYS``) wraps one random 256-bit data key per customer;
   the data key encrypts that customer's fields;
 * the index keyring (``PREFS_INDEX_KEY``) derives the HMAC keys for blind indexes (cards,
-  checkout codes, subjects), pairwise partner references and the consent-ledger MAC.
+  checkout codes, subjects, preferences' SKUs), pairwise partner references and the
+  consent-ledger MAC.
 
 A third, the receipt keyring (``PREFS_RECEIPT_KEYS``), holds Ed25519 private keys (each 32-byte
 key is the key's seed) that sign consent receipts a customer can keep and anyone can verify.

@@ -515,6 +515,12 @@ ALLOWED: dict[str, tuple[str, str]] = {
         "stores/service.py STILL_OPEN (prefs stores close)",
         "an operator command, rare: a multi-shard count of the store's open reorders",
     ),
+    "dd17aa3715c7670c": (
+        "insights/service.py KEEPERS (a catalogue import's recount of demand)",
+        "a catalogue import that moved statuses, in the background: one multi-shard read of "
+        "preferences by their SKU index, joined to their grant on customer_id on each shard; "
+        "each customer found is recounted by router statements",
+    ),
 }
 # Statements on paths customers or tills wait for that would leave one shard group: the change
 # each needs before the service runs on a cluster (docs/scale-out.md, "Before a cluster"), by
