@@ -49,7 +49,7 @@ from prefs.catalogue.schemas import ImportRow
 from prefs.consents import ledger
 from prefs.consents import service as consents
 from prefs.consents.schemas import Recipient
-from prefs.crypto import DataKey, Vault
+from prefs.crypto import BlindIndex, DataKey, Vault
 from prefs.products import Product
 from prefs.sealed_preferences import Content, seal_purchases, written
 from prefs.settings import DEV_ISSUER, Settings, load
@@ -84,6 +84,8 @@ COLUMNS = {
         "product_ct",
         "attributes_ct",
         "note_ct",
+        "sku_index",
+        "sku_index_of",
         "created_at",
         "updated_at",
     ],
@@ -156,17 +158,29 @@ class Written:
     grants: list[tuple[int, str, str]]  # (customer index, partner id, pairwise reference)
 
 
-def _sealed(key: DataKey, pid: uuid.UUID, content: dict[str, Any]) -> tuple[Any, ...]:
-    """sealed, product_ct, attributes_ct, note_ct: one ciphertext with the per-field copy the
-    previous release reads, as the service writes it (revision 0016's expand step)."""
+def _sealed(
+    key: DataKey, index: BlindIndex, pid: uuid.UUID, content: dict[str, Any]
+) -> tuple[Any, ...]:
+    """sealed, product_ct, attributes_ct, note_ct, sku_index, sku_index_of: one ciphertext with
+    the per-field copy the previous release reads (revision 0016's expand step) and the SKU's
+    keyed index (revision 0018), as the service writes them."""
     product = msgspec.convert(content["product"], Product)
-    kept = written(key, pid, Content(product, content["attributes"], content["note"]))
-    return (kept.sealed, kept.product_ct, kept.attributes_ct, kept.note_ct)
+    kept = written(key, index, pid, Content(product, content["attributes"], content["note"]))
+    return (
+        kept.sealed,
+        kept.product_ct,
+        kept.attributes_ct,
+        kept.note_ct,
+        kept.sku_index,
+        kept.sku_index_of,
+    )
 
 
-def _per_field(key: DataKey, pid: uuid.UUID, content: dict[str, Any]) -> tuple[Any, ...]:
+def _per_field(
+    key: DataKey, index: BlindIndex, pid: uuid.UUID, content: dict[str, Any]
+) -> tuple[Any, ...]:
     """The same, one ciphertext per field, as written before revision 0016 (for measuring what
-    reading that format costs, and the backfill that converts it)."""
+    reading that format costs, and the backfills that convert and index it)."""
     note = content["note"]
 
     def sealed_field(column: str, value: Any) -> bytes:
@@ -177,6 +191,8 @@ def _per_field(key: DataKey, pid: uuid.UUID, content: dict[str, Any]) -> tuple[A
         sealed_field("product", content["product"]),
         sealed_field("attributes", content["attributes"]),
         None if note is None else sealed_field("note", note),
+        None,
+        None,
     )
 
 
@@ -234,7 +250,7 @@ class Writer:
                         seal_purchases(
                             key, pid, content["purchases"], content["last_purchased_on"]
                         ),
-                        *(_per_field if batch.per_field else _sealed)(key, pid, content),
+                        *(_per_field if batch.per_field else _sealed)(key, index, pid, content),
                         enrolled,
                         enrolled,
                     )
@@ -425,6 +441,7 @@ async def _prepare(
         previous = _previous(output, identity)
         report = await catalogue_service.import_rows(
             conn,
+            vault,
             ((n, msgspec.convert(p, ImportRow)) for n, p in enumerate(catalogue_products(), 1)),
             catalogue_service.ImportReport(),
         )

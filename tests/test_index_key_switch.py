@@ -130,6 +130,7 @@ async def test_an_index_key_cannot_be_retired_while_a_customer_is_found_only_und
         assert "prefs keys reindex" in output
         assert "2 customers" in output
         assert "1 checkout code" in output
+        assert "1 preference's SKU is indexed under it" in output  # an import finds it by that
 
         code, output = await prefs("keys", "reindex")
         assert code == 0, output

@@ -7,8 +7,6 @@ import json
 import uuid
 from typing import Any
 
-import pytest
-
 from prefs.catalogue import service as catalogue
 from prefs.catalogue.schemas import ImportRow
 from prefs.crypto import Vault
@@ -164,13 +162,6 @@ async def test_a_json_patch_is_refused_as_a_media_type_not_read_as_a_merge_patch
     assert after.json()["note"] == "as it was"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="anonymous demand counts the status stored with each preference; a catalogue import "
-    "that discontinues a product neither changes that nor recounts the customers keeping it "
-    "(a fix: recount granted customers keeping the SKUs an import moved, or lay the catalogue's "
-    "status over the stored one when counting)",
-)
 async def test_a_product_the_catalogue_discontinues_counts_in_demand_from_then_on(
     client, conn, vault, new_customer
 ):
@@ -184,7 +175,7 @@ async def test_a_product_the_catalogue_discontinues_counts_in_demand_from_then_o
     await keep(client, customer, {"product": {"sku": sku, "name": "Classic Chino"}})
     assert await _contributions(conn, vault, customer) == 0
     row = ImportRow(sku=sku, name="Classic Chino", status="discontinued")
-    await catalogue.import_rows(conn, [(1, row)], catalogue.ImportReport())
+    await catalogue.import_rows(conn, vault, [(1, row)], catalogue.ImportReport())
     [shown] = (await client.get("/v1/me/preferences", headers=customer.headers)).json()["items"]
     assert shown["status"] == "discontinued"
     assert await _contributions(conn, vault, customer) == 1

@@ -257,8 +257,9 @@ def _schema(url: str) -> db.Schema:
 
 def _seal_backlog(settings: Settings, url: str) -> None:
     """Seal what revision 0009's expand step left in clear: access-log entries, purchase
-    histories and Idempotency-Key values; and seal each preference kept field by field before
-    revision 0016 as one ciphertext (it needs the keys: not in a migration). `prefs migrate`
+    histories and Idempotency-Key values; seal each preference kept field by field before
+    revision 0016 as one ciphertext; and index the SKU of each preference not indexed under the
+    primary index key (revision 0018) (it needs the keys: not in a migration). `prefs migrate`
     runs it every time (so it resumes one that was stopped), `prefs serve` when it migrated."""
     from prefs import idempotency
     from prefs.access_log import service as access_log
@@ -266,15 +267,16 @@ def _seal_backlog(settings: Settings, url: str) -> None:
 
     vault = _vault(settings)
 
-    async def action(conn: Any) -> tuple[int, int, int, int]:
+    async def action(conn: Any) -> tuple[int, int, int, int, int]:
         return (
             sum([done async for done in access_log.seal_backlog(conn, vault)]),
             sum([done async for done in preferences.seal_purchase_backlog(conn, vault)]),
             await idempotency.hash_legacy_keys(conn, vault),
             sum([done async for done in preferences.seal_content_backlog(conn, vault)]),
+            sum([done async for done in preferences.index_sku_backlog(conn, vault)]),
         )
 
-    visits, histories, keys, contents = _run(url, action)
+    visits, histories, keys, contents, skus = _run(url, action)
     if visits or histories or keys:
         click.echo(
             f"sealed {visits} access-log entries and {histories} purchase histories kept in"
@@ -282,6 +284,8 @@ def _seal_backlog(settings: Settings, url: str) -> None:
         )
     if contents:
         click.echo(f"sealed {contents} preferences kept field by field as one ciphertext each")
+    if skus:
+        click.echo(f"indexed the SKUs of {skus} preferences under the primary index key")
 
 
 @main.command()
@@ -650,5 +654,5 @@ def _at_head(action: Callable[[Any], Awaitable[T]]) -> T:
         return _run(url, action)
 
 
-catalogue_commands.register(main, _at_head)
+catalogue_commands.register(main, _at_head, lambda: _vault(_settings()))
 store_commands.register(main, _at_head)

@@ -9,6 +9,8 @@ their end follows this table like a withdrawal.
 
 from __future__ import annotations
 
+import uuid
+
 import asyncpg
 
 from prefs import partner_refs
@@ -22,6 +24,7 @@ from prefs.events import (
     Happened,
     PreferencesChanged,
     ReorderCancelled,
+    StatusesMoved,
     Table,
 )
 from prefs.grants import INSIGHTS, POS, PURCHASES, partner_of
@@ -29,33 +32,44 @@ from prefs.insights import service as insights
 from prefs.reorders import service as reorders
 
 
+def _customer(happened: Happened) -> uuid.UUID:
+    """The customer a write happened to (every event but the catalogue's names one)."""
+    assert not isinstance(happened, StatusesMoved)
+    return happened.customer_id
+
+
 async def recount_demand(conn: asyncpg.Connection, vault: Vault, happened: Happened) -> None:
     """Anonymous demand counts follow the grant: contributions taken back, made again if live."""
-    await insights.refresh(conn, vault, happened.customer_id)
+    await insights.refresh(conn, vault, _customer(happened))
 
 
 async def recount_demand_if_granted(
     conn: asyncpg.Connection, vault: Vault, happened: Happened
 ) -> None:
     """A changed locker changes demand, only for a customer with a live `insights` grant."""
-    await insights.recount_if_granted(conn, vault, happened.customer_id)
+    await insights.recount_if_granted(conn, vault, _customer(happened))
 
 
 async def forget_demand(conn: asyncpg.Connection, vault: Vault, happened: Happened) -> None:
     """An erased customer's contributions go, and the labels of groups nobody else wants."""
-    await insights.forget(conn, vault, happened.customer_id)
+    await insights.forget(conn, vault, _customer(happened))
+
+
+async def recount_keepers(conn: asyncpg.Connection, vault: Vault, happened: Happened) -> None:
+    """Demand counts the catalogue's status: the customers keeping the SKUs it moved recount."""
+    await insights.recount_keepers(conn, vault)
 
 
 async def end_checkout_codes(conn: asyncpg.Connection, vault: Vault, happened: Happened) -> None:
     """No longer sharing with tills ends the customer's checkout codes too."""
-    await checkout.end_all(conn, happened.customer_id)
+    await checkout.end_all(conn, _customer(happened))
 
 
 async def stop_keeping_purchases(
     conn: asyncpg.Connection, vault: Vault, happened: Happened
 ) -> None:
     """No longer letting tills add purchases ends that for the customer's live codes too."""
-    await checkout.stop_keeping_purchases(conn, happened.customer_id)
+    await checkout.stop_keeping_purchases(conn, _customer(happened))
 
 
 async def make_partner_references(
@@ -66,8 +80,8 @@ async def make_partner_references(
     assert isinstance(happened, GrantGiven)
     partner_id = partner_of(happened.audience)
     assert partner_id is not None
-    await partner_refs.ensure_ref(conn, vault.index, partner_id, happened.customer_id)
-    await partner_refs.make_for_grant(conn, happened.customer_id, partner_id)
+    await partner_refs.ensure_ref(conn, vault.index, partner_id, _customer(happened))
+    await partner_refs.make_for_grant(conn, _customer(happened), partner_id)
 
 
 async def cancel_reorders_outside_grant(
@@ -77,7 +91,7 @@ async def cancel_reorders_outside_grant(
     assert isinstance(happened, GrantGiven)
     partner_id = partner_of(happened.audience)
     assert partner_id is not None
-    return await reorders.cancel_outside_grant(conn, happened.customer_id, partner_id)
+    return await reorders.cancel_outside_grant(conn, _customer(happened), partner_id)
 
 
 async def cancel_partner_reorders(
@@ -87,7 +101,7 @@ async def cancel_partner_reorders(
     assert isinstance(happened, GrantEnded)
     partner_id = partner_of(happened.audience)
     assert partner_id is not None
-    return await reorders.cancel_requested_for_partner(conn, happened.customer_id, partner_id)
+    return await reorders.cancel_requested_for_partner(conn, _customer(happened), partner_id)
 
 
 PARTNER = "partner"
@@ -104,4 +118,5 @@ TABLE: Table = {
     (GrantGiven, PARTNER): (make_partner_references, cancel_reorders_outside_grant),
     (GrantEnded, PARTNER): (cancel_partner_reorders,),
     (CustomerErased, None): (forget_demand,),
+    (StatusesMoved, None): (recount_keepers,),
 }

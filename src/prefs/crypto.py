@@ -5,7 +5,8 @@ Knows nothing of HTTP or SQL. Two independent keyrings:
 * the master keyring (``PREFS_MASTER_KEYS``) wraps one random 256-bit data key per customer;
   the data key encrypts that customer's fields;
 * the index keyring (``PREFS_INDEX_KEY``) derives the HMAC keys for blind indexes (cards,
-  checkout codes, subjects), pairwise partner references and the consent-ledger MAC.
+  checkout codes, subjects, preferences' SKUs), pairwise partner references and the
+  consent-ledger MAC.
 
 A third, the receipt keyring (``PREFS_RECEIPT_KEYS``), holds Ed25519 private keys (each 32-byte
 key is the key's seed) that sign consent receipts a customer can keep and anyone can verify.
@@ -24,6 +25,7 @@ import struct
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 FORMAT_V1 = 0x01
 _HEADER = struct.Struct(">BI")  # format byte, key generation / master key version
 _LENGTH = struct.Struct(">H")  # each part of associated data is length-prefixed
+_VERSION = struct.Struct(">I")  # the index key version a SKU index begins with
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
 _MIN_LENGTH = _HEADER.size + _NONCE_BYTES + _TAG_BYTES
@@ -112,6 +115,11 @@ def _header(blob: bytes) -> int:
     if fmt != FORMAT_V1:
         raise DecryptionError
     return int(version)
+
+
+def nonce_of(blob: bytes) -> bytes:
+    """The random nonce of a v1 ciphertext: it names that one encryption."""
+    return blob[_HEADER.size : _HEADER.size + _NONCE_BYTES]
 
 
 def _open(aead: AESGCM, blob: bytes, aad: bytes) -> bytes:
@@ -279,6 +287,7 @@ class BlindIndex:
         "demand-group",
         "idempotency-key",
         "idempotency-request",
+        "sku",
     )
 
     def __init__(self, index: Keyring) -> None:
@@ -324,6 +333,22 @@ class BlindIndex:
 
     def checkout_code(self, code: str, version: int | None = None) -> bytes:
         return self.digest("checkout-code", code.encode(), version)
+
+    def sku(self, sku: str | None, preference_id: uuid.UUID, version: int | None = None) -> bytes:
+        """A preference's SKU index: the index key's version (4 bytes), then the keyed digest of
+        the SKU. A product without a SKU is indexed by its preference id instead: it looks like
+        any other and matches no SKU."""
+        version = self.index.primary if version is None else version
+        value = b"sku:" + sku.encode() if sku is not None else b"none:" + preference_id.bytes
+        return _VERSION.pack(version) + self.digest("sku", value, version)
+
+    def skus(self, skus: Iterable[str]) -> list[bytes]:
+        """The indexes of ``skus`` under every index key version (what an import looks for)."""
+        return [
+            _VERSION.pack(version) + self.digest("sku", b"sku:" + sku.encode(), version)
+            for sku in skus
+            for version in self._versions
+        ]
 
     def pairwise(self, partner_id: uuid.UUID, customer_id: uuid.UUID) -> str:
         """A partner's own stable reference for a customer; unlinkable across partners."""

@@ -52,7 +52,14 @@ class CustomerErased:
     customer_id: uuid.UUID
 
 
-Happened = PreferencesChanged | GrantGiven | GrantEnded | CustomerErased
+@dataclass(frozen=True)
+class StatusesMoved:
+    """A catalogue import moved the status of SKUs (recorded in ``catalogue_moves`` by its
+    transactions). Followed once they committed, outside a transaction: what follows takes
+    each customer concerned in a transaction of its own."""
+
+
+Happened = PreferencesChanged | GrantGiven | GrantEnded | CustomerErased | StatusesMoved
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,13 @@ The SKU is sealed with the rest of the product, so the overlay happens after ope
 SQL: reads that are not hot ask for the statuses of the SKUs they opened (``of``); the till
 lookup keeps every status in memory (``StatusCache``) and its lookup statement returns the
 catalogue's version, so the memory is read again only after an import changed something.
+Anonymous demand counts the catalogue's status too (``held``), and an import recounts the
+customers keeping the SKUs whose status it moved.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from prefs.errors import Conflict
@@ -32,6 +34,22 @@ FROM catalogue_products
 """
 # for a statement that wants to say which catalogue it read: a scalar subquery
 VERSION = "(SELECT version FROM catalogue_state)"
+# The SKUs whose status an import moved (or that it added), until demand follows them.
+MOVED = f"""
+INSERT INTO catalogue_moves (sku, version) SELECT unnest($1::text[]), {VERSION}
+ON CONFLICT (sku) DO UPDATE SET version = EXCLUDED.version
+"""
+MOVES = "SELECT sku, version FROM catalogue_moves ORDER BY version, sku LIMIT $1"
+# only as moved then: a SKU moved again meanwhile stays until that move is followed too
+FOLLOWED = """
+DELETE FROM catalogue_moves m USING unnest($1::text[], $2::bigint[]) AS f(sku, version)
+WHERE m.sku = f.sku AND m.version = f.version
+"""
+
+
+# An import's batch that changes the catalogue raises its version in the same transaction
+# (UPDATE catalogue_state), which this share lock and that update wait on each other for.
+HOLD = "SELECT version FROM catalogue_state FOR SHARE"
 
 
 async def of(conn: Any, skus: Iterable[str | None]) -> dict[str, Status]:
@@ -40,6 +58,18 @@ async def of(conn: Any, skus: Iterable[str | None]) -> dict[str, Status]:
     if not wanted:
         return {}
     return {row["sku"]: row["status"] for row in await conn.fetch(STATUSES, wanted)}
+
+
+async def held(conn: Any, skus: Iterable[str | None]) -> dict[str, Status]:
+    """:func:`of`, for a count that must follow every import (anonymous demand): read once no
+    import's change is in flight, and holding off the next until this transaction ends. So an
+    import either is seen here, or commits after this and then finds what this wrote when it
+    recounts the customers keeping the SKUs it moved (``catalogue_moves``)."""
+    wanted = [sku for sku in skus if sku is not None]
+    if not wanted:
+        return {}
+    await conn.execute(HOLD)
+    return await of(conn, wanted)
 
 
 def overlaid(stored: Status, sku: str | None, catalogue: Mapping[str, Status]) -> Status:
@@ -55,7 +85,7 @@ async def kept_status(
     """The status to store for a product with ``sku``: the catalogue's where it knows the SKU,
     else the one the customer ``sent``, else ``otherwise``. A customer's status for a product
     the catalogue knows is refused (409) unless it is the catalogue's own (a client sending
-    back the status it read is not changing it). Anonymous demand reads the stored status."""
+    back the status it read is not changing it)."""
     known = None if sku is None else (await of(conn, [sku])).get(sku)
     if known is not None and sent is not None and known != sent:
         raise Conflict(
@@ -63,6 +93,23 @@ async def kept_status(
             "catalogue: a customer sets the status only of products the catalogue does not know."
         )
     return known or sent or otherwise
+
+
+async def record_moves(conn: Any, skus: Sequence[str]) -> None:
+    """Record that the catalogue's status of ``skus`` moved (call in the import's transaction,
+    after it raised the catalogue's version)."""
+    if skus:
+        await conn.execute(MOVED, list(skus))
+
+
+async def moves(conn: Any, limit: int) -> list[tuple[str, int]]:
+    """Status moves not followed yet (SKU, the catalogue version that moved it), oldest first."""
+    return [(row["sku"], row["version"]) for row in await conn.fetch(MOVES, limit)]
+
+
+async def followed(conn: Any, moved: Sequence[tuple[str, int]]) -> None:
+    """Forget moves that demand has followed (a SKU moved again since stays)."""
+    await conn.execute(FOLLOWED, [sku for sku, _ in moved], [version for _, version in moved])
 
 
 class StatusCache:

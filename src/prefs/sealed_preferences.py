@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from prefs.crypto import DataKey
+from prefs.crypto import BlindIndex, DataKey, nonce_of
 from prefs.db import Row
 from prefs.product_status import overlaid
 from prefs.products import Product, SharedPreference, Source, Status
@@ -86,34 +86,49 @@ def seal(key: DataKey, preference_id: uuid.UUID, content: Content) -> bytes:
 NO_SKU = "-"
 
 
+# The SKU index (revision 0018) names the ciphertext it was made from by its nonce
+# (``sku_index_of``): a row the previous release rewrote, or one written before the index, is
+# not indexed until the backfill indexes it, and SQL sees which rows those are.
+UNINDEXED = (
+    "(p.sku_index IS NULL OR p.sku_index_of IS DISTINCT FROM substring(p.sealed FROM 6 FOR 12))"
+)
+
+
 class Written(NamedTuple):
-    """A preference's content as written: ``sealed`` and the per-field copy (in the order of the
-    columns ``sealed, product_ct, attributes_ct, note_ct, source_ct``)."""
+    """A preference's content as written: ``sealed``, the per-field copy, and the SKU's index
+    (in the order of the columns ``sealed, product_ct, attributes_ct, note_ct, source_ct,
+    sku_index, sku_index_of``)."""
 
     sealed: bytes
     product_ct: bytes
     attributes_ct: bytes
     note_ct: bytes | None
     source_ct: bytes | None
+    sku_index: bytes
+    sku_index_of: bytes
 
 
 def _field(key: DataKey, preference_id: uuid.UUID, column: str, value: object) -> bytes:
     return key.encrypt(msgspec.json.encode(value), TABLE, column, preference_id)
 
 
-def written(key: DataKey, preference_id: uuid.UUID, content: Content) -> Written:
-    """``content`` sealed as one ciphertext, with the per-field copy the previous release reads."""
+def written(key: DataKey, index: BlindIndex, preference_id: uuid.UUID, content: Content) -> Written:
+    """``content`` sealed as one ciphertext, with the per-field copy the previous release reads
+    and the SKU's keyed index (by which an import finds the preferences of the SKUs it moved)."""
     product = content.product
     if product.sku is None:
         product = msgspec.structs.replace(product, sku=NO_SKU)
+    sealed = seal(key, preference_id, content)
     return Written(
-        sealed=seal(key, preference_id, content),
+        sealed=sealed,
         product_ct=_field(key, preference_id, "product", product),
         attributes_ct=_field(key, preference_id, "attributes", content.attributes),
         note_ct=None if content.note is None else _field(key, preference_id, "note", content.note),
         source_ct=None
         if content.source is None
         else _field(key, preference_id, "source", content.source),
+        sku_index=index.sku(content.product.sku, preference_id),
+        sku_index_of=nonce_of(sealed),
     )
 
 

@@ -61,6 +61,7 @@ REFERENCE = frozenset(
         "stores",
         "catalogue_products",
         "catalogue_state",
+        "catalogue_moves",  # SKUs whose status an import moved, until demand follows (0018)
         "retired_master_keys",
         "feed_numbering",  # one row: the numbering the feeds' counters start in (0015)
     }
@@ -513,6 +514,12 @@ ALLOWED: dict[str, tuple[str, str]] = {
     "0fd7df8466a08c2c": (
         "stores/service.py STILL_OPEN (prefs stores close)",
         "an operator command, rare: a multi-shard count of the store's open reorders",
+    ),
+    "dd17aa3715c7670c": (
+        "insights/service.py KEEPERS (a catalogue import's recount of demand)",
+        "a catalogue import that moved statuses, in the background: one multi-shard read of "
+        "preferences by their SKU index, joined to their grant on customer_id on each shard; "
+        "each customer found is recounted by router statements",
     ),
 }
 # Statements on paths customers or tills wait for that would leave one shard group: the change

@@ -5,15 +5,18 @@ from __future__ import annotations
 import csv
 import io
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 import msgspec
 
 from prefs.catalogue import service
 from prefs.catalogue.schemas import ImportRow
+
+if TYPE_CHECKING:
+    from prefs.crypto import Vault
 
 CSV_COLUMNS = {"sku", "name", "brand", "category", "status", "attributes", "replaced_by"}
 _row = msgspec.json.Decoder(ImportRow)
@@ -86,8 +89,9 @@ def _counting(rows: Iterator[tuple[int, Any]], bar: Any) -> Iterator[tuple[int, 
         yield line, row
 
 
-def register(main: click.Group, run: Any) -> None:
-    """Add `prefs catalogue` to the command; ``run(action)`` runs an action on a connection."""
+def register(main: click.Group, run: Any, vault: Callable[[], Vault]) -> None:
+    """Add `prefs catalogue` to the command; ``run(action)`` runs an action on a connection,
+    ``vault()`` gives the keys (an import recounts demand)."""
 
     @main.group()
     def catalogue() -> None:
@@ -109,6 +113,7 @@ def register(main: click.Group, run: Any) -> None:
         same file again changes nothing; a bad line is named and skipped, never the rest."""
         report = service.ImportReport()
         show_bar = sys.stderr.isatty()
+        keys = vault()
 
         async def action(conn: Any) -> service.ImportReport:
             with (
@@ -116,7 +121,9 @@ def register(main: click.Group, run: Any) -> None:
                 if show_bar
                 else _NoBar() as bar
             ):
-                return await service.import_rows(conn, _counting(read(file, kind), bar), report)
+                return await service.import_rows(
+                    conn, keys, _counting(read(file, kind), bar), report
+                )
 
         run(action)
         click.echo(

@@ -4,7 +4,8 @@ Products are not personal and are kept in plaintext. Search matches a SKU prefix
 of the query as a prefix of a word of the name, brand or category (PostgreSQL full-text search,
 'simple' configuration); results come in name order, a page at a time. Every import that changes
 a product raises catalogue_state.version, which readers use as an ETag and to know when statuses
-they keep in memory are stale.
+they keep in memory are stale, and records the SKUs whose status it moved, which anonymous
+demand follows once the import committed.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from dataclasses import dataclass, field
 import asyncpg
 import msgspec
 
+from prefs import product_status
 from prefs.catalogue.schemas import CatalogueProduct, ImportRow
+from prefs.crypto import Vault
 from prefs.errors import InvalidInput, NotFound
+from prefs.events import StatusesMoved, follow
 
 MAX_QUERY_WORDS = 8
 COLUMNS = "sku, name, brand, category, status, attributes, replaced_by, updated_at"
@@ -51,6 +55,11 @@ WHERE (c.name, c.brand, c.category, c.status, c.attributes, c.replaced_by)
 RETURNING sku, xmax = 0 AS inserted
 """
 BUMP = "UPDATE catalogue_state SET version = version + 1"
+# The batch's products already known, as they stand, held until the batch commits (in SKU
+# order, so that two imports at once take them in one order).
+HOLD = (
+    "SELECT sku, status FROM catalogue_products WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE"
+)
 
 _after = msgspec.json.Decoder(tuple[str, str])
 FORGED = "after must be the `next` value of a previous page."
@@ -139,10 +148,21 @@ def _arguments(rows: Sequence[ImportRow]) -> list[list[str | None]]:
 
 
 async def _upsert(conn: asyncpg.Connection, rows: Sequence[ImportRow]) -> list[asyncpg.Record]:
+    """The batch in one transaction: the products changed, the catalogue's version raised, and
+    the SKUs whose status moved (or that are new: a customer's own status gave way to the
+    catalogue's) recorded for demand to follow."""
     async with conn.transaction():
+        before = {
+            row["sku"]: row["status"] for row in await conn.fetch(HOLD, [r.sku for r in rows])
+        }
         changed = await conn.fetch(UPSERT, *_arguments(rows))
         if changed:
             await conn.execute(BUMP)
+            statuses = {row.sku: row.status for row in rows}
+            moved = [
+                row["sku"] for row in changed if before.get(row["sku"]) != statuses[row["sku"]]
+            ]
+            await product_status.record_moves(conn, moved)
     return changed
 
 
@@ -170,12 +190,15 @@ async def import_batch(
 
 async def import_rows(
     conn: asyncpg.Connection,
+    vault: Vault,
     rows: Iterable[tuple[int, ImportRow | str]],
     report: ImportReport,
     batch_size: int = 2_000,
 ) -> ImportReport:
-    """Import parsed rows (line number and row, or the reason the line was refused). A SKU seen
-    earlier in the same file refuses the later line."""
+    """Import parsed rows (line number and row, or the reason the line was refused), then follow
+    the status moves (anonymous demand recounts the customers keeping those SKUs; an earlier
+    import stopped before that is finished too). A SKU seen earlier in the same file refuses the
+    later line."""
     seen: dict[str, int] = {}
     batch: list[tuple[int, ImportRow]] = []
     for line, row in rows:
@@ -192,4 +215,5 @@ async def import_rows(
             batch = []
     if batch:
         await import_batch(conn, batch, report)
+    await follow(conn, vault, StatusesMoved())
     return report

@@ -3,7 +3,9 @@
 Counting data holds no customer id: each opted-in customer contributes under a keyed pseudonym
 (so a withdrawal or erasure takes the contribution back at once) to the groups of their
 highest-ranked discontinued preferences (at most ``GROUPS_PER_CUSTOMER``), whose labels are
-encrypted with a service key. What is shown is one release a day with noisy counts
+encrypted with a service key. A product is discontinued by the catalogue's word where it knows
+the SKU, else by its customer's: an import that moves a SKU's status recounts the customers
+keeping it (``recount_keepers``). What is shown is one release a day with noisy counts
 (``mechanism``): groups whose noisy count is under k are withheld.
 """
 
@@ -15,14 +17,16 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import msgspec
 
+from prefs import product_status
 from prefs.crypto import Vault
-from prefs.customer_keys import data_key
+from prefs.customer_keys import data_key, lock_customer
 from prefs.errors import TooManyRequests
 from prefs.grants import INSIGHTS, live_grant
 from prefs.insights.mechanism import GROUPS_PER_CUSTOMER, noisy_release
 from prefs.insights.schemas import DemandGroup, DiscontinuedDemand
+from prefs.product_status import overlaid
 from prefs.products import Product
-from prefs.sealed_preferences import CONTENT, open_content
+from prefs.sealed_preferences import CONTENT, UNINDEXED, open_content
 
 SIZE_KEYS = frozenset(
     {
@@ -50,10 +54,11 @@ class _Label(msgspec.Struct):
 
 
 FORGET = "DELETE FROM demand_contributions WHERE pseudonym = ANY($1::bytea[]) RETURNING group_hash"
-DISCONTINUED = f"""
-SELECT preference_id, {CONTENT} FROM preferences
-WHERE customer_id = $1 AND status = 'discontinued'
-  AND ($2::uuid[] IS NULL OR preference_id = ANY($2::uuid[]))
+# Every preference the grant covers, not only those stored as discontinued: where the catalogue
+# knows a product's SKU, its status is the catalogue's, and the SKU is sealed.
+COVERED = f"""
+SELECT preference_id, status, {CONTENT} FROM preferences
+WHERE customer_id = $1 AND ($2::uuid[] IS NULL OR preference_id = ANY($2::uuid[]))
 ORDER BY rank
 """
 ADD_GROUP = (
@@ -87,20 +92,51 @@ async def recount_if_granted(
     await _contribute(conn, vault, customer_id, grant)
 
 
+# The customers with an `insights` grant who keep one of the SKUs (their indexes under every index
+# key version), or a preference whose SKU is not indexed yet, which may be one of them. A read of
+# every preference (an import that moved statuses is rare; no index is kept on every write).
+KEEPERS = f"""
+SELECT DISTINCT p.customer_id FROM preferences p
+JOIN consents g ON g.customer_id = p.customer_id AND g.audience = 'insights'
+WHERE p.sku_index = ANY($1::bytea[]) OR {UNINDEXED}
+"""
+MOVES_AT_ONCE = 10_000
+
+
+async def recount_keepers(conn: asyncpg.Connection, vault: Vault) -> int:
+    """Follow the catalogue's status moves: recount each granted customer keeping a SKU whose
+    status an import moved, in a transaction of their own under their lock, then forget the
+    moves; returns how many customers were recounted. Call outside a transaction; safe to stop
+    (the next call finishes) and to run twice at once."""
+    recounted = 0
+    while moved := await product_status.moves(conn, MOVES_AT_ONCE):
+        indexes = vault.index.skus(sku for sku, _ in moved)
+        for row in await conn.fetch(KEEPERS, indexes):
+            async with conn.transaction():
+                if await lock_customer(conn, row["customer_id"]):
+                    await recount_if_granted(conn, vault, row["customer_id"])
+                    recounted += 1
+        await product_status.followed(conn, moved)
+    return recounted
+
+
 async def _contribute(
     conn: asyncpg.Connection, vault: Vault, customer_id: uuid.UUID, grant: asyncpg.Record | None
 ) -> None:
     if grant is None or "product" not in grant["fields"]:
         return
     index = vault.index
-    rows = await conn.fetch(DISCONTINUED, customer_id, grant["preference_ids"])
+    rows = await conn.fetch(COVERED, customer_id, grant["preference_ids"])
     if not rows:
         return
     key = await data_key(conn, vault, customer_id)
+    kept = [(row["status"], open_content(key, row)) for row in rows]
+    catalogue = await product_status.held(conn, (content.product.sku for _, content in kept))
     pseudonym = index.digest("demand", customer_id.bytes)
     labels: dict[bytes, bytes] = {}
-    for row in rows:
-        content = open_content(key, row)
+    for stored, content in kept:
+        if overlaid(stored, content.product.sku, catalogue) != "discontinued":
+            continue
         size: dict[str, str] = {}
         if "attributes" in grant["fields"]:
             size = {k: v for k, v in sorted(content.attributes.items()) if k in SIZE_KEYS}

@@ -11,6 +11,7 @@ import asyncpg
 from prefs.crypto import Vault
 from prefs.errors import Conflict
 from prefs.insights import service as insights
+from prefs.preferences import service as preferences
 
 BATCH = """
 SELECT customer_id, generation, wrapped FROM customer_keys
@@ -223,7 +224,8 @@ async def reindex(
 ) -> int:
     """After a new index key: write card blind indexes under every configured index version
     (lookups try them all, so cards keep working throughout), then drop versions no longer
-    configured, and recount demand under the primary key. Returns how many cards were indexed.
+    configured, index each preference's SKU under the primary key, and recount demand under it.
+    Returns how many cards were indexed.
 
     Subjects are not covered: only their hashes are stored, so each customer gains a hash under
     every configured version when they next sign in (see ``retire_index``).
@@ -254,6 +256,8 @@ async def reindex(
         if progress is not None:
             progress(done)
     await conn.execute(DROP_OLD_CARDS, vault.index.versions)
+    async for _ in preferences.index_sku_backlog(conn, vault):
+        pass  # each preference's SKU indexed under the primary (an import looks under each key)
     for row in await conn.fetch(INSIGHTS_GRANTS):
         async with conn.transaction():
             await insights.refresh(conn, vault, row["customer_id"])
@@ -265,6 +269,7 @@ async def reindex(
 LIVE_CODES = "SELECT count(*) FROM checkout_codes WHERE index_version = $1 AND expires_at > now()"
 DEMAND_UNDER = "SELECT count(*) FROM demand_contributions WHERE pseudonym = ANY($1::bytea[])"
 LEDGER_UNDER = "SELECT count(*) FROM consent_ledger WHERE mac_version = $1"
+SKUS_UNDER = "SELECT count(*) FROM preferences WHERE substring(sku_index FOR 4) = int4send($1)"
 
 
 def _counted(count: int, one: str, many: str) -> str:
@@ -296,6 +301,7 @@ async def retire_index(conn: asyncpg.Connection, vault: Vault, version: int) -> 
         for row in await conn.fetch(INSIGHTS_GRANTS)
     ]
     demand = await conn.fetchval(DEMAND_UNDER, pseudonyms) if pseudonyms else 0
+    skus = await conn.fetchval(SKUS_UNDER, version)
     reasons = []
     if subjects:
         reasons.append(
@@ -316,6 +322,11 @@ async def retire_index(conn: asyncpg.Connection, vault: Vault, version: int) -> 
         reasons.append(
             _counted(demand, "demand contribution is", "demand contributions are")
             + " counted under it (run `prefs keys reindex`)"
+        )
+    if skus:
+        reasons.append(
+            _counted(skus, "preference's SKU is", "preferences' SKUs are")
+            + " indexed under it (run `prefs keys reindex`)"
         )
     if reasons:
         raise Conflict(f"Version {version} is still needed: " + "; ".join(reasons) + ".")

@@ -28,9 +28,11 @@ from prefs.sealed_preferences import (
     COLUMNS,
     CONTENT,
     GET,
+    UNINDEXED,
     Content,
     open_content,
     open_purchases,
+    open_sealed,
     seal,
     seal_purchases,
     written,
@@ -102,8 +104,8 @@ async def get_preference(
 SHIFT_DOWN_FROM = "UPDATE preferences SET rank = rank + 1 WHERE customer_id = $1 AND rank >= $2"
 INSERT = f"""
 INSERT INTO preferences (customer_id, preference_id, rank, status, purchases_ct, sealed,
-                         product_ct, attributes_ct, note_ct, source_ct)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                         product_ct, attributes_ct, note_ct, source_ct, sku_index, sku_index_of)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 RETURNING {COLUMNS}
 """
 
@@ -131,7 +133,7 @@ async def create_preference(
             rank,
             status,
             seal_purchases(key, pid, data.purchases, data.last_purchased_on),
-            *written(key, pid, Content(data.product, data.attributes, data.note)),
+            *written(key, vault.index, pid, Content(data.product, data.attributes, data.note)),
         )
         assert row is not None
         await follow(conn, vault, PreferencesChanged(customer_id))
@@ -145,7 +147,8 @@ MOVE_DOWN = """UPDATE preferences SET rank = rank - 1
 UPDATE = f"""
 UPDATE preferences SET rank = $3, status = $4, purchases_ct = $5, purchases = NULL,
        last_purchased_on = NULL, sealed = $6, product_ct = $7, attributes_ct = $8,
-       note_ct = $9, source_ct = $10, version = version + 1, updated_at = now()
+       note_ct = $9, source_ct = $10, sku_index = $11, sku_index_of = $12,
+       version = version + 1, updated_at = now()
 WHERE customer_id = $1 AND preference_id = $2
 RETURNING {COLUMNS}
 """
@@ -241,7 +244,7 @@ async def update_preference(
                 if data.last_purchased_on is UNSET
                 else data.last_purchased_on,
             ),
-            *written(key, preference_id, content),
+            *written(key, vault.index, preference_id, content),
         )
         assert updated is not None
         await follow(conn, vault, PreferencesChanged(customer_id))
@@ -360,6 +363,53 @@ async def seal_content_backlog(
                 [row["customer_id"] for row in rows],
                 [row["preference_id"] for row in rows],
                 sealed,
+            )
+        after = (rows[-1]["customer_id"], rows[-1]["preference_id"])
+        yield len(rows)
+
+
+# The backfill: the SKU index of preferences written before revision 0018, or rewritten since by
+# the previous release (their index names another ciphertext), or indexed under an index key
+# that is no longer the primary, a batch at a time in primary-key order (rows another
+# transaction holds are skipped: a writer indexes them itself).
+SKU_BACKLOG = f"""
+SELECT p.customer_id, p.preference_id, p.sealed, k.generation, k.wrapped
+FROM preferences p JOIN customer_keys k USING (customer_id)
+WHERE (p.customer_id, p.preference_id) > ($2, $3) AND p.sealed IS NOT NULL
+  AND ({UNINDEXED} OR substring(p.sku_index FOR 4) <> int4send($4))
+ORDER BY p.customer_id, p.preference_id
+LIMIT $1
+FOR UPDATE OF p SKIP LOCKED
+"""
+INDEX_SKUS = """
+UPDATE preferences p SET sku_index = u.sku_index, sku_index_of = substring(p.sealed FROM 6 FOR 12)
+FROM unnest($1::uuid[], $2::uuid[], $3::bytea[]) AS u(customer_id, preference_id, sku_index)
+WHERE (p.customer_id, p.preference_id) = (u.customer_id, u.preference_id)
+"""
+
+
+async def index_sku_backlog(
+    conn: asyncpg.Connection, vault: Vault, batch: int = 500
+) -> AsyncIterator[int]:
+    """Index the SKU of each sealed preference not indexed (under the primary index key), one
+    short transaction per batch; yields how many each batch indexed. Online, and safe to stop
+    and run again; neither version nor updated_at moves."""
+    after = (uuid.UUID(int=0), uuid.UUID(int=0))
+    while True:
+        async with conn.transaction():
+            rows = await conn.fetch(SKU_BACKLOG, batch, *after, vault.index.primary)
+            if not rows:
+                return
+            indexes = []
+            for row in rows:
+                key = vault.envelope.unwrap(row["customer_id"], row["generation"], row["wrapped"])
+                sku = open_sealed(key, row["preference_id"], row["sealed"]).product.sku
+                indexes.append(vault.index.sku(sku, row["preference_id"]))
+            await conn.execute(
+                INDEX_SKUS,
+                [row["customer_id"] for row in rows],
+                [row["preference_id"] for row in rows],
+                indexes,
             )
         after = (rows[-1]["customer_id"], rows[-1]["preference_id"])
         yield len(rows)

@@ -103,9 +103,10 @@ SELECT sku, name, brand, category, status FROM catalogue_products WHERE sku = AN
 """
 ADD = """
 INSERT INTO preferences (customer_id, preference_id, rank, status, purchases_ct, sealed,
-                         product_ct, attributes_ct, note_ct, source_ct)
+                         product_ct, attributes_ct, note_ct, source_ct, sku_index, sku_index_of)
 SELECT $1, * FROM unnest($2::uuid[], $3::int[], $4::text[], $5::bytea[], $6::bytea[],
-                         $7::bytea[], $8::bytea[], $9::bytea[], $10::bytea[])
+                         $7::bytea[], $8::bytea[], $9::bytea[], $10::bytea[], $11::bytea[],
+                         $12::bytea[])
 """
 COUNT_AGAIN = """
 UPDATE preferences p SET purchases_ct = u.sealed, purchases = NULL, last_purchased_on = NULL,
@@ -286,7 +287,9 @@ async def record(
             ],
             *zip(
                 *(
-                    written(key, k.preference_id, Content(product, attrs, None, source))
+                    written(
+                        key, vault.index, k.preference_id, Content(product, attrs, None, source)
+                    )
                     for k, product, attrs, _, source in added
                 ),
                 strict=True,

@@ -260,7 +260,7 @@ async def ensure_demo(conn: asyncpg.Connection, vault: Vault, settings: Settings
         customer_id = await _demo_customer(conn, vault, card)
         shared_with_tills = await grants.live_grant(conn, customer_id, grants.POS) is not None
         rows = [(n, msgspec.convert(p, ImportRow)) for n, p in enumerate(DEMO_CATALOGUE, 1)]
-        await catalogue.import_rows(conn, rows, catalogue.ImportReport())
+        await catalogue.import_rows(conn, vault, rows, catalogue.ImportReport())
     return Demo(
         subject=DEMO_SUBJECT,
         till_key=till_key,
