@@ -25,6 +25,9 @@ PREFS_VARIANTS (comma-separated) selects them:
                 that lookups which arrived together (parsed in the same turns) go in one batch
   spill-N       with in-flight-M: a batch beyond the first starts only while at least N lookups
                 wait (under load, batches overlap; a quiet till still waits for one batch only)
+  staged        with in-flight-M: a batch starts only while no other is still in its lookup
+                statement: one batch's lookup overlaps the previous one's insert and commit, and
+                the worker's own work on its answers, instead of waiting for them
 
 Earlier variants (no pool reset query, an async API-key guard, cached associated-data bytes)
 measured gains and were adopted in src/.
@@ -45,7 +48,7 @@ from prefs import app, db
 from prefs.group_commit import GroupCommit, Queued, fail_all
 from prefs.pos import service as pos
 
-VARIANTS = {"plain", "no-metrics", "async-commit", "clear-log"}
+VARIANTS = {"plain", "no-metrics", "async-commit", "clear-log", "staged"}
 NUMBERED = ("in-flight-", "commit-delay-", "gather-", "spill-")  # followed by a number
 
 # The lookup statement as it was before the access log was sealed: its own CTE logs every hit in
@@ -172,6 +175,64 @@ def _spilling(least: int) -> tuple[Any, Any, Any]:
     return submit, drained, drain
 
 
+def _staged() -> tuple[Any, Any, Any, Any, Any]:
+    """GroupCommit's submit, _start, _drained and _drain, and LookupBatcher._look_up: one batch
+    per task, a task started only while no batch is between its start and the return of its
+    lookup statement (``looking``), and up to in_flight at once."""
+
+    def looking(self: GroupCommit[Any, Any]) -> set[asyncio.Task[None]]:
+        tasks: set[asyncio.Task[None]] = self.__dict__.setdefault("looking", set())
+        return tasks
+
+    def more(self: GroupCommit[Any, Any]) -> bool:
+        return self.running < self.in_flight and not looking(self)
+
+    async def submit(self: GroupCommit[Any, Any], request: Any) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.queue.append(Queued(request, future))
+        if more(self):
+            self._start()
+        return await future
+
+    def start(self: GroupCommit[Any, Any]) -> None:
+        self.running += 1
+        task = asyncio.create_task(self._drain())
+        self.tasks.add(task)
+        looking(self).add(task)
+        task.add_done_callback(self._drained)
+
+    def drained(self: GroupCommit[Any, Any], task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        looking(self).discard(task)
+        self.running -= 1
+        if task.cancelled():
+            if not self.tasks:
+                fail_all(self.queue, RuntimeError("stopping"))
+                self.queue = []
+        elif self.queue and more(self):
+            self._start()
+
+    async def drain(self: GroupCommit[Any, Any]) -> None:
+        batch, self.queue = self.queue[: self.max_batch], self.queue[self.max_batch :]
+        batch = [queued for queued in batch if not queued.future.done()]
+        if batch:
+            await self._run(batch)
+
+    look_up = pos.LookupBatcher._look_up
+
+    async def staged_look_up(self: pos.LookupBatcher, conn: Any, requests: Any) -> Any:
+        try:
+            return await look_up(self, conn, requests)
+        finally:
+            task = asyncio.current_task()
+            if task in looking(self):
+                looking(self).discard(task)  # type: ignore[arg-type]
+                if self.queue and more(self):
+                    self._start()
+
+    return submit, start, drained, drain, staged_look_up
+
+
 def apply(variants: set[str]) -> None:
     """Patch this process for the given variants."""
     unknown = {
@@ -199,6 +260,13 @@ def apply(variants: set[str]) -> None:
         GroupCommit.submit = submit  # type: ignore[method-assign]
         GroupCommit._drained = drained  # type: ignore[method-assign]
         GroupCommit._drain = drain  # type: ignore[method-assign]
+    if "staged" in variants:
+        submit, start, drained, drain, staged_look_up = _staged()
+        GroupCommit.submit = submit  # type: ignore[method-assign]
+        GroupCommit._start = start  # type: ignore[method-assign]
+        GroupCommit._drained = drained  # type: ignore[method-assign]
+        GroupCommit._drain = drain  # type: ignore[method-assign]
+        pos.LookupBatcher._look_up = staged_look_up  # type: ignore[method-assign]
     if "clear-log" in variants:
         pos.LookupBatcher._fetch = _clear_log_fetch()  # type: ignore[method-assign]
     if "no-metrics" in variants:
