@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from prefs import db, product_status
+from prefs.catalogue import service as catalogue
+from prefs.catalogue.schemas import ImportRow
 from prefs.crypto import Vault
 from prefs.insights import service as insights
 from tests.support.customer import grant, keep
@@ -127,3 +129,62 @@ async def test_a_customer_keeping_several_moved_skus_is_recounted_once_per_pass(
     others = await moved([fresh_sku()])  # kept by nobody: whoever else is recounted each time
     assert await moved(skus) == others + 1
     assert await _contributions(conn, vault, customer.id) == 2  # GROUPS_PER_CUSTOMER
+
+
+async def _waits_on_a_lock(conn: Any, pid: int) -> None:
+    """Until the backend ``pid`` waits for a lock another transaction holds."""
+    query = "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1"
+    for _ in range(500):
+        if await conn.fetchval(query, pid):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"backend {pid} never waited for a lock")
+
+
+async def test_an_import_moving_skus_a_recount_is_forgetting_does_not_deadlock_with_it(
+    conn, database
+):
+    """Two imports at once: one's recount forgets the moves it followed while the other's batch
+    moves the same SKUs again. The batch recorded its moves in file order and the recount took
+    them in table order, so each could hold a SKU the other waited for: a deadlock, the recount
+    failing the first import's command (or the batch retried line by line). Both take them in
+    SKU order."""
+    skus = [fresh_sku(), fresh_sku()]
+    for sku in skus:
+        await catalogue_product(conn, sku, "available")
+    async with conn.transaction():  # an import moved them; its recount has yet to forget them
+        await conn.execute("UPDATE catalogue_state SET version = version + 1")
+        await product_status.record_moves(conn, skus)
+    pending = [move for move in await product_status.moves(conn, 10**6) if move[0] in skus]
+    taken_first, taken_next = [
+        row["sku"]
+        for row in await conn.fetch(
+            "SELECT sku FROM catalogue_moves WHERE sku = ANY($1) ORDER BY ctid", skus
+        )
+    ]
+    importer, holder = await db.connect(database.url), await db.connect(database.url)
+    try:
+        await conn.execute("SET deadlock_timeout = '100ms'")  # the recount is the one to find it
+        await importer.execute("SET deadlock_timeout = '10s'")
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM catalogue_moves WHERE sku = $1 FOR UPDATE", taken_first)
+        forgetting = asyncio.create_task(product_status.followed(conn, pending))
+        await _waits_on_a_lock(holder, conn.get_server_pid())
+        report = catalogue.ImportReport()
+        lines = [
+            (line, ImportRow(sku=sku, name="Classic Chino", status="discontinued"))
+            for line, sku in enumerate([taken_next, taken_first], start=1)
+        ]
+        importing = asyncio.create_task(catalogue.import_batch(importer, lines, report))
+        await _waits_on_a_lock(holder, importer.get_server_pid())
+        await held.rollback()
+        await forgetting
+        await importing
+        assert not report.refused and report.changed == 2, report
+        still = {sku for sku, _ in await product_status.moves(conn, 10**6)}
+        assert set(skus) <= still  # the second import's moves wait for its own recount
+    finally:
+        await conn.execute("RESET deadlock_timeout")
+        await importer.close()
+        await holder.close()
