@@ -15,7 +15,11 @@ runs it: it needs the keys) indexes it.
 ``catalogue_moves`` lists the SKUs whose status an import moved (or that it added), with the
 catalogue version that moved them, until demand has recounted the customers keeping them: the
 import's transaction records them, and the recount that follows deletes them, so an import
-stopped in between is finished by the next one.
+stopped in between is finished by the next one. The upgrade records every SKU of the catalogue
+as moved: demand counted the stored status until now, and the imports before this revision
+moved statuses (or added SKUs a customer had typed a status for) without recounting anybody, so
+whoever keeps a SKU of the catalogue is recounted once, by the backfill `prefs migrate` runs
+(or by the next import), as after an import that moved them all.
 
 Adding nullable columns changes only the catalogue, so the table is locked for moments however
 large it is; no index is added on ``sku_index`` (an import that moved statuses reads the table
@@ -42,6 +46,8 @@ def upgrade() -> None:
         sku     text PRIMARY KEY,
         version bigint NOT NULL
     );
+    INSERT INTO catalogue_moves (sku, version)
+    SELECT p.sku, s.version FROM catalogue_products p CROSS JOIN catalogue_state s;
     """)
 
 

@@ -258,25 +258,29 @@ def _schema(url: str) -> db.Schema:
 def _seal_backlog(settings: Settings, url: str) -> None:
     """Seal what revision 0009's expand step left in clear: access-log entries, purchase
     histories and Idempotency-Key values; seal each preference kept field by field before
-    revision 0016 as one ciphertext; and index the SKU of each preference not indexed under the
-    primary index key (revision 0018) (it needs the keys: not in a migration). `prefs migrate`
-    runs it every time (so it resumes one that was stopped), `prefs serve` when it migrated."""
+    revision 0016 as one ciphertext; index the SKU of each preference not indexed under the
+    primary index key (revision 0018), then recount the demand of the customers keeping a SKU
+    whose status moved (revision 0018 records every SKU as moved) (it needs the keys: not in a
+    migration). `prefs migrate` runs it every time (so it resumes one that was stopped), `prefs
+    serve` when it migrated."""
     from prefs import idempotency
     from prefs.access_log import service as access_log
+    from prefs.insights import service as insights
     from prefs.preferences import service as preferences
 
     vault = _vault(settings)
 
-    async def action(conn: Any) -> tuple[int, int, int, int, int]:
+    async def action(conn: Any) -> tuple[int, int, int, int, int, int]:
         return (
             sum([done async for done in access_log.seal_backlog(conn, vault)]),
             sum([done async for done in preferences.seal_purchase_backlog(conn, vault)]),
             await idempotency.hash_legacy_keys(conn, vault),
             sum([done async for done in preferences.seal_content_backlog(conn, vault)]),
             sum([done async for done in preferences.index_sku_backlog(conn, vault)]),
+            await insights.recount_keepers(conn, vault),
         )
 
-    visits, histories, keys, contents, skus = _run(url, action)
+    visits, histories, keys, contents, skus, recounted = _run(url, action)
     if visits or histories or keys:
         click.echo(
             f"sealed {visits} access-log entries and {histories} purchase histories kept in"
@@ -286,6 +290,8 @@ def _seal_backlog(settings: Settings, url: str) -> None:
         click.echo(f"sealed {contents} preferences kept field by field as one ciphertext each")
     if skus:
         click.echo(f"indexed the SKUs of {skus} preferences under the primary index key")
+    if recounted:
+        click.echo(f"recounted the demand of {recounted} customers by the catalogue's statuses")
 
 
 @main.command()

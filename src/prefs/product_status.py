@@ -34,16 +34,25 @@ FROM catalogue_products
 """
 # for a statement that wants to say which catalogue it read: a scalar subquery
 VERSION = "(SELECT version FROM catalogue_state)"
-# The SKUs whose status an import moved (or that it added), until demand follows them.
+# The SKUs whose status an import moved (or that it added), until demand follows them. Both
+# writers take the rows in SKU order: a batch recording moves while a recount forgets the same
+# SKUs (two imports at once) would otherwise each hold a row the other waits for.
 MOVED = f"""
-INSERT INTO catalogue_moves (sku, version) SELECT unnest($1::text[]), {VERSION}
+INSERT INTO catalogue_moves (sku, version)
+SELECT sku, {VERSION} FROM unnest($1::text[]) AS sku ORDER BY sku
 ON CONFLICT (sku) DO UPDATE SET version = EXCLUDED.version
 """
 MOVES = "SELECT sku, version FROM catalogue_moves ORDER BY version, sku LIMIT $1"
-# only as moved then: a SKU moved again meanwhile stays until that move is followed too
+# only as moved then: a SKU moved again meanwhile stays until that move is followed too (the
+# lock re-reads a row another import changed, and its version no longer matches)
 FOLLOWED = """
-DELETE FROM catalogue_moves m USING unnest($1::text[], $2::bigint[]) AS f(sku, version)
-WHERE m.sku = f.sku AND m.version = f.version
+DELETE FROM catalogue_moves WHERE sku IN (
+    SELECT m.sku FROM catalogue_moves m
+    JOIN unnest($1::text[], $2::bigint[]) AS f(sku, version)
+        ON m.sku = f.sku AND m.version = f.version
+    ORDER BY m.sku
+    FOR UPDATE OF m
+)
 """
 
 

@@ -515,7 +515,7 @@ ALLOWED: dict[str, tuple[str, str]] = {
         "stores/service.py STILL_OPEN (prefs stores close)",
         "an operator command, rare: a multi-shard count of the store's open reorders",
     ),
-    "dd17aa3715c7670c": (
+    "d7771ea454e69749": (
         "insights/service.py KEEPERS (a catalogue import's recount of demand)",
         "a catalogue import that moved statuses, in the background: one multi-shard read of "
         "preferences by their SKU index, joined to their grant on customer_id on each shard; "

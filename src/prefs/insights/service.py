@@ -94,29 +94,42 @@ async def recount_if_granted(
 
 # The customers with an `insights` grant who keep one of the SKUs (their indexes under every index
 # key version), or a preference whose SKU is not indexed yet, which may be one of them. A read of
-# every preference (an import that moved statuses is rare; no index is kept on every write).
+# every preference (an import that moved statuses is rare; no index is kept on every write). The
+# indexes are probed through a hash (a hashed subplan) whatever plan the statement settles on: a
+# generic plan runs `= ANY($1)` as a walk of the whole array for every row.
 KEEPERS = f"""
 SELECT DISTINCT p.customer_id FROM preferences p
 JOIN consents g ON g.customer_id = p.customer_id AND g.audience = 'insights'
-WHERE p.sku_index = ANY($1::bytea[]) OR {UNINDEXED}
+WHERE p.sku_index IN (SELECT unnest($1::bytea[])) OR {UNINDEXED}
 """
-MOVES_AT_ONCE = 10_000
+MOVES_AT_ONCE = 10_000  # SKUs per read of the preferences (their indexes hashed in memory)
+MOVES_PER_PASS = 1_000_000
 
 
 async def recount_keepers(conn: asyncpg.Connection, vault: Vault) -> int:
     """Follow the catalogue's status moves: recount each granted customer keeping a SKU whose
     status an import moved, in a transaction of their own under their lock, then forget the
     moves; returns how many customers were recounted. Call outside a transaction; safe to stop
-    (the next call finishes) and to run twice at once."""
+    (the next call finishes) and to run twice at once.
+
+    A pass reads the moves waiting once: each of them committed before any recount of the pass
+    began, so a customer recounted for one part of them is not recounted for another."""
     recounted = 0
-    while moved := await product_status.moves(conn, MOVES_AT_ONCE):
-        indexes = vault.index.skus(sku for sku, _ in moved)
-        for row in await conn.fetch(KEEPERS, indexes):
-            async with conn.transaction():
-                if await lock_customer(conn, row["customer_id"]):
-                    await recount_if_granted(conn, vault, row["customer_id"])
-                    recounted += 1
-        await product_status.followed(conn, moved)
+    while waiting := await product_status.moves(conn, MOVES_PER_PASS):
+        done: set[uuid.UUID] = set()
+        for start in range(0, len(waiting), MOVES_AT_ONCE):
+            moved = waiting[start : start + MOVES_AT_ONCE]
+            indexes = vault.index.skus(sku for sku, _ in moved)
+            for row in await conn.fetch(KEEPERS, indexes):
+                customer_id = row["customer_id"]
+                if customer_id in done:
+                    continue
+                done.add(customer_id)
+                async with conn.transaction():
+                    if await lock_customer(conn, customer_id):
+                        await recount_if_granted(conn, vault, customer_id)
+                        recounted += 1
+            await product_status.followed(conn, moved)
     return recounted
 
 
