@@ -4,6 +4,7 @@ answer and their own access-log record, and one lookup's failure or cancellation
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import uuid
@@ -82,6 +83,28 @@ async def until_a_batch_waits_for_a_lock(conn: asyncpg.Connection) -> None:
     pytest.fail("the lookup never reached the database")
 
 
+@contextlib.asynccontextmanager
+async def access_log_refusing(conn: asyncpg.Connection, customer_id: str) -> AsyncIterator[None]:
+    """While in the block, the database refuses (RAISE) any access-log record of the customer:
+    the error of one lookup's data, not of its batch."""
+    trigger = f"refuse_{uuid.uuid4().hex}"
+    await conn.execute(
+        f"""
+        CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.customer_id = '{customer_id}' THEN RAISE EXCEPTION 'refused for the test'; END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER {trigger} BEFORE INSERT ON access_log
+            FOR EACH ROW EXECUTE FUNCTION {trigger}();
+        """
+    )
+    try:
+        yield
+    finally:
+        await conn.execute(f"DROP TRIGGER {trigger} ON access_log; DROP FUNCTION {trigger}()")
+
+
 @pytest.mark.parametrize("in_flight", [1, 2])
 async def test_lookups_sent_together_share_a_statement_and_each_gets_its_own_answer(
     client, conn, new_customer, pool, vault, in_flight, routed
@@ -157,19 +180,7 @@ async def test_one_lookup_the_database_refuses_fails_alone(
     bad, bad_card, _ = await shopper(new_customer, client)
     for customer, _, _ in [*good, (bad, bad_card, None)]:
         await grant(client, customer)
-    trigger = f"refuse_{uuid.uuid4().hex}"
-    await conn.execute(
-        f"""
-        CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.customer_id = '{bad.id}' THEN RAISE EXCEPTION 'refused for the test'; END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER {trigger} BEFORE INSERT ON access_log
-            FOR EACH ROW EXECUTE FUNCTION {trigger}();
-        """
-    )
-    try:
+    async with access_log_refusing(conn, bad.id):
         batcher = LookupBatcher(
             pool, 64, 1, misses_per_key=1000, misses_per_store=1000, vault=vault, routed=routed
         )
@@ -179,8 +190,6 @@ async def test_one_lookup_the_database_refuses_fails_alone(
             lookup(batcher, vault, throttle, key, plain(bad_card), None),
             return_exceptions=True,
         )
-    finally:
-        await conn.execute(f"DROP TRIGGER {trigger} ON access_log; DROP FUNCTION {trigger}()")
     *fine, refused = answers
     assert isinstance(refused, asyncpg.RaiseError)
     assert await disclosures(conn, bad.id) == 0

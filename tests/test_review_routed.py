@@ -29,7 +29,7 @@ from prefs.throttle import ThrottledTills, count_misses
 from tests.support.customer import checkout_code, grant
 from tests.support.stores import fresh_store
 from tests.support.till import disclosures, fresh_card, shopper, till_key, visits
-from tests.test_lookup_batching import LOOKUP_TYPES, generic_plan, reads
+from tests.test_lookup_batching import LOOKUP_TYPES, access_log_refusing, generic_plan, reads
 
 
 @pytest.fixture
@@ -63,6 +63,22 @@ async def code_store(conn: asyncpg.Connection, vault: Any, code: str) -> str | N
         vault.index.all_digests("checkout-code", code.encode()),
     )
     return store
+
+
+async def one_miss_left(
+    batcher: LookupBatcher, tills: ThrottledTills, key: str, known_card: str
+) -> None:
+    """The till key has one miss left (per_key=2 and one counted): a miss, then even a card that
+    would be found is refused."""
+    vault = batcher.vault
+    miss = await asyncio.gather(
+        lookup(batcher, vault, tills, key, plain(fresh_card()), None), return_exceptions=True
+    )
+    assert isinstance(miss[0], NotFound), miss
+    refused = await asyncio.gather(
+        lookup(batcher, vault, tills, key, plain(known_card), None), return_exceptions=True
+    )
+    assert isinstance(refused[0], TooManyRequests), refused
 
 
 async def test_a_mixed_batch_of_stores_customers_cards_and_codes(
@@ -401,14 +417,7 @@ async def test_a_till_that_makes_its_batch_undecided_costs_the_other_tills_two_l
     assert await disclosures(conn, shared_customer.id) == 7  # six other tills and the near one
     assert await disclosures(conn, near.id) == 1
     for key in others[6:]:  # each miss counted once: one more is each key's last
-        miss = await asyncio.gather(
-            lookup(batcher, vault, tills, key, plain(fresh_card()), None), return_exceptions=True
-        )
-        assert isinstance(miss[0], NotFound), miss
-        refused = await asyncio.gather(
-            lookup(batcher, vault, tills, key, plain(shared_card), None), return_exceptions=True
-        )
-        assert isinstance(refused[0], TooManyRequests), refused
+        await one_miss_left(batcher, tills, key, shared_card)
 
 
 class LooksNoted(LookupBatcher):
@@ -462,14 +471,7 @@ async def test_a_till_near_its_limit_with_several_fresh_codes_costs_the_others_o
     looked = {key: sum(look.count(api_key_hash(key)) for look in batcher.looks) for key in others}
     assert looked == dict.fromkeys(others, 2), list(looked.values())
     for key in others[4:]:  # each miss counted once: one more is each key's last
-        miss = await asyncio.gather(
-            lookup(batcher, vault, tills, key, plain(fresh_card()), None), return_exceptions=True
-        )
-        assert isinstance(miss[0], NotFound), miss
-        refused = await asyncio.gather(
-            lookup(batcher, vault, tills, key, plain(shared_card), None), return_exceptions=True
-        )
-        assert isinstance(refused[0], TooManyRequests), refused
+        await one_miss_left(batcher, tills, key, shared_card)
 
 
 async def test_a_lookup_the_database_refuses_in_a_batch_looked_up_again_fails_alone(
@@ -488,19 +490,7 @@ async def test_a_lookup_the_database_refuses_in_a_batch_looked_up_again_fails_al
     keys = [(await till_key(conn, fresh_store()))[1] for _ in range(4)]
     batcher = batcher_of(pools[0], vault, routed, per_key=2, per_store=100)
     await count_misses(conn, [(api_key_hash(near_key), "elsewhere")], 2, 100)  # one miss left
-    trigger = f"refuse_{uuid.uuid4().hex}"
-    await conn.execute(
-        f"""
-        CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.customer_id = '{bad.id}' THEN RAISE EXCEPTION 'refused for the test'; END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER {trigger} BEFORE INSERT ON access_log
-            FOR EACH ROW EXECUTE FUNCTION {trigger}();
-        """
-    )
-    try:
+    async with access_log_refusing(conn, bad.id):
         tills = ThrottledTills()
         answers = await asyncio.gather(
             *(
@@ -512,8 +502,6 @@ async def test_a_lookup_the_database_refuses_in_a_batch_looked_up_again_fails_al
             lookup(batcher, vault, tills, near_key, None, code),  # undecided: one miss left
             return_exceptions=True,
         )
-    finally:
-        await conn.execute(f"DROP TRIGGER {trigger} ON access_log; DROP FUNCTION {trigger}()")
     *fine, refused, near_hit, by_code = answers
     assert all(isinstance(answer, LookupResult) for answer in fine), fine
     assert isinstance(refused, asyncpg.RaiseError), refused
