@@ -141,12 +141,8 @@ def _gathering_drain(turns: int) -> Any:
     return drain
 
 
-def _spilling(least: int) -> tuple[Any, Any, Any]:
-    """GroupCommit's submit, _drained and _drain, a batch beyond the first started or kept going
-    only while at least ``least`` requests wait."""
-
-    def more(self: GroupCommit[Any, Any]) -> bool:
-        return self.running == 0 or (self.running < self.in_flight and len(self.queue) >= least)
+def _gated(more: Any) -> tuple[Any, Any]:
+    """GroupCommit's submit and _drained, a batch started only when ``more(self)`` allows."""
 
     async def submit(self: GroupCommit[Any, Any], request: Any) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -164,6 +160,18 @@ def _spilling(least: int) -> tuple[Any, Any, Any]:
                 self.queue = []
         elif self.queue and more(self):
             self._start()
+
+    return submit, drained
+
+
+def _spilling(least: int) -> tuple[Any, Any, Any]:
+    """GroupCommit's submit, _drained and _drain, a batch beyond the first started or kept going
+    only while at least ``least`` requests wait."""
+
+    def more(self: GroupCommit[Any, Any]) -> bool:
+        return self.running == 0 or (self.running < self.in_flight and len(self.queue) >= least)
+
+    submit, drained = _gated(more)
 
     async def drain(self: GroupCommit[Any, Any]) -> None:
         while self.queue and (self.running == 1 or len(self.queue) >= least):
@@ -187,12 +195,7 @@ def _staged() -> tuple[Any, Any, Any, Any, Any]:
     def more(self: GroupCommit[Any, Any]) -> bool:
         return self.running < self.in_flight and not looking(self)
 
-    async def submit(self: GroupCommit[Any, Any], request: Any) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.queue.append(Queued(request, future))
-        if more(self):
-            self._start()
-        return await future
+    submit, gated_drained = _gated(more)
 
     def start(self: GroupCommit[Any, Any]) -> None:
         self.running += 1
@@ -202,15 +205,8 @@ def _staged() -> tuple[Any, Any, Any, Any, Any]:
         task.add_done_callback(self._drained)
 
     def drained(self: GroupCommit[Any, Any], task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
         looking(self).discard(task)
-        self.running -= 1
-        if task.cancelled():
-            if not self.tasks:
-                fail_all(self.queue, RuntimeError("stopping"))
-                self.queue = []
-        elif self.queue and more(self):
-            self._start()
+        gated_drained(self, task)
 
     async def drain(self: GroupCommit[Any, Any]) -> None:
         batch, self.queue = self.queue[: self.max_batch], self.queue[self.max_batch :]
