@@ -65,6 +65,16 @@ async def code_store(conn: asyncpg.Connection, vault: Any, code: str) -> str | N
     return store
 
 
+async def near_its_limit(client: Any, conn: asyncpg.Connection, new_customer: Any) -> Any:
+    """A customer with a fresh checkout code, and a till key with one miss left (per_key=2): its
+    code after one of its own lookups makes a batch undecided."""
+    near, _, _ = await shopper(new_customer, client)
+    code = (await checkout_code(client, near))["code"]
+    _, near_key = await till_key(conn, fresh_store())
+    await count_misses(conn, [(api_key_hash(near_key), "elsewhere")], 2, 100)
+    return near, code, near_key
+
+
 async def one_miss_left(
     batcher: LookupBatcher, tills: ThrottledTills, key: str, known_card: str
 ) -> None:
@@ -395,12 +405,9 @@ async def test_a_till_that_makes_its_batch_undecided_costs_the_other_tills_two_l
     every hit shown and logged once, every miss counted once."""
     shared_customer, shared_card, _ = await shopper(new_customer, client)
     await grant(client, shared_customer)
-    near, _, _ = await shopper(new_customer, client)
-    fresh_code = (await checkout_code(client, near))["code"]
-    _, near_key = await till_key(conn, fresh_store())
+    near, fresh_code, near_key = await near_its_limit(client, conn, new_customer)
     others = [(await till_key(conn, fresh_store()))[1] for _ in range(12)]
     batcher = batcher_of(pools[0], vault, routed, per_key=2, per_store=100)
-    await count_misses(conn, [(api_key_hash(near_key), "elsewhere")], 2, 100)  # one miss left
     tills = ThrottledTills()
     before = [lookup(batcher, vault, tills, key, plain(shared_card), None) for key in others[:6]]
     misses = [lookup(batcher, vault, tills, key, plain(fresh_card()), None) for key in others[6:]]
@@ -484,12 +491,9 @@ async def test_a_lookup_the_database_refuses_in_a_batch_looked_up_again_fails_al
     bad, bad_card, _ = await shopper(new_customer, client)
     for customer, _, _ in [*good, (bad, bad_card, None)]:
         await grant(client, customer)
-    near, _, _ = await shopper(new_customer, client)
-    code = (await checkout_code(client, near))["code"]
-    _, near_key = await till_key(conn, fresh_store())
+    _, code, near_key = await near_its_limit(client, conn, new_customer)
     keys = [(await till_key(conn, fresh_store()))[1] for _ in range(4)]
     batcher = batcher_of(pools[0], vault, routed, per_key=2, per_store=100)
-    await count_misses(conn, [(api_key_hash(near_key), "elsewhere")], 2, 100)  # one miss left
     async with access_log_refusing(conn, bad.id):
         tills = ThrottledTills()
         answers = await asyncio.gather(
