@@ -11,7 +11,9 @@ from prefs import db, product_status
 from prefs.catalogue import service as catalogue
 from prefs.catalogue.schemas import ImportRow
 from prefs.crypto import Vault
+from prefs.customer_keys import lock_customer
 from prefs.insights import service as insights
+from prefs.keys import service as keys
 from tests.support.customer import grant, keep
 from tests.support.database import Database
 from tests.support.rights import enrol, own_database, run_prefs
@@ -188,3 +190,35 @@ async def test_an_import_moving_skus_a_recount_is_forgetting_does_not_deadlock_w
         await conn.execute("RESET deadlock_timeout")
         await importer.close()
         await holder.close()
+
+
+async def test_a_reindex_recounts_each_customers_demand_under_their_lock(
+    client: Any, conn: Any, database: Database, vault: Vault, new_customer: Any
+) -> None:
+    """`prefs keys reindex` recounts every customer sharing with `insights`, as any recount
+    does: under the customer's lock, so it waits for a write of theirs in progress instead of
+    taking back and making again their contributions beside it."""
+    customer = await new_customer()
+    await grant(client, customer, "insights", ["product"])
+    writer = await db.connect(database.url)
+    try:
+        await writer.execute("BEGIN")
+        assert await lock_customer(writer, uuid.UUID(customer.id))  # a write of theirs
+        reindex = asyncio.create_task(keys.reindex(conn, vault))
+        waited = False
+        for _ in range(1500):
+            if reindex.done():
+                break
+            waited = await writer.fetchval(
+                "SELECT count(*) > 0 FROM pg_locks WHERE pid = $1 AND NOT granted",
+                conn.get_server_pid(),
+            )
+            if waited:
+                break
+            await asyncio.sleep(0.02)
+        assert waited, "the reindex recounted the customer without waiting for their lock"
+        assert not reindex.done()
+    finally:
+        await writer.execute("COMMIT")
+        await writer.close()
+    await reindex

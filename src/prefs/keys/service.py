@@ -230,7 +230,7 @@ async def reindex(
     Subjects are not covered: only their hashes are stored, so each customer gains a hash under
     every configured version when they next sign in (see ``retire_index``).
     """
-    from prefs.customer_keys import data_key
+    from prefs.customer_keys import data_key, lock_customer
 
     done, after = 0, uuid.UUID(int=0)
     while True:
@@ -259,8 +259,9 @@ async def reindex(
     async for _ in preferences.index_sku_backlog(conn, vault):
         pass  # each preference's SKU indexed under the primary (an import looks under each key)
     for row in await conn.fetch(INSIGHTS_GRANTS):
-        async with conn.transaction():
-            await insights.refresh(conn, vault, row["customer_id"])
+        async with conn.transaction():  # as every recount: under the customer's lock
+            if await lock_customer(conn, row["customer_id"]):
+                await insights.refresh(conn, vault, row["customer_id"])
     async with conn.transaction():
         await insights.drop_unused_groups(conn)
     return done
