@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import asyncpg
 import msgspec
@@ -291,34 +291,21 @@ WHERE (p.customer_id, p.preference_id) = (u.customer_id, u.preference_id)
 """
 
 
-async def seal_purchase_backlog(
+def seal_purchase_backlog(
     conn: asyncpg.Connection, vault: Vault, batch: int = 1000
 ) -> AsyncIterator[int]:
     """Seal the purchase histories still in clear, one transaction per batch; yields how many
     each batch sealed. Online, and safe to stop and run again."""
-    after = (uuid.UUID(int=0), uuid.UUID(int=0))
-    while True:
-        async with conn.transaction():
-            rows = await conn.fetch(PURCHASE_BACKLOG, batch, *after)
-            if not rows:
-                return
-            sealed = [
-                seal_purchases(
-                    vault.envelope.unwrap(row["customer_id"], row["generation"], row["wrapped"]),
-                    row["preference_id"],
-                    row["purchases"],
-                    row["last_purchased_on"],
-                )
-                for row in rows
-            ]
-            await conn.execute(
-                SEAL_PURCHASES,
-                [row["customer_id"] for row in rows],
-                [row["preference_id"] for row in rows],
-                sealed,
-            )
-        after = (rows[-1]["customer_id"], rows[-1]["preference_id"])
-        yield len(rows)
+    return _backfill(
+        conn,
+        vault,
+        PURCHASE_BACKLOG,
+        SEAL_PURCHASES,
+        batch,
+        lambda key, row: seal_purchases(
+            key, row["preference_id"], row["purchases"], row["last_purchased_on"]
+        ),
+    )
 
 
 # The backfill: preferences written field by field before revision 0016, sealed as one
@@ -341,31 +328,21 @@ WHERE (p.customer_id, p.preference_id) = (u.customer_id, u.preference_id)
 """
 
 
-async def seal_content_backlog(
+def seal_content_backlog(
     conn: asyncpg.Connection, vault: Vault, batch: int = 500
 ) -> AsyncIterator[int]:
     """Seal each preference still kept field by field as one ciphertext, one short transaction
     per batch; yields how many each batch converted. Online (only the batch's rows are locked,
     and only while it runs), and safe to stop and run again. Neither version nor updated_at
     moves: what the preference says is unchanged."""
-    after = (uuid.UUID(int=0), uuid.UUID(int=0))
-    while True:
-        async with conn.transaction():
-            rows = await conn.fetch(CONTENT_BACKLOG, batch, *after)
-            if not rows:
-                return
-            sealed = []
-            for row in rows:
-                key = vault.envelope.unwrap(row["customer_id"], row["generation"], row["wrapped"])
-                sealed.append(seal(key, row["preference_id"], open_content(key, row)))
-            await conn.execute(
-                SEAL_CONTENT,
-                [row["customer_id"] for row in rows],
-                [row["preference_id"] for row in rows],
-                sealed,
-            )
-        after = (rows[-1]["customer_id"], rows[-1]["preference_id"])
-        yield len(rows)
+    return _backfill(
+        conn,
+        vault,
+        CONTENT_BACKLOG,
+        SEAL_CONTENT,
+        batch,
+        lambda key, row: seal(key, row["preference_id"], open_content(key, row)),
+    )
 
 
 # The backfill: the SKU index of preferences written before revision 0018, or rewritten since by
@@ -388,28 +365,58 @@ WHERE (p.customer_id, p.preference_id) = (u.customer_id, u.preference_id)
 """
 
 
-async def index_sku_backlog(
+def index_sku_backlog(
     conn: asyncpg.Connection, vault: Vault, batch: int = 500
 ) -> AsyncIterator[int]:
     """Index the SKU of each sealed preference not indexed (under the primary index key), one
     short transaction per batch; yields how many each batch indexed. Online, and safe to stop
     and run again; neither version nor updated_at moves."""
+    return _backfill(
+        conn,
+        vault,
+        SKU_BACKLOG,
+        INDEX_SKUS,
+        batch,
+        lambda key, row: vault.index.sku(
+            open_sealed(key, row["preference_id"], row["sealed"]).product.sku,
+            row["preference_id"],
+        ),
+        vault.index.primary,
+    )
+
+
+async def _backfill(
+    conn: asyncpg.Connection,
+    vault: Vault,
+    backlog: str,
+    write: str,
+    batch: int,
+    made: Callable[[DataKey, asyncpg.Record], bytes],
+    *more: object,
+) -> AsyncIterator[int]:
+    """A backfill of preferences, a batch at a time in primary-key order, one transaction per
+    batch: ``backlog`` (its batch size $1, the last key done $2 and $3, then ``more``) selects
+    the rows left with their customer's wrapped data key, locking them; ``made`` makes each
+    row's new value under that key, and ``write`` (customer ids, preference ids, values) stores
+    them. Yields how many rows each batch wrote."""
     after = (uuid.UUID(int=0), uuid.UUID(int=0))
     while True:
         async with conn.transaction():
-            rows = await conn.fetch(SKU_BACKLOG, batch, *after, vault.index.primary)
+            rows = await conn.fetch(backlog, batch, *after, *more)
             if not rows:
                 return
-            indexes = []
-            for row in rows:
-                key = vault.envelope.unwrap(row["customer_id"], row["generation"], row["wrapped"])
-                sku = open_sealed(key, row["preference_id"], row["sealed"]).product.sku
-                indexes.append(vault.index.sku(sku, row["preference_id"]))
+            values = [
+                made(
+                    vault.envelope.unwrap(row["customer_id"], row["generation"], row["wrapped"]),
+                    row,
+                )
+                for row in rows
+            ]
             await conn.execute(
-                INDEX_SKUS,
+                write,
                 [row["customer_id"] for row in rows],
                 [row["preference_id"] for row in rows],
-                indexes,
+                values,
             )
         after = (rows[-1]["customer_id"], rows[-1]["preference_id"])
         yield len(rows)
