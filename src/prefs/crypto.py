@@ -117,9 +117,13 @@ def _header(blob: bytes) -> int:
     return int(version)
 
 
+# where a v1 ciphertext's nonce lies (bytes from its start, and how many): SQL reads it there
+NONCE_AT, NONCE_BYTES = _HEADER.size, _NONCE_BYTES
+
+
 def nonce_of(blob: bytes) -> bytes:
     """The random nonce of a v1 ciphertext: it names that one encryption."""
-    return blob[_HEADER.size : _HEADER.size + _NONCE_BYTES]
+    return blob[NONCE_AT : NONCE_AT + NONCE_BYTES]
 
 
 def _open(aead: AESGCM, blob: bytes, aad: bytes) -> bytes:
@@ -338,17 +342,19 @@ class BlindIndex:
         """A preference's SKU index: the index key's version (4 bytes), then the keyed digest of
         the SKU. A product without a SKU is indexed by its preference id instead: it looks like
         any other and matches no SKU."""
-        version = self.index.primary if version is None else version
         value = b"sku:" + sku.encode() if sku is not None else b"none:" + preference_id.bytes
-        return _VERSION.pack(version) + self.digest("sku", value, version)
+        return self._sku_index(value, self.index.primary if version is None else version)
 
     def skus(self, skus: Iterable[str]) -> list[bytes]:
         """The indexes of ``skus`` under every index key version (what an import looks for)."""
         return [
-            _VERSION.pack(version) + self.digest("sku", b"sku:" + sku.encode(), version)
+            self._sku_index(b"sku:" + sku.encode(), version)
             for sku in skus
             for version in self._versions
         ]
+
+    def _sku_index(self, value: bytes, version: int) -> bytes:
+        return _VERSION.pack(version) + self.digest("sku", value, version)
 
     def pairwise(self, partner_id: uuid.UUID, customer_id: uuid.UUID) -> str:
         """A partner's own stable reference for a customer; unlinkable across partners."""

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from prefs.crypto import BlindIndex, DataKey, nonce_of
+from prefs.crypto import NONCE_AT, NONCE_BYTES, BlindIndex, DataKey, nonce_of
 from prefs.db import Row
 from prefs.product_status import overlaid
 from prefs.products import Product, SharedPreference, Source, Status
@@ -87,11 +87,11 @@ NO_SKU = "-"
 
 
 # The SKU index (revision 0018) names the ciphertext it was made from by its nonce
-# (``sku_index_of``): a row the previous release rewrote, or one written before the index, is
-# not indexed until the backfill indexes it, and SQL sees which rows those are.
-UNINDEXED = (
-    "(p.sku_index IS NULL OR p.sku_index_of IS DISTINCT FROM substring(p.sealed FROM 6 FOR 12))"
-)
+# (``sku_index_of``; SEALED_NONCE is crypto.nonce_of in SQL): a row the previous release
+# rewrote, or one written before the index, is not indexed until the backfill indexes it, and
+# SQL sees which rows those are.
+SEALED_NONCE = f"substring(p.sealed FROM {NONCE_AT + 1} FOR {NONCE_BYTES})"
+UNINDEXED = f"(p.sku_index IS NULL OR p.sku_index_of IS DISTINCT FROM {SEALED_NONCE})"
 
 
 class Written(NamedTuple):

@@ -28,6 +28,7 @@ from prefs.sealed_preferences import (
     COLUMNS,
     CONTENT,
     GET,
+    SEALED_NONCE,
     UNINDEXED,
     Content,
     open_content,
@@ -358,8 +359,8 @@ ORDER BY p.customer_id, p.preference_id
 LIMIT $1
 FOR UPDATE OF p SKIP LOCKED
 """
-INDEX_SKUS = """
-UPDATE preferences p SET sku_index = u.sku_index, sku_index_of = substring(p.sealed FROM 6 FOR 12)
+INDEX_SKUS = f"""
+UPDATE preferences p SET sku_index = u.sku_index, sku_index_of = {SEALED_NONCE}
 FROM unnest($1::uuid[], $2::uuid[], $3::bytea[]) AS u(customer_id, preference_id, sku_index)
 WHERE (p.customer_id, p.preference_id) = (u.customer_id, u.preference_id)
 """
