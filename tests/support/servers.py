@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import random
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import uvicorn
@@ -20,12 +23,54 @@ from prefs.app import create_app
 from prefs.serving import Protocol
 from prefs.settings import Settings
 
+# Ports this process has handed out: each one's lock file, held open (so locked) until it exits.
+_RESERVED: dict[int, IO[bytes]] = {}
+_LOCKS = Path(tempfile.gettempdir()) / "prefs-test-ports"
+
+
+def _ephemeral_ports() -> range:
+    """The kernel's range for the local ports of outgoing connections (Linux's default if the
+    machine does not say)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except (OSError, ValueError):
+        return range(32768, 61000)
+    return range(int(low), int(high) + 1)
+
 
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on loopback that nothing listens on now, for a server a test starts (its own
+    or another program's, such as PgBouncer or the identity provider).
+
+    A port the kernel picks (bind to port 0) is free only until it is handed back: another test
+    process (CI runs two suites side by side) could be given the same one before this one's
+    server binds it, and any outgoing connection may take it as its local port meanwhile. So the
+    port is picked below the kernel's range for outgoing connections, and reserved across
+    processes by a lock on a file named after it, which this process holds until it exits.
+    """
+    ephemeral = _ephemeral_ports()
+    top = min(ephemeral.start, 32768)
+    candidates = list(range(max(1024, top - 12_000), top))
+    random.shuffle(candidates)
+    _LOCKS.mkdir(exist_ok=True)
+    for port in candidates:
+        if port in _RESERVED:
+            continue
+        lock = (_LOCKS / f"{port}.lock").open("wb")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another test process holds it
+            lock.close()
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # in use by something else
+                lock.close()
+                continue
+        _RESERVED[port] = lock
+        return port
+    raise RuntimeError(f"no free port below {top} on 127.0.0.1")
 
 
 class LiveServer:
