@@ -24,6 +24,7 @@ from prefs import credentials
 from prefs.auth import DevIssuer
 from prefs.settings import Settings
 from tests.support.customer import CHINOS, bearer, grant, keep
+from tests.support.database import Database
 from tests.support.partner import partner_key, reference
 from tests.support.stores import in_directory
 from tests.support.till import fresh_card, look_up, till_key
@@ -40,6 +41,29 @@ def prefs_command(settings: Settings, *args: str) -> subprocess.CompletedProcess
     return subprocess.run(
         [str(Path(sys.executable).parent / "prefs"), *args],
         env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def import_without_keys(
+    database: Database, data_dir: Path, file: Path, env: str = "production"
+) -> subprocess.CompletedProcess[str]:
+    """`prefs catalogue import` as a batch job runs it: the database URL and nothing else (no
+    master or index keys, no key files in its data dir, nothing else of the service's)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PREFS_")}
+    environ.update(
+        PREFS_ENV=env,
+        PREFS_DATA_DIR=str(data_dir),
+        PREFS_DATABASE_URL=database.app_url or database.url,
+        PREFS_DATABASE_POOLER=database.pooler,
+        PREFS_LOG_LEVEL="WARNING",
+    )
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "prefs"), "catalogue", "import", str(file)],
+        env=environ,
         capture_output=True,
         text=True,
         timeout=120,
@@ -126,6 +150,35 @@ async def test_importing_again_changes_nothing_and_a_changed_row_is_reported(
     assert "added 0, changed 1, unchanged 4, refused 0" in changed.stdout
     assert (await catalogue_row(conn, f"{word}-2"))["status"] == "discontinued"
     assert await conn.fetchval("SELECT version FROM catalogue_state") > version
+
+
+@pytest.mark.parametrize("env", ["production", "development"])
+async def test_an_import_needs_no_keys_and_leaves_demand_to_the_service(
+    database: Database, conn: asyncpg.Connection, tmp_path: Path, env: str
+) -> None:
+    """A batch job importing the catalogue holds no key that opens customers' data: the import
+    records whose status moved and says the service recounts demand; it makes no keys of its
+    own either (in development it once made new ones in its data dir, recounted nobody under
+    them, and so lost the moves)."""
+    word = fresh_word()
+    products = [
+        {"sku": f"{word}-{i}", "name": f"Chino {word}", "status": "discontinued"} for i in range(3)
+    ]
+    await conn.execute(
+        "INSERT INTO catalogue_products (sku, name, status) VALUES ($1, 'Chino', 'available')",
+        f"{word}-0",
+    )
+    data_dir = tmp_path / "import-job"
+    done = import_without_keys(database, data_dir, write_lines(tmp_path / "p.jsonl", products), env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "added 2, changed 1, unchanged 0, refused 0" in done.stdout
+    moved = await conn.fetch(
+        "SELECT sku FROM catalogue_moves WHERE sku LIKE $1 ORDER BY sku", f"{word}-%"
+    )
+    assert [row["sku"] for row in moved] == [p["sku"] for p in products]
+    assert not data_dir.exists() or not list(data_dir.iterdir())
+    assert "status set or changed for 3 SKUs" in done.stdout
+    assert "PREFS_EXPIRY_INTERVAL" in done.stdout
 
 
 async def test_a_csv_import_reads_its_header_and_names_bad_lines(

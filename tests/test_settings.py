@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from prefs.auth import DevIssuer, TokenVerifier
 from prefs.crypto import Vault
-from prefs.settings import SettingsError, load, log_settings
+from prefs.settings import SettingsError, database_settings, load, log_settings
 
 REQUIRED_IN_PRODUCTION = (
     "PREFS_DATABASE_URL",
@@ -531,3 +531,32 @@ def test_settings_refuse_a_redirect_path_a_browser_reads_as_another_host(
     redirect_uri and post_logout_redirect_uri the page sends. The check only refuses "//"."""
     with pytest.raises(SettingsError):
         load({**production, "PREFS_OIDC_REDIRECT_PATH": path})
+
+
+def test_a_pool_of_one_connection_is_refused(tmp_path):
+    """The service's periodic recount of demand holds two connections at once: a pool of one
+    would wait for itself."""
+    with pytest.raises(SettingsError, match="PREFS_POOL_MAX_SIZE must be at least 2"):
+        load(
+            {
+                "PREFS_DATA_DIR": str(tmp_path),
+                "PREFS_POOL_MIN_SIZE": "1",
+                "PREFS_POOL_MAX_SIZE": "1",
+            }
+        )
+
+
+def test_commands_that_need_only_the_database_read_no_keys(tmp_path):
+    """`prefs catalogue import` reads the database settings alone: in production the URL is all
+    it needs, and in development it makes no keys in the data dir."""
+    production = {"PREFS_ENV": "production", "PREFS_DATA_DIR": str(tmp_path / "job")}
+    with pytest.raises(SettingsError, match=r"^production needs PREFS_DATABASE_URL "):
+        database_settings(production)
+    url = "postgresql://prefs@db.internal:5432/prefs"
+    found = database_settings({**production, "PREFS_DATABASE_URL": url})
+    assert (found.database_url, found.database_pooler) == (url, "none")
+    development = database_settings({"PREFS_DATA_DIR": str(tmp_path / "dev")})
+    assert development.database_url is None
+    assert list((tmp_path / "dev").iterdir()) == []
+    # owner-only before the embedded PostgreSQL first starts there, as when keys are made
+    assert stat.S_IMODE((tmp_path / "dev").stat().st_mode) == 0o700

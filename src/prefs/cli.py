@@ -18,9 +18,11 @@ from prefs import db
 from prefs.catalogue import commands as catalogue_commands
 from prefs.settings import (
     EMBEDDED_PGDATA,
+    DatabaseSettings,
     Settings,
     SettingsError,
     database_pooler,
+    database_settings,
     load,
     log_settings,
 )
@@ -43,10 +45,18 @@ def _settings() -> Settings:
     return settings
 
 
+def _database_settings() -> DatabaseSettings:
+    """The database settings alone, for commands that need no keys."""
+    try:
+        return database_settings()
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+
+
 class Database:
     """The configured database, or the embedded one under the data dir (started on demand)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings | DatabaseSettings) -> None:
         self.settings = settings
         self.embedded: db.EmbeddedPostgres | None = None
 
@@ -649,10 +659,12 @@ def purge() -> None:
     click.echo(", ".join(f"{name}: {count}" for name, count in purged.items()))
 
 
-def _at_head(action: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``action`` on the configured database, once its schema is at this release's head (or
-    a later release's)."""
-    with Database(_settings()) as url:
+def _at_head(
+    action: Callable[[Any], Awaitable[T]], settings: Settings | DatabaseSettings | None = None
+) -> T:
+    """Run ``action`` on the configured database (``settings``, else every setting loaded),
+    once its schema is at this release's head (or a later release's)."""
+    with Database(settings or _settings()) as url:
         if _schema(url).state == "behind":
             raise click.ClickException(
                 "the database schema is behind this release: run `prefs migrate` first"
@@ -660,5 +672,5 @@ def _at_head(action: Callable[[Any], Awaitable[T]]) -> T:
         return _run(url, action)
 
 
-catalogue_commands.register(main, _at_head, lambda: _vault(_settings()))
+catalogue_commands.register(main, lambda action: _at_head(action, _database_settings()))
 store_commands.register(main, _at_head)

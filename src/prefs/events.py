@@ -55,8 +55,10 @@ class CustomerErased:
 @dataclass(frozen=True)
 class StatusesMoved:
     """A catalogue import moved the status of SKUs (recorded in ``catalogue_moves`` by its
-    transactions). Followed once they committed, outside a transaction: what follows takes
-    each customer concerned in a transaction of its own."""
+    transactions). Followed once they committed, outside a transaction, by an import given the
+    keys; the service's periodic job follows the moves an import without them recorded
+    (prefs.retention.recount_moved). What follows takes each customer concerned in a
+    transaction of its own."""
 
 
 Happened = PreferencesChanged | GrantGiven | GrantEnded | CustomerErased | StatusesMoved

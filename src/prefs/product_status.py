@@ -9,8 +9,8 @@ The SKU is sealed with the rest of the product, so the overlay happens after ope
 SQL: reads that are not hot ask for the statuses of the SKUs they opened (``of``); the till
 lookup keeps every status in memory (``StatusCache``) and its lookup statement returns the
 catalogue's version, so the memory is read again only after an import changed something.
-Anonymous demand counts the catalogue's status too (``held``), and an import recounts the
-customers keeping the SKUs whose status it moved.
+Anonymous demand counts the catalogue's status too (``held``): an import records the SKUs whose
+status it moved, and the service recounts the customers keeping them (prefs.retention).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ FROM catalogue_products
 VERSION = "(SELECT version FROM catalogue_state)"
 # The SKUs whose status an import moved (or that it added), until demand follows them. Both
 # writers take the rows in SKU order: a batch recording moves while a recount forgets the same
-# SKUs (two imports at once) would otherwise each hold a row the other waits for.
+# SKUs (an import while the service recounts) would otherwise each hold a row the other waits for.
 MOVED = f"""
 INSERT INTO catalogue_moves (sku, version)
 SELECT sku, {VERSION} FROM unnest($1::text[]) AS sku ORDER BY sku
@@ -72,8 +72,8 @@ async def of(conn: Any, skus: Iterable[str | None]) -> dict[str, Status]:
 async def held(conn: Any, skus: Iterable[str | None]) -> dict[str, Status]:
     """:func:`of`, for a count that must follow every import (anonymous demand): read once no
     import's change is in flight, and holding off the next until this transaction ends. So an
-    import either is seen here, or commits after this and then finds what this wrote when it
-    recounts the customers keeping the SKUs it moved (``catalogue_moves``)."""
+    import either is seen here, or commits after this, and the recount of the customers keeping
+    the SKUs it moved (``catalogue_moves``) then finds what this wrote."""
     wanted = [sku for sku in skus if sku is not None]
     if not wanted:
         return {}

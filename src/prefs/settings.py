@@ -229,15 +229,20 @@ def create_once(path: Path, make: Callable[[], bytes]) -> bytes:
 EMBEDDED_PGDATA = "pg"  # the embedded PostgreSQL's files, under the data dir
 
 
-def _dev_secret(data_dir: Path, name: str) -> str:
-    """Read a development key file, creating it (owner-only) on first use. The data dir is
-    made owner-only only then, and only before the embedded PostgreSQL first started in it: run
-    as its own user when prefs runs as root, it opens the dir for that user to traverse on its
-    first start, and must find it so after, also when a later release adds a key file."""
-    path = data_dir / name
-    if not path.exists() and not (data_dir / EMBEDDED_PGDATA).exists():
+def _private_data_dir(data_dir: Path) -> None:
+    """Make the data dir owner-only, only before the embedded PostgreSQL first started in it:
+    run as its own user when prefs runs as root, it opens the dir for that user to traverse on
+    its first start, and must find it so after, also when a later release adds a key file."""
+    if not (data_dir / EMBEDDED_PGDATA).exists():
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         data_dir.chmod(0o700)
+
+
+def _dev_secret(data_dir: Path, name: str) -> str:
+    """Read a development key file, creating it (owner-only) on first use."""
+    path = data_dir / name
+    if not path.exists():
+        _private_data_dir(data_dir)
     return create_once(path, lambda: (_new_keyring_entry(1) + "\n").encode()).decode().strip()
 
 
@@ -301,6 +306,36 @@ def database_layout(environ: Mapping[str, str]) -> str:
     if layout not in LAYOUTS:
         raise SettingsError("PREFS_DATABASE_LAYOUT must be one of " + ", ".join(LAYOUTS))
     return layout
+
+
+class DatabaseSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What a command that only reads and writes the database needs: no keys (the catalogue
+    import, which a batch job runs, should not hold the keys that open customers' data)."""
+
+    data_dir: Path
+    database_url: str | None
+    database_pooler: str
+
+
+def database_settings(environ: Mapping[str, str] | None = None) -> DatabaseSettings:
+    """The database settings alone; production needs PREFS_DATABASE_URL, and nothing else."""
+    environ = os.environ if environ is None else environ
+    env = environ.get("PREFS_ENV", "development")
+    if env not in ("development", "production"):
+        raise SettingsError("PREFS_ENV must be 'development' or 'production'")
+    database_url = environ.get("PREFS_DATABASE_URL") or None
+    if database_url is None and env == "production":
+        raise SettingsError("production needs PREFS_DATABASE_URL (see README, section Settings)")
+    data_dir = Path(environ.get("PREFS_DATA_DIR", ".prefs")).resolve()
+    if database_url is None:
+        _private_data_dir(data_dir)  # the embedded PostgreSQL may start there first
+    else:
+        _check_database_url(database_url)
+    return DatabaseSettings(
+        data_dir=data_dir,
+        database_url=database_url,
+        database_pooler=database_pooler(environ),
+    )
 
 
 def _text(environ: Mapping[str, str], name: str, default: str) -> str:
@@ -417,7 +452,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         idempotency_ttl_seconds=_int(environ, "PREFS_IDEMPOTENCY_TTL", 86_400, minimum=60),
         access_log_retention_days=_int(environ, "PREFS_ACCESS_LOG_RETENTION_DAYS", 400, minimum=1),
         pool_min_size=pool_min,
-        pool_max_size=_int(environ, "PREFS_POOL_MAX_SIZE", 16, minimum=pool_min),
+        # the periodic recount of demand holds two at once (prefs.retention.recount_moved)
+        pool_max_size=_int(environ, "PREFS_POOL_MAX_SIZE", 16, minimum=max(pool_min, 2)),
         database_pooler=database_pooler(environ),
         database_layout=database_layout(environ),
         max_body_bytes=_int(environ, "PREFS_MAX_BODY_BYTES", 65_536, minimum=1024),

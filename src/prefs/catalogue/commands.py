@@ -5,18 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import click
 import msgspec
 
 from prefs.catalogue import service
 from prefs.catalogue.schemas import ImportRow
-
-if TYPE_CHECKING:
-    from prefs.crypto import Vault
 
 CSV_COLUMNS = {"sku", "name", "brand", "category", "status", "attributes", "replaced_by"}
 _row = msgspec.json.Decoder(ImportRow)
@@ -89,9 +86,9 @@ def _counting(rows: Iterator[tuple[int, Any]], bar: Any) -> Iterator[tuple[int, 
         yield line, row
 
 
-def register(main: click.Group, run: Any, vault: Callable[[], Vault]) -> None:
-    """Add `prefs catalogue` to the command; ``run(action)`` runs an action on a connection,
-    ``vault()`` gives the keys (an import recounts demand)."""
+def register(main: click.Group, run: Any) -> None:
+    """Add `prefs catalogue` to the command; ``run(action)`` runs an action on a connection (the
+    database is all an import needs: no keys)."""
 
     @main.group()
     def catalogue() -> None:
@@ -110,10 +107,11 @@ def register(main: click.Group, run: Any, vault: Callable[[], Vault]) -> None:
     def import_(file: Path, kind: str) -> None:
         """Add or update products from FILE (JSON lines or CSV with a header: sku, name, status,
         and optionally brand, category, attributes as a JSON object, replaced_by). Importing the
-        same file again changes nothing; a bad line is named and skipped, never the rest."""
+        same file again changes nothing; a bad line is named and skipped, never the rest.
+        Needs only the database: the running service recounts anonymous demand for the SKUs
+        whose status moved, within its PREFS_EXPIRY_INTERVAL."""
         report = service.ImportReport()
         show_bar = sys.stderr.isatty()
-        keys = vault()
 
         async def action(conn: Any) -> service.ImportReport:
             with (
@@ -122,7 +120,7 @@ def register(main: click.Group, run: Any, vault: Callable[[], Vault]) -> None:
                 else _NoBar() as bar
             ):
                 return await service.import_rows(
-                    conn, keys, _counting(read(file, kind), bar), report
+                    conn, None, _counting(read(file, kind), bar), report
                 )
 
         run(action)
@@ -130,6 +128,12 @@ def register(main: click.Group, run: Any, vault: Callable[[], Vault]) -> None:
             f"added {report.added}, changed {report.changed}, unchanged {report.unchanged}, "
             f"refused {len(report.refused)}"
         )
+        if report.moved:
+            click.echo(
+                f"status set or changed for {report.moved} SKU{'s' * (report.moved != 1)}: "
+                "the running service recounts anonymous demand for them within its "
+                "PREFS_EXPIRY_INTERVAL (60 s by default)"
+            )
         for line, reason in report.refused:
             click.echo(f"  line {line}: {reason}")
         if report.refused:

@@ -4,8 +4,10 @@ Products are not personal and are kept in plaintext. Search matches a SKU prefix
 of the query as a prefix of a word of the name, brand or category (PostgreSQL full-text search,
 'simple' configuration); results come in name order, a page at a time. Every import that changes
 a product raises catalogue_state.version, which readers use as an ETag and to know when statuses
-they keep in memory are stale, and records the SKUs whose status it moved, which anonymous
-demand follows once the import committed.
+they keep in memory are stale, and records the SKUs whose status it moved (``catalogue_moves``),
+which anonymous demand follows: the running service recounts the customers keeping them every
+PREFS_EXPIRY_INTERVAL (prefs.retention), so an import needs no keys; a caller that holds them
+may recount at once.
 """
 
 from __future__ import annotations
@@ -132,6 +134,7 @@ class ImportReport:
     added: int = 0
     changed: int = 0
     unchanged: int = 0
+    moved: int = 0  # products whose status was set or changed: demand follows them
     refused: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -147,10 +150,14 @@ def _arguments(rows: Sequence[ImportRow]) -> list[list[str | None]]:
     ]
 
 
-async def _upsert(conn: asyncpg.Connection, rows: Sequence[ImportRow]) -> list[asyncpg.Record]:
+async def _upsert(
+    conn: asyncpg.Connection, rows: Sequence[ImportRow]
+) -> tuple[list[asyncpg.Record], int]:
     """The batch in one transaction: the products changed, the catalogue's version raised, and
     the SKUs whose status moved (or that are new: a customer's own status gave way to the
-    catalogue's) recorded for demand to follow."""
+    catalogue's) recorded for demand to follow; returns the products changed and how many
+    moved."""
+    moved: list[str] = []
     async with conn.transaction():
         before = {
             row["sku"]: row["status"] for row in await conn.fetch(HOLD, [r.sku for r in rows])
@@ -163,7 +170,7 @@ async def _upsert(conn: asyncpg.Connection, rows: Sequence[ImportRow]) -> list[a
                 row["sku"] for row in changed if before.get(row["sku"]) != statuses[row["sku"]]
             ]
             await product_status.record_moves(conn, moved)
-    return changed
+    return changed, len(moved)
 
 
 async def import_batch(
@@ -172,7 +179,7 @@ async def import_batch(
     """Upsert one batch of valid rows (line number, row) in one transaction; should the database
     refuse the batch, each row is tried alone, so that one row never rolls back another."""
     try:
-        changed = await _upsert(conn, [row for _, row in batch])
+        changed, moved = await _upsert(conn, [row for _, row in batch])
     except asyncpg.PostgresError:
         if len(batch) == 1:
             raise
@@ -186,19 +193,24 @@ async def import_batch(
     report.added += added
     report.changed += len(changed) - added
     report.unchanged += len(batch) - len(changed)
+    report.moved += moved
 
 
 async def import_rows(
     conn: asyncpg.Connection,
-    vault: Vault,
+    vault: Vault | None,
     rows: Iterable[tuple[int, ImportRow | str]],
     report: ImportReport,
     batch_size: int = 2_000,
 ) -> ImportReport:
-    """Import parsed rows (line number and row, or the reason the line was refused), then follow
-    the status moves (anonymous demand recounts the customers keeping those SKUs; an earlier
-    import stopped before that is finished too). A SKU seen earlier in the same file refuses the
-    later line."""
+    """Import parsed rows (line number and row, or the reason the line was refused). A SKU seen
+    earlier in the same file refuses the later line.
+
+    The status moves are recorded for anonymous demand to follow. Given the keys (``vault``: the
+    development demo, the load test's seed), the import follows them at once, recounting the
+    customers keeping those SKUs, and any moves still waiting; without them (`prefs catalogue
+    import`, a batch job holding no keys), the running service does within its expiry
+    interval."""
     seen: dict[str, int] = {}
     batch: list[tuple[int, ImportRow]] = []
     for line, row in rows:
@@ -215,5 +227,6 @@ async def import_rows(
             batch = []
     if batch:
         await import_batch(conn, batch, report)
-    await follow(conn, vault, StatusesMoved())
+    if vault is not None:
+        await follow(conn, vault, StatusesMoved())
     return report

@@ -4,8 +4,8 @@ Counting data holds no customer id: each opted-in customer contributes under a k
 (so a withdrawal or erasure takes the contribution back at once) to the groups of their
 highest-ranked discontinued preferences (at most ``GROUPS_PER_CUSTOMER``), whose labels are
 encrypted with a service key. A product is discontinued by the catalogue's word where it knows
-the SKU, else by its customer's: an import that moves a SKU's status recounts the customers
-keeping it (``recount_keepers``). What is shown is one release a day with noisy counts
+the SKU, else by its customer's: after an import moves a SKU's status, the service recounts the
+customers keeping it (``recount_keepers``, run by prefs.retention and `prefs migrate`). What is shown is one release a day with noisy counts
 (``mechanism``): groups whose noisy count is under k are withheld.
 """
 
