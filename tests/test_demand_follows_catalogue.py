@@ -66,6 +66,17 @@ def _chinos(sku: str, waist: str = "34") -> dict[str, Any]:
     return {"product": {"sku": sku, "name": "Classic Chino"}, "attributes": {"waist": waist}}
 
 
+async def _keeper(client: Any, conn: asyncpg.Connection, new_customer: Any) -> tuple[Any, str, Any]:
+    """A customer sharing their products with `insights` who keeps chinos of a SKU the
+    catalogue has as available: the customer, the SKU and the preference kept."""
+    customer = await new_customer()
+    sku = fresh_sku()
+    await catalogue_product(conn, sku, "available")
+    await grant(client, customer, "insights", ["product"])
+    kept = await keep(client, customer, _chinos(sku))
+    return customer, sku, kept
+
+
 async def test_a_product_the_catalogue_makes_available_again_stops_counting_in_demand(
     client, conn, pool, vault, new_customer
 ):
@@ -141,11 +152,7 @@ async def test_an_import_stopped_before_its_recount_is_finished_by_the_next(
     import that stopped in between (here: only its batch ran) is followed by the next import
     given the keys (the development demo's, the load test's seed), even one that changes
     nothing."""
-    customer = await new_customer()
-    sku = fresh_sku()
-    await catalogue_product(conn, sku, "available")
-    await grant(client, customer, "insights", ["product"])
-    await keep(client, customer, _chinos(sku))
+    customer, sku, _ = await _keeper(client, conn, new_customer)
     row = ImportRow(sku=sku, name="Classic Chino", status="discontinued")
     await catalogue.import_batch(conn, [(1, row)], catalogue.ImportReport())
     assert await _contributions(conn, vault, customer) == 0
@@ -159,11 +166,7 @@ async def test_a_preference_written_without_its_sku_index_still_follows_an_impor
     """A row the previous release writes during a rollout has no index (or one made for the
     ciphertext it replaced): an import recounts its customer all the same, and the backfill
     `prefs migrate` runs indexes it."""
-    customer = await new_customer()
-    sku = fresh_sku()
-    await catalogue_product(conn, sku, "available")
-    await grant(client, customer, "insights", ["product"])
-    kept = await keep(client, customer, _chinos(sku))
+    customer, sku, kept = await _keeper(client, conn, new_customer)
     ids = (uuid.UUID(customer.id), uuid.UUID(kept["id"]))
     indexed = "SELECT sku_index FROM preferences WHERE customer_id = $1 AND preference_id = $2"
     made = await conn.fetchval(indexed, *ids)
@@ -208,11 +211,7 @@ async def test_the_service_recounts_demand_after_an_import_run_without_keys(
     """`prefs catalogue import` run by a job holding no keys discontinues a product a customer
     sharing with `insights` keeps: nobody is recounted by the import, and the running service
     counts the customer within its expiry interval (here 1 s), as the catalogue says."""
-    customer = await new_customer()
-    sku = fresh_sku()
-    await catalogue_product(conn, sku, "available")
-    await grant(client, customer, "insights", ["product"])
-    await keep(client, customer, _chinos(sku))
+    customer, sku, _ = await _keeper(client, conn, new_customer)
     line = {"sku": sku, "name": "Classic Chino", "status": "discontinued"}
     done = import_without_keys(
         database, tmp_path / "job", write_lines(tmp_path / "discontinued.jsonl", [line])
@@ -276,11 +275,7 @@ async def test_one_worker_recounts_at_a_time(
 ) -> None:
     """While one worker (or instance) recounts, another's tick leaves the moves to it rather
     than reading every preference a second time; once it is done, the next tick recounts."""
-    customer = await new_customer()
-    sku = fresh_sku()
-    await catalogue_product(conn, sku, "available")
-    await grant(client, customer, "insights", ["product"])
-    await keep(client, customer, _chinos(sku))
+    customer, sku, _ = await _keeper(client, conn, new_customer)
     row = ImportRow(sku=sku, name="Classic Chino", status="discontinued")
     await catalogue.import_rows(conn, None, [(1, row)], catalogue.ImportReport())
     recounting = await db.connect(database.url)
